@@ -1,0 +1,8 @@
+import type { Register } from "../run.js";
+import { registerProfiles } from "./profiles.js";
+
+/**
+ * Every `itera` subcommand, one module each under src/cli/commands/.
+ * Add a command by writing its module and listing its register function here.
+ */
+export const commands: Register[] = [registerProfiles];

@@ -1,0 +1,14 @@
+#!/usr/bin/env node
+import { Command } from "commander";
+import { VERSION } from "../version.js";
+import { commands } from "./commands/index.js";
+
+const program = new Command()
+  .name("itera")
+  .description("Inspect, quantize, package and benchmark small language models for edge devices")
+  .version(VERSION)
+  .showHelpAfterError();
+
+for (const register of commands) register(program);
+
+await program.parseAsync(process.argv);
