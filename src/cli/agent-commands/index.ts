@@ -1,0 +1,7 @@
+import type { Register } from "../run.js";
+
+/**
+ * Every `itera-agent` subcommand (the on-device agent inside a bundle), one module each here.
+ * Add a command by writing its module and listing its register function here.
+ */
+export const agentCommands: Register[] = [];
