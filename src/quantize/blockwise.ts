@@ -1,0 +1,190 @@
+/**
+ * Block-wise weight quantization (2..8 bits) along K, packed exactly as onnxruntime's
+ * com.microsoft.MatMulNBits and GatherBlockQuantized expect:
+ * - B: uint8 [N, k_blocks, blob_size], blob_size = block_size * bits / 8; values along K packed
+ *   low bits first (4-bit: element 2i in the low nibble of byte i); K zero-padded to whole blocks.
+ * - scales: float32 [N, k_blocks].
+ * - zero points (asymmetric only): uint8 [N, ceil(k_blocks * bits / 8)], packed the same way.
+ *   Symmetric quantization omits them; the operator then uses 2^(bits-1).
+ *
+ * Symmetric follows MLAS: the value of largest magnitude (with its sign) maps to -2^(bits-1),
+ * so the full code range is used. Asymmetric maps [min(0,lo), max(0,hi)] onto 0..2^bits-1.
+ */
+import { clamp, roundHalfEven } from "./linear.js";
+
+export type Bits = 2 | 4 | 8;
+
+export interface BlockwiseOptions {
+  bits: Bits;
+  blockSize: number;
+  symmetric: boolean;
+}
+
+export interface BlockQuantized {
+  /** Attributes of the operator. */
+  k: number;
+  n: number;
+  bits: Bits;
+  blockSize: number;
+  kBlocks: number;
+  blobSize: number;
+  /** uint8 [N, kBlocks, blobSize] */
+  packed: Uint8Array;
+  /** float32 [N, kBlocks] */
+  scales: Float32Array;
+  /** uint8 [N, ceil(kBlocks*bits/8)], or null for symmetric (default zero point 2^(bits-1)). */
+  zeroPoints: Uint8Array | null;
+  /** The unpacked codes [N, kBlocks*blockSize] and zero points [N, kBlocks], for references and tests. */
+  codes: Uint8Array;
+  zeroPointValues: Uint8Array;
+}
+
+/** A block size onnxruntime accepts: a power of two, at least 16. */
+export function isValidBlockSize(b: number): boolean {
+  return Number.isInteger(b) && b >= 16 && (b & (b - 1)) === 0;
+}
+
+/** Pack unsigned `bits`-wide codes low bits first into bytes (count values -> ceil(count*bits/8) bytes). */
+export function packBits(codes: ArrayLike<number>, bits: Bits, out: Uint8Array, outOffset = 0): void {
+  const perByte = 8 / bits;
+  const mask = (1 << bits) - 1;
+  for (let i = 0; i < codes.length; i++) {
+    const byte = outOffset + Math.floor(i / perByte);
+    out[byte] = out[byte]! | ((codes[i]! & mask) << ((i % perByte) * bits));
+  }
+}
+
+/** Inverse of packBits. */
+export function unpackBits(bytes: Uint8Array, bits: Bits, count: number, offset = 0): Uint8Array {
+  const perByte = 8 / bits;
+  const mask = (1 << bits) - 1;
+  const out = new Uint8Array(count);
+  for (let i = 0; i < count; i++) {
+    out[i] = (bytes[offset + Math.floor(i / perByte)]! >>> ((i % perByte) * bits)) & mask;
+  }
+  return out;
+}
+
+/**
+ * Quantize the rows of a [rows, cols] row-major matrix block-wise along cols.
+ * For MatMulNBits, rows = N and cols = K (B transposed); for GatherBlockQuantized, rows are the
+ * table's rows and cols its hidden size.
+ */
+export function quantizeRowsBlockwise(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  opts: BlockwiseOptions,
+): BlockQuantized {
+  const { bits, blockSize, symmetric } = opts;
+  if (!isValidBlockSize(blockSize)) throw new Error(`block size ${blockSize} is not a power of two >= 16`);
+  if (w.length !== rows * cols)
+    throw new Error(`quantizeRowsBlockwise: ${w.length} values for ${rows}x${cols}`);
+  const kBlocks = Math.ceil(cols / blockSize);
+  const padded = kBlocks * blockSize;
+  const blobSize = (blockSize * bits) / 8;
+  const levels = (1 << bits) - 1;
+  const half = 1 << (bits - 1);
+  const codes = new Uint8Array(rows * padded);
+  const scales = new Float32Array(rows * kBlocks);
+  const zeroPointValues = new Uint8Array(rows * kBlocks);
+
+  for (let r = 0; r < rows; r++) {
+    for (let b = 0; b < kBlocks; b++) {
+      const start = b * blockSize;
+      const end = Math.min(start + blockSize, cols);
+      let scale: number;
+      let zp: number;
+      if (symmetric) {
+        let signedMax = 0;
+        for (let c = start; c < end; c++) {
+          const v = w[r * cols + c]!;
+          if (Math.abs(v) > Math.abs(signedMax)) signedMax = v;
+        }
+        scale = Math.fround(signedMax / -half);
+        zp = half;
+      } else {
+        let lo = 0;
+        let hi = 0;
+        for (let c = start; c < end; c++) {
+          const v = w[r * cols + c]!;
+          if (v < lo) lo = v;
+          if (v > hi) hi = v;
+        }
+        scale = Math.fround((hi - lo) / levels);
+        zp = scale === 0 ? half : clamp(roundHalfEven(-lo / scale), 0, levels);
+      }
+      const inv = scale === 0 ? 0 : 1 / scale;
+      scales[r * kBlocks + b] = scale;
+      zeroPointValues[r * kBlocks + b] = zp;
+      // Padding beyond `cols` holds the zero point: it dequantizes to exactly 0.
+      for (let c = start; c < start + blockSize; c++) {
+        const v = c < end ? w[r * cols + c]! : 0;
+        const q = roundHalfEven(v * inv) + zp;
+        codes[r * padded + c] = clamp(q, 0, levels);
+      }
+    }
+  }
+
+  const packed = new Uint8Array(rows * kBlocks * blobSize);
+  for (let r = 0; r < rows; r++) {
+    packBits(codes.subarray(r * padded, (r + 1) * padded), bits, packed, r * kBlocks * blobSize);
+  }
+  let zeroPoints: Uint8Array | null = null;
+  if (!symmetric) {
+    const zpBytes = Math.ceil((kBlocks * bits) / 8);
+    zeroPoints = new Uint8Array(rows * zpBytes);
+    for (let r = 0; r < rows; r++) {
+      packBits(zeroPointValues.subarray(r * kBlocks, (r + 1) * kBlocks), bits, zeroPoints, r * zpBytes);
+    }
+  }
+  return {
+    k: cols,
+    n: rows,
+    bits,
+    blockSize,
+    kBlocks,
+    blobSize,
+    packed,
+    scales,
+    zeroPoints,
+    codes,
+    zeroPointValues,
+  };
+}
+
+/**
+ * Quantize MatMul's constant B ([K, N] row-major) for MatMulNBits: B is transposed to [N, K]
+ * and each row quantized along K.
+ */
+export function quantizeMatMulNBits(
+  b: Float32Array,
+  k: number,
+  n: number,
+  opts: BlockwiseOptions,
+): BlockQuantized {
+  const bt = new Float32Array(k * n);
+  for (let r = 0; r < k; r++) for (let c = 0; c < n; c++) bt[c * k + r] = b[r * n + c]!;
+  return quantizeRowsBlockwise(bt, n, k, opts);
+}
+
+/** The float [rows, cols] matrix the quantized blocks stand for (padding dropped). */
+export function dequantizeRows(q: BlockQuantized): Float32Array {
+  const padded = q.kBlocks * q.blockSize;
+  const out = new Float32Array(q.n * q.k);
+  for (let r = 0; r < q.n; r++) {
+    for (let c = 0; c < q.k; c++) {
+      const blk = r * q.kBlocks + Math.floor(c / q.blockSize);
+      out[r * q.k + c] = (q.codes[r * padded + c]! - q.zeroPointValues[blk]!) * q.scales[blk]!;
+    }
+  }
+  return out;
+}
+
+/** Dequantized MatMul B back in its original [K, N] layout. */
+export function dequantizeMatMulNBits(q: BlockQuantized): Float32Array {
+  const rows = dequantizeRows(q);
+  const out = new Float32Array(q.k * q.n);
+  for (let r = 0; r < q.n; r++) for (let c = 0; c < q.k; c++) out[c * q.n + r] = rows[r * q.k + c]!;
+  return out;
+}
