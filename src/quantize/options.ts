@@ -1,0 +1,111 @@
+/**
+ * `itera quantize` options, validated once so that every later step can trust them.
+ */
+import { z } from "zod";
+import { IteraError } from "../errors.js";
+import { isValidBlockSize } from "./blockwise.js";
+
+export const MODES = ["int8", "int4", "int8-wo", "fp16", "auto"] as const;
+export type Mode = (typeof MODES)[number];
+
+/** What one weight can become. Ordered from smallest to largest on disk. */
+export const PRECISIONS = ["int4", "int8-wo", "int8", "fp16", "fp32"] as const;
+export type Precision = (typeof PRECISIONS)[number];
+
+export interface QuantizeOptions {
+  mode: Mode;
+  blockSize: number;
+  symmetric: boolean;
+  accuracyLevel: number;
+  perChannel: boolean;
+  reduceRange: boolean;
+  exclude: string[];
+  /** precision of the output head (the projection to logits); undefined: as the mode says */
+  head: Precision | undefined;
+  /** precision of embedding tables (Gather on a constant); undefined: as the mode says */
+  embedding: Precision | undefined;
+  /** allowed relative perplexity increase on the held-out text; null: no limit */
+  budget: number | null;
+  calibFile: string | undefined;
+  evalFile: string | undefined;
+  calibChars: number;
+  evalChars: number;
+}
+
+/** "2%", "0.02", "none" -> 0.02, 0.02, null */
+export function parseBudget(text: string): number | null {
+  const t = text.trim().toLowerCase();
+  if (t === "none" || t === "off") return null;
+  const pct = t.endsWith("%");
+  const v = Number(pct ? t.slice(0, -1) : t);
+  if (!Number.isFinite(v) || v < 0) {
+    throw new IteraError(`invalid --budget "${text}"`, {
+      where: "--budget",
+      fix: 'give the allowed perplexity increase as a percentage ("2%"), a fraction ("0.02") or "none"',
+    });
+  }
+  return pct ? v / 100 : v;
+}
+
+const precision = z.enum(PRECISIONS);
+
+const raw = z.object({
+  mode: z.enum(MODES, { error: () => `must be one of ${MODES.join(", ")}` }),
+  blockSize: z.coerce
+    .number({ error: () => "must be a power of two >= 16 (16, 32, 64, 128, ...)" })
+    .refine(isValidBlockSize, { message: "must be a power of two >= 16 (16, 32, 64, 128, ...)" }),
+  symmetric: z.boolean().default(false),
+  accuracyLevel: z.coerce
+    .number()
+    .int()
+    .min(0)
+    .max(4, { message: "must be 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)" }),
+  perChannel: z.boolean().default(false),
+  reduceRange: z.boolean().default(false),
+  exclude: z.array(z.string()).default([]),
+  head: precision.optional(),
+  embedding: precision.optional(),
+  budget: z.string().default("2%"),
+  calib: z.string().optional(),
+  eval: z.string().optional(),
+  calibChars: z.coerce.number().int().positive().default(2000),
+  evalChars: z.coerce.number().int().positive().default(4000),
+});
+
+/** Validate command-line options; each problem becomes one IteraError naming the option. */
+export function parseQuantizeOptions(input: Record<string, unknown>): QuantizeOptions {
+  const r = raw.safeParse(input);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    const field = String(issue.path[0] ?? "");
+    const flag = `--${field.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+    const given = input[field];
+    throw new IteraError(
+      `invalid ${flag}${given === undefined ? "" : ` "${String(given)}"`}: ${issue.message}`,
+      {
+        where: flag,
+        fix: `see \`itera quantize --help\`; ${flag} ${issue.message}`,
+      },
+    );
+  }
+  const o = r.data;
+  return {
+    mode: o.mode,
+    blockSize: o.blockSize,
+    symmetric: o.symmetric,
+    accuracyLevel: o.accuracyLevel,
+    perChannel: o.perChannel,
+    reduceRange: o.reduceRange,
+    exclude: o.exclude
+      .flatMap((e) => e.split(","))
+      .map((e) => e.trim())
+      .filter((e) => e.length > 0),
+    head: o.head,
+    embedding: o.embedding,
+    budget: parseBudget(o.budget),
+    calibFile: o.calib,
+    evalFile: o.eval,
+    calibChars: o.calibChars,
+    evalChars: o.evalChars,
+  };
+}
