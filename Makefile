@@ -23,7 +23,9 @@ format: setup
 
 test: build
 	npx tsc -p tsconfig.json --noEmit
-	npx vitest run
+	mkdir -p test/.tmp
+	npx vitest run --reporter=default --reporter=json --outputFile.json=test/.tmp/vitest.json
+	node tools/test-summary.mjs test/.tmp/vitest.json
 
 demo: build
 	bash tools/demo.sh
