@@ -1,0 +1,150 @@
+import { performance } from "node:perf_hooks";
+import { IteraError } from "../errors.js";
+import type { LanguageModel, State } from "./model.js";
+
+/**
+ * Language-model evaluation over a long text: nats per token, bits per character and perplexity.
+ *
+ * Methods:
+ * - "carry" (models without a KV cache: recurrent/conv state): the text is fed in windows of
+ *   `window` tokens with the state carried across windows, so every token after the first is
+ *   predicted from the whole text before it; the window size only changes speed.
+ * - "sliding" (KV-cache models): windows of `window` tokens (default the context length) starting
+ *   every `stride` tokens (default window/2), each from an empty cache; a token is scored once, in
+ *   the first window that predicts it with the most context (Hugging Face's perplexity recipe).
+ */
+
+export type EvalMethod = "carry" | "sliding";
+
+export interface EvalOptions {
+  method?: EvalMethod;
+  window?: number;
+  stride?: number;
+  /** Add the tokenizer's special tokens when encoding (default false: plain text). */
+  addSpecialTokens?: boolean;
+  onProgress?: (scoredTokens: number, totalTokens: number) => void;
+}
+
+export interface EvalResult {
+  method: EvalMethod;
+  window: number;
+  stride: number | null;
+  /** Tokens scored (all but the first). */
+  tokens: number;
+  /** Characters of the scored tokens. */
+  chars: number;
+  nats_per_token: number;
+  bits_per_char: number;
+  perplexity: number;
+  seconds: number;
+  tokens_per_s: number;
+}
+
+/** -log p(target) from one row of logits, in float64. */
+function nll(logits: Float32Array, offset: number, vocab: number, target: number): number {
+  let max = -Infinity;
+  for (let i = 0; i < vocab; i++) if (logits[offset + i]! > max) max = logits[offset + i]!;
+  let sum = 0;
+  for (let i = 0; i < vocab; i++) sum += Math.exp(logits[offset + i]! - max);
+  return Math.log(sum) + max - logits[offset + target]!;
+}
+
+async function scoreWindow(
+  model: LanguageModel,
+  ids: readonly number[],
+  state: State,
+): Promise<{ logits: Float32Array; vocab: number; state: State }> {
+  const result = await model.forward([ids], state);
+  if (result.positions !== ids.length) {
+    throw new IteraError(
+      "the graph returns logits for the last position only, so it cannot be evaluated in windows",
+      {
+        where: model.onnxPath,
+        fix: "evaluate with --window 1, or export logits for every position",
+      },
+    );
+  }
+  return { logits: result.logits, vocab: result.vocab, state: result.state };
+}
+
+export async function evaluate(
+  model: LanguageModel,
+  text: string,
+  options: EvalOptions = {},
+): Promise<EvalResult> {
+  const t0 = performance.now();
+  const ids = model.tokenizer.encode(text, options.addSpecialTokens ?? false);
+  if (ids.length < 2) {
+    throw new IteraError(`the text has ${ids.length} token(s); evaluation needs at least 2`, {
+      fix: "give a longer text",
+    });
+  }
+  const method: EvalMethod = options.method ?? (model.io.hasKvCache ? "sliding" : "carry");
+  if (method === "carry" && model.limitedContext && ids.length > model.contextLength) {
+    throw new IteraError(
+      `carrying the state across ${ids.length} tokens exceeds the context of ${model.contextLength} of a model with a KV cache or position ids`,
+      { fix: "use the sliding method (--method sliding)" },
+    );
+  }
+  const window = Math.min(
+    options.window ?? (method === "sliding" ? model.contextLength : 512),
+    model.limitedContext ? model.contextLength : Number.POSITIVE_INFINITY,
+  );
+  if (!Number.isInteger(window) || window < 1) {
+    throw new IteraError(`window must be a positive integer, not ${options.window}`, {
+      fix: "pass --window N",
+    });
+  }
+  const total = ids.length - 1;
+  let nats = 0;
+  let scored = 0;
+
+  if (method === "carry") {
+    let state = model.newState(1);
+    let pending: Float32Array | null = null;
+    for (let begin = 0; begin < ids.length; begin += window) {
+      const chunk = ids.slice(begin, begin + window);
+      const out = await scoreWindow(model, chunk, state);
+      state = out.state;
+      const v = out.vocab;
+      if (pending) {
+        nats += nll(pending, 0, v, chunk[0]!);
+        scored++;
+      }
+      for (let j = 0; j + 1 < chunk.length; j++) nats += nll(out.logits, j * v, v, chunk[j + 1]!);
+      scored += chunk.length - 1;
+      pending = out.logits.slice((chunk.length - 1) * v, chunk.length * v);
+      options.onProgress?.(scored, total);
+    }
+  } else {
+    const stride = options.stride ?? Math.max(1, Math.floor(window / 2));
+    let prevEnd = 0;
+    for (let begin = 0; ; begin += stride) {
+      const end = Math.min(begin + window, ids.length);
+      const chunk = ids.slice(begin, end);
+      const out = await scoreWindow(model, chunk, model.newState(1));
+      for (let j = Math.max(prevEnd, begin + 1); j < end; j++) {
+        nats += nll(out.logits, (j - begin - 1) * out.vocab, out.vocab, ids[j]!);
+        scored++;
+      }
+      prevEnd = end;
+      options.onProgress?.(scored, total);
+      if (end === ids.length) break;
+    }
+  }
+
+  const chars = Array.from(model.tokenizer.decode(ids.slice(1), false)).length;
+  const seconds = (performance.now() - t0) / 1000;
+  return {
+    method,
+    window,
+    stride: method === "sliding" ? (options.stride ?? Math.max(1, Math.floor(window / 2))) : null,
+    tokens: scored,
+    chars,
+    nats_per_token: nats / scored,
+    bits_per_char: nats / Math.LN2 / chars,
+    perplexity: Math.exp(nats / scored),
+    seconds,
+    tokens_per_s: scored / seconds,
+  };
+}

@@ -1,0 +1,231 @@
+import { performance } from "node:perf_hooks";
+import { IteraError } from "../errors.js";
+import type { ForwardResult, LanguageModel, State } from "./model.js";
+import { Sampler, type SamplingOptions } from "./sampling.js";
+import type { TextStream } from "./tokenizer.js";
+
+/**
+ * Text generation over a LanguageModel: encode, prefill (one call when the graph takes several
+ * tokens), then decode token by token carrying the state, sampling each row with its own seeded
+ * PRNG, streaming text deltas, and stopping at eos, a stop string, max tokens or the context length.
+ *
+ * Batches: prompts of equal token length are prefilled together in one call. Prompts of different
+ * lengths are prefilled one by one and their states stacked (KV caches left-padded, hidden by the
+ * attention mask; conv/recurrent states need no padding), then decoded together. A KV-cache model
+ * without attention_mask can batch only prompts of equal length.
+ */
+
+export interface GenerateOptions extends SamplingOptions {
+  /** New tokens at most (default: search.max_length minus the prompt, else 256). */
+  maxTokens?: number;
+  /** Stop when the text contains one of these (the stop string is not part of the result). */
+  stop?: readonly string[];
+  /** Keep going past the end-of-text token (for comparisons and benchmarks). */
+  ignoreEos?: boolean;
+  /** Add the tokenizer's special tokens (BOS, ...) to string prompts (default true). */
+  addSpecialTokens?: boolean;
+}
+
+export type StopReason = "eos" | "stop" | "max_tokens" | "context";
+
+export interface TokenEvent {
+  row: number;
+  /** Index of the token among the generated ones. */
+  index: number;
+  id: number;
+  /** New text this token completes (may be empty, held back for a partial stop string or UTF-8 sequence). */
+  text: string;
+}
+
+export interface Generation {
+  promptIds: number[];
+  /** Generated ids (the eos token, if it ended the generation, included). */
+  ids: number[];
+  text: string;
+  stopReason: StopReason;
+  seed: number;
+  timings: {
+    /** Prompt tokens fed before the first generated token. */
+    promptTokens: number;
+    prefillMs: number;
+    /** From the call to the first generated token (tokenisation and prefill included). */
+    ttftMs: number;
+    /** Wall time of each decode step after the first token. */
+    tokenMs: number[];
+    totalMs: number;
+  };
+}
+
+export type GenerateInput = string | readonly number[];
+
+class RowStop {
+  text = "";
+  emitted = 0;
+
+  constructor(
+    readonly stream: TextStream,
+    readonly stops: readonly string[],
+  ) {}
+
+  /** Length of the longest suffix of the text that begins some stop string (held back from streaming). */
+  private partialStop(): number {
+    let best = 0;
+    for (const s of this.stops) {
+      for (let k = Math.min(s.length - 1, this.text.length); k > best; k--) {
+        if (this.text.endsWith(s.slice(0, k))) {
+          best = k;
+          break;
+        }
+      }
+    }
+    return best;
+  }
+
+  /** Add a token; returns the text safe to emit and whether a stop string ended the text. */
+  push(id: number): { text: string; stopped: boolean } {
+    const from = Math.max(0, this.text.length - Math.max(0, ...this.stops.map((s) => s.length)));
+    this.text += this.stream.push(id);
+    let cut = -1;
+    for (const s of this.stops) {
+      const at = this.text.indexOf(s, from);
+      if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+    }
+    if (cut >= 0) {
+      this.text = this.text.slice(0, cut);
+      return { text: this.flush(), stopped: true };
+    }
+    const safe = this.text.length - this.partialStop();
+    const out = this.text.slice(this.emitted, safe);
+    this.emitted = Math.max(this.emitted, safe);
+    return { text: out, stopped: false };
+  }
+
+  flush(): string {
+    const out = this.text.slice(this.emitted);
+    this.emitted = this.text.length;
+    return out;
+  }
+}
+
+function rowLogits(result: ForwardResult, row: number): Float32Array {
+  const { vocab, positions } = result;
+  const start = (row * positions + positions - 1) * vocab;
+  return result.logits.subarray(start, start + vocab);
+}
+
+export async function generate(
+  model: LanguageModel,
+  inputs: readonly GenerateInput[],
+  options: GenerateOptions = {},
+  onToken?: (event: TokenEvent) => void,
+): Promise<Generation[]> {
+  const t0 = performance.now();
+  const search = model.config.search ?? {};
+  const prompts = inputs.map((p) =>
+    typeof p === "string" ? model.tokenizer.encode(p, options.addSpecialTokens ?? true) : [...p],
+  );
+  const longest = Math.max(...prompts.map((p) => p.length));
+  prompts.forEach((p, r) => {
+    if (p.length === 0) {
+      throw new IteraError(`prompt ${r + 1} is empty`, { fix: "give a prompt of at least one token" });
+    }
+    if (model.limitedContext && p.length >= model.contextLength) {
+      throw new IteraError(
+        `prompt ${r + 1} has ${p.length} tokens; the model's context is ${model.contextLength}, leaving no room to generate`,
+        { where: model.dir, fix: `shorten the prompt below ${model.contextLength} tokens` },
+      );
+    }
+    const bad = p.find((id) => !Number.isInteger(id) || id < 0 || id >= model.vocabSize);
+    if (bad !== undefined) {
+      throw new IteraError(
+        `prompt ${r + 1} has token id ${bad}, outside the vocabulary of ${model.vocabSize}`,
+        {
+          where: model.dir,
+          fix: "use token ids from the model's tokenizer",
+        },
+      );
+    }
+  });
+  const maxTokens = options.maxTokens ?? (search.max_length ? Math.max(1, search.max_length - longest) : 256);
+  const sampling: SamplingOptions = {
+    temperature: options.temperature ?? (search.do_sample ? (search.temperature ?? 1) : 0),
+    topK: options.topK ?? search.top_k ?? 0,
+    topP: options.topP ?? search.top_p ?? 1,
+    repetitionPenalty: options.repetitionPenalty ?? search.repetition_penalty ?? 1,
+  };
+  const baseSeed = options.seed ?? Math.floor(Math.random() * 2 ** 31);
+  const samplers = prompts.map((_, r) => new Sampler({ ...sampling, seed: baseSeed + r }));
+  const rows = prompts.map(() => new RowStop(model.tokenizer.stream(), options.stop ?? []));
+
+  // Prefill: one call for equal lengths, else row by row and stack.
+  let result: ForwardResult;
+  let lastLogits: Float32Array[];
+  if (prompts.every((p) => p.length === prompts[0]!.length)) {
+    result = await model.forward(prompts, model.newState(prompts.length));
+    lastLogits = prompts.map((_, r) => rowLogits(result, r));
+  } else {
+    const singles: ForwardResult[] = [];
+    for (const p of prompts) singles.push(await model.forward([p], model.newState(1)));
+    const state: State = model.stackStates(singles.map((s) => s.state));
+    lastLogits = singles.map((s) => rowLogits(s, 0));
+    result = { ...singles[0]!, state };
+  }
+  const prefillMs = performance.now() - t0;
+
+  const generated: number[][] = prompts.map(() => []);
+  const stopReasons: (StopReason | undefined)[] = prompts.map(() => undefined);
+  const contexts = prompts.map((p) => [...p]);
+  const tokenMs: number[] = [];
+  let ttftMs = 0;
+  let state = result.state;
+  for (;;) {
+    for (let r = 0; r < prompts.length; r++) {
+      if (stopReasons[r]) continue;
+      const id = samplers[r]!.next(lastLogits[r]!, contexts[r]!);
+      generated[r]!.push(id);
+      contexts[r]!.push(id);
+      if (ttftMs === 0) ttftMs = performance.now() - t0;
+      const index = generated[r]!.length - 1;
+      if (model.eosIds.has(id) && !options.ignoreEos) {
+        stopReasons[r] = "eos";
+        const rest = rows[r]!.flush();
+        if (rest) onToken?.({ row: r, index, id, text: rest });
+        continue;
+      }
+      const { text, stopped } = rows[r]!.push(id);
+      if (stopped) stopReasons[r] = "stop";
+      else if (generated[r]!.length >= maxTokens) stopReasons[r] = "max_tokens";
+      const tail = stopReasons[r] === "max_tokens" ? rows[r]!.flush() : "";
+      onToken?.({ row: r, index, id, text: text + tail });
+    }
+    if (stopReasons.every((s) => s)) break;
+    if (model.limitedContext && state.length + 1 > model.contextLength) {
+      stopReasons.forEach((s, r) => {
+        if (!s) {
+          stopReasons[r] = "context";
+          const rest = rows[r]!.flush();
+          if (rest) onToken?.({ row: r, index: generated[r]!.length - 1, id: -1, text: rest });
+        }
+      });
+      break;
+    }
+    // Finished rows keep feeding their last token; their outputs are ignored.
+    const step = performance.now();
+    result = await model.forward(
+      generated.map((g) => [g[g.length - 1]!]),
+      state,
+    );
+    tokenMs.push(performance.now() - step);
+    state = result.state;
+    lastLogits = prompts.map((_, r) => rowLogits(result, r));
+  }
+  const totalMs = performance.now() - t0;
+  return prompts.map((promptIds, r) => ({
+    promptIds,
+    ids: generated[r]!,
+    text: rows[r]!.text,
+    stopReason: stopReasons[r]!,
+    seed: baseSeed + r,
+    timings: { promptTokens: promptIds.length, prefillMs, ttftMs, tokenMs, totalMs },
+  }));
+}
