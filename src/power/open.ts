@@ -1,0 +1,84 @@
+import { IteraError } from "../errors.js";
+import { type MeterName, meterNames } from "../profile/schema.js";
+import type { DeviceProfile } from "../profile/schema.js";
+import { Ina219Meter } from "./ina219/meter.js";
+import type { Meter } from "./meter.js";
+import { PmicMeter } from "./pmic.js";
+import { RaplMeter } from "./rapl.js";
+import { TdpMeter, tdpOptionsFromProfile } from "./tdp.js";
+
+/** Everything needed to open any meter; each meter uses only its own fields. */
+export interface MeterOptions {
+  meter: MeterName | "auto";
+  profile?: DeviceProfile;
+  /** ina219: serial port and baud rate. */
+  port?: string;
+  baud?: number;
+  /** rapl: root of the powercap tree (a fake one in tests). */
+  raplRoot?: string;
+  /** pmic: linear correction and the vcgencmd executable. */
+  pmicScale?: number;
+  pmicOffsetW?: number;
+  vcgencmd?: string;
+  /** tdp: root of the proc filesystem. */
+  procRoot?: string;
+  /** Where `auto` reports why it skipped a meter (stderr in the CLI). */
+  log?: (message: string) => void;
+}
+
+export const meterChoices = [...meterNames, "auto"] as const;
+
+function create(name: MeterName, o: MeterOptions): Meter {
+  switch (name) {
+    case "ina219":
+      if (!o.port) {
+        throw new IteraError("the ina219 meter needs a serial port", {
+          fix: "pass --port /dev/ttyACM0 (or /dev/ttyUSB0; see `ls /dev/tty{ACM,USB}*`)",
+        });
+      }
+      return new Ina219Meter({ port: o.port, ...(o.baud ? { baud: o.baud } : {}) });
+    case "pmic":
+      return new PmicMeter({
+        ...(o.pmicScale !== undefined ? { scale: o.pmicScale } : {}),
+        ...(o.pmicOffsetW !== undefined ? { offset_w: o.pmicOffsetW } : {}),
+        ...(o.vcgencmd ? { vcgencmd: o.vcgencmd } : {}),
+      });
+    case "rapl":
+      return new RaplMeter(o.raplRoot ? { root: o.raplRoot } : {});
+    case "tdp":
+      if (!o.profile) {
+        throw new IteraError("the tdp estimate needs a device profile with power figures", {
+          fix: "pass --profile NAME (see `itera profiles`)",
+        });
+      }
+      return new TdpMeter({
+        ...tdpOptionsFromProfile(o.profile),
+        ...(o.procRoot ? { procRoot: o.procRoot } : {}),
+      });
+  }
+}
+
+/**
+ * Open and start a meter. `auto` tries the profile's meters in order of preference (default
+ * rapl, then tdp) and falls back past each one that cannot start, logging why.
+ */
+export async function openMeter(o: MeterOptions): Promise<{ meter: Meter; skipped: string[] }> {
+  const order: MeterName[] = o.meter === "auto" ? (o.profile?.power.meters ?? ["rapl", "tdp"]) : [o.meter];
+  const skipped: string[] = [];
+  for (const name of order) {
+    try {
+      const meter = create(name, o);
+      await meter.start();
+      return { meter, skipped };
+    } catch (e) {
+      if (!(e instanceof IteraError) || o.meter !== "auto") throw e;
+      const reason = `${name}: ${e.message}`;
+      skipped.push(reason);
+      o.log?.(`meter ${reason}; trying the next one`);
+    }
+  }
+  throw new IteraError(`no power meter could be started (tried ${order.join(", ")})`, {
+    where: o.profile ? `profile ${o.profile.name} power.meters` : "--meter auto",
+    fix: `${skipped.join("; ")}. Add "tdp" to the profile's meters or pass --meter`,
+  });
+}
