@@ -1,0 +1,378 @@
+import { arch, cpus, platform, totalmem } from "node:os";
+import type { IClientOptions, MqttClient } from "mqtt";
+import type { IteraError } from "../errors.js";
+import { type BrokerOptions, connectBroker, endAsync, publishAsync } from "../protocol/connect.js";
+import {
+  type BenchResult,
+  benchResultSchema,
+  type BirthPayload,
+  decode,
+  type JobRequest,
+  type JobResultPayload,
+  type JobStatus,
+  jobRequestSchema,
+  type ModelRef,
+  PROTOCOL_VERSION,
+  salvageExecNo,
+  type StatePayload,
+  terminalStatuses,
+} from "../protocol/schemas.js";
+import { deviceTopic, jobTopic, parseTopic } from "../protocol/topics.js";
+import { VERSION } from "../version.js";
+import { Outbox } from "./outbox.js";
+import type { BenchmarkRunner } from "./runner.js";
+import { type JobRecord, AgentStore } from "./store.js";
+import { TelemetrySampler } from "./telemetry.js";
+
+/** Job requests are small; anything bigger is refused before parsing. */
+export const MAX_REQUEST_BYTES = 64 * 1024;
+
+export interface AgentOptions {
+  broker: BrokerOptions;
+  fleet: string;
+  /** Device id: also the MQTT client id, so the broker's ACL can bind it to the login. */
+  device: string;
+  profile: string;
+  models: ModelRef[];
+  stateDir: string;
+  telemetryIntervalMs: number;
+  runner: BenchmarkRunner;
+  sessionExpiryS?: number;
+  reconnectPeriodMs?: number;
+  log?: (line: string) => void;
+}
+
+/**
+ * The on-device MQTT agent (DESIGN.md §8). It announces itself (state + birth, retained, with a
+ * birth/death sequence number bdSeq that the Last Will repeats), sends telemetry, and runs benchmark
+ * jobs one at a time. Everything it publishes except the retained announcements goes through the
+ * on-disk outbox, so nothing is lost while the broker is away or the agent restarts.
+ */
+export class Agent {
+  private readonly store: AgentStore;
+  private readonly outbox: Outbox;
+  private readonly sampler = new TelemetrySampler();
+  private mqtt: MqttClient | undefined;
+  private attemptBdSeq = 0;
+  private sessionBdSeq = 0;
+  private telemetryTimer: NodeJS.Timeout | undefined;
+  private readonly queue: JobRequest[] = [];
+  private running = false;
+  private current: AbortController | undefined;
+  private stopping = false;
+  private readonly log: (line: string) => void;
+  private connectedOnce!: () => void;
+  private failed!: (e: Error) => void;
+  /** Resolves on the first successful connection. */
+  readonly connected: Promise<void>;
+  /** Rejects if the agent cannot go on (e.g. the broker refuses its login). */
+  readonly fatal: Promise<never>;
+
+  constructor(private readonly opts: AgentOptions) {
+    this.store = new AgentStore(opts.stateDir);
+    this.outbox = new Outbox(this.store);
+    this.log = opts.log ?? ((line) => process.stderr.write(`${line}\n`));
+    this.connected = new Promise((resolve) => {
+      this.connectedOnce = resolve;
+    });
+    this.fatal = new Promise((_, reject) => {
+      this.failed = reject;
+    });
+    this.fatal.catch(() => {});
+    this.sessionBdSeq = this.store.current("bdSeq") ?? 0;
+  }
+
+  get client(): MqttClient | undefined {
+    return this.mqtt;
+  }
+
+  get bdSeq(): number {
+    return this.sessionBdSeq;
+  }
+
+  outboxSize(): number {
+    return this.outbox.size();
+  }
+
+  /** Start telemetry and job recovery at once; connect in the background (retrying until it works). */
+  start(): void {
+    for (const job of this.store.unfinishedJobs()) {
+      if (job.request) this.queue.push(job.request);
+    }
+    this.telemetryTimer = setInterval(() => this.sendTelemetry(), this.opts.telemetryIntervalMs);
+    void this.connectLoop();
+    if (this.queue.length > 0) void this.pump();
+  }
+
+  private topic(kind: "state" | "birth" | "telemetry"): string {
+    return deviceTopic(this.opts.fleet, this.opts.device, kind);
+  }
+
+  private statePayload(state: StatePayload["state"], bdSeq: number): string {
+    return JSON.stringify({ v: PROTOCOL_VERSION, state, bdSeq, ts: Date.now() } satisfies StatePayload);
+  }
+
+  /** Before every connection attempt: a new bdSeq, persisted, and a Last Will that carries it. */
+  private prepare = (_client: MqttClient | undefined, options: IClientOptions): void => {
+    this.attemptBdSeq = this.store.next("bdSeq");
+    options.will = {
+      topic: this.topic("state"),
+      payload: Buffer.from(this.statePayload("lost", this.attemptBdSeq)),
+      qos: 1,
+      retain: true,
+    };
+  };
+
+  private async connectLoop(): Promise<void> {
+    while (!this.stopping) {
+      try {
+        const client = await connectBroker(
+          this.opts.broker,
+          {
+            clientId: this.opts.device,
+            clean: false,
+            sessionExpiryS: this.opts.sessionExpiryS ?? 7 * 24 * 3600,
+            reconnectPeriodMs: this.opts.reconnectPeriodMs ?? 1000,
+          },
+          this.prepare,
+        );
+        if (this.stopping) {
+          await endAsync(client, true);
+          return;
+        }
+        this.mqtt = client;
+        client.on("message", (topic, payload) => this.onMessage(topic, payload));
+        client.on("connect", () => void this.onConnected(client).catch(() => {}));
+        client.on("offline", () =>
+          this.log(`agent ${this.opts.device}: broker unreachable, buffering to disk`),
+        );
+        await this.onConnected(client);
+        this.outbox.attach(client);
+        this.connectedOnce();
+        return;
+      } catch (e) {
+        const err = e as IteraError;
+        if (/refused the login/.test(err.message)) {
+          this.failed(err);
+          return;
+        }
+        this.log(`agent ${this.opts.device}: ${err.message}; retrying`);
+        await new Promise((r) => setTimeout(r, this.opts.reconnectPeriodMs ?? 1000));
+      }
+    }
+  }
+
+  private async onConnected(client: MqttClient): Promise<void> {
+    this.sessionBdSeq = this.attemptBdSeq;
+    const birth: BirthPayload = {
+      v: PROTOCOL_VERSION,
+      bdSeq: this.sessionBdSeq,
+      ts: Date.now(),
+      agent: { version: VERSION, node: process.version },
+      hw: {
+        platform: platform(),
+        arch: arch(),
+        cpus: cpus().length,
+        memory_mb: Math.round(totalmem() / 2 ** 20),
+        cpu_model: cpus()[0]?.model ?? "unknown",
+      },
+      profile: this.opts.profile,
+      models: this.opts.models,
+    };
+    // Retained announcements are re-sent on every connect, so they need no outbox.
+    client.publish(this.topic("state"), this.statePayload("online", this.sessionBdSeq), {
+      qos: 1,
+      retain: true,
+    });
+    client.publish(this.topic("birth"), JSON.stringify(birth), { qos: 1, retain: true });
+    this.log(
+      `agent ${this.opts.device}: online (bdSeq ${this.sessionBdSeq}, MQTT ${client.options.protocolVersion})`,
+    );
+    await client.subscribeAsync(jobTopic(this.opts.fleet, this.opts.device, "+", "request"), { qos: 1 });
+  }
+
+  sendTelemetry(): void {
+    if (this.stopping) return;
+    const seq = this.store.next("seq");
+    this.outbox.publish(this.topic("telemetry"), {
+      v: PROTOCOL_VERSION,
+      ts: Date.now(),
+      bdSeq: this.sessionBdSeq,
+      seq,
+      m: this.sampler.sample(),
+    });
+  }
+
+  private onMessage(topic: string, payload: Buffer): void {
+    try {
+      this.handleRequest(topic, payload);
+    } catch (e) {
+      // A bad message must never take the agent down: log it and go on.
+      this.log(`agent ${this.opts.device}: error handling ${topic}: ${(e as Error).message}`);
+    }
+  }
+
+  private handleRequest(topic: string, payload: Buffer): void {
+    const t = parseTopic(topic);
+    if (t?.kind !== "request" || t.device !== this.opts.device || t.fleet !== this.opts.fleet) {
+      this.log(`agent ${this.opts.device}: ignoring message on ${topic}`);
+      return;
+    }
+    const d = decode(jobRequestSchema, payload, MAX_REQUEST_BYTES);
+    if (!d.ok) {
+      const execNo = payload.byteLength <= MAX_REQUEST_BYTES ? salvageExecNo(payload) : 0;
+      this.announce(t.jobId, execNo, "REJECTED", d.error);
+      return;
+    }
+    const req = d.value;
+    if (req.jobId !== t.jobId) {
+      this.announce(
+        t.jobId,
+        req.execNo,
+        "REJECTED",
+        `jobId '${req.jobId}' differs from the topic's '${t.jobId}'`,
+      );
+      return;
+    }
+    const known = this.store.getJob(req.jobId, req.execNo);
+    if (known) {
+      // Idempotent: a repeated request gets the recorded answer and never runs twice.
+      this.announce(known.jobId, known.execNo, known.status, known.details, known.result ?? undefined);
+      return;
+    }
+    if (req.deadline <= Date.now()) {
+      this.record(req, "TIMED_OUT", "the deadline passed before the job started");
+      return;
+    }
+    if (!this.opts.models.some((m) => m.id === req.doc.params.model)) {
+      const have = this.opts.models.map((m) => m.id).join(", ") || "none";
+      this.record(req, "REJECTED", `model '${req.doc.params.model}' is not on this device (it has: ${have})`);
+      return;
+    }
+    this.record(req, "QUEUED", null);
+    this.queue.push(req);
+    void this.pump();
+  }
+
+  /** Record a job's new status durably, then publish it (and the result, once terminal). */
+  private record(
+    req: JobRequest,
+    status: JobStatus,
+    details: string | null,
+    results: BenchResult[] = [],
+  ): void {
+    const result: JobResultPayload | null = terminalStatuses.has(status)
+      ? { v: PROTOCOL_VERSION, jobId: req.jobId, execNo: req.execNo, status, results, error: details }
+      : null;
+    const job: JobRecord = { jobId: req.jobId, execNo: req.execNo, status, details, request: req, result };
+    this.store.transaction(() => {
+      this.store.putJob(job);
+      this.announce(req.jobId, req.execNo, status, details, result ?? undefined);
+    });
+  }
+
+  private announce(
+    jobId: string,
+    execNo: number,
+    status: JobStatus,
+    details: string | null,
+    result?: JobResultPayload,
+  ): void {
+    const { fleet, device } = this.opts;
+    this.outbox.publish(jobTopic(fleet, device, jobId, "status"), {
+      v: PROTOCOL_VERSION,
+      jobId,
+      execNo,
+      status,
+      details,
+      ts: Date.now(),
+    });
+    if (terminalStatuses.has(status)) {
+      this.outbox.publish(
+        jobTopic(fleet, device, jobId, "result"),
+        result ?? { v: PROTOCOL_VERSION, jobId, execNo, status, results: [], error: details },
+      );
+    }
+  }
+
+  private async pump(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      while (this.queue.length > 0 && !this.stopping) await this.runJob(this.queue.shift()!);
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private async runJob(req: JobRequest): Promise<void> {
+    const left = req.deadline - Date.now();
+    if (left <= 0) {
+      this.record(req, "TIMED_OUT", "the deadline passed while the job was queued");
+      return;
+    }
+    this.record(req, "IN_PROGRESS", null);
+    const ac = new AbortController();
+    this.current = ac;
+    const timer = setTimeout(() => ac.abort(new Error("deadline")), left);
+    try {
+      const results = await this.opts.runner(
+        req.doc.params,
+        (done, total, note) =>
+          this.announce(req.jobId, req.execNo, "IN_PROGRESS", `${done}/${total}${note ? ` ${note}` : ""}`),
+        ac.signal,
+      );
+      const checked = results.map((r, i) => {
+        const c = benchResultSchema.safeParse(r);
+        if (!c.success)
+          throw new Error(`benchmark result ${i + 1} is malformed: ${c.error.issues[0]?.message}`);
+        return c.data;
+      });
+      this.sampler.noteResults(checked);
+      this.record(req, "SUCCEEDED", null, checked);
+    } catch (e) {
+      if (this.stopping) return; // stays IN_PROGRESS on disk: it runs again after the restart
+      if (ac.signal.aborted) this.record(req, "TIMED_OUT", "the deadline passed while the benchmark ran");
+      else this.record(req, "FAILED", (e as Error).message);
+    } finally {
+      clearTimeout(timer);
+      this.current = undefined;
+    }
+  }
+
+  /** Resolves once every message published so far has been acknowledged by the broker. */
+  drained(): Promise<void> {
+    return this.outbox.drained();
+  }
+
+  /** Graceful stop: announce `offline` (so no Last Will fires), disconnect, close the store. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.telemetryTimer);
+    this.current?.abort(new Error("agent stopping"));
+    const client = this.mqtt;
+    if (client?.connected) {
+      await Promise.race([
+        publishAsync(client, this.topic("state"), this.statePayload("offline", this.sessionBdSeq), {
+          qos: 1,
+          retain: true,
+        }).catch(() => {}),
+        new Promise((r) => setTimeout(r, 2000)),
+      ]);
+    }
+    this.outbox.detach();
+    if (client) await endAsync(client, !client.connected);
+    this.store.close();
+  }
+
+  /** Simulate a crash: drop the TCP connection without DISCONNECT (the broker sends the Last Will). */
+  crash(): void {
+    this.stopping = true;
+    clearInterval(this.telemetryTimer);
+    this.current?.abort(new Error("agent crashed"));
+    this.outbox.detach();
+    this.mqtt?.stream.destroy();
+    this.mqtt?.end(true);
+    this.store.close();
+  }
+}

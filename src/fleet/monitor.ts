@@ -1,0 +1,181 @@
+import { EventEmitter } from "node:events";
+import type { MqttClient } from "mqtt";
+import {
+  type BirthPayload,
+  birthSchema,
+  decode,
+  type JobResultPayload,
+  type JobStatusPayload,
+  jobResultSchema,
+  jobStatusSchema,
+  type StatePayload,
+  stateSchema,
+  type TelemetryPayload,
+  telemetrySchema,
+} from "../protocol/schemas.js";
+import { fleetFilter, parseTopic, sharedFilter } from "../protocol/topics.js";
+import type { FleetStore } from "./store.js";
+
+export interface DeviceView {
+  device: string;
+  state: StatePayload["state"] | "unknown";
+  /** The newest session seen (from birth or state): older Last Wills are stale and ignored. */
+  bdSeq: number;
+  birth: BirthPayload | undefined;
+  telemetry: TelemetryPayload | undefined;
+  telemetryCount: number;
+  lastSeenMs: number;
+}
+
+export interface MonitorEvents {
+  birth: [device: DeviceView, newSession: boolean];
+  state: [device: DeviceView];
+  telemetry: [device: DeviceView, t: TelemetryPayload, fresh: boolean];
+  status: [device: string, s: JobStatusPayload];
+  result: [device: string, r: JobResultPayload];
+  invalid: [topic: string, error: string];
+}
+
+export interface MonitorStats {
+  messages: number;
+  invalid: number;
+  duplicateTelemetry: number;
+}
+
+/**
+ * A coordinator's view of one fleet: devices (from retained state/birth), their telemetry, and job
+ * status/result messages, each validated. Telemetry is de-duplicated by (device, bdSeq, seq) through
+ * the store. With `shareGroup`, job results come through a shared subscription, so several
+ * coordinators can split them on a broker that supports `$share` (MQTT 5, e.g. Mosquitto, EMQX, HiveMQ).
+ */
+export class FleetMonitor extends EventEmitter<MonitorEvents> {
+  readonly devices = new Map<string, DeviceView>();
+  readonly stats: MonitorStats = { messages: 0, invalid: 0, duplicateTelemetry: 0 };
+  private readonly seenTelemetry = new Set<string>();
+
+  constructor(
+    private readonly client: MqttClient,
+    readonly fleet: string,
+    private readonly store?: FleetStore,
+    private readonly opts: { shareGroup?: string; results?: boolean } = {},
+  ) {
+    super();
+    client.on("message", (topic, payload) => this.onMessage(topic, payload));
+  }
+
+  async subscribe(): Promise<void> {
+    const f = this.fleet;
+    const filters = [fleetFilter(f, "state"), fleetFilter(f, "birth"), fleetFilter(f, "telemetry")];
+    if (this.opts.results !== false) {
+      filters.push(fleetFilter(f, "status"));
+      const results = fleetFilter(f, "result");
+      filters.push(this.opts.shareGroup ? sharedFilter(this.opts.shareGroup, results) : results);
+    }
+    const granted = await this.client.subscribeAsync(filters, { qos: 1 });
+    const refused = granted.filter((g) => g.qos > 2);
+    if (refused.length > 0) {
+      throw new Error(`the broker refused the subscription to ${refused.map((g) => g.topic).join(", ")}`);
+    }
+  }
+
+  private view(device: string): DeviceView {
+    let d = this.devices.get(device);
+    if (!d) {
+      d = {
+        device,
+        state: "unknown",
+        bdSeq: -1,
+        birth: undefined,
+        telemetry: undefined,
+        telemetryCount: 0,
+        lastSeenMs: 0,
+      };
+      this.devices.set(device, d);
+    }
+    return d;
+  }
+
+  private onMessage(topic: string, payload: Buffer): void {
+    this.stats.messages++;
+    const t = parseTopic(topic);
+    if (!t || t.fleet !== this.fleet) return;
+    if (payload.byteLength === 0) return; // a cleared retained message
+    const bad = (error: string) => {
+      this.stats.invalid++;
+      this.emit("invalid", topic, error);
+    };
+    switch (t.kind) {
+      case "state": {
+        const d = decode(stateSchema, payload);
+        if (!d.ok) {
+          bad(d.error);
+          return;
+        }
+        const v = this.view(t.device);
+        // A Last Will from an older session arrives after the new birth: it is stale.
+        if (d.value.bdSeq < v.bdSeq) return;
+        v.bdSeq = d.value.bdSeq;
+        v.state = d.value.state;
+        v.lastSeenMs = Date.now();
+        this.emit("state", v);
+        return;
+      }
+      case "birth": {
+        const d = decode(birthSchema, payload);
+        if (!d.ok) {
+          bad(d.error);
+          return;
+        }
+        const v = this.view(t.device);
+        if (v.birth && d.value.bdSeq < v.birth.bdSeq) return;
+        const newSession = !v.birth || d.value.bdSeq > v.birth.bdSeq;
+        v.birth = d.value;
+        if (d.value.bdSeq > v.bdSeq) {
+          v.bdSeq = d.value.bdSeq;
+          v.state = "online";
+        }
+        v.lastSeenMs = Date.now();
+        this.emit("birth", v, newSession);
+        return;
+      }
+      case "telemetry": {
+        const d = decode(telemetrySchema, payload);
+        if (!d.ok) {
+          bad(d.error);
+          return;
+        }
+        const v = this.view(t.device);
+        const key = `${t.device}\u0000${d.value.bdSeq}\u0000${d.value.seq}`;
+        const fresh = this.store
+          ? this.store.addTelemetry(this.fleet, t.device, d.value)
+          : !this.seenTelemetry.has(key) && Boolean(this.seenTelemetry.add(key));
+        if (!fresh) this.stats.duplicateTelemetry++;
+        if (fresh) v.telemetryCount++;
+        if (!v.telemetry || d.value.seq >= v.telemetry.seq) v.telemetry = d.value;
+        v.lastSeenMs = Date.now();
+        this.emit("telemetry", v, d.value, fresh);
+        return;
+      }
+      case "status": {
+        const d = decode(jobStatusSchema, payload);
+        if (!d.ok) {
+          bad(d.error);
+          return;
+        }
+        this.emit("status", t.device, d.value);
+        return;
+      }
+      case "result": {
+        const d = decode(jobResultSchema, payload);
+        if (!d.ok) {
+          bad(d.error);
+          return;
+        }
+        this.emit("result", t.device, d.value);
+        return;
+      }
+      default:
+        return;
+    }
+  }
+}

@@ -1,0 +1,255 @@
+import { mkdirSync } from "node:fs";
+import { homedir } from "node:os";
+import { dirname, join } from "node:path";
+import Database from "better-sqlite3";
+import { IteraError } from "../errors.js";
+import type { BenchResult, JobStatus, TelemetryPayload } from "../protocol/schemas.js";
+
+/** Where fleet history lives unless --db says otherwise. */
+export function defaultFleetDb(): string {
+  const base = process.env.XDG_DATA_HOME || join(homedir(), ".local", "share");
+  return join(base, "itera", "fleet.db");
+}
+
+export interface RunRecord {
+  jobId: string;
+  fleet: string;
+  model: string;
+  params: unknown;
+  startedMs: number;
+  deadlineMs: number;
+}
+
+export interface StoredResult {
+  jobId: string;
+  fleet: string;
+  device: string;
+  execNo: number;
+  result: BenchResult;
+}
+
+export interface StoredTelemetry {
+  fleet: string;
+  device: string;
+  bdSeq: number;
+  seq: number;
+  ts: number;
+  m: TelemetryPayload["m"];
+}
+
+/**
+ * Fleet history in SQLite: benchmark runs, each device's job executions and results, and telemetry.
+ * Primary keys are the protocol's de-duplication keys, so a message delivered twice (QoS 1 is
+ * at-least-once) is stored once: results by (jobId, device, execNo), telemetry by (device, bdSeq, seq).
+ */
+export class FleetStore {
+  private readonly db: Database.Database;
+  private readonly s;
+
+  constructor(readonly path: string) {
+    try {
+      if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
+      this.db = new Database(path);
+    } catch (e) {
+      throw new IteraError(`cannot open the fleet database: ${(e as Error).message}`, {
+        where: path,
+        fix: "pass a writable path with --db",
+      });
+    }
+    this.db.pragma("journal_mode = WAL");
+    this.db.pragma("synchronous = NORMAL");
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS runs (
+        job_id TEXT PRIMARY KEY, fleet TEXT NOT NULL, model TEXT NOT NULL, params TEXT NOT NULL,
+        started_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL, finished_ms INTEGER);
+      CREATE TABLE IF NOT EXISTS executions (
+        job_id TEXT NOT NULL, fleet TEXT NOT NULL, device TEXT NOT NULL, exec_no INTEGER NOT NULL,
+        status TEXT NOT NULL, details TEXT, updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (job_id, device, exec_no));
+      CREATE TABLE IF NOT EXISTS results (
+        job_id TEXT NOT NULL, fleet TEXT NOT NULL, device TEXT NOT NULL, exec_no INTEGER NOT NULL,
+        idx INTEGER NOT NULL, test TEXT NOT NULL, threads INTEGER NOT NULL, result TEXT NOT NULL,
+        PRIMARY KEY (job_id, device, exec_no, idx));
+      CREATE TABLE IF NOT EXISTS telemetry (
+        fleet TEXT NOT NULL, device TEXT NOT NULL, bd_seq INTEGER NOT NULL, seq INTEGER NOT NULL,
+        ts INTEGER NOT NULL, cpu_pct REAL, temp_c REAL, rss_mb REAL, tok_s REAL, mj_per_token REAL,
+        method TEXT, throttled INTEGER, PRIMARY KEY (fleet, device, bd_seq, seq));
+      CREATE INDEX IF NOT EXISTS telemetry_ts ON telemetry (ts);
+    `);
+    this.s = {
+      run: this.db.prepare(
+        "INSERT OR IGNORE INTO runs (job_id, fleet, model, params, started_ms, deadline_ms) VALUES (?, ?, ?, ?, ?, ?)",
+      ),
+      finish: this.db.prepare("UPDATE runs SET finished_ms = ? WHERE job_id = ?"),
+      exec: this.db.prepare(
+        `INSERT INTO executions (job_id, fleet, device, exec_no, status, details, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(job_id, device, exec_no) DO UPDATE SET status = excluded.status, details = excluded.details,
+           updated_ms = excluded.updated_ms`,
+      ),
+      result: this.db.prepare(
+        "INSERT OR IGNORE INTO results (job_id, fleet, device, exec_no, idx, test, threads, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+      ),
+      telemetry: this.db.prepare(
+        `INSERT OR IGNORE INTO telemetry (fleet, device, bd_seq, seq, ts, cpu_pct, temp_c, rss_mb, tok_s, mj_per_token,
+           method, throttled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ),
+    };
+  }
+
+  addRun(r: RunRecord): void {
+    this.s.run.run(r.jobId, r.fleet, r.model, JSON.stringify(r.params), r.startedMs, r.deadlineMs);
+  }
+
+  finishRun(jobId: string): void {
+    this.s.finish.run(Date.now(), jobId);
+  }
+
+  setExecution(
+    jobId: string,
+    fleet: string,
+    device: string,
+    execNo: number,
+    status: JobStatus,
+    details: string | null,
+  ) {
+    this.s.exec.run(jobId, fleet, device, execNo, status, details, Date.now());
+  }
+
+  /** Store a job's results; false if this (jobId, device, execNo) was stored before (a duplicate). */
+  addResults(jobId: string, fleet: string, device: string, execNo: number, results: BenchResult[]): boolean {
+    let fresh = 0;
+    this.db.transaction(() => {
+      results.forEach((r, i) => {
+        fresh += this.s.result.run(
+          jobId,
+          fleet,
+          device,
+          execNo,
+          i,
+          r.test,
+          r.threads,
+          JSON.stringify(r),
+        ).changes;
+      });
+    })();
+    return fresh > 0 || results.length === 0;
+  }
+
+  /** Store one telemetry message; false if it is a duplicate. */
+  addTelemetry(fleet: string, device: string, t: TelemetryPayload): boolean {
+    const m = t.m;
+    return (
+      this.s.telemetry.run(
+        fleet,
+        device,
+        t.bdSeq,
+        t.seq,
+        t.ts,
+        m.cpu_pct,
+        m.temp_c,
+        m.rss_mb,
+        m.tok_s,
+        m.mj_per_token,
+        m.method,
+        m.throttled === null ? null : m.throttled ? 1 : 0,
+      ).changes > 0
+    );
+  }
+
+  results(filter: { jobId?: string; fleet?: string; device?: string } = {}): StoredResult[] {
+    const { where, args } = whereClause(filter, { jobId: "job_id", fleet: "fleet", device: "device" });
+    const rows = this.db
+      .prepare(
+        `SELECT job_id, fleet, device, exec_no, result FROM results ${where} ORDER BY job_id, device, idx`,
+      )
+      .all(...args) as Array<{
+      job_id: string;
+      fleet: string;
+      device: string;
+      exec_no: number;
+      result: string;
+    }>;
+    return rows.map((r) => ({
+      jobId: r.job_id,
+      fleet: r.fleet,
+      device: r.device,
+      execNo: r.exec_no,
+      result: JSON.parse(r.result) as BenchResult,
+    }));
+  }
+
+  telemetry(filter: { fleet?: string; device?: string; sinceMs?: number } = {}): StoredTelemetry[] {
+    const { where, args } = whereClause(
+      { fleet: filter.fleet, device: filter.device, since: filter.sinceMs },
+      { fleet: "fleet", device: "device", since: "ts" },
+    );
+    const rows = this.db
+      .prepare(`SELECT * FROM telemetry ${where} ORDER BY fleet, device, seq`)
+      .all(...args) as Array<Record<string, number | string | null>>;
+    return rows.map((r) => ({
+      fleet: r.fleet as string,
+      device: r.device as string,
+      bdSeq: r.bd_seq as number,
+      seq: r.seq as number,
+      ts: r.ts as number,
+      m: {
+        cpu_pct: r.cpu_pct as number,
+        temp_c: r.temp_c as number | null,
+        rss_mb: r.rss_mb as number,
+        tok_s: r.tok_s as number | null,
+        mj_per_token: r.mj_per_token as number | null,
+        method: r.method as string | null,
+        throttled: r.throttled === null ? null : r.throttled === 1,
+      },
+    }));
+  }
+
+  runs(): Array<RunRecord & { finishedMs: number | null }> {
+    const rows = this.db.prepare("SELECT * FROM runs ORDER BY started_ms").all() as Array<{
+      job_id: string;
+      fleet: string;
+      model: string;
+      params: string;
+      started_ms: number;
+      deadline_ms: number;
+      finished_ms: number | null;
+    }>;
+    return rows.map((r) => ({
+      jobId: r.job_id,
+      fleet: r.fleet,
+      model: r.model,
+      params: JSON.parse(r.params) as unknown,
+      startedMs: r.started_ms,
+      deadlineMs: r.deadline_ms,
+      finishedMs: r.finished_ms,
+    }));
+  }
+
+  executions(
+    jobId: string,
+  ): Array<{ device: string; execNo: number; status: JobStatus; details: string | null }> {
+    return (
+      this.db
+        .prepare("SELECT device, exec_no, status, details FROM executions WHERE job_id = ? ORDER BY device")
+        .all(jobId) as Array<{ device: string; exec_no: number; status: JobStatus; details: string | null }>
+    ).map((r) => ({ device: r.device, execNo: r.exec_no, status: r.status, details: r.details }));
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+function whereClause(
+  filter: Record<string, string | number | undefined>,
+  columns: Record<string, string>,
+): { where: string; args: Array<string | number> } {
+  const parts: string[] = [];
+  const args: Array<string | number> = [];
+  for (const [k, v] of Object.entries(filter)) {
+    if (v === undefined) continue;
+    parts.push(k === "since" ? `${columns[k]} >= ?` : `${columns[k]} = ?`);
+    args.push(v);
+  }
+  return { where: parts.length > 0 ? `WHERE ${parts.join(" AND ")}` : "", args };
+}

@@ -1,0 +1,194 @@
+import { z } from "zod";
+import { idSchema } from "./topics.js";
+
+/**
+ * zod schemas of every MQTT payload in DESIGN.md §8, shared by the agent and the coordinator.
+ * Timestamps (`ts`, `deadline`) are Unix epoch milliseconds. Receivers validate every payload with
+ * these; objects are loose (unknown extra fields pass) so that a newer agent can add fields.
+ */
+export const PROTOCOL_VERSION = 1;
+const v = z.literal(PROTOCOL_VERSION);
+const ts = z.number().int().nonnegative();
+const bdSeq = z.number().int().nonnegative();
+const num = z.number().finite();
+
+export const stateSchema = z.looseObject({
+  v,
+  state: z.enum(["online", "offline", "lost"]),
+  bdSeq,
+  ts,
+});
+export type StatePayload = z.infer<typeof stateSchema>;
+
+export const modelRefSchema = z.looseObject({
+  id: z.string().min(1).max(200),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/, "64 lower-case hex digits"),
+  quant: z.string().min(1).max(32),
+});
+export type ModelRef = z.infer<typeof modelRefSchema>;
+
+export const birthSchema = z.looseObject({
+  v,
+  bdSeq,
+  ts,
+  agent: z.looseObject({ version: z.string(), node: z.string() }),
+  hw: z.looseObject({
+    platform: z.string(),
+    arch: z.string(),
+    cpus: z.number().int().nonnegative(),
+    memory_mb: z.number().nonnegative(),
+    cpu_model: z.string(),
+  }),
+  profile: z.string().min(1),
+  models: z.array(modelRefSchema),
+});
+export type BirthPayload = z.infer<typeof birthSchema>;
+
+export const energyMethods = ["ina219", "pmic", "rapl", "tdp-estimate"] as const;
+
+export const telemetrySchema = z.looseObject({
+  v,
+  ts,
+  bdSeq,
+  seq: z.number().int().nonnegative(),
+  m: z.looseObject({
+    cpu_pct: num.min(0).max(100),
+    temp_c: num.nullable(),
+    rss_mb: num.nonnegative(),
+    tok_s: num.nonnegative().nullable(),
+    mj_per_token: num.nonnegative().nullable(),
+    method: z.string().nullable(),
+    throttled: z.boolean().nullable(),
+  }),
+});
+export type TelemetryPayload = z.infer<typeof telemetrySchema>;
+
+/** A benchmark test: `ppN` (prompt processing of N tokens) or `tgN` (generation of N tokens). */
+export const testNameSchema = z.string().regex(/^(pp|tg) ?[1-9]\d{0,5}$/, "a test is ppN or tgN");
+
+/** Parameters of a `benchmark` job (the coordinator's `--tests/--threads/...`). */
+export const benchmarkParamsSchema = z.strictObject({
+  model: z.string().min(1).max(200),
+  tests: z.array(testNameSchema).min(1).max(16),
+  threads: z.array(z.number().int().positive().max(1024)).min(1).max(16),
+  repetitions: z.number().int().positive().max(100),
+  warmup: z.number().int().nonnegative().max(10).default(1),
+});
+export type BenchmarkParams = z.infer<typeof benchmarkParamsSchema>;
+
+export const jobRequestSchema = z.looseObject({
+  v,
+  jobId: idSchema,
+  execNo: z.number().int().positive(),
+  deadline: ts,
+  doc: z.strictObject({ type: z.literal("benchmark"), params: benchmarkParamsSchema }),
+});
+export type JobRequest = z.infer<typeof jobRequestSchema>;
+
+export const jobStatuses = ["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED"] as const;
+export type JobStatus = (typeof jobStatuses)[number];
+export const terminalStatuses: ReadonlySet<JobStatus> = new Set([
+  "SUCCEEDED",
+  "FAILED",
+  "TIMED_OUT",
+  "REJECTED",
+]);
+
+export const jobStatusSchema = z.looseObject({
+  v,
+  jobId: idSchema,
+  execNo: z.number().int().nonnegative(),
+  status: z.enum(jobStatuses),
+  details: z.string().max(4000).nullable(),
+  ts,
+});
+export type JobStatusPayload = z.infer<typeof jobStatusSchema>;
+
+/** One benchmark result (DESIGN.md §7). Nullable where a device cannot measure (no sensor, no thermal zone). */
+export const benchResultSchema = z.looseObject({
+  model: z.string(),
+  quant: z.string(),
+  profile: z.string(),
+  device: z.string(),
+  threads: z.number().int().positive(),
+  test: testNameSchema,
+  repetitions: z.number().int().positive(),
+  tokens_per_s: z.looseObject({ mean: num, stdev: num, samples: z.array(num) }),
+  ttft_ms: num.nullable(),
+  latency_ms: z.looseObject({ p50: num, p95: num }),
+  energy: z
+    .looseObject({
+      method: z.string(),
+      J: num,
+      mJ_per_token: num,
+      tokens_per_J: num,
+      samples: z.number().int().nonnegative(),
+      rate_hz: num,
+    })
+    .nullable(),
+  cpu_pct: num.nullable(),
+  rss_mb: num.nullable(),
+  temp_c_max: num.nullable(),
+  throttled: z.boolean().nullable(),
+  agent_version: z.string(),
+  runtime: z.string(),
+  timestamp: z.string(),
+});
+export type BenchResult = z.infer<typeof benchResultSchema>;
+
+export const jobResultSchema = z.looseObject({
+  v,
+  jobId: idSchema,
+  execNo: z.number().int().nonnegative(),
+  status: z.enum(jobStatuses),
+  results: z.array(benchResultSchema).max(256),
+  error: z.string().max(4000).nullable(),
+});
+export type JobResultPayload = z.infer<typeof jobResultSchema>;
+
+export const feedbackSchema = z.looseObject({
+  v,
+  ts,
+  requestId: z.string().min(1).max(200),
+  rating: z.number().int().min(-1).max(5),
+  comment: z.string().max(4000),
+});
+export type FeedbackPayload = z.infer<typeof feedbackSchema>;
+
+/** Largest payload a receiver parses; anything bigger is refused before JSON.parse. */
+export const MAX_PAYLOAD_BYTES = 256 * 1024;
+
+export type Decoded<T> = { ok: true; value: T } | { ok: false; error: string };
+
+/** Parse and validate one MQTT payload; never throws (payloads come from the network). */
+export function decode<T>(
+  schema: z.ZodType<T>,
+  payload: Uint8Array,
+  maxBytes = MAX_PAYLOAD_BYTES,
+): Decoded<T> {
+  if (payload.byteLength > maxBytes) {
+    return { ok: false, error: `payload too large: ${payload.byteLength} bytes (limit ${maxBytes})` };
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(Buffer.from(payload).toString("utf8"));
+  } catch (e) {
+    return { ok: false, error: `payload is not JSON: ${(e as Error).message}` };
+  }
+  const r = schema.safeParse(json);
+  if (r.success) return { ok: true, value: r.data };
+  const issues = r.error.issues
+    .slice(0, 5)
+    .map((i) => `${i.path.length > 0 ? i.path.join(".") : "(top level)"}: ${i.message}`);
+  return { ok: false, error: `invalid payload: ${issues.join("; ")}` };
+}
+
+/** Best-effort execNo from an invalid request, so that the REJECTED answer can name it. */
+export function salvageExecNo(payload: Uint8Array): number {
+  try {
+    const j = JSON.parse(Buffer.from(payload).toString("utf8")) as { execNo?: unknown };
+    return typeof j.execNo === "number" && Number.isInteger(j.execNo) && j.execNo >= 0 ? j.execNo : 0;
+  } catch {
+    return 0;
+  }
+}

@@ -1,0 +1,204 @@
+/**
+ * Test helpers for the MQTT suites: a real Mosquitto on a random free port (temp config, optional
+ * persistence, password file and ACL), the embedded aedes broker, and a benchmark runner that does
+ * real, timed work in-process (the agent's job runner interface, independent of any model).
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { createServer, Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { BenchmarkRunner } from "../src/agent/runner.js";
+import type { BenchResult } from "../src/protocol/schemas.js";
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = new Socket();
+      s.once("connect", () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once("error", () => resolve(false));
+      s.connect(port, "127.0.0.1");
+    });
+    if (ok) return;
+    await sleep(50);
+  }
+  throw new Error(`port ${port} did not open`);
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function until(cond: () => boolean, what: string, timeoutMs = 20_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for: ${what}`);
+    await sleep(25);
+  }
+}
+
+export interface MosquittoOptions {
+  /** user -> password; turns off anonymous access and turns on the ACL. */
+  users?: Record<string, string>;
+  /** Extra ACL lines (the device pattern `itera/v1/+/%u/#` is always there with users). */
+  acl?: string[];
+}
+
+/** A real Mosquitto broker with persistence in a temp dir; stop() + start() keeps its sessions. */
+export class Mosquitto {
+  private proc: ChildProcess | undefined;
+  port = 0;
+  dir = "";
+
+  get url(): string {
+    return `mqtt://127.0.0.1:${this.port}`;
+  }
+
+  static async create(opts: MosquittoOptions = {}): Promise<Mosquitto> {
+    const m = new Mosquitto();
+    m.dir = await mkdtemp(join(tmpdir(), "itera-mosquitto-"));
+    m.port = await freePort();
+    const conf = [
+      `listener ${m.port} 127.0.0.1`,
+      "persistence true",
+      `persistence_location ${m.dir}/`,
+      "max_queued_messages 100000",
+    ];
+    if (opts.users) {
+      const pw = join(m.dir, "passwd");
+      await writeFile(pw, "");
+      for (const [u, p] of Object.entries(opts.users)) execFileSync("mosquitto_passwd", ["-b", pw, u, p]);
+      const acl = join(m.dir, "acl");
+      await writeFile(acl, [...(opts.acl ?? []), "pattern readwrite itera/v1/+/%u/#", ""].join("\n"));
+      conf.push("allow_anonymous false", `password_file ${pw}`, `acl_file ${acl}`);
+    } else {
+      conf.push("allow_anonymous true");
+    }
+    await writeFile(join(m.dir, "mosquitto.conf"), `${conf.join("\n")}\n`);
+    await m.start();
+    return m;
+  }
+
+  async start(): Promise<void> {
+    this.proc = spawn("mosquitto", ["-c", join(this.dir, "mosquitto.conf")], { stdio: "ignore" });
+    await waitForPort(this.port);
+  }
+
+  /** SIGTERM: Mosquitto saves sessions, retained and queued messages to its persistence file. */
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null) return;
+    await new Promise<void>((resolve) => {
+      p.once("exit", () => resolve());
+      p.kill("SIGTERM");
+    });
+    this.proc = undefined;
+  }
+}
+
+/**
+ * A benchmark runner that really runs and times work: each "token" is a fixed small float
+ * matrix-vector product, so tokens/s and latency are measured, not made up. It stands in for the
+ * model runtime, which the protocol tests do not need.
+ */
+export function cpuRunner(
+  device: string,
+  profile: string,
+  opts: { hold?: Promise<void> } = {},
+): BenchmarkRunner & {
+  calls: number;
+} {
+  const n = 64;
+  const w = new Float32Array(n * n).map((_, i) => ((i * 7919) % 13) / 13);
+  const step = (x: Float32Array) => {
+    const y = new Float32Array(n);
+    for (let r = 0; r < n; r++) {
+      let s = 0;
+      for (let c = 0; c < n; c++) s += w[r * n + c]! * x[c]!;
+      y[r] = Math.tanh(s);
+    }
+    return y;
+  };
+  const run = async (
+    params: Parameters<BenchmarkRunner>[0],
+    onProgress: Parameters<BenchmarkRunner>[1],
+    signal: AbortSignal,
+  ) => {
+    run.calls++;
+    if (opts.hold) {
+      await Promise.race([
+        opts.hold,
+        new Promise((_, reject) =>
+          signal.addEventListener("abort", () => reject(signal.reason), { once: true }),
+        ),
+      ]);
+    }
+    const out: BenchResult[] = [];
+    const total = params.tests.length * params.threads.length;
+    for (const test of params.tests) {
+      const tokens = Number.parseInt(test.slice(2), 10);
+      for (const threads of params.threads) {
+        const rates: number[] = [];
+        const lat: number[] = [];
+        for (let rep = 0; rep < params.repetitions; rep++) {
+          signal.throwIfAborted();
+          let x = new Float32Array(n).fill(0.5);
+          const t0 = performance.now();
+          for (let t = 0; t < tokens; t++) {
+            const s = performance.now();
+            x = step(x);
+            lat.push(performance.now() - s);
+          }
+          rates.push((tokens * 1000) / Math.max(1e-6, performance.now() - t0));
+          await new Promise((r) => setImmediate(r));
+        }
+        const mean = rates.reduce((a, b) => a + b, 0) / rates.length;
+        const stdev = Math.sqrt(rates.reduce((a, b) => a + (b - mean) ** 2, 0) / rates.length);
+        lat.sort((a, b) => a - b);
+        out.push({
+          model: params.model,
+          quant: "fp32",
+          profile,
+          device,
+          threads,
+          test,
+          repetitions: params.repetitions,
+          tokens_per_s: { mean, stdev, samples: rates },
+          ttft_ms: lat[0] ?? null,
+          latency_ms: {
+            p50: lat[Math.floor(lat.length * 0.5)] ?? 0,
+            p95: lat[Math.floor(lat.length * 0.95)] ?? 0,
+          },
+          energy: null,
+          cpu_pct: null,
+          rss_mb: process.memoryUsage().rss / 2 ** 20,
+          temp_c_max: null,
+          throttled: null,
+          agent_version: "test",
+          runtime: "js-matvec",
+          timestamp: new Date().toISOString(),
+        });
+        onProgress(out.length, total, test);
+      }
+    }
+    return out;
+  };
+  run.calls = 0;
+  return run;
+}
+
+export const MODEL_SHA = createHash("sha256").update("test-model").digest("hex");
