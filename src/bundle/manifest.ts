@@ -25,8 +25,20 @@ export const manifestSchema = z
     }),
     /** Files of the bundle folder (relative path -> sha256 and size), manifest.json itself excluded. */
     files: z.record(z.string(), z.object({ sha256: sha, bytes: z.number().int().nonnegative() })),
-    /** Assets embedded in the executable (asset key -> sha256 of the uncompressed content). */
-    assets: z.record(z.string(), z.object({ sha256: sha, bytes: z.number().int().nonnegative() })),
+    /**
+     * Assets embedded in the executable (asset key -> sha256 of the uncompressed content), and how
+     * each is stored: `encoding` (identity | br) with the sha256 and size of the stored bytes.
+     */
+    assets: z.record(
+      z.string(),
+      z.object({
+        sha256: sha,
+        bytes: z.number().int().nonnegative(),
+        encoding: z.enum(["identity", "br"]).optional(),
+        stored_sha256: sha.optional(),
+        stored_bytes: z.number().int().nonnegative().optional(),
+      }),
+    ),
     build: z.object({
       itera_version: z.string(),
       git_commit: z.string().optional(),

@@ -3,12 +3,22 @@ import { Command } from "commander";
 import { VERSION } from "../version.js";
 import { agentCommands } from "./agent-commands/index.js";
 
-const program = new Command()
-  .name("itera-agent")
-  .description("On-device agent: generate, benchmark, measure energy, report over MQTT")
-  .version(VERSION)
-  .showHelpAfterError();
+// No top-level await: this file is also bundled into CommonJS for the single executable.
+async function main(): Promise<void> {
+  const program = new Command()
+    .name("itera-agent")
+    .description("On-device agent: generate, benchmark, measure energy, report over MQTT")
+    .version(VERSION)
+    .showHelpAfterError();
 
-for (const register of agentCommands) register(program);
+  for (const register of agentCommands) register(program);
 
-await program.parseAsync(process.argv);
+  await program.parseAsync(process.argv);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(
+    `internal error (please report): ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`,
+  );
+  process.exitCode = 70;
+});

@@ -1,7 +1,9 @@
 import type { Register } from "../run.js";
+import { registerInfo } from "./info.js";
+import { registerRun } from "./run.js";
 
 /**
  * Every `itera-agent` subcommand (the on-device agent inside a bundle), one module each here.
  * Add a command by writing its module and listing its register function here.
  */
-export const agentCommands: Register[] = [];
+export const agentCommands: Register[] = [registerInfo, registerRun];

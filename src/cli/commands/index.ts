@@ -1,8 +1,11 @@
 import type { Register } from "../run.js";
+import { registerBuild } from "./build.js";
+import { registerKeygen } from "./keygen.js";
 import { registerProfiles } from "./profiles.js";
+import { registerVerify } from "./verify.js";
 
 /**
  * Every `itera` subcommand, one module each under src/cli/commands/.
  * Add a command by writing its module and listing its register function here.
  */
-export const commands: Register[] = [registerProfiles];
+export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify];

@@ -1,0 +1,112 @@
+import { createHash } from "node:crypto";
+import { createRequire } from "node:module";
+import { brotliDecompressSync } from "node:zlib";
+import { IteraError } from "../errors.js";
+import { BUNDLE_INDEX_ASSET, type BundleIndex, bundleIndexSchema, type StoredAsset } from "./bundle-index.js";
+
+/**
+ * The assets embedded in a bundle's executable (Node single executable application), checked
+ * against `bundle.json` before anything uses them: a changed byte in any asset stops the agent.
+ * Outside a bundle (dev mode) `inBundle()` is false and nothing here is used.
+ */
+interface SeaApi {
+  isSea(): boolean;
+  getRawAsset(key: string): ArrayBuffer | string;
+}
+
+let seaApi: SeaApi | null | undefined;
+
+function sea(): SeaApi | null {
+  if (seaApi === undefined) {
+    try {
+      // Loaded lazily: `node:sea` exists only in Node >= 20 and is meaningful only inside a SEA.
+      seaApi = createRequire(process.execPath)("node:sea") as SeaApi;
+    } catch {
+      seaApi = null;
+    }
+  }
+  return seaApi;
+}
+
+/** True when running as the bundle's single executable. */
+export function inBundle(): boolean {
+  return sea()?.isSea() ?? false;
+}
+
+function rawAsset(key: string): Buffer {
+  const api = sea();
+  if (!api?.isSea()) throw new Error(`not a single executable: no asset ${key}`);
+  let raw: ArrayBuffer | string;
+  try {
+    raw = api.getRawAsset(key);
+  } catch (e) {
+    throw new IteraError(`the executable has no embedded asset '${key}'`, {
+      where: process.execPath,
+      fix: "the executable is damaged or not built by `itera build`; install the bundle again",
+      cause: e,
+    });
+  }
+  // getRawAsset returns a view on the executable's own memory: no copy.
+  return typeof raw === "string" ? Buffer.from(raw) : Buffer.from(raw);
+}
+
+let index: BundleIndex | undefined;
+
+/**
+ * The bundle index, after checking that every embedded asset's stored bytes match their sha256.
+ * Runs once per process; any mismatch is an IteraError and the agent does not start.
+ */
+export function bundleIndex(): BundleIndex {
+  if (index) return index;
+  const text = rawAsset(BUNDLE_INDEX_ASSET).toString("utf8");
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw tampered(BUNDLE_INDEX_ASSET, `not JSON (${(e as Error).message})`);
+  }
+  const r = bundleIndexSchema.safeParse(parsed);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    throw tampered(BUNDLE_INDEX_ASSET, `field '${issue.path.join(".")}': ${issue.message}`);
+  }
+  for (const [key, asset] of Object.entries(r.data.assets)) {
+    const stored = rawAsset(key);
+    const got = createHash("sha256").update(stored).digest("hex");
+    if (stored.length !== asset.stored_bytes || got !== asset.stored_sha256) {
+      throw tampered(key, `sha256 ${got}, expected ${asset.stored_sha256}`);
+    }
+  }
+  index = r.data;
+  return index;
+}
+
+/** The content of an embedded asset (decompressed), checked against its sha256. */
+export function assetContent(key: string): Buffer {
+  const entry = bundleIndex().assets[key];
+  if (!entry) {
+    throw new IteraError(`the bundle has no asset '${key}'`, {
+      where: process.execPath,
+      fix: "rebuild the bundle with `itera build`",
+    });
+  }
+  return decodeAsset(key, rawAsset(key), entry);
+}
+
+/** Decode stored asset bytes and check the result's sha256 (exported for the builder's self-check). */
+export function decodeAsset(key: string, stored: Buffer, entry: StoredAsset): Buffer {
+  const content = entry.encoding === "br" ? brotliDecompressSync(stored) : stored;
+  const got = createHash("sha256").update(content).digest("hex");
+  if (content.length !== entry.bytes || got !== entry.sha256) {
+    throw tampered(key, `decoded sha256 ${got}, expected ${entry.sha256}`);
+  }
+  return content;
+}
+
+function tampered(key: string, detail: string): IteraError {
+  return new IteraError(`embedded asset '${key}' does not match the bundle: ${detail}`, {
+    where: process.execPath,
+    fix: "the executable was changed or damaged after it was built; install the signed bundle again (`itera verify` checks it)",
+    exitCode: 3,
+  });
+}

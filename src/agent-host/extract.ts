@@ -1,0 +1,126 @@
+import { randomBytes } from "node:crypto";
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { homedir, tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { canonicalJson } from "../bundle/manifest.js";
+import { IteraError } from "../errors.js";
+import { sha256 } from "../util/fs.js";
+import { MODEL_PREFIX, NATIVE_PREFIX } from "./bundle-index.js";
+import { assetContent, bundleIndex } from "./embedded.js";
+
+/**
+ * First-run extraction of the files that must exist on disk: the onnxruntime binding and shared
+ * library (the OS loader only opens files) and the model folder (the runtime opens a directory).
+ *
+ * They go to <cache>/<key>/ where key is the sha256 of their entries in bundle.json, so two bundles
+ * never share a folder and a rebuilt bundle gets a fresh one. <cache> is $ITERA_AGENT_CACHE, else
+ * $XDG_CACHE_HOME/itera-agent (~/.cache/itera-agent), else `.itera-agent-cache` next to the
+ * executable, else the system temp folder: the first one that is writable.
+ *
+ * Every file is checked against its sha256 as it is decoded; the folder is written under a temp
+ * name and renamed into place, so two first runs racing each other both end with one complete
+ * folder (the loser of the rename removes its copy and uses the winner's). Later runs only check
+ * that each file is there with its size: the embedded bytes are re-hashed at every start anyway.
+ */
+export interface ExtractedBundle {
+  dir: string;
+  modelDir: string;
+  nativeDir: string;
+  /** True when this process wrote the folder (a cold start). */
+  extracted: boolean;
+}
+
+const COMPLETE = ".complete";
+
+let extracted: ExtractedBundle | undefined;
+
+export function cacheRoots(): string[] {
+  const roots: string[] = [];
+  if (process.env.ITERA_AGENT_CACHE) roots.push(process.env.ITERA_AGENT_CACHE);
+  const xdg = process.env.XDG_CACHE_HOME;
+  roots.push(join(xdg && xdg !== "" ? xdg : join(homedir(), ".cache"), "itera-agent"));
+  roots.push(join(dirname(process.execPath), ".itera-agent-cache"));
+  roots.push(join(tmpdir(), `itera-agent-${process.getuid?.() ?? "user"}`));
+  return roots;
+}
+
+function writableRoot(): string {
+  for (const root of cacheRoots()) {
+    try {
+      mkdirSync(root, { recursive: true, mode: 0o700 });
+      accessSync(root, constants.W_OK);
+      return root;
+    } catch {
+      // not writable here: try the next place
+    }
+  }
+  throw new IteraError("no writable folder to extract the native libraries and model to", {
+    where: cacheRoots().join(", "),
+    fix: "set ITERA_AGENT_CACHE to a writable folder",
+  });
+}
+
+/** Extract (once) and return where the model and native files are. Synchronous: the onnxruntime shim needs it at require time. */
+export function extractBundle(): ExtractedBundle {
+  if (extracted) return extracted;
+  const idx = bundleIndex();
+  const entries = Object.entries(idx.assets).filter(
+    ([k]) => k.startsWith(MODEL_PREFIX) || k.startsWith(NATIVE_PREFIX),
+  );
+  const key = sha256(canonicalJson(Object.fromEntries(entries))).slice(0, 32);
+  const root = writableRoot();
+  const dir = join(root, key);
+  const result = (fresh: boolean): ExtractedBundle => ({
+    dir,
+    modelDir: join(dir, "model"),
+    nativeDir: join(dir, "native"),
+    extracted: fresh,
+  });
+  if (isComplete(dir, key, entries)) {
+    extracted = result(false);
+    return extracted;
+  }
+  const tmp = join(root, `.${key}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
+  try {
+    for (const [assetKey] of entries) {
+      const path = join(tmp, assetKey);
+      mkdirSync(dirname(path), { recursive: true });
+      writeFileSync(path, assetContent(assetKey), {
+        mode: assetKey.startsWith(NATIVE_PREFIX) ? 0o755 : 0o644,
+      });
+    }
+    writeFileSync(join(tmp, COMPLETE), key);
+    if (existsSync(dir)) rmSync(dir, { recursive: true, force: true }); // an incomplete leftover
+    renameSync(tmp, dir);
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    const code = (e as NodeJS.ErrnoException).code;
+    // Another first run renamed its complete copy into place first: use that one.
+    if ((code === "ENOTEMPTY" || code === "EEXIST") && isComplete(dir, key, entries)) {
+      extracted = result(false);
+      return extracted;
+    }
+    throw e;
+  }
+  extracted = result(true);
+  return extracted;
+}
+
+function isComplete(dir: string, key: string, entries: [string, { bytes: number }][]): boolean {
+  try {
+    if (readFileSync(join(dir, COMPLETE), "utf8") !== key) return false;
+    return entries.every(([k, a]) => statSync(join(dir, k)).size === a.bytes);
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,45 @@
+import type { Command } from "commander";
+import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
+import { detectHardware } from "../../profile/detect.js";
+import { VERSION } from "../../version.js";
+import { action, printJson } from "../run.js";
+
+/** `itera-agent info`: what this agent is (manifest, profile), where it runs and what it can measure. */
+export function registerInfo(program: Command): void {
+  addModelOptions(
+    program
+      .command("info")
+      .description("the bundle's manifest, the device profile, the detected hardware and power meters")
+      .option("--json", "machine-readable output"),
+  ).action(
+    action(async (opts: ModelOptions & { json?: boolean }) => {
+      const ctx = await agentContext(opts);
+      const hardware = await detectHardware();
+      const info = {
+        agent: { version: VERSION, node: process.version, mode: ctx.mode, executable: process.execPath },
+        manifest: ctx.manifest,
+        profile: ctx.profile,
+        model_dir: ctx.modelDir,
+        extraction: ctx.extraction ?? null,
+        hardware,
+      };
+      if (opts.json) return printJson(info);
+      const m = ctx.manifest;
+      const lines = [
+        `itera-agent ${VERSION} (node ${process.version}, ${ctx.mode} mode)`,
+        m
+          ? `bundle     ${m.bundle_id}: model ${m.model.id} ${m.model.quant}, built ${m.build.built_at}`
+          : `model      ${ctx.modelDir} (dev mode: no bundle manifest)`,
+        `profile    ${ctx.profile.name}: ${ctx.profile.description}`,
+        `hardware   ${hardware.platform}-${hardware.arch}, ${hardware.cpu.cores} cores (${hardware.cpu.brand}), ${hardware.memory_mb} MB${
+          hardware.device_tree_model ? `, ${hardware.device_tree_model}` : ""
+        }`,
+        `meters     preference ${ctx.profile.power.meters.join(" > ")}`,
+      ];
+      if (ctx.extraction) {
+        lines.push(`extracted  ${ctx.extraction.dir}${ctx.extraction.extracted ? " (this run)" : ""}`);
+      }
+      console.log(lines.join("\n"));
+    }),
+  );
+}

@@ -1,0 +1,86 @@
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { build, type Plugin } from "esbuild";
+import { IteraError } from "../errors.js";
+
+/**
+ * The agent as one CommonJS file (a Node single executable runs exactly one CommonJS script):
+ * esbuild bundles src/cli/itera-agent.ts with every JavaScript dependency. Native add-ons cannot
+ * live inside that file:
+ * - onnxruntime-node's `./binding` is replaced by src/agent-host/onnxruntime-binding.ts, which
+ *   loads the binding extracted from the bundle's assets;
+ * - other native add-ons (better-sqlite3, serialport's bindings) are replaced by a module that
+ *   throws a clear error when used, so the agent still starts and every command that does not
+ *   need them works.
+ */
+const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+
+/** Source when the repository is there (tests, dev), compiled output otherwise. */
+function sourceFile(rel: string): string {
+  const ts = join(packageRoot, "src", `${rel}.ts`);
+  if (existsSync(ts)) return ts;
+  const js = join(packageRoot, "dist", `${rel}.js`);
+  if (existsSync(js)) return js;
+  throw new IteraError(`cannot find ${rel} to bundle the agent`, {
+    where: packageRoot,
+    fix: "run itera from a full checkout or install (src/ or dist/ must be present; run `npm run build`)",
+  });
+}
+
+/** Native add-ons that have no build for the bundle's targets inside node_modules. */
+const unembeddableNative = /^(better-sqlite3|serialport|@serialport\/bindings-cpp)$/;
+
+const onnxruntimeBinding: Plugin = {
+  name: "itera-onnxruntime-binding",
+  setup(b) {
+    b.onResolve({ filter: /^\.\/binding(\.js)?$/ }, (args) =>
+      /onnxruntime-node[\\/]dist[\\/]/.test(args.importer)
+        ? { path: sourceFile("agent-host/onnxruntime-binding") }
+        : undefined,
+    );
+    b.onResolve({ filter: unembeddableNative }, (args) => ({
+      path: args.path,
+      namespace: "itera-unembeddable",
+    }));
+    b.onLoad({ filter: /.*/, namespace: "itera-unembeddable" }, (args) => ({
+      loader: "js",
+      contents: `const msg = ${JSON.stringify(
+        `${args.path} is a native add-on that is not embedded in this bundle; the command that needs it cannot run from the single executable`,
+      )};
+const fail = () => { const e = new Error(msg); e.code = "ITERA_NOT_EMBEDDED"; throw e; };
+module.exports = new Proxy(function () {}, { get: (_t, p) => (p === "__esModule" ? false : fail()), apply: fail, construct: fail });`,
+    }));
+  },
+};
+
+export interface AgentScript {
+  bytes: number;
+  warnings: string[];
+}
+
+/** Bundle the agent into `outFile` (CommonJS, Node 24). */
+export async function bundleAgentScript(outFile: string, version: string): Promise<AgentScript> {
+  const result = await build({
+    entryPoints: [sourceFile("cli/itera-agent")],
+    outfile: outFile,
+    bundle: true,
+    platform: "node",
+    format: "cjs",
+    target: "node24",
+    minifySyntax: true,
+    minifyWhitespace: true,
+    legalComments: "none",
+    logLevel: "silent",
+    plugins: [onnxruntimeBinding],
+    // version.ts reads package.json next to itself in dev; a bundle has the version built in.
+    define: {
+      "process.env.ITERA_VERSION": JSON.stringify(version),
+      "import.meta.url": "__itera_import_meta_url",
+    },
+    banner: { js: 'var __itera_import_meta_url = require("node:url").pathToFileURL(__filename).href;' },
+    metafile: true,
+  });
+  const bytes = Object.values(result.metafile.outputs)[0]?.bytes ?? 0;
+  return { bytes, warnings: result.warnings.map((w) => w.text) };
+}

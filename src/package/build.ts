@@ -1,0 +1,282 @@
+import { execFile } from "node:child_process";
+import { createPrivateKey, type KeyObject } from "node:crypto";
+import { chmod, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import { BUNDLE_INDEX_ASSET, type BundleIndex } from "../agent-host/bundle-index.js";
+import { canonicalJson, type Manifest, manifestSchema, signManifest } from "../bundle/manifest.js";
+import { IteraError } from "../errors.js";
+import { loadProfile } from "../profile/load.js";
+import type { DeviceProfile } from "../profile/schema.js";
+import { sha256File, tempPathFor, writeDirAtomic } from "../util/fs.js";
+import { progress } from "../util/progress.js";
+import { VERSION } from "../version.js";
+import { bundleAgentScript } from "./agent-script.js";
+import {
+  type AssetSource,
+  modelFolderFiles,
+  onnxruntimeNativeFiles,
+  type PreparedAsset,
+  prepareAsset,
+  profileAsset,
+} from "./assets.js";
+import {
+  type BundleFacts,
+  DEFAULT_SERVICE_ARGS,
+  installScript,
+  readme,
+  systemdUnit,
+} from "./bundle-files.js";
+import { type ModelInput, readModelInput } from "./model-input.js";
+import { NODE_VERSION, nodeBinary } from "./node-binary.js";
+import { resolveQuantization } from "./quantization.js";
+import { makeSeaExecutable } from "./sea.js";
+import { executableName, targetOf } from "./target.js";
+
+/**
+ * `itera build`: model folder + device profile -> firmware-bundles/<model>-<version>-<profile>/
+ * (DESIGN.md §5) and a .tar.gz of it beside the folder. Inputs are all checked before the long
+ * work starts; the folder is filled under a temp name and renamed into place only when complete.
+ */
+const run = promisify(execFile);
+
+export interface BuildOptions {
+  model: string;
+  profile: string;
+  quant?: string;
+  /** Path to an Ed25519 private key (PKCS#8 PEM) made by `itera keygen`. */
+  sign?: string;
+  out?: string;
+  /** Overrides the model card's version in the bundle id and the release folder name. */
+  version?: string;
+  serviceArgs?: string;
+  quiet?: boolean;
+}
+
+export interface BuildResult {
+  dir: string;
+  tarball: string;
+  manifest: Manifest;
+  sizes: {
+    executable: number;
+    tarball: number;
+    node_raw: number;
+    node_stripped: number;
+    agent_script: number;
+    assets_raw: number;
+    assets_stored: number;
+  };
+  strip: string;
+  seconds: number;
+}
+
+export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
+  const started = Date.now();
+  const profile = await loadProfile(opts.profile);
+  const target = targetOf(profile, opts.profile);
+  const modelIn = await readModelInput(opts.model);
+  const signingKey = opts.sign === undefined ? undefined : await readSigningKey(opts.sign);
+  const quant = await resolveQuantization(modelIn, profile, opts.quant);
+  const version = opts.version ?? modelIn.version;
+  if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(version)) {
+    throw new IteraError(`--version '${version}' cannot name a release folder`, {
+      fix: "use letters, digits, '.', '_', '+' and '-' only",
+    });
+  }
+  const bundleId = `${modelIn.id}-${version}-${profile.name}`;
+  const outRoot = resolve(opts.out ?? "firmware-bundles");
+  const dir = join(outRoot, bundleId);
+  const tarball = `${dir}.tar.gz`;
+  const exe = executableName(target);
+  const facts: BundleFacts = {
+    bundleId,
+    version,
+    profile: profile.name,
+    platform: target.platform,
+    arch: target.arch,
+    exe,
+    modelId: modelIn.id,
+    quant: quant.mode,
+    serviceArgs: opts.serviceArgs ?? DEFAULT_SERVICE_ARGS,
+  };
+
+  const steps = progress(`build ${bundleId}`, 6, { quiet: opts.quiet === true });
+  const work = await mkdtemp(join(tmpdir(), "itera-build-"));
+  const tarTmp = tempPathFor(tarball);
+  let result: Omit<BuildResult, "seconds"> | undefined;
+  try {
+    const model = await quant.prepare(work);
+    steps.update(1, "node binary");
+    const node = await nodeBinary(target);
+    steps.update(2, "agent script");
+    const script = join(work, "itera-agent.cjs");
+    const agent = await bundleAgentScript(script, VERSION);
+    steps.update(3, "assets");
+    const sources: AssetSource[] = [
+      ...(await modelFolderFiles(model.dir)),
+      profileAsset(profile),
+      ...(await onnxruntimeNativeFiles(target)),
+    ];
+    const prepared: PreparedAsset[] = [];
+    for (const [i, s] of sources.entries()) prepared.push(await prepareAsset(s, work, i));
+    const commit = await gitCommitOf(dirname(fileURLToPath(import.meta.url)));
+    const index = bundleIndexFor(
+      bundleId,
+      version,
+      modelIn,
+      model.card,
+      quant.mode,
+      profile,
+      target,
+      prepared,
+      commit,
+    );
+    const indexAsset = await prepareAsset(
+      { key: BUNDLE_INDEX_ASSET, content: Buffer.from(canonicalJson(index)) },
+      work,
+      prepared.length,
+    );
+    steps.update(4, "single executable");
+    await writeDirAtomic(dir, async (tmp) => {
+      await makeSeaExecutable({
+        target,
+        script,
+        assets: Object.fromEntries([...prepared, indexAsset].map((a) => [a.key, a.file])),
+        nodeBinary: node.path,
+        out: join(tmp, exe),
+        workDir: work,
+      });
+      steps.update(5, "bundle files");
+      await writeFile(join(tmp, "itera-agent.service"), systemdUnit(facts));
+      await writeFile(join(tmp, "README.txt"), readme(facts));
+      const sums: Record<string, string> = {};
+      for (const f of [exe, "itera-agent.service", "README.txt"]) sums[f] = await sha256File(join(tmp, f));
+      await writeFile(join(tmp, "install.sh"), installScript(facts, sums));
+      await chmod(join(tmp, "install.sh"), 0o755);
+      const files: Manifest["files"] = {};
+      for (const f of [exe, "itera-agent.service", "README.txt", "install.sh"]) {
+        files[f] = { sha256: await sha256File(join(tmp, f)), bytes: (await stat(join(tmp, f))).size };
+      }
+      const assets: Manifest["assets"] = {};
+      for (const a of [...prepared, indexAsset]) {
+        assets[a.key] = {
+          sha256: a.sha256,
+          bytes: a.bytes,
+          encoding: a.encoding,
+          stored_sha256: a.stored_sha256,
+          stored_bytes: a.stored_bytes,
+        };
+      }
+      let manifest: Manifest = manifestSchema.parse({ ...index, files, assets });
+      if (signingKey)
+        manifest = signManifest(manifest, signingKey.export({ type: "pkcs8", format: "pem" }).toString());
+      await writeFile(join(tmp, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
+      // The archive holds the folder under its final name; it is renamed beside the folder at the end.
+      await run("tar", ["-czf", tarTmp, "-C", tmp, `--transform=s,^\\.,${bundleId},`, "."]);
+      result = {
+        dir,
+        tarball,
+        manifest,
+        sizes: {
+          executable: files[exe]!.bytes,
+          tarball: 0,
+          node_raw: node.rawBytes,
+          node_stripped: node.bytes,
+          agent_script: agent.bytes,
+          assets_raw: prepared.reduce((n, a) => n + a.bytes, 0),
+          assets_stored: prepared.reduce((n, a) => n + a.stored_bytes, 0),
+        },
+        strip: "tool" in node.strip ? node.strip.tool : `not stripped: ${node.strip.skipped}`,
+      };
+    });
+    await rename(tarTmp, tarball);
+  } catch (e) {
+    await rm(tarTmp, { force: true });
+    throw e;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+  const r = result!;
+  r.sizes.tarball = (await stat(tarball)).size;
+  steps.done(`${(r.sizes.executable / 1e6).toFixed(1)} MB executable`);
+  return { ...r, seconds: (Date.now() - started) / 1000 };
+}
+
+function bundleIndexFor(
+  bundleId: string,
+  version: string,
+  modelIn: ModelInput,
+  card: Record<string, unknown> | undefined,
+  quant: string,
+  profile: DeviceProfile,
+  target: { platform: "linux" | "win32"; arch: "x64" | "arm64" },
+  assets: PreparedAsset[],
+  commit: string | undefined,
+): BundleIndex {
+  return {
+    schema: "itera.bundle/v1",
+    bundle_id: bundleId,
+    version,
+    model: { id: modelIn.id, quant, card: card ?? {} },
+    profile: profile.name,
+    target: { platform: target.platform, arch: target.arch, node: NODE_VERSION },
+    build: {
+      itera_version: VERSION,
+      ...(commit ? { git_commit: commit } : {}),
+      built_at: new Date().toISOString(),
+      host: `${hostname()} ${process.platform}-${process.arch} node ${process.version}`,
+    },
+    assets: Object.fromEntries(
+      assets.map((a) => [
+        a.key,
+        {
+          sha256: a.sha256,
+          bytes: a.bytes,
+          encoding: a.encoding,
+          stored_sha256: a.stored_sha256,
+          stored_bytes: a.stored_bytes,
+        },
+      ]),
+    ),
+  };
+}
+
+/** The signing key, checked before the build starts: it must be an Ed25519 private key. */
+export async function readSigningKey(path: string): Promise<KeyObject> {
+  let pem: string;
+  try {
+    pem = await readFile(path, "utf8");
+  } catch (e) {
+    throw new IteraError(`cannot read the signing key (${(e as NodeJS.ErrnoException).code ?? e})`, {
+      where: path,
+      fix: "pass the private key made by `itera keygen` (itera-signing.key) and check its permissions",
+    });
+  }
+  let key: KeyObject;
+  try {
+    key = createPrivateKey(pem);
+  } catch {
+    throw new IteraError("the signing key is not a PEM private key", {
+      where: path,
+      fix: "pass the private key made by `itera keygen` (a PKCS#8 PEM file), not the public key",
+    });
+  }
+  if (key.asymmetricKeyType !== "ed25519") {
+    throw new IteraError(`the signing key is ${key.asymmetricKeyType}, not Ed25519`, {
+      where: path,
+      fix: "make an Ed25519 key with `itera keygen`",
+    });
+  }
+  return key;
+}
+
+/** The git commit of the itera checkout doing the build, when it is one. */
+async function gitCommitOf(cwd: string): Promise<string | undefined> {
+  try {
+    return (await run("git", ["rev-parse", "HEAD"], { cwd })).stdout.trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}

