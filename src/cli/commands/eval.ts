@@ -1,0 +1,147 @@
+import { readFile } from "node:fs/promises";
+import { resolve } from "node:path";
+import type { Command } from "commander";
+import { z } from "zod";
+import { IteraError } from "../../errors.js";
+import { type EvalResult, evaluate, type LanguageModel, loadModel } from "../../runtime/index.js";
+import { applySplit, cardText, datasetsDir, methodFromCard } from "../../runtime/eval-text.js";
+import { type Progress, progress } from "../../util/progress.js";
+import { markdownTable } from "../../util/table.js";
+import { action, printJson } from "../run.js";
+import { parseOptions } from "./run.js";
+
+const evalOptions = z.object({
+  text: z.string().min(1).optional(),
+  split: z.string().optional(),
+  maxChars: z.coerce.number().int().positive().optional(),
+  window: z.coerce.number().int().positive().optional(),
+  stride: z.coerce.number().int().positive().optional(),
+  method: z.enum(["carry", "sliding"]).optional(),
+  threads: z.coerce.number().int().positive().optional(),
+  json: z.boolean().optional(),
+});
+
+type EvalCliOptions = z.infer<typeof evalOptions>;
+
+async function runOne(model: LanguageModel, text: string, label: string, opts: Partial<EvalCliOptions>) {
+  let bar: Progress | undefined;
+  const result = await evaluate(model, text, {
+    method: opts.method,
+    window: opts.window,
+    stride: opts.stride,
+    onProgress: (done, total) => {
+      bar ??= progress(`eval ${label}`, total);
+      bar.update(done, "tokens");
+    },
+  });
+  bar?.done(`tokens, ${result.nats_per_token.toFixed(4)} nats/token`);
+  return result;
+}
+
+function row(label: string, r: EvalResult, reported?: number) {
+  return [
+    label,
+    r.method + (r.stride ? ` ${r.window}/${r.stride}` : ` ${r.window}`),
+    r.tokens,
+    r.nats_per_token.toFixed(4),
+    r.bits_per_char.toFixed(4),
+    r.perplexity.toFixed(3),
+    reported === undefined ? "" : reported.toFixed(4),
+    reported === undefined ? "" : (r.nats_per_token - reported).toExponential(2),
+    r.tokens_per_s.toFixed(0),
+  ];
+}
+
+const header = [
+  "text",
+  "method",
+  "tokens",
+  "nats/token",
+  "bits/char",
+  "perplexity",
+  "card",
+  "delta",
+  "tokens/s",
+];
+
+export function registerEval(program: Command): void {
+  program
+    .command("eval")
+    .description(
+      "nats/token, bits/char and perplexity of a model over a text (default: the card's evaluations)",
+    )
+    .argument("<model>", "model folder")
+    .option("--text <file>", "text file to evaluate (default: each evaluation in itera.json)")
+    .option("--split <words>", "part of --text: 'last 10% of characters', 'first 90% of characters', 'all'")
+    .option("--max-chars <n>", "evaluate only the first n characters")
+    .option("--window <n>", "tokens per call (carry) or per window (sliding)")
+    .option("--stride <n>", "sliding windows: start a window every n tokens (default window/2)")
+    .option("--method <m>", "carry (state across windows) | sliding (fresh KV cache per window)")
+    .option("--threads <n>", "ONNX Runtime intra-op threads")
+    .option("--json", "machine-readable output")
+    .action(
+      action(async (dir: string, raw: unknown) => {
+        const opts = parseOptions(evalOptions, raw);
+        const model = await loadModel(dir, opts.threads ? { threads: opts.threads } : {});
+        try {
+          const clip = (t: string) => (opts.maxChars ? Array.from(t).slice(0, opts.maxChars).join("") : t);
+          if (opts.text) {
+            const path = resolve(opts.text);
+            const raw = await readFile(path, "utf8").catch((e) => {
+              throw new IteraError(`cannot read the text file (${(e as NodeJS.ErrnoException).code})`, {
+                where: path,
+                fix: "give an existing UTF-8 text file with --text",
+              });
+            });
+            const text = clip(opts.split ? applySplit(raw, opts.split) : raw);
+            const result = await runOne(model, text, opts.text, opts);
+            if (opts.json)
+              return printJson({ model: model.dir, text: path, split: opts.split ?? "all", ...result });
+            console.log(markdownTable(header, [row(opts.text, result)]));
+            return;
+          }
+          const records = model.card?.evaluation ?? [];
+          if (records.length === 0) {
+            throw new IteraError("nothing to evaluate: no --text and no evaluation in itera.json", {
+              where: model.dir,
+              fix: "pass --text FILE",
+            });
+          }
+          const results = [];
+          for (const record of records) {
+            const text = clip(await cardText(record));
+            const fromCard = methodFromCard(record);
+            const result = await runOne(model, text, record.dataset, {
+              ...opts,
+              method: opts.method ?? fromCard.method,
+              window: opts.window ?? fromCard.window,
+              stride: opts.stride ?? fromCard.stride,
+            });
+            results.push({ record, result });
+          }
+          if (opts.json) {
+            return printJson({
+              model: model.dir,
+              datasets: datasetsDir(),
+              evaluations: results.map(({ record, result }) => ({
+                dataset: record.dataset,
+                file: record.file,
+                split: record.split,
+                reported_nats_per_token: record.nats_per_token,
+                delta_nats_per_token: result.nats_per_token - record.nats_per_token,
+                ...result,
+              })),
+            });
+          }
+          console.log(
+            markdownTable(
+              header,
+              results.map(({ record, result }) => row(record.dataset, result, record.nats_per_token)),
+            ),
+          );
+        } finally {
+          await model.dispose();
+        }
+      }),
+    );
+}
