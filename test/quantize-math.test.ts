@@ -8,7 +8,7 @@ import {
   quantizeRowsBlockwise,
   unpackBits,
 } from "../src/quantize/blockwise.js";
-import { float16BitsToFloat32, float32ToFloat16Bits } from "../src/quantize/fp16.js";
+import { float16ToFloat32, float32ToFloat16 } from "../src/onnx/index.js";
 import {
   dequantizeInt8,
   quantizeInt8,
@@ -32,6 +32,11 @@ function randomMatrix(n: number, seed: number, lo = -1, hi = 1): Float32Array {
   const r = rand(seed);
   return Float32Array.from({ length: n }, () => lo + (hi - lo) * r());
 }
+
+// fp16 conversion lives in src/onnx (shared with the packager); the quantizer's fp16 mode relies on it
+// being bit-exact, so it is pinned down here.
+const float32ToFloat16Bits = (v: number) => float32ToFloat16(Float32Array.of(v))[0]!;
+const float16BitsToFloat32 = (h: number) => float16ToFloat32(Uint16Array.of(h))[0]!;
 
 describe("fp16", () => {
   it("converts exact values, specials and rounds to nearest even", () => {

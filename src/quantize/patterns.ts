@@ -4,7 +4,7 @@
  * for the original node, with the same input and output names.
  */
 import { quantizeMatMulNBits, quantizeRowsBlockwise, type Bits } from "./blockwise.js";
-import { float32ArrayToFloat16 } from "./fp16.js";
+import { float32ToFloat16 } from "../onnx/index.js";
 import { quantizeInt8 } from "./linear.js";
 
 export type TensorData = Float32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array;
@@ -220,7 +220,7 @@ export function gatherBlockQuantized(
 export function fp16Weight(name: string, values: Float32Array, dims: number[]): Replacement {
   const stored = `${name}_fp16`;
   return {
-    initializers: [{ name: stored, type: "float16", dims, data: float32ArrayToFloat16(values) }],
+    initializers: [{ name: stored, type: "float16", dims, data: float32ToFloat16(values) }],
     nodes: [node(`${name}_cast_fp32`, "Cast", [stored], [name], { to: ONNX_FLOAT })],
   };
 }

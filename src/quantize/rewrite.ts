@@ -1,0 +1,167 @@
+/**
+ * Apply a precision per site to a model: each quantized site's node is replaced by its
+ * replacement subgraph (patterns.ts), fp16 weights are stored as float16 behind a Cast, and
+ * weights nothing reads any more are dropped.
+ */
+import {
+  type AttributeProto,
+  attr,
+  DataType,
+  ensureOpset,
+  Graph,
+  makeNode,
+  type ModelProto,
+  type NodeProto,
+  tensorToTyped,
+  typedToTensor,
+} from "../onnx/index.js";
+import type { Precision, QuantizeOptions } from "./options.js";
+import {
+  type AttributeValue,
+  fp16Weight,
+  gatherBlockQuantized,
+  int8DynamicMatMul,
+  matMulNBits,
+  type NodeSpec,
+  type Replacement,
+  type TensorSpec,
+  type TensorType,
+} from "./patterns.js";
+import { linearWeights, type Site } from "./sites.js";
+
+const tensorTypes: Record<TensorType, number> = {
+  float32: DataType.FLOAT,
+  float16: DataType.FLOAT16,
+  uint8: DataType.UINT8,
+  int8: DataType.INT8,
+  int64: DataType.INT64,
+};
+
+function toAttribute(name: string, v: AttributeValue, isFloat: boolean): AttributeProto {
+  if (typeof v === "string") return attr.string(name, v);
+  if (Array.isArray(v)) return isFloat ? attr.floats(name, v) : attr.ints(name, v);
+  return isFloat ? attr.float(name, v) : attr.int(name, v);
+}
+
+function toNode(spec: NodeSpec): NodeProto {
+  const floats = new Set(spec.floatAttributes ?? []);
+  return makeNode(spec.opType, spec.inputs, spec.outputs, {
+    name: spec.name,
+    domain: spec.domain,
+    attributes: Object.entries(spec.attributes).map(([k, v]) => toAttribute(k, v, floats.has(k))),
+  });
+}
+
+function toTensor(spec: TensorSpec) {
+  return typedToTensor(spec.name, spec.dims, spec.data, tensorTypes[spec.type]);
+}
+
+export type BlockParams = Pick<QuantizeOptions, "blockSize" | "symmetric" | "accuracyLevel">;
+export type Int8Params = Pick<QuantizeOptions, "perChannel" | "reduceRange" | "symmetric">;
+
+/** Why a site cannot take a precision, or undefined when it can. */
+export function unsupportedReason(site: Site, precision: Precision, params: BlockParams): string | undefined {
+  if (site.kind !== "embedding") return undefined;
+  const cols = site.dims[1];
+  if (
+    (precision === "int4" || precision === "int8-wo" || precision === "int8") &&
+    cols % params.blockSize !== 0
+  ) {
+    return `hidden size ${cols} is not a multiple of the block size ${params.blockSize}`;
+  }
+  return undefined;
+}
+
+/** The replacement subgraph for one site at an integer precision. */
+function replacementFor(
+  g: Graph,
+  site: Site,
+  precision: Exclude<Precision, "fp32" | "fp16">,
+  params: BlockParams & Int8Params,
+  uniq: string,
+): Replacement {
+  const node = site.node;
+  if (site.kind === "embedding") {
+    const table = tensorToTyped(g.initializer(site.weightName)!) as Float32Array;
+    return gatherBlockQuantized(
+      {
+        name: uniq,
+        indices: node.input[1]!,
+        output: node.output[0]!,
+        table,
+        rows: site.dims[0],
+        cols: site.dims[1],
+      },
+      { bits: precision === "int4" ? 4 : 8, blockSize: params.blockSize, symmetric: params.symmetric },
+    );
+  }
+  const { weight, bias } = linearWeights(g, site);
+  const linear = {
+    name: uniq,
+    input: node.input[0]!,
+    output: node.output[0]!,
+    weight,
+    k: site.dims[0],
+    n: site.dims[1],
+    ...(bias ? { bias } : {}),
+  };
+  if (precision === "int8") return int8DynamicMatMul(linear, params);
+  return matMulNBits(linear, {
+    bits: precision === "int4" ? 4 : 8,
+    blockSize: params.blockSize,
+    symmetric: params.symmetric,
+    accuracyLevel: params.accuracyLevel,
+  });
+}
+
+export interface Applied {
+  site: string;
+  precision: Precision;
+}
+
+/**
+ * Rewrite `model` in place. `sites` must come from findSites on this model's graph; sites not in
+ * `choice` (or at fp32) are left alone.
+ */
+export function applyPrecisions(
+  model: ModelProto,
+  sites: Site[],
+  choice: ReadonlyMap<string, Precision>,
+  params: BlockParams & Int8Params,
+): Applied[] {
+  const g = new Graph(model.graph!);
+  const applied: Applied[] = [];
+  const fp16Done = new Set<string>();
+  const usedNames = new Set(g.nodes.map((n) => n.name ?? ""));
+  let contrib = false;
+  // Quantized replacements first: they read the float weights, which fp16 storage then replaces.
+  for (const site of sites) {
+    const precision = choice.get(site.name) ?? "fp32";
+    if (precision === "fp32" || precision === "fp16") continue;
+    let uniq = site.name.replace(/[^A-Za-z0-9_.]/g, "_");
+    while (usedNames.has(`${uniq}_q`)) uniq = `${uniq}_`;
+    usedNames.add(`${uniq}_q`);
+    const r = replacementFor(g, site, precision, params, `${uniq}_q`);
+    for (const t of r.initializers) g.addInitializer(toTensor(t));
+    g.replaceNode(site.node, ...r.nodes.map(toNode));
+    contrib ||= r.nodes.some((n) => n.domain === "com.microsoft");
+    applied.push({ site: site.name, precision });
+  }
+  g.removeDeadInitializers();
+  for (const site of sites) {
+    if (choice.get(site.name) !== "fp16") continue;
+    // The weight itself becomes float16; a Cast restores float32 under the original name.
+    const t = g.initializer(site.weightName);
+    if (t && !fp16Done.has(site.weightName)) {
+      const r = fp16Weight(site.weightName, tensorToTyped(t) as Float32Array, t.dims.map(Number));
+      g.removeInitializer(site.weightName);
+      for (const i of r.initializers) g.addInitializer(toTensor(i));
+      for (const n of r.nodes) g.addNode(toNode(n), 0);
+      fp16Done.add(site.weightName);
+    }
+    applied.push({ site: site.name, precision: "fp16" });
+  }
+  if (contrib) ensureOpset(model, "com.microsoft", 1);
+  g.topologicalSort();
+  return applied;
+}

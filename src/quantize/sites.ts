@@ -1,0 +1,137 @@
+/**
+ * Where a graph can be quantized: MatMul and Gemm with a constant 2-D float weight (linear layers)
+ * and Gather on a constant 2-D float table (embeddings). Also what is already quantized.
+ */
+import {
+  DataType,
+  type Graph,
+  getAttrFloat,
+  getAttrInt,
+  type NodeProto,
+  type TensorProto,
+  tensorToTyped,
+} from "../onnx/index.js";
+import { transpose } from "./linear.js";
+
+export type SiteKind = "linear" | "embedding";
+
+export interface Site {
+  /** unique name: the node's name, or op type and index when the node has none */
+  name: string;
+  node: NodeProto;
+  kind: SiteKind;
+  /** the projection to the graph's logits (an output head) */
+  head: boolean;
+  /** linear: [K, N]; embedding: [rows, cols] */
+  dims: [number, number];
+  weightName: string;
+  /** float32 bytes of the weight */
+  bytes: number;
+}
+
+/** Ops that mean a graph (or part of it) is quantized already. */
+export const QUANTIZED_OPS = new Set([
+  "MatMulNBits",
+  "MatMulInteger",
+  "DynamicQuantizeLinear",
+  "DynamicQuantizeMatMul",
+  "MatMulIntegerToFloat",
+  "GatherBlockQuantized",
+  "QuantizeLinear",
+  "DequantizeLinear",
+  "QLinearMatMul",
+  "QGemm",
+  "MatMulBnb4",
+]);
+
+function floatMatrix(t: TensorProto | undefined): [number, number] | undefined {
+  if (!t || t.dataType !== DataType.FLOAT || t.dims.length !== 2) return undefined;
+  return [Number(t.dims[0]), Number(t.dims[1])];
+}
+
+export function nodeLabel(node: NodeProto, index: number): string {
+  return node.name && node.name.length > 0 ? node.name : `${node.opType}_${index}`;
+}
+
+/** Whether a value reaches a graph output directly or through an Add (bias) / Reshape. */
+function feedsGraphOutput(g: Graph, value: string, outputs: Set<string>): boolean {
+  if (outputs.has(value)) return true;
+  const consumers = g.consumers(value);
+  return (
+    consumers.length === 1 &&
+    ["Add", "Reshape"].includes(consumers[0]!.opType ?? "") &&
+    outputs.has(consumers[0]!.output[0] ?? "")
+  );
+}
+
+export function findSites(g: Graph): Site[] {
+  const outputs = new Set(g.proto.output.map((o) => o.name ?? ""));
+  const sites: Site[] = [];
+  g.nodes.forEach((node, index) => {
+    const op = node.opType ?? "";
+    if ((node.domain ?? "") !== "" && node.domain !== "ai.onnx") return;
+    if (op === "MatMul" || op === "Gemm") {
+      const weightName = node.input[1] ?? "";
+      const dims = floatMatrix(g.initializer(weightName));
+      if (!dims) return;
+      if (op === "Gemm" && getAttrInt(node, "transA", 0) !== 0) return;
+      if (op === "Gemm" && node.input[2] && !gemmBias(g, node, dims)) return;
+      const kn: [number, number] =
+        op === "Gemm" && getAttrInt(node, "transB", 0) !== 0 ? [dims[1], dims[0]] : dims;
+      sites.push({
+        name: nodeLabel(node, index),
+        node,
+        kind: "linear",
+        head: feedsGraphOutput(g, node.output[0] ?? "", outputs),
+        dims: kn,
+        weightName,
+        bytes: dims[0] * dims[1] * 4,
+      });
+    } else if (op === "Gather" && getAttrInt(node, "axis", 0) === 0) {
+      const weightName = node.input[0] ?? "";
+      const dims = floatMatrix(g.initializer(weightName));
+      if (!dims) return;
+      sites.push({
+        name: nodeLabel(node, index),
+        node,
+        kind: "embedding",
+        head: false,
+        dims,
+        weightName,
+        bytes: dims[0] * dims[1] * 4,
+      });
+    }
+  });
+  return sites;
+}
+
+/** A Gemm's bias as a length-N vector scaled by beta, or undefined if it is not a constant of that shape. */
+function gemmBias(g: Graph, node: NodeProto, weightDims: [number, number]): Float32Array | undefined {
+  const t = g.initializer(node.input[2] ?? "");
+  if (!t || t.dataType !== DataType.FLOAT) return undefined;
+  const n = getAttrInt(node, "transB", 0) !== 0 ? weightDims[0] : weightDims[1];
+  const values = tensorToTyped(t) as Float32Array;
+  const beta = getAttrFloat(node, "beta", 1);
+  if (values.length === n) return values.map((v) => v * beta);
+  if (values.length === 1) return new Float32Array(n).fill(values[0]! * beta);
+  return undefined;
+}
+
+/** A linear site's weight as [K, N] row-major (Gemm's transB and alpha applied) and its bias. */
+export function linearWeights(g: Graph, site: Site): { weight: Float32Array; bias?: Float32Array } {
+  const node = site.node;
+  const raw = tensorToTyped(g.initializer(site.weightName)!) as Float32Array;
+  if (node.opType !== "Gemm") return { weight: raw };
+  const [k, n] = site.dims;
+  let weight = getAttrInt(node, "transB", 0) !== 0 ? transpose(raw, n, k) : raw;
+  const alpha = getAttrFloat(node, "alpha", 1);
+  if (alpha !== 1) weight = weight.map((v) => v * alpha);
+  const bias = node.input[2]
+    ? gemmBias(g, node, getAttrInt(node, "transB", 0) !== 0 ? [n, k] : [k, n])
+    : undefined;
+  return bias ? { weight, bias } : { weight };
+}
+
+export function countQuantizedNodes(g: Graph): number {
+  return g.nodes.filter((n) => QUANTIZED_OPS.has(n.opType ?? "")).length;
+}
