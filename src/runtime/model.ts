@@ -184,6 +184,27 @@ export class LanguageModel {
     return { logits: logits!, batch, positions: seq, vocab: out!.vocab, state: current };
   }
 
+  private ones: { int64: BigInt64Array; int32: Int32Array } | undefined;
+
+  /** An all-ones mask of `size` as a view of a shared buffer: no per-step allocation when nothing is padded. */
+  private onesView(size: number): BigInt64Array | Int32Array {
+    if (!this.ones || this.ones.int64.length < size) {
+      const n = Math.max(size, this.contextLength);
+      this.ones = { int64: new BigInt64Array(n).fill(1n), int32: new Int32Array(n).fill(1) };
+    }
+    return this.io.attentionMask?.type === "int32"
+      ? this.ones.int32.subarray(0, size)
+      : this.ones.int64.subarray(0, size);
+  }
+
+  private paddedMask(padding: readonly number[], total: number): number[] {
+    const mask = new Array<number>(padding.length * total).fill(1);
+    padding.forEach((pad, r) => {
+      mask.fill(0, r * total, r * total + pad);
+    });
+    return mask;
+  }
+
   private async run(ids: readonly (readonly number[])[], state: State): Promise<ForwardResult> {
     const { io } = this;
     const batch = ids.length;
@@ -192,10 +213,9 @@ export class LanguageModel {
     const feeds: Record<string, Tensor> = { ...state.tensors };
     feeds[io.inputIds.name] = intTensor(io.inputIds.type, ids.flat(), [batch, seq]);
     if (io.attentionMask) {
-      const mask = new Array<number>(batch * total).fill(1);
-      state.padding.forEach((pad, r) => {
-        mask.fill(0, r * total, r * total + pad);
-      });
+      const mask = state.padding.some((p) => p > 0)
+        ? this.paddedMask(state.padding, total)
+        : this.onesView(batch * total);
       feeds[io.attentionMask.name] = intTensor(io.attentionMask.type, mask, [batch, total]);
     }
     if (io.positionIds) {

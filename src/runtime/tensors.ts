@@ -3,10 +3,22 @@ import type { TensorType } from "./io.js";
 
 /** Small tensor helpers for the runtime: integer inputs, zero states, batch merging, float16 reading. */
 
-export function intTensor(type: TensorType, values: ArrayLike<number>, dims: readonly number[]): Tensor {
-  if (type === "int32") return new Tensor("int32", Int32Array.from(values), dims);
+/** An int64/int32 tensor; typed arrays of the right type are used as they are (no copy). */
+export function intTensor(
+  type: TensorType,
+  values: ArrayLike<number> | BigInt64Array | Int32Array,
+  dims: readonly number[],
+): Tensor {
+  if (type === "int32") {
+    return new Tensor(
+      "int32",
+      values instanceof Int32Array ? values : Int32Array.from(values as ArrayLike<number>),
+      dims,
+    );
+  }
+  if (values instanceof BigInt64Array) return new Tensor("int64", values, dims);
   const data = new BigInt64Array(values.length);
-  for (let i = 0; i < values.length; i++) data[i] = BigInt(values[i]!);
+  for (let i = 0; i < values.length; i++) data[i] = BigInt((values as ArrayLike<number>)[i]!);
   return new Tensor("int64", data, dims);
 }
 

@@ -1,0 +1,293 @@
+/**
+ * Runtime benchmark: prefill and decode tokens/s of model folders per thread count, decode speed
+ * against the context position, batched decode, prefill-in-one-call versus stepping as a ratio
+ * measured in the same run, and where a decode step's wall time goes (ONNX Runtime kernels,
+ * ONNX Runtime framework, JavaScript outside session.run).
+ *
+ * Run (from the repository root):
+ *   npx esbuild bench/runtime.ts --bundle --platform=node --format=esm --packages=external \
+ *     --outfile=node_modules/.cache/itera-bench/runtime.mjs && \
+ *   nice -n 10 node node_modules/.cache/itera-bench/runtime.mjs [--append docs/benchmarks.md] [model dirs...]
+ * Without model dirs it benchmarks every folder under models/.
+ */
+import { readdirSync, readFileSync, rmSync } from "node:fs";
+import { appendFile, mkdtemp } from "node:fs/promises";
+import { cpus, tmpdir } from "node:os";
+import { join, relative } from "node:path";
+import { performance } from "node:perf_hooks";
+import type { InferenceSession } from "onnxruntime-node";
+import { env } from "onnxruntime-node";
+import { type LanguageModel, loadModel, type State } from "../src/runtime/index.js";
+import { argmax } from "../src/runtime/sampling.js";
+import { markdownTable } from "../src/util/table.js";
+
+interface Args {
+  models: string[];
+  threads: number[];
+  contexts: number[];
+  batches: number[];
+  decodeTokens: number;
+  repetitions: number;
+  append?: string;
+}
+
+function parseArgs(argv: string[]): Args {
+  const args: Args = {
+    models: [],
+    threads: [1, 2],
+    contexts: [64, 256, 1024, 2048],
+    batches: [1, 4, 8],
+    decodeTokens: 256,
+    repetitions: 3,
+  };
+  const list = (v: string) => v.split(",").map(Number);
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const next = () => argv[++i]!;
+    if (a === "--threads") args.threads = list(next());
+    else if (a === "--contexts") args.contexts = list(next());
+    else if (a === "--batches") args.batches = list(next());
+    else if (a === "--decode-tokens") args.decodeTokens = Number(next());
+    else if (a === "--repetitions") args.repetitions = Number(next());
+    else if (a === "--append") args.append = next();
+    else args.models.push(a);
+  }
+  if (args.models.length === 0) {
+    args.models = readdirSync("models", { withFileTypes: true })
+      .filter((d) => d.isDirectory())
+      .map((d) => join("models", d.name));
+  }
+  return args;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** Count the wall time spent inside session.run (the rest of a step is JavaScript). */
+function instrument(model: LanguageModel): { runMs: () => number; reset: () => void } {
+  const session = model.session as InferenceSession & { run: InferenceSession["run"] };
+  const original = session.run.bind(session);
+  let spent = 0;
+  (session as { run: unknown }).run = async (...a: Parameters<InferenceSession["run"]>) => {
+    const t = performance.now();
+    try {
+      return await (original as (...x: unknown[]) => ReturnType<InferenceSession["run"]>)(...a);
+    } finally {
+      spent += performance.now() - t;
+    }
+  };
+  return {
+    runMs: () => spent,
+    reset: () => {
+      spent = 0;
+    },
+  };
+}
+
+/** Feed `count` tokens one call at a time from `state`; greedy, as a decode loop does. */
+async function decode(model: LanguageModel, state: State, count: number, first: number[]) {
+  let s = state;
+  let next = first;
+  for (let i = 0; i < count; i++) {
+    const out = await model.forward(
+      next.map((id) => [id]),
+      s,
+    );
+    s = out.state;
+    next = next.map((_, r) => argmax(out.logits.subarray(r * out.vocab, (r + 1) * out.vocab)));
+  }
+  return s;
+}
+
+function promptIds(model: LanguageModel, n: number): number[] {
+  const text = "ROMEO:\nWhat light through yonder window breaks? It is the east, and Juliet is the sun.\n";
+  const ids = model.tokenizer.encode(text.repeat(Math.ceil(n / 20) + 1), false);
+  return ids.slice(0, n);
+}
+
+interface Row {
+  model: string;
+  threads: number;
+  prefillTokens: number;
+  prefillOneCall: number | null;
+  prefillStepped: number;
+  decode: number;
+  jsShare: number;
+  kernelShare: number | null;
+}
+
+/** Sum kernel time and whole-run time from an ONNX Runtime profile (Chrome trace JSON). */
+function profileShares(file: string): { kernelUs: number; runUs: number } {
+  const events = JSON.parse(readFileSync(file, "utf8")) as { cat: string; name: string; dur: number }[];
+  let kernelUs = 0;
+  let runUs = 0;
+  for (const e of events) {
+    if (e.cat === "Node" && e.name.endsWith("_kernel_time")) kernelUs += e.dur;
+    if (e.cat === "Session" && e.name === "model_run") runUs += e.dur;
+  }
+  return { kernelUs, runUs };
+}
+
+async function benchModel(dir: string, threads: number, args: Args, rows: Row[], extra: string[][]) {
+  const profDir = await mkdtemp(join(tmpdir(), "itera-prof-"));
+  const model = await loadModel(dir, { threads });
+  const name = model.card?.id ?? relative(".", dir);
+  try {
+    const timer = instrument(model);
+    const p = Math.min(128, Math.floor(model.contextLength / 2));
+    const ids = promptIds(model, p);
+
+    // Prefill: whole prompt in one call versus one token per call, same run.
+    const oneCall: number[] = [];
+    const stepped: number[] = [];
+    for (let r = 0; r < args.repetitions; r++) {
+      if (model.io.fixedSequence === null) {
+        const t = performance.now();
+        await model.forward([ids], model.newState(1));
+        oneCall.push((1000 * p) / (performance.now() - t));
+      }
+      const t = performance.now();
+      let s = model.newState(1);
+      for (const id of ids) s = (await model.forward([[id]], s)).state;
+      stepped.push((1000 * p) / (performance.now() - t));
+    }
+
+    // Decode: single stream after a short prompt; JS share from timing session.run.
+    const decodeSpeeds: number[] = [];
+    let jsShare = 0;
+    const n = Math.min(args.decodeTokens, model.limitedContext ? model.contextLength - 9 : args.decodeTokens);
+    for (let r = 0; r < args.repetitions; r++) {
+      const pre = await model.forward([ids.slice(0, 8)], model.newState(1));
+      timer.reset();
+      const t = performance.now();
+      await decode(model, pre.state, n, [ids[8]!]);
+      const wall = performance.now() - t;
+      decodeSpeeds.push((1000 * n) / wall);
+      jsShare = 1 - timer.runMs() / wall;
+    }
+
+    // Kernel share of session.run, from an ONNX Runtime profile of one more decode run.
+    let kernelShare: number | null = null;
+    {
+      const profiled = await loadModel(dir, { threads, profileFilePrefix: join(profDir, "decode") });
+      const pre = await profiled.forward([ids.slice(0, 8)], profiled.newState(1));
+      await decode(profiled, pre.state, Math.min(n, 128), [ids[8]!]);
+      profiled.session.endProfiling();
+      await profiled.dispose();
+      // onnxruntime-node does not return the profile's path: it is the prefix plus a timestamp.
+      const file = readdirSync(profDir).find((f) => f.startsWith("decode") && f.endsWith(".json"));
+      if (file) {
+        const { kernelUs, runUs } = profileShares(join(profDir, file));
+        if (runUs > 0) kernelShare = kernelUs / runUs;
+      }
+    }
+
+    rows.push({
+      model: name,
+      threads,
+      prefillTokens: p,
+      prefillOneCall: oneCall.length ? median(oneCall) : null,
+      prefillStepped: median(stepped),
+      decode: median(decodeSpeeds),
+      jsShare,
+      kernelShare,
+    });
+
+    // Decode speed against the context position: 64 tokens decoded after the state holds c tokens.
+    for (const c of args.contexts) {
+      if (model.limitedContext && c + 64 > model.contextLength) {
+        extra.push([name, String(threads), String(c), "beyond context", ""]);
+        continue;
+      }
+      const fill = promptIds(model, c);
+      let s = model.newState(1);
+      if (model.io.fixedSequence === null) s = (await model.forward([fill], s)).state;
+      else for (const id of fill) s = (await model.forward([[id]], s)).state;
+      const t = performance.now();
+      await decode(model, s, 64, [fill[0]!]);
+      extra.push([name, String(threads), String(c), ((1000 * 64) / (performance.now() - t)).toFixed(0), "1"]);
+    }
+
+    // Batched decode: B streams of 64 tokens each; aggregate tokens/s.
+    for (const b of args.batches) {
+      if (b === 1 || (model.io.fixedBatch !== null && b > model.io.fixedBatch)) continue;
+      const rowsIds = Array.from({ length: b }, (_, r) => ids.slice(r, r + 8));
+      const pre = await model.forward(rowsIds, model.newState(b));
+      const steps = model.limitedContext ? Math.min(64, model.contextLength - 8) : 64;
+      const t = performance.now();
+      await decode(
+        model,
+        pre.state,
+        steps,
+        rowsIds.map((r) => r[0]!),
+      );
+      extra.push([
+        name,
+        String(threads),
+        "8",
+        ((1000 * steps * b) / (performance.now() - t)).toFixed(0),
+        String(b),
+      ]);
+    }
+  } finally {
+    await model.dispose();
+    rmSync(profDir, { recursive: true, force: true });
+  }
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const rows: Row[] = [];
+  const extra: string[][] = [];
+  for (const dir of args.models) {
+    for (const threads of args.threads) {
+      process.stderr.write(`bench ${dir} threads=${threads}\n`);
+      await benchModel(dir, threads, args, rows, extra);
+    }
+  }
+  const cpu = cpus()[0]?.model ?? "unknown CPU";
+  const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+  const command =
+    `node node_modules/.cache/itera-bench/runtime.mjs ${process.argv.slice(2).join(" ")}`.trim();
+  const report = [
+    `## Runtime (bench/runtime.ts) — ${new Date().toISOString().slice(0, 16)}Z`,
+    "",
+    `Machine: ${cpu}, ${cpus().length} logical CPUs; Node ${process.version}; onnxruntime-node ${env.versions?.node ?? "?"}.`,
+    `Command: \`${command}\` (built with esbuild as in the file's header). Medians of ${args.repetitions} runs; greedy; fp32.`,
+    "",
+    "Prefill of a prompt in one call versus one token per call (same run), single-stream decode, and where a decode step's time goes:",
+    "",
+    markdownTable(
+      [
+        "model",
+        "threads",
+        "prompt",
+        "prefill tok/s (one call)",
+        "prefill tok/s (stepped)",
+        "one-call / stepped",
+        "decode tok/s",
+        "JS outside session.run",
+        "kernels / session.run",
+      ],
+      rows.map((r) => [
+        r.model,
+        r.threads,
+        r.prefillTokens,
+        r.prefillOneCall === null ? "n/a (1 token per call)" : r.prefillOneCall.toFixed(0),
+        r.prefillStepped.toFixed(0),
+        r.prefillOneCall === null ? "n/a" : `${(r.prefillOneCall / r.prefillStepped).toFixed(2)}x`,
+        r.decode.toFixed(0),
+        pct(r.jsShare),
+        r.kernelShare === null ? "n/a" : pct(r.kernelShare),
+      ]),
+    ),
+    "",
+    "Decode tokens/s after the state holds `context` tokens (batch 1), and aggregate decode tokens/s of batches:",
+    "",
+    markdownTable(["model", "threads", "context", "decode tok/s", "batch"], extra),
+    "",
+  ].join("\n");
+  process.stdout.write(`${report}\n`);
+  if (args.append) await appendFile(args.append, `\n${report}`);
+}
+
+await main();
