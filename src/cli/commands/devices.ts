@@ -1,0 +1,99 @@
+import type { Command } from "commander";
+import { IteraError } from "../../errors.js";
+import { inventoryPath, loadInventory, removeDevice, upsertDevice } from "../../deploy/inventory.js";
+import { checkDestination } from "../../deploy/ssh.js";
+import { markdownTable } from "../../util/table.js";
+import { action, printJson } from "../run.js";
+
+export function registerDevices(program: Command): void {
+  const devices = program
+    .command("devices")
+    .description(
+      `the device inventory (${"$"}XDG_CONFIG_HOME/itera/devices.json): host, profile, installed version, last seen`,
+    );
+
+  const list = action(async (o: { json?: boolean }) => {
+    const all = await loadInventory();
+    if (o.json) return printJson(all);
+    if (all.length === 0) {
+      process.stderr.write(
+        `no devices yet (${inventoryPath()}); add one with \`itera devices add NAME --ssh user@host\`\n`,
+      );
+      return;
+    }
+    console.log(
+      markdownTable(
+        ["name", "ssh", "profile", "fleet", "installed", "last seen", "last flash"],
+        all.map((d) => [
+          d.name,
+          d.ssh ? `${d.ssh}${d.port ? `:${d.port}` : ""}` : "-",
+          d.profile ?? "-",
+          d.fleet ?? "-",
+          d.installed_version ?? "-",
+          d.last_seen ?? "-",
+          d.last_flash ? `${d.last_flash.version} ${d.last_flash.result}` : "-",
+        ]),
+      ),
+    );
+  });
+
+  devices.option("--json", "machine-readable output").action(list);
+  devices
+    .command("list")
+    .description("list the devices")
+    .option("--json", "machine-readable output")
+    .action(list);
+
+  devices
+    .command("add")
+    .description("add a device (or change its fields)")
+    .argument("<name>", "a short name, e.g. pi-kitchen")
+    .option("--ssh <user@host>", "ssh address")
+    .option("--port <n>", "ssh port")
+    .option("--identity <file>", "ssh private key")
+    .option("--profile <name>", "device profile, e.g. rpi5")
+    .option("--fleet <name>", "fleet it belongs to")
+    .option("--json", "print the entry as JSON")
+    .action(
+      action(
+        async (
+          name: string,
+          o: {
+            ssh?: string;
+            port?: string;
+            identity?: string;
+            profile?: string;
+            fleet?: string;
+            json?: boolean;
+          },
+        ) => {
+          const port = o.port === undefined ? undefined : Number(o.port);
+          if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
+            throw new IteraError(`invalid --port '${o.port}'`, { fix: "give a port from 1 to 65535" });
+          }
+          const entry = await upsertDevice(name, {
+            ssh: o.ssh === undefined ? undefined : checkDestination(o.ssh),
+            port,
+            identity: o.identity,
+            profile: o.profile,
+            fleet: o.fleet,
+          });
+          if (o.json) printJson(entry);
+          else process.stderr.write(`device ${entry.name} saved in ${inventoryPath()}\n`);
+        },
+      ),
+    );
+
+  devices
+    .command("remove")
+    .description("remove a device from the inventory")
+    .argument("<name>")
+    .option("--json", "print {removed: NAME}")
+    .action(
+      action(async (name: string, o: { json?: boolean }) => {
+        await removeDevice(name);
+        if (o.json) printJson({ removed: name });
+        else process.stderr.write(`device ${name} removed\n`);
+      }),
+    );
+}

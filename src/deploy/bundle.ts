@@ -1,0 +1,130 @@
+import { readFile, stat } from "node:fs/promises";
+import { basename, join, resolve } from "node:path";
+import { type Manifest, manifestSchema } from "../bundle/manifest.js";
+import { IteraError } from "../errors.js";
+import { verifyBundle } from "../package/verify.js";
+import { sha256 } from "../util/fs.js";
+import { AGENT_FILE, MANIFEST_FILE, UNIT_NAME } from "./layout.js";
+
+/** A bundle folder whose signature and every file hash were checked on this machine. */
+export interface VerifiedBundle {
+  dir: string;
+  manifest: Manifest;
+  /** sha256 of manifest.json exactly as on disk: what the device's copy must match. */
+  manifestSha256: string;
+  manifestBytes: number;
+  /** Files to send, manifest.json last (so a staged manifest means everything before it was sent). */
+  files: { name: string; sha256: string; bytes: number }[];
+  totalBytes: number;
+  /** True when the signer was pinned with a trusted key; false when only the embedded key was used. */
+  signerPinned: boolean;
+}
+
+/** Manifest file names become paths on the device: plain relative names only. */
+const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]*(\/[A-Za-z0-9_][A-Za-z0-9._-]*)*$/;
+
+/** Resolve BUNDLE: the folder itself, or a .tar.gz whose folder sits beside it (DESIGN.md §5). */
+async function bundleDir(path: string): Promise<string> {
+  const abs = resolve(path);
+  const dir = abs.endsWith(".tar.gz") ? abs.slice(0, -".tar.gz".length) : abs;
+  const s = await stat(dir).catch(() => undefined);
+  if (!s?.isDirectory()) {
+    throw new IteraError(`no bundle folder at ${dir}`, {
+      where: path,
+      fix: abs.endsWith(".tar.gz")
+        ? `unpack it beside the archive first: tar -xzf ${basename(abs)}`
+        : "give the bundle folder made by `itera build` (firmware-bundles/<model>-<version>-<profile>/)",
+    });
+  }
+  return dir;
+}
+
+/**
+ * Read and check a bundle before anything touches a device: `itera verify`'s checks (every listed
+ * file with its size and sha256, no file added, the signature valid, by `trustedKey` when given),
+ * and what a flash needs on top: a signature at all, a Linux target, names safe as device paths.
+ */
+export async function loadVerifiedBundle(path: string, trustedKey?: string): Promise<VerifiedBundle> {
+  const dir = await bundleDir(path);
+  const manifestPath = join(dir, MANIFEST_FILE);
+  const check = await verifyBundle(dir, trustedKey);
+  if (!check.signed) {
+    throw new IteraError("the bundle is not signed", {
+      where: manifestPath,
+      fix: "sign it when building: `itera build ... --sign KEY` (make a key with `itera keygen`)",
+    });
+  }
+  if (!check.ok) {
+    const untrusted = check.signature === "untrusted-key";
+    throw new IteraError(
+      untrusted
+        ? "the bundle is not signed by the trusted key given with --key"
+        : `the bundle does not match its manifest (tampered or corrupted): ${check.problems.join("; ")}`,
+      {
+        where: dir,
+        fix: untrusted
+          ? "pass the signer's public key with --key, or flash a bundle signed with yours"
+          : "rebuild the bundle, or copy it again from where it was built",
+      },
+    );
+  }
+  // verifyBundle has validated this manifest; the exact bytes are what the device's copy must match.
+  const raw = await readFile(manifestPath);
+  const manifest = manifestSchema.parse(JSON.parse(raw.toString("utf8")));
+  if (manifest.target.platform !== "linux") {
+    throw new IteraError(
+      `the bundle targets ${manifest.target.platform}; flash installs Linux bundles only`,
+      {
+        where: manifestPath,
+        fix: "build for a Linux profile (e.g. rpi4, rpi5, embedded-arm64-2c)",
+      },
+    );
+  }
+  if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(manifest.version)) {
+    throw new IteraError(`the bundle version '${manifest.version}' cannot name a release folder`, {
+      where: manifestPath,
+      fix: "use a plain version such as 0.2.0",
+    });
+  }
+  for (const required of [AGENT_FILE, UNIT_NAME]) {
+    if (!(required in manifest.files)) {
+      throw new IteraError(`the bundle's manifest does not list ${required}`, {
+        where: manifestPath,
+        fix: "rebuild the bundle with `itera build`",
+      });
+    }
+  }
+  const files: VerifiedBundle["files"] = [];
+  for (const [name, entry] of Object.entries(manifest.files).sort(([a], [b]) => (a < b ? -1 : 1))) {
+    if (!SAFE_NAME.test(name) || name.split("/").includes("..")) {
+      throw new IteraError(`the manifest lists an unsafe file name '${name}'`, {
+        where: manifestPath,
+        fix: "rebuild the bundle with `itera build`",
+      });
+    }
+    files.push({ name, sha256: entry.sha256, bytes: entry.bytes });
+  }
+  const manifestSha256 = sha256(raw);
+  files.push({ name: MANIFEST_FILE, sha256: manifestSha256, bytes: raw.length });
+  return {
+    dir,
+    manifest,
+    manifestSha256,
+    manifestBytes: raw.length,
+    files,
+    totalBytes: files.reduce((n, f) => n + f.bytes, 0),
+    signerPinned: trustedKey !== undefined,
+  };
+}
+
+/** Read a trusted public key file (PEM or base64 SPKI DER) for --key. */
+export async function readTrustedKey(path: string): Promise<string> {
+  try {
+    return (await readFile(path, "utf8")).trim();
+  } catch {
+    throw new IteraError(`cannot read the public key ${path}`, {
+      where: path,
+      fix: "give the signer's public key file (made by `itera keygen`)",
+    });
+  }
+}

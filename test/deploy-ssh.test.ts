@@ -1,0 +1,367 @@
+import { execFile } from "node:child_process";
+import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { IteraError } from "../src/errors.js";
+import { flashOverSsh, type SshFlashOptions } from "../src/deploy/flash-ssh.js";
+import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
+import { startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
+import { listTree } from "./fixtures/deploy/tree.js";
+
+const run = promisify(execFile);
+
+let sshd: TestSshd;
+let work: string;
+const keys = signingKeys();
+const bundles: Record<string, string> = {};
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "itera-deploy-ssh-"));
+  const out = join(work, "bundles");
+  const [server] = await Promise.all([
+    startSshd(),
+    (async () => {
+      bundles.v1 = await makeFixtureBundle(out, { version: "0.1.0", signWith: keys.privatePem });
+      // Large enough for several 256 KiB upload chunks, so a copy can be cut in the middle.
+      bundles.v2 = await makeFixtureBundle(out, {
+        version: "0.2.0",
+        padBytes: 1_500_000,
+        signWith: keys.privatePem,
+      });
+      bundles.broken = await makeFixtureBundle(out, {
+        version: "0.3.0",
+        healthy: false,
+        signWith: keys.privatePem,
+      });
+      bundles.arm64 = await makeFixtureBundle(out, {
+        version: "0.4.0",
+        arch: "arm64",
+        profile: "rpi5",
+        signWith: keys.privatePem,
+      });
+      bundles.unsigned = await makeFixtureBundle(join(out, "unsigned"), { version: "0.5.0", signWith: null });
+      bundles.tamperedFile = await makeFixtureBundle(join(out, "t1"), {
+        version: "0.6.0",
+        signWith: keys.privatePem,
+      });
+      await writeFile(join(bundles.tamperedFile, "README.txt"), "changed after signing\n");
+      bundles.tamperedManifest = await makeFixtureBundle(join(out, "t2"), {
+        version: "0.7.0",
+        signWith: keys.privatePem,
+      });
+      const mPath = join(bundles.tamperedManifest, "manifest.json");
+      const m = JSON.parse(await readFile(mPath, "utf8"));
+      m.target.arch = "arm64";
+      await writeFile(mPath, JSON.stringify(m));
+    })(),
+  ]);
+  sshd = server;
+});
+
+afterAll(async () => {
+  await sshd?.stop();
+  await rm(work, { recursive: true, force: true });
+});
+
+/** A device root (the --prefix) and a stand-in systemctl that records its calls and reports "active". */
+async function newDevice(name: string) {
+  const dir = join(work, name);
+  const prefix = join(dir, "root");
+  await mkdir(prefix, { recursive: true });
+  const systemctl = join(dir, "systemctl");
+  await writeFile(
+    systemctl,
+    `#!/bin/sh\necho "$*" >> ${JSON.stringify(join(dir, "systemctl.log"))}\nexit 0\n`,
+  );
+  await chmod(systemctl, 0o755);
+  const calls = async () =>
+    (await readFile(join(dir, "systemctl.log"), "utf8").catch(() => "")).trim().split("\n");
+  return { dir, prefix, systemctl, calls };
+}
+
+function options(
+  bundle: string,
+  device: { prefix: string; systemctl: string },
+  extra: Partial<SshFlashOptions> = {},
+) {
+  return {
+    bundle,
+    target: {
+      destination: "root@127.0.0.1",
+      port: sshd.port,
+      identity: sshd.identity,
+      knownHosts: sshd.knownHosts,
+    },
+    prefix: device.prefix,
+    systemctl: device.systemctl,
+    healthTimeoutS: 5,
+    healthSettleS: 0,
+    keep: 3,
+    ...extra,
+  } satisfies SshFlashOptions;
+}
+
+async function flashError(o: SshFlashOptions): Promise<IteraError> {
+  const e = await flashOverSsh(o).then(
+    () => undefined,
+    (err: unknown) => err,
+  );
+  expect(e).toBeInstanceOf(IteraError);
+  return e as IteraError;
+}
+
+const releaseFiles = (v: string, agentBytes: number) => [
+  `d opt/itera/releases/${v} 755`,
+  `f opt/itera/releases/${v}/README.txt 644 ${`fixture bundle fixture-${v}-laptop-x64-4c\n`.length}`,
+  `f opt/itera/releases/${v}/install.sh 755 64`,
+  `f opt/itera/releases/${v}/itera-agent 755 ${agentBytes}`,
+  `f opt/itera/releases/${v}/itera-agent.service 644`,
+  `f opt/itera/releases/${v}/manifest.json 644`,
+];
+
+/** The listing with file sizes of unit and manifest left out (they vary with the bundle id). */
+async function shape(prefix: string): Promise<string[]> {
+  return (await listTree(prefix)).map((l) =>
+    /(itera-agent\.service|manifest\.json) \d+ \d+$/.test(l) ? l.replace(/ \d+$/, "") : l,
+  );
+}
+
+async function agentBytes(bundle: string) {
+  return (await stat(join(bundle, "itera-agent"))).size;
+}
+
+describe("itera flash over ssh (real sshd on loopback, a prefix as the device's root)", () => {
+  it("installs a release, then the next one, switching `current` and keeping the previous", async () => {
+    const dev = await newDevice("install");
+    const r1 = await flashOverSsh(options(bundles.v1!, dev));
+    expect(r1).toMatchObject({ ok: true, result: "installed", previous: null, current: "0.1.0" });
+    expect(r1.copy).toMatchObject({ bytes_resumed: 0 });
+    expect(r1.copy!.bytes_sent).toBe(r1.copy!.bytes_total);
+    expect(r1.health).toMatchObject({ ok: true, info: { manifest: { version: "0.1.0" } } });
+
+    const r2 = await flashOverSsh(options(bundles.v2!, dev));
+    expect(r2).toMatchObject({ ok: true, result: "installed", previous: "0.1.0", current: "0.2.0" });
+    expect(await shape(dev.prefix)).toEqual([
+      "d etc 755",
+      "d etc/systemd 755",
+      "d etc/systemd/system 755",
+      "f etc/systemd/system/itera-agent.service 644",
+      "d opt 755",
+      "d opt/itera 755",
+      "l opt/itera/current -> releases/0.2.0",
+      "d opt/itera/releases 755",
+      ...releaseFiles("0.1.0", await agentBytes(bundles.v1!)),
+      ...releaseFiles("0.2.0", await agentBytes(bundles.v2!)),
+    ]);
+    expect(await readFile(join(dev.prefix, "etc/systemd/system/itera-agent.service"), "utf8")).toContain(
+      "fixture-0.2.0",
+    );
+    const once = [
+      "daemon-reload",
+      "enable itera-agent.service",
+      "restart itera-agent.service",
+      "is-active --quiet itera-agent.service",
+    ];
+    expect(await dev.calls()).toEqual([...once, ...once]);
+  });
+
+  it("rolls back by itself when the new release fails its health check", async () => {
+    const dev = await newDevice("rollback");
+    await flashOverSsh(options(bundles.v1!, dev));
+    const before = await listTree(dev.prefix);
+    const r = await flashOverSsh(options(bundles.broken!, dev));
+    expect(r).toMatchObject({
+      ok: false,
+      result: "rolled-back",
+      previous: "0.1.0",
+      current: "0.1.0",
+      rollback: { to: "0.1.0", healthy: true },
+    });
+    expect(r.health?.error).toMatch(/exit 1: itera-agent 0.3.0: cannot load the model/);
+    expect(r.error?.error).toMatch(/release 0.3.0 failed its health check .* rolled back to 0.1.0/);
+    // The device is exactly as before: current -> 0.1.0, its unit back, the failed release gone.
+    expect(await listTree(dev.prefix)).toEqual(before);
+    const calls = await dev.calls();
+    expect(calls.slice(4)).toEqual([
+      "daemon-reload",
+      "enable itera-agent.service",
+      "restart itera-agent.service",
+      "is-active --quiet itera-agent.service",
+      "daemon-reload",
+      "restart itera-agent.service",
+      "is-active --quiet itera-agent.service",
+    ]);
+  });
+
+  it("removes a failed first install completely (nothing to roll back to)", async () => {
+    const dev = await newDevice("first-fail");
+    const r = await flashOverSsh(options(bundles.broken!, dev));
+    expect(r).toMatchObject({
+      ok: false,
+      result: "rolled-back",
+      previous: null,
+      current: null,
+      rollback: { to: null },
+    });
+    expect(await listTree(dev.prefix)).toEqual([
+      "d etc 755",
+      "d etc/systemd 755",
+      "d etc/systemd/system 755",
+      "d opt 755",
+      "d opt/itera 755",
+      "d opt/itera/releases 755",
+    ]);
+    expect((await dev.calls()).slice(-2)).toEqual(["disable --now itera-agent.service", "daemon-reload"]);
+  });
+
+  it("resumes an interrupted copy instead of starting again", async () => {
+    const dev = await newDevice("resume");
+    await flashOverSsh(options(bundles.v1!, dev));
+    const abort = new AbortController();
+    const chunkBytes = 256 * 1024;
+    const cut = flashOverSsh(
+      options(bundles.v2!, dev, {
+        chunkBytes,
+        signal: abort.signal,
+        // Cut the connection in the middle of the third chunk: two chunks are surely on the device.
+        onProgress: (sent) => {
+          if (sent > 2 * chunkBytes + 100_000) abort.abort();
+        },
+      }),
+    );
+    await expect(cut).rejects.toThrow(/abort/i);
+    expect(await readFile(join(dev.prefix, "opt/itera/current").concat("/manifest.json"), "utf8")).toContain(
+      '"version": "0.1.0"',
+    );
+    const r = await flashOverSsh(options(bundles.v2!, dev, { chunkBytes }));
+    expect(r).toMatchObject({ ok: true, result: "installed", previous: "0.1.0", current: "0.2.0" });
+    const { bytes_total, bytes_sent, bytes_resumed } = r.copy!;
+    expect(bytes_resumed).toBeGreaterThanOrEqual(2 * chunkBytes);
+    expect(bytes_sent).toBe(bytes_total - bytes_resumed);
+    expect(bytes_sent).toBeLessThan(bytes_total);
+    expect(r.steps.find((s) => s.id === "copy")?.detail).toMatch(/resumed after \d+ bytes/);
+    // The resumed file is whole: the device checked every sha256 before installing it.
+    expect(r.steps.find((s) => s.id === "verify-device")?.status).toBe("done");
+  });
+
+  it("refuses a bundle for the wrong architecture before copying anything", async () => {
+    const dev = await newDevice("arch");
+    await flashOverSsh(options(bundles.v1!, dev));
+    const before = await listTree(dev.prefix);
+    const e = await flashError(options(bundles.arm64!, dev));
+    expect(e.message).toMatch(
+      /wrong architecture: the bundle is for arm64 but the device is x86_64; nothing was copied/,
+    );
+    expect(await listTree(dev.prefix)).toEqual(before);
+  });
+
+  it("refuses when the device's disk is too small, before copying, and stays on its release", async () => {
+    const dev = await newDevice("full");
+    await run("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", dev.prefix]);
+    try {
+      await flashOverSsh(options(bundles.v1!, dev));
+      const before = await listTree(dev.prefix);
+      const e = await flashError(options(bundles.v2!, dev));
+      expect(e.message).toMatch(/not enough free space on the device: \d+ KiB free under .*, \d+ KiB needed/);
+      expect(await listTree(dev.prefix)).toEqual(before);
+    } finally {
+      await run("umount", [dev.prefix]);
+    }
+  });
+
+  it("gives one clear error for an unreachable host, a wrong key and an unknown or changed host key", async () => {
+    const dev = await newDevice("ssh-errors");
+    const closed = (await import("./fixtures/deploy/sshd.js")).freePort;
+    const port = await closed();
+    let e = await flashError({
+      ...options(bundles.v1!, dev),
+      target: { ...options(bundles.v1!, dev).target, port },
+    });
+    expect(e.message).toMatch(/cannot reach the device: .*Connection refused/);
+    e = await flashError({
+      ...options(bundles.v1!, dev),
+      target: { ...options(bundles.v1!, dev).target, identity: sshd.wrongIdentity },
+    });
+    expect(e.message).toBe("ssh authentication failed (wrong user or key)");
+    const empty = join(dev.dir, "known_hosts");
+    await writeFile(empty, "");
+    const unknown = {
+      ...options(bundles.v1!, dev),
+      target: { ...options(bundles.v1!, dev).target, knownHosts: empty },
+    };
+    e = await flashError(unknown);
+    expect(e.message).toBe("the device's host key is not known");
+    expect(e.fix).toMatch(/--accept-new-host-key/);
+    const other = (await readFile(`${sshd.wrongIdentity}.pub`, "utf8")).split(" ").slice(0, 2).join(" ");
+    const changed = join(dev.dir, "known_hosts_changed");
+    await writeFile(changed, `[127.0.0.1]:${sshd.port} ${other}\n`);
+    e = await flashError({
+      ...options(bundles.v1!, dev),
+      target: { ...options(bundles.v1!, dev).target, knownHosts: changed, acceptNewHostKey: true },
+    });
+    expect(e.message).toBe("the device's host key has CHANGED");
+    expect(await listTree(dev.prefix)).toEqual([]);
+    // First contact, explicitly accepted: the key is recorded and the flash goes through.
+    const r = await flashOverSsh({ ...unknown, target: { ...unknown.target, acceptNewHostKey: true } });
+    expect(r.ok).toBe(true);
+    // ssh may hash the name (HashKnownHosts): ask ssh-keygen whether the host is in the file now.
+    const found = await run("ssh-keygen", ["-F", `[127.0.0.1]:${sshd.port}`, "-f", empty]);
+    expect(found.stdout).toMatch(/ssh-ed25519 /);
+  });
+
+  it("refuses unsigned and tampered bundles and a signer other than --key, before connecting", async () => {
+    const dev = await newDevice("bad-bundles");
+    await flashOverSsh(options(bundles.v1!, dev));
+    const before = await listTree(dev.prefix);
+    expect((await flashError(options(bundles.unsigned!, dev))).message).toBe("the bundle is not signed");
+    expect((await flashError(options(bundles.tamperedFile!, dev))).message).toMatch(
+      /^the bundle does not match its manifest \(tampered or corrupted\): README.txt has sha256 /,
+    );
+    expect((await flashError(options(bundles.tamperedManifest!, dev))).message).toMatch(
+      /the signature does not match the manifest \(it was changed after signing\)/,
+    );
+    const stranger = signingKeys().publicPem;
+    expect((await flashError(options(bundles.v2!, dev, { trustedKey: stranger }))).message).toMatch(
+      /not signed by the trusted key/,
+    );
+    const pinned = await flashOverSsh(options(bundles.v2!, dev, { trustedKey: keys.publicPem }));
+    expect(pinned).toMatchObject({ ok: true, signer_pinned: true, current: "0.2.0" });
+    expect(before).toContain("l opt/itera/current -> releases/0.1.0");
+  });
+
+  it("passes hostile paths to the device as data, never as shell code", async () => {
+    const dev = await newDevice("quoting");
+    const prefix = join(dev.dir, "a dir with 'quotes' and $(touch pwned) `touch pwned2`");
+    await mkdir(prefix);
+    const r = await flashOverSsh(options(bundles.v1!, { ...dev, prefix }));
+    expect(r.ok).toBe(true);
+    expect((await stat(join(prefix, "opt/itera/current/itera-agent"))).isFile()).toBe(true);
+    await expect(stat(join(dev.dir, "pwned"))).rejects.toThrow();
+    await expect(stat("pwned")).rejects.toThrow();
+    await expect(stat(join(process.env.HOME ?? "/root", "pwned"))).rejects.toThrow();
+  });
+
+  it("--dry-run checks the bundle and lists every step without touching the device", async () => {
+    const dev = await newDevice("dry");
+    const r = await flashOverSsh(options(bundles.v1!, dev, { dryRun: true }));
+    expect(r).toMatchObject({ ok: true, dry_run: true, result: "planned" });
+    expect(r.steps.map((s) => `${s.id}:${s.status}`)).toEqual([
+      "verify-local:done",
+      "connect:planned",
+      "probe:planned",
+      "copy:planned",
+      "verify-device:planned",
+      "install:planned",
+      "switch:planned",
+      "unit:planned",
+      "restart:planned",
+      "health:planned",
+      "rollback:planned",
+      "cleanup:planned",
+    ]);
+    expect(r.steps.find((s) => s.id === "probe")?.detail).toMatch(/StrictHostKeyChecking=yes/);
+    expect(await listTree(dev.prefix)).toEqual([]);
+  });
+});
