@@ -1,4 +1,5 @@
 import type { Register } from "../run.js";
+import { registerAgentBench } from "./bench.js";
 import { registerInfo } from "./info.js";
 import { registerRun } from "./run.js";
 
@@ -6,4 +7,4 @@ import { registerRun } from "./run.js";
  * Every `itera-agent` subcommand (the on-device agent inside a bundle), one module each here.
  * Add a command by writing its module and listing its register function here.
  */
-export const agentCommands: Register[] = [registerInfo, registerRun];
+export const agentCommands: Register[] = [registerInfo, registerRun, registerAgentBench];

@@ -1,4 +1,5 @@
 import type { Register } from "../run.js";
+import { registerBench } from "./bench.js";
 import { registerBuild } from "./build.js";
 import { registerDevices } from "./devices.js";
 import { registerEval } from "./eval.js";
@@ -12,4 +13,4 @@ import { registerVerify } from "./verify.js";
  * Every `itera` subcommand, one module each under src/cli/commands/.
  * Add a command by writing its module and listing its register function here.
  */
-export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify, registerFlash, registerDevices, registerRun, registerEval];
+export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify, registerFlash, registerDevices, registerRun, registerEval, registerBench];

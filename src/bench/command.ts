@@ -1,0 +1,141 @@
+import { hostname } from "node:os";
+import type { Command } from "commander";
+import { IteraError } from "../errors.js";
+import type { Meter } from "../power/meter.js";
+import { meterChoices, openMeter } from "../power/open.js";
+import { TdpMeter, tdpOptionsFromProfile } from "../power/tdp.js";
+import type { DeviceProfile, MeterName } from "../profile/schema.js";
+import { writeFileAtomic } from "../util/fs.js";
+import { VERSION } from "../version.js";
+import { parseTests, runBench } from "./harness.js";
+import { parseFormat, renderResults } from "./render.js";
+import type { BenchResult } from "./result.js";
+import { runtimeEngine } from "./runtime-engine.js";
+
+/** The options `itera bench` and `itera-agent bench` share (llama-bench's, plus the meter's). */
+export interface BenchOptions {
+  tests?: string;
+  threads?: string;
+  repetitions?: string;
+  warmup?: string;
+  minDuration?: string;
+  idle: string;
+  meter: string;
+  energy: boolean;
+  port?: string;
+  baud?: string;
+  pmicScale?: string;
+  pmicOffset?: string;
+  fallbackTdp?: boolean;
+  output: string;
+  json?: boolean;
+  save?: string;
+  device?: string;
+  quiet?: boolean;
+}
+
+export function addBenchOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      "--tests <list>",
+      "tests: ppN (prefill N tokens) and tgN (generate N tokens), e.g. pp64,tg128 (default: the profile's)",
+    )
+    .option("-t, --threads <list>", "thread counts to sweep, e.g. 1,2,4 (default: the profile's)")
+    .option("-r, --repetitions <n>", "measured repetitions per test (default: the profile's)")
+    .option("--warmup <n>", "unmeasured runs before each test (default: the profile's)")
+    .option(
+      "--min-duration <s>",
+      "each repetition repeats its test for at least this long (default: the profile's)",
+    )
+    .option("--idle <s>", "seconds of idle measured first, for net energy figures (0: none)", "2")
+    .option("--meter <name>", `power meter: ${meterChoices.join(", ")}`, "auto")
+    .option("--no-energy", "do not measure energy")
+    .option("--port <path>", "ina219: serial port of the bridge (e.g. /dev/ttyACM0)")
+    .option("--baud <rate>", "ina219: baud rate of the bridge", "115200")
+    .option("--pmic-scale <k>", "pmic: linear correction P = k × ΣV·I + offset")
+    .option("--pmic-offset <w>", "pmic: offset of the linear correction, in W")
+    .option("--fallback-tdp", "also run the tdp estimate, and use it for tests the meter did not cover")
+    .option("-o, --output <format>", "md, csv, json or jsonl", "md")
+    .option("--json", "same as --output json")
+    .option("--save <file>", "also write the output to this file (atomically)")
+    .option("--device <name>", "device name in the results (default: the host name)")
+    .option("--quiet", "no progress on stderr");
+}
+
+function positiveInt(value: string, flag: string, min = 1): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min) {
+    throw new IteraError(`${flag} must be an integer ≥ ${min}, not '${value}'`, { where: flag });
+  }
+  return n;
+}
+
+function nonNegative(value: string, flag: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0)
+    throw new IteraError(`${flag} must be a number ≥ 0, not '${value}'`, { where: flag });
+  return n;
+}
+
+/** Benchmark a model folder under a profile; prints the results on stdout and returns them. */
+export async function benchCommand(
+  modelDir: string,
+  profile: DeviceProfile,
+  o: BenchOptions,
+): Promise<BenchResult[]> {
+  const format = o.json ? "json" : parseFormat(o.output);
+  const plan = {
+    tests: parseTests(o.tests ?? profile.bench.tests),
+    threads: (o.threads ?? String(profile.threads)).split(",").map((t) => positiveInt(t.trim(), "--threads")),
+    repetitions: o.repetitions ? positiveInt(o.repetitions, "--repetitions") : profile.bench.repetitions,
+    warmup: o.warmup ? positiveInt(o.warmup, "--warmup", 0) : profile.bench.warmup,
+    minDurationS: o.minDuration ? nonNegative(o.minDuration, "--min-duration") : profile.bench.min_duration_s,
+    idleS: o.energy ? nonNegative(o.idle, "--idle") : 0,
+  };
+  if (o.energy && !(meterChoices as readonly string[]).includes(o.meter)) {
+    throw new IteraError(`unknown meter '${o.meter}'`, {
+      where: "--meter",
+      fix: `use one of: ${meterChoices.join(", ")}`,
+    });
+  }
+  const engine = await runtimeEngine(modelDir);
+  const log = (m: string) => {
+    if (!o.quiet) process.stderr.write(`${m}\n`);
+  };
+  let meter: Meter | null = null;
+  let fallback: Meter | null = null;
+  try {
+    if (o.energy) {
+      ({ meter } = await openMeter({
+        meter: o.meter as MeterName | "auto",
+        profile,
+        ...(o.port ? { port: o.port } : {}),
+        baud: positiveInt(o.baud ?? "115200", "--baud"),
+        ...(o.pmicScale ? { pmicScale: Number(o.pmicScale) } : {}),
+        ...(o.pmicOffset ? { pmicOffsetW: Number(o.pmicOffset) } : {}),
+        log,
+      }));
+      log(`energy: ${meter.method} (${meter.uncertainty})`);
+      if (o.fallbackTdp && meter.name !== "tdp") {
+        fallback = new TdpMeter(tdpOptionsFromProfile(profile));
+        await fallback.start();
+      }
+    }
+    const results = await runBench(plan, {
+      engine,
+      meter,
+      fallback,
+      profile: profile.name,
+      device: o.device ?? hostname(),
+      agentVersion: VERSION,
+      quiet: o.quiet ?? false,
+    });
+    const text = `${renderResults(results, format)}\n`;
+    if (o.save) await writeFileAtomic(o.save, text);
+    process.stdout.write(text);
+    return results;
+  } finally {
+    await meter?.stop();
+    await fallback?.stop();
+  }
+}

@@ -1,0 +1,239 @@
+import { IteraError } from "../errors.js";
+import { energyFigures, integrateWindow, type WindowEnergy } from "../power/integrate.js";
+import type { Meter } from "../power/meter.js";
+import { progress } from "../util/progress.js";
+import type { BenchEngine, BenchModel } from "./engine.js";
+import type { BenchResult, EnergyResult } from "./result.js";
+import { percentile, mean, stdev } from "./stats.js";
+import { ResourceMonitor, type SystemPaths } from "./system.js";
+
+/** `pp N`: process a prompt of N tokens; `tg N`: generate N tokens one by one (as llama-bench). */
+export interface BenchTest {
+  kind: "pp" | "tg";
+  n: number;
+}
+
+/** Parse "pp64,tg128" or "pp 64" (the profile writes pp64). */
+export function parseTests(spec: string | readonly string[]): BenchTest[] {
+  const items = (typeof spec === "string" ? spec.split(",") : spec).map((s) => s.trim()).filter(Boolean);
+  if (items.length === 0)
+    throw new IteraError("no benchmark tests given", { where: "--tests", fix: "e.g. --tests pp64,tg128" });
+  return items.map((s) => {
+    const m = /^(pp|tg)\s*(\d+)$/.exec(s);
+    if (!m || Number(m[2]) < 1) {
+      throw new IteraError(`'${s}' is not a benchmark test`, {
+        where: "--tests",
+        fix: "a test is ppN (prefill N prompt tokens) or tgN (generate N tokens), e.g. pp64,tg128",
+      });
+    }
+    return { kind: m[1] as "pp" | "tg", n: Number(m[2]) };
+  });
+}
+
+export interface BenchPlan {
+  tests: BenchTest[];
+  threads: number[];
+  repetitions: number;
+  warmup: number;
+  /** Each repetition repeats its test until it has lasted this long, so slow meters see enough samples. */
+  minDurationS: number;
+  /** Seconds of idle measured before the tests for the net figures (0: none). */
+  idleS: number;
+}
+
+export interface BenchContext {
+  engine: BenchEngine;
+  /** The power meter, started; null to benchmark without energy. */
+  meter: Meter | null;
+  /** A started meter used for the windows the main meter did not cover (e.g. tdp when the INA219 is lost). */
+  fallback?: Meter | null;
+  profile: string;
+  device: string;
+  agentVersion: string;
+  quiet?: boolean;
+  system?: SystemPaths;
+  /** Called with each result as soon as it is ready. */
+  onResult?: (r: BenchResult) => void;
+}
+
+interface Run {
+  tokens: number;
+  /** Time to the first token of this run. */
+  ttftMs: number;
+  /** pp: the run's prefill time; tg: each token's time. */
+  latenciesMs: number[];
+}
+
+async function runOnce(model: BenchModel, test: BenchTest): Promise<Run> {
+  if (test.kind === "pp") {
+    const t0 = performance.now();
+    await model.prefill(test.n);
+    const dt = performance.now() - t0;
+    return { tokens: test.n, ttftMs: dt, latenciesMs: [dt] };
+  }
+  model.startGeneration();
+  const lat: number[] = [];
+  for (let i = 0; i < test.n; i++) {
+    const t0 = performance.now();
+    await model.decodeOne();
+    lat.push(performance.now() - t0);
+  }
+  return { tokens: test.n, ttftMs: lat[0]!, latenciesMs: lat };
+}
+
+function sumWindows(ws: WindowEnergy[]): WindowEnergy {
+  return {
+    joules: ws.reduce((a, w) => a + w.joules, 0),
+    samples: ws.reduce((a, w) => a + w.samples, 0),
+    covered_ms: ws.reduce((a, w) => a + w.covered_ms, 0),
+    window_ms: ws.reduce((a, w) => a + w.window_ms, 0),
+    max_gap_ms: Math.max(0, ...ws.map((w) => w.max_gap_ms)),
+  };
+}
+
+function healthNote(meter: Meter): string[] {
+  const h = meter.health();
+  const notes: string[] = [];
+  if (h.bad_lines) notes.push(`${h.bad_lines} bad lines skipped`);
+  if (h.bad_checksums) notes.push(`${h.bad_checksums} bad checksums dropped`);
+  if (h.gaps) notes.push(`${h.gaps} samples missing (sequence gaps)`);
+  if (h.overflows) notes.push(`${h.overflows} overflowed samples dropped`);
+  if (h.lost) notes.push(`${meter.name} lost: ${h.lost.reason}`);
+  return notes;
+}
+
+/** Energy of a test's windows from `meter`, or from the fallback when the meter did not cover them. */
+async function energyOf(
+  ctx: BenchContext,
+  windows: { t0: number; t1: number }[],
+  tokens: number,
+  idle: Map<Meter, number | null>,
+): Promise<EnergyResult | null> {
+  const primary = ctx.meter;
+  if (!primary) return null;
+  const last = windows[windows.length - 1]!.t1;
+  const figure = async (m: Meter) => {
+    await m.sync(last);
+    const w = sumWindows(windows.map(({ t0, t1 }) => integrateWindow(m.readings(), t0, t1)));
+    return energyFigures({
+      method: m.method,
+      window: w,
+      tokens,
+      idle_w: idle.get(m) ?? null,
+      uncertainty: m.uncertainty,
+    });
+  };
+  let f = await figure(primary);
+  const notes = healthNote(primary);
+  if (!f.complete && ctx.fallback) {
+    notes.push(`${primary.name} did not cover the test; fell back to ${ctx.fallback.method}`);
+    f = await figure(ctx.fallback);
+  } else if (!f.complete) {
+    notes.push("readings cover only part of the test: figures are incomplete");
+  }
+  const { duration_s: _d, ...rest } = f;
+  return { ...rest, note: notes.length > 0 ? notes.join("; ") : null };
+}
+
+/** Average power over `seconds` of doing nothing, from each meter; null where the readings fall short. */
+async function measureIdle(meters: Meter[], seconds: number): Promise<Map<Meter, number | null>> {
+  const out = new Map<Meter, number | null>();
+  if (seconds <= 0 || meters.length === 0) return out;
+  const t0 = performance.now();
+  await new Promise((r) => setTimeout(r, seconds * 1000));
+  const t1 = performance.now();
+  for (const m of meters) {
+    await m.sync(t1);
+    const f = energyFigures({
+      method: m.method,
+      window: integrateWindow(m.readings(), t0, t1),
+      tokens: 0,
+      uncertainty: "",
+    });
+    out.set(m, f.complete ? f.J / f.duration_s : null);
+  }
+  return out;
+}
+
+/**
+ * Run the plan: for each thread count, load the model, and for each test run the warm-up and the
+ * repetitions, measuring speed, latency, resources and energy per test. Live progress on stderr.
+ */
+export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<BenchResult[]> {
+  const meters = [ctx.meter, ctx.fallback].filter((m): m is Meter => m != null);
+  const idle = await measureIdle(meters, plan.idleS);
+  const total = plan.threads.length * plan.tests.length * (plan.warmup + plan.repetitions);
+  const bar = progress("bench", total, { quiet: ctx.quiet ?? false });
+  let done = 0;
+  const results: BenchResult[] = [];
+  for (const threads of plan.threads) {
+    const model = await ctx.engine.load(threads);
+    try {
+      for (const test of plan.tests) {
+        if (model.maxPositions !== null && test.n > model.maxPositions) {
+          throw new IteraError(
+            `test ${test.kind}${test.n} needs ${test.n} positions; the model takes ${model.maxPositions}`,
+            {
+              where: "--tests",
+              fix: `use N ≤ ${model.maxPositions} for this model`,
+            },
+          );
+        }
+        const label = `t=${threads} ${test.kind}${test.n}`;
+        for (let w = 0; w < plan.warmup; w++) {
+          await runOnce(model, test);
+          bar.update(++done, `${label} warm-up`);
+        }
+        const monitor = new ResourceMonitor(ctx.system);
+        await monitor.start();
+        const windows: { t0: number; t1: number }[] = [];
+        const tps: number[] = [];
+        const ttft: number[] = [];
+        const latencies: number[] = [];
+        let tokensAll = 0;
+        for (let r = 0; r < plan.repetitions; r++) {
+          const t0 = performance.now();
+          let tokens = 0;
+          do {
+            const run = await runOnce(model, test);
+            if (tokens === 0) ttft.push(run.ttftMs);
+            tokens += run.tokens;
+            latencies.push(...run.latenciesMs);
+          } while (performance.now() - t0 < plan.minDurationS * 1000);
+          const t1 = performance.now();
+          windows.push({ t0, t1 });
+          tps.push(tokens / ((t1 - t0) / 1000));
+          tokensAll += tokens;
+          bar.update(++done, `${label} ${mean(tps).toFixed(1)} t/s`);
+        }
+        const resources = await monitor.stop();
+        const result: BenchResult = {
+          model: ctx.engine.model,
+          quant: ctx.engine.quant,
+          profile: ctx.profile,
+          device: ctx.device,
+          threads,
+          test: `${test.kind} ${test.n}`,
+          repetitions: plan.repetitions,
+          warmup: plan.warmup,
+          tokens: tokensAll,
+          duration_s: windows.reduce((a, w) => a + (w.t1 - w.t0), 0) / 1000,
+          tokens_per_s: { mean: mean(tps), stdev: stdev(tps), samples: tps },
+          ttft_ms: mean(ttft),
+          latency_ms: { p50: percentile(latencies, 50), p95: percentile(latencies, 95) },
+          energy: await energyOf(ctx, windows, tokensAll, idle),
+          ...resources,
+          agent_version: ctx.agentVersion,
+          runtime: ctx.engine.runtime,
+          timestamp: new Date().toISOString(),
+        };
+        results.push(result);
+        ctx.onResult?.(result);
+      }
+    } finally {
+      await model.close();
+    }
+  }
+  bar.done(`${results.length} results`);
+  return results;
+}

@@ -1,0 +1,86 @@
+import { IteraError } from "../errors.js";
+import { type Cell, csvTable, markdownTable } from "../util/table.js";
+import type { BenchResult } from "./result.js";
+
+export const benchFormats = ["md", "csv", "json", "jsonl"] as const;
+export type BenchFormat = (typeof benchFormats)[number];
+
+export function parseFormat(value: string): BenchFormat {
+  if ((benchFormats as readonly string[]).includes(value)) return value as BenchFormat;
+  throw new IteraError(`unknown output format '${value}'`, {
+    where: "--output",
+    fix: `use one of: ${benchFormats.join(", ")}`,
+  });
+}
+
+const fmt = (x: number | null | undefined, digits: number): string =>
+  x === null || x === undefined || !Number.isFinite(x) ? "" : x.toFixed(digits);
+
+/** The llama-bench style table: one row per test, t/s as mean ± stdev. */
+export function renderMarkdown(results: readonly BenchResult[]): string {
+  const rows: Cell[][] = results.map((r) => [
+    r.model,
+    r.quant,
+    r.threads,
+    r.test,
+    `${fmt(r.tokens_per_s.mean, 2)} ± ${fmt(r.tokens_per_s.stdev, 2)}`,
+    fmt(r.ttft_ms, 1),
+    `${fmt(r.latency_ms.p50, 2)} / ${fmt(r.latency_ms.p95, 2)}`,
+    r.energy ? fmt(r.energy.mJ_per_token, 2) : "",
+    r.energy ? fmt(r.energy.tokens_per_J, 2) : "",
+    r.energy ? `${r.energy.method}${r.energy.complete ? "" : " (incomplete)"}` : "",
+    fmt(r.cpu_pct, 0),
+    fmt(r.rss_mb, 0),
+  ]);
+  return markdownTable(
+    [
+      "model",
+      "quant",
+      "threads",
+      "test",
+      "t/s",
+      "ttft ms",
+      "lat p50/p95 ms",
+      "mJ/tok",
+      "tok/J",
+      "energy",
+      "cpu %",
+      "rss MB",
+    ],
+    rows,
+  );
+}
+
+/** Every field flattened to dotted column names (tokens_per_s.mean, energy.J, ...). */
+function flatten(value: unknown, prefix = "", out: Record<string, Cell> = {}): Record<string, Cell> {
+  if (value !== null && typeof value === "object" && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value)) flatten(v, prefix ? `${prefix}.${k}` : k, out);
+  } else if (Array.isArray(value)) {
+    out[prefix] = value.join(" ");
+  } else {
+    out[prefix] = value as Cell;
+  }
+  return out;
+}
+
+export function renderCsv(results: readonly BenchResult[]): string {
+  const flat = results.map((r) => flatten(r));
+  const headers = [...new Set(flat.flatMap((f) => Object.keys(f)))];
+  return csvTable(
+    headers,
+    flat.map((f) => headers.map((h) => f[h])),
+  );
+}
+
+export function renderResults(results: readonly BenchResult[], format: BenchFormat): string {
+  switch (format) {
+    case "md":
+      return renderMarkdown(results);
+    case "csv":
+      return renderCsv(results);
+    case "json":
+      return JSON.stringify(results, null, 2);
+    case "jsonl":
+      return results.map((r) => JSON.stringify(r)).join("\n");
+  }
+}

@@ -1,0 +1,53 @@
+import { z } from "zod";
+
+/**
+ * One benchmark result (DESIGN.md §7): one object per test × thread count. Extra fields beyond §7
+ * (tokens, duration_s, warmup, energy.complete/uncertainty/note, meter_health) say how it was measured.
+ */
+const nullableNumber = z.number().nullable();
+
+export const energyResultSchema = z.object({
+  method: z.string(),
+  J: z.number(),
+  mJ_per_token: nullableNumber,
+  tokens_per_J: nullableNumber,
+  idle_w: nullableNumber,
+  net_J: nullableNumber,
+  net_mJ_per_token: nullableNumber,
+  net_tokens_per_J: nullableNumber,
+  samples: z.number().int().nonnegative(),
+  rate_hz: z.number().nonnegative(),
+  /** False when the meter's readings did not cover every repetition (e.g. the sensor was unplugged). */
+  complete: z.boolean(),
+  uncertainty: z.string(),
+  /** Fallbacks and data-quality remarks (bad lines, gaps, a lost sensor). */
+  note: z.string().nullable(),
+});
+
+export const benchResultSchema = z.object({
+  model: z.string(),
+  quant: z.string(),
+  profile: z.string(),
+  device: z.string(),
+  threads: z.number().int().positive(),
+  test: z.string().regex(/^(pp|tg) \d+$/),
+  repetitions: z.number().int().positive(),
+  warmup: z.number().int().nonnegative(),
+  /** Tokens processed over all repetitions (a repetition repeats its test until the minimum duration); energy per token divides by it. */
+  tokens: z.number().int().positive(),
+  duration_s: z.number().nonnegative(),
+  tokens_per_s: z.object({ mean: z.number(), stdev: z.number(), samples: z.array(z.number()) }),
+  ttft_ms: z.number(),
+  latency_ms: z.object({ p50: z.number(), p95: z.number() }),
+  energy: energyResultSchema.nullable(),
+  cpu_pct: z.number(),
+  rss_mb: z.number(),
+  temp_c_max: nullableNumber,
+  throttled: z.boolean().nullable(),
+  agent_version: z.string(),
+  runtime: z.string(),
+  timestamp: z.string(),
+});
+
+export type EnergyResult = z.infer<typeof energyResultSchema>;
+export type BenchResult = z.infer<typeof benchResultSchema>;

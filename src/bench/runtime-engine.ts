@@ -1,0 +1,66 @@
+import { basename, resolve } from "node:path";
+import { env } from "onnxruntime-node";
+import { loadModelCard } from "../model/card.js";
+import { type LanguageModel, loadModel, type State } from "../runtime/index.js";
+import type { BenchEngine, BenchModel } from "./engine.js";
+
+/** Index of the largest of the last position's logits. */
+function argmaxLast(logits: Float32Array, vocab: number): number {
+  const row = logits.subarray(logits.length - vocab);
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
+  return best;
+}
+
+/** Prompt tokens spread over the vocabulary, never an end-of-text id (benchmarks must not stop early). */
+function promptIds(n: number, model: LanguageModel): number[] {
+  const ids: number[] = [];
+  for (let i = 0; ids.length < n; i++) {
+    const id = (1 + i * 7919) % model.vocabSize;
+    if (!model.eosIds.has(id)) ids.push(id);
+  }
+  return ids;
+}
+
+class RuntimeBenchModel implements BenchModel {
+  private state: State;
+  private next = 1;
+  constructor(private readonly lm: LanguageModel) {
+    this.state = lm.newState(1);
+  }
+
+  get maxPositions(): number | null {
+    return this.lm.limitedContext ? this.lm.contextLength : null;
+  }
+
+  async prefill(n: number): Promise<void> {
+    const out = await this.lm.forward([promptIds(n, this.lm)], this.lm.newState(1));
+    this.next = argmaxLast(out.logits, out.vocab);
+  }
+
+  startGeneration(): void {
+    this.state = this.lm.newState(1);
+    this.next = promptIds(1, this.lm)[0]!;
+  }
+
+  async decodeOne(): Promise<void> {
+    const out = await this.lm.forward([[this.next]], this.state);
+    this.state = out.state;
+    this.next = argmaxLast(out.logits, out.vocab);
+  }
+
+  close(): Promise<void> {
+    return this.lm.dispose();
+  }
+}
+
+/** The runtime (src/runtime) behind the benchmark interface, for a model folder. */
+export async function runtimeEngine(dir: string): Promise<BenchEngine> {
+  const card = await loadModelCard(resolve(dir));
+  return {
+    model: card?.id ?? basename(resolve(dir)),
+    quant: card?.quantization.mode ?? "fp32",
+    runtime: `onnxruntime ${env.versions.node ?? env.versions.common}`,
+    load: async (threads) => new RuntimeBenchModel(await loadModel(dir, { threads })),
+  };
+}
