@@ -10,7 +10,7 @@
  *   nice -n 10 node node_modules/.cache/itera-bench/runtime.mjs [--append docs/benchmarks.md] [model dirs...]
  * Without model dirs it benchmarks every folder under models/.
  */
-import { readdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { appendFile, mkdtemp } from "node:fs/promises";
 import { cpus, tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -287,7 +287,16 @@ async function main() {
     "",
   ].join("\n");
   process.stdout.write(`${report}\n`);
-  if (args.append) await appendFile(args.append, `\n${report}`);
+  if (args.append) {
+    if (!existsSync(args.append)) {
+      await appendFile(
+        args.append,
+        "# Benchmarks\n\nMeasured figures, each with the command that reproduces it and the machine it ran on.\n" +
+          "Speed comparisons are ratios measured in one run; tests never assert on time.\n",
+      );
+    }
+    await appendFile(args.append, `\n${report}`);
+  }
 }
 
 await main();

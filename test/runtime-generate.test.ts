@@ -65,7 +65,7 @@ describe.each(names)("%s", (name) => {
   it("encodes the prompt as PyTorch did and reproduces its last-position logits", async () => {
     const { model, ref } = get(name);
     expect(model.tokenizer.encode(ref.prompt)).toEqual(ref.first.input_ids);
-    const out = await model.forward([ref.first.input_ids], model.newState(1));
+    const out = await model.forward(ref.first.input_ids, model.newState(1));
     const last = Array.from(out.logits.subarray((out.positions - 1) * out.vocab, out.positions * out.vocab));
     const maxDiff = Math.max(...last.map((v, i) => Math.abs(v - ref.first.last_logits[i]!)));
     expect(maxDiff).toBeLessThan(1e-4);

@@ -140,11 +140,17 @@ export class LanguageModel {
   }
 
   /**
-   * Run the graph on `ids` (one row per batch entry, all the same length) after `state`.
+   * Run the graph on `input` (one row per batch entry, all the same length; a flat list is one row)
+   * after `state`.
    * Returns the logits and the next state; the graph's present outputs become the next state's
    * tensors as they are (no copies). Graphs with a fixed sequence of 1 are stepped token by token.
    */
-  async forward(ids: readonly (readonly number[])[], state: State): Promise<ForwardResult> {
+  async forward(
+    input: readonly number[] | readonly (readonly number[])[],
+    state: State,
+  ): Promise<ForwardResult> {
+    // A flat list is one row (batch 1).
+    const ids = (typeof input[0] === "number" ? [input] : input) as readonly (readonly number[])[];
     const batch = ids.length;
     const seq = ids[0]?.length ?? 0;
     if (batch !== state.batch) throw new Error(`forward: ${batch} rows for a state of batch ${state.batch}`);
