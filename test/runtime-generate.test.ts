@@ -6,10 +6,11 @@ import { type FixtureName, fixtureModels, type Reference, reference } from "./fi
 /**
  * Real ONNX Runtime sessions on tiny models exported from PyTorch by fixtures/runtime/make_models.py:
  * GPT-2 with separate and fused KV caches, an LFM2-style conv/recurrent + attention hybrid, and an
- * Itera-Lite-style recurrent step model (one token per call).
+ * Itera-Lite-style recurrent step model (one token per call); "templated" is gpt2-kv with names no
+ * convention knows (tokens, scores, cache_in.N.k -> cache_out.N.k), given by genai_config.json.
  */
 
-const names: FixtureName[] = ["gpt2-kv", "gpt2-fused", "hybrid", "recurrent"];
+const names: FixtureName[] = ["gpt2-kv", "gpt2-fused", "hybrid", "recurrent", "templated"];
 const models = new Map<FixtureName, { model: LanguageModel; ref: Reference }>();
 
 beforeAll(async () => {
@@ -36,6 +37,7 @@ describe.each(names)("%s", (name) => {
     const kinds = model.io.states.map((s) => s.kind);
     const expected = {
       "gpt2-kv": ["kv", "kv", "kv", "kv"],
+      templated: ["kv", "kv", "kv", "kv"],
       "gpt2-fused": ["kv", "kv"],
       hybrid: ["conv", "recurrent", "kv", "kv"],
       recurrent: ["conv", "recurrent", "conv", "recurrent"],
