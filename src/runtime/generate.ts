@@ -61,11 +61,14 @@ export type GenerateInput = string | readonly number[];
 class RowStop {
   text = "";
   emitted = 0;
+  private readonly longestStop: number;
 
   constructor(
     readonly stream: TextStream,
     readonly stops: readonly string[],
-  ) {}
+  ) {
+    this.longestStop = Math.max(0, ...stops.map((s) => s.length));
+  }
 
   /** Length of the longest suffix of the text that begins some stop string (held back from streaming). */
   private partialStop(): number {
@@ -83,8 +86,14 @@ class RowStop {
 
   /** Add a token; returns the text safe to emit and whether a stop string ended the text. */
   push(id: number): { text: string; stopped: boolean } {
-    const from = Math.max(0, this.text.length - Math.max(0, ...this.stops.map((s) => s.length)));
-    this.text += this.stream.push(id);
+    const piece = this.stream.push(id);
+    if (this.stops.length === 0) {
+      this.text += piece;
+      this.emitted = this.text.length;
+      return { text: piece, stopped: false };
+    }
+    const from = Math.max(0, this.text.length - this.longestStop);
+    this.text += piece;
     let cut = -1;
     for (const s of this.stops) {
       const at = this.text.indexOf(s, from);
