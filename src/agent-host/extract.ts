@@ -24,7 +24,7 @@ import { assetContent, bundleIndex } from "./embedded.js";
  *
  * They go to <cache>/<key>/ where key is the sha256 of their entries in bundle.json, so two bundles
  * never share a folder and a rebuilt bundle gets a fresh one. <cache> is $ITERA_AGENT_CACHE, else
- * $XDG_CACHE_HOME/itera-agent (~/.cache/itera-agent), else `.itera-agent-cache` next to the
+ * $XDG_CACHE_HOME/itera-agent (~/.cache/itera-agent; %LOCALAPPDATA%\itera-agent on Windows), else `.itera-agent-cache` next to the
  * executable, else the system temp folder: the first one that is writable.
  *
  * Every file is checked against its sha256 as it is decoded; the folder is written under a temp
@@ -48,7 +48,11 @@ export function cacheRoots(): string[] {
   const roots: string[] = [];
   if (process.env.ITERA_AGENT_CACHE) roots.push(process.env.ITERA_AGENT_CACHE);
   const xdg = process.env.XDG_CACHE_HOME;
-  roots.push(join(xdg && xdg !== "" ? xdg : join(homedir(), ".cache"), "itera-agent"));
+  if (process.platform === "win32" && process.env.LOCALAPPDATA) {
+    roots.push(join(process.env.LOCALAPPDATA, "itera-agent"));
+  } else {
+    roots.push(join(xdg && xdg !== "" ? xdg : join(homedir(), ".cache"), "itera-agent"));
+  }
   roots.push(join(dirname(process.execPath), ".itera-agent-cache"));
   roots.push(join(tmpdir(), `itera-agent-${process.getuid?.() ?? "user"}`));
   return roots;

@@ -6,8 +6,8 @@ import { IteraError } from "../errors.js";
 
 /**
  * The agent as one CommonJS file (a Node single executable runs exactly one CommonJS script):
- * esbuild bundles src/cli/itera-agent.ts with every JavaScript dependency. Native add-ons cannot
- * live inside that file:
+ * esbuild bundles src/agent-host/sea-main.ts (asset check, then src/cli/itera-agent.ts) with every
+ * JavaScript dependency. Native add-ons cannot live inside that file:
  * - onnxruntime-node's `./binding` is replaced by src/agent-host/onnxruntime-binding.ts, which
  *   loads the binding extracted from the bundle's assets;
  * - other native add-ons (better-sqlite3, serialport's bindings) are replaced by a module that
@@ -62,7 +62,7 @@ export interface AgentScript {
 /** Bundle the agent into `outFile` (CommonJS, Node 24). */
 export async function bundleAgentScript(outFile: string, version: string): Promise<AgentScript> {
   const result = await build({
-    entryPoints: [sourceFile("cli/itera-agent")],
+    entryPoints: [sourceFile("agent-host/sea-main")],
     outfile: outFile,
     bundle: true,
     platform: "node",

@@ -149,14 +149,9 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
         workDir: work,
       });
       steps.update(5, "bundle files");
-      await writeFile(join(tmp, "itera-agent.service"), systemdUnit(facts));
-      await writeFile(join(tmp, "README.txt"), readme(facts));
-      const sums: Record<string, string> = {};
-      for (const f of [exe, "itera-agent.service", "README.txt"]) sums[f] = await sha256File(join(tmp, f));
-      await writeFile(join(tmp, "install.sh"), installScript(facts, sums));
-      await chmod(join(tmp, "install.sh"), 0o755);
+      const names = await writeBundleFiles(tmp, facts);
       const files: Manifest["files"] = {};
-      for (const f of [exe, "itera-agent.service", "README.txt", "install.sh"]) {
+      for (const f of names) {
         files[f] = { sha256: await sha256File(join(tmp, f)), bytes: (await stat(join(tmp, f))).size };
       }
       const assets: Manifest["assets"] = {};
@@ -202,6 +197,21 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   r.sizes.tarball = (await stat(tarball)).size;
   steps.done(`${(r.sizes.executable / 1e6).toFixed(1)} MB executable`);
   return { ...r, seconds: (Date.now() - started) / 1000 };
+}
+
+/**
+ * README.txt, and on Linux the systemd unit and install.sh (which checks the other files' sha256).
+ * Windows bundles get no unit or installer: run itera-agent.exe directly. Returns every file name.
+ */
+async function writeBundleFiles(tmp: string, facts: BundleFacts): Promise<string[]> {
+  await writeFile(join(tmp, "README.txt"), readme(facts));
+  if (facts.platform === "win32") return [facts.exe, "README.txt"];
+  await writeFile(join(tmp, "itera-agent.service"), systemdUnit(facts));
+  const sums: Record<string, string> = {};
+  for (const f of [facts.exe, "itera-agent.service", "README.txt"]) sums[f] = await sha256File(join(tmp, f));
+  await writeFile(join(tmp, "install.sh"), installScript(facts, sums));
+  await chmod(join(tmp, "install.sh"), 0o755);
+  return [facts.exe, "itera-agent.service", "README.txt", "install.sh"];
 }
 
 function bundleIndexFor(

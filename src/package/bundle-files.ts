@@ -118,6 +118,11 @@ manifest.json
   (when built with --sign) an Ed25519 signature. Check it on the build host with:
     itera verify <this folder> --key <signer's public key>
 
+${f.platform === "win32" ? "" : linuxInstall(f)}`;
+}
+
+function linuxInstall(f: BundleFacts): string {
+  return `
 itera-agent.service, install.sh
   sudo ./install.sh installs this bundle to ${DEFAULT_PREFIX}/releases/${f.version}/ and points
   ${DEFAULT_PREFIX}/current at it, then installs the systemd unit (not enabled: write

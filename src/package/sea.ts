@@ -55,6 +55,15 @@ export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: n
   await copyFile(input.nodeBinary, input.out);
   await chmod(input.out, 0o755);
   const data = await readFile(blob);
-  await inject(input.out, "NODE_SEA_BLOB", data, { sentinelFuse: SEA_FUSE });
+  // postject's LIEF prints harmless notes about ELF .note sections through console.warn; keep the rest.
+  const warn = console.warn;
+  console.warn = (...args: unknown[]) => {
+    if (!/Can't find string offset for section name/.test(String(args[0]))) warn(...args);
+  };
+  try {
+    await inject(input.out, "NODE_SEA_BLOB", data, { sentinelFuse: SEA_FUSE });
+  } finally {
+    console.warn = warn;
+  }
   return { blobBytes: data.length };
 }

@@ -1,7 +1,6 @@
 import type { Command } from "commander";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { IteraError } from "../../errors.js";
-import { loadModel } from "../../runtime/index.js";
 import { action, printJson } from "../run.js";
 
 interface RunOptions extends ModelOptions {
@@ -35,6 +34,8 @@ export function registerRun(program: Command): void {
       const ctx = await agentContext(opts);
       const threads =
         opts.threads === undefined ? ctx.profile.threads : positiveInt(opts.threads, "--threads");
+      // Loaded here, not at start-up: onnxruntime's native library is only needed by commands that infer.
+      const { loadModel } = await import("../../runtime/index.js");
       const model = await loadModel(ctx.modelDir, { threads });
       const loadMs = performance.now() - t0;
       const gen = await model.generate(

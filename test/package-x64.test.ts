@@ -1,0 +1,225 @@
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtemp, readdir, readFile, readlink, rm, stat, unlink, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Command } from "commander";
+import { beforeAll, describe, expect, it } from "vitest";
+import { manifestSchema } from "../src/bundle/manifest.js";
+import { registerKeygen } from "../src/cli/commands/keygen.js";
+import { type BuildResult, buildBundle } from "../src/package/build.js";
+import { verifyBundle } from "../src/package/verify.js";
+import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
+
+/**
+ * The laptop-x64-4c bundle, built once: it runs natively on a machine without Node, generates what
+ * PyTorch generates, and refuses to run or verify once a byte of it changes.
+ */
+let built: BuildResult;
+let exe: string;
+let pubKey: string;
+let work: string;
+const model = fixtureModel();
+
+interface RunJson {
+  ids: number[];
+  cold_start: boolean;
+  mode: string;
+  timings: { first_token_ms: number };
+}
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "itera-pkg-x64-"));
+  const program = new Command().exitOverride();
+  registerKeygen(program);
+  await program.parseAsync(["keygen", "--out", join(work, "keys"), "--json"], { from: "user" });
+  pubKey = join(work, "keys", "itera-signing.pub");
+  built = await buildBundle({
+    model: model.dir,
+    profile: "laptop-x64-4c",
+    quant: "fp32",
+    sign: join(work, "keys", "itera-signing.key"),
+    out: join(work, "out"),
+    quiet: true,
+  });
+  exe = join(built.dir, "itera-agent");
+});
+
+describe("laptop-x64-4c bundle", () => {
+  it("writes the folder, the manifest of every file and the .tar.gz beside it", async () => {
+    expect((await readdir(built.dir)).sort()).toEqual([
+      "README.txt",
+      "install.sh",
+      "itera-agent",
+      "itera-agent.service",
+      "manifest.json",
+    ]);
+    const manifest = manifestSchema.parse(
+      JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8")),
+    );
+    expect(Object.keys(manifest.files).sort()).toEqual([
+      "README.txt",
+      "install.sh",
+      "itera-agent",
+      "itera-agent.service",
+    ]);
+    expect(manifest.target).toEqual({ platform: "linux", arch: "x64", node: "24.21.0" });
+    expect(Object.keys(manifest.assets)).toEqual(
+      expect.arrayContaining([
+        "model/genai_config.json",
+        "model/model.onnx",
+        "model/tokenizer.json",
+        "profile.json",
+        "native/onnxruntime_binding.node",
+        "native/libonnxruntime.so.1",
+        "bundle.json",
+      ]),
+    );
+    // The shared library is stored compressed (it pays), with both hashes recorded.
+    expect(manifest.assets["native/libonnxruntime.so.1"]?.encoding).toBe("br");
+    expect(manifest.assets["native/libonnxruntime.so.1"]!.stored_bytes!).toBeLessThan(
+      manifest.assets["native/libonnxruntime.so.1"]!.bytes / 2,
+    );
+    expect(built.sizes.node_stripped).toBeLessThan(built.sizes.node_raw);
+    const { stdout } = await run("tar", ["-tzf", built.tarball]);
+    expect(stdout.split("\n")).toEqual(
+      expect.arrayContaining([`${manifest.bundle_id}/itera-agent`, `${manifest.bundle_id}/manifest.json`]),
+    );
+    const unit = await readFile(join(built.dir, "itera-agent.service"), "utf8");
+    expect(unit).toMatch(
+      /^ExecStart=\/opt\/itera\/current\/itera-agent agent --config \/etc\/itera\/agent\.json$/m,
+    );
+  });
+
+  it("runs with no node on PATH and `info --json` returns the embedded manifest", async () => {
+    const { env } = await deviceEnv();
+    await expect(run("sh", ["-c", "command -v node"], { env })).rejects.toThrow();
+    const { stdout } = await run(exe, ["info", "--json"], { env });
+    const info = JSON.parse(stdout);
+    const manifest = JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8"));
+    expect(info.agent).toMatchObject({ mode: "bundle", node: "v24.21.0" });
+    expect(info.manifest.bundle_id).toBe(manifest.bundle_id);
+    // bundle.json is the index itself: every other asset is listed in it.
+    const { "bundle.json": index, ...assets } = manifest.assets;
+    expect(index).toBeDefined();
+    expect(info.manifest.assets).toEqual(assets);
+    expect(info.profile.name).toBe("laptop-x64-4c");
+    expect(info.hardware.arch).toBe("x64");
+  });
+
+  it("generates PyTorch's greedy tokens; the first run extracts, the second reuses", async () => {
+    const { env, cache } = await deviceEnv();
+    const args = ["run", "--prompt", model.prompt, "--max-tokens", String(model.greedyIds.length), "--json"];
+    const cold = JSON.parse((await run(exe, args, { env })).stdout) as RunJson;
+    expect(cold.ids).toEqual(model.greedyIds);
+    expect(cold.cold_start).toBe(true);
+    const warm = JSON.parse((await run(exe, args, { env })).stdout) as RunJson;
+    expect(warm.ids).toEqual(model.greedyIds);
+    expect(warm.cold_start).toBe(false);
+    const [dir] = await readdir(cache);
+    expect((await readdir(join(cache, dir!, "native"))).sort()).toEqual([
+      "libonnxruntime.so.1",
+      "onnxruntime_binding.node",
+    ]);
+  });
+
+  it("two first runs racing each other both work and leave one complete extraction", async () => {
+    const { env, cache } = await deviceEnv();
+    const [a, b] = await Promise.all([
+      run(exe, ["info", "--json"], { env }),
+      run(exe, ["info", "--json"], { env }),
+    ]);
+    const da = JSON.parse(a.stdout).extraction.dir;
+    expect(JSON.parse(b.stdout).extraction.dir).toBe(da);
+    expect(await readdir(cache)).toEqual([da.split("/").pop()]);
+  });
+
+  it("refuses --model/--profile inside a bundle", async () => {
+    const { env } = await deviceEnv();
+    const err = await run(exe, ["info", "--model", "/tmp"], { env }).catch(
+      (e: { stderr: string; code: number }) => e,
+    );
+    expect((err as { code: number }).code).toBe(1);
+    expect((err as { stderr: string }).stderr).toMatch(/--model and --profile are for development runs/);
+  });
+
+  it("verifies with the signer's key and refuses another key", async () => {
+    const ok = await verifyBundle(built.dir, await readFile(pubKey, "utf8"));
+    expect(ok).toMatchObject({ ok: true, signature: "valid", trusted_key: true });
+    const other = generateKeyPairSync("ed25519").publicKey.export({ type: "spki", format: "pem" }).toString();
+    const bad = await verifyBundle(built.dir, other);
+    expect(bad).toMatchObject({ ok: false, signature: "untrusted-key", trusted_key: false });
+  });
+
+  it("an edited manifest breaks the signature", async () => {
+    const copy = await copyBundle("edited", true);
+    const m = JSON.parse(await readFile(join(copy, "manifest.json"), "utf8"));
+    m.model.quant = "int4";
+    await unlink(join(copy, "manifest.json"));
+    await writeFile(join(copy, "manifest.json"), JSON.stringify(m));
+    const r = await verifyBundle(copy);
+    expect(r).toMatchObject({ ok: false, signature: "invalid" });
+  });
+
+  it("a flipped byte in an embedded asset: verify refuses, the agent refuses to start, install.sh refuses", async () => {
+    const copy = await copyBundle("tampered", false);
+    const manifest = manifestSchema.parse(JSON.parse(await readFile(join(copy, "manifest.json"), "utf8")));
+    // genai_config.json is stored as it is (too small to compress): find its bytes in the executable.
+    expect(manifest.assets["model/genai_config.json"]?.encoding).toBe("identity");
+    const original = await readFile(join(model.dir, "genai_config.json"));
+    const bin = await readFile(join(copy, "itera-agent"));
+    const at = bin.indexOf(original);
+    expect(at).toBeGreaterThan(0);
+    const pos = at + Math.floor(original.length / 2);
+    bin[pos] = bin[pos]! ^ 0xff;
+    await writeFile(join(copy, "itera-agent"), bin);
+
+    const r = await verifyBundle(copy);
+    expect(r.ok).toBe(false);
+    expect(r.files).toContainEqual({ file: "itera-agent", status: "changed" });
+
+    const { env } = await deviceEnv();
+    const err = (await run(join(copy, "itera-agent"), ["info"], { env }).catch((e: unknown) => e)) as {
+      code: number;
+      stderr: string;
+    };
+    expect(err.code).toBe(3);
+    expect(err.stderr).toMatch(/embedded asset 'model\/genai_config\.json' does not match the bundle/);
+
+    const root = await mkdtemp(join(tmpdir(), "itera-root-"));
+    await expect(
+      run("sh", [join(copy, "install.sh")], { env: { ...process.env, ROOT: root } }),
+    ).rejects.toThrow(/do not match their checksums/);
+    expect(await readdir(root)).toEqual([]);
+  });
+
+  it("install.sh installs under ROOT in releases/<version> and points current at it", async () => {
+    const root = await mkdtemp(join(tmpdir(), "itera-root-"));
+    const manifest = manifestSchema.parse(
+      JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8")),
+    );
+    await run("sh", [join(built.dir, "install.sh")], { env: { ...process.env, ROOT: root } });
+    const base = join(root, "opt", "itera");
+    expect(await readlink(join(base, "current"))).toBe(`releases/${manifest.version}`);
+    expect((await stat(join(base, "current", "itera-agent"))).mode & 0o111).not.toBe(0);
+    expect(await readdir(join(base, "releases"))).toEqual([manifest.version]);
+    const unit = await readFile(join(root, "etc", "systemd", "system", "itera-agent.service"), "utf8");
+    expect(unit).toContain("ExecStart=/opt/itera/current/itera-agent agent");
+    // Installing again replaces the release and the link atomically, leaving no temp entries.
+    await run("sh", [join(built.dir, "install.sh")], {
+      env: { ...process.env, ROOT: root, PREFIX: "/srv/itera" },
+    });
+    expect(await readlink(join(root, "srv", "itera", "current"))).toBe(`releases/${manifest.version}`);
+    expect(await readdir(join(root, "srv", "itera"))).toEqual(["current", "releases"]);
+    expect(await readFile(join(root, "etc", "systemd", "system", "itera-agent.service"), "utf8")).toContain(
+      "ExecStart=/srv/itera/current/itera-agent agent",
+    );
+  });
+});
+
+/** A copy of the bundle folder: hard links when only the manifest changes, a real copy otherwise. */
+async function copyBundle(name: string, links: boolean): Promise<string> {
+  const dest = join(work, name);
+  await rm(dest, { recursive: true, force: true });
+  await run("cp", [links ? "-al" : "-a", built.dir, dest]);
+  return dest;
+}
