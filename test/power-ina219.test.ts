@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -94,6 +94,20 @@ describe("INA219 datasheet math", () => {
       ok: false,
       error: "format",
     });
+  });
+});
+
+describe("docs/energy.md", () => {
+  it("its example raw line is valid and decodes to 0.8 A at 5 V = 4 W", async () => {
+    const doc = await readFile(new URL("../docs/energy.md", import.meta.url), "utf8");
+    const line = /^\$INA,.*\*[0-9A-F]{2}$/m.exec(doc)![0];
+    const r = parseRawLine(line);
+    expect(r.ok).toBe(true);
+    if (!r.ok) return;
+    const v = convertRegisters(r.regs);
+    expect(v.current_a).toBeCloseTo(0.8, 12);
+    expect(v.bus_v).toBeCloseTo(5, 12);
+    expect(v.power_w).toBeCloseTo(4, 12);
   });
 });
 

@@ -50,9 +50,17 @@ function clipPoints(ts: readonly number[], ys: readonly number[], t0: number, t1
   return { points, inside, maxGap };
 }
 
+/** The samples in time order (meters append in order: copy and sort only when they are not). */
+function inTimeOrder<T extends { t_ms: number }>(samples: readonly T[]): readonly T[] {
+  for (let i = 1; i < samples.length; i++) {
+    if (samples[i]!.t_ms < samples[i - 1]!.t_ms) return [...samples].sort((x, y) => x.t_ms - y.t_ms);
+  }
+  return samples;
+}
+
 /** Trapezoidal integral of power (W) on the samples' own timestamps, clipped to [t0, t1]; joules. */
 export function integratePower(samples: readonly PowerSample[], t0: number, t1: number): WindowEnergy {
-  const sorted = [...samples].sort((x, y) => x.t_ms - y.t_ms);
+  const sorted = inTimeOrder(samples);
   const { points, inside, maxGap } = clipPoints(
     sorted.map((s) => s.t_ms),
     sorted.map((s) => s.watts),
@@ -93,7 +101,7 @@ export function integrateCounters(
   t0: number,
   t1: number,
 ): WindowEnergy {
-  const sorted = [...samples].sort((x, y) => x.t_ms - y.t_ms);
+  const sorted = inTimeOrder(samples);
   const ts = sorted.map((s) => s.t_ms);
   let joules = 0;
   let clip = clipPoints(ts, ts, t0, t1);

@@ -4,6 +4,7 @@ import { registerBuild } from "./build.js";
 import { registerDevices } from "./devices.js";
 import { registerEval } from "./eval.js";
 import { registerFlash } from "./flash.js";
+import { registerInspect } from "./inspect.js";
 import { registerKeygen } from "./keygen.js";
 import { registerProfiles } from "./profiles.js";
 import { registerRun } from "./run.js";
@@ -13,4 +14,4 @@ import { registerVerify } from "./verify.js";
  * Every `itera` subcommand, one module each under src/cli/commands/.
  * Add a command by writing its module and listing its register function here.
  */
-export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify, registerFlash, registerDevices, registerRun, registerEval, registerBench];
+export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify, registerFlash, registerDevices, registerRun, registerEval, registerBench, registerInspect];
