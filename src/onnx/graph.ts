@@ -62,6 +62,43 @@ export function ensureOpset(model: ModelProto, domain: string, version: number):
 }
 
 /**
+ * The nodes ordered so that each comes after the producers of what it reads (Kahn's algorithm,
+ * keeping the existing order where it is free). Names produced by none of these nodes are taken as
+ * graph inputs, initializers or outer-scope values. Throws on a cycle.
+ */
+export function topologicalOrder(nodes: readonly NodeProto[], where = "graph"): NodeProto[] {
+  const producerIndex = new Map<string, number>();
+  nodes.forEach((n, i) => {
+    for (const o of n.output) if (o !== "") producerIndex.set(o, i);
+  });
+  const dependents: number[][] = nodes.map(() => []);
+  const pending = nodes.map((n, i) => {
+    const deps = new Set<number>();
+    for (const name of nodeReads(n)) {
+      const p = producerIndex.get(name);
+      if (p !== undefined && p !== i) deps.add(p);
+    }
+    for (const p of deps) dependents[p]!.push(i);
+    return deps.size;
+  });
+  const order: number[] = [];
+  const ready = nodes.map((_, i) => i).filter((i) => pending[i] === 0);
+  for (let k = 0; k < ready.length; k++) {
+    const i = ready[k]!;
+    order.push(i);
+    for (const d of dependents[i]!) if (--pending[d]! === 0) ready.push(d);
+  }
+  if (order.length !== nodes.length) {
+    const stuck = nodes.filter((_, i) => pending[i]! > 0).map((n) => n.name || n.opType);
+    throw new IteraError(`the graph has a cycle through ${stuck.slice(0, 5).join(", ")}`, {
+      where,
+      fix: "an edit connected a node to its own output; check the nodes added last",
+    });
+  }
+  return order.map((i) => nodes[i]!);
+}
+
+/**
  * A thin editor over a GraphProto: every change is made on `proto` itself, so encoding the model
  * afterwards writes the edited graph. Lookups are computed on demand (graphs are small enough).
  */
@@ -141,36 +178,7 @@ export class Graph {
    * graph inputs, initializers or outer-scope values. Throws on a cycle.
    */
   topologicalSort(): void {
-    const nodes = this.proto.node;
-    const producerIndex = new Map<string, number>();
-    nodes.forEach((n, i) => {
-      for (const o of n.output) if (o !== "") producerIndex.set(o, i);
-    });
-    const dependents: number[][] = nodes.map(() => []);
-    const pending = nodes.map((n, i) => {
-      const deps = new Set<number>();
-      for (const name of nodeReads(n)) {
-        const p = producerIndex.get(name);
-        if (p !== undefined && p !== i) deps.add(p);
-      }
-      for (const p of deps) dependents[p]!.push(i);
-      return deps.size;
-    });
-    const order: number[] = [];
-    const ready = nodes.map((_, i) => i).filter((i) => pending[i] === 0);
-    for (let k = 0; k < ready.length; k++) {
-      const i = ready[k]!;
-      order.push(i);
-      for (const d of dependents[i]!) if (--pending[d]! === 0) ready.push(d);
-    }
-    if (order.length !== nodes.length) {
-      const stuck = nodes.filter((_, i) => pending[i]! > 0).map((n) => n.name || n.opType);
-      throw new IteraError(`the graph has a cycle through ${stuck.slice(0, 5).join(", ")}`, {
-        where: `graph "${this.proto.name ?? ""}"`,
-        fix: "an edit connected a node to its own output; check the nodes added last",
-      });
-    }
-    this.proto.node = order.map((i) => nodes[i]!);
+    this.proto.node = topologicalOrder(this.proto.node, `graph "${this.proto.name ?? ""}"`);
   }
 
   private indexOf(node: NodeProto): number {

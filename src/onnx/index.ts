@@ -22,7 +22,15 @@ export {
   subgraphs,
 } from "./attributes.js";
 export { decodeMessage, decodeModel, encodeMessage, encodeModel, MAX_PROTOBUF_BYTES } from "./codec.js";
-export { ensureOpset, Graph, makeNode, nodeReads, opsetVersion, outerReferences } from "./graph.js";
+export {
+  ensureOpset,
+  Graph,
+  makeNode,
+  nodeReads,
+  opsetVersion,
+  outerReferences,
+  topologicalOrder,
+} from "./graph.js";
 export {
   allTensors,
   type ExternalRef,

@@ -36,9 +36,15 @@ export const DataType = {
   FLOAT4E2M1: 23,
 } as const;
 
-const names = new Map<number, string>(Object.entries(DataType).map(([k, v]) => [v, k.toLowerCase()]));
+// onnxruntime's names: "float32" and "float64" rather than ONNX's FLOAT and DOUBLE.
+const names = new Map<number, string>(
+  Object.entries(DataType).map(([k, v]) => [
+    v,
+    k === "FLOAT" ? "float32" : k === "DOUBLE" ? "float64" : k.toLowerCase(),
+  ]),
+);
 
-/** "float32"-style name of an element type as users know it ("float", "float16", "int8", ...). */
+/** The element type's name as onnxruntime spells it ("float32", "float16", "int8", "int64", ...). */
 export function dataTypeName(dataType: number): string {
   return names.get(dataType) ?? `type${dataType}`;
 }

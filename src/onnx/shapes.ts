@@ -1,0 +1,531 @@
+/**
+ * Shape inference with concrete dims: once every symbolic dim has a value (batch_size=1, ...), each
+ * tensor of the graph gets a concrete shape, and small integer tensors (the Shape → Gather → Concat →
+ * Reshape chains exporters emit) get concrete values, so that Reshape/Expand/Slice targets resolve.
+ *
+ * Covered: the elementwise, normalization and activation ops (output = input shape or broadcast),
+ * MatMul (+ MatMulInteger, QLinearMatMul, com.microsoft FusedMatMul/MatMulNBits), Gemm, Conv, Gather,
+ * Einsum, Shape, Reshape, Flatten, (Un)Squeeze, Concat, Slice, Split, Transpose, Expand, Tile,
+ * ConstantOfShape, Range, Reduce*, Constant. Where no rule applies, a value_info/graph-output shape
+ * whose symbolic dims all have values is used; otherwise the value stays unknown (control flow such as
+ * If/Loop/Scan, and most contrib ops beyond those named).
+ */
+import { findAttr, getAttrInt, getAttrInts, getAttrString } from "./attributes.js";
+import { topologicalOrder } from "./graph.js";
+import { DataType, elementCount, isExternal, tensorToTyped } from "./tensor.js";
+import type { GraphProto, NodeProto, TensorProto, TypeProto } from "./types.js";
+
+export type Shape = number[];
+
+export interface ShapeInfo {
+  /** Concrete shape of every value whose shape could be inferred. */
+  shapes: Map<string, Shape>;
+  /** Concrete contents of small integer tensors (at most MAX_VALUE_ELEMENTS elements). */
+  values: Map<string, number[]>;
+  /** Symbolic dims met on graph inputs that had no value (their tensors stay unknown). */
+  missingDims: Set<string>;
+}
+
+const MAX_VALUE_ELEMENTS = 64;
+
+/** The shape of a graph input/output type with symbolic dims replaced from `dims`; undefined if any is unknown. */
+export function concreteShape(
+  type: TypeProto | undefined,
+  dims: Record<string, number>,
+  missing?: Set<string>,
+): Shape | undefined {
+  const shape = type?.tensorType?.shape;
+  if (!shape) return undefined;
+  const out: Shape = [];
+  for (const d of shape.dim) {
+    if (d.dimParam) {
+      const v = dims[d.dimParam];
+      if (v === undefined) {
+        missing?.add(d.dimParam);
+        return undefined;
+      }
+      out.push(v);
+    } else if (d.dimValue !== undefined && Object.hasOwn(d, "dimValue")) out.push(Number(d.dimValue));
+    else return undefined;
+  }
+  return out;
+}
+
+function isIntType(t: number | undefined): boolean {
+  return t === DataType.INT64 || t === DataType.INT32;
+}
+
+function tensorValue(t: TensorProto): number[] | undefined {
+  if (!isIntType(t.dataType) || isExternal(t) || elementCount(t.dims) > MAX_VALUE_ELEMENTS) return undefined;
+  return Array.from(tensorToTyped(t), Number);
+}
+
+/** Numpy-style broadcast of several shapes; undefined when they do not broadcast. */
+export function broadcast(...shapes: Shape[]): Shape | undefined {
+  const rank = Math.max(0, ...shapes.map((s) => s.length));
+  const out: Shape = [];
+  for (let i = 0; i < rank; i++) {
+    let d = 1;
+    for (const s of shapes) {
+      const v = s[s.length - rank + i] ?? 1;
+      if (v === 1) continue;
+      if (d !== 1 && d !== v) return undefined;
+      d = v;
+    }
+    out.push(d);
+  }
+  return out;
+}
+
+const SAME_SHAPE = new Set([
+  "Identity",
+  "Cast",
+  "CastLike",
+  "Relu",
+  "LeakyRelu",
+  "Elu",
+  "Selu",
+  "Gelu",
+  "FastGelu",
+  "QuickGelu",
+  "BiasGelu",
+  "Erf",
+  "Sqrt",
+  "Reciprocal",
+  "Tanh",
+  "Sigmoid",
+  "HardSigmoid",
+  "HardSwish",
+  "Softplus",
+  "Softsign",
+  "Mish",
+  "Neg",
+  "Abs",
+  "Exp",
+  "Log",
+  "Sin",
+  "Cos",
+  "Not",
+  "IsNaN",
+  "IsInf",
+  "Sign",
+  "Round",
+  "Floor",
+  "Ceil",
+  "Clip",
+  "Softmax",
+  "LogSoftmax",
+  "Dropout",
+  "LayerNormalization",
+  "SimplifiedLayerNormalization",
+  "RMSNormalization",
+  "SkipLayerNormalization",
+  "SkipSimplifiedLayerNormalization",
+  "BatchNormalization",
+  "InstanceNormalization",
+  "GroupNormalization",
+  "Trilu",
+  "CumSum",
+  "DequantizeLinear",
+  "QuantizeLinear",
+  "DynamicQuantizeLinear",
+  "RotaryEmbedding",
+  "Celu",
+  "ThresholdedRelu",
+  "Shrink",
+]);
+
+const BROADCAST = new Set([
+  "Add",
+  "Sub",
+  "Mul",
+  "Div",
+  "Pow",
+  "Max",
+  "Min",
+  "Mean",
+  "Sum",
+  "Equal",
+  "Less",
+  "Greater",
+  "LessOrEqual",
+  "GreaterOrEqual",
+  "And",
+  "Or",
+  "Xor",
+  "Mod",
+  "Where",
+  "PRelu",
+  "BitShift",
+  "BitwiseAnd",
+  "BitwiseOr",
+]);
+
+const MATMUL_LIKE = new Set(["MatMul", "MatMulInteger", "FusedMatMul"]);
+
+/** Output shape of numpy matmul semantics (1-D operands promoted and their axis removed). */
+export function matmulShape(a: Shape, b: Shape): Shape | undefined {
+  if (a.length === 0 || b.length === 0) return undefined;
+  const a2 = a.length === 1 ? [1, a[0]!] : a;
+  const b2 = b.length === 1 ? [b[0]!, 1] : b;
+  if (a2[a2.length - 1] !== b2[b2.length - 2]) return undefined;
+  const batch = broadcast(a2.slice(0, -2), b2.slice(0, -2));
+  if (!batch) return undefined;
+  const out = [...batch];
+  if (a.length > 1) out.push(a2[a2.length - 2]!);
+  if (b.length > 1) out.push(b2[b2.length - 1]!);
+  return out;
+}
+
+function normAxis(axis: number, rank: number): number {
+  return axis < 0 ? axis + rank : axis;
+}
+
+function binaryValue(op: string, x: number, y: number): number | undefined {
+  switch (op) {
+    case "Add":
+      return x + y;
+    case "Sub":
+      return x - y;
+    case "Mul":
+      return x * y;
+    case "Div":
+      return y === 0 ? undefined : Math.trunc(x / y);
+    case "Max":
+      return Math.max(x, y);
+    case "Min":
+      return Math.min(x, y);
+    case "Equal":
+      return x === y ? 1 : 0;
+    case "Less":
+      return x < y ? 1 : 0;
+    case "Greater":
+      return x > y ? 1 : 0;
+    default:
+      return undefined;
+  }
+}
+
+/** Parse "ij,jk->ik" into operand label lists and output labels (implicit output: sorted once-only labels). */
+export function parseEinsum(equation: string): { inputs: string[]; output: string } | undefined {
+  const eq = equation.replace(/\s/g, "");
+  if (eq.includes("...")) return undefined;
+  const [lhs, rhs] = eq.split("->");
+  const inputs = (lhs ?? "").split(",");
+  let output = rhs;
+  if (output === undefined) {
+    const counts = new Map<string, number>();
+    for (const c of inputs.join("")) counts.set(c, (counts.get(c) ?? 0) + 1);
+    output = [...counts.entries()]
+      .filter(([, n]) => n === 1)
+      .map(([c]) => c)
+      .sort()
+      .join("");
+  }
+  return { inputs, output };
+}
+
+/** Sizes of each einsum label from the operand shapes; undefined when shapes are missing or disagree. */
+export function einsumSizes(
+  equation: string,
+  shapes: (Shape | undefined)[],
+): Map<string, number> | undefined {
+  const parsed = parseEinsum(equation);
+  if (!parsed) return undefined;
+  const sizes = new Map<string, number>();
+  for (let i = 0; i < parsed.inputs.length; i++) {
+    const labels = parsed.inputs[i]!;
+    const shape = shapes[i];
+    if (!shape || shape.length !== labels.length) return undefined;
+    for (let k = 0; k < labels.length; k++) {
+      const prev = sizes.get(labels[k]!);
+      const d = shape[k]!;
+      if (prev !== undefined && prev !== d && prev !== 1 && d !== 1) return undefined;
+      sizes.set(labels[k]!, Math.max(prev ?? 1, d));
+    }
+  }
+  return sizes;
+}
+
+/** Infer shapes (and small integer values) through a graph for the given symbolic dim values. */
+export function inferShapes(graph: GraphProto, dims: Record<string, number>): ShapeInfo {
+  const shapes = new Map<string, Shape>();
+  const values = new Map<string, number[]>();
+  const missingDims = new Set<string>();
+  const declared = new Map<string, TypeProto | undefined>();
+  for (const v of [...graph.valueInfo, ...graph.output]) declared.set(v.name ?? "", v.type);
+
+  for (const t of graph.initializer) {
+    const name = t.name ?? "";
+    shapes.set(name, t.dims.map(Number));
+    const v = tensorValue(t);
+    if (v) values.set(name, v);
+  }
+  for (const input of graph.input) {
+    const name = input.name ?? "";
+    if (shapes.has(name)) continue; // an initializer listed as input (IR < 4)
+    const s = concreteShape(input.type, dims, missingDims);
+    if (s) shapes.set(name, s);
+  }
+
+  for (const node of topologicalOrder(graph.node)) {
+    const inShapes = node.input.map((n) => (n === "" ? undefined : shapes.get(n)));
+    const inValues = node.input.map((n) => values.get(n));
+    const out = inferNode(node, inShapes, inValues);
+    node.output.forEach((name, i) => {
+      if (name === "") return;
+      const shape = out.shapes[i] ?? concreteShape(declared.get(name), dims);
+      if (shape) shapes.set(name, shape);
+      const value = out.values[i];
+      if (value && value.length <= MAX_VALUE_ELEMENTS) values.set(name, value);
+    });
+  }
+  return { shapes, values, missingDims };
+}
+
+interface NodeResult {
+  shapes: (Shape | undefined)[];
+  values: (number[] | undefined)[];
+}
+
+function inferNode(node: NodeProto, s: (Shape | undefined)[], v: (number[] | undefined)[]): NodeResult {
+  const op = node.opType ?? "";
+  const one = (shape: Shape | undefined, value?: number[]): NodeResult => ({
+    shapes: [shape],
+    values: [value],
+  });
+  const x = s[0];
+
+  if (op === "Constant") {
+    const t = findAttr(node, "value")?.t;
+    if (t) return one(t.dims.map(Number), tensorValue(t));
+    const ints = getAttrInts(node, "value_ints");
+    if (ints) return one([ints.length], ints);
+    const i = getAttrInt(node, "value_int");
+    if (i !== undefined) return one([], [i]);
+    const floats = findAttr(node, "value_floats")?.floats;
+    if (floats) return one([floats.length]);
+    if (findAttr(node, "value_float")) return one([]);
+    return one(undefined);
+  }
+  if (SAME_SHAPE.has(op)) {
+    const value = op === "Identity" || op === "Cast" ? v[0] : op === "Neg" ? v[0]?.map((a) => -a) : undefined;
+    const shapes: (Shape | undefined)[] = [x];
+    return { shapes, values: [value] };
+  }
+  if (BROADCAST.has(op)) {
+    if (s.some((d) => d === undefined)) return one(undefined);
+    const shape = broadcast(...(s as Shape[]));
+    let value: number[] | undefined;
+    if (shape && shape.length <= 1 && v.every((a) => a !== undefined)) {
+      const n = elementCount(shape);
+      const at = (a: number[], i: number) => (a.length === 1 ? a[0]! : a[i]!);
+      if (op === "Where")
+        value = Array.from({ length: n }, (_, i) => (at(v[0]!, i) ? at(v[1]!, i) : at(v[2]!, i)));
+      else if (v.length === 2) {
+        const r = Array.from({ length: n }, (_, i) => binaryValue(op, at(v[0]!, i), at(v[1]!, i)));
+        if (r.every((a) => a !== undefined)) value = r as number[];
+      }
+    }
+    return one(shape, value);
+  }
+  if (MATMUL_LIKE.has(op)) {
+    if (!x || !s[1]) return one(undefined);
+    const tA = op === "FusedMatMul" && getAttrInt(node, "transA", 0) ? swapLast(x) : x;
+    const tB = op === "FusedMatMul" && getAttrInt(node, "transB", 0) ? swapLast(s[1]) : s[1];
+    return one(matmulShape(tA, tB));
+  }
+  switch (op) {
+    case "QLinearMatMul":
+      return one(x && s[3] ? matmulShape(x, s[3]) : undefined);
+    case "MatMulNBits": {
+      const n = getAttrInt(node, "N");
+      return one(x && n !== undefined ? [...x.slice(0, -1), n] : undefined);
+    }
+    case "Gemm": {
+      if (!x || !s[1] || x.length !== 2 || s[1].length !== 2) return one(undefined);
+      const m = getAttrInt(node, "transA", 0) ? x[1]! : x[0]!;
+      const n = getAttrInt(node, "transB", 0) ? s[1][0]! : s[1][1]!;
+      return one([m, n]);
+    }
+    case "Conv":
+      return one(x && s[1] ? convShape(node, x, s[1]) : undefined);
+    case "Gather": {
+      if (!x || !s[1]) return one(undefined);
+      const axis = normAxis(getAttrInt(node, "axis", 0), x.length);
+      const shape = [...x.slice(0, axis), ...s[1], ...x.slice(axis + 1)];
+      let value: number[] | undefined;
+      if (x.length === 1 && v[0] && v[1]) value = v[1].map((i) => v[0]![i < 0 ? i + x[0]! : i]!);
+      return one(shape, value?.every((a) => a !== undefined) ? value : undefined);
+    }
+    case "Shape": {
+      if (!x) return one(undefined);
+      const rank = x.length;
+      const start = normAxis(getAttrInt(node, "start", 0), rank);
+      const endAttr = getAttrInt(node, "end");
+      const end = endAttr === undefined ? rank : normAxis(endAttr, rank);
+      const value = x.slice(Math.max(0, start), Math.min(rank, end));
+      return one([value.length], value);
+    }
+    case "Size":
+      return one([], x ? [elementCount(x)] : undefined);
+    case "Reshape": {
+      if (!x || !v[1]) return one(undefined);
+      const allowZero = getAttrInt(node, "allowzero", 0) === 1;
+      const target = v[1].map((d, i) => (d === 0 && !allowZero ? (x[i] ?? 0) : d));
+      const known = target.filter((d) => d !== -1).reduce((a, b) => a * b, 1);
+      const shape = target.map((d) => (d === -1 ? (known === 0 ? 0 : elementCount(x) / known) : d));
+      return one(shape, v[0]);
+    }
+    case "Flatten": {
+      if (!x) return one(undefined);
+      const axis = normAxis(getAttrInt(node, "axis", 1), x.length);
+      return one([elementCount(x.slice(0, axis)), elementCount(x.slice(axis))]);
+    }
+    case "Unsqueeze": {
+      const axes = getAttrInts(node, "axes") ?? v[1];
+      if (!x || !axes) return one(undefined);
+      const rank = x.length + axes.length;
+      const set = new Set(axes.map((a) => normAxis(a, rank)));
+      const shape: Shape = [];
+      let k = 0;
+      for (let i = 0; i < rank; i++) shape.push(set.has(i) ? 1 : x[k++]!);
+      return one(shape, v[0]);
+    }
+    case "Squeeze": {
+      if (!x) return one(undefined);
+      const axes = getAttrInts(node, "axes") ?? v[1];
+      const set = new Set(
+        (axes ?? x.flatMap((d, i) => (d === 1 ? [i] : []))).map((a) => normAxis(a, x.length)),
+      );
+      return one(
+        x.filter((_, i) => !set.has(i)),
+        v[0],
+      );
+    }
+    case "Concat": {
+      if (s.some((d) => d === undefined) || !x) return one(undefined);
+      const axis = normAxis(getAttrInt(node, "axis", 0), x.length);
+      const shape = [...x];
+      shape[axis] = (s as Shape[]).reduce((sum, d) => sum + (d[axis] ?? 0), 0);
+      const value = x.length === 1 && v.every((a) => a !== undefined) ? (v as number[][]).flat() : undefined;
+      return one(shape, value);
+    }
+    case "Slice":
+      return sliceNode(node, x, v);
+    case "Split": {
+      if (!x) return one(undefined);
+      const axis = normAxis(getAttrInt(node, "axis", 0), x.length);
+      const count = node.output.length;
+      const sizes =
+        getAttrInts(node, "split") ??
+        v[1] ??
+        Array.from({ length: count }, (_, i) => {
+          const each = Math.ceil(x[axis]! / count);
+          return Math.max(0, Math.min(each, x[axis]! - i * each));
+        });
+      return {
+        shapes: sizes.map((n) => x.map((d, i) => (i === axis ? n : d))),
+        values: [],
+      };
+    }
+    case "Transpose": {
+      if (!x) return one(undefined);
+      const perm = getAttrInts(node, "perm") ?? x.map((_, i) => x.length - 1 - i);
+      return one(perm.map((p) => x[p]!));
+    }
+    case "Expand":
+      return one(x && v[1] ? broadcast(x, v[1]) : undefined);
+    case "Tile":
+      return one(x && v[1] ? x.map((d, i) => d * v[1]![i]!) : undefined);
+    case "ConstantOfShape": {
+      if (!v[0]) return one(undefined);
+      const fill = findAttr(node, "value")?.t;
+      const f = fill ? tensorValue(fill)?.[0] : 0;
+      const n = elementCount(v[0]);
+      return one([...v[0]], f !== undefined && n <= MAX_VALUE_ELEMENTS ? new Array(n).fill(f) : undefined);
+    }
+    case "Range": {
+      if (!v[0] || !v[1] || !v[2] || v[2][0] === 0) return one(undefined);
+      const [start, limit, delta] = [v[0][0]!, v[1][0]!, v[2][0]!];
+      const n = Math.max(0, Math.ceil((limit - start) / delta));
+      return one(
+        [n],
+        n <= MAX_VALUE_ELEMENTS ? Array.from({ length: n }, (_, i) => start + i * delta) : undefined,
+      );
+    }
+    case "Einsum": {
+      const eq = getAttrString(node, "equation") ?? "";
+      const sizes = einsumSizes(eq, s);
+      const parsed = parseEinsum(eq);
+      return one(sizes && parsed ? [...parsed.output].map((c) => sizes.get(c) ?? 1) : undefined);
+    }
+  }
+  if (op.startsWith("Reduce") || op === "ArgMax" || op === "ArgMin") {
+    if (!x) return one(undefined);
+    const keep = getAttrInt(node, "keepdims", 1) === 1;
+    const single = getAttrInt(node, "axis");
+    const axes = single !== undefined ? [single] : (getAttrInts(node, "axes") ?? v[1]);
+    const set = new Set(
+      (axes && axes.length > 0 ? axes : x.map((_, i) => i)).map((a) => normAxis(a, x.length)),
+    );
+    if (axes?.length === 0 && getAttrInt(node, "noop_with_empty_axes", 0) === 1) return one(x);
+    return one(keep ? x.map((d, i) => (set.has(i) ? 1 : d)) : x.filter((_, i) => !set.has(i)));
+  }
+  return { shapes: [], values: [] };
+}
+
+function swapLast(s: Shape): Shape {
+  if (s.length < 2) return s;
+  return [...s.slice(0, -2), s[s.length - 1]!, s[s.length - 2]!];
+}
+
+function convShape(node: NodeProto, x: Shape, w: Shape): Shape | undefined {
+  const spatial = x.length - 2;
+  if (spatial < 1 || w.length !== x.length) return undefined;
+  const kernel = getAttrInts(node, "kernel_shape") ?? w.slice(2);
+  const strides = getAttrInts(node, "strides") ?? new Array(spatial).fill(1);
+  const dilations = getAttrInts(node, "dilations") ?? new Array(spatial).fill(1);
+  const pads = getAttrInts(node, "pads") ?? new Array(2 * spatial).fill(0);
+  const autoPad = getAttrString(node, "auto_pad") ?? "NOTSET";
+  const out: Shape = [x[0]!, w[0]!];
+  for (let i = 0; i < spatial; i++) {
+    const inDim = x[i + 2]!;
+    const stride = strides[i]!;
+    if (autoPad === "SAME_UPPER" || autoPad === "SAME_LOWER") out.push(Math.ceil(inDim / stride));
+    else {
+      const pad = autoPad === "VALID" ? 0 : pads[i]! + pads[i + spatial]!;
+      const eff = dilations[i]! * (kernel[i]! - 1) + 1;
+      out.push(Math.floor((inDim + pad - eff) / stride) + 1);
+    }
+  }
+  return out;
+}
+
+function sliceNode(node: NodeProto, x: Shape | undefined, v: (number[] | undefined)[]): NodeResult {
+  const attrStarts = getAttrInts(node, "starts");
+  const starts = attrStarts ?? v[1];
+  const ends = attrStarts ? getAttrInts(node, "ends") : v[2];
+  if (!x || !starts || !ends) return { shapes: [undefined], values: [undefined] };
+  const axes = (attrStarts ? getAttrInts(node, "axes") : v[3]) ?? starts.map((_, i) => i);
+  const steps = (attrStarts ? undefined : v[4]) ?? starts.map(() => 1);
+  const shape = [...x];
+  const ranges = x.map((d) => ({ start: 0, end: d, step: 1 }));
+  axes.forEach((a, k) => {
+    const axis = normAxis(a, x.length);
+    const dim = x[axis]!;
+    const step = steps[k]!;
+    const clamp = (i: number, lo: number, hi: number) => Math.min(Math.max(i < 0 ? i + dim : i, lo), hi);
+    const start = step > 0 ? clamp(starts[k]!, 0, dim) : clamp(starts[k]!, -1, dim - 1);
+    const end = step > 0 ? clamp(ends[k]!, 0, dim) : clamp(ends[k]!, -1, dim - 1);
+    shape[axis] = Math.max(0, Math.ceil((end - start) / step));
+    ranges[axis] = { start, end, step };
+  });
+  let value: number[] | undefined;
+  if (x.length === 1 && v[0]) {
+    const r = ranges[0]!;
+    value = [];
+    for (let i = r.start; r.step > 0 ? i < r.end : i > r.end; i += r.step) value.push(v[0][i]!);
+  }
+  return { shapes: [shape], values: [value] };
+}

@@ -1,0 +1,262 @@
+import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
+import { copyFile, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import * as ort from "onnxruntime-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { inspectPath, parseDims } from "../src/cli/commands/inspect.js";
+import { IteraError } from "../src/errors.js";
+import { locateModelFile } from "../src/model/folder.js";
+import { buildFixtures } from "./fixtures/onnx/build.js";
+
+const exec = promisify(execFile);
+let dir: string;
+const models = ["tiny_gpt.onnx", "contrib_ops.onnx", "external/mlp.onnx"] as const;
+const expectedFile = (m: string) => join(dir, m.replace(/\.onnx$/, ".expected.json"));
+
+beforeAll(async () => {
+  dir = await buildFixtures("tiny_gpt", "contrib_ops", "external_data", "flops");
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("inspect: parameters and ops", () => {
+  it.each(models)("%s: parameter counts, bytes and op histogram match the onnx package", async (m) => {
+    const expected = JSON.parse(await readFile(expectedFile(m), "utf8"));
+    const r = await inspectPath(join(dir, m));
+    const elements = Object.fromEntries(r.parameters.byDtype.map((d) => [d.dtype, d.elements]));
+    const bytes = Object.fromEntries(r.parameters.byDtype.map((d) => [d.dtype, d.bytes]));
+    expect(elements).toEqual(expected.elements_by_dtype);
+    expect(bytes).toEqual(expected.bytes_by_dtype);
+    expect(Object.fromEntries(r.ops.map((o) => [o.op, o.count]))).toEqual(expected.op_histogram);
+    expect(r.nodes).toBe(
+      Object.values(expected.op_histogram as Record<string, number>).reduce((a, b) => a + b),
+    );
+  });
+
+  it("the PyTorch export's float32 parameters are exactly the PyTorch model's parameters", async () => {
+    const expected = JSON.parse(await readFile(expectedFile("tiny_gpt.onnx"), "utf8"));
+    const { vocab, d, layers, ff } = expected.config;
+    // embedding + per layer (2 LayerNorms, qkv, proj, fc1, fc2 with biases) + final LayerNorm + lm_head
+    const byHand =
+      vocab * d +
+      layers * (4 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * ff + ff) + (ff * d + d)) +
+      2 * d +
+      d * vocab;
+    expect(expected.torch_parameters).toBe(byHand);
+    const r = await inspectPath(join(dir, "tiny_gpt.onnx"));
+    expect(r.parameters.elements).toBe(byHand);
+    expect(r.parameters.bytes).toBe(byHand * 4);
+    expect(r.opsets).toEqual([{ domain: "ai.onnx", version: 17 }]);
+  });
+
+  it("reports the com.microsoft opset and the kept unknown fields", async () => {
+    const r = await inspectPath(join(dir, "contrib_ops.onnx"));
+    expect(r.opsets).toEqual([
+      { domain: "ai.onnx", version: 17 },
+      { domain: "com.microsoft", version: 1 },
+    ]);
+    expect(r.messagesWithUnknownFields).toBe(2);
+  });
+
+  it("lists the external data file, and hashes the model file", async () => {
+    const path = join(dir, "external/mlp.onnx");
+    const r = await inspectPath(path);
+    expect(r.externalData).toEqual([{ file: join(dir, "external/mlp.onnx.data"), bytes: 38912 }]);
+    expect(r.sha256).toBe(
+      createHash("sha256")
+        .update(await readFile(path))
+        .digest("hex"),
+    );
+  });
+});
+
+describe("inspect: inputs and outputs", () => {
+  it.each(models)("%s: names, types and shapes agree with onnxruntime", async (m) => {
+    const path = join(dir, m);
+    const r = await inspectPath(path);
+    const session = await ort.InferenceSession.create(path, { logSeverityLevel: 3 });
+    try {
+      expect(r.inputs.map((i) => i.name)).toEqual(session.inputNames);
+      expect(r.outputs.map((o) => o.name)).toEqual(session.outputNames);
+      const meta = (list: readonly ort.InferenceSession.ValueMetadata[]) =>
+        list.map((v) => (v.isTensor ? { name: v.name, type: v.type, shape: v.shape } : { name: v.name }));
+      expect(r.inputs).toEqual(meta(session.inputMetadata));
+      expect(r.outputs).toEqual(meta(session.outputMetadata));
+    } finally {
+      await session.release();
+    }
+  });
+
+  it("pairs the KV-cache state tensors", async () => {
+    const r = await inspectPath(join(dir, "tiny_gpt.onnx"));
+    expect(r.states.unpaired).toEqual([]);
+    expect(r.states.pairs.map((p) => [p.input, p.output, p.layer, p.kind])).toEqual([
+      ["past_key_values.0.key", "present.0.key", 0, "kv"],
+      ["past_key_values.0.value", "present.0.value", 0, "kv"],
+      ["past_key_values.1.key", "present.1.key", 1, "kv"],
+      ["past_key_values.1.value", "present.1.value", 1, "kv"],
+    ]);
+  });
+});
+
+describe("inspect: FLOPs", () => {
+  // flops.py: Gather 50x16, MatMul 16x32, Reshape, Gemm 32x8 + bias, Einsum bsd,de->bse with E 16x4,
+  // Conv 6x3x3x3 stride 2 pad 1 on a 3x10x10 image (output 6x5x5) with bias.
+  const byHand = (b: number, s: number) => ({
+    MatMul: 2 * b * s * 16 * 32,
+    Gemm: 2 * b * s * 32 * 8 + b * s * 8,
+    Einsum: 2 * b * s * 16 * 4,
+    Conv: 2 * b * 6 * 5 * 5 * (3 * 3 * 3) + b * 6 * 5 * 5,
+    Gather: 0,
+  });
+
+  it.each([
+    [{}, 1, 1],
+    [{ batch_size: 2, sequence_length: 5 }, 2, 5],
+  ])("matches the hand count for dims %j", async (dims, b, s) => {
+    const r = await inspectPath(join(dir, "flops.onnx"), dims);
+    const hand = byHand(b, s);
+    expect(Object.fromEntries(r.flops.byOp.map((o) => [o.op, o.flops]))).toEqual(hand);
+    const total = Object.values(hand).reduce((a, c) => a + c, 0);
+    expect(r.flops.total).toBe(total);
+    expect(r.flops.perToken).toBe(total / (b * s));
+    expect(r.flops.unresolved).toEqual([]);
+  });
+
+  it("counts the transformer's matmuls, attention included, for a cached decode step", async () => {
+    const expected = JSON.parse(await readFile(expectedFile("tiny_gpt.onnx"), "utf8"));
+    const { vocab, d, heads, layers, ff } = expected.config;
+    const flops = (s: number, past: number) => {
+      const t = past + s;
+      const perLayer =
+        2 * s * d * 3 * d + 2 * heads * s * t * (d / heads) * 2 + 2 * s * d * d + 2 * 2 * s * d * ff;
+      return layers * perLayer + 2 * s * d * vocab;
+    };
+    const step = await inspectPath(join(dir, "tiny_gpt.onnx"), { past_sequence_length: 7 });
+    expect(step.flops.total).toBe(flops(1, 7));
+    expect(step.flops.unresolved).toEqual([]);
+    const prefill = await inspectPath(join(dir, "tiny_gpt.onnx"), { sequence_length: 4 });
+    expect(prefill.flops.total).toBe(flops(4, 0));
+    expect(prefill.flops.perToken).toBe(flops(4, 0) / 4);
+  });
+
+  it("refuses a malformed --dim", () => {
+    expect(parseDims(["batch_size=2", "x=0"])).toEqual({ batch_size: 2, x: 0 });
+    expect(() => parseDims(["batch_size"])).toThrow(IteraError);
+    expect(() => parseDims(["batch_size=-1"])).toThrow(/invalid --dim/);
+  });
+});
+
+describe("model folders", () => {
+  it("follows genai_config.json, else takes the folder's only .onnx file", async () => {
+    const a = join(dir, "folder-config");
+    await mkdir(a, { recursive: true });
+    await copyFile(join(dir, "tiny_gpt.onnx"), join(a, "decoder.onnx"));
+    await copyFile(join(dir, "flops.onnx"), join(a, "other.onnx"));
+    await writeFile(
+      join(a, "genai_config.json"),
+      JSON.stringify({ model: { decoder: { filename: "decoder.onnx" } } }),
+    );
+    expect(await locateModelFile(a)).toEqual({
+      onnxPath: join(a, "decoder.onnx"),
+      folder: a,
+      via: "genai_config.json",
+    });
+    const r = await inspectPath(a);
+    expect(r.states.pairs).toHaveLength(4);
+
+    const b = join(dir, "folder-single");
+    await mkdir(b, { recursive: true });
+    await copyFile(join(dir, "flops.onnx"), join(b, "model.onnx"));
+    expect((await locateModelFile(b)).via).toBe("only .onnx in folder");
+  });
+
+  it("explains a folder it cannot use", async () => {
+    const two = join(dir, "folder-two");
+    await mkdir(two, { recursive: true });
+    await copyFile(join(dir, "flops.onnx"), join(two, "a.onnx"));
+    await copyFile(join(dir, "flops.onnx"), join(two, "b.onnx"));
+    await expect(locateModelFile(two)).rejects.toThrow(/2 \.onnx files \(a\.onnx, b\.onnx\)/);
+
+    const badConfig = join(dir, "folder-bad-config");
+    await mkdir(badConfig, { recursive: true });
+    await writeFile(
+      join(badConfig, "genai_config.json"),
+      JSON.stringify({ model: { decoder: { filename: "gone.onnx" } } }),
+    );
+    await expect(locateModelFile(badConfig)).rejects.toThrow(
+      /names the decoder "gone.onnx", which is not in the folder/,
+    );
+
+    await writeFile(join(badConfig, "genai_config.json"), JSON.stringify({ model: { decoder: {} } }));
+    await expect(locateModelFile(badConfig)).rejects.toThrow(/model\.decoder\.filename/);
+
+    await writeFile(
+      join(badConfig, "genai_config.json"),
+      JSON.stringify({ model: { decoder: { filename: "../x.onnx" } } }),
+    );
+    await expect(locateModelFile(badConfig)).rejects.toThrow(/outside the model folder/);
+  });
+});
+
+describe("itera inspect (built CLI)", () => {
+  const cli = join(process.cwd(), "dist/cli/itera.js");
+  const run = async (...args: string[]) =>
+    exec(process.execPath, [cli, "inspect", ...args]).then(
+      (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+      (e: { code: number; stdout: string; stderr: string }) => ({
+        code: e.code,
+        stdout: e.stdout,
+        stderr: e.stderr,
+      }),
+    );
+
+  beforeAll(async () => {
+    await exec("npx", ["tsc", "-p", "."], { cwd: process.cwd() }).catch(() => {
+      // tsc exits non-zero when another part of the tree does not type-check, yet still emits dist/.
+    });
+  });
+
+  it("prints a table and --json", async () => {
+    const table = await run(join(dir, "tiny_gpt.onnx"));
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/parameters: 23,360/);
+    expect(table.stdout).toMatch(/\| past_key_values\.1\.value \| present\.1\.value \|\s+1 \| kv/);
+    const json = await run(join(dir, "tiny_gpt.onnx"), "--json", "--dim", "past_sequence_length=7");
+    expect(json.code).toBe(0);
+    const r = JSON.parse(json.stdout);
+    expect(r.parameters.elements).toBe(23360);
+    expect(r.flops.dims.past_sequence_length).toBe(7);
+  });
+
+  it("gives one clear error and a non-zero exit for each bad input", async () => {
+    const text = join(dir, "notes.onnx");
+    await writeFile(text, "hello, this is not a model\n");
+    const bytes = await readFile(join(dir, "tiny_gpt.onnx"));
+    const truncated = join(dir, "truncated.onnx");
+    await writeFile(truncated, bytes.subarray(0, Math.floor(bytes.length / 2)));
+    const empty = join(dir, "empty-folder");
+    await mkdir(empty, { recursive: true });
+    const cases: [string, RegExp][] = [
+      [text, /error: not an ONNX model/],
+      [truncated, /error: the ONNX file is truncated or corrupt/],
+      [join(dir, "no-such.onnx"), /error: no such model file or folder/],
+      [empty, /error: the folder holds no model: no genai_config.json and no \.onnx file/],
+    ];
+    for (const [path, message] of cases) {
+      const r = await run(path);
+      expect(r.code, path).toBe(1);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr).toContain(`where: ${path}`);
+      expect(r.stderr).toMatch(/fix: +\S/);
+      expect(r.stderr).not.toMatch(/internal error|at .*\.js:\d+/);
+      expect(r.stdout).toBe("");
+    }
+    const badDim = await run(join(dir, "tiny_gpt.onnx"), "--dim", "seq");
+    expect(badDim.code).toBe(1);
+    expect(badDim.stderr).toMatch(/invalid --dim "seq"/);
+  });
+});
