@@ -1,5 +1,6 @@
 import type { Register } from "../run.js";
 import { registerAgentBench } from "./bench.js";
+import { registerAgentMeters } from "./meters.js";
 import { registerInfo } from "./info.js";
 import { registerRun } from "./run.js";
 
@@ -7,4 +8,4 @@ import { registerRun } from "./run.js";
  * Every `itera-agent` subcommand (the on-device agent inside a bundle), one module each here.
  * Add a command by writing its module and listing its register function here.
  */
-export const agentCommands: Register[] = [registerInfo, registerRun, registerAgentBench];
+export const agentCommands: Register[] = [registerInfo, registerRun, registerAgentBench, registerAgentMeters];

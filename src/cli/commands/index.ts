@@ -7,6 +7,7 @@ import { registerFlash } from "./flash.js";
 import { registerInspect } from "./inspect.js";
 import { registerKeygen } from "./keygen.js";
 import { registerProfiles } from "./profiles.js";
+import { registerQuantize } from "./quantize.js";
 import { registerRun } from "./run.js";
 import { registerVerify } from "./verify.js";
 
@@ -14,4 +15,4 @@ import { registerVerify } from "./verify.js";
  * Every `itera` subcommand, one module each under src/cli/commands/.
  * Add a command by writing its module and listing its register function here.
  */
-export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify, registerFlash, registerDevices, registerRun, registerEval, registerBench, registerInspect];
+export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify, registerFlash, registerDevices, registerRun, registerEval, registerBench, registerInspect, registerQuantize];

