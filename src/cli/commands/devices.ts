@@ -12,9 +12,12 @@ export function registerDevices(program: Command): void {
       `the device inventory (${"$"}XDG_CONFIG_HOME/itera/devices.json): host, profile, installed version, last seen`,
     );
 
-  const list = action(async (o: { json?: boolean }) => {
+  // `devices list --json` leaves --json to the parent `devices` command: read it from both.
+  const wantsJson = (cmd: Command) => cmd.optsWithGlobals<{ json?: boolean }>().json === true;
+
+  const list = action(async (_o: unknown, cmd: Command) => {
     const all = await loadInventory();
-    if (o.json) return printJson(all);
+    if (wantsJson(cmd)) return printJson(all);
     if (all.length === 0) {
       process.stderr.write(
         `no devices yet (${inventoryPath()}); add one with \`itera devices add NAME --ssh user@host\`\n`,
@@ -64,8 +67,8 @@ export function registerDevices(program: Command): void {
             identity?: string;
             profile?: string;
             fleet?: string;
-            json?: boolean;
           },
+          cmd: Command,
         ) => {
           const port = o.port === undefined ? undefined : Number(o.port);
           if (port !== undefined && !(Number.isInteger(port) && port >= 1 && port <= 65535)) {
@@ -78,7 +81,7 @@ export function registerDevices(program: Command): void {
             profile: o.profile,
             fleet: o.fleet,
           });
-          if (o.json) printJson(entry);
+          if (wantsJson(cmd)) printJson(entry);
           else process.stderr.write(`device ${entry.name} saved in ${inventoryPath()}\n`);
         },
       ),
@@ -90,9 +93,9 @@ export function registerDevices(program: Command): void {
     .argument("<name>")
     .option("--json", "print {removed: NAME}")
     .action(
-      action(async (name: string, o: { json?: boolean }) => {
+      action(async (name: string, _o: unknown, cmd: Command) => {
         await removeDevice(name);
-        if (o.json) printJson({ removed: name });
+        if (wantsJson(cmd)) printJson({ removed: name });
         else process.stderr.write(`device ${name} removed\n`);
       }),
     );
