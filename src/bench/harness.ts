@@ -54,6 +54,8 @@ export interface BenchContext {
   system?: SystemPaths;
   /** Called with each result as soon as it is ready. */
   onResult?: (r: BenchResult) => void;
+  /** Stops the run between two runs of a test (a job's deadline); the signal's reason is thrown. */
+  signal?: AbortSignal;
 }
 
 interface Run {
@@ -64,7 +66,8 @@ interface Run {
   latenciesMs: number[];
 }
 
-async function runOnce(model: BenchModel, test: BenchTest): Promise<Run> {
+async function runOnce(model: BenchModel, test: BenchTest, signal?: AbortSignal): Promise<Run> {
+  signal?.throwIfAborted();
   if (test.kind === "pp") {
     const t0 = performance.now();
     await model.prefill(test.n);
@@ -181,7 +184,7 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
         }
         const label = `t=${threads} ${test.kind}${test.n}`;
         for (let w = 0; w < plan.warmup; w++) {
-          await runOnce(model, test);
+          await runOnce(model, test, ctx.signal);
           bar.update(++done, `${label} warm-up`);
         }
         const monitor = new ResourceMonitor(ctx.system);
@@ -195,7 +198,7 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
           const t0 = performance.now();
           let tokens = 0;
           do {
-            const run = await runOnce(model, test);
+            const run = await runOnce(model, test, ctx.signal);
             if (tokens === 0) ttft.push(run.ttftMs);
             tokens += run.tokens;
             latencies.push(...run.latenciesMs);

@@ -82,3 +82,35 @@ export async function openMeter(o: MeterOptions): Promise<{ meter: Meter; skippe
     fix: `${skipped.join("; ")}. Add "tdp" to the profile's meters or pass --meter`,
   });
 }
+
+export interface MeterProbe {
+  meter: MeterName;
+  available: boolean;
+  method: string | null;
+  /** Why it is not available, or what it measures. */
+  detail: string;
+}
+
+/** Try to start every meter here (in the profile's order first), and say which work and why not. */
+export async function probeMeters(o: Omit<MeterOptions, "meter">): Promise<MeterProbe[]> {
+  const preferred = o.profile?.power.meters ?? [];
+  const order = [...preferred, ...meterNames.filter((m) => !preferred.includes(m))];
+  const out: MeterProbe[] = [];
+  for (const name of order) {
+    try {
+      const meter = create(name, { ...o, meter: name });
+      await meter.start();
+      await meter.stop();
+      out.push({ meter: name, available: true, method: meter.method, detail: meter.uncertainty });
+    } catch (e) {
+      if (!(e instanceof IteraError)) throw e;
+      out.push({
+        meter: name,
+        available: false,
+        method: null,
+        detail: e.fix ? `${e.message} (${e.fix})` : e.message,
+      });
+    }
+  }
+  return out;
+}
