@@ -2,7 +2,7 @@
  * Model files: load (with external data files, validated) and save atomically, optionally moving
  * large tensors into an external data file as onnxruntime and onnxruntime-genai expect.
  */
-import { type FileHandle, open, readFile, rename, rm, stat } from "node:fs/promises";
+import { type FileHandle, mkdir, open, readFile, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, isAbsolute, relative, resolve, sep } from "node:path";
 import { IteraError } from "../errors.js";
 import { tempPathFor, writeFileAtomic } from "../util/fs.js";
@@ -193,6 +193,7 @@ export async function saveModel(path: string, model: ModelProto, opts: SaveOptio
   const moved = [...allTensors(model)].filter((t) => (t.rawData?.byteLength ?? 0) >= threshold);
 
   const dataPath = resolve(dirname(path), location);
+  await mkdir(dirname(dataPath), { recursive: true });
   const tmp = tempPathFor(dataPath);
   const saved = moved.map((t) => ({
     t,
