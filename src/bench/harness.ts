@@ -54,7 +54,7 @@ export interface BenchContext {
   system?: SystemPaths;
   /** Called with each result as soon as it is ready. */
   onResult?: (r: BenchResult) => void;
-  /** Stops the run between two runs of a test (a job's deadline); the signal's reason is thrown. */
+  /** Stops the run before the next prompt or token (a job's deadline); the signal's reason is thrown. */
   signal?: AbortSignal;
 }
 
@@ -77,6 +77,7 @@ async function runOnce(model: BenchModel, test: BenchTest, signal?: AbortSignal)
   model.startGeneration();
   const lat: number[] = [];
   for (let i = 0; i < test.n; i++) {
+    signal?.throwIfAborted();
     const t0 = performance.now();
     await model.decodeOne();
     lat.push(performance.now() - t0);
