@@ -6,7 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Agent, type AgentOptions } from "../src/agent/agent.js";
 import { type JobResultPayload, type JobStatusPayload, PROTOCOL_VERSION } from "../src/protocol/schemas.js";
 import { deviceTopic, jobTopic } from "../src/protocol/topics.js";
-import { cpuRunner, MODEL_SHA, Mosquitto, until } from "./mqtt-helpers.js";
+import { cpuRunner, gate, Mosquitto, testAgentOptions, until } from "./mqtt-helpers.js";
 
 const FLEET = "lab";
 const params = { model: "tiny", tests: ["pp8", "tg8"], threads: [1], repetitions: 2, warmup: 0 };
@@ -28,19 +28,9 @@ afterAll(async () => {
 
 async function newAgent(device: string, extra: Partial<AgentOptions> = {}): Promise<Agent> {
   const stateDir = extra.stateDir ?? (await mkdtemp(join(tmpdir(), "itera-agent-")));
-  const agent = new Agent({
-    broker: { url: broker.url },
-    fleet: FLEET,
-    device,
-    profile: "rpi4",
-    models: [{ id: "tiny", sha256: MODEL_SHA, quant: "fp32" }],
-    stateDir,
-    telemetryIntervalMs: 60_000,
-    runner: cpuRunner(device, "rpi4"),
-    reconnectPeriodMs: 200,
-    log: () => {},
-    ...extra,
-  });
+  const agent = new Agent(
+    testAgentOptions(broker.url, FLEET, device, "rpi4", stateDir, { telemetryIntervalMs: 60_000, ...extra }),
+  );
   agents.push(agent);
   agent.start();
   await agent.connected;
@@ -152,10 +142,7 @@ describe("agent over a real Mosquitto", () => {
 
   it("answers TIMED_OUT past the deadline, both before and during the run", async () => {
     const obs = await observer();
-    let release!: () => void;
-    const hold = new Promise<void>((r) => {
-      release = r;
-    });
+    const { hold, release } = gate();
     await newAgent("dev-late", { runner: cpuRunner("dev-late", "rpi4", { hold }) });
     const past = {
       v: 1,

@@ -5,10 +5,11 @@
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { mkdtemp, writeFile } from "node:fs/promises";
+import { chmod, mkdtemp, writeFile } from "node:fs/promises";
 import { createServer, Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { AgentOptions } from "../src/agent/agent.js";
 import type { BenchmarkRunner } from "../src/agent/runner.js";
 import type { BenchResult } from "../src/protocol/schemas.js";
 
@@ -71,6 +72,8 @@ export class Mosquitto {
   static async create(opts: MosquittoOptions = {}): Promise<Mosquitto> {
     const m = new Mosquitto();
     m.dir = await mkdtemp(join(tmpdir(), "itera-mosquitto-"));
+    // Mosquitto started as root drops to the `mosquitto` user, which must be able to save its database.
+    await chmod(m.dir, 0o777);
     m.port = await freePort();
     const conf = [
       `listener ${m.port} 127.0.0.1`,
@@ -80,7 +83,7 @@ export class Mosquitto {
     ];
     if (opts.users) {
       const pw = join(m.dir, "passwd");
-      await writeFile(pw, "");
+      await writeFile(pw, "", { mode: 0o644 });
       for (const [u, p] of Object.entries(opts.users)) execFileSync("mosquitto_passwd", ["-b", pw, u, p]);
       const acl = join(m.dir, "acl");
       await writeFile(acl, [...(opts.acl ?? []), "pattern readwrite itera/v1/+/%u/#", ""].join("\n"));
@@ -202,3 +205,36 @@ export function cpuRunner(
 }
 
 export const MODEL_SHA = createHash("sha256").update("test-model").digest("hex");
+
+/** Agent options for tests: short reconnect period, quiet log, the cpuRunner, one model. */
+export function testAgentOptions(
+  url: string,
+  fleet: string,
+  device: string,
+  profile: string,
+  stateDir: string,
+  extra: Partial<AgentOptions> = {},
+): AgentOptions {
+  return {
+    broker: { url },
+    fleet,
+    device,
+    profile,
+    models: [{ id: "tiny", sha256: MODEL_SHA, quant: "int8" }],
+    stateDir,
+    telemetryIntervalMs: 200,
+    runner: cpuRunner(device, profile),
+    reconnectPeriodMs: 200,
+    log: () => {},
+    ...extra,
+  };
+}
+
+/** A gate a runner waits on: jobs stay IN_PROGRESS until release(). */
+export function gate(): { hold: Promise<void>; release: () => void } {
+  let release!: () => void;
+  const hold = new Promise<void>((r) => {
+    release = r;
+  });
+  return { hold, release };
+}

@@ -54,6 +54,7 @@ export class Agent {
   private readonly sampler = new TelemetrySampler();
   private mqtt: MqttClient | undefined;
   private attemptBdSeq = 0;
+  private lastSeq: number | undefined;
   private sessionBdSeq = 0;
   private telemetryTimer: NodeJS.Timeout | undefined;
   private readonly queue: JobRequest[] = [];
@@ -80,6 +81,7 @@ export class Agent {
     });
     this.fatal.catch(() => {});
     this.sessionBdSeq = this.store.current("bdSeq") ?? 0;
+    this.lastSeq = this.store.current("seq");
   }
 
   get client(): MqttClient | undefined {
@@ -88,6 +90,11 @@ export class Agent {
 
   get bdSeq(): number {
     return this.sessionBdSeq;
+  }
+
+  /** The last telemetry seq this device produced (undefined before the first). */
+  get telemetrySeq(): number | undefined {
+    return this.lastSeq;
   }
 
   outboxSize(): number {
@@ -194,6 +201,7 @@ export class Agent {
   sendTelemetry(): void {
     if (this.stopping) return;
     const seq = this.store.next("seq");
+    this.lastSeq = seq;
     this.outbox.publish(this.topic("telemetry"), {
       v: PROTOCOL_VERSION,
       ts: Date.now(),

@@ -134,7 +134,7 @@ async function benchWith(
     startedMs,
     deadlineMs: deadline,
   });
-  const executions = new Map<string, DeviceOutcome & { sentBdSeq: number }>();
+  const executions = new Map<string, DeviceOutcome>();
   let duplicateResults = 0;
   let resends = 0;
 
@@ -150,7 +150,6 @@ async function benchWith(
   const send = (device: string, resend: boolean) => {
     const e = executions.get(device)!;
     e.sends++;
-    e.sentBdSeq = monitor.devices.get(device)?.bdSeq ?? -1;
     client.publish(jobTopic(o.fleet, device, jobId, "request"), request(e.execNo), { qos: 1 });
     emit({ type: "sent", device, execNo: e.execNo, resend });
   };
@@ -163,15 +162,13 @@ async function benchWith(
     if ([...executions.values()].every((e) => isTerminal(e.status))) finish();
   };
 
-  monitor.on("birth", (view, newSession) => {
+  monitor.on("birth", (view) => {
     const e = executions.get(view.device);
-    if (!e || !newSession || isTerminal(e.status)) return;
+    if (!e || e.sends === 0 || isTerminal(e.status)) return;
     // The device came back with a new session before finishing: send the job again. A device that
     // still has it answers with its recorded status (idempotent by jobId + execNo) and never re-runs it.
-    if (view.bdSeq > e.sentBdSeq) {
-      resends++;
-      send(view.device, true);
-    }
+    resends++;
+    send(view.device, true);
   });
   monitor.on("status", (device, s) => {
     const e = executions.get(device);
@@ -212,7 +209,6 @@ async function benchWith(
       results: [],
       tempC: null,
       throttled: null,
-      sentBdSeq: -1,
     });
     o.store.setExecution(jobId, o.fleet, device, 1, "QUEUED", "sent");
     send(device, false);
@@ -250,7 +246,7 @@ async function benchWith(
     params: o.params,
     startedMs,
     finishedMs: Date.now(),
-    devices: [...executions.values()].map(({ sentBdSeq: _, ...rest }) => rest),
+    devices: [...executions.values()],
     stats: {
       messages: monitor.stats.messages,
       invalid: monitor.stats.invalid,

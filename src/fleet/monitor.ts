@@ -28,7 +28,8 @@ export interface DeviceView {
 }
 
 export interface MonitorEvents {
-  birth: [device: DeviceView, newSession: boolean];
+  /** A new session of a device (first sight, reconnect, or restart): not a re-delivered retained birth. */
+  birth: [device: DeviceView];
   state: [device: DeviceView];
   telemetry: [device: DeviceView, t: TelemetryPayload, fresh: boolean];
   status: [device: string, s: JobStatusPayload];
@@ -127,15 +128,22 @@ export class FleetMonitor extends EventEmitter<MonitorEvents> {
           return;
         }
         const v = this.view(t.device);
-        if (v.birth && d.value.bdSeq < v.birth.bdSeq) return;
-        const newSession = !v.birth || d.value.bdSeq > v.birth.bdSeq;
-        v.birth = d.value;
-        if (d.value.bdSeq > v.bdSeq) {
-          v.bdSeq = d.value.bdSeq;
+        const prev = v.birth;
+        const b = d.value;
+        // A retained birth delivered again is the same session; a lower bdSeq with an older
+        // timestamp is a stale message; a lower bdSeq with a newer timestamp is a device whose
+        // state was reset (re-flashed), which starts counting again.
+        if (prev && b.bdSeq === prev.bdSeq && b.ts === prev.ts) return;
+        if (prev && b.bdSeq < prev.bdSeq && b.ts <= prev.ts) return;
+        v.birth = b;
+        // The state topic is authoritative for its session (a retained `offline`/`lost` with the
+        // same bdSeq may arrive before or after the retained birth); a newer session is online.
+        if (b.bdSeq > v.bdSeq || v.state === "unknown" || (prev && b.bdSeq < prev.bdSeq)) {
+          v.bdSeq = b.bdSeq;
           v.state = "online";
         }
         v.lastSeenMs = Date.now();
-        this.emit("birth", v, newSession);
+        this.emit("birth", v);
         return;
       }
       case "telemetry": {

@@ -73,6 +73,8 @@ export const benchmarkParamsSchema = z.strictObject({
   threads: z.array(z.number().int().positive().max(1024)).min(1).max(16),
   repetitions: z.number().int().positive().max(100),
   warmup: z.number().int().nonnegative().max(10).default(1),
+  /** Each repetition repeats its test at least this long (default: the device profile's). */
+  min_duration_s: z.number().nonnegative().max(600).optional(),
 });
 export type BenchmarkParams = z.infer<typeof benchmarkParamsSchema>;
 
@@ -120,8 +122,8 @@ export const benchResultSchema = z.looseObject({
     .looseObject({
       method: z.string(),
       J: num,
-      mJ_per_token: num,
-      tokens_per_J: num,
+      mJ_per_token: num.nullable(),
+      tokens_per_J: num.nullable(),
       samples: z.number().int().nonnegative(),
       rate_hz: num,
     })

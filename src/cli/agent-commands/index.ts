@@ -1,4 +1,5 @@
 import type { Register } from "../run.js";
+import { registerAgent } from "./agent.js";
 import { registerAgentBench } from "./bench.js";
 import { registerAgentMeters } from "./meters.js";
 import { registerInfo } from "./info.js";
@@ -8,4 +9,4 @@ import { registerRun } from "./run.js";
  * Every `itera-agent` subcommand (the on-device agent inside a bundle), one module each here.
  * Add a command by writing its module and listing its register function here.
  */
-export const agentCommands: Register[] = [registerInfo, registerRun, registerAgentBench, registerAgentMeters];
+export const agentCommands: Register[] = [registerInfo, registerRun, registerAgent, registerAgentBench, registerAgentMeters];

@@ -1,0 +1,108 @@
+import { hostname, homedir } from "node:os";
+import { join } from "node:path";
+import type { Command } from "commander";
+import { Agent } from "../../agent/agent.js";
+import { IteraError } from "../../errors.js";
+import { describeModel, modelBenchRunner } from "../../agent/bench-runner.js";
+import { type BenchmarkRunner, replayRunner } from "../../agent/runner.js";
+import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
+import { type MeterOptions, meterChoices, openMeter } from "../../power/open.js";
+import type { Meter } from "../../power/meter.js";
+import {
+  addBrokerOptions,
+  type BrokerCliOptions,
+  brokerOptions,
+  checkId,
+  positive,
+} from "../../protocol/options.js";
+import { action } from "../run.js";
+
+interface AgentCliOptions extends BrokerCliOptions, ModelOptions {
+  fleet: string;
+  device?: string;
+  stateDir?: string;
+  telemetryInterval: string;
+  meter: string;
+  port?: string;
+  baud?: string;
+  replay?: string;
+}
+
+function defaultStateDir(): string {
+  const base = process.env.XDG_STATE_HOME || join(homedir(), ".local", "state");
+  return join(base, "itera-agent");
+}
+
+/**
+ * `itera-agent agent`: connect to the fleet's broker, announce the device, send telemetry and run
+ * benchmark jobs (DESIGN.md §8) until SIGINT/SIGTERM, which ends with a clean `offline` state.
+ */
+export function registerAgent(program: Command): void {
+  addBrokerOptions(
+    addModelOptions(
+      program
+        .command("agent")
+        .description("run as a fleet agent over MQTT: state, telemetry and benchmark jobs")
+        .option("--fleet <name>", "fleet name (topic level itera/v1/<fleet>/...)", "default")
+        .option("--device <id>", "device id, also the MQTT client id (default: the host name)")
+        .option("--state-dir <dir>", `outbox, counters and jobs (default ${defaultStateDir()})`)
+        .option("--telemetry-interval <s>", "seconds between telemetry messages", "10")
+        .option("--meter <name>", `power meter for benchmark jobs: ${meterChoices.join(", ")}`, "auto")
+        .option("--port <tty>", "serial port of the INA219 bridge")
+        .option("--baud <n>", "baud rate of the INA219 bridge")
+        .option(
+          "--replay <file>",
+          "load tests only: answer jobs with results recorded earlier (marked replayed_from)",
+        ),
+    ),
+  ).action(
+    action(async (opts: AgentCliOptions) => {
+      if (!(meterChoices as readonly string[]).includes(opts.meter)) {
+        throw new IteraError(`unknown meter '${opts.meter}'`, {
+          where: "--meter",
+          fix: `use one of ${meterChoices.join(", ")}`,
+        });
+      }
+      const ctx = await agentContext(opts);
+      const device = checkId(opts.device ?? hostname().split(".")[0]!, "--device");
+      const fleet = checkId(opts.fleet, "--fleet");
+      const model = await describeModel(ctx.modelDir);
+      let meter: Meter | null = null;
+      let runner: BenchmarkRunner;
+      if (opts.replay) {
+        runner = await replayRunner(opts.replay, device);
+      } else {
+        const mo: MeterOptions = {
+          meter: opts.meter as MeterOptions["meter"],
+          profile: ctx.profile,
+          ...(opts.port ? { port: opts.port } : {}),
+          ...(opts.baud ? { baud: positive(opts.baud, "--baud", true) } : {}),
+          log: (m) => process.stderr.write(`${m}\n`),
+        };
+        meter = (await openMeter(mo)).meter;
+        runner = await modelBenchRunner({ modelDir: ctx.modelDir, profile: ctx.profile, device, meter });
+      }
+      const agent = new Agent({
+        broker: brokerOptions(opts),
+        fleet,
+        device,
+        profile: ctx.profile.name,
+        models: [model],
+        stateDir: opts.stateDir ?? defaultStateDir(),
+        telemetryIntervalMs: positive(opts.telemetryInterval, "--telemetry-interval") * 1000,
+        runner,
+      });
+      agent.start();
+      const stopped = new Promise<void>((resolve) => {
+        process.once("SIGINT", () => resolve());
+        process.once("SIGTERM", () => resolve());
+      });
+      try {
+        await Promise.race([stopped, agent.fatal]);
+      } finally {
+        await agent.stop();
+        await meter?.stop();
+      }
+    }),
+  );
+}

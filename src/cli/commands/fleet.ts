@@ -1,0 +1,367 @@
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Command } from "commander";
+import { IteraError } from "../../errors.js";
+import { type BenchEvent, runFleetBench, selectKeys } from "../../fleet/bench.js";
+import { renderMarkdown, reportRow, writeReport } from "../../fleet/report.js";
+import { startSimulation } from "../../fleet/simulate.js";
+import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
+import { type WatchMode, watchFleet } from "../../fleet/watch.js";
+import {
+  addBrokerOptions,
+  type BrokerCliOptions,
+  brokerOptions,
+  checkId,
+  positive,
+} from "../../protocol/options.js";
+import { benchmarkParamsSchema } from "../../protocol/schemas.js";
+import { progress } from "../../util/progress.js";
+import { csvTable, markdownTable } from "../../util/table.js";
+import { action, collect, printJson } from "../run.js";
+
+interface BenchCliOptions extends BrokerCliOptions {
+  fleet: string;
+  devices?: string;
+  select?: string[];
+  model: string;
+  tests: string;
+  threads: string;
+  repetitions: string;
+  warmup: string;
+  timeout: string;
+  discover?: string;
+  out?: string;
+  db?: string;
+  shareGroup?: string;
+  json?: boolean;
+}
+
+function list(value: string): string[] {
+  return value
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+}
+
+function parseSelect(pairs: string[] | undefined): Record<string, string> | undefined {
+  if (!pairs || pairs.length === 0) return undefined;
+  const out: Record<string, string> = {};
+  for (const p of pairs) {
+    const m = /^([a-z]+)=(.+)$/.exec(p);
+    if (!m || !selectKeys.includes(m[1]!)) {
+      throw new IteraError(`invalid --select '${p}'`, {
+        where: "--select",
+        fix: `use key=value with key one of ${selectKeys.join(", ")} (e.g. --select profile=rpi4)`,
+      });
+    }
+    out[m[1]!] = m[2]!;
+  }
+  return out;
+}
+
+function openStore(path: string | undefined): FleetStore {
+  return new FleetStore(path ?? defaultFleetDb());
+}
+
+function registerBench(fleet: Command): void {
+  addBrokerOptions(
+    fleet
+      .command("bench")
+      .description("benchmark every selected device of a fleet over MQTT and write a report")
+      .requiredOption("--fleet <name>", "fleet name (topic level itera/v1/<fleet>/...)")
+      .option("--devices <n>", "benchmark this many online devices (waits for them to appear)")
+      .option(
+        "--select <key=value>",
+        "only devices whose birth matches (profile, arch, platform, model, device)",
+        collect,
+      )
+      .requiredOption("--model <id>", "model id the devices must have (see their birth message)")
+      .option("--tests <list>", "tests, comma-separated ppN / tgN", "pp64,tg128")
+      .option("--threads <list>", "thread counts, comma-separated", "1")
+      .option("--repetitions <n>", "repetitions per test", "3")
+      .option("--warmup <n>", "warm-up runs per test (not measured)", "1")
+      .option("--timeout <s>", "deadline for the whole run, seconds", "300")
+      .option("--discover <s>", "how long to wait for devices to announce themselves, seconds")
+      .option("--out <dir>", "write report.md/.csv/.json, results.json and chart.svg here")
+      .option("--db <path>", `fleet history database (default ${defaultFleetDb()})`)
+      .option("--share-group <name>", "receive results through a $share group (several coordinators)")
+      .option("--json", "print the whole outcome as JSON"),
+  ).action(
+    action(async (opts: BenchCliOptions) => {
+      const fleetName = checkId(opts.fleet, "--fleet");
+      const parsed = benchmarkParamsSchema.safeParse({
+        model: opts.model,
+        tests: list(opts.tests),
+        threads: list(opts.threads).map(Number),
+        repetitions: Number(opts.repetitions),
+        warmup: Number(opts.warmup),
+      });
+      if (!parsed.success) {
+        const i = parsed.error.issues[0]!;
+        throw new IteraError(`invalid benchmark parameter '${i.path.join(".")}': ${i.message}`, {
+          where: `--${String(i.path[0])}`,
+          fix: "e.g. --tests pp64,tg128 --threads 1,2 --repetitions 3",
+        });
+      }
+      const devices = opts.devices === undefined ? undefined : positive(opts.devices, "--devices", true);
+      const select = parseSelect(opts.select);
+      const store = openStore(opts.db);
+      let bar: ReturnType<typeof progress> | undefined;
+      let done = 0;
+      const onEvent = (e: BenchEvent) => {
+        if (e.type === "discovered") {
+          if (devices && e.devices.length < devices) {
+            process.stderr.write(`warning: only ${e.devices.length} of ${devices} devices are online\n`);
+          }
+          bar = progress(`fleet bench (${e.devices.length} devices)`, e.devices.length);
+        } else if (e.type === "done") {
+          bar?.update(++done, `${e.device} ${e.status}`);
+        } else if (e.type === "sent" && e.resend) {
+          process.stderr.write(`${e.device} came back: job sent again\n`);
+        }
+      };
+      try {
+        const outcome = await runFleetBench({
+          broker: brokerOptions(opts),
+          fleet: fleetName,
+          ...(devices ? { devices } : {}),
+          ...(select ? { select } : {}),
+          params: parsed.data,
+          timeoutS: positive(opts.timeout, "--timeout"),
+          ...(opts.discover ? { discoverS: positive(opts.discover, "--discover") } : {}),
+          store,
+          ...(opts.shareGroup ? { shareGroup: checkId(opts.shareGroup, "--share-group") } : {}),
+          onEvent,
+        });
+        bar?.done();
+        const files = opts.out ? await writeReport(opts.out, outcome) : [];
+        if (opts.json) printJson({ ...outcome, rows: outcome.devices.map(reportRow), files });
+        else {
+          process.stdout.write(renderMarkdown(outcome));
+          if (files.length > 0) process.stdout.write(`\nwritten: ${files.join(", ")}\n`);
+        }
+        if (outcome.devices.every((d) => d.status !== "SUCCEEDED")) process.exitCode = 2;
+      } finally {
+        store.close();
+      }
+    }),
+  );
+}
+
+interface WatchCliOptions extends BrokerCliOptions {
+  fleet: string;
+  duration?: string;
+  db?: string;
+  json?: boolean;
+}
+
+function registerWatch(fleet: Command): void {
+  addBrokerOptions(
+    fleet
+      .command("watch")
+      .description("show live device state and telemetry (table on a terminal, lines otherwise)")
+      .requiredOption("--fleet <name>", "fleet name")
+      .option("--duration <s>", "stop after this many seconds (default: until Ctrl-C)")
+      .option("--db <path>", "store telemetry in this fleet database")
+      .option("--json", "print one JSON object per event (JSON lines)"),
+  ).action(
+    action(async (opts: WatchCliOptions) => {
+      const mode: WatchMode = opts.json ? "json" : process.stdout.isTTY ? "table" : "lines";
+      const store = opts.db ? new FleetStore(opts.db) : undefined;
+      const ac = new AbortController();
+      const stop = () => ac.abort();
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+      try {
+        await watchFleet({
+          broker: brokerOptions(opts),
+          fleet: checkId(opts.fleet, "--fleet"),
+          mode,
+          ...(store ? { store } : {}),
+          ...(opts.duration ? { durationS: positive(opts.duration, "--duration") } : {}),
+          signal: ac.signal,
+        });
+      } finally {
+        process.off("SIGINT", stop);
+        process.off("SIGTERM", stop);
+        store?.close();
+      }
+    }),
+  );
+}
+
+interface HistoryCliOptions {
+  db?: string;
+  telemetry?: boolean;
+  job?: string;
+  device?: string;
+  fleet?: string;
+  json?: boolean;
+  csv?: boolean;
+}
+
+function registerHistory(fleet: Command): void {
+  fleet
+    .command("history")
+    .description("query the stored fleet history: results (default), runs or telemetry")
+    .option("--db <path>", `fleet history database (default ${defaultFleetDb()})`)
+    .option("--telemetry", "telemetry instead of benchmark results")
+    .option("--job <id>", "only this benchmark run")
+    .option("--device <id>", "only this device")
+    .option("--fleet <name>", "only this fleet")
+    .option("--json", "JSON")
+    .option("--csv", "CSV")
+    .action(
+      action(async (opts: HistoryCliOptions) => {
+        const store = openStore(opts.db);
+        try {
+          const filter = {
+            ...(opts.fleet ? { fleet: opts.fleet } : {}),
+            ...(opts.device ? { device: opts.device } : {}),
+          };
+          let headers: string[];
+          let rows: Array<Array<string | number | boolean | null>>;
+          let json: unknown;
+          if (opts.telemetry) {
+            const t = store.telemetry(filter);
+            json = t;
+            headers = [
+              "fleet",
+              "device",
+              "bdSeq",
+              "seq",
+              "time",
+              "cpu_pct",
+              "temp_c",
+              "rss_mb",
+              "tok_s",
+              "mj_per_token",
+              "method",
+              "throttled",
+            ];
+            rows = t.map((x) => [
+              x.fleet,
+              x.device,
+              x.bdSeq,
+              x.seq,
+              new Date(x.ts).toISOString(),
+              x.m.cpu_pct,
+              x.m.temp_c,
+              x.m.rss_mb,
+              x.m.tok_s,
+              x.m.mj_per_token,
+              x.m.method,
+              x.m.throttled,
+            ]);
+          } else {
+            const r = store.results({ ...filter, ...(opts.job ? { jobId: opts.job } : {}) });
+            json = r;
+            headers = [
+              "job",
+              "fleet",
+              "device",
+              "execNo",
+              "test",
+              "threads",
+              "tok_s",
+              "ttft_ms",
+              "p95_ms",
+              "mj_per_token",
+              "method",
+              "time",
+            ];
+            rows = r.map((x) => [
+              x.jobId,
+              x.fleet,
+              x.device,
+              x.execNo,
+              x.result.test,
+              x.result.threads,
+              x.result.tokens_per_s.mean,
+              x.result.ttft_ms,
+              x.result.latency_ms.p95,
+              x.result.energy?.mJ_per_token ?? null,
+              x.result.energy?.method ?? null,
+              x.result.timestamp,
+            ]);
+          }
+          if (opts.json) printJson(json);
+          else if (opts.csv) process.stdout.write(`${csvTable(headers, rows)}\n`);
+          else {
+            process.stdout.write(`${markdownTable(headers, rows)}\n`);
+          }
+        } finally {
+          store.close();
+        }
+      }),
+    );
+}
+
+interface SimulateCliOptions extends BrokerCliOptions {
+  fleet: string;
+  devices: string;
+  model: string;
+  stateDir?: string;
+  telemetryInterval: string;
+  meter: string;
+  replay?: string;
+  profiles?: string;
+  json?: boolean;
+}
+
+function registerSimulate(fleet: Command): void {
+  addBrokerOptions(
+    fleet
+      .command("simulate")
+      .description("start N local agents with different device profiles and simulated INA219 meters")
+      .requiredOption("--fleet <name>", "fleet name")
+      .option("--devices <n>", "number of agents", "3")
+      .requiredOption("--model <dir>", "model folder every agent benchmarks")
+      .option("--state-dir <dir>", "agents' state directories (default: a new temp dir)")
+      .option("--telemetry-interval <s>", "seconds between telemetry messages", "2")
+      .option(
+        "--meter <name>",
+        "ina219 (simulated bridge on a socat pty) or tdp (profile estimate)",
+        "ina219",
+      )
+      .option("--profiles <list>", "only these profiles, comma-separated (default: all, in turn)")
+      .option("--replay <file>", "load tests only: agents answer with recorded results")
+      .option("--json", "print the started devices as JSON"),
+  ).action(
+    action(async (opts: SimulateCliOptions) => {
+      if (opts.meter !== "ina219" && opts.meter !== "tdp") {
+        throw new IteraError(`unknown simulated meter '${opts.meter}'`, {
+          where: "--meter",
+          fix: "use ina219 or tdp",
+        });
+      }
+      const sim = await startSimulation({
+        broker: brokerOptions(opts),
+        fleet: checkId(opts.fleet, "--fleet"),
+        devices: positive(opts.devices, "--devices", true),
+        modelDir: opts.model,
+        stateDir: opts.stateDir ?? (await mkdtemp(join(tmpdir(), "itera-sim-"))),
+        telemetryIntervalS: positive(opts.telemetryInterval, "--telemetry-interval"),
+        meter: opts.meter,
+        ...(opts.replay ? { replay: opts.replay } : {}),
+        ...(opts.profiles ? { profiles: list(opts.profiles) } : {}),
+      });
+      if (opts.json) printJson(sim.devices);
+      const stop = () => void sim.stop();
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+      await sim.exited;
+      await sim.stop();
+    }),
+  );
+}
+
+/** `itera fleet ...`: benchmark, watch, query and simulate fleets of devices over MQTT (DESIGN.md §8). */
+export function registerFleet(program: Command): void {
+  const fleet = program.command("fleet").description("benchmark and watch fleets of devices over MQTT");
+  registerBench(fleet);
+  registerWatch(fleet);
+  registerHistory(fleet);
+  registerSimulate(fleet);
+}

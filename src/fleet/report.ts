@@ -1,0 +1,186 @@
+import { join } from "node:path";
+import { writeFileAtomic } from "../util/fs.js";
+import { type Cell, csvTable, markdownTable } from "../util/table.js";
+import type { BenchResult } from "../protocol/schemas.js";
+import type { DeviceOutcome, FleetBenchOutcome } from "./bench.js";
+
+/** One report row per device (the issue's columns); null where the device could not measure it. */
+export interface ReportRow {
+  device: string;
+  profile: string;
+  quant: string | null;
+  status: string;
+  pp_tok_s: number | null;
+  tg_tok_s: number | null;
+  ttft_ms: number | null;
+  p95_ms: number | null;
+  mj_per_token: number | null;
+  energy_method: string | null;
+  tokens_per_j: number | null;
+  temp_c: number | null;
+  throttled: boolean | null;
+  details: string | null;
+}
+
+const pick = (results: BenchResult[], kind: "pp" | "tg") => results.filter((r) => r.test.startsWith(kind));
+/** The fastest thread count's figure for a kind of test (what a device can do at best). */
+const best = (results: BenchResult[]) =>
+  results.reduce<BenchResult | undefined>(
+    (a, r) => (!a || r.tokens_per_s.mean > a.tokens_per_s.mean ? r : a),
+    undefined,
+  );
+
+export function reportRow(d: DeviceOutcome): ReportRow {
+  const pp = best(pick(d.results, "pp"));
+  const tg = best(pick(d.results, "tg"));
+  const gen = tg ?? pp;
+  return {
+    device: d.device,
+    profile: d.profile,
+    quant: gen?.quant ?? d.quant,
+    status: d.status,
+    pp_tok_s: pp?.tokens_per_s.mean ?? null,
+    tg_tok_s: tg?.tokens_per_s.mean ?? null,
+    ttft_ms: (tg ?? pp)?.ttft_ms ?? null,
+    p95_ms: gen?.latency_ms.p95 ?? null,
+    mj_per_token: gen?.energy?.mJ_per_token ?? null,
+    energy_method: gen?.energy?.method ?? null,
+    tokens_per_j: gen?.energy?.tokens_per_J ?? null,
+    temp_c: d.tempC,
+    throttled: d.throttled,
+    details: d.status === "SUCCEEDED" ? null : d.details,
+  };
+}
+
+const headers = [
+  "device",
+  "profile",
+  "quant",
+  "status",
+  "pp tok/s",
+  "tg tok/s",
+  "TTFT ms",
+  "p95 ms",
+  "mJ/token",
+  "method",
+  "tokens/J",
+  "temp °C",
+  "throttled",
+];
+
+function cells(r: ReportRow): Cell[] {
+  return [
+    r.device,
+    r.profile,
+    r.quant,
+    r.status,
+    r.pp_tok_s,
+    r.tg_tok_s,
+    r.ttft_ms,
+    r.p95_ms,
+    r.mj_per_token,
+    r.energy_method,
+    r.tokens_per_j,
+    r.temp_c,
+    r.throttled === null ? null : r.throttled ? "yes" : "no",
+  ];
+}
+
+export function renderMarkdown(o: FleetBenchOutcome): string {
+  const rows = o.devices.map(reportRow);
+  const ok = rows.filter((r) => r.status === "SUCCEEDED").length;
+  const failures = rows.filter((r) => r.details).map((r) => `- ${r.device}: ${r.status}: ${r.details}`);
+  return [
+    `# Fleet benchmark ${o.jobId}`,
+    "",
+    `fleet \`${o.fleet}\`, model \`${o.model}\`, tests ${o.params.tests.join(", ")}, threads ${o.params.threads.join(", ")}, ` +
+      `${o.params.repetitions} repetitions; ${ok}/${rows.length} devices succeeded in ${((o.finishedMs - o.startedMs) / 1000).toFixed(1)} s.`,
+    "",
+    markdownTable(headers, rows.map(cells)),
+    "",
+    "tokens/s: mean over repetitions at the fastest thread count; TTFT and p95 from the generation test; " +
+      "mJ/token and tokens/J with the method that measured them (empty: the device has no meter).",
+    ...(failures.length > 0 ? ["", "## Not succeeded", "", ...failures] : []),
+    "",
+  ].join("\n");
+}
+
+export function renderCsv(o: FleetBenchOutcome): string {
+  const rows = o.devices.map(reportRow);
+  return `${csvTable(
+    [...headers, "details"],
+    rows.map((r) => [...cells(r), r.details]),
+  )}\n`;
+}
+
+export function renderJson(o: FleetBenchOutcome): string {
+  return `${JSON.stringify({ ...o, rows: o.devices.map(reportRow) }, null, 2)}\n`;
+}
+
+const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+/** Horizontal bar charts (tokens/s and mJ/token per device) as a self-contained SVG. */
+export function renderSvg(o: FleetBenchOutcome): string {
+  const rows = o.devices.map(reportRow);
+  const panels: Array<{ title: string; values: Array<number | null>; color: string }> = [
+    {
+      title: "generation tokens/s (higher is better)",
+      values: rows.map((r) => r.tg_tok_s ?? r.pp_tok_s),
+      color: "#3b7dd8",
+    },
+    { title: "mJ per token (lower is better)", values: rows.map((r) => r.mj_per_token), color: "#d8703b" },
+  ];
+  const label = 180;
+  const barMax = 360;
+  const barH = 18;
+  const width = label + barMax + 90;
+  const panelH = 30 + rows.length * (barH + 6);
+  const parts: string[] = [];
+  panels.forEach((p, pi) => {
+    const y0 = pi * (panelH + 20);
+    const max = Math.max(0, ...p.values.map((v) => v ?? 0));
+    parts.push(`<text x="4" y="${y0 + 18}" font-weight="bold">${esc(p.title)}</text>`);
+    rows.forEach((r, i) => {
+      const y = y0 + 30 + i * (barH + 6);
+      const v = p.values[i];
+      parts.push(`<text x="4" y="${y + 13}">${esc(`${r.device} (${r.profile})`)}</text>`);
+      if (v === null || v === undefined) {
+        parts.push(`<text x="${label}" y="${y + 13}" fill="#888">n/a</text>`);
+        return;
+      }
+      const w = max > 0 ? Math.max(1, (v / max) * barMax) : 1;
+      parts.push(`<rect x="${label}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${p.color}"/>`);
+      parts.push(
+        `<text x="${(label + w + 4).toFixed(1)}" y="${y + 13}">${v < 10 ? v.toFixed(3) : v.toFixed(1)}</text>`,
+      );
+    });
+  });
+  const height = panels.length * (panelH + 20);
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="100%" height="100%" fill="white"/>`,
+    ...parts,
+    "</svg>",
+    "",
+  ].join("\n");
+}
+
+/** Write report.md, report.csv, report.json, results.json (raw §7 results) and chart.svg into `dir`. */
+export async function writeReport(dir: string, o: FleetBenchOutcome): Promise<string[]> {
+  const files: Array<[string, string]> = [
+    ["report.md", renderMarkdown(o)],
+    ["report.csv", renderCsv(o)],
+    ["report.json", renderJson(o)],
+    [
+      "results.json",
+      `${JSON.stringify(
+        o.devices.flatMap((d) => d.results),
+        null,
+        2,
+      )}\n`,
+    ],
+    ["chart.svg", renderSvg(o)],
+  ];
+  for (const [name, text] of files) await writeFileAtomic(join(dir, name), text);
+  return files.map(([name]) => join(dir, name));
+}

@@ -1,0 +1,124 @@
+import { randomBytes } from "node:crypto";
+import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect.js";
+import { type Cell, markdownTable } from "../util/table.js";
+import { type DeviceView, FleetMonitor } from "./monitor.js";
+import type { FleetStore } from "./store.js";
+
+export type WatchMode = "table" | "lines" | "json";
+
+export interface WatchOptions {
+  broker: BrokerOptions;
+  fleet: string;
+  mode: WatchMode;
+  store?: FleetStore;
+  /** Stop after this long (default: until the signal aborts). */
+  durationS?: number;
+  signal?: AbortSignal;
+  write?: (text: string) => void;
+}
+
+const headers = [
+  "device",
+  "state",
+  "bdSeq",
+  "profile",
+  "cpu %",
+  "temp °C",
+  "rss MB",
+  "tok/s",
+  "mJ/token",
+  "method",
+  "seq",
+  "age s",
+];
+
+export function deviceRow(v: DeviceView, now = Date.now()): Cell[] {
+  const m = v.telemetry?.m;
+  return [
+    v.device,
+    v.state,
+    v.bdSeq,
+    v.birth?.profile,
+    m?.cpu_pct,
+    m?.temp_c,
+    m?.rss_mb,
+    m?.tok_s,
+    m?.mj_per_token,
+    m?.method,
+    v.telemetry?.seq,
+    v.lastSeenMs ? Math.round((now - v.lastSeenMs) / 1000) : null,
+  ];
+}
+
+export function renderDevices(devices: Iterable<DeviceView>): string {
+  const rows = [...devices].sort((a, b) => a.device.localeCompare(b.device)).map((v) => deviceRow(v));
+  return markdownTable(headers, rows);
+}
+
+/**
+ * Live fleet state and telemetry: a table redrawn every second on a TTY, one line per event
+ * otherwise, JSON lines with `json`. Telemetry is stored when a store is given.
+ */
+export async function watchFleet(o: WatchOptions): Promise<void> {
+  const write = o.write ?? ((t: string) => process.stdout.write(t));
+  const client = await connectBroker(o.broker, {
+    clientId: `itera-watch-${randomBytes(4).toString("hex")}`,
+    clean: true,
+  });
+  const monitor = new FleetMonitor(client, o.fleet, o.store);
+  const line = (obj: Record<string, unknown>) => {
+    if (o.mode === "json") write(`${JSON.stringify({ ts: Date.now(), ...obj })}\n`);
+    else if (o.mode === "lines") {
+      write(
+        `${new Date().toISOString()} ${Object.entries(obj)
+          .map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : String(v)}`)
+          .join(" ")}\n`,
+      );
+    }
+  };
+  monitor.on("state", (v) => line({ type: "state", device: v.device, state: v.state, bdSeq: v.bdSeq }));
+  monitor.on("birth", (v) =>
+    line({ type: "birth", device: v.device, bdSeq: v.birth?.bdSeq, profile: v.birth?.profile }),
+  );
+  monitor.on("telemetry", (v, t, fresh) => {
+    if (fresh) line({ type: "telemetry", device: v.device, bdSeq: t.bdSeq, seq: t.seq, m: t.m });
+  });
+  monitor.on("status", (device, s) =>
+    line({ type: "status", device, jobId: s.jobId, execNo: s.execNo, status: s.status, details: s.details }),
+  );
+  monitor.on("result", (device, r) =>
+    line({
+      type: "result",
+      device,
+      jobId: r.jobId,
+      execNo: r.execNo,
+      status: r.status,
+      results: r.results.length,
+    }),
+  );
+  monitor.on("invalid", (topic, error) => line({ type: "invalid", topic, error }));
+  await monitor.subscribe();
+
+  let redraw: NodeJS.Timeout | undefined;
+  if (o.mode === "table") {
+    const draw = () =>
+      write(
+        `\x1b[H\x1b[2J${o.fleet}: ${monitor.devices.size} devices\n\n${renderDevices(monitor.devices.values())}\n`,
+      );
+    draw();
+    redraw = setInterval(draw, 1000);
+  }
+  await new Promise<void>((resolve) => {
+    const timer = o.durationS ? setTimeout(resolve, o.durationS * 1000) : undefined;
+    o.signal?.addEventListener(
+      "abort",
+      () => {
+        clearTimeout(timer);
+        resolve();
+      },
+      { once: true },
+    );
+  });
+  clearInterval(redraw);
+  await endAsync(client);
+}
