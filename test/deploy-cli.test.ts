@@ -63,11 +63,8 @@ async function device(name: string) {
   return { prefix, systemctl };
 }
 
-const sshArgs = (d: { prefix: string; systemctl: string }) => [
-  "--port",
-  String(sshd.port),
-  "--identity",
-  sshd.identity,
+/** The device's side: known host key, prefix root, stand-in systemctl, quick health check. */
+const deviceArgs = (d: { prefix: string; systemctl: string }) => [
   "--known-hosts",
   sshd.knownHosts,
   "--prefix",
@@ -78,6 +75,13 @@ const sshArgs = (d: { prefix: string; systemctl: string }) => [
   "0",
   "--health-timeout",
   "5",
+];
+const sshArgs = (d: { prefix: string; systemctl: string }) => [
+  "--port",
+  String(sshd.port),
+  "--identity",
+  sshd.identity,
+  ...deviceArgs(d),
 ];
 
 describe("itera flash / itera devices (the CLI)", () => {
@@ -129,23 +133,7 @@ describe("itera flash / itera devices (the CLI)", () => {
     ]);
 
     // --device takes the address, port and key from the inventory.
-    const bad = await itera([
-      "flash",
-      broken,
-      "--device",
-      "pi-1",
-      "--known-hosts",
-      sshd.knownHosts,
-      "--prefix",
-      d.prefix,
-      "--systemctl",
-      d.systemctl,
-      "--health-settle",
-      "0",
-      "--health-timeout",
-      "5",
-      "--json",
-    ]);
+    const bad = await itera(["flash", broken, "--device", "pi-1", ...deviceArgs(d), "--json"]);
     expect(bad.code).toBe(4);
     expect(JSON.parse(bad.stdout)).toMatchObject({ ok: false, result: "rolled-back", current: "0.1.0" });
     expect(bad.stderr).toMatch(/error: release 0.3.0 failed its health check .*rolled back to 0.1.0/);
