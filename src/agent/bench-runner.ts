@@ -24,9 +24,7 @@ export async function describeModel(modelDir: string): Promise<ModelRef> {
 
 /**
  * The agent's benchmark jobs, run by the benchmark harness (src/bench) on the real model with the
- * device's power meter. The harness cannot be interrupted mid-test: on the deadline the job ends
- * TIMED_OUT at once, and the next job waits until the abandoned run has finished, so that two
- * benchmarks never share the CPU.
+ * device's power meter. On the job's deadline the harness stops before its next prompt or token.
  */
 export async function modelBenchRunner(o: {
   modelDir: string;
@@ -36,13 +34,10 @@ export async function modelBenchRunner(o: {
   fallback?: Meter | null;
 }): Promise<BenchmarkRunner> {
   const engine = await runtimeEngine(o.modelDir);
-  let busy: Promise<unknown> = Promise.resolve();
   return async (params, onProgress, signal) => {
-    await busy;
-    signal.throwIfAborted();
     const total = params.tests.length * params.threads.length;
     let done = 0;
-    const run = runBench(
+    return runBench(
       {
         tests: parseTests(params.tests),
         threads: params.threads,
@@ -59,23 +54,9 @@ export async function modelBenchRunner(o: {
         device: o.device,
         agentVersion: VERSION,
         quiet: true,
+        signal,
         onResult: (r) => onProgress(++done, total, `${r.test} threads=${r.threads}`),
       },
     );
-    busy = run.catch(() => {});
-    return await new Promise((resolvePromise, reject) => {
-      const onAbort = () => reject(signal.reason);
-      signal.addEventListener("abort", onAbort, { once: true });
-      run.then(
-        (results) => {
-          signal.removeEventListener("abort", onAbort);
-          resolvePromise(results);
-        },
-        (e: unknown) => {
-          signal.removeEventListener("abort", onAbort);
-          reject(e);
-        },
-      );
-    });
   };
 }

@@ -29,6 +29,7 @@ interface BenchCliOptions extends BrokerCliOptions {
   threads: string;
   repetitions: string;
   warmup: string;
+  minDuration?: string;
   timeout: string;
   discover?: string;
   out?: string;
@@ -81,6 +82,10 @@ function registerBench(fleet: Command): void {
       .option("--threads <list>", "thread counts, comma-separated", "1")
       .option("--repetitions <n>", "repetitions per test", "3")
       .option("--warmup <n>", "warm-up runs per test (not measured)", "1")
+      .option(
+        "--min-duration <s>",
+        "each repetition repeats its test at least this long (default: each device profile's)",
+      )
       .option("--timeout <s>", "deadline for the whole run, seconds", "300")
       .option("--discover <s>", "how long to wait for devices to announce themselves, seconds")
       .option("--out <dir>", "write report.md/.csv/.json, results.json and chart.svg here")
@@ -96,6 +101,7 @@ function registerBench(fleet: Command): void {
         threads: list(opts.threads).map(Number),
         repetitions: Number(opts.repetitions),
         warmup: Number(opts.warmup),
+        ...(opts.minDuration !== undefined ? { min_duration_s: Number(opts.minDuration) } : {}),
       });
       if (!parsed.success) {
         const i = parsed.error.issues[0]!;
