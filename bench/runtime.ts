@@ -12,7 +12,7 @@
  */
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { appendFile, mkdtemp } from "node:fs/promises";
-import { cpus, tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { InferenceSession } from "onnxruntime-node";
@@ -245,6 +245,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
+  const loadStart = loadavg()[0]!.toFixed(1);
   const rows: Row[] = [];
   const extra: string[][] = [];
   for (const dir of args.models) {
@@ -260,7 +261,9 @@ async function main() {
   const report = [
     `## Runtime (bench/runtime.ts) — ${new Date().toISOString().slice(0, 16)}Z`,
     "",
-    `Machine: ${cpu}, ${cpus().length} logical CPUs; Node ${process.version}; onnxruntime-node ${env.versions?.node ?? "?"}.`,
+    `Machine: ${cpu}, ${cpus().length} logical CPUs; Node ${process.version}; onnxruntime-node ${env.versions?.node ?? "?"}; ` +
+      `load average ${loadStart} at the start, ${loadavg()[0]!.toFixed(1)} at the end (other jobs share the CPUs: absolute figures ` +
+      "move with the load, ratios within a run less so).",
     `Command: \`${command}\` (built with esbuild as in the file's header). Medians of ${args.repetitions} runs; greedy; fp32.`,
     "",
     "Prefill of a prompt in one call versus one token per call (same run), single-stream decode, and where a decode step's time goes:",
