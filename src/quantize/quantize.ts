@@ -3,9 +3,10 @@
  * mixed precision under a quality budget), rewrite the ONNX graph, measure before and after, and
  * write a complete model folder — or nothing at all when the result does not fit the budget.
  */
-import { cp, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { constants } from "node:fs";
+import { access, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, relative, resolve } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { IteraError } from "../errors.js";
 import { loadModelCard } from "../model/card.js";
 import { loadGenaiConfig } from "../model/genai-config.js";
@@ -214,6 +215,7 @@ export async function quantizeFolder(
       fix: "write the quantized model to a new folder with --out",
     });
   }
+  await checkWritableParent(out);
   const config = await loadGenaiConfig(src);
   const onnxName = config.model.decoder.filename;
   const onnxPath = join(src, onnxName);
@@ -307,6 +309,7 @@ export async function quantizeFolder(
       const candidates = (s: Site): Precision[] =>
         (["int4", "int8-wo"] as Precision[]).filter((p) => !unsupportedReason(s, p, params));
       const total = free.reduce((n, s) => n + candidates(s).length, 0);
+      const negligibleNats = Math.log(1 + (opts.budget ?? 0.02)) / (20 * Math.max(1, free.length));
       const bar = progress("sensitivity", total, { quiet: ui.quiet });
       let done = 0;
       const choices: LayerChoice<Precision>[] = [];
@@ -314,15 +317,22 @@ export async function quantizeFolder(
         const layer = layers.find((l) => l.name === s.name)!;
         layer.sensitivity = {};
         const options: LayerChoice<Precision>["options"] = [];
+        let previous: number | undefined;
         for (const p of candidates(s)) {
-          const q = await qualityOf(new Map([...fixed, [s.name, p]]), texts.calibText);
-          const delta = q.nats_per_token - baseline.nats_per_token;
-          layer.sensitivity[p] = delta;
+          // When the smaller precision already costs next to nothing, the larger one is not measured:
+          // it is credited with the same (upper-bound) increase and never needed.
+          const negligible = previous !== undefined && previous <= negligibleNats;
+          const delta = negligible
+            ? previous!
+            : (await qualityOf(new Map([...fixed, [s.name, p]]), texts.calibText)).nats_per_token -
+              baseline.nats_per_token;
+          if (!negligible) layer.sensitivity[p] = delta;
           options.push({
             precision: p,
             bytes: precisionBytes(s, p, opts.blockSize, opts.symmetric),
             deltaLoss: delta,
           });
+          previous = delta;
           bar.update(++done, s.name);
         }
         options.push({ precision: "fp32", bytes: s.bytes, deltaLoss: 0 });
@@ -456,6 +466,17 @@ class BudgetExceeded extends Error {
 
 function pct(x: number): string {
   return `${(x * 100).toFixed(2)}%`;
+}
+
+/** Fail before any work when the output's parent cannot hold a new folder. */
+async function checkWritableParent(out: string): Promise<void> {
+  const parent = dirname(out);
+  try {
+    await mkdir(parent, { recursive: true });
+    await access(parent, constants.W_OK);
+  } catch (e) {
+    throw writeError(e, out);
+  }
 }
 
 function writeError(e: unknown, out: string): unknown {
