@@ -165,6 +165,9 @@ async function measureIdle(meters: Meter[], seconds: number): Promise<Map<Meter,
  */
 export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<BenchResult[]> {
   const meters = [ctx.meter, ctx.fallback].filter((m): m is Meter => m != null);
+  if (meters.length > 0 && plan.idleS > 0 && !ctx.quiet) {
+    process.stderr.write(`measuring the idle baseline for ${plan.idleS} s (stay idle)\n`);
+  }
   const idle = await measureIdle(meters, plan.idleS);
   const total = plan.threads.length * plan.tests.length * (plan.warmup + plan.repetitions);
   const bar = progress("bench", total, { quiet: ctx.quiet ?? false });

@@ -1,3 +1,4 @@
+import { SerialPort } from "serialport";
 import { IteraError } from "../errors.js";
 import { type MeterName, meterNames } from "../profile/schema.js";
 import type { DeviceProfile } from "../profile/schema.js";
@@ -28,15 +29,27 @@ export interface MeterOptions {
 
 export const meterChoices = [...meterNames, "auto"] as const;
 
-function create(name: MeterName, o: MeterOptions): Meter {
+/** The bridge's port when none is given: the one USB serial device (ttyACM*, ttyUSB*) plugged in. */
+async function findBridgePort(): Promise<string> {
+  const ports = (await SerialPort.list().catch(() => []))
+    .map((p) => p.path)
+    .filter((p) => /tty(ACM|USB)\d+$/.test(p));
+  if (ports.length === 1) return ports[0]!;
+  throw new IteraError(
+    ports.length === 0
+      ? "the ina219 meter needs a serial port, and no USB serial device is plugged in"
+      : `the ina219 meter needs a serial port: several USB serial devices are plugged in (${ports.join(", ")})`,
+    { fix: "plug in the INA219 bridge and/or pass --port /dev/ttyACM0 (see `ls /dev/tty{ACM,USB}*`)" },
+  );
+}
+
+async function create(name: MeterName, o: MeterOptions): Promise<Meter> {
   switch (name) {
     case "ina219":
-      if (!o.port) {
-        throw new IteraError("the ina219 meter needs a serial port", {
-          fix: "pass --port /dev/ttyACM0 (or /dev/ttyUSB0; see `ls /dev/tty{ACM,USB}*`)",
-        });
-      }
-      return new Ina219Meter({ port: o.port, ...(o.baud ? { baud: o.baud } : {}) });
+      return new Ina219Meter({
+        port: o.port ?? (await findBridgePort()),
+        ...(o.baud ? { baud: o.baud } : {}),
+      });
     case "pmic":
       return new PmicMeter({
         ...(o.pmicScale !== undefined ? { scale: o.pmicScale } : {}),
@@ -67,7 +80,7 @@ export async function openMeter(o: MeterOptions): Promise<{ meter: Meter; skippe
   const skipped: string[] = [];
   for (const name of order) {
     try {
-      const meter = create(name, o);
+      const meter = await create(name, o);
       await meter.start();
       return { meter, skipped };
     } catch (e) {
@@ -98,7 +111,7 @@ export async function probeMeters(o: Omit<MeterOptions, "meter">): Promise<Meter
   const out: MeterProbe[] = [];
   for (const name of order) {
     try {
-      const meter = create(name, { ...o, meter: name });
+      const meter = await create(name, { ...o, meter: name });
       await meter.start();
       await meter.stop();
       out.push({ meter: name, available: true, method: meter.method, detail: meter.uncertainty });
