@@ -8,6 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inspectPath, parseDims } from "../src/cli/commands/inspect.js";
 import { IteraError } from "../src/errors.js";
 import { locateModelFile } from "../src/model/folder.js";
+import { decodeModel } from "../src/onnx/index.js";
+import { analyzeModel } from "../src/onnx/report.js";
 import { buildFixtures } from "./fixtures/onnx/build.js";
 
 const exec = promisify(execFile);
@@ -141,6 +143,19 @@ describe("inspect: FLOPs", () => {
     const prefill = await inspectPath(join(dir, "tiny_gpt.onnx"), { sequence_length: 4 });
     expect(prefill.flops.total).toBe(flops(4, 0));
     expect(prefill.flops.perToken).toBe(flops(4, 0) / 4);
+  });
+
+  it("names symbolic dims without a value and leaves their nodes unresolved, not guessed", async () => {
+    const model = decodeModel(await readFile(join(dir, "flops.onnx")));
+    const image = model.graph!.input.find((i) => i.name === "image")!;
+    image.type!.tensorType!.shape!.dim[0] = { dimParam: "n_images" };
+    const r = analyzeModel(model);
+    expect(r.flops.missingDims).toEqual(["n_images"]);
+    expect(r.flops.unresolved).toEqual([{ node: "out_conv", op: "Conv" }]);
+    expect(r.flops.byOp.map((o) => o.op)).not.toContain("Conv");
+    expect(analyzeModel(model, { n_images: 1 }).flops.total).toBe(
+      (await inspectPath(join(dir, "flops.onnx"))).flops.total,
+    );
   });
 
   it("refuses a malformed --dim", () => {

@@ -93,8 +93,9 @@ function countUnknown(msg: unknown, seen = new Set<unknown>()): number {
   seen.add(msg);
   let n = Object.hasOwn(msg, "$unknowns") ? 1 : 0;
   for (const v of Object.values(msg)) {
-    if (Array.isArray(v)) for (const item of v) n += countUnknown(item, seen);
-    else n += countUnknown(v, seen);
+    if (Array.isArray(v)) {
+      if (typeof v[0] === "object") for (const item of v) n += countUnknown(item, seen); // not float_data & co
+    } else n += countUnknown(v, seen);
   }
   return n;
 }

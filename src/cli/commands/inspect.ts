@@ -88,7 +88,9 @@ function render(r: Awaited<ReturnType<typeof inspectPath>>): string {
       r.ops.map((o) => [o.op, o.count]),
     ),
   );
-  if (r.states.pairs.length > 0 || r.states.unpaired.length > 0) {
+  if (r.states.pairs.length === 0 && r.states.unpaired.length === 0)
+    out.push("", "state tensors: none named past_key_values.N.*, past_N or past_conv.N (DESIGN.md §3)");
+  else {
     out.push(
       "",
       `state tensors: ${r.states.pairs.length} pairs`,
