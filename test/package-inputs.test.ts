@@ -1,10 +1,12 @@
 import { generateKeyPairSync } from "node:crypto";
-import { cp, mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
 import { buildBundle } from "../src/package/build.js";
+import { readModelInput } from "../src/package/model-input.js";
+import { resolveQuantization } from "../src/package/quantization.js";
 import { verifyBundle } from "../src/package/verify.js";
 import { detectHardware, type Hardware, rankProfiles } from "../src/profile/detect.js";
 import { loadAllProfiles, loadProfile } from "../src/profile/load.js";
@@ -76,13 +78,11 @@ describe("itera build refuses bad input before building", () => {
     expect((await buildError({ sign: rsa })).message).toMatch(/rsa, not Ed25519/);
   });
 
-  it("a quantization the folder does not have, with the command that makes it", async () => {
-    const e = await buildError({ quant: "int8" });
-    expect(e.message).toMatch(/fp32 and the bundle asks for int8/);
-    expect(e.fix).toMatch(/itera quantize/);
+  it("an unknown --quant, or a quantized folder asked to become another precision", async () => {
     expect((await buildError({ quant: "int3" })).message).toMatch(/unknown --quant 'int3'/);
-    // No --quant: the profile's default (int8 for laptop-x64-4c) is asked for.
-    expect((await buildError({ quant: undefined })).fix).toMatch(/profile 'laptop-x64-4c' defaults to int8/);
+    const dir = await quantizedCopy("int8");
+    const e = await buildError({ model: dir, quant: "int4" });
+    expect(e.message).toMatch(/already int8; it cannot become int4/);
   });
 
   it("a Node tarball that fails its sha256 stops the build and leaves nothing behind", async () => {
@@ -97,6 +97,31 @@ describe("itera build refuses bad input before building", () => {
     } finally {
       process.env.XDG_CACHE_HOME = saved;
     }
+  });
+});
+
+describe("--quant", () => {
+  it("auto keeps an already quantized folder as it is", async () => {
+    out = "";
+    const dir = await quantizedCopy("int8");
+    const plan = await resolveQuantization(await readModelInput(dir), await loadProfile("rpi4"), "auto");
+    expect(plan.mode).toBe("int8");
+    expect((await plan.prepare(work)).dir).toBe(dir);
+  });
+
+  it("quantizes an fp32 folder to the profile's default (int8 for laptop-x64-4c) with the quantizer", async () => {
+    out = "";
+    const plan = await resolveQuantization(
+      await readModelInput(model.dir),
+      await loadProfile("laptop-x64-4c"),
+      undefined,
+    );
+    expect(plan.mode).toBe("int8");
+    const q = await plan.prepare(await mkdtemp(join(work, "q-")), true);
+    expect(q.dir).not.toBe(model.dir);
+    expect((q.card?.quantization as { mode: string }).mode).toBe("int8");
+    const before = (await stat(join(model.dir, "model.onnx"))).size;
+    expect((await stat(join(q.dir, "model.onnx"))).size).toBeLessThan(before * 0.7);
   });
 });
 
@@ -169,3 +194,22 @@ describe("profile detection", () => {
     expect((await loadProfile(best!.profile)).arch).toBe(process.arch);
   });
 });
+
+/** A copy of the fixture with a model card saying it is already quantized to `mode`. */
+async function quantizedCopy(mode: string): Promise<string> {
+  const dir = await mkdtemp(join(work, `${mode}-`));
+  await cp(model.dir, dir, { recursive: true });
+  const card = {
+    schema: "itera.model/v1",
+    id: "fixture",
+    name: "fixture",
+    version: "1.0.0",
+    architecture: { family: "toy-recurrent" },
+    parameters: 25000,
+    flops_per_token: 50000,
+    quantization: { mode },
+    tokenizer: { type: "char", vocab_size: 63 },
+  };
+  await writeFile(join(dir, "itera.json"), JSON.stringify(card));
+  return dir;
+}

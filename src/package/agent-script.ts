@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build, type Plugin } from "esbuild";
@@ -14,7 +14,23 @@ import { IteraError } from "../errors.js";
  *   throws a clear error when used, so the agent still starts and every command that does not
  *   need them works.
  */
-const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+/** The itera package folder: the nearest parent with itera's package.json (works from src/, dist/ and bundles of them). */
+function findPackageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    try {
+      if ((JSON.parse(readFileSync(join(dir, "package.json"), "utf8")) as { name?: string }).name === "itera")
+        return dir;
+    } catch {
+      // no package.json here: go up
+    }
+    const up = dirname(dir);
+    if (up === dir) return resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
+    dir = up;
+  }
+}
+
+export const packageRoot = findPackageRoot();
 
 /** Source when the repository is there (tests, dev), compiled output otherwise. */
 function sourceFile(rel: string): string {

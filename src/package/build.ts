@@ -2,8 +2,7 @@ import { execFile } from "node:child_process";
 import { createPrivateKey, type KeyObject } from "node:crypto";
 import { chmod, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { BUNDLE_INDEX_ASSET, type BundleIndex } from "../agent-host/bundle-index.js";
 import { canonicalJson, type Manifest, manifestSchema, signManifest } from "../bundle/manifest.js";
@@ -13,7 +12,7 @@ import type { DeviceProfile } from "../profile/schema.js";
 import { sha256File, tempPathFor, writeDirAtomic } from "../util/fs.js";
 import { progress } from "../util/progress.js";
 import { VERSION } from "../version.js";
-import { bundleAgentScript } from "./agent-script.js";
+import { bundleAgentScript, packageRoot } from "./agent-script.js";
 import {
   type AssetSource,
   modelFolderFiles,
@@ -107,7 +106,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const tarTmp = tempPathFor(tarball);
   let result: Omit<BuildResult, "seconds"> | undefined;
   try {
-    const model = await quant.prepare(work);
+    const model = await quant.prepare(work, opts.quiet === true);
     steps.update(1, "node binary");
     const node = await nodeBinary(target);
     steps.update(2, "agent script");
@@ -121,7 +120,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
     ];
     const prepared: PreparedAsset[] = [];
     for (const [i, s] of sources.entries()) prepared.push(await prepareAsset(s, work, i));
-    const commit = await gitCommitOf(dirname(fileURLToPath(import.meta.url)));
+    const commit = await gitCommitOf(packageRoot);
     const index = bundleIndexFor(
       bundleId,
       version,

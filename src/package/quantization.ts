@@ -1,4 +1,6 @@
+import { join } from "node:path";
 import { IteraError } from "../errors.js";
+import { loadModelCard } from "../model/card.js";
 import type { DeviceProfile } from "../profile/schema.js";
 import type { ModelInput } from "./model-input.js";
 
@@ -8,15 +10,18 @@ import type { ModelInput } from "./model-input.js";
  * - auto: the folder's own quantization when it is already quantized, else the profile's default
  *   (int8 when the profile itself says auto);
  * - the folder already has the requested precision: it is embedded as it is (pass-through).
- * Turning an fp32 folder into int8/int4 is the quantizer's job (`itera quantize`, src/quantize);
- * until its build entry point exists, such a request is refused with the command to run first.
+ * - an fp32 folder and int8/int4 asked for: the quantizer (src/quantize, as `itera quantize --mode`)
+ *   writes the quantized folder into the build's work folder, and that is embedded.
  */
 export const buildQuantModes = ["auto", "fp32", "int8", "int4"] as const;
 
 export interface QuantizationPlan {
   mode: string;
   /** The model folder to embed (and its card) once any quantization has run. */
-  prepare(workDir: string): Promise<{ dir: string; card: Record<string, unknown> | undefined }>;
+  prepare(
+    workDir: string,
+    quiet?: boolean,
+  ): Promise<{ dir: string; card: Record<string, unknown> | undefined }>;
 }
 
 export async function resolveQuantization(
@@ -41,11 +46,21 @@ export async function resolveQuantization(
       fix: `pass --quant ${model.quant} (or auto), or build from the fp32 folder`,
     });
   }
-  throw new IteraError(`the model folder is fp32 and the bundle asks for ${mode}`, {
-    where: model.dir,
-    fix:
-      requested === undefined
-        ? `profile '${profile.name}' defaults to ${mode}: quantize first (itera quantize ${model.dir} --mode ${mode}) and build from that folder, or pass --quant fp32`
-        : `quantize first (itera quantize ${model.dir} --mode ${mode}) and build from that folder, or pass --quant fp32`,
-  });
+  return {
+    mode,
+    async prepare(workDir, quiet = false) {
+      // Loaded only when needed: the quantizer pulls in the ONNX codec and the evaluation code.
+      const { quantizeFolder } = await import("../quantize/quantize.js");
+      const { parseQuantizeOptions } = await import("../quantize/options.js");
+      const out = join(workDir, `model-${mode}`);
+      // The same settings as `itera quantize --mode <mode>` with its defaults.
+      const options = parseQuantizeOptions({ mode, blockSize: "32", accuracyLevel: "4" });
+      const report = await quantizeFolder(model.dir, out, options, { quiet });
+      const card = await loadModelCard(out);
+      return {
+        dir: out,
+        card: card ?? { quantization: { mode: report.mode, size: report.size, quality: report.quality } },
+      };
+    },
+  };
 }
