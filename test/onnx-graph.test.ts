@@ -15,6 +15,7 @@ import {
   getAttrFloat,
   loadModel,
   makeNode,
+  makeValueInfo,
   opsetVersion,
   saveModel,
   type TypedArray,
@@ -98,6 +99,19 @@ describe("graph edits", () => {
     ensureOpset(model, "com.microsoft", 1);
     expect(opsetVersion(model, "com.microsoft")).toBe(1);
     expect(model.opsetImport.length).toBe(2);
+    g.proto.output.push(makeValueInfo("h2", DataType.FLOAT, ["batch_size", 128]));
+    const session = await ort.InferenceSession.create(encodeModel(model), { logSeverityLevel: 3 });
+    expect(session.outputNames).toEqual(["y", "h2"]);
+    expect(session.outputMetadata[1]).toEqual({
+      name: "h2",
+      isTensor: true,
+      type: "float32",
+      shape: ["batch_size", 128],
+    });
+    const h2 = (await session.run({ x: new ort.Tensor("float32", x, [2, 64]) })).h2!.data as Float32Array;
+    await session.release();
+    // Gelu(v) < 0 for some v < 0, where Relu gave 0: the contrib op really ran.
+    expect(h2.some((v) => v < 0)).toBe(true);
     const y = await runMlp(encodeModel(model));
     expect(y.length).toBe(20);
     expect(y).not.toEqual(await runMlp(join(dir, "external/mlp.onnx")));

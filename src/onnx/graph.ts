@@ -28,6 +28,19 @@ export function makeNode(
   }) as unknown as NodeProto;
 }
 
+/** A graph input/output/value_info entry for a tensor; dims are numbers or symbolic names. */
+export function makeValueInfo(name: string, elemType: number, dims: (number | string)[]): ValueInfoProto {
+  return onnxType("ValueInfoProto").create({
+    name,
+    type: {
+      tensorType: {
+        elemType,
+        shape: { dim: dims.map((d) => (typeof d === "number" ? { dimValue: d } : { dimParam: d })) },
+      },
+    },
+  }) as unknown as ValueInfoProto;
+}
+
 /** Names a subgraph reads from the enclosing scopes (used, but not defined inside it). */
 export function outerReferences(g: GraphProto): Set<string> {
   const defined = new Set<string>([

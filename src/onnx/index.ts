@@ -26,6 +26,7 @@ export {
   ensureOpset,
   Graph,
   makeNode,
+  makeValueInfo,
   nodeReads,
   opsetVersion,
   outerReferences,
@@ -54,4 +55,13 @@ export {
   tensorToTyped,
   typedToTensor,
 } from "./tensor.js";
+export {
+  analyzeModel,
+  DEFAULT_DIMS,
+  estimateFlops,
+  type FlopsReport,
+  type ModelReport,
+  nodeFlops,
+} from "./report.js";
+export { inferShapes, type Shape, type ShapeInfo } from "./shapes.js";
 export type * from "./types.js";

@@ -55,6 +55,7 @@ export interface TensorProto {
   int64Data?: Int64[];
   name?: string;
   docString?: string;
+  /** Little-endian element bytes. On a decoded model this is a view into the decoded bytes: assign a new array, never write into it. */
   rawData?: Uint8Array;
   externalData?: StringStringEntryProto[];
   /** 0 = DEFAULT (data in this message), 1 = EXTERNAL (data in a file named by `externalData`). */
