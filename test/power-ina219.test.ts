@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
 import { LineDecoder } from "../src/power/ina219/lines.js";
-import { Ina219Meter } from "../src/power/ina219/meter.js";
+import { Ina219Meter, serialPort } from "../src/power/ina219/meter.js";
 import {
   calibrationFor,
   convertRegisters,
@@ -310,6 +310,15 @@ describe("Ina219Meter through a real pty (socat + tools/ina219-sim)", () => {
       await meter.stop();
       await sim.stop();
     }
+  });
+
+  it("serialport stubbed out (a bundle without the native add-on) is a clear error", () => {
+    const stub = () => {
+      throw Object.assign(new Error("not embedded"), { code: "ITERA_NOT_EMBEDDED" });
+    };
+    expect(() => serialPort(stub)).toThrow(IteraError);
+    expect(() => serialPort(stub)).toThrow(/serialport's native add-on is not available/);
+    expect(serialPort(() => 7)).toBe(7);
   });
 
   it("a missing port and a busy port are clear errors", async () => {

@@ -2,7 +2,7 @@ import { SerialPort } from "serialport";
 import { IteraError } from "../errors.js";
 import { type MeterName, meterNames } from "../profile/schema.js";
 import type { DeviceProfile } from "../profile/schema.js";
-import { Ina219Meter } from "./ina219/meter.js";
+import { Ina219Meter, serialPort } from "./ina219/meter.js";
 import type { Meter } from "./meter.js";
 import { PmicMeter } from "./pmic.js";
 import { RaplMeter } from "./rapl.js";
@@ -31,9 +31,8 @@ export const meterChoices = [...meterNames, "auto"] as const;
 
 /** The bridge's port when none is given: the one USB serial device (ttyACM*, ttyUSB*) plugged in. */
 async function findBridgePort(): Promise<string> {
-  const ports = (await SerialPort.list().catch(() => []))
-    .map((p) => p.path)
-    .filter((p) => /tty(ACM|USB)\d+$/.test(p));
+  const listed = await serialPort(() => SerialPort.list()).catch(() => []);
+  const ports = listed.map((p) => p.path).filter((p) => /tty(ACM|USB)\d+$/.test(p));
   if (ports.length === 1) return ports[0]!;
   throw new IteraError(
     ports.length === 0

@@ -24,6 +24,22 @@ export interface Ina219Options {
 const MAX_LINE = 512;
 const COMMON_BAUDS = "9600, 57600, 115200, 230400";
 
+/**
+ * Use serialport, or say clearly that it is missing: a single-executable bundle may replace the
+ * native add-on with a stub that throws when used.
+ */
+export function serialPort<T>(use: () => T): T {
+  try {
+    return use();
+  } catch (e) {
+    throw new IteraError("the ina219 meter cannot run here: serialport's native add-on is not available", {
+      where: "serialport",
+      fix: "use --meter pmic, rapl or tdp, or run the agent from an installation with node_modules (npm ci)",
+      cause: e,
+    });
+  }
+}
+
 /** Share of bytes that are not printable ASCII (or CR/LF/TAB): high when the baud rate is wrong. */
 function unprintableShare(bytes: Buffer): number {
   if (bytes.length === 0) return 0;
@@ -64,7 +80,7 @@ export class Ina219Meter implements Meter {
 
   async start(): Promise<void> {
     const path = this.opts.port;
-    const port = new SerialPort({ path, baudRate: this.baud, autoOpen: false, lock: true });
+    const port = serialPort(() => new SerialPort({ path, baudRate: this.baud, autoOpen: false, lock: true }));
     await new Promise<void>((resolve, reject) => port.open((e) => (e ? reject(e) : resolve()))).catch(
       async (e: Error) => {
         throw await this.openError(e);
