@@ -2,7 +2,8 @@
  * Meter overhead: what measuring energy costs the device being measured.
  * - the tdp meter's /proc/stat sampler at 10 Hz: CPU time of this process with and without it;
  * - one /proc/stat read, one INA219 line decoded (raw and CSV), one window integrated;
- * - the ina219 meter receiving 100 lines/s from the simulator over a real socat pty.
+ * - the ina219 meter receiving 100 lines/s from the simulator over a real socat pty, beside a plain
+ *   fs.ReadStream of the same pty (what any Node reader of a tty costs).
  *
  * Run (from the repository root):
  *   npx esbuild bench/power.ts --bundle --platform=node --format=esm --packages=external \
@@ -10,7 +11,7 @@
  *   nice -n 10 node node_modules/.cache/itera-bench/power.mjs [--append docs/benchmarks.md] [--seconds 5]
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { createReadStream, existsSync } from "node:fs";
 import { appendFile, mkdtemp, rm } from "node:fs/promises";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -106,6 +107,17 @@ if (existsSync("/usr/bin/socat")) {
     { stdio: "ignore" },
   );
   while (!existsSync(port)) await sleep(10);
+  // Node's floor for reading a tty: a plain fs.ReadStream on the same pty, doing nothing with the bytes.
+  const stream = createReadStream(port);
+  stream.on("data", () => {});
+  await sleep(300);
+  const floorCpu = await cpuOver(ms, async () => async () => {});
+  stream.destroy();
+  rows.push([
+    "plain fs.ReadStream of the same pty (Node's floor)",
+    `${((100 * floorCpu) / ms).toFixed(3)} % of a core`,
+    `${((100 * (floorCpu - idleCpu)) / ms).toFixed(3)} % above baseline`,
+  ]);
   const m = new Ina219Meter({ port });
   await m.start();
   const before = m.readings().samples.length;
