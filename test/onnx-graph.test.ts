@@ -117,6 +117,33 @@ describe("graph edits", () => {
     expect(y).not.toEqual(await runMlp(join(dir, "external/mlp.onnx")));
   });
 
+  it("moves tensors held in float_data to external data too, and leaves the model as it was", async () => {
+    const src = join(dir, "contrib_ops.onnx");
+    const model = await loadModel(src);
+    const before = encodeModel(model);
+    const out = join(dir, "contrib-ext/model.onnx");
+    await saveModel(out, model, { externalData: { threshold: 8, align: 64 } });
+    expect(Buffer.compare(Buffer.from(encodeModel(model)), Buffer.from(before))).toBe(0);
+    const saved = decodeModel(await readFile(out));
+    const b = saved.graph!.initializer.find((t) => t.name === "B")!;
+    expect(b.dataLocation).toBe(1);
+    expect(b.floatData).toEqual([]);
+    const fp16 = saved.graph!.initializer.find((t) => t.name === "unused_fp16")!;
+    expect(fp16.dataLocation).toBe(1);
+    // Small integer tensors stay inline: onnxruntime needs Slice's starts/ends while inferring shapes.
+    const ends = saved.graph!.initializer.find((t) => t.name === "ends")!;
+    expect(ends.dataLocation ?? 0).toBe(0);
+    expect(tensorToTyped(ends)).toEqual(new BigInt64Array([2n ** 63n - 1n]));
+    const feeds = { X: new ort.Tensor("float32", x.subarray(0, 32), [2, 16]) };
+    const run = async (m: string) => {
+      const session = await ort.InferenceSession.create(m, { logSeverityLevel: 3 });
+      const r = await session.run(feeds);
+      await session.release();
+      return [r.Y!.data, r.big_out!.data];
+    };
+    expect(await run(out)).toEqual(await run(src));
+  });
+
   it("refuses a cycle", async () => {
     const model = await loadModel(join(dir, "external/mlp.onnx"));
     const g = new Graph(model.graph!);

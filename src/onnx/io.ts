@@ -7,7 +7,7 @@ import { basename, dirname, isAbsolute, relative, resolve, sep } from "node:path
 import { IteraError } from "../errors.js";
 import { tempPathFor, writeFileAtomic } from "../util/fs.js";
 import { decodeModel, encodeModel } from "./codec.js";
-import { tensorByteSize } from "./tensor.js";
+import { DataType, elementCount, tensorByteSize, tensorRawBytes } from "./tensor.js";
 import type { GraphProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto } from "./types.js";
 
 const EXTERNAL = 1;
@@ -158,11 +158,42 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
 
 export interface SaveOptions {
   /**
-   * Move tensors of at least `threshold` bytes (default 1024) into one data file `location` beside
+   * Move tensors of at least `threshold` bytes (default 1024; integer tensors of up to 64 elements
+   * always stay inline) into one data file `location` beside
    * the model (default "<model file name>.data"), each starting at a multiple of `align` bytes
    * (default 4096, so that onnxruntime can memory-map them).
    */
   externalData?: { location?: string; threshold?: number; align?: number };
+}
+
+// The fields that hold (or locate) a tensor's data, saved and restored around an external-data save.
+const DATA_FIELDS = [
+  "rawData",
+  "floatData",
+  "int32Data",
+  "int64Data",
+  "doubleData",
+  "uint64Data",
+  "externalData",
+  "dataLocation",
+] as const;
+
+function hasTypedData(t: TensorProto): boolean {
+  return DATA_FIELDS.slice(1, 6).some((k) => ((t[k] as unknown[] | undefined)?.length ?? 0) > 0);
+}
+
+function isShapeLike(t: TensorProto): boolean {
+  return (t.dataType === DataType.INT64 || t.dataType === DataType.INT32) && elementCount(t.dims) <= 64;
+}
+
+/** Remember a tensor's data fields (own properties only); the returned function puts them back. */
+function snapshot(t: TensorProto): () => void {
+  const fields = t as unknown as Record<string, unknown>;
+  const kept = DATA_FIELDS.filter((k) => Object.hasOwn(t, k)).map((k) => [k, fields[k]] as const);
+  return () => {
+    for (const k of DATA_FIELDS) delete fields[k];
+    for (const [k, v] of kept) fields[k] = v;
+  };
 }
 
 async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
@@ -190,34 +221,34 @@ export async function saveModel(path: string, model: ModelProto, opts: SaveOptio
     });
   const threshold = opts.externalData.threshold ?? 1024;
   const align = opts.externalData.align ?? 4096;
-  const moved = [...allTensors(model)].filter((t) => (t.rawData?.byteLength ?? 0) >= threshold);
+  // Tensors in raw_data, and tensors in the typed fields (float_data, ...), move alike; small integer
+  // tensors stay inline: onnxruntime reads them (Reshape shapes, Slice starts) while inferring shapes,
+  // and cannot do so from external data.
+  const moved = [...allTensors(model)].filter(
+    (t) =>
+      !isShapeLike(t) && (t.rawData?.byteLength || (hasTypedData(t) ? tensorByteSize(t) : 0)) >= threshold,
+  );
 
   const dataPath = resolve(dirname(path), location);
   await mkdir(dirname(dataPath), { recursive: true });
   const tmp = tempPathFor(dataPath);
-  const saved = moved.map((t) => ({
-    t,
-    rawData: t.rawData,
-    externalData: t.externalData,
-    had: Object.hasOwn(t, "dataLocation"),
-    dataLocation: t.dataLocation,
-  }));
+  const saved = moved.map((t) => snapshot(t));
   const fh = await open(tmp, "w");
   try {
     let offset = 0;
     for (const t of moved) {
-      const raw = t.rawData!;
+      const raw = t.rawData?.byteLength ? t.rawData : tensorRawBytes(t);
       const start = Math.ceil(offset / align) * align;
       if (start > offset) await writeAll(fh, new Uint8Array(start - offset));
       await writeAll(fh, raw);
       offset = start + raw.byteLength;
+      for (const key of DATA_FIELDS) delete (t as unknown as Record<string, unknown>)[key];
       t.externalData = [
         { key: "location", value: location },
         { key: "offset", value: String(start) },
         { key: "length", value: String(raw.byteLength) },
       ];
       t.dataLocation = EXTERNAL;
-      delete t.rawData;
     }
     await fh.close();
     const bytes = encodeModel(model);
@@ -228,11 +259,6 @@ export async function saveModel(path: string, model: ModelProto, opts: SaveOptio
     await rm(tmp, { force: true });
     throw e;
   } finally {
-    for (const s of saved) {
-      s.t.rawData = s.rawData;
-      s.t.externalData = s.externalData ?? [];
-      if (s.had) s.t.dataLocation = s.dataLocation;
-      else delete s.t.dataLocation;
-    }
+    for (const restore of saved) restore();
   }
 }
