@@ -92,7 +92,11 @@ describe("win32-x64 bundle", () => {
     const m = manifestSchema.parse(JSON.parse(await readFile(join(win.dir, "manifest.json"), "utf8")));
     expect(m.target).toEqual({ platform: "win32", arch: "x64", node: "24.21.0" });
     expect(Object.keys(m.assets)).toEqual(
-      expect.arrayContaining(["native/onnxruntime_binding.node", "native/onnxruntime.dll"]),
+      expect.arrayContaining([
+        "native/onnxruntime_binding.node",
+        "native/onnxruntime.dll",
+        "native/serialport.node",
+      ]),
     );
   });
 });

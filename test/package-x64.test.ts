@@ -9,6 +9,7 @@ import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { verifyBundle } from "../src/package/verify.js";
 import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
+import { startSim } from "./power-sim-helper.js";
 
 /**
  * The laptop-x64-4c bundle, built once: it runs natively on a machine without Node, generates what
@@ -104,6 +105,9 @@ describe("laptop-x64-4c bundle", () => {
     expect(info.manifest.assets).toEqual(assets);
     expect(info.profile.name).toBe("laptop-x64-4c");
     expect(info.hardware.arch).toBe("x64");
+    expect(info.meters.map((m: { meter: string }) => m.meter)).toEqual(
+      expect.arrayContaining(["rapl", "tdp", "ina219"]),
+    );
   });
 
   it("generates PyTorch's greedy tokens; the first run extracts, the second reuses", async () => {
@@ -119,6 +123,7 @@ describe("laptop-x64-4c bundle", () => {
     expect((await readdir(join(cache, dir!, "native"))).sort()).toEqual([
       "libonnxruntime.so.1",
       "onnxruntime_binding.node",
+      "serialport.node",
     ]);
   });
 
@@ -131,6 +136,19 @@ describe("laptop-x64-4c bundle", () => {
     const da = JSON.parse(a.stdout).extraction.dir;
     expect(JSON.parse(b.stdout).extraction.dir).toBe(da);
     expect(await readdir(cache)).toEqual([da.split("/").pop()]);
+  });
+
+  it("reads an INA219 over a serial port from inside the bundle (embedded serialport add-on)", async () => {
+    const { env } = await deviceEnv();
+    const sim = await startSim(work, "bundle", ["--format", "raw"]);
+    try {
+      const { stdout } = await run(exe, ["meters", "--port", sim.port, "--json"], { env });
+      const probes = JSON.parse(stdout) as { meter: string; available: boolean; method: string | null }[];
+      expect(probes.find((p) => p.meter === "ina219")).toMatchObject({ available: true, method: "ina219" });
+      expect(probes.find((p) => p.meter === "tdp")).toMatchObject({ available: true });
+    } finally {
+      await sim.stop();
+    }
   });
 
   it("refuses --model/--profile inside a bundle", async () => {

@@ -1,7 +1,6 @@
-import { join } from "node:path";
 import { isMainThread } from "node:worker_threads";
 import { env, Tensor } from "onnxruntime-common";
-import { extractBundle } from "./extract.js";
+import { loadEmbeddedAddon } from "./native.js";
 
 /**
  * Stands in for onnxruntime-node's dist/binding.js inside a bundle (the esbuild plugin in
@@ -11,14 +10,8 @@ import { extractBundle } from "./extract.js";
  * $ORIGIN (Linux) and Windows searches the loading DLL's folder, so the onnxruntime shared library
  * extracted next to it is found. Same exports as the original: `binding` and `initOrt`.
  */
-function loadBinding(): unknown {
-  const mod = { exports: {} as unknown };
-  process.dlopen(mod, join(extractBundle().nativeDir, "onnxruntime_binding.node"));
-  return mod.exports;
-}
-
 // biome-ignore lint/suspicious/noExplicitAny: the native binding is untyped, as in onnxruntime-node itself
-export const binding: any = loadBinding();
+export const binding: any = loadEmbeddedAddon("onnxruntime_binding.node");
 
 const logLevels: Record<string, number> = { verbose: 0, info: 1, warning: 2, error: 3, fatal: 4 };
 

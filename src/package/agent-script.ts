@@ -8,11 +8,11 @@ import { IteraError } from "../errors.js";
  * The agent as one CommonJS file (a Node single executable runs exactly one CommonJS script):
  * esbuild bundles src/agent-host/sea-main.ts (asset check, then src/cli/itera-agent.ts) with every
  * JavaScript dependency. Native add-ons cannot live inside that file:
- * - onnxruntime-node's `./binding` is replaced by src/agent-host/onnxruntime-binding.ts, which
- *   loads the binding extracted from the bundle's assets;
- * - other native add-ons (better-sqlite3, serialport's bindings) are replaced by a module that
- *   throws a clear error when used, so the agent still starts and every command that does not
- *   need them works.
+ * - onnxruntime-node's `./binding` and @serialport/bindings-cpp's `./serialport-bindings` are
+ *   replaced by src/agent-host/{onnxruntime,serialport}-binding.ts, which load the target's add-on
+ *   extracted from the bundle's assets (src/package/assets.ts embeds them);
+ * - add-ons with no build for the target (better-sqlite3) are replaced by a module that throws a
+ *   clear error when used, so the agent still starts and every command that does not need them works.
  */
 /** The itera package folder: the nearest parent with itera's package.json (works from src/, dist/ and bundles of them). */
 function findPackageRoot(): string {
@@ -44,17 +44,31 @@ function sourceFile(rel: string): string {
   });
 }
 
-/** Native add-ons that have no build for the bundle's targets inside node_modules. */
-const unembeddableNative = /^(better-sqlite3|serialport|@serialport\/bindings-cpp)$/;
+/** Native add-ons with no build for the bundle's targets in node_modules (better-sqlite3 compiles for the host only). */
+const unembeddableNative = /^better-sqlite3$/;
 
-const onnxruntimeBinding: Plugin = {
-  name: "itera-onnxruntime-binding",
+/** Modules that load a native add-on, and the stand-in that loads the embedded copy instead. */
+const addonLoaders: { file: RegExp; importer: RegExp; shim: string }[] = [
+  {
+    file: /^\.\/binding(\.js)?$/,
+    importer: /onnxruntime-node[\\/]dist[\\/]/,
+    shim: "agent-host/onnxruntime-binding",
+  },
+  {
+    file: /^\.\/serialport-bindings(\.js)?$/,
+    importer: /@serialport[\\/]bindings-cpp[\\/]dist[\\/]/,
+    shim: "agent-host/serialport-binding",
+  },
+];
+
+const nativeAddons: Plugin = {
+  name: "itera-native-addons",
   setup(b) {
-    b.onResolve({ filter: /^\.\/binding(\.js)?$/ }, (args) =>
-      /onnxruntime-node[\\/]dist[\\/]/.test(args.importer)
-        ? { path: sourceFile("agent-host/onnxruntime-binding") }
-        : undefined,
-    );
+    for (const loader of addonLoaders) {
+      b.onResolve({ filter: loader.file }, (args) =>
+        loader.importer.test(args.importer) ? { path: sourceFile(loader.shim) } : undefined,
+      );
+    }
     b.onResolve({ filter: unembeddableNative }, (args) => ({
       path: args.path,
       namespace: "itera-unembeddable",
@@ -88,7 +102,7 @@ export async function bundleAgentScript(outFile: string, version: string): Promi
     minifyWhitespace: true,
     legalComments: "none",
     logLevel: "silent",
-    plugins: [onnxruntimeBinding],
+    plugins: [nativeAddons],
     // version.ts reads package.json next to itself in dev; a bundle has the version built in.
     define: {
       "process.env.ITERA_VERSION": JSON.stringify(version),

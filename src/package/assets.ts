@@ -1,6 +1,6 @@
 import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { dirname, join, relative, sep } from "node:path";
+import { basename, dirname, join, relative, sep } from "node:path";
 import { brotliCompress, constants as zc } from "node:zlib";
 import { promisify } from "node:util";
 import { MODEL_PREFIX, NATIVE_PREFIX, PROFILE_ASSET, type StoredAsset } from "../agent-host/bundle-index.js";
@@ -29,29 +29,45 @@ export interface PreparedAsset extends StoredAsset {
   file: string;
 }
 
-/** The onnxruntime-node CPU build for a target: the binding and the shared library it links. */
-export async function onnxruntimeNativeFiles(target: Target): Promise<AssetSource[]> {
-  const pkgJson = createRequire(import.meta.url).resolve("onnxruntime-node/package.json");
-  const dir = join(dirname(pkgJson), "bin", "napi-v6", target.platform, target.arch);
-  const names =
+/**
+ * The native add-ons a bundle embeds for its target, from the npm packages' own prebuilt binaries:
+ * onnxruntime-node's CPU build (the binding and the shared library it links through $ORIGIN), and
+ * @serialport/bindings-cpp's prebuild (glibc on Linux) for INA219 meters over a serial port.
+ */
+export async function nativeAddonFiles(target: Target): Promise<AssetSource[]> {
+  const ort = join(packageDir("onnxruntime-node"), "bin", "napi-v6", target.platform, target.arch);
+  const serial = join(
+    packageDir("@serialport/bindings-cpp"),
+    "prebuilds",
+    `${target.platform}-${target.arch}`,
+  );
+  const serialFile =
     target.platform === "win32"
-      ? ["onnxruntime_binding.node", "onnxruntime.dll"]
-      : ["onnxruntime_binding.node", "libonnxruntime.so.1"];
+      ? "@serialport+bindings-cpp.node"
+      : `@serialport+bindings-cpp${target.arch === "arm64" ? ".armv8" : ""}.glibc.node`;
+  const files: [string, string][] = [
+    [join(ort, "onnxruntime_binding.node"), "onnxruntime_binding.node"],
+    [join(ort, target.platform === "win32" ? "onnxruntime.dll" : "libonnxruntime.so.1"), ""],
+    [join(serial, serialFile), "serialport.node"],
+  ];
   return Promise.all(
-    names.map(async (name) => {
-      const path = join(dir, name);
+    files.map(async ([path, name]) => {
       const content = await readFile(path).catch(() => {
         throw new IteraError(
-          `onnxruntime-node has no ${target.platform}-${target.arch} build: ${name} is missing`,
+          `no ${target.platform}-${target.arch} build of ${basename(path)} in node_modules`,
           {
             where: path,
-            fix: "reinstall onnxruntime-node (its npm package carries the CPU binaries for linux x64/arm64 and win32 x64)",
+            fix: "reinstall the dependencies (npm ci): onnxruntime-node and @serialport/bindings-cpp ship prebuilt binaries for linux x64/arm64 and win32 x64",
           },
         );
       });
-      return { key: `${NATIVE_PREFIX}${name}`, content };
+      return { key: `${NATIVE_PREFIX}${name || basename(path)}`, content };
     }),
   );
+}
+
+function packageDir(name: string): string {
+  return dirname(createRequire(import.meta.url).resolve(`${name}/package.json`));
 }
 
 /** Every file of the model folder (recursively, hidden files skipped), keyed model/<relative path>. */

@@ -16,7 +16,7 @@ import { bundleAgentScript, packageRoot } from "./agent-script.js";
 import {
   type AssetSource,
   modelFolderFiles,
-  onnxruntimeNativeFiles,
+  nativeAddonFiles,
   type PreparedAsset,
   prepareAsset,
   profileAsset,
@@ -116,7 +116,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
     const sources: AssetSource[] = [
       ...(await modelFolderFiles(model.dir)),
       profileAsset(profile),
-      ...(await onnxruntimeNativeFiles(target)),
+      ...(await nativeAddonFiles(target)),
     ];
     const prepared: PreparedAsset[] = [];
     for (const [i, s] of sources.entries()) prepared.push(await prepareAsset(s, work, i));

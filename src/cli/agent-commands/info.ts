@@ -1,10 +1,14 @@
 import type { Command } from "commander";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
+import { probeMeters } from "../../power/open.js";
 import { detectHardware } from "../../profile/detect.js";
 import { VERSION } from "../../version.js";
 import { action, printJson } from "../run.js";
 
-/** `itera-agent info`: what this agent is (manifest, profile), where it runs and what it can measure. */
+/**
+ * `itera-agent info`: what this agent is (manifest, profile), where it runs and what it can measure
+ * (every power meter probed as `itera-agent meters` does; that command takes --port for an INA219).
+ */
 export function registerInfo(program: Command): void {
   addModelOptions(
     program
@@ -14,7 +18,7 @@ export function registerInfo(program: Command): void {
   ).action(
     action(async (opts: ModelOptions & { json?: boolean }) => {
       const ctx = await agentContext(opts);
-      const hardware = await detectHardware();
+      const [hardware, meters] = await Promise.all([detectHardware(), probeMeters({ profile: ctx.profile })]);
       const info = {
         agent: { version: VERSION, node: process.version, mode: ctx.mode, executable: process.execPath },
         manifest: ctx.manifest,
@@ -22,6 +26,7 @@ export function registerInfo(program: Command): void {
         model_dir: ctx.modelDir,
         extraction: ctx.extraction ?? null,
         hardware,
+        meters,
       };
       if (opts.json) return printJson(info);
       const m = ctx.manifest;
@@ -34,7 +39,7 @@ export function registerInfo(program: Command): void {
         `hardware   ${hardware.platform}-${hardware.arch}, ${hardware.cpu.cores} cores (${hardware.cpu.brand}), ${hardware.memory_mb} MB${
           hardware.device_tree_model ? `, ${hardware.device_tree_model}` : ""
         }`,
-        `meters     preference ${ctx.profile.power.meters.join(" > ")}`,
+        `meters     ${meters.map((m) => `${m.meter}${m.available ? "" : " (unavailable)"}`).join(", ")}; the profile prefers ${ctx.profile.power.meters.join(" > ")}`,
       ];
       if (ctx.extraction) {
         lines.push(`extracted  ${ctx.extraction.dir}${ctx.extraction.extracted ? " (this run)" : ""}`);
