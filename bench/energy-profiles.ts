@@ -44,6 +44,8 @@ const version = (JSON.parse(readFileSync("package.json", "utf8")) as { version: 
 const rows: (string | number)[][] = [];
 for (const dir of models) {
   const engine = await runtimeEngine(dir);
+  const params = (JSON.parse(readFileSync(join(dir, "itera.json"), "utf8")) as { parameters: number })
+    .parameters;
   for (const name of Object.keys(REFERENCE)) {
     const profile = await loadProfile(join("device-profiles", `${name}.json`));
     const meter = new TdpMeter(tdpOptionsFromProfile(profile));
@@ -65,6 +67,7 @@ for (const dir of models) {
         const e = r.energy!;
         rows.push([
           r.model,
+          params.toLocaleString("en-US"),
           r.quant,
           name,
           threads,

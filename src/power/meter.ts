@@ -77,7 +77,7 @@ export async function waitFor(
   return true;
 }
 
-/** A buffer of samples shared by the meters that poll (tdp, rapl, pmic). */
+/** Time of the latest reading (−∞ when there is none): what `sync()` waits on. */
 export function latestT(r: Readings): number {
   const s = r.samples;
   return s.length > 0 ? s[s.length - 1]!.t_ms : Number.NEGATIVE_INFINITY;

@@ -1,6 +1,14 @@
 import { IteraError } from "../errors.js";
 import type { DeviceProfile } from "../profile/schema.js";
-import { type CounterSample, emptyHealth, type Meter, type MeterHealth, nowMs, waitFor } from "./meter.js";
+import {
+  type CounterSample,
+  emptyHealth,
+  latestT,
+  type Meter,
+  type MeterHealth,
+  nowMs,
+  waitFor,
+} from "./meter.js";
 import { startPoller } from "./poller.js";
 import { type CpuTimes, readCpuTimes, utilisation } from "./proc-stat.js";
 
@@ -90,6 +98,6 @@ export class TdpMeter implements Meter {
   }
 
   sync(t_ms: number, timeoutMs = 2000): Promise<boolean> {
-    return waitFor(() => (this.last?.t ?? 0) >= t_ms, timeoutMs);
+    return waitFor(() => latestT(this.readings()) >= t_ms, timeoutMs);
   }
 }
