@@ -1,0 +1,60 @@
+"""Parity between PyTorch and the exported ONNX graph run by onnxruntime-node (ort_run.mjs).
+
+check_folder() runs one sequence three ways through ONNX Runtime — all tokens at once, one token at a
+time with state, and in uneven chunks with state in — and compares logits and final states with the
+PyTorch full-sequence forward.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+def ort_run(model_path: Path, ids: list[list[int]], chunks: list[int], state_shapes: dict) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"model": str(model_path), "ids": ids, "chunks": chunks, "state": state_shapes}, f)
+    try:
+        out = subprocess.run(
+            ["node", str(HERE / "ort_run.mjs"), f.name], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
+    finally:
+        Path(f.name).unlink()
+    res = json.loads(out)
+    logits = np.asarray(res["logits"]["data"], dtype=np.float32).reshape(res["logits"]["dims"])
+    state = {k: np.asarray(v["data"], dtype=np.float32).reshape(v["dims"]) for k, v in res["state"].items()}
+    return {"logits": logits, "state": state}
+
+
+def initial_state_shapes(model) -> dict:
+    return {n: list(t.shape) for n, t in zip(model.state_names(), model.initial_state(1))}
+
+
+@torch.no_grad()
+def check_model_file(model, model_path: Path, ids: list[int], chunkings: dict[str, list[int]]) -> dict:
+    """Max |diff| of logits and final states between PyTorch and ONNX for each chunking."""
+    model.eval()
+    model.set_sparse_moe(False)
+    ref_logits, ref_state = model(torch.tensor([ids]))
+    names = [n.replace("past_key_values.", "present.") for n in model.state_names()]
+    ref_state = {n: s.numpy() for n, s in zip(model.state_names(), ref_state)}
+    report = {}
+    for label, chunks in chunkings.items():
+        out = ort_run(model_path, [ids], chunks, initial_state_shapes(model))
+        logit_diff = float(np.abs(out["logits"] - ref_logits.numpy()).max())
+        state_diff = max(float(np.abs(out["state"][n] - ref_state[n]).max()) for n in ref_state)
+        report[label] = {"logits": logit_diff, "state": state_diff}
+    del names
+    return report
+
+
+def standard_chunkings(n: int) -> dict[str, list[int]]:
+    return {"all at once": [n], "one token at a time": [1] * n, "chunks 1+7+(n-8)": [1, 7, n - 8]}
