@@ -195,7 +195,17 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
     // Decode speed against the context position: 64 tokens decoded after the state holds c tokens,
     // as a ratio to the first context measured (in the same run).
     let base: number | undefined;
-    for (const c of args.contexts) {
+    const contexts = [...args.contexts];
+    // A model bounded by its context also gets the last position that leaves room for 64 tokens.
+    const last = model.contextLength - 64;
+    if (model.limitedContext && last > 0 && !contexts.includes(last) && contexts.some((c) => c > last)) {
+      contexts.splice(
+        contexts.findIndex((c) => c > last),
+        0,
+        last,
+      );
+    }
+    for (const c of contexts) {
       if (model.limitedContext && c + 64 > model.contextLength) {
         extra.push([name, String(threads), String(c), "beyond context", "1", ""]);
         continue;
