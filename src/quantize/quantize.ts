@@ -35,7 +35,7 @@ import {
   withModel,
 } from "./measure.js";
 import type { Precision, QuantizeOptions } from "./options.js";
-import { applyPrecisions, unsupportedReason } from "./rewrite.js";
+import { applyPrecisions, precisionBytes, unsupportedReason } from "./rewrite.js";
 import { choosePrecisions, type LayerChoice } from "./select.js";
 import { countQuantizedNodes, findSites, type Site } from "./sites.js";
 
@@ -161,23 +161,6 @@ async function onnxFileBytes(path: string): Promise<number> {
   let total = (await stat(path)).size;
   for (const f of files) total += (await stat(f)).size;
   return total;
-}
-
-/** Bytes a weight of `site` takes at a precision (packed data + scales + zero points). */
-export function precisionBytes(site: Site, p: Precision, blockSize: number, symmetric: boolean): number {
-  const [a, b] = site.dims;
-  const elements = a * b;
-  if (p === "fp32") return elements * 4;
-  if (p === "fp16") return elements * 2;
-  if (p === "int8") return elements + (b + b) * 4; // per-channel worst case
-  const bits = p === "int4" ? 4 : 8;
-  const rows = site.kind === "linear" ? b : a;
-  const cols = site.kind === "linear" ? a : b;
-  const kBlocks = Math.ceil(cols / blockSize);
-  return (
-    rows *
-    ((kBlocks * blockSize * bits) / 8 + kBlocks * 4 + (symmetric ? 0 : Math.ceil((kBlocks * bits) / 8)))
-  );
 }
 
 const relativeIncrease = (before: number, after: number) => Math.exp(after - before) - 1;

@@ -59,15 +59,32 @@ function toTensor(spec: TensorSpec) {
 export type BlockParams = Pick<QuantizeOptions, "blockSize" | "symmetric" | "accuracyLevel">;
 export type Int8Params = Pick<QuantizeOptions, "perChannel" | "reduceRange" | "symmetric">;
 
-/** Why a site cannot take a precision, or undefined when it can. */
+/** Bytes a weight of `site` takes at a precision (packed data + scales + zero points). */
+export function precisionBytes(site: Site, p: Precision, blockSize: number, symmetric: boolean): number {
+  const [a, b] = site.dims;
+  const elements = a * b;
+  if (p === "fp32") return elements * 4;
+  if (p === "fp16") return elements * 2;
+  if (p === "int8") return elements + (b + b) * 4; // per-channel worst case
+  const bits = p === "int4" ? 4 : 8;
+  const rows = site.kind === "linear" ? b : a;
+  const cols = site.kind === "linear" ? a : b;
+  const kBlocks = Math.ceil(cols / blockSize);
+  return (
+    rows *
+    ((kBlocks * blockSize * bits) / 8 + kBlocks * 4 + (symmetric ? 0 : Math.ceil((kBlocks * bits) / 8)))
+  );
+}
+
+/** Why a site should not take a precision, or undefined when it can. */
 export function unsupportedReason(site: Site, precision: Precision, params: BlockParams): string | undefined {
-  if (site.kind !== "embedding") return undefined;
+  if (precision === "fp32" || precision === "fp16") return undefined;
   const cols = site.dims[1];
-  if (
-    (precision === "int4" || precision === "int8-wo" || precision === "int8") &&
-    cols % params.blockSize !== 0
-  ) {
+  if (site.kind === "embedding" && cols % params.blockSize !== 0) {
     return `hidden size ${cols} is not a multiple of the block size ${params.blockSize}`;
+  }
+  if (precisionBytes(site, precision, params.blockSize, params.symmetric) >= site.bytes) {
+    return `${precision} would not be smaller than fp32 for a ${site.dims.join("x")} weight (block padding)`;
   }
   return undefined;
 }
