@@ -32,6 +32,31 @@ describe("decode/encode", () => {
     },
   );
 
+  it("tells a truncated file from one that is not ONNX", async () => {
+    const bytes = await readFile(join(dir, "tiny_gpt.onnx"));
+    expect(() => decodeModel(bytes.subarray(0, bytes.length - 100), "m.onnx")).toThrow(
+      /the ONNX file is truncated or corrupt/,
+    );
+    // Cut right after the graph (fields are written in number order: graph 7, opset_import 8).
+    const model = decodeModel(bytes);
+    const opsets = encodeModel({
+      ...model,
+      graph: undefined,
+      irVersion: undefined,
+      producerName: undefined,
+      producerVersion: undefined,
+    } as never);
+    expect(() => decodeModel(bytes.subarray(0, bytes.length - opsets.length), "m.onnx")).toThrow(
+      /the ONNX file is incomplete \(no opset_import\): it may be truncated/,
+    );
+    expect(() => decodeModel(new Uint8Array(0), "empty.onnx")).toThrow(
+      /not an ONNX model: no ir_version, graph, opset_import/,
+    );
+    expect(() => decodeModel(new TextEncoder().encode('{"model": 1}'), "x.json")).toThrow(
+      /not an ONNX model/,
+    );
+  });
+
   it("keeps fields the schema does not know, on nodes and on the model", async () => {
     const model = decodeModel(await readFile(join(dir, "contrib_ops.onnx")));
     const unknownOf = (m: object) => (m as { $unknowns?: Uint8Array[] }).$unknowns;

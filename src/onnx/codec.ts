@@ -105,17 +105,21 @@ export function encodeMessage(typeName: string, msg: object): Uint8Array {
  */
 export function decodeModel(bytes: Uint8Array, source = "<bytes>"): ModelProto {
   const fix = "check that this is a complete .onnx file (re-export or re-download it)";
+  const notOnnxFix = "pass an ONNX model (.onnx file) or a model folder";
   let model: ModelProto;
   try {
     model = decodeMessage<ModelProto>("ModelProto", bytes);
   } catch (e) {
     const reason = e instanceof Error ? e.message : String(e);
-    const truncated = /index out of range/.test(reason);
+    // Every ONNX writer puts ir_version (field 1, varint: tag byte 0x08) first.
+    const startsLikeOnnx = bytes[0] === 0x08;
     throw new IteraError(
-      truncated
-        ? `the ONNX file is truncated or corrupt (protobuf data ends early: ${reason})`
-        : `not an ONNX model: the file is not valid protobuf (${reason})`,
-      { where: source, fix, cause: e },
+      !startsLikeOnnx
+        ? `not an ONNX model: the file is not ONNX protobuf data (${reason})`
+        : /index out of range/.test(reason)
+          ? `the ONNX file is truncated or corrupt (protobuf data ends early: ${reason})`
+          : `the ONNX file is corrupt (${reason})`,
+      { where: source, fix: startsLikeOnnx ? fix : notOnnxFix, cause: e },
     );
   }
   const missing = [
@@ -124,7 +128,12 @@ export function decodeModel(bytes: Uint8Array, source = "<bytes>"): ModelProto {
     model.opsetImport.length > 0 ? null : "opset_import",
   ].filter((x) => x !== null);
   if (missing.length > 0)
-    throw new IteraError(`not an ONNX model: no ${missing.join(", ")} in the file`, { where: source, fix });
+    throw new IteraError(
+      missing.includes("ir_version")
+        ? `not an ONNX model: no ${missing.join(", ")} in the file`
+        : `the ONNX file is incomplete (no ${missing.join(", ")}): it may be truncated`,
+      { where: source, fix: missing.includes("ir_version") ? notOnnxFix : fix },
+    );
   return model;
 }
 
