@@ -51,7 +51,7 @@ export function formatReport(r: QuantizeReport): string {
         `${(r.agreement.top1_agreement * 100).toFixed(1)}%`,
         `${r.agreement.positions} positions, ${r.agreement.prompts} prompts`,
       ],
-      ["max |logit diff|", "", r.agreement.max_abs_logit_diff.toFixed(4), ""],
+      ["max abs logit diff", "", r.agreement.max_abs_logit_diff.toFixed(4), ""],
     ],
   );
   const layers = markdownTable(
