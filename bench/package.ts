@@ -1,0 +1,180 @@
+/**
+ * Packaging benchmark: per target, the size of the executable (Node raw vs stripped, assets raw vs
+ * stored compressed) and of the .tar.gz, the build time, and the agent's start-up to the first
+ * generated token: cold (first run: the native files and the model are extracted) and warm (they
+ * are reused). Start-up is read from the agent's own `run --json` timings, which count from process
+ * start (performance.timeOrigin); the wall time of the whole process is reported beside it.
+ * linux-x64 runs natively; linux-arm64 runs under qemu-aarch64 (emulated: only its ratios mean
+ * anything); win32-x64 is built and measured for size only.
+ *
+ * Run (from the repository root):
+ *   npx esbuild bench/package.ts --bundle --platform=node --format=esm --packages=external \
+ *     --outfile=node_modules/.cache/itera-bench/package.mjs && \
+ *   nice -n 10 node node_modules/.cache/itera-bench/package.mjs [--append docs/benchmarks.md] \
+ *     [--model DIR] [--cold 3] [--warm 7] [--qemu-runs 2]
+ * Without --model it uses models/itera-lite-micro when present, else the runtime test fixture.
+ */
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { appendFile, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { cpus, tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import { promisify } from "node:util";
+import { type BuildResult, buildBundle } from "../src/package/build.js";
+import { loadProfile } from "../src/profile/load.js";
+import { markdownTable } from "../src/util/table.js";
+import { fixtureModels } from "../test/fixtures/runtime/models.js";
+
+const run = promisify(execFile);
+const argv = process.argv.slice(2);
+const opt = (name: string, dflt: string): string =>
+  argv.includes(name) ? (argv[argv.indexOf(name) + 1] ?? dflt) : dflt;
+const append = argv.includes("--append") ? opt("--append", "") : undefined;
+const coldRuns = Number(opt("--cold", "3"));
+const warmRuns = Number(opt("--warm", "7"));
+const qemuRuns = Number(opt("--qemu-runs", "2"));
+const micro = resolve("models", "itera-lite-micro");
+const modelDir = opt("--model", existsSync(micro) ? micro : join(fixtureModels(), "recurrent"));
+const qemu = resolve("tools", "qemu", "run-arm64.sh");
+const prompt = "ROMEO:";
+
+const work = await mkdtemp(join(tmpdir(), "itera-bench-package-"));
+const laptop = await loadProfile("laptop-x64-4c");
+const { detect: _d, ...laptopRest } = laptop;
+const winProfile = join(work, "win-x64-4c.json");
+await writeFile(winProfile, JSON.stringify({ ...laptopRest, name: "win-x64-4c", platform: "win32" }));
+
+interface Target {
+  label: string;
+  profile: string;
+  runner: ((exe: string, args: string[], env: NodeJS.ProcessEnv) => Promise<string>) | null;
+  runs: { cold: number; warm: number };
+}
+
+const native = async (exe: string, args: string[], env: NodeJS.ProcessEnv) =>
+  (await run(exe, args, { env })).stdout;
+const emulated = async (exe: string, args: string[], env: NodeJS.ProcessEnv) =>
+  (await run(qemu, [exe, ...args], { env: { ...env, PATH: "/usr/bin:/bin" } })).stdout;
+
+const targets: Target[] = [
+  {
+    label: "linux-x64 (laptop-x64-4c)",
+    profile: "laptop-x64-4c",
+    runner: native,
+    runs: { cold: coldRuns, warm: warmRuns },
+  },
+  {
+    label: "linux-arm64 (embedded-arm64-2c, qemu)",
+    profile: "embedded-arm64-2c",
+    runner: emulated,
+    runs: { cold: 1, warm: qemuRuns },
+  },
+  {
+    label: "win32-x64 (laptop profile, platform win32)",
+    profile: winProfile,
+    runner: null,
+    runs: { cold: 0, warm: 0 },
+  },
+];
+
+interface StartFigures {
+  firstTokenMs: number[];
+  wallMs: number[];
+}
+
+async function startRuns(
+  exe: string,
+  t: Target,
+  cache: string,
+  n: number,
+  fresh: boolean,
+): Promise<StartFigures> {
+  const out: StartFigures = { firstTokenMs: [], wallMs: [] };
+  for (let i = 0; i < n; i++) {
+    if (fresh) await rm(cache, { recursive: true, force: true });
+    const env = { PATH: "/nonexistent", HOME: work, ITERA_AGENT_CACHE: cache };
+    const t0 = performance.now();
+    const stdout = await t.runner!(exe, ["run", "--prompt", prompt, "--max-tokens", "1", "--json"], env);
+    out.wallMs.push(performance.now() - t0);
+    const r = JSON.parse(stdout) as { cold_start: boolean; timings: { first_token_ms: number } };
+    if (r.cold_start !== fresh) throw new Error(`expected cold_start=${fresh}, got ${r.cold_start}`);
+    out.firstTokenMs.push(r.timings.first_token_ms);
+  }
+  return out;
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0
+    ? Number.NaN
+    : s.length % 2
+      ? s[(s.length - 1) / 2]!
+      : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const mb = (b: number) => (b / 1e6).toFixed(1);
+const ms = (x: number) => (Number.isNaN(x) ? "" : x.toFixed(0));
+
+const sizeRows: (string | number)[][] = [];
+const startRows: (string | number)[][] = [];
+for (const t of targets) {
+  process.stderr.write(`building ${t.label}...\n`);
+  const b: BuildResult = await buildBundle({
+    model: modelDir,
+    profile: t.profile,
+    quant: "fp32",
+    out: join(work, "out"),
+    quiet: true,
+  });
+  sizeRows.push([
+    t.label,
+    `${mb(b.sizes.node_raw)} -> ${mb(b.sizes.node_stripped)}`,
+    mb(b.sizes.agent_script),
+    `${mb(b.sizes.assets_raw)} -> ${mb(b.sizes.assets_stored)}`,
+    mb(b.sizes.executable),
+    mb(b.sizes.tarball),
+    b.sizes.tarball <= 60e6 ? "yes" : "no",
+    b.seconds.toFixed(1),
+  ]);
+  if (!t.runner) continue;
+  const exe = join(b.dir, "itera-agent");
+  const cache = join(work, `cache-${t.profile}`);
+  process.stderr.write(`starting ${t.label}: ${t.runs.cold} cold, ${t.runs.warm} warm...\n`);
+  const cold = await startRuns(exe, t, cache, t.runs.cold, true);
+  const warm = await startRuns(exe, t, cache, t.runs.warm, false);
+  const c = median(cold.firstTokenMs);
+  const w = median(warm.firstTokenMs);
+  startRows.push([
+    t.label,
+    `${t.runs.cold} / ${t.runs.warm}`,
+    ms(c),
+    ms(w),
+    (c / w).toFixed(2),
+    `${ms(median(cold.wallMs))} / ${ms(median(warm.wallMs))}`,
+    t.runner === native ? (w <= 300 ? "yes" : "no") : "n/a (emulated)",
+  ]);
+}
+await rm(work, { recursive: true, force: true });
+
+const machine = `${cpus()[0]?.model.trim() ?? "?"} × ${cpus().length}, host Node ${process.version}, bundles Node 24.21.0`;
+const command =
+  "npx esbuild bench/package.ts --bundle --platform=node --format=esm --packages=external --outfile=node_modules/.cache/itera-bench/package.mjs && nice -n 10 node node_modules/.cache/itera-bench/package.mjs --append docs/benchmarks.md";
+const text = `
+## Bundles: size and start-up (bench/package.ts)
+
+Machine: ${machine}; ${new Date().toISOString().slice(0, 10)}. Model: \`${modelDir.replace(`${process.cwd()}/`, "")}\` (fp32).
+Command: \`${command}\`
+
+Sizes in MB. "node" is the embedded Node binary before -> after strip; "assets" the embedded model,
+profile and native add-ons raw -> as stored (brotli where it saves ≥ 10 %). Goal: .tar.gz ≤ 60 MB.
+
+${markdownTable(["target", "node", "agent script", "assets", "executable", ".tar.gz", "≤ 60 MB", "build s"], sizeRows)}
+
+Start-up to the first generated token (ms from process start, median; \`run --max-tokens 1 --json\`).
+Cold: first run, extracting the native files and the model; warm: reusing them. Wall: whole process
+(spawn to exit), cold / warm. Goal: warm ≤ 300 ms on this machine (x64, native).
+
+${markdownTable(["target", "runs cold / warm", "cold ms", "warm ms", "cold / warm", "wall ms", "warm ≤ 300 ms"], startRows)}
+`;
+process.stdout.write(text);
+if (append) await appendFile(append, text);
