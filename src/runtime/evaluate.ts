@@ -31,7 +31,7 @@ export interface EvalResult {
   stride: number | null;
   /** Tokens scored (all but the first). */
   tokens: number;
-  /** Characters of the scored tokens. */
+  /** Characters of the scored tokens (the text's, less the first token's). */
   chars: number;
   nats_per_token: number;
   bits_per_char: number;
@@ -133,7 +133,10 @@ export async function evaluate(
     }
   }
 
-  const chars = Array.from(model.tokenizer.decode(ids.slice(1), false)).length;
+  // Characters of the scored tokens: the whole text but the first token's (a special token that
+  // stands for one unknown character, such as <unk>, counts as one).
+  const firstChars = Array.from(model.tokenizer.decode([ids[0]!])).length || 1;
+  const chars = Array.from(text).length - firstChars;
   const seconds = (performance.now() - t0) / 1000;
   return {
     method,
