@@ -3,6 +3,7 @@ import { cp, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { agentContext } from "../src/agent-host/context.js";
 import { IteraError } from "../src/errors.js";
 import { buildBundle } from "../src/package/build.js";
 import { readModelInput } from "../src/package/model-input.js";
@@ -134,6 +135,21 @@ describe("itera verify", () => {
     await expect(verifyBundle(dir)).rejects.toThrow(/not JSON/);
     await writeFile(join(dir, "manifest.json"), JSON.stringify({ schema: "itera.bundle/v1" }));
     await expect(verifyBundle(dir)).rejects.toThrow(/invalid manifest\.json: field 'bundle_id'/);
+  });
+});
+
+describe("agentContext outside a bundle (dev mode)", () => {
+  it("needs --model and --profile, then gives the folder, the profile and no manifest", async () => {
+    out = "";
+    await expect(agentContext({ model: model.dir })).rejects.toThrow(
+      /--model DIR and --profile NAME are required/,
+    );
+    const ctx = await agentContext({ model: model.dir, profile: "rpi4" });
+    expect(ctx).toMatchObject({ mode: "dev", modelDir: model.dir, manifest: null });
+    expect(ctx.profile.name).toBe("rpi4");
+    await expect(agentContext({ model: model.dir, profile: "no-such-board" })).rejects.toThrow(
+      /no device profile/,
+    );
   });
 });
 
