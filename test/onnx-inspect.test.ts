@@ -8,7 +8,17 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { inspectPath, parseDims } from "../src/cli/commands/inspect.js";
 import { IteraError } from "../src/errors.js";
 import { locateModelFile } from "../src/model/folder.js";
-import { decodeModel } from "../src/onnx/index.js";
+import {
+  attr,
+  DataType,
+  decodeModel,
+  encodeModel,
+  inferShapes,
+  type ModelProto,
+  makeNode,
+  makeValueInfo,
+  typedToTensor,
+} from "../src/onnx/index.js";
 import { analyzeModel } from "../src/onnx/report.js";
 import { buildFixtures } from "./fixtures/onnx/build.js";
 
@@ -273,5 +283,88 @@ describe("itera inspect (built CLI)", () => {
     const badDim = await run(join(dir, "tiny_gpt.onnx"), "--dim", "seq");
     expect(badDim.code).toBe(1);
     expect(badDim.stderr).toMatch(/invalid --dim "seq"/);
+  });
+});
+
+describe("inspect: quantized graphs (the quantizer's patterns)", () => {
+  // ids -> com.microsoft GatherBlockQuantized (4-bit table 50x16 packed in uint8 [50, 8])
+  //     -> DynamicQuantizeLinear -> MatMulInteger (int8 16x32) -> Cast -> Mul by the scales
+  //     -> com.microsoft MatMulNBits (K=32, N=8, 4 bits, block 16) -> y [batch_size, sequence_length, 8]
+  function quantizedModel(): ModelProto {
+    const bytes = (n: number, seed: number) =>
+      Uint8Array.from({ length: n }, (_, i) => (i * 37 + seed) % 251);
+    const initializer = [
+      typedToTensor("table_q", [50, 8], bytes(400, 1)),
+      typedToTensor("table_scales", [50, 1], new Float32Array(50).fill(0.05)),
+      typedToTensor(
+        "w8",
+        [16, 32],
+        Int8Array.from(bytes(512, 2), (b) => (b % 200) - 100),
+      ),
+      typedToTensor("w8_scale", [], new Float32Array([0.01])),
+      typedToTensor("w4", [8, 2, 8], bytes(128, 3)),
+      typedToTensor("w4_scales", [16], new Float32Array(16).fill(0.02)),
+    ];
+    const node = [
+      makeNode("GatherBlockQuantized", ["table_q", "ids", "table_scales"], ["emb"], {
+        domain: "com.microsoft",
+        attributes: [
+          attr.int("bits", 4),
+          attr.int("block_size", 16),
+          attr.int("gather_axis", 0),
+          attr.int("quantize_axis", 1),
+        ],
+      }),
+      makeNode("DynamicQuantizeLinear", ["emb"], ["emb_q", "emb_scale", "emb_zp"]),
+      makeNode("MatMulInteger", ["emb_q", "w8", "emb_zp"], ["h_int"]),
+      makeNode("Cast", ["h_int"], ["h_f"], { attributes: [attr.int("to", DataType.FLOAT)] }),
+      makeNode("Mul", ["emb_scale", "w8_scale"], ["h_scale"]),
+      makeNode("Mul", ["h_f", "h_scale"], ["h"]),
+      makeNode("MatMulNBits", ["h", "w4", "w4_scales"], ["y"], {
+        domain: "com.microsoft",
+        attributes: [attr.int("K", 32), attr.int("N", 8), attr.int("bits", 4), attr.int("block_size", 16)],
+      }),
+    ];
+    return {
+      irVersion: 8,
+      opsetImport: [
+        { domain: "", version: 17 },
+        { domain: "com.microsoft", version: 1 },
+      ],
+      graph: {
+        name: "quantized",
+        node,
+        initializer,
+        input: [makeValueInfo("ids", DataType.INT64, ["batch_size", "sequence_length"])],
+        output: [makeValueInfo("y", DataType.FLOAT, ["batch_size", "sequence_length", 8])],
+        valueInfo: [],
+      },
+    };
+  }
+
+  it("infers the shapes onnxruntime computes, and counts their FLOPs", async () => {
+    const model = quantizedModel();
+    const session = await ort.InferenceSession.create(encodeModel(model), { logSeverityLevel: 3 });
+    const [b, s] = [2, 3];
+    const out = await session.run({
+      ids: new ort.Tensor("int64", BigInt64Array.from([1n, 2n, 3n, 4n, 5n, 49n]), [b, s]),
+    });
+    await session.release();
+    const info = inferShapes(model.graph!, { batch_size: b, sequence_length: s });
+    expect(info.shapes.get("y")).toEqual(out.y!.dims);
+    expect(info.shapes.get("emb")).toEqual([b, s, 16]);
+    expect(info.shapes.get("h")).toEqual([b, s, 32]);
+    const r = analyzeModel(model, { batch_size: b, sequence_length: s });
+    expect(r.flops.unresolved).toEqual([]);
+    expect(Object.fromEntries(r.flops.byOp.map((o) => [o.op, o.flops]))).toEqual({
+      MatMulInteger: 2 * b * s * 16 * 32,
+      "com.microsoft.MatMulNBits": 2 * b * s * 32 * 8,
+      "com.microsoft.GatherBlockQuantized": 0,
+    });
+    expect(Object.fromEntries(r.parameters.byDtype.map((d) => [d.dtype, d.elements]))).toEqual({
+      uint8: 400 + 128,
+      float32: 50 + 1 + 16,
+      int8: 512,
+    });
   });
 });

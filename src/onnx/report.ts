@@ -8,7 +8,7 @@
  *   Conv: 2 · elements(output) · (C_in / group) · prod(kernel) (+ elements(output) with a bias)
  *   Einsum: 2 · product of all label sizes when a label is summed over (1 · for a product without
  *           summation)
- *   Gather: 0 (a lookup: it moves data, it does no arithmetic)
+ *   Gather, com.microsoft GatherBlockQuantized: 0 (a lookup: it moves data, it does no arithmetic)
  * Everything else (elementwise ops, softmax, normalization) is left out: for language models it is
  * a few percent of the total. Attention inside fused contrib ops (com.microsoft Attention,
  * GroupQueryAttention, ...) is not counted, nor ops inside If/Loop/Scan bodies. Nodes whose shapes
@@ -148,6 +148,7 @@ export function nodeFlops(node: NodeProto, info: ShapeInfo): number | undefined 
       return (summed ? 2 : parsed.inputs.length - 1) * all;
     }
     case "Gather":
+    case "GatherBlockQuantized":
       return 0;
     default:
       return undefined;
@@ -164,6 +165,7 @@ const COUNTED = new Set([
   "Conv",
   "Einsum",
   "Gather",
+  "GatherBlockQuantized",
 ]);
 
 /** Estimate FLOPs for the given dim values (defaults: batch 1, sequence 1, empty cache). */

@@ -4,7 +4,8 @@
  * Reshape chains exporters emit) get concrete values, so that Reshape/Expand/Slice targets resolve.
  *
  * Covered: the elementwise, normalization and activation ops (output = input shape or broadcast),
- * MatMul (+ MatMulInteger, QLinearMatMul, com.microsoft FusedMatMul/MatMulNBits), Gemm, Conv, Gather,
+ * MatMul (+ MatMulInteger, QLinearMatMul, com.microsoft FusedMatMul/MatMulNBits), Gemm, Conv, Gather
+ * (+ com.microsoft GatherBlockQuantized), DynamicQuantizeLinear,
  * Einsum, Shape, Reshape, Flatten, (Un)Squeeze, Concat, Slice, Split, Transpose, Expand, Tile,
  * ConstantOfShape, Range, Reduce*, Constant. Where no rule applies, a value_info/graph-output shape
  * whose symbolic dims all have values is used; otherwise the value stays unknown (control flow such as
@@ -128,7 +129,6 @@ const SAME_SHAPE = new Set([
   "CumSum",
   "DequantizeLinear",
   "QuantizeLinear",
-  "DynamicQuantizeLinear",
   "RotaryEmbedding",
   "Celu",
   "ThresholdedRelu",
@@ -255,8 +255,11 @@ export function inferShapes(graph: GraphProto, dims: Record<string, number>): Sh
   const declared = new Map<string, TypeProto | undefined>();
   for (const v of [...graph.valueInfo, ...graph.output]) declared.set(v.name ?? "", v.type);
 
+  const elemTypes = new Map<string, number | undefined>();
+  for (const v of graph.input) elemTypes.set(v.name ?? "", v.type?.tensorType?.elemType);
   for (const t of graph.initializer) {
     const name = t.name ?? "";
+    elemTypes.set(name, t.dataType);
     shapes.set(name, t.dims.map(Number));
     const v = tensorValue(t);
     if (v) values.set(name, v);
@@ -271,7 +274,7 @@ export function inferShapes(graph: GraphProto, dims: Record<string, number>): Sh
   for (const node of topologicalOrder(graph.node)) {
     const inShapes = node.input.map((n) => (n === "" ? undefined : shapes.get(n)));
     const inValues = node.input.map((n) => values.get(n));
-    const out = inferNode(node, inShapes, inValues);
+    const out = inferNode(node, inShapes, inValues, (name) => elemTypes.get(name));
     node.output.forEach((name, i) => {
       if (name === "") return;
       const shape = out.shapes[i] ?? concreteShape(declared.get(name), dims);
@@ -288,7 +291,12 @@ interface NodeResult {
   values: (number[] | undefined)[];
 }
 
-function inferNode(node: NodeProto, s: (Shape | undefined)[], v: (number[] | undefined)[]): NodeResult {
+function inferNode(
+  node: NodeProto,
+  s: (Shape | undefined)[],
+  v: (number[] | undefined)[],
+  elemType: (name: string) => number | undefined,
+): NodeResult {
   const op = node.opType ?? "";
   const one = (shape: Shape | undefined, value?: number[]): NodeResult => ({
     shapes: [shape],
@@ -338,6 +346,18 @@ function inferNode(node: NodeProto, s: (Shape | undefined)[], v: (number[] | und
   switch (op) {
     case "QLinearMatMul":
       return one(x && s[3] ? matmulShape(x, s[3]) : undefined);
+    case "DynamicQuantizeLinear":
+      return { shapes: [x, [], []], values: [] };
+    case "GatherBlockQuantized": {
+      // com.microsoft: a Gather whose data is block-quantized along quantize_axis; with uint8 data
+      // (elem type from the initializer) each byte packs 8/bits values along that axis.
+      if (!x || !s[1]) return one(undefined);
+      const qAxis = normAxis(getAttrInt(node, "quantize_axis", x.length - 1), x.length);
+      const packed = elemType(node.input[0] ?? "") === DataType.UINT8 ? 8 / getAttrInt(node, "bits", 4) : 1;
+      const data = x.map((d, i) => (i === qAxis ? d * packed : d));
+      const axis = normAxis(getAttrInt(node, "gather_axis", 0), x.length);
+      return one([...data.slice(0, axis), ...s[1], ...data.slice(axis + 1)]);
+    }
     case "MatMulNBits": {
       const n = getAttrInt(node, "N");
       return one(x && n !== undefined ? [...x.slice(0, -1), n] : undefined);
