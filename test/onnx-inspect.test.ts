@@ -168,6 +168,22 @@ describe("inspect: FLOPs", () => {
     );
   });
 
+  it("infers the output shapes onnxruntime produces for the PyTorch export", async () => {
+    const path = join(dir, "tiny_gpt.onnx");
+    const [b, s, past] = [2, 3, 4];
+    const session = await ort.InferenceSession.create(path, { logSeverityLevel: 3 });
+    const feeds: Record<string, ort.Tensor> = {
+      input_ids: new ort.Tensor("int64", new BigInt64Array(b * s).fill(1n), [b, s]),
+    };
+    for (const name of session.inputNames.filter((n) => n.startsWith("past_")))
+      feeds[name] = new ort.Tensor("float32", new Float32Array(b * 4 * past * 8), [b, 4, past, 8]);
+    const out = await session.run(feeds);
+    await session.release();
+    const model = decodeModel(await readFile(path));
+    const info = inferShapes(model.graph!, { batch_size: b, sequence_length: s, past_sequence_length: past });
+    for (const name of Object.keys(out)) expect(info.shapes.get(name), name).toEqual(out[name]!.dims);
+  });
+
   it("refuses a malformed --dim", () => {
     expect(parseDims(["batch_size=2", "x=0"])).toEqual({ batch_size: 2, x: 0 });
     expect(() => parseDims(["batch_size"])).toThrow(IteraError);
