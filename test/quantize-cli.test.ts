@@ -236,6 +236,34 @@ describe("bad input", () => {
     expect(Buffer.compare(before, await readFile(join(out, "model.onnx")))).toBe(0);
   });
 
+  it("a partly quantized graph: only the float weights left are quantized, the rest is reported", async () => {
+    const partly = join(work, "partly");
+    await quantizeFolder(model("gpt2-kv"), partly, options({ mode: "int8-wo", exclude: ["/head/MatMul"] }), {
+      quiet: true,
+    });
+    const again = join(work, "partly-again");
+    const report = await quantizeFolder(partly, again, options({ mode: "int4" }), { quiet: true });
+    expect(report.layers.map((l) => [l.name, l.precision])).toEqual([["/head/MatMul", "int4"]]);
+    expect(report.already_quantized_nodes).toBeGreaterThan(8);
+    const lm = await loadModel(again);
+    await lm.dispose();
+  });
+
+  it("a model with external data: read, and not copied stale into the output", async () => {
+    const { saveModel } = await import("../src/onnx/index.js");
+    const dir = join(work, "external");
+    await cp(model("recurrent"), dir, { recursive: true });
+    await saveModel(join(dir, "model.onnx"), await loadOnnx(join(model("recurrent"), "model.onnx")), {
+      externalData: { location: "model.onnx.data", threshold: 256 },
+    });
+    const out = join(work, "external-out");
+    const report = await quantizeFolder(dir, out, options({ mode: "int4" }), { quiet: true });
+    expect(await readdir(out)).not.toContain("model.onnx.data");
+    expect(report.size.before.file_bytes).toBeGreaterThan((await stat(join(dir, "model.onnx"))).size);
+    const lm = await loadModel(out);
+    await lm.dispose();
+  });
+
   it("--exclude naming no quantizable node", async () => {
     await expectError(
       quantizeFolder(model("gpt2-kv"), join(work, "x"), options({ mode: "int8", exclude: ["fc9"] })),

@@ -158,6 +158,33 @@ describe("MatMul -> MatMulNBits (weight-only, accuracy level 0)", () => {
   }
 });
 
+describe("MatMulNBits at accuracy level 4 (int8 compute)", () => {
+  it("runs, and stays close to the dequantized reference (activations quantized per block)", async () => {
+    const { out } = await quantized("linear.onnx", () => "int4", { accuracyLevel: 4 });
+    const x = seq(M * 80, 5);
+    const r = await run(out, {
+      x: new Tensor("float32", x, [2, 3, 80]),
+      a: new Tensor("float32", seq(6, 2), [2, 3]),
+      b: new Tensor("float32", seq(12, 3), [3, 4]),
+    });
+    const opts = { bits: 4 as const, blockSize: 32, symmetric: false };
+    const w1 = dequantizeMatMulNBits(
+      quantizeMatMulNBits(await floatWeight("linear.onnx", "w1"), 80, 48, opts),
+    );
+    const w2 = dequantizeMatMulNBits(
+      quantizeMatMulNBits(await floatWeight("linear.onnx", "w2"), 48, 24, opts),
+    );
+    const want = matmul(
+      matmul(x, w1, M, 80, 48).map((v) => Math.max(0, v)),
+      w2,
+      M,
+      48,
+      24,
+    );
+    expect(relError(r.y!.data as Float32Array, want)).toBeLessThan(0.02);
+  });
+});
+
 describe("MatMul -> int8 dynamic (DynamicQuantizeLinear + MatMulInteger + Cast + Mul)", () => {
   for (const perChannel of [false, true]) {
     for (const reduceRange of [false, true]) {
@@ -290,6 +317,24 @@ describe("fp16 weights", () => {
     const h = matmul(x, half(await floatWeight("linear.onnx", "w1")), M, 80, 48).map((v) => Math.max(0, v));
     const want = matmul(h, half(await floatWeight("linear.onnx", "w2")), M, 48, 24);
     expect(relError(r.y!.data as Float32Array, want)).toBeLessThanOrEqual(1e-5);
+  });
+});
+
+describe("weights kept at fp32", () => {
+  it("when block padding would make the weight bigger, or an embedding row is not whole blocks", async () => {
+    const { precisionBytes, unsupportedReason } = await import("../src/quantize/rewrite.js");
+    const params = { blockSize: 32, symmetric: false, accuracyLevel: 0 };
+    const site = (kind: "linear" | "embedding", dims: [number, number]) =>
+      ({ name: "s", kind, head: false, dims, weightName: "w", bytes: dims[0] * dims[1] * 4 }) as never;
+    // K = 4 rows of a MoE combine: one 32-value block per column holds 28 values of padding
+    expect(unsupportedReason(site("linear", [4, 128]), "int4", params)).toMatch(/would not be smaller/);
+    expect(precisionBytes(site("linear", [4, 128]), "int4", 32, false)).toBeGreaterThan(4 * 128 * 4);
+    expect(unsupportedReason(site("linear", [128, 4]), "int4", params)).toBeUndefined();
+    expect(unsupportedReason(site("embedding", [66, 48]), "int4", params)).toMatch(
+      /not a multiple of the block size/,
+    );
+    expect(unsupportedReason(site("embedding", [66, 64]), "int8-wo", params)).toBeUndefined();
+    expect(unsupportedReason(site("linear", [4, 128]), "fp16", params)).toBeUndefined();
   });
 });
 
