@@ -127,6 +127,7 @@ describe("itera flash --rootfs (a mounted SD-card root file system, offline)", (
     expect(r).toMatchObject({ previous: "0.1.0", current: "0.2.0" });
     const tree = await listTree(root);
     expect(tree).toContain("l opt/itera/current -> releases/0.2.0");
+    expect(tree).toContain("l opt/itera/previous -> releases/0.1.0");
     expect(tree).toContain("d opt/itera/releases/0.1.0 755");
     expect(tree.filter((l) => l.includes(".tmp"))).toEqual([]);
     const again = await flashRootfs({ bundle: x64next, rootfs: root });

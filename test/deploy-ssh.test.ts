@@ -1,11 +1,13 @@
-import { execFile } from "node:child_process";
-import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { execFile, spawn } from "node:child_process";
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
 import { flashOverSsh, type SshFlashOptions } from "../src/deploy/flash-ssh.js";
+import { flashRootfs } from "../src/deploy/rootfs.js";
+import { flashLockPath } from "../src/deploy/ssh.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
 import { startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
 import { listTree } from "./fixtures/deploy/tree.js";
@@ -151,6 +153,7 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
       "d opt 755",
       "d opt/itera 755",
       "l opt/itera/current -> releases/0.2.0",
+      "l opt/itera/previous -> releases/0.1.0",
       "d opt/itera/releases 755",
       ...releaseFiles("0.1.0", await agentBytes(bundles.v1!)),
       ...releaseFiles("0.2.0", await agentBytes(bundles.v2!)),
@@ -193,6 +196,26 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
       "restart itera-agent.service",
       "is-active --quiet itera-agent.service",
     ]);
+  });
+
+  it("still rolls back when an earlier flash of the same release was cut off before its health check", async () => {
+    const dev = await newDevice("cut-off");
+    await flashOverSsh(options(bundles.v1!, dev));
+    // What such a flash leaves: 0.3.0 installed and current, never checked (the rootfs mode writes exactly that).
+    await mkdir(join(dev.prefix, "bin"));
+    await copyFile("/bin/dash", join(dev.prefix, "bin/sh"));
+    await flashRootfs({ bundle: bundles.broken!, rootfs: dev.prefix });
+    expect(await listTree(dev.prefix)).toContain("l opt/itera/previous -> releases/0.1.0");
+    const r = await flashOverSsh(options(bundles.broken!, dev));
+    expect(r).toMatchObject({
+      result: "rolled-back",
+      previous: "0.3.0",
+      current: "0.1.0",
+      rollback: { to: "0.1.0", healthy: true },
+    });
+    const tree = await listTree(dev.prefix);
+    expect(tree).toContain("l opt/itera/current -> releases/0.1.0");
+    expect(tree.filter((l) => l.includes("0.3.0") || l.includes("previous"))).toEqual([]);
   });
 
   it("removes a failed first install completely (nothing to roll back to)", async () => {
@@ -329,6 +352,29 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
     const pinned = await flashOverSsh(options(bundles.v2!, dev, { trustedKey: keys.publicPem }));
     expect(pinned).toMatchObject({ ok: true, signer_pinned: true, current: "0.2.0" });
     expect(before).toContain("l opt/itera/current -> releases/0.1.0");
+  });
+
+  it("refuses to run while another flash holds the device's lock, and the lock dies with its connection", async () => {
+    const dev = await newDevice("locked");
+    // Another flash in progress, as the device sees it: a process holding the same flock.
+    const holder = spawn(
+      "flock",
+      ["-n", flashLockPath(dev.prefix), "sh", "-c", "echo held; exec cat >/dev/null"],
+      {
+        stdio: ["pipe", "pipe", "inherit"],
+      },
+    );
+    await new Promise((resolve) => holder.stdout!.once("data", resolve));
+    try {
+      const e = await flashError(options(bundles.v1!, dev));
+      expect(e.message).toBe("another itera flash to this device is running");
+      expect(await listTree(dev.prefix)).toEqual([]);
+    } finally {
+      const gone = new Promise((resolve) => holder.once("close", resolve));
+      holder.stdin!.end();
+      await gone;
+    }
+    expect((await flashOverSsh(options(bundles.v1!, dev))).ok).toBe(true);
   });
 
   it("passes hostile paths to the device as data, never as shell code", async () => {

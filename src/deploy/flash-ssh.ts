@@ -5,7 +5,7 @@ import { loadVerifiedBundle, type VerifiedBundle } from "./bundle.js";
 import { archFromUname, type DeviceLayout, deviceLayout, releaseLinkTarget } from "./layout.js";
 import * as scripts from "./remote-scripts.js";
 import { type FlashReport, newReport, versionOfLink } from "./report.js";
-import { type SshSession as Session, SshSession, type SshTarget, sshError } from "./ssh.js";
+import { flashLockPath, type SshSession as Session, SshSession, type SshTarget, sshError } from "./ssh.js";
 import { StepLog } from "./steps.js";
 import { uploadResumable } from "./upload.js";
 
@@ -36,6 +36,8 @@ interface Probe {
   kernel: string;
   freeKb: number;
   current: string | null;
+  /** What base/previous points at: the release an earlier, possibly unfinished, flash replaced. */
+  previous: string | null;
   missing: string[];
   staged: Map<string, number>;
 }
@@ -46,6 +48,7 @@ function parseProbe(stdout: string): Probe {
     kernel: "",
     freeKb: Number.NaN,
     current: null,
+    previous: null,
     missing: [],
     staged: new Map(),
   };
@@ -58,6 +61,7 @@ function parseProbe(stdout: string): Probe {
     else if (key === "kernel") p.kernel = value.trim();
     else if (key === "free_kb") p.freeKb = Number.parseInt(value, 10);
     else if (key === "current") p.current = value.trim() || null;
+    else if (key === "previous") p.previous = value.trim() || null;
     else if (key === "missing") p.missing.push(value.trim());
     else if (key === "staged") {
       const [n, ...name] = value.split(" ");
@@ -131,8 +135,10 @@ export async function flashOverSsh(o: SshFlashOptions): Promise<FlashReport> {
     return report;
   }
 
-  const session = await log.run("connect", `connect to ${o.target.destination} (host key checked)`, () =>
-    SshSession.open(o.target),
+  const session = await log.run(
+    "connect",
+    `connect to ${o.target.destination} (host key checked) and take the device's flash lock`,
+    () => SshSession.open(o.target, flashLockPath(o.prefix)),
   );
   try {
     const probe = await log.run(
@@ -149,6 +155,10 @@ export async function flashOverSsh(o: SshFlashOptions): Promise<FlashReport> {
     );
     report.previous = versionOfLink(probe.current);
     report.current = report.previous;
+    // What a failure goes back to: the running release, or, when this very release is already current
+    // (an earlier flash of it was cut off before its health check), the one that flash replaced.
+    const fallback =
+      probe.current && probe.current !== releaseLinkTarget(m.version) ? probe.current : probe.previous;
 
     const files = bundle.files.map((f) => ({ ...f, localPath: join(bundle.dir, f.name) }));
     const upload = await log.run(
@@ -255,31 +265,29 @@ export async function flashOverSsh(o: SshFlashOptions): Promise<FlashReport> {
       report.result = "rolled-back";
       await log.run(
         "rollback",
-        probe.current
-          ? `put back release ${versionOfLink(probe.current)}`
-          : "remove the failed first install",
+        fallback ? `put back release ${versionOfLink(fallback)}` : "remove the failed first install",
         async () => {
           const r = await session.script(scripts.ROLLBACK, [
             L.prefix,
             L.base,
-            probe.current ?? "",
+            fallback ?? "",
             m.version,
             o.systemctl ?? "",
           ]);
           if (r.code !== 0) throw scriptError("rollback", r, o);
         },
       );
-      report.current = report.previous;
+      report.current = versionOfLink(fallback);
       let healthy: boolean | null = null;
-      if (probe.current) {
+      if (fallback) {
         const h = await log.run("health-previous", "check the previous release's health", () =>
-          healthCheck(session, L, o, report.previous!),
+          healthCheck(session, L, o, report.current!),
         );
         healthy = h.ok;
       }
-      report.rollback = { to: report.previous, healthy };
+      report.rollback = { to: report.current, healthy };
       report.error = new IteraError(
-        `release ${m.version} failed its health check (${healthError}); rolled back to ${report.previous ?? "no release"}${
+        `release ${m.version} failed its health check (${healthError}); rolled back to ${report.current ?? "no release"}${
           healthy === false ? " (which is not healthy either)" : ""
         }`,
         {
@@ -295,7 +303,7 @@ export async function flashOverSsh(o: SshFlashOptions): Promise<FlashReport> {
       `remove the upload area and keep the newest ${o.keep} releases`,
       async () => {
         const cur = report.current ? releaseLinkTarget(report.current) : "";
-        const prev = report.result === "installed" && probe.current ? probe.current : "";
+        const prev = report.result === "installed" && fallback ? fallback : "";
         const r = await session.script(scripts.CLEANUP, [L.base, String(o.keep), cur, prev]);
         if (r.code !== 0) throw scriptError("cleanup", r, o);
         return r.stdout

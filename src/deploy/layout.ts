@@ -5,6 +5,7 @@ import { IteraError } from "../errors.js";
  * Where a bundle lives on a device (the same under a --prefix test root, a mounted SD card, or /):
  *   opt/itera/releases/<version>/   one folder per installed release
  *   opt/itera/current               symlink -> releases/<version> (relative, so it works under any root)
+ *   opt/itera/previous              symlink -> the release the last switch replaced (what a rollback restores)
  *   opt/itera/.staging/<key>/       where an upload lands before it is verified and moved into releases/
  *   etc/systemd/system/itera-agent.service (+ multi-user.target.wants/ link when enabled)
  *   etc/itera/agent.json            the agent's fleet, broker and device id
@@ -18,6 +19,7 @@ export interface DeviceLayout {
   base: string;
   releases: string;
   current: string;
+  previous: string;
   staging: string;
   unitDir: string;
   unit: string;
@@ -32,6 +34,7 @@ export function deviceLayout(prefix: string): DeviceLayout {
     base: p("opt/itera"),
     releases: p("opt/itera/releases"),
     current: p("opt/itera/current"),
+    previous: p("opt/itera/previous"),
     staging: p("opt/itera/.staging"),
     unitDir: p("etc/systemd/system"),
     unit: p("etc/systemd/system", UNIT_NAME),

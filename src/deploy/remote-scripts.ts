@@ -12,10 +12,14 @@ UNIT=itera-agent.service
 # Point base/current at a release atomically: make the new link under a temp name, then rename it
 # over the old one (rename(2) is atomic, so a reader sees the old or the new release, never none).
 switch_current() {
-  tmp="$1/.current.tmp.$$"
+  set_link "$1" current "$2"
+}
+# base/NAME -> TARGET, replaced atomically (also used for base/previous).
+set_link() {
+  tmp="$1/.$2.tmp.$$"
   rm -f -- "$tmp"
-  ln -s -- "$2" "$tmp"
-  mv -T -f -- "$tmp" "$1/current"
+  ln -s -- "$3" "$tmp"
+  mv -T -f -- "$tmp" "$1/$2"
 }
 # Copy the current release's unit into etc/systemd/system (temp name, then rename).
 install_unit() {
@@ -36,6 +40,7 @@ d=$base
 while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
 echo "free_kb=$(df -Pk -- "$d" | awk 'NR==2 {print $4}')"
 if [ -L "$base/current" ]; then echo "current=$(readlink -- "$base/current")"; fi
+if [ -L "$base/previous" ]; then echo "previous=$(readlink -- "$base/previous")"; fi
 for tool in sha256sum readlink df awk; do
   command -v "$tool" >/dev/null 2>&1 || echo "missing=$tool"
 done
@@ -93,8 +98,14 @@ chmod 0644 -- "$dir/.agent.json.tmp"
 mv -f -- "$dir/.agent.json.tmp" "$dir/agent.json"
 `;
 
-/** args: base link-target */
+/**
+ * args: base link-target -> current points at the new release; base/previous remembers the release it
+ * replaced, so a later flash can still roll back if this one is interrupted before its health check.
+ */
 export const SWITCH = `${COMMON}
+old=""
+if [ -L "$1/current" ]; then old=$(readlink -- "$1/current"); fi
+if [ -n "$old" ] && [ "$old" != "$2" ]; then set_link "$1" previous "$old"; fi
 switch_current "$1" "$2"
 `;
 
@@ -151,6 +162,7 @@ prefix=$1; base=$2; prev=$3; failed=$4; systemctl=$5
 unitdir="$prefix/etc/systemd/system"
 if [ -n "$prev" ] && [ -d "$base/$prev" ]; then
   switch_current "$base" "$prev"
+  rm -f -- "$base/previous"
   if [ -f "$base/current/$UNIT" ]; then install_unit "$prefix" "$base"; fi
   if [ -n "$systemctl" ]; then
     "$systemctl" daemon-reload
@@ -159,7 +171,7 @@ if [ -n "$prev" ] && [ -d "$base/$prev" ]; then
   echo "rollback=previous"
 else
   if [ -n "$systemctl" ]; then "$systemctl" disable --now "$UNIT" || true; fi
-  rm -f -- "$base/current" "$unitdir/multi-user.target.wants/$UNIT" "$unitdir/$UNIT"
+  rm -f -- "$base/current" "$base/previous" "$unitdir/multi-user.target.wants/$UNIT" "$unitdir/$UNIT"
   if [ -n "$systemctl" ]; then "$systemctl" daemon-reload; fi
   echo "rollback=none"
 fi

@@ -175,9 +175,11 @@ export async function flashRootfs(o: RootfsFlashOptions): Promise<FlashReport> {
       writeFileAtomic(L.configFile, `${renderAgentConfig(cfg)}\n`),
     );
   }
-  await log.run("switch", `point ${L.current} at releases/${m.version} (atomic rename)`, () =>
-    atomicSymlink(releaseLinkTarget(m.version), L.current),
-  );
+  await log.run("switch", `point ${L.current} at releases/${m.version} (atomic rename)`, async () => {
+    const target = releaseLinkTarget(m.version);
+    if (previousLink && previousLink !== target) await atomicSymlink(previousLink, L.previous);
+    await atomicSymlink(target, L.current);
+  });
   report.current = m.version;
   await log.run("unit", `install ${L.unit} and enable it (multi-user.target.wants link)`, async () => {
     const unitSrc = join(rel, UNIT_NAME);

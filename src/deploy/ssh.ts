@@ -1,4 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -105,6 +106,25 @@ export function sshError(stderr: string, t: SshTarget): IteraError {
   });
 }
 
+/** Exit code of the hold script when the device's flash lock is taken. */
+const LOCK_BUSY = 75;
+
+/**
+ * What the shared connection's own session runs on the device: take the flash lock (when asked and
+ * when `flock` exists), say it is ready, then wait for the end of stdin (close()).
+ */
+const HOLD_SCRIPT = `lock=$1
+if [ -n "$lock" ] && command -v flock >/dev/null 2>&1; then
+  exec flock -n -E ${LOCK_BUSY} "$lock" sh -c 'echo itera-ready; exec cat >/dev/null'
+fi
+echo itera-ready
+exec cat >/dev/null`;
+
+/** The device-side lock file of flashes into one root ("/" on a real device). */
+export function flashLockPath(prefix: string): string {
+  return `/tmp/itera-flash-${createHash("sha256").update(prefix).digest("hex").slice(0, 12)}.lock`;
+}
+
 /**
  * One ssh connection to a device, shared by every step through a control socket (ControlMaster)
  * so the many small steps of a flash cost one handshake. The master is a child process we own: it
@@ -124,7 +144,12 @@ export class SshSession {
     return [...sshOptions(t), ...mux, "--", t.destination, remoteCommand(argv)];
   }
 
-  static async open(target: SshTarget): Promise<SshSession> {
+  /**
+   * Open the shared connection. With `lockPath`, its session holds `flock` on that file on the device
+   * for as long as the flash runs, so two flashes to one device cannot interleave; the lock goes away
+   * with the connection, so a flash that was killed never leaves a stale lock behind.
+   */
+  static async open(target: SshTarget, lockPath?: string): Promise<SshSession> {
     const controlDir = await mkdtemp(join(tmpdir(), "itera-ssh-"));
     const controlPath = join(controlDir, "cm");
     const master = spawn(
@@ -137,13 +162,17 @@ export class SshSession {
         `ControlPath=${controlPath}`,
         "--",
         target.destination,
-        "echo itera-ready; exec cat >/dev/null",
+        remoteCommand(["sh", "-c", HOLD_SCRIPT, "sh", lockPath ?? ""]),
       ],
       { stdio: ["pipe", "pipe", "pipe"] },
     );
     let stderr = "";
     master.stderr!.on("data", (d: Buffer) => {
       stderr += d.toString();
+    });
+    let exitCode: number | null = null;
+    master.on("exit", (code) => {
+      exitCode = code;
     });
     const ready = await new Promise<boolean>((resolve) => {
       let out = "";
@@ -156,6 +185,13 @@ export class SshSession {
     });
     if (!ready) {
       await rm(controlDir, { recursive: true, force: true });
+      if (exitCode === LOCK_BUSY) {
+        throw new IteraError("another itera flash to this device is running", {
+          where: `${target.destination}:${lockPath}`,
+          fix: "wait for it to finish, then flash again",
+          exitCode: 3,
+        });
+      }
       throw sshError(stderr, target);
     }
     return new SshSession(target, controlDir, master);
