@@ -16,6 +16,7 @@ import {
   loadModel,
   makeNode,
   makeValueInfo,
+  type ModelProto,
   opsetVersion,
   saveModel,
   type TypedArray,
@@ -142,6 +143,57 @@ describe("graph edits", () => {
       return [r.Y!.data, r.big_out!.data];
     };
     expect(await run(out)).toEqual(await run(src));
+  });
+
+  it("keeps initializers read only inside subgraphs (If branches), and orders their producers first", async () => {
+    const branch = (name: string, op: string) => ({
+      name,
+      node: [makeNode(op, ["x", "outer_w"], [`${name}_out`])],
+      initializer: [],
+      input: [],
+      output: [makeValueInfo(`${name}_out`, DataType.FLOAT, [2])],
+      valueInfo: [],
+    });
+    const model: ModelProto = {
+      irVersion: 8,
+      opsetImport: [{ domain: "", version: 17 }],
+      graph: {
+        name: "if",
+        // The If comes first although it reads outer_w, which the Identity after it produces.
+        node: [
+          makeNode("If", ["cond"], ["y"], {
+            attributes: [
+              attr.graph("then_branch", branch("then", "Add")),
+              attr.graph("else_branch", branch("else", "Mul")),
+            ],
+          }),
+          makeNode("Identity", ["w"], ["outer_w"]),
+        ],
+        initializer: [
+          typedToTensor("w", [2], new Float32Array([10, 20])),
+          typedToTensor("dead", [1], new Float32Array([1])),
+        ],
+        input: [makeValueInfo("cond", DataType.BOOL, []), makeValueInfo("x", DataType.FLOAT, [2])],
+        output: [makeValueInfo("y", DataType.FLOAT, [2])],
+        valueInfo: [],
+      },
+    };
+    const g = new Graph(model.graph!);
+    expect(g.consumers("outer_w").map((n) => n.opType)).toEqual(["If"]);
+    expect(g.removeDeadInitializers()).toEqual(["dead"]);
+    g.topologicalSort();
+    expect(g.nodes.map((n) => n.opType)).toEqual(["Identity", "If"]);
+    const session = await ort.InferenceSession.create(encodeModel(model), { logSeverityLevel: 3 });
+    const run = async (cond: boolean) =>
+      (
+        await session.run({
+          cond: new ort.Tensor("bool", new Uint8Array([cond ? 1 : 0]), []),
+          x: new ort.Tensor("float32", new Float32Array([1, 2]), [2]),
+        })
+      ).y!.data;
+    expect(await run(true)).toEqual(new Float32Array([11, 22]));
+    expect(await run(false)).toEqual(new Float32Array([10, 40]));
+    await session.release();
   });
 
   it("refuses a cycle", async () => {
