@@ -11,7 +11,7 @@ import { Ina219Meter } from "../src/power/ina219/meter.js";
 import { TdpMeter } from "../src/power/tdp.js";
 import { loadProfile } from "../src/profile/load.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
-import { startSim } from "./power-sim-helper.js";
+import { startSim, traceEnergy } from "./power-sim-helper.js";
 
 /**
  * The benchmark end to end on a real tiny ONNX model (the runtime's hybrid fixture: attention + a
@@ -42,7 +42,38 @@ const plan = {
 const ctxBase = { profile: "laptop-x64-4c", device: "test-host", agentVersion: "test", quiet: true };
 
 describe("bench with the INA219 simulator over a pty", () => {
-  it("energy equals the trace's integral; mJ/token = 1000·J/tokens; results match the §7 schema", async () => {
+  it("energy equals the trace's integral over the measured windows; mJ/token = 1000·J/tokens; §7 schema", async () => {
+    // A slow ramp 3 → 9 W: where the windows fall matters, so the test checks their placement too.
+    const trace: [number, number][] = [
+      [0, 3],
+      [20, 9],
+    ];
+    const sim = await startSim(dir, "ramp", ["--format", "raw", "--trace", "0:3,20:9", "--rate", "100"]);
+    const meter = new Ina219Meter({ port: sim.port });
+    const windows = new Map<string, [number, number][]>();
+    try {
+      await meter.start();
+      const results = await runBench(plan, {
+        ...ctxBase,
+        engine: await runtimeEngine(model),
+        meter,
+        onRepetition: (r) => windows.set(r.test, [...(windows.get(r.test) ?? []), [r.t0, r.t1]]),
+      });
+      for (const r of results) {
+        const want = windows
+          .get(r.test)!
+          .reduce((a, [t0, t1]) => a + traceEnergy(trace, sim.traceTime(t0), sim.traceTime(t1)), 0);
+        expect(Math.abs(r.energy!.J - want) / want).toBeLessThan(0.01);
+        expect(r.energy!.complete).toBe(true);
+        expect(r.energy!.mJ_per_token).toBeCloseTo((1000 * r.energy!.J) / r.tokens, 9);
+      }
+    } finally {
+      await meter.stop();
+      await sim.stop();
+    }
+  });
+
+  it("a constant trace: J = P × duration, the idle baseline nets it out; results match the §7 schema", async () => {
     const sim = await startSim(dir, "bench", ["--format", "raw", "--trace", "0:4.2", "--rate", "100"]);
     const meter = new Ina219Meter({ port: sim.port });
     try {

@@ -54,6 +54,8 @@ export interface BenchContext {
   system?: SystemPaths;
   /** Called with each result as soon as it is ready. */
   onResult?: (r: BenchResult) => void;
+  /** Called after each measured repetition with its window on the host clock (live telemetry, checks). */
+  onRepetition?: (rep: { threads: number; test: string; t0: number; t1: number; tokens: number }) => void;
   /** Stops the run before the next prompt or token (a job's deadline); the signal's reason is thrown. */
   signal?: AbortSignal;
 }
@@ -209,6 +211,7 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
           } while (performance.now() - t0 < plan.minDurationS * 1000);
           const t1 = performance.now();
           windows.push({ t0, t1 });
+          ctx.onRepetition?.({ threads, test: `${test.kind} ${test.n}`, t0, t1, tokens });
           tps.push(tokens / ((t1 - t0) / 1000));
           tokensAll += tokens;
           bar.update(++done, `${label} ${mean(tps).toFixed(1)} t/s`);
