@@ -15,16 +15,24 @@
  * Without --model it uses models/itera-lite-micro when present, else the runtime test fixture.
  */
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { appendFile, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { cpus, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { promisify } from "node:util";
-import { type BuildResult, buildBundle } from "../src/package/build.js";
-import { loadProfile } from "../src/profile/load.js";
-import { markdownTable } from "../src/util/table.js";
-import { fixtureModels } from "../test/fixtures/runtime/models.js";
+import type { BuildResult } from "../src/package/build.js";
+
+// Bundled into node_modules/.cache, the sources cannot find package.json and device-profiles/ next
+// to themselves: point them at the repository (run from its root) before loading them.
+process.env.ITERA_VERSION ??= (
+  JSON.parse(readFileSync("package.json", "utf8")) as { version: string }
+).version;
+process.env.ITERA_PROFILES_DIR ??= resolve("device-profiles");
+const { buildBundle } = await import("../src/package/build.js");
+const { loadProfile } = await import("../src/profile/load.js");
+const { markdownTable } = await import("../src/util/table.js");
+const { fixtureModels } = await import("../test/fixtures/runtime/models.js");
 
 const run = promisify(execFile);
 const argv = process.argv.slice(2);

@@ -1,9 +1,11 @@
-import { generateKeyPairSync } from "node:crypto";
-import { cp, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { agentContext } from "../src/agent-host/context.js";
+import { decodeAsset } from "../src/agent-host/embedded.js";
+import { prepareAsset } from "../src/package/assets.js";
 import { IteraError } from "../src/errors.js";
 import { buildBundle } from "../src/package/build.js";
 import { readModelInput } from "../src/package/model-input.js";
@@ -135,6 +137,22 @@ describe("itera verify", () => {
     await expect(verifyBundle(dir)).rejects.toThrow(/not JSON/);
     await writeFile(join(dir, "manifest.json"), JSON.stringify({ schema: "itera.bundle/v1" }));
     await expect(verifyBundle(dir)).rejects.toThrow(/invalid manifest\.json: field 'bundle_id'/);
+  });
+});
+
+describe("assets", () => {
+  it("compress where it pays, but never bundle.json, which the executable reads first", async () => {
+    out = "";
+    const dir = await mkdtemp(join(work, "assets-"));
+    const text = Buffer.from(JSON.stringify({ card: "x".repeat(20000) }));
+    const index = await prepareAsset({ key: "bundle.json", content: text }, dir, 0);
+    expect(index).toMatchObject({ encoding: "identity", stored_bytes: text.length });
+    const other = await prepareAsset({ key: "model/itera.json", content: text }, dir, 1);
+    expect(other.encoding).toBe("br");
+    expect(other.stored_bytes).toBeLessThan(text.length / 10);
+    expect(decodeAsset(other.key, await readFile(other.file), other)).toEqual(text);
+    const random = await prepareAsset({ key: "model/w.bin", content: randomBytes(10000) }, dir, 2);
+    expect(random.encoding).toBe("identity");
   });
 });
 

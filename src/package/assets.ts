@@ -3,7 +3,13 @@ import { createRequire } from "node:module";
 import { basename, dirname, join, relative, sep } from "node:path";
 import { brotliCompress, constants as zc } from "node:zlib";
 import { promisify } from "node:util";
-import { MODEL_PREFIX, NATIVE_PREFIX, PROFILE_ASSET, type StoredAsset } from "../agent-host/bundle-index.js";
+import {
+  BUNDLE_INDEX_ASSET,
+  MODEL_PREFIX,
+  NATIVE_PREFIX,
+  PROFILE_ASSET,
+  type StoredAsset,
+} from "../agent-host/bundle-index.js";
 import { IteraError } from "../errors.js";
 import { sha256 } from "../util/fs.js";
 import type { Target } from "./target.js";
@@ -99,7 +105,8 @@ export function profileAsset(profile: unknown): AssetSource {
 export async function prepareAsset(src: AssetSource, workDir: string, index: number): Promise<PreparedAsset> {
   let stored = src.content;
   let encoding: StoredAsset["encoding"] = "identity";
-  if (src.content.length >= 4096) {
+  // bundle.json is read before anything else and describes the encodings: it is never compressed.
+  if (src.content.length >= 4096 && src.key !== BUNDLE_INDEX_ASSET) {
     // Quality 5 with a 16 MB window: within a few % of quality 9 on libonnxruntime at ~20x the speed.
     const br = await brotli(src.content, {
       params: {
