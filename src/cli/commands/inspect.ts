@@ -131,12 +131,11 @@ export function registerInspect(program: Command): void {
       "--dim <name=value>",
       "value of a symbolic dim for the FLOPs estimate (repeatable; default batch_size=1 sequence_length=1 past_sequence_length=0)",
       collect,
-      [],
     )
     .option("--json", "machine-readable output")
     .action(
-      action(async (model: string, opts: { dim: string[]; json?: boolean }) => {
-        const report = await inspectPath(model, parseDims(opts.dim));
+      action(async (model: string, opts: { dim?: string[]; json?: boolean }) => {
+        const report = await inspectPath(model, parseDims(opts.dim ?? []));
         if (opts.json) return printJson(report);
         console.log(render(report));
       }),
