@@ -11,8 +11,8 @@ import { IteraError } from "../errors.js";
  * - onnxruntime-node's `./binding` and @serialport/bindings-cpp's `./serialport-bindings` are
  *   replaced by src/agent-host/{onnxruntime,serialport}-binding.ts, which load the target's add-on
  *   extracted from the bundle's assets (src/package/assets.ts embeds them);
- * - add-ons with no build for the target (better-sqlite3) are replaced by a module that throws a
- *   clear error when used, so the agent still starts and every command that does not need them works.
+ * - better-sqlite3 (compiled for the build host only) becomes an adapter over Node 24's built-in
+ *   `node:sqlite` (src/agent-host/better-sqlite3-on-node-sqlite.ts).
  */
 /** The itera package folder: the nearest parent with itera's package.json (works from src/, dist/ and bundles of them). */
 function findPackageRoot(): string {
@@ -44,9 +44,6 @@ function sourceFile(rel: string): string {
   });
 }
 
-/** Native add-ons with no build for the bundle's targets in node_modules (better-sqlite3 compiles for the host only). */
-const unembeddableNative = /^better-sqlite3$/;
-
 /** Modules that load a native add-on, and the stand-in that loads the embedded copy instead. */
 const addonLoaders: { file: RegExp; importer: RegExp; shim: string }[] = [
   {
@@ -59,9 +56,11 @@ const addonLoaders: { file: RegExp; importer: RegExp; shim: string }[] = [
     importer: /@serialport[\\/]bindings-cpp[\\/]dist[\\/]/,
     shim: "agent-host/serialport-binding",
   },
+  // better-sqlite3 only has a build for the host; Node 24's built-in SQLite takes its place.
+  { file: /^better-sqlite3$/, importer: /./, shim: "agent-host/better-sqlite3-on-node-sqlite" },
 ];
 
-const nativeAddons: Plugin = {
+export const nativeAddons: Plugin = {
   name: "itera-native-addons",
   setup(b) {
     for (const loader of addonLoaders) {
@@ -69,18 +68,6 @@ const nativeAddons: Plugin = {
         loader.importer.test(args.importer) ? { path: sourceFile(loader.shim) } : undefined,
       );
     }
-    b.onResolve({ filter: unembeddableNative }, (args) => ({
-      path: args.path,
-      namespace: "itera-unembeddable",
-    }));
-    b.onLoad({ filter: /.*/, namespace: "itera-unembeddable" }, (args) => ({
-      loader: "js",
-      contents: `const msg = ${JSON.stringify(
-        `${args.path} is a native add-on that is not embedded in this bundle; the command that needs it cannot run from the single executable`,
-      )};
-const fail = () => { const e = new Error(msg); e.code = "ITERA_NOT_EMBEDDED"; throw e; };
-module.exports = new Proxy(function () {}, { get: (_t, p) => (p === "__esModule" ? false : fail()), apply: fail, construct: fail });`,
-    }));
   },
 };
 
