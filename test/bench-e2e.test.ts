@@ -48,7 +48,10 @@ describe("bench with the INA219 simulator over a pty", () => {
       [0, 3],
       [20, 9],
     ];
-    const sim = await startSim(dir, "ramp", ["--format", "raw", "--trace", "0:3,20:9", "--rate", "100"]);
+    const sim = await startSim(dir, "ramp", [
+      ...["--format", "raw", "--trace", "0:3,20:9", "--rate", "100"],
+      ...["--garbage-every", "20", "--bad-checksum-every", "30"],
+    ]);
     const meter = new Ina219Meter({ port: sim.port });
     const windows = new Map<string, [number, number][]>();
     try {
@@ -59,6 +62,7 @@ describe("bench with the INA219 simulator over a pty", () => {
         meter,
         onRepetition: (r) => windows.set(r.test, [...(windows.get(r.test) ?? []), [r.t0, r.t1]]),
       });
+      const badLines: number[] = [];
       for (const r of results) {
         const want = windows
           .get(r.test)!
@@ -66,7 +70,15 @@ describe("bench with the INA219 simulator over a pty", () => {
         expect(Math.abs(r.energy!.J - want) / want).toBeLessThan(0.01);
         expect(r.energy!.complete).toBe(true);
         expect(r.energy!.mJ_per_token).toBeCloseTo((1000 * r.energy!.J) / r.tokens, 9);
+        // Counted during this test only: at 100 lines/s over ≥ 0.6 s, garbage every 20th, bad checksum every 30th.
+        expect(r.energy!.note).toMatch(
+          /^\d+ bad lines skipped; \d+ bad checksums dropped; \d+ samples missing/,
+        );
+        badLines.push(Number(/^(\d+) bad lines/.exec(r.energy!.note!)![1]));
       }
+      // Per test, not since the meter started: the idle baseline and warm-ups saw garbage too.
+      expect(Math.min(...badLines)).toBeGreaterThanOrEqual(2);
+      expect(badLines.reduce((a, b) => a + b, 0)).toBeLessThan(meter.health().bad_lines);
     } finally {
       await meter.stop();
       await sim.stop();

@@ -1,6 +1,6 @@
 import { IteraError } from "../errors.js";
 import { energyFigures, integrateWindow, type WindowEnergy } from "../power/integrate.js";
-import type { Meter } from "../power/meter.js";
+import { emptyHealth, type Meter, type MeterHealth } from "../power/meter.js";
 import { progress } from "../util/progress.js";
 import type { BenchEngine, BenchModel } from "./engine.js";
 import type { BenchResult, EnergyResult } from "./result.js";
@@ -97,8 +97,16 @@ function sumWindows(ws: WindowEnergy[]): WindowEnergy {
   };
 }
 
-function healthNote(meter: Meter): string[] {
-  const h = meter.health();
+/** Data-quality remarks about a meter since `before` (the start of a test). */
+function healthNote(meter: Meter, before: MeterHealth): string[] {
+  const now = meter.health();
+  const h = {
+    bad_lines: now.bad_lines - before.bad_lines,
+    bad_checksums: now.bad_checksums - before.bad_checksums,
+    gaps: now.gaps - before.gaps,
+    overflows: now.overflows - before.overflows,
+    lost: now.lost,
+  };
   const notes: string[] = [];
   if (h.bad_lines) notes.push(`${h.bad_lines} bad lines skipped`);
   if (h.bad_checksums) notes.push(`${h.bad_checksums} bad checksums dropped`);
@@ -114,6 +122,7 @@ async function energyOf(
   windows: { t0: number; t1: number }[],
   tokens: number,
   idle: Map<Meter, number | null>,
+  healthBefore: MeterHealth | null,
 ): Promise<EnergyResult | null> {
   const primary = ctx.meter;
   if (!primary) return null;
@@ -130,7 +139,7 @@ async function energyOf(
     });
   };
   let f = await figure(primary);
-  const notes = healthNote(primary);
+  const notes = healthNote(primary, healthBefore ?? emptyHealth());
   if (!f.complete && ctx.fallback) {
     notes.push(`${primary.name} did not cover the test; fell back to ${ctx.fallback.method}`);
     f = await figure(ctx.fallback);
@@ -193,6 +202,7 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
           await runOnce(model, test, ctx.signal);
           bar.update(++done, `${label} warm-up`);
         }
+        const healthBefore = ctx.meter?.health() ?? null;
         const monitor = new ResourceMonitor(ctx.system);
         await monitor.start();
         const windows: { t0: number; t1: number }[] = [];
@@ -231,7 +241,7 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
           tokens_per_s: { mean: mean(tps), stdev: stdev(tps), samples: tps },
           ttft_ms: mean(ttft),
           latency_ms: { p50: percentile(latencies, 50), p95: percentile(latencies, 95) },
-          energy: await energyOf(ctx, windows, tokensAll, idle),
+          energy: await energyOf(ctx, windows, tokensAll, idle, healthBefore),
           ...resources,
           agent_version: ctx.agentVersion,
           runtime: ctx.engine.runtime,
