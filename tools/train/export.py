@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lean import lean_file  # noqa: E402
 from model import IteraLite, count_parameters, flops_per_token  # noqa: E402
 from train import load_checkpoint  # noqa: E402
 
@@ -97,15 +98,25 @@ def export_onnx(model: nn.Module, path: Path) -> None:
             opset_version=OPSET,
             do_constant_folding=True,
         )
+    lean_file(path)
     onnx.checker.check_model(str(path))
+
+
+SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Range", "Cast", "Squeeze"}
 
 
 def graph_stats(path: Path, n_layers: int) -> dict:
     g = onnx.load(str(path)).graph
     ops = Counter(n.op_type for n in g.node)
+    per_layer = Counter()
+    for n in g.node:
+        parts = n.name.split("/")
+        if len(parts) > 3 and parts[2].startswith("blocks."):
+            per_layer[parts[2]] += 1
     return {
         "nodes": len(g.node),
-        "nodes_per_layer": round(len(g.node) / n_layers, 1),
+        "nodes_per_layer": round(sum(per_layer.values()) / max(1, len(per_layer)), 1),
+        "nodes_outside_layers": len(g.node) - sum(per_layer.values()),
         "op_types": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
     }
 

@@ -205,6 +205,7 @@ class MoEFeedForward(nn.Module):
         self.b1 = nn.Parameter(torch.zeros(c.n_experts * c.d_ff))
         self.w2 = nn.Parameter(torch.randn(c.n_experts * c.d_ff, c.d_model) / math.sqrt(c.d_ff))
         self.b2 = nn.Parameter(torch.zeros(c.n_experts, c.d_model))
+        self.register_buffer("spread", torch.repeat_interleave(torch.eye(c.n_experts), c.d_ff, dim=1), persistent=False)
         self.sparse = False
 
     def gates(self, x):
@@ -219,10 +220,9 @@ class MoEFeedForward(nn.Module):
         return out, load_balancing_loss(probs, g)
 
     def _dense(self, x, g):
-        c = self.c
-        h = F.silu(x @ self.w1 + self.b1)
-        h = h.reshape(x.shape[0], x.shape[1], c.n_experts, c.d_ff) * g[..., None]
-        return h.reshape(x.shape[0], x.shape[1], c.n_experts * c.d_ff) @ self.w2 + g @ self.b2
+        # g @ spread repeats each expert's gate over its d_ff hidden units: no reshapes in the graph.
+        h = F.silu(x @ self.w1 + self.b1) * (g @ self.spread)
+        return h @ self.w2 + g @ self.b2
 
     def _sparse(self, x, g):
         c = self.c

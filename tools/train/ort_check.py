@@ -20,18 +20,26 @@ REPO = HERE.parents[1]
 
 
 def ort_run(model_path: Path, ids: list[list[int]], chunks: list[int], state_shapes: dict) -> dict:
+    return ort_run_many([(model_path, ids, chunks, state_shapes)])[0]
+
+
+def ort_run_many(jobs: list[tuple]) -> list[dict]:
+    """Run several (model_path, ids, chunks, state_shapes) jobs in one Node process."""
+    reqs = [{"model": str(m), "ids": i, "chunks": c, "state": s} for m, i, c, s in jobs]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"model": str(model_path), "ids": ids, "chunks": chunks, "state": state_shapes}, f)
+        json.dump(reqs, f)
     try:
         out = subprocess.run(
             ["node", str(HERE / "ort_run.mjs"), f.name], cwd=REPO, capture_output=True, text=True, check=True
         ).stdout
     finally:
         Path(f.name).unlink()
-    res = json.loads(out)
-    logits = np.asarray(res["logits"]["data"], dtype=np.float32).reshape(res["logits"]["dims"])
-    state = {k: np.asarray(v["data"], dtype=np.float32).reshape(v["dims"]) for k, v in res["state"].items()}
-    return {"logits": logits, "state": state}
+    results = []
+    for res in json.loads(out):
+        logits = np.asarray(res["logits"]["data"], dtype=np.float32).reshape(res["logits"]["dims"])
+        state = {k: np.asarray(v["data"], dtype=np.float32).reshape(v["dims"]) for k, v in res["state"].items()}
+        results.append({"logits": logits, "state": state})
+    return results
 
 
 def initial_state_shapes(model) -> dict:
@@ -44,15 +52,14 @@ def check_model_file(model, model_path: Path, ids: list[int], chunkings: dict[st
     model.eval()
     model.set_sparse_moe(False)
     ref_logits, ref_state = model(torch.tensor([ids]))
-    names = [n.replace("past_key_values.", "present.") for n in model.state_names()]
     ref_state = {n: s.numpy() for n, s in zip(model.state_names(), ref_state)}
     report = {}
-    for label, chunks in chunkings.items():
-        out = ort_run(model_path, [ids], chunks, initial_state_shapes(model))
+    shapes = initial_state_shapes(model)
+    outs = ort_run_many([(model_path, [ids], chunks, shapes) for chunks in chunkings.values()])
+    for label, out in zip(chunkings, outs):
         logit_diff = float(np.abs(out["logits"] - ref_logits.numpy()).max())
         state_diff = max(float(np.abs(out["state"][n] - ref_state[n]).max()) for n in ref_state)
         report[label] = {"logits": logit_diff, "state": state_diff}
-    del names
     return report
 
 

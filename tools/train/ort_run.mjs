@@ -1,12 +1,12 @@
 // Runs an exported model folder's model.onnx with onnxruntime-node for the python parity checks
 // (Debian's python3-onnx has no reference evaluator and onnxruntime is not packaged for python here).
-// Request (JSON file argv[2]): {model, ids: [[...]], chunks: [n1, n2, ...], state: {name: dims}}
+// Request (JSON file argv[2]): a list of jobs {model, ids: [[...]], chunks: [n1, n2, ...], state: {name: dims}}.
 // The ids are fed chunk by chunk, each chunk's present.* outputs becoming the next chunk's past_key_values.*.
-// Prints {logits: {dims, data}, state: {name: {dims, data}}} with the logits of every chunk concatenated.
+// Prints, per job, {logits: {dims, data}, state: {name: {dims, data}}} with every chunk's logits concatenated.
 import { readFileSync } from "node:fs";
 import * as ort from "onnxruntime-node";
 
-const req = JSON.parse(readFileSync(process.argv[2], "utf8"));
+async function runJob(req) {
 const session = await ort.InferenceSession.create(req.model, { intraOpNumThreads: 1, graphOptimizationLevel: "all" });
 const batch = req.ids.length;
 let state = Object.fromEntries(
@@ -41,8 +41,13 @@ for (const { n, data } of logits) {
   for (let b = 0; b < batch; b++) all.set(data.subarray(b * n * vocab, (b + 1) * n * vocab), (b * total + offset) * vocab);
   offset += n;
 }
-const result = {
+return {
   logits: { dims: [batch, total, vocab], data: Array.from(all) },
   state: Object.fromEntries(Object.entries(state).map(([k, t]) => [k, { dims: t.dims, data: Array.from(t.data) }])),
 };
-process.stdout.write(JSON.stringify(result));
+}
+
+const jobs = JSON.parse(readFileSync(process.argv[2], "utf8"));
+const results = [];
+for (const job of jobs) results.push(await runJob(job));
+process.stdout.write(JSON.stringify(results));

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Evaluate a checkpoint on the validation split and out-of-domain texts; record it in itera.json.
+
+Methods (the same that `itera eval` implements, so it reproduces the figures with ONNX Runtime):
+- Itera-Lite: the state is carried across the whole text, fed in windows of 256 tokens; every token
+  after the first is predicted from the entire text before it.
+- Transformer: sliding windows of context_length (256) with stride 128, each from an empty KV cache;
+  a token is scored once, in the first window that predicts it with the most context.
+Characters outside the vocabulary map to <unk> (id 0) and are scored like any other target.
+
+  /usr/bin/python3 tools/train/evaluate.py tools/train/checkpoints/itera-lite-tiny/final.pt models/itera-lite-tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data import DEFAULT_DATA_DIR, DataError, read_text, split_train_val  # noqa: E402
+from model import IteraLite  # noqa: E402
+from train import load_checkpoint  # noqa: E402
+
+CARRY_WINDOW = 256
+SLIDING_STRIDE = 128
+
+# (dataset, file relative to the datasets folder, split in the words itera eval reads)
+SUITE = [
+    ("tinyshakespeare-val", "tinyshakespeare.txt", "last 10% of characters"),
+    ("wikitext-2-test", "wikitext-2/test.txt", "first 10% of characters"),
+    ("tinystories-sample", "tinystories-sample.txt", "all"),
+]
+
+
+def apply_split(text: str, split: str) -> str:
+    if split == "all":
+        return text
+    if split == "last 10% of characters":
+        return split_train_val(text)[1]
+    if split == "first 10% of characters":
+        return text[: int(len(text) * 0.1)]
+    raise ValueError(f"unknown split {split!r}")
+
+
+def method_text(model) -> str:
+    if isinstance(model, IteraLite):
+        return (
+            f"state carried across the whole text, fed in windows of {CARRY_WINDOW} tokens; "
+            "every token after the first is scored"
+        )
+    ctx = model.config.context_length
+    return (
+        f"sliding windows of {ctx} with stride {SLIDING_STRIDE}, each from an empty KV cache; "
+        "a token is scored once, in the first window that predicts it with the most context"
+    )
+
+
+@torch.no_grad()
+def nll_sum(model, ids: list[int]) -> tuple[float, int]:
+    """Total nats over targets ids[1:] and their count, by the model family's method."""
+    model.eval()
+    model.set_sparse_moe(True)  # same function as the dense export, fewer FLOPs
+    x = torch.tensor(ids)
+    total, count = 0.0, 0
+    if isinstance(model, IteraLite):
+        state, pending = model.initial_state(1), None
+        for begin in range(0, len(ids), CARRY_WINDOW):
+            chunk = x[begin : begin + CARRY_WINDOW]
+            logits, state = model(chunk[None], state)
+            logits = logits[0].double()
+            if pending is not None:
+                total += float(F.cross_entropy(pending[None], chunk[:1], reduction="sum"))
+                count += 1
+            if len(chunk) > 1:
+                total += float(F.cross_entropy(logits[:-1], chunk[1:], reduction="sum"))
+                count += len(chunk) - 1
+            pending = logits[-1]
+        return total, count
+    window = model.config.context_length
+    prev_end, begin = 0, 0
+    while True:
+        end = min(begin + window, len(ids))
+        logits, _ = model(x[begin:end][None])
+        first = max(prev_end, begin + 1)
+        if first < end:
+            rows = logits[0, first - begin - 1 : end - begin - 1].double()
+            total += float(F.cross_entropy(rows, x[first:end], reduction="sum"))
+            count += end - first
+        prev_end = end
+        if end == len(ids):
+            return total, count
+        begin += SLIDING_STRIDE
+
+
+def evaluate(model, tok, data_dir: Path, log=print) -> list[dict]:
+    records = []
+    for dataset, file, split in SUITE:
+        text = apply_split(read_text(data_dir / file), split)
+        ids = tok.encode(text)
+        t0 = time.time()
+        nats, n = nll_sum(model, ids)
+        unk = sum(1 for i in ids if i == tok.unk_id)
+        per = nats / n
+        rec = {
+            "dataset": dataset,
+            "file": file,
+            "split": split,
+            "method": method_text(model),
+            "tokens": n,
+            "nats_per_token": round(per, 6),
+            "bits_per_char": round(per / math.log(2), 6),
+            "perplexity": round(math.exp(per), 6),
+            "unk_chars": unk,
+            "note": "one token per character; characters outside the vocabulary are <unk>"
+            if unk
+            else "one token per character",
+            "seconds": round(time.time() - t0, 1),
+        }
+        log(f"{dataset}: {per:.4f} nats/char, {per / math.log(2):.4f} bits/char over {n} tokens ({unk} unk)")
+        records.append(rec)
+    return records
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("folder", type=Path, nargs="?", help="model folder whose itera.json gets the figures")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not args.checkpoint.is_file():
+        print(f"error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
+        return 2
+    model, tok, ckpt = load_checkpoint(args.checkpoint)
+    try:
+        records = evaluate(model, tok, args.data, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.folder:
+        card_path = args.folder / "itera.json"
+        card = json.loads(card_path.read_text())
+        if card.get("training", {}).get("seconds") != round(ckpt["seconds"], 1):
+            print(f"error: {card_path} was exported from another checkpoint; export this one first", file=sys.stderr)
+            return 2
+        card["evaluation"] = records
+        tmp = card_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, card_path)
+    print(json.dumps(records, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Exports and evaluates the trained house models into models/<id>/ (after run_all.sh trained them).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=/usr/bin/python3
+CK=tools/train/checkpoints
+DATA=${DATA:-../shared/datasets}
+one() { # checkpoint folder, model id, display name
+  nice -n 5 "$PY" tools/train/export.py "$CK/$1/final.pt" "models/$2" --name "$3"
+  nice -n 5 "$PY" tools/train/evaluate.py "$CK/$1/final.pt" "models/$2" --data "$DATA" > /dev/null
+}
+one itera-lite-tiny itera-lite-tiny "Itera-Lite tiny"
+one transformer-tiny transformer-tiny "Transformer tiny (baseline)"
+one itera-lite-micro itera-lite-micro "Itera-Lite micro (distilled from tiny)"
+one itera-lite-micro-scratch itera-lite-micro-scratch "Itera-Lite micro (trained from scratch)"

@@ -1,0 +1,75 @@
+"""The models' forward with explicit state: stepping, chunking and the full sequence agree."""
+
+import pytest
+import torch
+
+from model import CONFIGS, IteraLiteConfig, build_model, count_parameters
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [("tiny", 1_855_256), ("micro", 287_428), ("transformer-tiny", 1_841_664)],
+)
+def test_parameter_counts(name, expected):
+    # Reference design: tiny 1,886,496, micro 293,656, transformer 1,829,120 (within 2%).
+    assert count_parameters(build_model(CONFIGS[name](66))) == expected
+
+
+@pytest.mark.parametrize("name", ["test-ssm", "test-transformer"])
+@torch.no_grad()
+def test_step_by_step_and_chunks_equal_full_sequence(name):
+    torch.manual_seed(0)
+    model = build_model(CONFIGS[name](66)).eval()
+    ids = torch.randint(0, 66, (2, 40))
+    full, full_state = model(ids)
+    state, steps = model.initial_state(2), []
+    for t in range(ids.shape[1]):
+        logits, state = model(ids[:, t : t + 1], state)
+        steps.append(logits)
+    assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+    a, s = model(ids[:, :13])
+    b, s = model(ids[:, 13:], s)
+    assert (torch.cat([a, b], 1) - full).abs().max() < 1e-5
+    for x, y in zip(s, full_state):
+        assert (x - y).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_recurrent_state_has_constant_shape_and_kv_grows():
+    ssm = build_model(CONFIGS["test-ssm"](66)).eval()
+    _, s1 = ssm(torch.zeros(1, 3, dtype=torch.long))
+    _, s2 = ssm(torch.zeros(1, 9, dtype=torch.long), s1)
+    assert [t.shape for t in s1] == [t.shape for t in s2] == [t.shape for t in ssm.initial_state(1)]
+    tr = build_model(CONFIGS["test-transformer"](66)).eval()
+    _, k1 = tr(torch.zeros(1, 3, dtype=torch.long))
+    _, k2 = tr(torch.zeros(1, 4, dtype=torch.long), k1)
+    assert k1[0].shape[2] == 3 and k2[0].shape[2] == 7
+
+
+@torch.no_grad()
+def test_sparse_training_moe_and_chunked_training_scan_compute_the_exported_function():
+    torch.manual_seed(1)
+    model = build_model(CONFIGS["test-ssm"](66))
+    ids = torch.randint(0, 66, (2, 150))  # longer than the training scan chunk
+    model.eval()
+    model.set_sparse_moe(False)
+    dense, _ = model(ids)
+    model.train()  # chunked scan path
+    model.set_sparse_moe(True)
+    sparse, _ = model(ids)
+    assert (dense - sparse).abs().max() < 1e-5
+
+
+def test_top_k_gates_select_k_experts_and_sum_to_one():
+    model = build_model(CONFIGS["test-ssm"](66))
+    moe = model.blocks[0].moe
+    _, g = moe.gates(torch.randn(4, 5, moe.c.d_model))
+    assert torch.all((g > 0).sum(-1) == moe.c.top_k)
+    assert torch.allclose(g.sum(-1), torch.ones(4, 5))
+
+
+def test_bad_config_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="head_dim"):
+        build_model(IteraLiteConfig(d_model=20, head_dim=16))
+    with pytest.raises(ValueError, match="top_k"):
+        build_model(IteraLiteConfig(n_experts=2, top_k=3))
