@@ -25,7 +25,10 @@ export function* allTensors(model: ModelProto): Generator<TensorProto> {
       for (const a of n.attribute) {
         if (a.t) yield a.t;
         if (a.tensors) yield* a.tensors;
-        if (a.sparseTensor?.values) yield a.sparseTensor.values;
+        for (const sp of [a.sparseTensor, ...(a.sparseTensors ?? [])]) {
+          if (sp?.values) yield sp.values;
+          if (sp?.indices) yield sp.indices;
+        }
         if (a.g) graphs.push(a.g);
         if (a.graphs) graphs.push(...a.graphs);
       }

@@ -79,7 +79,10 @@ function signature(v: ValueInfoProto): TensorSignature {
   return {
     name: v.name ?? "",
     type,
-    shape: tensor?.shape ? tensor.shape.dim.map((d) => d.dimParam || Number(d.dimValue ?? 0)) : null,
+    // A dim is its symbolic name, its value, or "?" when the file gives neither.
+    shape: tensor?.shape
+      ? tensor.shape.dim.map((d) => d.dimParam || (Object.hasOwn(d, "dimValue") ? Number(d.dimValue) : "?"))
+      : null,
   };
 }
 

@@ -3,7 +3,8 @@
  *
  * int64 fields are `Int64`: a `number` when it is a safe integer (dims, opset versions, almost every
  * attribute), a `bigint` otherwise (e.g. INT64_MAX as a Slice end), so nothing is rounded.
- * `Number(x)` reads either. Optional scalars read as their proto default ("" / 0) on decoded messages.
+ * `Number(x)` reads either. On decoded messages, absent scalars read as their proto default ("" / 0),
+ * absent sub-messages as null, absent repeated fields as []; test presence with `Object.hasOwn`.
  * Fields this schema does not know are kept in a hidden `$unknowns` list and written back unchanged.
  */
 export type Int64 = number | bigint;
