@@ -92,6 +92,28 @@ describe("itera bench", () => {
     expect(lines[0]).toMatch(/^model,quant,profile,device,threads,test,/);
   });
 
+  it("without --profile it uses the profile that fits this host, and says which", async () => {
+    const r = await cli(
+      "bench",
+      model,
+      "-t",
+      "1",
+      "--no-energy",
+      "--json",
+      "--tests",
+      "tg2",
+      "-r",
+      "1",
+      "--warmup",
+      "0",
+      "--min-duration",
+      "0",
+    );
+    expect(r.code).toBe(0);
+    const [res] = (JSON.parse(r.stdout) as unknown[]).map((x) => benchResultSchema.parse(x));
+    expect(r.stderr).toContain(`profile: ${res!.profile} (detected: linux-${process.arch}`);
+  });
+
   it("bad input ends in one clear error and a non-zero exit", async () => {
     const r = await cli("bench", model, "--profile", "laptop-x64-4c", "--tests", "pp4;tg4", "--quiet");
     expect(r.code).not.toBe(0);

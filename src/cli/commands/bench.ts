@@ -7,7 +7,7 @@ import type { DeviceProfile } from "../../profile/schema.js";
 import { action } from "../run.js";
 
 /** The named profile, else the one that best fits this host (as `itera profiles --detect`). */
-async function hostProfile(name: string | undefined): Promise<DeviceProfile> {
+async function hostProfile(name: string | undefined, quiet: boolean): Promise<DeviceProfile> {
   if (name) return loadProfile(name);
   const best = rankProfiles(await detectHardware(), await loadAllProfiles())[0];
   if (!best) {
@@ -16,6 +16,10 @@ async function hostProfile(name: string | undefined): Promise<DeviceProfile> {
       fix: "pass --profile NAME (see `itera profiles`)",
     });
   }
+  if (!quiet)
+    process.stderr.write(
+      `profile: ${best.profile} (detected: ${best.reasons.join(", ")}; --profile to choose)\n`,
+    );
   return loadProfile(best.profile);
 }
 
@@ -29,7 +33,7 @@ export function registerBench(program: Command): void {
       .option("--profile <name>", "device profile for power figures and bench defaults (default: detected)"),
   ).action(
     action(async (model: string, opts: BenchOptions & { profile?: string }) => {
-      await benchCommand(model, await hostProfile(opts.profile), opts);
+      await benchCommand(model, await hostProfile(opts.profile, opts.quiet === true), opts);
     }),
   );
 }
