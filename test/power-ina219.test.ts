@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -222,11 +222,17 @@ describe("Ina219Meter through a real pty (socat + tools/ina219-sim)", () => {
   const traceArg = trace.map(([t, w]) => `${t}:${w}`).join(",");
 
   async function measure(format: string, extra: string[] = [], rate = "50") {
+    // JSON lines take the trace from a CSV file (t_s,watts with a header), the others inline.
+    let traceSpec = traceArg;
+    if (format === "json") {
+      traceSpec = join(dir, "trace.csv");
+      await writeFile(traceSpec, `t_s,watts\n${trace.map(([t, w]) => `${t},${w}`).join("\n")}\n`);
+    }
     const sim = await startSim(dir, format, [
       "--format",
       format,
       "--trace",
-      traceArg,
+      traceSpec,
       "--rate",
       rate,
       ...extra,
