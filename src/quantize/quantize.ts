@@ -24,71 +24,15 @@ import {
 import type { EvalOptions } from "../runtime/evaluate.js";
 import { applySplit, cardText, datasetsDir, methodFromCard } from "../runtime/eval-text.js";
 import { writeDirAtomic } from "../util/fs.js";
-import { progress } from "../util/progress.js";
-import {
-  type Agreement,
-  compareLogits,
-  compareDecodeSpeed,
-  promptLogits,
-  type TextQuality,
-  textQuality,
-  withModel,
-} from "./measure.js";
+import { chooseMixedPrecision } from "./auto.js";
+import { compareDecodeSpeed, compareLogits, promptLogits, textQuality, withModel } from "./measure.js";
 import type { Precision, QuantizeOptions } from "./options.js";
-import { applyPrecisions, precisionBytes, unsupportedReason } from "./rewrite.js";
-import { choosePrecisions, type LayerChoice } from "./select.js";
-import { countQuantizedNodes, findSites, type Site } from "./sites.js";
+import { presetPrecisions } from "./plan.js";
+import type { LayerReport, QuantizeReport, SizeBreakdown } from "./report.js";
+import { applyPrecisions } from "./rewrite.js";
+import { countQuantizedNodes, findSites } from "./sites.js";
 
-export interface SizeBreakdown {
-  /** bytes of the ONNX file(s) on disk */
-  file_bytes: number;
-  /** bytes of initializer data by element type ("float", "float16", "int8", "uint8", ...) */
-  by_dtype: Record<string, number>;
-}
-
-export interface LayerReport {
-  name: string;
-  kind: "linear" | "embedding";
-  head: boolean;
-  shape: [number, number];
-  precision: Precision;
-  /** auto mode: measured loss increase (nats/token on the calibration text) per candidate precision */
-  sensitivity?: Partial<Record<Precision, number>>;
-  note?: string;
-}
-
-export interface QuantizeReport {
-  schema: "itera.quantization/v1";
-  mode: QuantizeOptions["mode"];
-  settings: {
-    block_size: number;
-    symmetric: boolean;
-    accuracy_level: number;
-    per_channel: boolean;
-    reduce_range: boolean;
-    exclude: string[];
-    head: Precision | null;
-    embedding: Precision | null;
-    budget_perplexity_increase: number | null;
-  };
-  source: string;
-  already_quantized_nodes: number;
-  layers: LayerReport[];
-  counts: Partial<Record<Precision, number>>;
-  size: { before: SizeBreakdown; after: SizeBreakdown; compression_ratio: number };
-  quality: {
-    text: { source: string; chars: number; method: string };
-    before: TextQuality;
-    after: TextQuality;
-    perplexity_increase: number;
-    bits_per_char_increase: number;
-    within_budget: boolean;
-  };
-  agreement: Agreement;
-  speed: { decode_tokens: number; before_tokens_per_s: number; after_tokens_per_s: number; ratio: number };
-  auto?: { calibration: { source: string; chars: number }; baseline_nats_per_token: number; rounds: number };
-  seconds: number;
-}
+export type { QuantizeReport } from "./report.js";
 
 interface Texts {
   evalText: string;
@@ -234,16 +178,19 @@ export async function quantizeFolder(
     reduceRange: opts.reduceRange,
   };
 
-  // A scratch model folder for candidate graphs (auto mode's sensitivity runs).
-  const scratch = await mkdtemp(join(tmpdir(), "itera-quantize-"));
+  // A scratch model folder for candidate graphs (auto mode's measurements), made on first use.
+  let scratch: string | undefined;
   try {
-    await copyFolder(src, scratch, skip);
     const buildVariant = (choice: ReadonlyMap<string, Precision>) => {
       const m = decodeModel(originalBytes);
       applyPrecisions(m, findSites(new Graph(m.graph!)), choice, params);
       return m;
     };
     const qualityOf = async (choice: ReadonlyMap<string, Precision>, text: string) => {
+      if (scratch === undefined) {
+        scratch = await mkdtemp(join(tmpdir(), "itera-quantize-"));
+        await copyFolder(src, scratch, skip);
+      }
       await writeFile(join(scratch, onnxName), encodeModel(buildVariant(choice)));
       return withModel(scratch, (m) => textQuality(m, text, texts.method));
     };
@@ -255,29 +202,7 @@ export async function quantizeFolder(
       shape: s.dims,
       precision: "fp32",
     }));
-    const fixed = new Map<string, Precision>();
-    for (const s of sites) {
-      const layer = layers.find((l) => l.name === s.name)!;
-      let p: Precision | undefined;
-      if (opts.exclude.includes(s.name)) {
-        p = "fp32";
-        layer.note = "excluded";
-      } else if (s.head && opts.head) p = opts.head;
-      else if (s.kind === "embedding" && opts.embedding) p = opts.embedding;
-      if (p === undefined && opts.mode !== "auto") {
-        const base: Precision = opts.mode;
-        p = s.kind === "embedding" && base === "int8" ? "int8-wo" : base;
-      }
-      if (p === "int8" && s.kind === "embedding") p = "int8-wo"; // tables have no activation to quantize
-      if (p !== undefined) {
-        const why = unsupportedReason(s, p, params);
-        if (why) {
-          layer.note = `kept fp32: ${why}`;
-          p = "fp32";
-        }
-        fixed.set(s.name, p);
-      }
-    }
+    const fixed = presetPrecisions(sites, layers, opts, params);
 
     let choice = new Map(fixed);
     let autoInfo: QuantizeReport["auto"];
@@ -287,59 +212,25 @@ export async function quantizeFolder(
     }));
 
     if (opts.mode === "auto") {
-      const free = sites.filter((s) => !fixed.has(s.name));
       const baseline = await withModel(src, (m) => textQuality(m, texts.calibText, texts.method));
-      const candidates = (s: Site): Precision[] =>
-        (["int4", "int8-wo"] as Precision[]).filter((p) => !unsupportedReason(s, p, params));
-      const total = free.reduce((n, s) => n + candidates(s).length, 0);
-      const negligibleNats = Math.log(1 + (opts.budget ?? 0.02)) / (20 * Math.max(1, free.length));
-      const bar = progress("sensitivity", total, { quiet: ui.quiet });
-      let done = 0;
-      const choices: LayerChoice<Precision>[] = [];
-      for (const s of free) {
-        const layer = layers.find((l) => l.name === s.name)!;
-        layer.sensitivity = {};
-        const options: LayerChoice<Precision>["options"] = [];
-        let previous: number | undefined;
-        for (const p of candidates(s)) {
-          // When the smaller precision already costs next to nothing, the larger one is not measured:
-          // it is credited with the same (upper-bound) increase and never needed.
-          const negligible = previous !== undefined && previous <= negligibleNats;
-          const delta = negligible
-            ? previous!
-            : (await qualityOf(new Map([...fixed, [s.name, p]]), texts.calibText)).nats_per_token -
-              baseline.nats_per_token;
-          if (!negligible) layer.sensitivity[p] = delta;
-          options.push({
-            precision: p,
-            bytes: precisionBytes(s, p, opts.blockSize, opts.symmetric),
-            deltaLoss: delta,
-          });
-          previous = delta;
-          bar.update(++done, s.name);
-        }
-        options.push({ precision: "fp32", bytes: s.bytes, deltaLoss: 0 });
-        choices.push({ name: s.name, options });
-      }
-      bar.done();
-      // Budget in nats: perplexity ratio 1+b is a loss increase of ln(1+b). Verify on held-out text
-      // and tighten when layers interact worse than their sum predicts.
-      const budgetNats = Math.log(1 + (opts.budget ?? Number.POSITIVE_INFINITY));
-      let factor = 1;
-      let rounds = 0;
-      for (;;) {
-        rounds++;
-        const sel = choosePrecisions(choices, budgetNats * factor);
-        choice = new Map([...fixed, ...sel.choice]);
-        if (opts.budget === null || rounds >= 4) break;
-        const q = await qualityOf(choice, texts.evalText);
-        if (relativeIncrease(before.quality.nats_per_token, q.nats_per_token) <= opts.budget) break;
-        factor /= 2;
-      }
+      const auto = await chooseMixedPrecision({
+        sites,
+        fixed,
+        layers,
+        opts,
+        params,
+        calibText: texts.calibText,
+        evalText: texts.evalText,
+        calibBaseline: baseline.nats_per_token,
+        heldOutBaseline: before.quality.nats_per_token,
+        quality: qualityOf,
+        quiet: ui.quiet === true,
+      });
+      choice = auto.choice;
       autoInfo = {
         calibration: { source: texts.calibSource, chars: Array.from(texts.calibText).length },
         baseline_nats_per_token: baseline.nats_per_token,
-        rounds,
+        rounds: auto.rounds,
       };
     }
     for (const l of layers) l.precision = choice.get(l.name) ?? "fp32";
@@ -437,7 +328,7 @@ export async function quantizeFolder(
     }
     return report!;
   } finally {
-    await rm(scratch, { recursive: true, force: true });
+    if (scratch !== undefined) await rm(scratch, { recursive: true, force: true });
   }
 }
 

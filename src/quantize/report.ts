@@ -1,0 +1,54 @@
+/** The report of `itera quantize` (printed, `--json`, and written into itera.json). */
+import type { Agreement, TextQuality } from "./measure.js";
+import type { Precision, QuantizeOptions } from "./options.js";
+
+export interface SizeBreakdown {
+  /** bytes of the ONNX file(s) on disk */
+  file_bytes: number;
+  /** bytes of initializer data by element type ("float", "float16", "int8", "uint8", ...) */
+  by_dtype: Record<string, number>;
+}
+
+export interface LayerReport {
+  name: string;
+  kind: "linear" | "embedding";
+  head: boolean;
+  shape: [number, number];
+  precision: Precision;
+  /** auto mode: measured loss increase (nats/token on the calibration text) per candidate precision */
+  sensitivity?: Partial<Record<Precision, number>>;
+  note?: string;
+}
+
+export interface QuantizeReport {
+  schema: "itera.quantization/v1";
+  mode: QuantizeOptions["mode"];
+  settings: {
+    block_size: number;
+    symmetric: boolean;
+    accuracy_level: number;
+    per_channel: boolean;
+    reduce_range: boolean;
+    exclude: string[];
+    head: Precision | null;
+    embedding: Precision | null;
+    budget_perplexity_increase: number | null;
+  };
+  source: string;
+  already_quantized_nodes: number;
+  layers: LayerReport[];
+  counts: Partial<Record<Precision, number>>;
+  size: { before: SizeBreakdown; after: SizeBreakdown; compression_ratio: number };
+  quality: {
+    text: { source: string; chars: number; method: string };
+    before: TextQuality;
+    after: TextQuality;
+    perplexity_increase: number;
+    bits_per_char_increase: number;
+    within_budget: boolean;
+  };
+  agreement: Agreement;
+  speed: { decode_tokens: number; before_tokens_per_s: number; after_tokens_per_s: number; ratio: number };
+  auto?: { calibration: { source: string; chars: number }; baseline_nats_per_token: number; rounds: number };
+  seconds: number;
+}
