@@ -171,20 +171,21 @@ def ssd(x, dt, a, bm, cm, h0):
     Decays come from differences of a cumulative sum that stay <= 0 where used (the rest is masked
     to -inf before exp), so nothing overflows.
     """
-    acum = torch.cumsum(dt * a, dim=1).transpose(1, 2)  # [b,h,t], non-increasing
-    t = x.shape[1]
-    idx = torch.arange(t, device=x.device)
-    causal = idx[:, None] >= idx[None, :]
-    seg = acum[:, :, :, None] - acum[:, :, None, :]  # [b,h,t,s]
+    # Everything per head as [b, h, t, 1] / [b, h, t, p] so the graph needs few reshapes.
+    dt4 = dt.transpose(1, 2).unsqueeze(-1)  # [b,h,t,1]
+    acum = torch.cumsum(dt4 * a[:, None, None], dim=2)  # [b,h,t,1], non-increasing along t
+    idx = torch.arange(x.shape[1], device=x.device).unsqueeze(-1)
+    causal = idx >= idx.transpose(0, 1)  # [t,s]
+    seg = acum - acum.transpose(2, 3)  # [b,h,t,s]
     decay = torch.exp(torch.where(causal, seg, torch.tensor(float("-inf"))))
-    scores = (cm @ bm.transpose(1, 2))[:, None] * decay  # [b,h,t,s]
-    xdt = (x * dt[..., None]).transpose(1, 2)  # [b,h,t,p]
-    y = scores @ xdt  # [b,h,t,p]
+    bm4, cm4 = bm.unsqueeze(1), cm.unsqueeze(1)  # [b,1,t,n]
+    xdt = x.transpose(1, 2) * dt4  # [b,h,t,p]
+    y = ((cm4 @ bm4.transpose(2, 3)) * decay) @ xdt
     # Contribution of the incoming state, decayed to each position.
-    y = y + torch.exp(acum)[..., None] * (cm[:, None] @ h0.transpose(2, 3))
+    y = y + torch.exp(acum) * (cm4 @ h0.transpose(2, 3))
     # Outgoing state: incoming state decayed over the chunk plus every token decayed to the end.
-    to_end = torch.exp(acum[:, :, -1:] - acum)  # [b,h,t]
-    h = torch.exp(acum[:, :, -1:])[..., None] * h0 + (xdt * to_end[..., None]).transpose(2, 3) @ bm[:, None]
+    last = acum[:, :, -1:]  # [b,h,1,1]
+    h = torch.exp(last) * h0 + (xdt * torch.exp(last - acum)).transpose(2, 3) @ bm4
     return y.transpose(1, 2), h
 
 
