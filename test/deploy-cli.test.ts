@@ -238,7 +238,7 @@ describe("itera flash / itera devices (the CLI)", () => {
       [["flash", v1, "--ssh", "root@127.0.0.1", "--prefix", "relative/dir"], /invalid --prefix/],
       [
         ["flash", `${join(work, "nowhere")}.tar.gz`, "--ssh", "root@127.0.0.1"],
-        /unpack it beside the archive/,
+        /no bundle folder at .*nowhere: give an existing .tar.gz|no bundle folder at/,
       ],
       [["flash", v1, "--device", "ghost"], /no device 'ghost' in the inventory/],
     ];

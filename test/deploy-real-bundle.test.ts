@@ -1,6 +1,6 @@
 import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { flashOverSsh } from "../src/deploy/flash-ssh.js";
 import { flashRootfs } from "../src/deploy/rootfs.js";
@@ -82,7 +82,11 @@ describe("flashing a real bundle built by itera build", () => {
     await mkdir(join(root, "etc"), { recursive: true });
     await mkdir(join(root, "bin"));
     await copyFile("/bin/dash", join(root, "bin/sh"));
-    const r = await flashRootfs({ bundle: `${built.dir}.tar.gz`, rootfs: root, trustedKey: keys.publicPem });
+    // Only the .tar.gz, as downloaded from a build server: flash unpacks it into a temp folder.
+    const archive = join(work, "download", basename(built.tarball));
+    await mkdir(dirname(archive));
+    await copyFile(built.tarball, archive);
+    const r = await flashRootfs({ bundle: archive, rootfs: root, trustedKey: keys.publicPem });
     expect(r).toMatchObject({ ok: true, result: "written-to-rootfs", current: "1.0.0" });
     expect(await listTree(root)).toContain(
       "l etc/systemd/system/multi-user.target.wants/itera-agent.service -> /etc/systemd/system/itera-agent.service",

@@ -1,4 +1,4 @@
-import { copyFile, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { execFile } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -208,6 +208,24 @@ describe("itera flash --rootfs (a mounted SD-card root file system, offline)", (
     await symlink("loop-b", join(root, "usr/bin/loop-a"));
     await symlink("loop-a", join(root, "usr/bin/loop-b"));
     expect(await resolveInRoot(root, "usr/bin/loop-a")).toBeUndefined();
+  });
+
+  it("flashes from a .tar.gz alone (unpacked into a temp folder, removed after) and refuses a broken archive", async () => {
+    const dl = join(work, "download");
+    await mkdir(dl);
+    const archive = join(dl, "fixture-0.2.0-laptop-x64-4c.tar.gz");
+    await run("tar", ["-czf", archive, "-C", join(work, "b"), "fixture-0.2.0-laptop-x64-4c"]);
+    const temps = async () => (await readdir(tmpdir())).filter((n) => n.startsWith("itera-bundle-")).length;
+    const before = await temps();
+    const root = await makeRootfs("card-archive", "x64");
+    const r = await flashRootfs({ bundle: archive, rootfs: root });
+    expect(r).toMatchObject({ ok: true, current: "0.2.0" });
+    expect(await temps()).toBe(before);
+    const garbage = join(dl, "garbage.tar.gz");
+    await writeFile(garbage, "not a tar archive");
+    const e = await rootfsError(flashRootfs({ bundle: garbage, rootfs: root }));
+    expect(e.message).toMatch(/cannot unpack the bundle archive/);
+    expect(await temps()).toBe(before);
   });
 
   it("--dry-run checks the bundle and the card and writes nothing", async () => {

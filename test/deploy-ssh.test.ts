@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
 import { flashOverSsh, type SshFlashOptions } from "../src/deploy/flash-ssh.js";
 import { flashRootfs } from "../src/deploy/rootfs.js";
-import { flashLockPath } from "../src/deploy/ssh.js";
+import { appendArgv } from "../src/deploy/remote-scripts.js";
+import { flashLockPath, SshSession } from "../src/deploy/ssh.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
 import { startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
 import { listTree } from "./fixtures/deploy/tree.js";
@@ -75,7 +76,7 @@ async function newDevice(name: string) {
   const systemctl = join(dir, "systemctl");
   await writeFile(
     systemctl,
-    `#!/bin/sh\necho "$*" >> ${JSON.stringify(join(dir, "systemctl.log"))}\nexit 0\n`,
+    `#!/bin/sh\necho "\${SUDO_USER:+sudo:$SUDO_USER }$*" >> ${JSON.stringify(join(dir, "systemctl.log"))}\nexit 0\n`,
   );
   await chmod(systemctl, 0o755);
   const calls = async () =>
@@ -375,6 +376,24 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
       await gone;
     }
     expect((await flashOverSsh(options(bundles.v1!, dev))).ok).toBe(true);
+  });
+
+  it("--sudo runs every device-side step through sudo -n", async () => {
+    const dev = await newDevice("sudo");
+    const o = options(bundles.v1!, dev);
+    const target = { ...o.target, sudo: true };
+    const r = await flashOverSsh({ ...o, target });
+    expect(r).toMatchObject({ ok: true, current: "0.1.0" });
+    // sudo sets SUDO_USER for what it runs: the stand-in systemctl and the agent's health check saw it.
+    expect(await dev.calls()).toEqual([
+      "sudo:root daemon-reload",
+      "sudo:root enable itera-agent.service",
+      "sudo:root restart itera-agent.service",
+      "sudo:root is-active --quiet itera-agent.service",
+    ]);
+    expect(r.health?.info).toMatchObject({ sudo_user: "root" });
+    // Uploads go through the same argv builder as the scripts.
+    expect(SshSession.argv(target, appendArgv("/x")).at(-1)).toMatch(/^sudo -n sh -c /);
   });
 
   it("passes hostile paths to the device as data, never as shell code", async () => {

@@ -1,10 +1,16 @@
-import { readFile, stat } from "node:fs/promises";
-import { basename, join, resolve } from "node:path";
+import { execFile } from "node:child_process";
+import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { promisify } from "node:util";
+import { join, resolve } from "node:path";
 import { type Manifest, manifestSchema } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
 import { verifyBundle } from "../package/verify.js";
 import { sha256 } from "../util/fs.js";
 import { AGENT_FILE, MANIFEST_FILE, UNIT_NAME } from "./layout.js";
+import type { StepLog } from "./steps.js";
+
+const run = promisify(execFile);
 
 /** A bundle folder whose signature and every file hash were checked on this machine. */
 export interface VerifiedBundle {
@@ -18,25 +24,57 @@ export interface VerifiedBundle {
   totalBytes: number;
   /** True when the signer was pinned with a trusted key; false when only the embedded key was used. */
   signerPinned: boolean;
+  /** Remove what opening the bundle made (a .tar.gz unpacked into a temp folder). */
+  dispose(): Promise<void>;
 }
 
 /** Manifest file names become paths on the device: plain relative names only. */
 const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]*(\/[A-Za-z0-9_][A-Za-z0-9._-]*)*$/;
 
-/** Resolve BUNDLE: the folder itself, or a .tar.gz whose folder sits beside it (DESIGN.md §5). */
-async function bundleDir(path: string): Promise<string> {
+/**
+ * Resolve BUNDLE: the folder itself, or a .tar.gz (DESIGN.md §5): the folder beside it when there is
+ * one, else the archive unpacked into a temp folder (its one top-level folder is the bundle).
+ */
+async function openBundle(path: string): Promise<{ dir: string; temp?: string }> {
   const abs = resolve(path);
-  const dir = abs.endsWith(".tar.gz") ? abs.slice(0, -".tar.gz".length) : abs;
-  const s = await stat(dir).catch(() => undefined);
-  if (!s?.isDirectory()) {
-    throw new IteraError(`no bundle folder at ${dir}`, {
-      where: path,
-      fix: abs.endsWith(".tar.gz")
-        ? `unpack it beside the archive first: tar -xzf ${basename(abs)}`
-        : "give the bundle folder made by `itera build` (firmware-bundles/<model>-<version>-<profile>/)",
-    });
+  const archive = abs.endsWith(".tar.gz");
+  const dir = archive ? abs.slice(0, -".tar.gz".length) : abs;
+  if ((await stat(dir).catch(() => undefined))?.isDirectory()) return { dir };
+  if (archive && (await stat(abs).catch(() => undefined))?.isFile()) {
+    const temp = await mkdtemp(join(tmpdir(), "itera-bundle-"));
+    try {
+      // GNU tar drops leading '/' and refuses '..' members, so the archive stays inside temp.
+      await run("tar", ["-xzf", abs, "-C", temp, "--no-same-owner"]);
+      const top = await readdir(temp, { withFileTypes: true });
+      if (top.length !== 1 || !top[0]!.isDirectory()) throw new Error("not one top-level folder");
+      return { dir: join(temp, top[0]!.name), temp };
+    } catch (e) {
+      await rm(temp, { recursive: true, force: true });
+      throw new IteraError(`cannot unpack the bundle archive: ${(e as Error).message.split("\n")[0]}`, {
+        where: abs,
+        fix: "give the .tar.gz made by `itera build` (one folder inside), or the bundle folder",
+      });
+    }
   }
-  return dir;
+  throw new IteraError(`no bundle folder at ${dir}`, {
+    where: path,
+    fix: archive
+      ? "give an existing .tar.gz made by `itera build`, or the bundle folder beside it"
+      : "give the bundle folder made by `itera build` (firmware-bundles/<model>-<version>-<profile>/)",
+  });
+}
+
+/** The first step of every flash: the bundle checked on this machine. */
+export function verifyLocally(log: StepLog, path: string, trustedKey?: string): Promise<VerifiedBundle> {
+  return log.run(
+    "verify-local",
+    "check the bundle's signature and file hashes here",
+    () => loadVerifiedBundle(path, trustedKey),
+    (b) =>
+      `${b.manifest.bundle_id}: ${b.files.length} files, ${b.totalBytes} bytes, signature ok${
+        b.signerPinned ? " (trusted key)" : " (embedded key only: pass --key to pin the signer)"
+      }`,
+  );
 }
 
 /**
@@ -45,7 +83,19 @@ async function bundleDir(path: string): Promise<string> {
  * and what a flash needs on top: a signature at all, a Linux target, names safe as device paths.
  */
 export async function loadVerifiedBundle(path: string, trustedKey?: string): Promise<VerifiedBundle> {
-  const dir = await bundleDir(path);
+  const { dir, temp } = await openBundle(path);
+  const dispose = async () => {
+    if (temp) await rm(temp, { recursive: true, force: true });
+  };
+  try {
+    return { ...(await checkBundle(dir, trustedKey)), dispose };
+  } catch (e) {
+    await dispose();
+    throw e;
+  }
+}
+
+async function checkBundle(dir: string, trustedKey?: string): Promise<Omit<VerifiedBundle, "dispose">> {
   const manifestPath = join(dir, MANIFEST_FILE);
   const check = await verifyBundle(dir, trustedKey);
   if (!check.signed) {

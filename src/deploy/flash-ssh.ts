@@ -1,7 +1,7 @@
 import { join, posix } from "node:path";
 import { IteraError } from "../errors.js";
 import { type AgentConfig, renderAgentConfig } from "./agent-config.js";
-import { loadVerifiedBundle, type VerifiedBundle } from "./bundle.js";
+import { type VerifiedBundle, verifyLocally } from "./bundle.js";
 import { archFromUname, type DeviceLayout, deviceLayout, releaseLinkTarget } from "./layout.js";
 import * as scripts from "./remote-scripts.js";
 import { type FlashReport, newReport, versionOfLink } from "./report.js";
@@ -117,15 +117,16 @@ function checkProbe(p: Probe, b: VerifiedBundle, o: SshFlashOptions): void {
 
 /** `itera flash BUNDLE --ssh user@host`: every step of DESIGN §5's install, checked, with rollback. */
 export async function flashOverSsh(o: SshFlashOptions): Promise<FlashReport> {
-  const say = o.say ?? (() => {});
-  const log = new StepLog(say);
-  const bundle = await log.run(
-    "verify-local",
-    "check the bundle's signature and file hashes here",
-    () => loadVerifiedBundle(o.bundle, o.trustedKey),
-    (b) =>
-      `${b.manifest.bundle_id}: ${b.files.length} files, ${b.totalBytes} bytes, signature ok${b.signerPinned ? " (trusted key)" : " (embedded key only: pass --key to pin the signer)"}`,
-  );
+  const log = new StepLog(o.say ?? (() => {}));
+  const bundle = await verifyLocally(log, o.bundle, o.trustedKey);
+  try {
+    return await flashVerified(o, log, bundle);
+  } finally {
+    await bundle.dispose();
+  }
+}
+
+async function flashVerified(o: SshFlashOptions, log: StepLog, bundle: VerifiedBundle): Promise<FlashReport> {
   const m = bundle.manifest;
   const L = deviceLayout(o.prefix);
   const staging = posix.join(L.staging, `${m.version}-${bundle.manifestSha256.slice(0, 12)}`);
@@ -181,7 +182,7 @@ export async function flashOverSsh(o: SshFlashOptions): Promise<FlashReport> {
         let bad = await verifyOnDevice(session, staging, bundle, o);
         if (bad.length === 0) return;
         // A corrupted staged prefix (e.g. a disk fault): send those files once more from byte 0.
-        say(`[verify-device] ${bad.join(", ")} did not match; sending again`);
+        log.say(`[verify-device] ${bad.join(", ")} did not match; sending again`);
         const again = files.filter((f) => bad.includes(f.name));
         const r = await session.script(scripts.RESET, [staging, ...bad]);
         if (r.code !== 0) throw scriptError("reset", r, o);

@@ -15,7 +15,7 @@ import { dirname, join } from "node:path";
 import { IteraError } from "../errors.js";
 import { sha256File, tempPathFor, writeDirAtomic, writeFileAtomic } from "../util/fs.js";
 import { type AgentConfig, renderAgentConfig } from "./agent-config.js";
-import { loadVerifiedBundle } from "./bundle.js";
+import { type VerifiedBundle, verifyLocally } from "./bundle.js";
 import { readElfArch, resolveInRoot } from "./elf.js";
 import { deviceLayout, MANIFEST_FILE, releaseLinkTarget, UNIT_LINK_TARGET, UNIT_NAME } from "./layout.js";
 import { type FlashReport, newReport, versionOfLink } from "./report.js";
@@ -69,12 +69,19 @@ async function atomicSymlink(target: string, linkPath: string): Promise<void> {
  */
 export async function flashRootfs(o: RootfsFlashOptions): Promise<FlashReport> {
   const log = new StepLog(o.say ?? (() => {}));
-  const bundle = await log.run(
-    "verify-local",
-    "check the bundle's signature and file hashes",
-    () => loadVerifiedBundle(o.bundle, o.trustedKey),
-    (b) => `${b.manifest.bundle_id}: ${b.files.length} files, ${b.totalBytes} bytes, signature ok`,
-  );
+  const bundle = await verifyLocally(log, o.bundle, o.trustedKey);
+  try {
+    return await writeVerified(o, log, bundle);
+  } finally {
+    await bundle.dispose();
+  }
+}
+
+async function writeVerified(
+  o: RootfsFlashOptions,
+  log: StepLog,
+  bundle: VerifiedBundle,
+): Promise<FlashReport> {
   const m = bundle.manifest;
   const L = deviceLayout(o.rootfs);
   const report = newReport("rootfs", o.rootfs, bundle, o.dryRun === true, log.steps);

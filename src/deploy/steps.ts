@@ -9,7 +9,7 @@ export interface StepRecord {
 
 export class StepLog {
   readonly steps: StepRecord[] = [];
-  constructor(private readonly say: (line: string) => void) {}
+  constructor(readonly say: (line: string) => void) {}
 
   /** Run one step; a thrown error marks it failed and propagates. */
   async run<T>(
