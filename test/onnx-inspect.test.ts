@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFile, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import * as ort from "onnxruntime-node";
@@ -255,8 +255,18 @@ describe("itera inspect (built CLI)", () => {
       }),
     );
 
+  // `make test` builds dist/ first. Rebuild only when dist/ is older than this command's sources
+  // (a lone `npx vitest run` of this file): rewriting dist/ under other CLI tests would race them.
   beforeAll(async () => {
-    await exec("npx", ["tsc", "-p", "."], { cwd: process.cwd() }).catch(() => {
+    const built = await stat(join(process.cwd(), "dist/cli/commands/inspect.js")).catch(() => undefined);
+    const sources = [
+      "src/cli/commands/inspect.ts",
+      "src/model/folder.ts",
+      ...(await readdir("src/onnx")).map((f) => `src/onnx/${f}`),
+    ];
+    const newest = Math.max(...(await Promise.all(sources.map(async (f) => (await stat(f)).mtimeMs))));
+    if (built && built.mtimeMs >= newest) return;
+    await exec("npx", ["tsc", "-p", "."]).catch(() => {
       // tsc exits non-zero when another part of the tree does not type-check, yet still emits dist/.
     });
   });
