@@ -24,6 +24,7 @@ import {
 import type { EvalOptions } from "../runtime/evaluate.js";
 import { applySplit, cardText, datasetsDir, methodFromCard } from "../runtime/eval-text.js";
 import { writeDirAtomic } from "../util/fs.js";
+import { progress } from "../util/progress.js";
 import { chooseMixedPrecision } from "./auto.js";
 import { compareDecodeSpeed, compareLogits, promptLogits, textQuality, withModel } from "./measure.js";
 import type { Precision, QuantizeOptions } from "./options.js";
@@ -206,6 +207,8 @@ export async function quantizeFolder(
 
     let choice = new Map(fixed);
     let autoInfo: QuantizeReport["auto"];
+    const steps = progress("quantize", 4, { quiet: ui.quiet });
+    steps.update(0, "measuring the float model");
     const before = await withModel(src, async (m) => ({
       quality: await textQuality(m, texts.evalText, texts.method),
       logits: await promptLogits(m),
@@ -247,6 +250,7 @@ export async function quantizeFolder(
       );
     }
 
+    steps.update(1, "rewriting the graph");
     const finalModel = buildVariant(choice);
     const sizeBefore = sizeOf(original, await onnxFileBytes(onnxPath));
     let report: QuantizeReport | undefined;
@@ -256,10 +260,12 @@ export async function quantizeFolder(
         const bytes = sizeOf(finalModel, 0);
         const large = Object.values(bytes.by_dtype).reduce((a, b) => a + b, 0) > 1_500_000_000;
         await saveModel(join(tmp, onnxName), finalModel, large ? { externalData: {} } : {});
+        steps.update(2, "measuring the quantized model");
         const after = await withModel(tmp, async (m) => ({
           quality: await textQuality(m, texts.evalText, texts.method),
           logits: await promptLogits(m),
         }));
+        steps.update(3, "decode speed, float and quantized alternating");
         const speed = await compareDecodeSpeed(src, tmp);
         const sizeAfter = sizeOf(finalModel, await onnxFileBytes(join(tmp, onnxName)));
         const increase = relativeIncrease(before.quality.nats_per_token, after.quality.nats_per_token);
@@ -326,6 +332,7 @@ export async function quantizeFolder(
       }
       throw writeError(e, out);
     }
+    steps.done();
     return report!;
   } finally {
     if (scratch !== undefined) await rm(scratch, { recursive: true, force: true });
