@@ -112,6 +112,9 @@ interface Row {
   prefillStepped: number;
   decode: number;
   jsShare: number;
+  /** Decode through generate(): sampling (temperature, top-k) and streaming text included. */
+  generate: number;
+  generateJsShare: number;
   kernelShare: number | null;
 }
 
@@ -165,6 +168,22 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       jsShare = 1 - timer.runMs() / wall;
     }
 
+    // The same through generate(): sampling with top-k and streamed text deltas.
+    const generateSpeeds: number[] = [];
+    let generateJsShare = 0;
+    for (let r = 0; r < args.repetitions; r++) {
+      timer.reset();
+      const g = await model.generate(
+        ids.slice(0, 8),
+        { maxTokens: n + 1, ignoreEos: true, temperature: 0.8, topK: 20, seed: r },
+        () => {},
+      );
+      const wall = g.timings.tokenMs.reduce((a, b) => a + b, 0);
+      generateSpeeds.push((1000 * g.timings.tokenMs.length) / wall);
+      // session.run time of the prefill is in runMs too: take it out with the prefill's wall time.
+      generateJsShare = 1 - (timer.runMs() - g.timings.prefillMs) / (g.timings.totalMs - g.timings.prefillMs);
+    }
+
     // Kernel share of session.run, from an ONNX Runtime profile of one more decode run.
     let kernelShare: number | null = null;
     {
@@ -189,6 +208,8 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       prefillStepped: median(stepped),
       decode: median(decodeSpeeds),
       jsShare,
+      generate: median(generateSpeeds),
+      generateJsShare,
       kernelShare,
     });
 
@@ -276,7 +297,10 @@ async function main() {
       "move with the load, ratios within a run less so).",
     `Command: \`${command}\` (built with esbuild as in the file's header). Medians of ${args.repetitions} runs; greedy; fp32.`,
     "",
-    "Prefill of a prompt in one call versus one token per call (same run), single-stream decode, and where a decode step's time goes:",
+    "Prefill of a prompt in one call versus one token per call (same run); single-stream decode as a bare forward loop " +
+      "(greedy) and through generate() (temperature 0.8, top-k 20, streamed text); where a decode step's time goes " +
+      "(JavaScript outside session.run; ONNX Runtime kernels as a share of session.run, from its profiler — the rest of " +
+      "session.run is ONNX Runtime's per-node framework work and the Node binding):",
     "",
     markdownTable(
       [
@@ -288,6 +312,8 @@ async function main() {
         "one-call / stepped",
         "decode tok/s",
         "JS outside session.run",
+        "generate() tok/s",
+        "JS outside session.run (generate)",
         "kernels / session.run",
       ],
       rows.map((r) => [
@@ -299,6 +325,8 @@ async function main() {
         r.prefillOneCall === null ? "n/a" : `${(r.prefillOneCall / r.prefillStepped).toFixed(2)}x`,
         r.decode.toFixed(0),
         pct(r.jsShare),
+        r.generate.toFixed(0),
+        pct(r.generateJsShare),
         r.kernelShare === null ? "n/a" : pct(r.kernelShare),
       ]),
     ),
