@@ -228,6 +228,30 @@ describe("itera flash --rootfs (a mounted SD-card root file system, offline)", (
     expect(await temps()).toBe(before);
   });
 
+  it("refuses a Windows bundle and a manifest naming a file outside the bundle", async () => {
+    const root = await makeRootfs("card-bad-bundles", "x64");
+    const before = await listTree(root);
+    const win = await makeFixtureBundle(join(work, "win"), {
+      version: "0.1.0",
+      platform: "win32",
+      signWith: keys.privatePem,
+    });
+    expect((await rootfsError(flashRootfs({ bundle: win, rootfs: root }))).message).toBe(
+      "the bundle targets win32; flash installs Linux bundles only",
+    );
+    // Signed by whoever made it (no --key): the names must still stay inside the release folder.
+    await mkdir(join(work, "evil", "sub"), { recursive: true });
+    const evil = await makeFixtureBundle(join(work, "evil", "sub"), {
+      version: "6.6.6",
+      signWith: signingKeys().privatePem,
+      extraFiles: { "../outside.txt": "written next to the bundle\n" },
+    });
+    expect((await rootfsError(flashRootfs({ bundle: evil, rootfs: root }))).message).toBe(
+      "the manifest lists an unsafe file name '../outside.txt'",
+    );
+    expect(await listTree(root)).toEqual(before);
+  });
+
   it("--dry-run checks the bundle and the card and writes nothing", async () => {
     const root = await makeRootfs("card-dry", "x64");
     const before = await listTree(root);

@@ -1,5 +1,5 @@
 import { execFile, spawn } from "node:child_process";
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -10,7 +10,7 @@ import { flashRootfs } from "../src/deploy/rootfs.js";
 import { appendArgv } from "../src/deploy/remote-scripts.js";
 import { flashLockPath, SshSession } from "../src/deploy/ssh.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
-import { startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
+import { freePort, startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
 import { listTree } from "./fixtures/deploy/tree.js";
 
 const run = promisify(execFile);
@@ -297,24 +297,17 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
 
   it("gives one clear error for an unreachable host, a wrong key and an unknown or changed host key", async () => {
     const dev = await newDevice("ssh-errors");
-    const closed = (await import("./fixtures/deploy/sshd.js")).freePort;
-    const port = await closed();
-    let e = await flashError({
-      ...options(bundles.v1!, dev),
-      target: { ...options(bundles.v1!, dev).target, port },
-    });
+    await flashOverSsh(options(bundles.v1!, dev));
+    const before = await listTree(dev.prefix);
+    const next = options(bundles.v2!, dev);
+    const port = await freePort(); // nothing listens there
+    let e = await flashError({ ...next, target: { ...next.target, port } });
     expect(e.message).toMatch(/cannot reach the device: .*Connection refused/);
-    e = await flashError({
-      ...options(bundles.v1!, dev),
-      target: { ...options(bundles.v1!, dev).target, identity: sshd.wrongIdentity },
-    });
+    e = await flashError({ ...next, target: { ...next.target, identity: sshd.wrongIdentity } });
     expect(e.message).toBe("ssh authentication failed (wrong user or key)");
     const empty = join(dev.dir, "known_hosts");
     await writeFile(empty, "");
-    const unknown = {
-      ...options(bundles.v1!, dev),
-      target: { ...options(bundles.v1!, dev).target, knownHosts: empty },
-    };
+    const unknown = { ...next, target: { ...next.target, knownHosts: empty } };
     e = await flashError(unknown);
     expect(e.message).toBe("the device's host key is not known");
     expect(e.fix).toMatch(/--accept-new-host-key/);
@@ -322,17 +315,53 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
     const changed = join(dev.dir, "known_hosts_changed");
     await writeFile(changed, `[127.0.0.1]:${sshd.port} ${other}\n`);
     e = await flashError({
-      ...options(bundles.v1!, dev),
-      target: { ...options(bundles.v1!, dev).target, knownHosts: changed, acceptNewHostKey: true },
+      ...next,
+      target: { ...next.target, knownHosts: changed, acceptNewHostKey: true },
     });
     expect(e.message).toBe("the device's host key has CHANGED");
-    expect(await listTree(dev.prefix)).toEqual([]);
+    // Every refusal left the device exactly on its previous release.
+    expect(await listTree(dev.prefix)).toEqual(before);
     // First contact, explicitly accepted: the key is recorded and the flash goes through.
     const r = await flashOverSsh({ ...unknown, target: { ...unknown.target, acceptNewHostKey: true } });
-    expect(r.ok).toBe(true);
+    expect(r).toMatchObject({ ok: true, previous: "0.1.0", current: "0.2.0" });
     // ssh may hash the name (HashKnownHosts): ask ssh-keygen whether the host is in the file now.
     const found = await run("ssh-keygen", ["-F", `[127.0.0.1]:${sshd.port}`, "-f", empty]);
     expect(found.stdout).toMatch(/ssh-ed25519 /);
+  });
+
+  it("sends a file again when its staged copy on the device is corrupt", async () => {
+    const dev = await newDevice("corrupt");
+    await flashOverSsh(options(bundles.v1!, dev));
+    const abort = new AbortController();
+    const chunkBytes = 256 * 1024;
+    await expect(
+      flashOverSsh(
+        options(bundles.v2!, dev, {
+          chunkBytes,
+          signal: abort.signal,
+          onProgress: (sent) => {
+            if (sent > chunkBytes + 1000) abort.abort();
+          },
+        }),
+      ),
+    ).rejects.toThrow(/abort/i);
+    // A bad sector in the partial upload: one byte flipped.
+    const [stagingDir] = await readdir(join(dev.prefix, "opt/itera/.staging"));
+    const staged = join(dev.prefix, "opt/itera/.staging", stagingDir!, "itera-agent");
+    const bytes = await readFile(staged);
+    bytes[100] = bytes[100]! ^ 0xff;
+    await writeFile(staged, bytes);
+    const r = await flashOverSsh(options(bundles.v2!, dev, { chunkBytes }));
+    expect(r).toMatchObject({ ok: true, current: "0.2.0" });
+    const agentBytes = (await stat(join(bundles.v2!, "itera-agent"))).size;
+    expect(r.copy!.bytes_resumed).toBeGreaterThanOrEqual(chunkBytes);
+    // The resumed tail, then the whole agent once more after the device's sha256 check failed.
+    expect(r.copy!.bytes_sent).toBe(r.copy!.bytes_total - r.copy!.bytes_resumed + agentBytes);
+    expect(
+      (await readFile(join(dev.prefix, "opt/itera/current/itera-agent"))).equals(
+        await readFile(join(bundles.v2!, "itera-agent")),
+      ),
+    ).toBe(true);
   });
 
   it("refuses unsigned and tampered bundles and a signer other than --key, before connecting", async () => {
@@ -350,9 +379,9 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
     expect((await flashError(options(bundles.v2!, dev, { trustedKey: stranger }))).message).toMatch(
       /not signed by the trusted key/,
     );
+    expect(await listTree(dev.prefix)).toEqual(before);
     const pinned = await flashOverSsh(options(bundles.v2!, dev, { trustedKey: keys.publicPem }));
     expect(pinned).toMatchObject({ ok: true, signer_pinned: true, current: "0.2.0" });
-    expect(before).toContain("l opt/itera/current -> releases/0.1.0");
   });
 
   it("refuses to run while another flash holds the device's lock, and the lock dies with its connection", async () => {
