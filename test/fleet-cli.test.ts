@@ -5,7 +5,7 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile } from "node:fs/promises";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -188,6 +188,50 @@ describe("itera broker + fleet simulate + fleet bench/watch/history", () => {
     );
     expect(agent.status).toBe(1);
     expect(agent.stderr).toMatch(/unknown meter 'psu'/);
+  });
+
+  it("runs an agent from the device settings `itera flash` writes (etc/itera/agent.json), and stops cleanly", async () => {
+    const config = join(dir, "agent.json");
+    await writeFile(
+      config,
+      JSON.stringify({ schema: "itera.agent-config/v1", fleet: "cfg", broker: url, device_id: "pi-7" }),
+    );
+    const agent = spawn(
+      process.execPath,
+      [
+        AGENT,
+        "agent",
+        "--config",
+        config,
+        "--model",
+        MODEL,
+        "--profile",
+        "rpi4",
+        "--meter",
+        "tdp",
+        "--state-dir",
+        join(dir, "pi-7"),
+      ],
+      { stdio: ["ignore", "ignore", "pipe"] },
+    );
+    let err = "";
+    agent.stderr!.on("data", (d: Buffer) => {
+      err += d.toString();
+    });
+    await until(() => err.includes("agent pi-7: online"), "the configured agent online", 60_000);
+    agent.kill("SIGTERM");
+    expect(await exited(agent)).toBe(0);
+
+    await writeFile(config, JSON.stringify({ schema: "itera.agent-config/v1", broker: "ftp://x" }));
+    const bad = spawnSync(
+      process.execPath,
+      [AGENT, "agent", "--config", config, "--model", MODEL, "--profile", "rpi4"],
+      {
+        encoding: "utf8",
+      },
+    );
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/invalid agent config: field 'broker'/);
   });
 
   it("stops every agent, meter simulator and the broker on SIGTERM", async () => {

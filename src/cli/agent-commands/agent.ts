@@ -1,4 +1,5 @@
-import { hostname, homedir } from "node:os";
+import { readFile } from "node:fs/promises";
+import { homedir, hostname } from "node:os";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { Agent } from "../../agent/agent.js";
@@ -6,6 +7,7 @@ import { IteraError } from "../../errors.js";
 import { describeModel, modelBenchRunner } from "../../agent/bench-runner.js";
 import { type BenchmarkRunner, replayRunner } from "../../agent/runner.js";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
+import { type AgentConfig, agentConfigSchema } from "../../deploy/agent-config.js";
 import { type MeterOptions, meterChoices, openMeter } from "../../power/open.js";
 import type { Meter } from "../../power/meter.js";
 import {
@@ -18,7 +20,8 @@ import {
 import { action } from "../run.js";
 
 interface AgentCliOptions extends BrokerCliOptions, ModelOptions {
-  fleet: string;
+  config?: string;
+  fleet?: string;
   device?: string;
   stateDir?: string;
   telemetryInterval: string;
@@ -28,9 +31,33 @@ interface AgentCliOptions extends BrokerCliOptions, ModelOptions {
   replay?: string;
 }
 
+/** systemd's StateDirectory= (STATE_DIRECTORY), else the XDG state folder. */
 function defaultStateDir(): string {
+  if (process.env.STATE_DIRECTORY) return process.env.STATE_DIRECTORY.split(":")[0]!;
   const base = process.env.XDG_STATE_HOME || join(homedir(), ".local", "state");
   return join(base, "itera-agent");
+}
+
+/** The device's settings written by `itera flash` (etc/itera/agent.json): fleet, broker, device id. */
+async function readAgentConfig(path: string): Promise<AgentConfig> {
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(path, "utf8"));
+  } catch (e) {
+    throw new IteraError(`cannot read the agent config: ${(e as Error).message}`, {
+      where: path,
+      fix: "write it with `itera flash --fleet F --broker URL --device-id ID`, or pass --broker/--fleet/--device",
+    });
+  }
+  const r = agentConfigSchema.safeParse(json);
+  if (!r.success) {
+    const i = r.error.issues[0]!;
+    throw new IteraError(`invalid agent config: field '${i.path.join(".") || "(top level)"}': ${i.message}`, {
+      where: path,
+      fix: "correct the field (schema itera.agent-config/v1: fleet, broker, device_id)",
+    });
+  }
+  return r.data;
 }
 
 /**
@@ -43,9 +70,19 @@ export function registerAgent(program: Command): void {
       program
         .command("agent")
         .description("run as a fleet agent over MQTT: state, telemetry and benchmark jobs")
-        .option("--fleet <name>", "fleet name (topic level itera/v1/<fleet>/...)", "default")
+        .option(
+          "--config <file>",
+          "device settings written by `itera flash` (fleet, broker, device_id); options override it",
+        )
+        .option(
+          "--fleet <name>",
+          "fleet name (topic level itera/v1/<fleet>/...; default: the config's, else 'default')",
+        )
         .option("--device <id>", "device id, also the MQTT client id (default: the host name)")
-        .option("--state-dir <dir>", `outbox, counters and jobs (default ${defaultStateDir()})`)
+        .option(
+          "--state-dir <dir>",
+          `outbox, counters and jobs (default $STATE_DIRECTORY, else ${defaultStateDir()})`,
+        )
         .option("--telemetry-interval <s>", "seconds between telemetry messages", "10")
         .option("--meter <name>", `power meter for benchmark jobs: ${meterChoices.join(", ")}`, "auto")
         .option("--port <tty>", "serial port of the INA219 bridge")
@@ -63,9 +100,11 @@ export function registerAgent(program: Command): void {
           fix: `use one of ${meterChoices.join(", ")}`,
         });
       }
+      const config = opts.config ? await readAgentConfig(opts.config) : undefined;
+      const broker = brokerOptions({ ...opts, broker: opts.broker ?? config?.broker });
+      const device = checkId(opts.device ?? config?.device_id ?? hostname().split(".")[0]!, "--device");
+      const fleet = checkId(opts.fleet ?? config?.fleet ?? "default", "--fleet");
       const ctx = await agentContext(opts);
-      const device = checkId(opts.device ?? hostname().split(".")[0]!, "--device");
-      const fleet = checkId(opts.fleet, "--fleet");
       const model = await describeModel(ctx.modelDir);
       let meter: Meter | null = null;
       let runner: BenchmarkRunner;
@@ -83,7 +122,7 @@ export function registerAgent(program: Command): void {
         runner = await modelBenchRunner({ modelDir: ctx.modelDir, profile: ctx.profile, device, meter });
       }
       const agent = new Agent({
-        broker: brokerOptions(opts),
+        broker,
         fleet,
         device,
         profile: ctx.profile.name,
