@@ -72,6 +72,7 @@ async function quantized(file: string, choose: (site: string) => Precision, para
   const applied = applyPrecisions(model, sites, choice, {
     blockSize: 32,
     symmetric: false,
+    int8Symmetric: true,
     accuracyLevel: 0,
     perChannel: false,
     reduceRange: false,
@@ -191,11 +192,11 @@ describe("MatMul -> int8 dynamic (DynamicQuantizeLinear + MatMulInteger + Cast +
       for (const symmetric of [true, false]) {
         it(`perChannel=${perChannel} reduceRange=${reduceRange} symmetric=${symmetric} matches the integer reference`, async () => {
           const params = { perChannel, reduceRange, symmetric };
-          const { out, model } = await quantized(
-            "linear.onnx",
-            (s) => (s === "fc1" ? "int8" : "fp32"),
-            params,
-          );
+          const { out, model } = await quantized("linear.onnx", (s) => (s === "fc1" ? "int8" : "fp32"), {
+            perChannel,
+            reduceRange,
+            int8Symmetric: symmetric,
+          });
           expect(opTypes(model)).toEqual(
             expect.arrayContaining(["DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul", "MatMul"]),
           );
@@ -252,7 +253,7 @@ describe("Gemm (transB, alpha, beta, bias)", () => {
   });
 
   it("int8 dynamic keeps the bias and transB", async () => {
-    const { out } = await quantized("gemm.onnx", () => "int8", { perChannel: true, symmetric: true });
+    const { out } = await quantized("gemm.onnx", () => "int8", { perChannel: true, int8Symmetric: true });
     const x = seq(5 * 64, 7);
     const r = await run(out, { x: new Tensor("float32", x, [5, 64]) });
     const ref = await gemmReference((w) => w);

@@ -61,6 +61,12 @@ describe("options", () => {
     expect(o.blockSize).toBe(32);
     expect(o.exclude).toEqual(["fc1", "fc2", "head"]);
     expect(o.budget).toBeCloseTo(0.05);
+    // defaults as onnxruntime's quantizers: asymmetric block-wise, symmetric int8
+    expect([o.symmetric, o.int8Symmetric]).toEqual([false, true]);
+    const sym = parseQuantizeOptions({ ...base, symmetric: true });
+    expect([sym.symmetric, sym.int8Symmetric]).toEqual([true, true]);
+    const asym = parseQuantizeOptions({ ...base, symmetric: false });
+    expect([asym.symmetric, asym.int8Symmetric]).toEqual([false, false]);
   });
 
   it("refuses a bad mode, block size or accuracy level with the option named", () => {

@@ -15,7 +15,10 @@ export type Precision = (typeof PRECISIONS)[number];
 export interface QuantizeOptions {
   mode: Mode;
   blockSize: number;
+  /** block-wise formats: symmetric (no zero points); default false */
   symmetric: boolean;
+  /** int8 dynamic weights: zero point 0; default true (as onnxruntime's quantizer) */
+  int8Symmetric: boolean;
   accuracyLevel: number;
   perChannel: boolean;
   reduceRange: boolean;
@@ -54,7 +57,7 @@ const raw = z.object({
   blockSize: z.coerce
     .number({ error: () => "must be a power of two >= 16 (16, 32, 64, 128, ...)" })
     .refine(isValidBlockSize, { message: "must be a power of two >= 16 (16, 32, 64, 128, ...)" }),
-  symmetric: z.boolean().default(false),
+  symmetric: z.boolean().optional(),
   accuracyLevel: z.coerce
     .number()
     .int()
@@ -92,7 +95,8 @@ export function parseQuantizeOptions(input: Record<string, unknown>): QuantizeOp
   return {
     mode: o.mode,
     blockSize: o.blockSize,
-    symmetric: o.symmetric,
+    symmetric: o.symmetric ?? false,
+    int8Symmetric: o.symmetric ?? true,
     accuracyLevel: o.accuracyLevel,
     perChannel: o.perChannel,
     reduceRange: o.reduceRange,

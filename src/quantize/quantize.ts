@@ -174,6 +174,7 @@ export async function quantizeFolder(
   const params = {
     blockSize: opts.blockSize,
     symmetric: opts.symmetric,
+    int8Symmetric: opts.int8Symmetric,
     accuracyLevel: opts.accuracyLevel,
     perChannel: opts.perChannel,
     reduceRange: opts.reduceRange,
@@ -276,6 +277,7 @@ export async function quantizeFolder(
           settings: {
             block_size: opts.blockSize,
             symmetric: opts.symmetric,
+            int8_symmetric: opts.int8Symmetric,
             accuracy_level: opts.accuracyLevel,
             per_channel: opts.perChannel,
             reduce_range: opts.reduceRange,

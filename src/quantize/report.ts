@@ -26,6 +26,7 @@ export interface QuantizeReport {
   settings: {
     block_size: number;
     symmetric: boolean;
+    int8_symmetric: boolean;
     accuracy_level: number;
     per_channel: boolean;
     reduce_range: boolean;

@@ -57,7 +57,7 @@ function toTensor(spec: TensorSpec) {
 }
 
 export type BlockParams = Pick<QuantizeOptions, "blockSize" | "symmetric" | "accuracyLevel">;
-export type Int8Params = Pick<QuantizeOptions, "perChannel" | "reduceRange" | "symmetric">;
+export type Int8Params = Pick<QuantizeOptions, "perChannel" | "reduceRange" | "int8Symmetric">;
 
 /** Bytes a weight of `site` takes at a precision (packed data + scales + zero points). */
 export function precisionBytes(site: Site, p: Precision, blockSize: number, symmetric: boolean): number {
@@ -122,7 +122,13 @@ function replacementFor(
     n: site.dims[1],
     ...(bias ? { bias } : {}),
   };
-  if (precision === "int8") return int8DynamicMatMul(linear, params);
+  if (precision === "int8") {
+    return int8DynamicMatMul(linear, {
+      perChannel: params.perChannel,
+      reduceRange: params.reduceRange,
+      symmetric: params.int8Symmetric,
+    });
+  }
   return matMulNBits(linear, {
     bits: precision === "int4" ? 4 : 8,
     blockSize: params.blockSize,
