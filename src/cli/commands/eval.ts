@@ -87,13 +87,13 @@ export function registerEval(program: Command): void {
           const clip = (t: string) => (opts.maxChars ? Array.from(t).slice(0, opts.maxChars).join("") : t);
           if (opts.text) {
             const path = resolve(opts.text);
-            const raw = await readFile(path, "utf8").catch((e) => {
+            const content = await readFile(path, "utf8").catch((e) => {
               throw new IteraError(`cannot read the text file (${(e as NodeJS.ErrnoException).code})`, {
                 where: path,
                 fix: "give an existing UTF-8 text file with --text",
               });
             });
-            const text = clip(opts.split ? applySplit(raw, opts.split) : raw);
+            const text = clip(opts.split ? applySplit(content, opts.split) : content);
             const result = await runOne(model, text, opts.text, opts);
             if (opts.json)
               return printJson({ model: model.dir, text: path, split: opts.split ?? "all", ...result });
