@@ -162,6 +162,25 @@ describe("itera eval", () => {
     expect(missing.stderr).toMatch(/cannot read the evaluation dataset corpus\.txt/);
   });
 
+  it("a missing text file, or nothing to evaluate, is one clear error", async () => {
+    let r = await itera("eval", join(fixtures, "recurrent"), "--text", join(work, "missing.txt"));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/cannot read the text file \(ENOENT\)/);
+    r = await itera("eval", join(fixtures, "recurrent"));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/nothing to evaluate: no --text and no evaluation in itera\.json/);
+    r = await itera(
+      "eval",
+      join(fixtures, "recurrent"),
+      "--text",
+      join(work, "text.txt"),
+      "--method",
+      "beam",
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/invalid option --method/);
+  });
+
   it("applySplit follows Python's int(len(text) * fraction)", () => {
     const t = "abcdefghij".repeat(3) + "x";
     expect(applySplit(t, "last 10% of characters")).toBe(t.slice(Math.floor(t.length * 0.9)));
