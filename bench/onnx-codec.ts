@@ -10,7 +10,7 @@
  *   nice -n 10 node node_modules/.cache/itera-bench/onnx-codec.mjs [--mb 64] [--reps 5] [--append docs/benchmarks.md]
  */
 import { appendFile, mkdtemp, rm } from "node:fs/promises";
-import { cpus, tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import {
   decodeModel,
@@ -30,6 +30,7 @@ const targetMb = argv.includes("--mb") ? arg("--mb", 64) : 64;
 const reps = argv.includes("--reps") ? arg("--reps", 5) : 5;
 const append = argv.includes("--append") ? argv[argv.indexOf("--append") + 1] : undefined;
 
+const loadAtStart = loadavg()[0] ?? 0;
 const D = 512;
 const layers = Math.max(1, Math.round((targetMb * 2 ** 20) / (D * D * 4)));
 
@@ -77,49 +78,38 @@ async function median(fn: () => unknown): Promise<number> {
 }
 
 const rows: string[][] = [];
-const mbps = (bytes: number, s: number) => `${(bytes / 2 ** 20 / s).toFixed(0)} MB/s`;
 const dir = await mkdtemp(join(tmpdir(), "itera-bench-onnx-"));
 try {
   for (const typed of [false, true]) {
     const bytes = encodeModel(buildModel(typed));
     const model = decodeModel(bytes);
     const label = typed ? "float_data" : "raw_data";
-    const size = `${(bytes.length / 2 ** 20).toFixed(1)} MB`;
-    const dec = await median(() => decodeModel(bytes));
-    const enc = await median(() => encodeModel(model));
-    const decodeNote = typed
-      ? "every value parsed into a JS array"
-      : "tensor bytes stay views into the input (no copy)";
-    rows.push([
+    const row = (operation: string, seconds: number, note = "") =>
+      rows.push([
+        operation,
+        `${(bytes.length / 2 ** 20).toFixed(1)} MB`,
+        `${(seconds * 1000).toFixed(1)} ms`,
+        `${(bytes.length / 2 ** 20 / seconds).toFixed(0)} MB/s`,
+        note,
+      ]);
+    row(
       `decode (${label})`,
-      size,
-      `${(dec * 1000).toFixed(1)} ms`,
-      mbps(bytes.length, dec),
-      decodeNote,
-    ]);
-    rows.push([`encode (${label})`, size, `${(enc * 1000).toFixed(1)} ms`, mbps(bytes.length, enc), ""]);
-    if (!typed) {
-      const inline = join(dir, "inline.onnx");
-      const ext = join(dir, "ext.onnx");
-      const save = await median(() => saveModel(inline, model));
-      const saveExt = await median(() => saveModel(ext, model, { externalData: {} }));
-      const load = await median(() => loadModel(inline));
-      const loadExt = await median(() => loadModel(ext));
-      rows.push(["saveModel, inline", size, `${(save * 1000).toFixed(1)} ms`, mbps(bytes.length, save)]);
-      rows.push([
-        "saveModel, external data",
-        size,
-        `${(saveExt * 1000).toFixed(1)} ms`,
-        mbps(bytes.length, saveExt),
-      ]);
-      rows.push(["loadModel, inline", size, `${(load * 1000).toFixed(1)} ms`, mbps(bytes.length, load)]);
-      rows.push([
-        "loadModel, external data",
-        size,
-        `${(loadExt * 1000).toFixed(1)} ms`,
-        mbps(bytes.length, loadExt),
-      ]);
-    }
+      await median(() => decodeModel(bytes)),
+      typed ? "every value parsed into a JS array" : "tensor bytes stay views into the input (no copy)",
+    );
+    row(`encode (${label})`, await median(() => encodeModel(model)));
+    if (typed) continue;
+    const inline = join(dir, "inline.onnx");
+    const ext = join(dir, "ext.onnx");
+    const io = "temp file + rename (page cache, no fsync)";
+    row("saveModel, inline", await median(() => saveModel(inline, model)), io);
+    row("saveModel, external data", await median(() => saveModel(ext, model, { externalData: {} })), io);
+    row("loadModel, inline", await median(() => loadModel(inline)), "read + decode");
+    row(
+      "loadModel, external data",
+      await median(() => loadModel(ext)),
+      "read + decode + check + read tensors",
+    );
   }
 } finally {
   await rm(dir, { recursive: true, force: true });
@@ -131,7 +121,7 @@ const section = [
   "",
   "## ONNX codec throughput (bench/onnx-codec.ts)",
   "",
-  `Machine: ${cpu} × ${cpus().length}, Node ${process.version}; ${layers} layers of ${D}×${D} float32 weights; median of ${reps} runs after a warm-up; ${new Date().toISOString().slice(0, 10)}.`,
+  `Machine: ${cpu} × ${cpus().length}, Node ${process.version}; ${layers} layers of ${D}×${D} float32 weights; median of ${reps} runs after a warm-up; load average ${loadAtStart.toFixed(1)} at the start (shared machine); ${new Date().toISOString().slice(0, 10)}.`,
   "Command: `npx esbuild bench/onnx-codec.ts --bundle --platform=node --format=esm --packages=external --outfile=node_modules/.cache/itera-bench/onnx-codec.mjs && nice -n 10 node node_modules/.cache/itera-bench/onnx-codec.mjs --append docs/benchmarks.md`",
   "",
   table,
