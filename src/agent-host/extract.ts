@@ -104,7 +104,15 @@ export function extractBundle(): ExtractedBundle {
       });
     }
     writeFileSync(join(tmp, COMPLETE), key);
-    if (existsSync(dir)) rmSync(dir, { recursive: true, force: true }); // an incomplete leftover
+    if (existsSync(dir)) {
+      if (isComplete(dir, key, entries)) {
+        // Another first run finished while this one was writing: never pull a folder from under it.
+        rmSync(tmp, { recursive: true, force: true });
+        extracted = result(false);
+        return extracted;
+      }
+      rmSync(dir, { recursive: true, force: true }); // an incomplete leftover of a crashed run
+    }
     renameSync(tmp, dir);
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
