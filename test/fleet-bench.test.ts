@@ -1,6 +1,7 @@
 import { mkdtemp, readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import mqtt from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Agent, type AgentOptions } from "../src/agent/agent.js";
 import { runFleetBench } from "../src/fleet/bench.js";
@@ -45,6 +46,13 @@ describe("fleet bench against a real Mosquitto", () => {
     await gone.stop();
     agents.splice(agents.indexOf(gone), 1);
 
+    // A rogue client publishes garbage on the fleet's topics: counted as invalid, never a crash.
+    const rogue = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
+    const garbage = setInterval(() => {
+      for (const kind of ["state", "birth", "telemetry"])
+        rogue.publish(`itera/v1/f3/dev-0/${kind}`, '{"v":1,"seq":"x"}');
+      rogue.publish("itera/v1/f3/dev-1/jobs/any/result", Buffer.alloc(300 * 1024, 120));
+    }, 50);
     const store = new FleetStore(join(dir, "fleet.db"));
     const outcome = await runFleetBench({
       broker: { url: broker.url },
@@ -54,6 +62,9 @@ describe("fleet bench against a real Mosquitto", () => {
       store,
       discoverS: 1,
     });
+    clearInterval(garbage);
+    rogue.end(true);
+    expect(outcome.stats.invalid).toBeGreaterThan(0);
     expect(outcome.devices.map((d) => d.device)).toEqual(["dev-0", "dev-1", "dev-2"]);
     for (const d of outcome.devices) {
       expect(d.status).toBe("SUCCEEDED");

@@ -5,7 +5,9 @@ import type { MqttClient } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Agent } from "../src/agent/agent.js";
 import { IteraError } from "../src/errors.js";
+import { runFleetBench } from "../src/fleet/bench.js";
 import { FleetMonitor } from "../src/fleet/monitor.js";
+import { FleetStore } from "../src/fleet/store.js";
 import { connectBroker, endAsync } from "../src/protocol/connect.js";
 import { PROTOCOL_VERSION } from "../src/protocol/schemas.js";
 import { deviceTopic, jobTopic } from "../src/protocol/topics.js";
@@ -32,6 +34,16 @@ describe("Mosquitto with a password file and the ACL pattern itera/v1/+/%u/#", (
       expect(err).toBeInstanceOf(IteraError);
       expect((err as IteraError).message).toMatch(/refused the login/);
     }
+  });
+
+  it("an agent whose login is refused stops with a clear fatal error instead of retrying forever", async () => {
+    const agent = new Agent({
+      ...testAgentOptions(broker.url, "sec", "dev-a", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-"))),
+      broker: { url: broker.url, username: "dev-a", password: "wrong" },
+    });
+    agent.start();
+    await expect(agent.fatal).rejects.toThrow(/refused the login/);
+    await agent.stop();
   });
 
   it("lets an agent publish under its own id only", async () => {
@@ -141,5 +153,26 @@ describe("shared subscriptions ($share) on Mosquitto", () => {
     expect(coordinators[1]!.got.length).toBeGreaterThan(0);
     for (const a of agents) await a.stop();
     for (const c of coordinators) await endAsync(c.client);
+  });
+
+  it("fleet bench collects its results through a share group", async () => {
+    const a = new Agent(
+      testAgentOptions(broker.url, "solo", "so-1", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-"))),
+    );
+    a.start();
+    await a.connected;
+    const store = new FleetStore(":memory:");
+    const outcome = await runFleetBench({
+      broker: { url: broker.url },
+      fleet: "solo",
+      devices: 1,
+      params,
+      timeoutS: 30,
+      store,
+      shareGroup: "coordinators",
+    });
+    expect(outcome.devices[0]!.status).toBe("SUCCEEDED");
+    store.close();
+    await a.stop();
   });
 });
