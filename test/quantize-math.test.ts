@@ -195,6 +195,35 @@ describe("block-wise", () => {
     }
   }
 
+  it("the clipping search never increases a block's squared error, and lowers it around an outlier", () => {
+    const rows = 8;
+    const cols = 64;
+    const w = randomMatrix(rows * cols, 21, -1, 1);
+    w[5] = 9; // one outlier in the first block of row 0
+    const err = (q: ReturnType<typeof quantizeRowsBlockwise>) => {
+      const d = dequantizeRows(q);
+      const perBlock = new Float64Array(rows * 2);
+      for (let i = 0; i < w.length; i++) {
+        const b = Math.floor(i / cols) * 2 + Math.floor((i % cols) / 32);
+        perBlock[b] = perBlock[b]! + (d[i]! - w[i]!) ** 2;
+      }
+      return perBlock;
+    };
+    for (const symmetric of [false, true]) {
+      const plain = err(quantizeRowsBlockwise(w, rows, cols, { bits: 4, blockSize: 32, symmetric }));
+      const searched = quantizeRowsBlockwise(w, rows, cols, {
+        bits: 4,
+        blockSize: 32,
+        symmetric,
+        searchClipping: true,
+      });
+      const e = err(searched);
+      for (let b = 0; b < e.length; b++) expect(e[b]!).toBeLessThanOrEqual(plain[b]! + 1e-12);
+      expect(e.reduce((a, x) => a + x, 0)).toBeLessThan(plain.reduce((a, x) => a + x, 0));
+      expect(Math.max(...searched.codes)).toBeLessThanOrEqual(15);
+    }
+  });
+
   it("all-zero blocks dequantize to zero", () => {
     const q = quantizeRowsBlockwise(new Float32Array(32), 1, 32, {
       bits: 4,

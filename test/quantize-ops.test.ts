@@ -159,6 +159,33 @@ describe("MatMul -> MatMulNBits (weight-only, accuracy level 0)", () => {
   }
 });
 
+describe("MatMulNBits with the clipping search", () => {
+  it("matches its own dequantized weights exactly as the plain form does", async () => {
+    const { out } = await quantized("linear.onnx", () => "int4", { searchClipping: true });
+    const x = seq(M * 80, 6);
+    const r = await run(out, {
+      x: new Tensor("float32", x, [2, 3, 80]),
+      a: new Tensor("float32", seq(6, 2), [2, 3]),
+      b: new Tensor("float32", seq(12, 3), [3, 4]),
+    });
+    const opts = { bits: 4 as const, blockSize: 32, symmetric: false, searchClipping: true };
+    const w1 = dequantizeMatMulNBits(
+      quantizeMatMulNBits(await floatWeight("linear.onnx", "w1"), 80, 48, opts),
+    );
+    const w2 = dequantizeMatMulNBits(
+      quantizeMatMulNBits(await floatWeight("linear.onnx", "w2"), 48, 24, opts),
+    );
+    const want = matmul(
+      matmul(x, w1, M, 80, 48).map((v) => Math.max(0, Math.fround(v))),
+      w2,
+      M,
+      48,
+      24,
+    );
+    expect(relError(r.y!.data as Float32Array, want)).toBeLessThanOrEqual(1e-5);
+  });
+});
+
 describe("MatMulNBits at accuracy level 4 (int8 compute)", () => {
   it("runs, and stays close to the dequantized reference (activations quantized per block)", async () => {
     const { out } = await quantized("linear.onnx", () => "int4", { accuracyLevel: 4 });

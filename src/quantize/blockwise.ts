@@ -6,9 +6,6 @@
  * - scales: float32 [N, k_blocks].
  * - zero points (asymmetric only): uint8 [N, ceil(k_blocks * bits / 8)], packed the same way.
  *   Symmetric quantization omits them; the operator then uses 2^(bits-1).
- *
- * Symmetric follows MLAS: the value of largest magnitude (with its sign) maps to -2^(bits-1),
- * so the full code range is used. Asymmetric maps [min(0,lo), max(0,hi)] onto 0..2^bits-1.
  */
 import { clamp, roundHalfEven } from "./linear.js";
 
@@ -18,6 +15,58 @@ export interface BlockwiseOptions {
   bits: Bits;
   blockSize: number;
   symmetric: boolean;
+  /** choose each block's range among shrunk ones by least squared error (clips rare outliers) */
+  searchClipping?: boolean;
+}
+
+/** Range shrink factors tried by the clipping search (1 = the full range, always a candidate). */
+export const CLIP_SEARCH = [1, 0.95, 0.9, 0.85, 0.8, 0.75];
+
+interface ScaleZero {
+  scale: number;
+  zp: number;
+  inv: number;
+}
+
+/**
+ * One block's scale and zero point for its range shrunk by `f`. Symmetric (as MLAS): the value of
+ * largest magnitude, with its sign, maps to -2^(bits-1). Asymmetric: [min(0,lo), max(0,hi)] maps
+ * onto 0..2^bits-1 with a rounded zero point, so that 0 is exact.
+ */
+function blockScale(block: Float32Array, bits: Bits, symmetric: boolean, f: number): ScaleZero {
+  const levels = (1 << bits) - 1;
+  const half = 1 << (bits - 1);
+  let scale: number;
+  let zp: number;
+  if (symmetric) {
+    let signedMax = 0;
+    for (const v of block) if (Math.abs(v) > Math.abs(signedMax)) signedMax = v;
+    scale = Math.fround((signedMax * f) / -half);
+    zp = half;
+  } else {
+    let lo = 0;
+    let hi = 0;
+    for (const v of block) {
+      if (v < lo) lo = v;
+      if (v > hi) hi = v;
+    }
+    scale = Math.fround(((hi - lo) * f) / levels);
+    zp = scale === 0 ? half : clamp(roundHalfEven((-lo * f) / scale), 0, levels);
+  }
+  return { scale, zp, inv: scale === 0 ? 0 : 1 / scale };
+}
+
+function quantizeValue(v: number, s: ScaleZero, levels: number): number {
+  return clamp(roundHalfEven(v * s.inv) + s.zp, 0, levels);
+}
+
+function squaredError(block: Float32Array, s: ScaleZero, levels: number): number {
+  let e = 0;
+  for (const v of block) {
+    const d = (quantizeValue(v, s, levels) - s.zp) * s.scale - v;
+    e += d * d;
+  }
+  return e;
 }
 
 export interface BlockQuantized {
@@ -84,44 +133,30 @@ export function quantizeRowsBlockwise(
   const padded = kBlocks * blockSize;
   const blobSize = (blockSize * bits) / 8;
   const levels = (1 << bits) - 1;
-  const half = 1 << (bits - 1);
   const codes = new Uint8Array(rows * padded);
   const scales = new Float32Array(rows * kBlocks);
   const zeroPointValues = new Uint8Array(rows * kBlocks);
 
+  const shrinks = opts.searchClipping ? CLIP_SEARCH : [1];
   for (let r = 0; r < rows; r++) {
     for (let b = 0; b < kBlocks; b++) {
-      const start = b * blockSize;
-      const end = Math.min(start + blockSize, cols);
-      let scale: number;
-      let zp: number;
-      if (symmetric) {
-        let signedMax = 0;
-        for (let c = start; c < end; c++) {
-          const v = w[r * cols + c]!;
-          if (Math.abs(v) > Math.abs(signedMax)) signedMax = v;
+      const start = r * cols + b * blockSize;
+      const block = w.subarray(start, start + Math.min(blockSize, cols - b * blockSize));
+      let best = blockScale(block, bits, symmetric, shrinks[0]!);
+      let bestError = shrinks.length > 1 ? squaredError(block, best, levels) : 0;
+      for (const f of shrinks.slice(1)) {
+        const candidate = blockScale(block, bits, symmetric, f);
+        const error = squaredError(block, candidate, levels);
+        if (error < bestError) {
+          best = candidate;
+          bestError = error;
         }
-        scale = Math.fround(signedMax / -half);
-        zp = half;
-      } else {
-        let lo = 0;
-        let hi = 0;
-        for (let c = start; c < end; c++) {
-          const v = w[r * cols + c]!;
-          if (v < lo) lo = v;
-          if (v > hi) hi = v;
-        }
-        scale = Math.fround((hi - lo) / levels);
-        zp = scale === 0 ? half : clamp(roundHalfEven(-lo / scale), 0, levels);
       }
-      const inv = scale === 0 ? 0 : 1 / scale;
-      scales[r * kBlocks + b] = scale;
-      zeroPointValues[r * kBlocks + b] = zp;
+      scales[r * kBlocks + b] = best.scale;
+      zeroPointValues[r * kBlocks + b] = best.zp;
       // Padding beyond `cols` holds the zero point: it dequantizes to exactly 0.
-      for (let c = start; c < start + blockSize; c++) {
-        const v = c < end ? w[r * cols + c]! : 0;
-        const q = roundHalfEven(v * inv) + zp;
-        codes[r * padded + c] = clamp(q, 0, levels);
+      for (let c = 0; c < blockSize; c++) {
+        codes[r * padded + b * blockSize + c] = quantizeValue(c < block.length ? block[c]! : 0, best, levels);
       }
     }
   }

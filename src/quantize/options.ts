@@ -19,6 +19,8 @@ export interface QuantizeOptions {
   symmetric: boolean;
   /** int8 dynamic weights: zero point 0; default true (as onnxruntime's quantizer) */
   int8Symmetric: boolean;
+  /** block-wise formats: pick each block's range by least squared error among shrunk ranges */
+  searchClipping: boolean;
   accuracyLevel: number;
   perChannel: boolean;
   reduceRange: boolean;
@@ -58,6 +60,7 @@ const raw = z.object({
     .number({ error: () => "must be a power of two >= 16 (16, 32, 64, 128, ...)" })
     .refine(isValidBlockSize, { message: "must be a power of two >= 16 (16, 32, 64, 128, ...)" }),
   symmetric: z.boolean().optional(),
+  clipSearch: z.boolean().default(false),
   accuracyLevel: z.coerce
     .number()
     .int()
@@ -97,6 +100,7 @@ export function parseQuantizeOptions(input: Record<string, unknown>): QuantizeOp
     blockSize: o.blockSize,
     symmetric: o.symmetric ?? false,
     int8Symmetric: o.symmetric ?? true,
+    searchClipping: o.clipSearch,
     accuracyLevel: o.accuracyLevel,
     perChannel: o.perChannel,
     reduceRange: o.reduceRange,

@@ -114,6 +114,7 @@ export interface BlockwiseSiteOptions {
   bits: Bits;
   blockSize: number;
   symmetric: boolean;
+  searchClipping?: boolean;
   accuracyLevel: number;
 }
 

@@ -27,6 +27,7 @@ export interface QuantizeReport {
     block_size: number;
     symmetric: boolean;
     int8_symmetric: boolean;
+    clip_search: boolean;
     accuracy_level: number;
     per_channel: boolean;
     reduce_range: boolean;

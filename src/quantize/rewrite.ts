@@ -56,7 +56,9 @@ function toTensor(spec: TensorSpec) {
   return typedToTensor(spec.name, spec.dims, spec.data, tensorTypes[spec.type]);
 }
 
-export type BlockParams = Pick<QuantizeOptions, "blockSize" | "symmetric" | "accuracyLevel">;
+export type BlockParams = Pick<QuantizeOptions, "blockSize" | "symmetric" | "accuracyLevel"> & {
+  searchClipping?: boolean;
+};
 export type Int8Params = Pick<QuantizeOptions, "perChannel" | "reduceRange" | "int8Symmetric">;
 
 /** Bytes a weight of `site` takes at a precision (packed data + scales + zero points). */
@@ -109,7 +111,12 @@ function replacementFor(
         rows: site.dims[0],
         cols: site.dims[1],
       },
-      { bits: precision === "int4" ? 4 : 8, blockSize: params.blockSize, symmetric: params.symmetric },
+      {
+        bits: precision === "int4" ? 4 : 8,
+        blockSize: params.blockSize,
+        symmetric: params.symmetric,
+        searchClipping: params.searchClipping === true,
+      },
     );
   }
   const { weight, bias } = linearWeights(g, site);
@@ -133,6 +140,7 @@ function replacementFor(
     bits: precision === "int4" ? 4 : 8,
     blockSize: params.blockSize,
     symmetric: params.symmetric,
+    searchClipping: params.searchClipping === true,
     accuracyLevel: params.accuracyLevel,
   });
 }
