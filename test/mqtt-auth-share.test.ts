@@ -176,3 +176,45 @@ describe("shared subscriptions ($share) on Mosquitto", () => {
     await a.stop();
   });
 });
+
+describe("Mosquitto over TLS with client certificates (CN = user name, same ACL pattern)", () => {
+  let broker: Mosquitto;
+  beforeAll(async () => {
+    broker = await Mosquitto.create({
+      tls: { clients: ["dev-t", "coordinator"] },
+      acl: ["user coordinator", "topic readwrite itera/v1/#", ""],
+    });
+  });
+  afterAll(async () => {
+    await broker.stop();
+  });
+
+  it("an agent connects with --ca/--cert/--key and the coordinator sees it; without a certificate it is refused", async () => {
+    const coord = await connectBroker(
+      { url: broker.url, ...broker.clientTls("coordinator") },
+      { clientId: "coord", clean: true },
+    );
+    const monitor = new FleetMonitor(coord, "tls");
+    await monitor.subscribe();
+    const agent = new Agent({
+      ...testAgentOptions(broker.url, "tls", "dev-t", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-"))),
+      broker: { url: broker.url, ...broker.clientTls("dev-t") },
+    });
+    agent.start();
+    await agent.connected;
+    await until(() => monitor.devices.get("dev-t")?.birth !== undefined, "birth over TLS");
+    await agent.stop();
+    await endAsync(coord);
+
+    const noCert = await connectBroker(
+      { url: broker.url, ca: broker.clientTls("dev-t").ca },
+      { clientId: "x", clean: true, connectTimeoutMs: 3000 },
+    ).catch((e: unknown) => e);
+    expect(noCert).toBeInstanceOf(IteraError);
+    const badCa = await connectBroker(
+      { url: broker.url, ...broker.clientTls("dev-t"), ca: "/nonexistent/ca.pem" },
+      { clientId: "x", clean: true },
+    ).catch((e: unknown) => e);
+    expect((badCa as IteraError).message).toMatch(/cannot read the TLS ca file/);
+  });
+});

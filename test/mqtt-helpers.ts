@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
+import { chmodSync, readdirSync, writeFileSync } from "node:fs";
 import { chmod, mkdtemp, writeFile } from "node:fs/promises";
 import { createServer, Socket } from "node:net";
 import { tmpdir } from "node:os";
@@ -57,6 +58,52 @@ export interface MosquittoOptions {
   users?: Record<string, string>;
   /** Extra ACL lines (the device pattern `itera/v1/+/%u/#` is always there with users). */
   acl?: string[];
+  /** TLS only, with client certificates required; the certificate's CN is the user name (ACL applies). */
+  tls?: { clients: string[] };
+}
+
+/** A throw-away CA, a server certificate for 127.0.0.1 and one client certificate per name (CN). */
+export function makeCertificates(dir: string, clients: string[]): void {
+  const ssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir, stdio: "ignore" });
+  const key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+  ssl(
+    "req",
+    "-x509",
+    ...key,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.crt",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=itera-test-ca",
+  );
+  const sign = (name: string, cn: string, ext?: string) => {
+    ssl("req", ...key, "-keyout", `${name}.key`, "-out", `${name}.csr`, "-subj", `/CN=${cn}`);
+    const extArgs = ext ? ["-extfile", ext] : [];
+    ssl(
+      "x509",
+      "-req",
+      "-in",
+      `${name}.csr`,
+      "-CA",
+      "ca.crt",
+      "-CAkey",
+      "ca.key",
+      "-CAcreateserial",
+      "-out",
+      `${name}.crt`,
+      "-days",
+      "2",
+      ...extArgs,
+    );
+  };
+  writeFileSync(join(dir, "san.cnf"), "subjectAltName=IP:127.0.0.1\n");
+  sign("server", "127.0.0.1", "san.cnf");
+  for (const c of clients) sign(`client-${c}`, c);
+  // Mosquitto started as root reads them as the `mosquitto` user.
+  for (const f of readdirSync(dir)) chmodSync(join(dir, f), 0o644);
 }
 
 /** A real Mosquitto broker with persistence in a temp dir; stop() + start() keeps its sessions. */
@@ -65,8 +112,19 @@ export class Mosquitto {
   port = 0;
   dir = "";
 
+  tls = false;
+
   get url(): string {
-    return `mqtt://127.0.0.1:${this.port}`;
+    return `${this.tls ? "mqtts" : "mqtt"}://127.0.0.1:${this.port}`;
+  }
+
+  /** TLS client files for one of the certificate names given at creation. */
+  clientTls(name: string): { ca: string; cert: string; key: string } {
+    return {
+      ca: join(this.dir, "ca.crt"),
+      cert: join(this.dir, `client-${name}.crt`),
+      key: join(this.dir, `client-${name}.key`),
+    };
   }
 
   static async create(opts: MosquittoOptions = {}): Promise<Mosquitto> {
@@ -75,13 +133,28 @@ export class Mosquitto {
     // Mosquitto started as root drops to the `mosquitto` user, which must be able to save its database.
     await chmod(m.dir, 0o777);
     m.port = await freePort();
+    m.tls = opts.tls !== undefined;
+    if (opts.tls) makeCertificates(m.dir, opts.tls.clients);
     const conf = [
       `listener ${m.port} 127.0.0.1`,
+      ...(opts.tls
+        ? [
+            `cafile ${join(m.dir, "ca.crt")}`,
+            `certfile ${join(m.dir, "server.crt")}`,
+            `keyfile ${join(m.dir, "server.key")}`,
+            "require_certificate true",
+            "use_identity_as_username true",
+          ]
+        : []),
       "persistence true",
       `persistence_location ${m.dir}/`,
       "max_queued_messages 100000",
     ];
-    if (opts.users) {
+    if (opts.tls) {
+      const acl = join(m.dir, "acl");
+      await writeFile(acl, [...(opts.acl ?? []), "pattern readwrite itera/v1/+/%u/#", ""].join("\n"));
+      conf.push("allow_anonymous false", `acl_file ${acl}`);
+    } else if (opts.users) {
       const pw = join(m.dir, "passwd");
       await writeFile(pw, "", { mode: 0o644 });
       for (const [u, p] of Object.entries(opts.users)) execFileSync("mosquitto_passwd", ["-b", pw, u, p]);
