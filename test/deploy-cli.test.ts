@@ -1,10 +1,10 @@
 import { execFile } from "node:child_process";
-import { access, chmod, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { access, chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
-import { startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
+import { freePort, startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
 import { listTree } from "./fixtures/deploy/tree.js";
 
 /** The built CLI (`make test` builds dist/ first; run `npx tsc -p .` before running this file alone). */
@@ -147,6 +147,49 @@ describe("itera flash / itera devices (the CLI)", () => {
     });
   });
 
+  it("devices check connects, updates last seen and the installed version, and reports the unreachable", async () => {
+    const d = await device("checked");
+    await mkdir(join(d.prefix, "opt/itera/releases/0.9.0"), { recursive: true });
+    await symlink("releases/0.9.0", join(d.prefix, "opt/itera/current"));
+    const add = (name: string, port: number) =>
+      itera([
+        "devices",
+        "add",
+        name,
+        "--ssh",
+        "root@127.0.0.1",
+        "--port",
+        String(port),
+        "--identity",
+        sshd.identity,
+      ]);
+    expect((await add("check-ok", sshd.port)).code).toBe(0);
+    expect((await add("check-down", await freePort())).code).toBe(0);
+    const common = ["--known-hosts", sshd.knownHosts, "--prefix", d.prefix, "--json"];
+    const one = await itera(["devices", "check", "check-ok", ...common]);
+    expect(one.code, one.stderr).toBe(0);
+    expect(JSON.parse(one.stdout)).toEqual([
+      {
+        name: "check-ok",
+        reachable: true,
+        machine: "x86_64",
+        installed_version: "0.9.0",
+        free_kb: expect.any(Number),
+      },
+    ]);
+    const entry = JSON.parse((await itera(["devices", "--json"])).stdout).find(
+      (x: { name: string }) => x.name === "check-ok",
+    );
+    expect(entry).toMatchObject({ installed_version: "0.9.0", last_seen: expect.stringMatching(/^\d{4}-/) });
+    const both = await itera(["devices", "check", "check-ok", "check-down", ...common]);
+    expect(both.code).toBe(3);
+    expect(JSON.parse(both.stdout)[1]).toMatchObject({
+      name: "check-down",
+      reachable: false,
+      error: expect.stringMatching(/cannot reach the device/),
+    });
+  });
+
   it("--service-manager none enables the unit by its link; --dry-run prints every step and changes nothing", async () => {
     const d = await device("plain");
     const dry = await itera([
@@ -242,16 +285,21 @@ describe("itera flash / itera devices (the CLI)", () => {
       ],
       [["flash", v1, "--device", "ghost"], /no device 'ghost' in the inventory/],
     ];
-    for (const [args, message] of cases) {
-      const r = await itera([
-        ...args,
-        ...(args[0] === "flash" && args.includes("--ssh") && !args.includes("--prefix")
-          ? ["--prefix", d.prefix]
-          : []),
-      ]);
-      expect(r.code, args.join(" ")).not.toBe(0);
-      expect(r.stderr, args.join(" ")).toMatch(message);
-    }
+    // Independent read-only runs: in parallel, to keep the suite short.
+    const results = await Promise.all(
+      cases.map(([args]) =>
+        itera([
+          ...args,
+          ...(args[0] === "flash" && args.includes("--ssh") && !args.includes("--prefix")
+            ? ["--prefix", d.prefix]
+            : []),
+        ]),
+      ),
+    );
+    cases.forEach(([args, message], i) => {
+      expect(results[i]!.code, args.join(" ")).not.toBe(0);
+      expect(results[i]!.stderr, args.join(" ")).toMatch(message);
+    });
     expect(await listTree(d.prefix)).toEqual([]);
   });
 

@@ -31,7 +31,7 @@ export interface SshFlashOptions {
   say?: (line: string) => void;
 }
 
-interface Probe {
+export interface Probe {
   machine: string;
   kernel: string;
   freeKb: number;
@@ -42,7 +42,7 @@ interface Probe {
   staged: Map<string, number>;
 }
 
-function parseProbe(stdout: string): Probe {
+export function parseProbe(stdout: string): Probe {
   const p: Probe = {
     machine: "",
     kernel: "",

@@ -1,6 +1,14 @@
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
-import { inventoryPath, loadInventory, removeDevice, upsertDevice } from "../../deploy/inventory.js";
+import { checkDevice, type DeviceStatus } from "../../deploy/device-check.js";
+import {
+  findDevice,
+  inventoryPath,
+  loadInventory,
+  removeDevice,
+  upsertDevice,
+} from "../../deploy/inventory.js";
+import { checkPrefix } from "../../deploy/layout.js";
 import { checkDestination } from "../../deploy/ssh.js";
 import { markdownTable } from "../../util/table.js";
 import { action, printJson } from "../run.js";
@@ -98,5 +106,58 @@ export function registerDevices(program: Command): void {
         if (wantsJson(cmd)) printJson({ removed: name });
         else process.stderr.write(`device ${name} removed\n`);
       }),
+    );
+
+  devices
+    .command("check")
+    .description(
+      "connect to devices (all with an ssh address, or the named ones): update last seen and installed version",
+    )
+    .argument("[names...]", "devices to check (default: all)")
+    .option("--known-hosts <file>", "known_hosts file (default: ssh's own)")
+    .option("--prefix <path>", "the devices' root", "/")
+    .option("--sudo", "read through `sudo -n`")
+    .option("--json", "machine-readable output")
+    .action(
+      action(
+        async (names: string[], o: { knownHosts?: string; prefix: string; sudo?: boolean }, cmd: Command) => {
+          const all = await loadInventory();
+          const chosen =
+            names.length > 0 ? await Promise.all(names.map((n) => findDevice(n))) : all.filter((d) => d.ssh);
+          const prefix = checkPrefix(o.prefix);
+          const statuses: DeviceStatus[] = [];
+          for (const d of chosen) {
+            const s = await checkDevice(d, {
+              prefix,
+              ...(o.knownHosts ? { knownHosts: o.knownHosts } : {}),
+              sudo: o.sudo === true,
+            });
+            statuses.push(s);
+            if (s.reachable && !s.error) {
+              await upsertDevice(d.name, {
+                last_seen: new Date().toISOString(),
+                installed_version: s.installed_version ?? undefined,
+              });
+            }
+          }
+          if (wantsJson(cmd)) printJson(statuses);
+          else {
+            console.log(
+              markdownTable(
+                ["name", "reachable", "arch", "installed", "free MiB", "error"],
+                statuses.map((s) => [
+                  s.name,
+                  s.reachable ? "yes" : "no",
+                  s.machine ?? "-",
+                  s.installed_version ?? "-",
+                  s.free_kb === undefined ? "-" : Math.floor(s.free_kb / 1024),
+                  s.error ?? "",
+                ]),
+              ),
+            );
+          }
+          if (statuses.some((s) => !s.reachable || s.error)) process.exitCode = 3;
+        },
+      ),
     );
 }
