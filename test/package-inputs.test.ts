@@ -114,11 +114,15 @@ describe("--quant", () => {
 
   it("quantizes an fp32 folder to the profile's default (int8 for laptop-x64-4c) with the quantizer", async () => {
     out = "";
-    const plan = await resolveQuantization(
-      await readModelInput(model.dir),
-      await loadProfile("laptop-x64-4c"),
-      undefined,
-    );
+    const input = await readModelInput(model.dir);
+    const laptop = await loadProfile("laptop-x64-4c");
+    // The fixture's weights are random: int8 costs it more than the default 2 % budget, and the
+    // quantizer refuses, leaving nothing in the work folder.
+    const strict = await resolveQuantization(input, laptop, undefined);
+    const refusedIn = await mkdtemp(join(work, "q-"));
+    await expect(strict.prepare(refusedIn, true)).rejects.toThrow(/exceeds the quality budget/);
+    expect(await readdir(refusedIn)).toEqual([]);
+    const plan = await resolveQuantization(input, laptop, undefined, "none");
     expect(plan.mode).toBe("int8");
     const q = await plan.prepare(await mkdtemp(join(work, "q-")), true);
     expect(q.dir).not.toBe(model.dir);

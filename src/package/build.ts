@@ -45,6 +45,8 @@ export interface BuildOptions {
   model: string;
   profile: string;
   quant?: string;
+  /** Allowed perplexity increase when quantizing here ("2%" default, "none"). */
+  quantBudget?: string;
   /** Path to an Ed25519 private key (PKCS#8 PEM) made by `itera keygen`. */
   sign?: string;
   out?: string;
@@ -77,7 +79,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const target = targetOf(profile, opts.profile);
   const modelIn = await readModelInput(opts.model);
   const signingKey = opts.sign === undefined ? undefined : await readSigningKey(opts.sign);
-  const quant = await resolveQuantization(modelIn, profile, opts.quant);
+  const quant = await resolveQuantization(modelIn, profile, opts.quant, opts.quantBudget);
   const version = opts.version ?? modelIn.version;
   if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(version)) {
     throw new IteraError(`--version '${version}' cannot name a release folder`, {

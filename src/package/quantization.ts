@@ -11,7 +11,8 @@ import type { ModelInput } from "./model-input.js";
  *   (int8 when the profile itself says auto);
  * - the folder already has the requested precision: it is embedded as it is (pass-through).
  * - an fp32 folder and int8/int4 asked for: the quantizer (src/quantize, as `itera quantize --mode`)
- *   writes the quantized folder into the build's work folder, and that is embedded.
+ *   writes the quantized folder into the build's work folder, and that is embedded; it refuses a
+ *   result over its quality budget (`--quant-budget`, default 2 % perplexity increase).
  */
 export const buildQuantModes = ["auto", "fp32", "int8", "int4"] as const;
 
@@ -28,6 +29,8 @@ export async function resolveQuantization(
   model: ModelInput,
   profile: DeviceProfile,
   requested: string | undefined,
+  /** The quantizer's allowed perplexity increase ("2%" by default, "none" for no limit). */
+  budget?: string,
 ): Promise<QuantizationPlan> {
   if (requested !== undefined && !(buildQuantModes as readonly string[]).includes(requested)) {
     throw new IteraError(`unknown --quant '${requested}'`, {
@@ -54,7 +57,12 @@ export async function resolveQuantization(
       const { parseQuantizeOptions } = await import("../quantize/options.js");
       const out = join(workDir, `model-${mode}`);
       // The same settings as `itera quantize --mode <mode>` with its defaults.
-      const options = parseQuantizeOptions({ mode, blockSize: "32", accuracyLevel: "4" });
+      const options = parseQuantizeOptions({
+        mode,
+        blockSize: "32",
+        accuracyLevel: "4",
+        ...(budget === undefined ? {} : { budget }),
+      });
       const report = await quantizeFolder(model.dir, out, options, { quiet });
       const card = await loadModelCard(out);
       return {

@@ -8,6 +8,7 @@ interface BuildCliOptions {
   model: string;
   profile: string;
   quant?: string;
+  quantBudget?: string;
   sign?: string;
   out: string;
   version?: string;
@@ -27,6 +28,7 @@ export function registerBuild(program: Command): void {
     )
     .requiredOption("--profile <name>", "device profile name (itera profiles) or path to a profile .json")
     .option("--quant <mode>", `${buildQuantModes.join(" | ")} (default: the profile's)`)
+    .option("--quant-budget <pct>", 'when quantizing: allowed perplexity increase ("2%" default, or "none")')
     .option("--sign <key>", "sign the manifest with this Ed25519 private key (itera keygen)")
     .option("--out <dir>", "output folder", "firmware-bundles")
     .option("--version <v>", "release version (default: the model card's version)")
@@ -41,6 +43,7 @@ export function registerBuild(program: Command): void {
           model: opts.model,
           profile: opts.profile,
           quant: opts.quant,
+          quantBudget: opts.quantBudget,
           sign: opts.sign,
           out: opts.out,
           version: opts.version,
