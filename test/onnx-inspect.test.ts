@@ -28,7 +28,7 @@ const models = ["tiny_gpt.onnx", "contrib_ops.onnx", "external/mlp.onnx"] as con
 const expectedFile = (m: string) => join(dir, m.replace(/\.onnx$/, ".expected.json"));
 
 beforeAll(async () => {
-  dir = await buildFixtures("tiny_gpt", "contrib_ops", "external_data", "flops");
+  dir = await buildFixtures("tiny_gpt", "contrib_ops", "external_data", "flops", "genai_ops");
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -183,6 +183,35 @@ describe("inspect: FLOPs", () => {
     const info = inferShapes(model.graph!, { batch_size: b, sequence_length: s, past_sequence_length: past });
     for (const name of Object.keys(out)) expect(info.shapes.get(name), name).toEqual(out[name]!.dims);
   });
+
+  it.each([
+    [1, 3, 4],
+    [2, 1, 5],
+  ])(
+    "follows GroupQueryAttention & co. like onnxruntime (batch %i, sequence %i, past %i)",
+    async (b, s, past) => {
+      const path = join(dir, "genai_ops.onnx");
+      const session = await ort.InferenceSession.create(path, { logSeverityLevel: 3 });
+      const cache = () =>
+        new ort.Tensor("float32", new Float32Array(b * 2 * past * 8).fill(0.1), [b, 2, past, 8]);
+      const out = await session.run({
+        input_ids: new ort.Tensor("int64", new BigInt64Array(b * s).fill(3n), [b, s]),
+        "past_key_values.0.key": cache(),
+        "past_key_values.0.value": cache(),
+        seqlens_k: new ort.Tensor("int32", new Int32Array(b).fill(past + s - 1), [b]),
+        total_sequence_length: new ort.Tensor("int32", new Int32Array([past + s]), []),
+      });
+      await session.release();
+      const dims = { batch_size: b, sequence_length: s, past_sequence_length: past };
+      const info = inferShapes(decodeModel(await readFile(path)).graph!, dims);
+      for (const name of Object.keys(out)) expect(info.shapes.get(name), name).toEqual(out[name]!.dims);
+      const r = await inspectPath(path, dims);
+      expect(r.flops.unresolved).toEqual([]);
+      // packed QKV 32x64, output projection 32x32, lm_head 32x64 (attention inside the contrib op is not counted)
+      expect(r.flops.total).toBe(2 * b * s * (32 * 64 + 32 * 32 + 32 * 64));
+      expect(r.states.pairs.map((p) => p.output)).toEqual(["present.0.key", "present.0.value"]);
+    },
+  );
 
   it("refuses a malformed --dim", () => {
     expect(parseDims(["batch_size=2", "x=0"])).toEqual({ batch_size: 2, x: 0 });

@@ -5,7 +5,8 @@
  *
  * Covered: the elementwise, normalization and activation ops (output = input shape or broadcast),
  * MatMul (+ MatMulInteger, QLinearMatMul, com.microsoft FusedMatMul/MatMulNBits), Gemm, Conv, Gather
- * (+ com.microsoft GatherBlockQuantized), DynamicQuantizeLinear,
+ * (+ com.microsoft GatherBlockQuantized), DynamicQuantizeLinear, com.microsoft GroupQueryAttention,
+ * MultiHeadAttention, Attention and Skip(Simplified)LayerNormalization,
  * Einsum, Shape, Reshape, Flatten, (Un)Squeeze, Concat, Slice, Split, Transpose, Expand, Tile,
  * ConstantOfShape, Range, Reduce*, Constant. Where no rule applies, a value_info/graph-output shape
  * whose symbolic dims all have values is used; otherwise the value stays unknown (control flow such as
@@ -120,8 +121,6 @@ const SAME_SHAPE = new Set([
   "LayerNormalization",
   "SimplifiedLayerNormalization",
   "RMSNormalization",
-  "SkipLayerNormalization",
-  "SkipSimplifiedLayerNormalization",
   "BatchNormalization",
   "InstanceNormalization",
   "GroupNormalization",
@@ -346,6 +345,14 @@ function inferNode(
   switch (op) {
     case "QLinearMatMul":
       return one(x && s[3] ? matmulShape(x, s[3]) : undefined);
+    case "GroupQueryAttention":
+    case "MultiHeadAttention":
+    case "Attention":
+      return attentionShapes(op, node, s);
+    case "SkipLayerNormalization":
+    case "SkipSimplifiedLayerNormalization":
+      // output, mean, inv_std_var, input_skip_bias_sum: the first and the last have the input's shape.
+      return { shapes: node.output.map((_, i) => (i === 0 || i === 3 ? x : undefined)), values: [] };
     case "DynamicQuantizeLinear":
       return { shapes: [x, [], []], values: [] };
     case "GatherBlockQuantized": {
@@ -493,6 +500,33 @@ function inferNode(
     return one(keep ? x.map((d, i) => (set.has(i) ? 1 : d)) : x.filter((_, i) => !set.has(i)));
   }
   return { shapes: [], values: [] };
+}
+
+/**
+ * com.microsoft attention ops (onnxruntime-genai's model builder emits GroupQueryAttention): the
+ * output is [batch, sequence, heads * head_size]; GroupQueryAttention's present key/value are
+ * [batch, kv_heads, past + sequence, head_size].
+ */
+function attentionShapes(op: string, node: NodeProto, s: (Shape | undefined)[]): NodeResult {
+  const q = s[0];
+  if (q?.length !== 3) return { shapes: [], values: [] };
+  const [batch, seq, qHidden] = q as [number, number, number];
+  if (op === "Attention") {
+    const hidden = getAttrInts(node, "qkv_hidden_sizes")?.[2] ?? (s[1] ? s[1][1]! / 3 : undefined);
+    return { shapes: [hidden === undefined ? undefined : [batch, seq, hidden]], values: [] };
+  }
+  if (op === "MultiHeadAttention") {
+    const v = s[2];
+    return { shapes: [[batch, seq, v && v.length === 3 ? v[2]! : qHidden]], values: [] };
+  }
+  const heads = getAttrInt(node, "num_heads", 1);
+  const kvHeads = getAttrInt(node, "kv_num_heads", heads);
+  const packed = !node.input[1]; // query, key and value packed in one input
+  const headSize = packed ? qHidden / (heads + 2 * kvHeads) : qHidden / heads;
+  const past = s[3];
+  const present: Shape | undefined =
+    past && past.length === 4 ? [batch, kvHeads, past[2]! + seq, headSize] : undefined;
+  return { shapes: [[batch, seq, heads * headSize], present, present], values: [] };
 }
 
 function swapLast(s: Shape): Shape {
