@@ -146,7 +146,12 @@ describe("itera broker + fleet simulate + fleet bench/watch/history", () => {
         .map((e) => e.device)
         .sort(),
     ).toEqual(["sim-01-laptop-x64-4c", "sim-02-rpi4"]);
-    expect(events.some((e) => e.type === "telemetry")).toBe(true);
+    // After the benchmark, telemetry carries the device's recent generation speed and energy.
+    const telemetry = events.filter((e) => e.type === "telemetry") as unknown as Array<{
+      m: { tok_s: number | null; method: string | null };
+    }>;
+    expect(telemetry.length).toBeGreaterThan(0);
+    expect(telemetry.every((t) => t.m.tok_s !== null && t.m.tok_s > 0 && t.m.method === "ina219")).toBe(true);
   });
 
   it("refuses bad input with one clear error and a non-zero exit", () => {

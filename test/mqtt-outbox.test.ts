@@ -156,4 +156,37 @@ describe("store and forward over a Mosquitto restart", () => {
     await until(() => results.includes("rj:SUCCEEDED"), "the job's result");
     store.close();
   });
+
+  it("a job in progress when the agent stops runs again after the restart, and succeeds", async () => {
+    const store = new FleetStore(":memory:");
+    const col = await collector("rerun", store);
+    const statuses: string[] = [];
+    col.monitor.on("status", (_d, st) => statuses.push(st.status));
+    col.monitor.on("result", (_d, r) => statuses.push(`result:${r.status}`));
+    const stateDir = await mkdtemp(join(tmpdir(), "itera-agent-"));
+    const { hold } = gate();
+    const first = newAgent("rerun", "rr-1", stateDir, { runner: cpuRunner("rr-1", "rpi4", { hold }) });
+    await first.connected;
+    const req = {
+      v: PROTOCOL_VERSION,
+      jobId: "rr",
+      execNo: 1,
+      deadline: Date.now() + 60_000,
+      doc: { type: "benchmark", params },
+    };
+    await col.client.publishAsync(jobTopic("rerun", "rr-1", "rr", "request"), JSON.stringify(req), {
+      qos: 1,
+    });
+    await until(() => statuses.includes("IN_PROGRESS"), "job in progress");
+    await first.stop();
+    agents.splice(agents.indexOf(first), 1);
+
+    const runner = cpuRunner("rr-1", "rpi4");
+    const second = newAgent("rerun", "rr-1", stateDir, { runner });
+    await second.connected;
+    await until(() => statuses.includes("result:SUCCEEDED"), "the job's result after the restart");
+    expect(runner.calls).toBe(1);
+    expect(statuses.filter((x) => x.startsWith("result:"))).toEqual(["result:SUCCEEDED"]);
+    store.close();
+  });
 });
