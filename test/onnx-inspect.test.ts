@@ -213,6 +213,15 @@ describe("inspect: FLOPs", () => {
     },
   );
 
+  it("reports a node that breaks its op's schema as unresolved instead of failing", async () => {
+    const model = decodeModel(await readFile(join(dir, "flops.onnx")));
+    const gemm = model.graph!.node.find((n) => n.opType === "Gemm")!;
+    gemm.attribute.push(attr.string("transA", "yes"));
+    const r = analyzeModel(model);
+    expect(r.flops.unresolved).toEqual([{ node: "out_gemm", op: "Gemm" }]);
+    expect(r.flops.byOp.map((o) => o.op)).toEqual(["Conv", "MatMul", "Einsum", "Gather"]);
+  });
+
   it("refuses a malformed --dim", () => {
     expect(parseDims(["batch_size=2", "x=0"])).toEqual({ batch_size: 2, x: 0 });
     expect(() => parseDims(["batch_size"])).toThrow(IteraError);

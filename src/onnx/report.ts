@@ -182,7 +182,12 @@ export function estimateFlops(model: ModelProto, userDims: Record<string, number
   const unresolved: FlopsReport["unresolved"] = [];
   for (const node of graph.node) {
     if (!COUNTED.has(node.opType ?? "")) continue;
-    const f = nodeFlops(node, info);
+    let f: number | undefined;
+    try {
+      f = nodeFlops(node, info);
+    } catch {
+      f = undefined; // attributes that break the op's schema: listed as unresolved
+    }
     const op = opName(node);
     if (f === undefined) {
       unresolved.push({ node: node.name || node.output[0] || "", op });

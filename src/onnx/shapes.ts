@@ -273,7 +273,12 @@ export function inferShapes(graph: GraphProto, dims: Record<string, number>): Sh
   for (const node of topologicalOrder(graph.node)) {
     const inShapes = node.input.map((n) => (n === "" ? undefined : shapes.get(n)));
     const inValues = node.input.map((n) => values.get(n));
-    const out = inferNode(node, inShapes, inValues, (name) => elemTypes.get(name));
+    let out: NodeResult;
+    try {
+      out = inferNode(node, inShapes, inValues, (name) => elemTypes.get(name));
+    } catch {
+      out = { shapes: [], values: [] }; // a node that breaks its op's schema: its outputs stay unknown
+    }
     node.output.forEach((name, i) => {
       if (name === "") return;
       const shape = out.shapes[i] ?? concreteShape(declared.get(name), dims);
