@@ -95,7 +95,10 @@ export async function bundleAgentScript(outFile: string, version: string): Promi
       "process.env.ITERA_VERSION": JSON.stringify(version),
       "import.meta.url": "__itera_import_meta_url",
     },
-    banner: { js: 'var __itera_import_meta_url = require("node:url").pathToFileURL(__filename).href;' },
+    // A lazy global: most starts never ask for import.meta.url, and computing it costs a URL parse.
+    banner: {
+      js: 'Object.defineProperty(globalThis, "__itera_import_meta_url", { configurable: true, get: () => require("node:url").pathToFileURL(__filename).href });',
+    },
     metafile: true,
   });
   const bytes = Object.values(result.metafile.outputs)[0]?.bytes ?? 0;
