@@ -214,9 +214,26 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
       current: "0.1.0",
       rollback: { to: "0.1.0", healthy: true },
     });
+    // The release was already there, identical: nothing was sent, its files were checked in place.
+    expect(r.copy?.bytes_sent).toBe(0);
+    expect(r.steps.filter((x) => x.status === "skipped").map((x) => x.id)).toEqual(["copy", "install"]);
+    expect(r.steps.find((x) => x.id === "verify-device")?.status).toBe("done");
     const tree = await listTree(dev.prefix);
     expect(tree).toContain("l opt/itera/current -> releases/0.1.0");
     expect(tree.filter((l) => l.includes("0.3.0") || l.includes("previous"))).toEqual([]);
+  });
+
+  it("refuses to switch to an installed release whose files were damaged on the device", async () => {
+    const dev = await newDevice("damaged");
+    await mkdir(join(dev.prefix, "etc"), { recursive: true });
+    await mkdir(join(dev.prefix, "bin"));
+    await copyFile("/bin/dash", join(dev.prefix, "bin/sh"));
+    await flashRootfs({ bundle: bundles.v1!, rootfs: dev.prefix });
+    await writeFile(join(dev.prefix, "opt/itera/releases/0.1.0/README.txt"), "bit rot\n");
+    const before = await listTree(dev.prefix);
+    const e = await flashError(options(bundles.v1!, dev));
+    expect(e.message).toBe("the installed release 0.1.0 is damaged on the device: README.txt");
+    expect(await listTree(dev.prefix)).toEqual(before);
   });
 
   it("removes a failed first install completely (nothing to roll back to)", async () => {

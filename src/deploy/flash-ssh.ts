@@ -38,6 +38,8 @@ export interface Probe {
   current: string | null;
   /** What base/previous points at: the release an earlier, possibly unfinished, flash replaced. */
   previous: string | null;
+  /** sha256 of the manifest of the release folder this bundle would be installed as, if it exists. */
+  installedSha: string | null;
   missing: string[];
   staged: Map<string, number>;
 }
@@ -49,6 +51,7 @@ export function parseProbe(stdout: string): Probe {
     freeKb: Number.NaN,
     current: null,
     previous: null,
+    installedSha: null,
     missing: [],
     staged: new Map(),
   };
@@ -62,6 +65,7 @@ export function parseProbe(stdout: string): Probe {
     else if (key === "free_kb") p.freeKb = Number.parseInt(value, 10);
     else if (key === "current") p.current = value.trim() || null;
     else if (key === "previous") p.previous = value.trim() || null;
+    else if (key === "installed_sha") p.installedSha = value.trim() || null;
     else if (key === "missing") p.missing.push(value.trim());
     else if (key === "staged") {
       const [n, ...name] = value.split(" ");
@@ -105,6 +109,7 @@ function checkProbe(p: Probe, b: VerifiedBundle, o: SshFlashOptions): void {
       fix: "install GNU coreutils (and awk) on the device",
     });
   }
+  if (p.installedSha === b.manifestSha256) return; // already there: nothing to copy
   const stagedBytes = b.files.reduce((n, f) => n + Math.min(f.bytes, p.staged.get(f.name) ?? 0), 0);
   const needKb = Math.ceil((b.totalBytes - stagedBytes + spaceMarginBytes(b.totalBytes)) / 1024);
   if (!(p.freeKb >= needKb)) {
@@ -146,7 +151,12 @@ async function flashVerified(o: SshFlashOptions, log: StepLog, bundle: VerifiedB
       "probe",
       "check the device's architecture, free space and current release",
       async () => {
-        const r = await session.script(scripts.PROBE, [L.base, staging, ...bundle.files.map((f) => f.name)]);
+        const r = await session.script(scripts.PROBE, [
+          L.base,
+          staging,
+          m.version,
+          ...bundle.files.map((f) => f.name),
+        ]);
         if (r.code !== 0) throw scriptError("probe", r, o);
         const p = parseProbe(r.stdout);
         checkProbe(p, bundle, o);
@@ -161,62 +171,32 @@ async function flashVerified(o: SshFlashOptions, log: StepLog, bundle: VerifiedB
     const fallback =
       probe.current && probe.current !== releaseLinkTarget(m.version) ? probe.current : probe.previous;
 
-    const files = bundle.files.map((f) => ({ ...f, localPath: join(bundle.dir, f.name) }));
-    const upload = await log.run(
-      "copy",
-      `copy ${bundle.totalBytes} bytes to ${staging} (resumable)`,
-      () => uploadResumable(session, staging, files, probe.staged, copyOptions(o)),
-      (u) =>
-        `sent ${u.bytesSent} bytes${u.bytesResumed > 0 ? `, resumed after ${u.bytesResumed} bytes already there` : ""}`,
-    );
-    report.copy = {
-      bytes_total: bundle.totalBytes,
-      bytes_sent: upload.bytesSent,
-      bytes_resumed: upload.bytesResumed,
-    };
-
-    await log.run(
-      "verify-device",
-      "check every file's sha256 on the device against the signed manifest",
-      async () => {
-        let bad = await verifyOnDevice(session, staging, bundle, o);
-        if (bad.length === 0) return;
-        // A corrupted staged prefix (e.g. a disk fault): send those files once more from byte 0.
-        log.say(`[verify-device] ${bad.join(", ")} did not match; sending again`);
-        const again = files.filter((f) => bad.includes(f.name));
-        const r = await session.script(scripts.RESET, [staging, ...bad]);
-        if (r.code !== 0) throw scriptError("reset", r, o);
-        const resent = await uploadResumable(session, staging, again, new Map(), copyOptions(o));
-        report.copy!.bytes_sent += resent.bytesSent;
-        bad = await verifyOnDevice(session, staging, bundle, o);
-        if (bad.length > 0) {
-          throw new IteraError(`the copy on the device does not match the manifest: ${bad.join(", ")}`, {
-            where: `${o.target.destination}:${staging}`,
-            fix: "check the device's storage (SD card) and flash again",
-          });
-        }
-      },
-    );
-
-    await log.run(
-      "install",
-      `install as ${posix.join(L.releases, m.version)}`,
-      async () => {
-        const r = await session.script(scripts.INSTALL, [L.base, m.version, staging]);
-        if (r.stdout.includes("install=conflict")) {
-          throw new IteraError(
-            `release ${m.version} is already installed and running with different content`,
-            {
-              where: `${o.target.destination}:${posix.join(L.releases, m.version)}`,
-              fix: "give the new build its own version number",
-            },
-          );
-        }
-        if (r.code !== 0) throw scriptError("install", r, o);
-        return r.stdout.includes("install=reused") ? "reused" : "moved";
-      },
-      (how) => (how === "reused" ? "identical release already there: reused" : undefined),
-    );
+    const release = posix.join(L.releases, m.version);
+    if (probe.installedSha === bundle.manifestSha256) {
+      // The same build is already on the device (a repeated flash, or one cut off after its install):
+      // nothing to send; its files are still checked before it is switched to.
+      log.skip("copy", "copy the bundle", `release ${m.version} is already on the device, identical`);
+      report.copy = { bytes_total: bundle.totalBytes, bytes_sent: 0, bytes_resumed: 0 };
+      await log.run(
+        "verify-device",
+        `check every file's sha256 in ${release} against the signed manifest`,
+        async () => {
+          const bad = await verifyOnDevice(session, release, bundle, o);
+          if (bad.length > 0) {
+            throw new IteraError(
+              `the installed release ${m.version} is damaged on the device: ${bad.join(", ")}`,
+              {
+                where: `${o.target.destination}:${release}`,
+                fix: `remove ${release} on the device (or give the build a new version) and flash again`,
+              },
+            );
+          }
+        },
+      );
+      log.skip("install", `install as ${release}`, "already installed");
+    } else {
+      await copyVerifyInstall(session, log, o, bundle, probe.staged, staging, release, report);
+    }
 
     if (o.config) {
       const json = renderAgentConfig(o.config);
@@ -318,6 +298,73 @@ async function flashVerified(o: SshFlashOptions, log: StepLog, bundle: VerifiedB
   } finally {
     await session.close();
   }
+}
+
+/** Send the bundle to the staging folder (resuming), check it on the device, move it into releases/. */
+async function copyVerifyInstall(
+  session: Session,
+  log: StepLog,
+  o: SshFlashOptions,
+  bundle: VerifiedBundle,
+  staged: Map<string, number>,
+  staging: string,
+  release: string,
+  report: FlashReport,
+): Promise<void> {
+  const m = bundle.manifest;
+  const files = bundle.files.map((f) => ({ ...f, localPath: join(bundle.dir, f.name) }));
+  const upload = await log.run(
+    "copy",
+    `copy ${bundle.totalBytes} bytes to ${staging} (resumable)`,
+    () => uploadResumable(session, staging, files, staged, copyOptions(o)),
+    (u) =>
+      `sent ${u.bytesSent} bytes${u.bytesResumed > 0 ? `, resumed after ${u.bytesResumed} bytes already there` : ""}`,
+  );
+  report.copy = {
+    bytes_total: bundle.totalBytes,
+    bytes_sent: upload.bytesSent,
+    bytes_resumed: upload.bytesResumed,
+  };
+
+  await log.run(
+    "verify-device",
+    "check every file's sha256 on the device against the signed manifest",
+    async () => {
+      let bad = await verifyOnDevice(session, staging, bundle, o);
+      if (bad.length === 0) return;
+      // A corrupted staged prefix (e.g. a disk fault): send those files once more from byte 0.
+      log.say(`[verify-device] ${bad.join(", ")} did not match; sending again`);
+      const again = files.filter((f) => bad.includes(f.name));
+      const r = await session.script(scripts.RESET, [staging, ...bad]);
+      if (r.code !== 0) throw scriptError("reset", r, o);
+      const resent = await uploadResumable(session, staging, again, new Map(), copyOptions(o));
+      report.copy!.bytes_sent += resent.bytesSent;
+      bad = await verifyOnDevice(session, staging, bundle, o);
+      if (bad.length > 0) {
+        throw new IteraError(`the copy on the device does not match the manifest: ${bad.join(", ")}`, {
+          where: `${o.target.destination}:${staging}`,
+          fix: "check the device's storage (SD card) and flash again",
+        });
+      }
+    },
+  );
+
+  await log.run(
+    "install",
+    `install as ${release}`,
+    async () => {
+      const r = await session.script(scripts.INSTALL, [deviceLayout(o.prefix).base, m.version, staging]);
+      if (r.stdout.includes("install=conflict")) {
+        throw new IteraError(`release ${m.version} is already installed and running with different content`, {
+          where: `${o.target.destination}:${release}`,
+          fix: "give the new build its own version number",
+        });
+      }
+      if (r.code !== 0) throw scriptError("install", r, o);
+      return r.stdout.includes("install=reused") ? "reused" : "moved";
+    },
+    (how) => (how === "reused" ? "identical release already there: reused" : undefined),
+  );
 }
 
 function copyOptions(o: SshFlashOptions) {

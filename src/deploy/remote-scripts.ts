@@ -31,9 +31,12 @@ install_unit() {
 }
 `;
 
-/** args: base staging FILE... -> key=value lines (machine, kernel, free_kb, current, missing, staged). */
+/**
+ * args: base staging version FILE... -> key=value lines: machine, kernel, free_kb, current, previous,
+ * installed_sha (of releases/<version>/manifest.json, when that release is there), missing, staged.
+ */
 export const PROBE = `${COMMON}
-base=$1; staging=$2; shift 2
+base=$1; staging=$2; version=$3; shift 3
 echo "machine=$(uname -m)"
 echo "kernel=$(uname -s)"
 d=$base
@@ -41,6 +44,9 @@ while [ ! -d "$d" ]; do d=$(dirname -- "$d"); done
 echo "free_kb=$(df -Pk -- "$d" | awk 'NR==2 {print $4}')"
 if [ -L "$base/current" ]; then echo "current=$(readlink -- "$base/current")"; fi
 if [ -L "$base/previous" ]; then echo "previous=$(readlink -- "$base/previous")"; fi
+if [ -n "$version" ] && [ -f "$base/releases/$version/manifest.json" ]; then
+  echo "installed_sha=$(sha256sum < "$base/releases/$version/manifest.json" | cut -d ' ' -f 1)"
+fi
 for tool in sha256sum readlink df awk; do
   command -v "$tool" >/dev/null 2>&1 || echo "missing=$tool"
 done
