@@ -52,49 +52,54 @@ export function applyRepetitionPenalty(logits: Float32Array, seen: Iterable<numb
   }
 }
 
-/** Softmax of the logits (numerically stable); -Infinity becomes probability 0. */
-export function softmax(logits: ArrayLike<number>): Float64Array {
-  let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!;
-  const p = new Float64Array(logits.length);
-  let sum = 0;
-  for (let i = 0; i < logits.length; i++) {
-    const e = Math.exp(logits[i]! - max);
-    p[i] = e;
-    sum += e;
-  }
-  for (let i = 0; i < p.length; i++) p[i]! /= sum;
-  return p;
-}
-
 /** Token ids sorted by descending logit (ties: lower id first, so results are stable). */
 function rankOrder(logits: ArrayLike<number>): number[] {
   return Array.from({ length: logits.length }, (_, i) => i).sort((a, b) => logits[b]! - logits[a]! || a - b);
 }
 
-/** In place: set all but the k largest logits to -Infinity (k <= 0 or >= vocab: no change). */
-export function topKFilter(logits: Float32Array, k: number): void {
-  if (k <= 0 || k >= logits.length) return;
-  const order = rankOrder(logits);
-  for (let r = k; r < order.length; r++) logits[order[r]!] = -Infinity;
+/** The k largest logits' ids, largest first (ties: lower id first), without sorting the vocabulary. */
+export function topKIndices(logits: ArrayLike<number>, k: number): number[] {
+  const ids: number[] = [];
+  for (let i = 0; i < logits.length; i++) {
+    const v = logits[i]!;
+    if (ids.length === k && v <= logits[ids[k - 1]!]!) continue;
+    let at = ids.length === k ? k - 1 : ids.length;
+    while (at > 0 && logits[ids[at - 1]!]! < v) at--;
+    ids.splice(at, 0, i);
+    if (ids.length > k) ids.pop();
+  }
+  return ids;
 }
 
 /**
- * In place: keep the smallest set of most likely tokens whose cumulative probability reaches p
- * (always at least one token); the rest become -Infinity.
+ * The distribution sampling draws from: softmax(logits / temperature) over the top-k tokens
+ * (k = 0: all), cut to the smallest most-likely set whose probability reaches top-p (at least one
+ * token), renormalised. Ids come most likely first. Works on the candidates only, so that a large
+ * vocabulary is not sorted per token when top-k is set.
  */
-export function topPFilter(logits: Float32Array, p: number): void {
-  if (p >= 1) return;
-  const probs = softmax(logits);
-  const order = rankOrder(logits);
-  let cumulative = 0;
-  let keep = 0;
-  while (keep < order.length) {
-    cumulative += probs[order[keep]!]!;
-    keep++;
-    if (cumulative >= p) break;
+export function samplingDistribution(
+  logits: ArrayLike<number>,
+  options: Pick<SamplingOptions, "temperature" | "topK" | "topP">,
+): { ids: number[]; probs: number[] } {
+  const k = options.topK ?? 0;
+  const candidates = k > 0 && k < logits.length ? topKIndices(logits, k) : rankOrder(logits);
+  const t = options.temperature ?? 1;
+  const top = logits[candidates[0]!]! / t;
+  const weights = candidates.map((i) => Math.exp(logits[i]! / t - top));
+  const sum = weights.reduce((a, b) => a + b, 0);
+  let keep = weights.length;
+  const p = options.topP ?? 1;
+  if (p < 1) {
+    let cumulative = 0;
+    for (keep = 0; keep < weights.length; ) {
+      cumulative += weights[keep]! / sum;
+      keep++;
+      if (cumulative >= p) break;
+    }
   }
-  for (let r = keep; r < order.length; r++) logits[order[r]!] = -Infinity;
+  const kept = weights.slice(0, keep);
+  const keptSum = kept.reduce((a, b) => a + b, 0);
+  return { ids: candidates.slice(0, keep), probs: kept.map((w) => w / keptSum) };
 }
 
 /** Draw an index from a probability vector with one uniform number u in [0, 1). */
@@ -127,14 +132,10 @@ export class Sampler {
   /** Choose the next token; `logits` is copied only when it must be changed. */
   next(logits: Float32Array, context: readonly number[]): number {
     const penalty = this.options.repetitionPenalty ?? 1;
-    const needsCopy = penalty !== 1 || !this.greedy;
-    const work = needsCopy ? Float32Array.from(logits) : logits;
+    const work = penalty !== 1 ? Float32Array.from(logits) : logits;
     applyRepetitionPenalty(work, context, penalty);
     if (this.greedy) return argmax(work);
-    const t = this.options.temperature!;
-    for (let i = 0; i < work.length; i++) work[i]! /= t;
-    topKFilter(work, this.options.topK ?? 0);
-    topPFilter(work, this.options.topP ?? 1);
-    return drawFrom(softmax(work), this.rng());
+    const { ids, probs } = samplingDistribution(work, this.options);
+    return ids[drawFrom(probs, this.rng())]!;
   }
 }
