@@ -48,6 +48,7 @@ describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
     const head = (await readFile(join(arm.dir, "itera-agent"))).subarray(0, 20);
     expect(head.subarray(0, 4).toString("latin1")).toBe("\x7fELF");
     expect(head.readUInt16LE(18)).toBe(183); // EM_AARCH64
+    expect(arm.self_check).toMatch(/^skipped: linux-arm64 cannot run on this host/);
   });
 
   it("generates the same greedy tokens as the x64 host (and as PyTorch)", async () => {

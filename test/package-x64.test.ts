@@ -81,6 +81,7 @@ describe("laptop-x64-4c bundle", () => {
       manifest.assets["native/libonnxruntime.so.1"]!.bytes / 2,
     );
     expect(built.sizes.node_stripped).toBeLessThan(built.sizes.node_raw);
+    expect(built.self_check).toMatch(/^started/);
     const { stdout } = await run("tar", ["-tzf", built.tarball]);
     expect(stdout.split("\n")).toEqual(
       expect.arrayContaining([`${manifest.bundle_id}/itera-agent`, `${manifest.bundle_id}/manifest.json`]),

@@ -32,7 +32,7 @@ import { type ModelInput, readModelInput } from "./model-input.js";
 import { NODE_VERSION, nodeBinary } from "./node-binary.js";
 import { resolveQuantization } from "./quantization.js";
 import { makeSeaExecutable } from "./sea.js";
-import { executableName, targetOf } from "./target.js";
+import { executableName, hostTarget, type Target, targetKey, targetOf } from "./target.js";
 
 /**
  * `itera build`: model folder + device profile -> firmware-bundles/<model>-<version>-<profile>/
@@ -70,6 +70,8 @@ export interface BuildResult {
     assets_stored: number;
   };
   strip: string;
+  /** What the build did to check that the executable starts. */
+  self_check: string;
   seconds: number;
 }
 
@@ -106,7 +108,8 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const steps = progress(`build ${bundleId}`, 6, { quiet: opts.quiet === true });
   const work = await mkdtemp(join(tmpdir(), "itera-build-"));
   const tarTmp = tempPathFor(tarball);
-  let result: Omit<BuildResult, "seconds"> | undefined;
+  let result: Omit<BuildResult, "seconds" | "self_check"> | undefined;
+  let selfCheck = "";
   try {
     const model = await quant.prepare(work, opts.quiet === true);
     steps.update(1, "node binary");
@@ -149,6 +152,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
         out: join(tmp, exe),
         workDir: work,
       });
+      selfCheck = await startCheck(join(tmp, exe), target, work);
       steps.update(5, "bundle files");
       const names = await writeBundleFiles(tmp, facts);
       const files: Manifest["files"] = {};
@@ -197,7 +201,28 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const r = result!;
   r.sizes.tarball = (await stat(tarball)).size;
   steps.done(`${(r.sizes.executable / 1e6).toFixed(1)} MB executable`);
-  return { ...r, seconds: (Date.now() - started) / 1000 };
+  return { ...r, self_check: selfCheck, seconds: (Date.now() - started) / 1000 };
+}
+
+/**
+ * When the target is the build host, start the new executable once (`--version`: every embedded
+ * asset is checked, the native add-ons are extracted and loaded, the CLI starts), with a private
+ * cache folder, so that a bundle that cannot start is never written.
+ */
+async function startCheck(exe: string, target: Target, work: string): Promise<string> {
+  if (targetKey(target) !== hostTarget().key) return `skipped: ${targetKey(target)} cannot run on this host`;
+  try {
+    const { stdout } = await run(exe, ["--version"], {
+      env: { PATH: process.env.PATH, HOME: work, ITERA_AGENT_CACHE: join(work, "start-check-cache") },
+    });
+    if (stdout.trim() !== VERSION) throw new Error(`printed '${stdout.trim()}', expected ${VERSION}`);
+  } catch (e) {
+    throw new IteraError("the built executable does not start", {
+      where: exe,
+      fix: `this is a bug in itera build; its output: ${(e as { stderr?: string }).stderr || (e as Error).message}`,
+    });
+  }
+  return "started (--version) on the build host";
 }
 
 /**

@@ -57,6 +57,7 @@ export function registerBuild(program: Command): void {
             signed: r.manifest.signature !== undefined,
             sizes: r.sizes,
             strip: r.strip,
+            self_check: r.self_check,
             seconds: r.seconds,
           });
         }
