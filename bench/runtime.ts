@@ -116,18 +116,28 @@ interface Row {
   generate: number;
   generateJsShare: number;
   kernelShare: number | null;
+  /** Kernels ONNX Runtime runs per decode step (after its graph optimisations). */
+  nodesPerRun: number | null;
 }
 
 /** Sum kernel time and whole-run time from an ONNX Runtime profile (Chrome trace JSON). */
-function profileShares(file: string): { kernelUs: number; runUs: number } {
+function profileShares(file: string): { kernelUs: number; runUs: number; nodesPerRun: number } {
   const events = JSON.parse(readFileSync(file, "utf8")) as { cat: string; name: string; dur: number }[];
   let kernelUs = 0;
   let runUs = 0;
+  let kernels = 0;
+  let runs = 0;
   for (const e of events) {
-    if (e.cat === "Node" && e.name.endsWith("_kernel_time")) kernelUs += e.dur;
-    if (e.cat === "Session" && e.name === "model_run") runUs += e.dur;
+    if (e.cat === "Node" && e.name.endsWith("_kernel_time")) {
+      kernelUs += e.dur;
+      kernels++;
+    }
+    if (e.cat === "Session" && e.name === "model_run") {
+      runUs += e.dur;
+      runs++;
+    }
   }
-  return { kernelUs, runUs };
+  return { kernelUs, runUs, nodesPerRun: runs ? kernels / runs : 0 };
 }
 
 async function benchModel(dir: string, threads: number, args: Args, rows: Row[], extra: string[][]) {
@@ -186,6 +196,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
 
     // Kernel share of session.run, from an ONNX Runtime profile of one more decode run.
     let kernelShare: number | null = null;
+    let nodesPerRun: number | null = null;
     {
       const profiled = await loadModel(dir, { threads, profileFilePrefix: join(profDir, "decode") });
       const pre = await profiled.forward([ids.slice(0, 8)], profiled.newState(1));
@@ -195,8 +206,9 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       // onnxruntime-node does not return the profile's path: it is the prefix plus a timestamp.
       const file = readdirSync(profDir).find((f) => f.startsWith("decode") && f.endsWith(".json"));
       if (file) {
-        const { kernelUs, runUs } = profileShares(join(profDir, file));
-        if (runUs > 0) kernelShare = kernelUs / runUs;
+        const shares = profileShares(join(profDir, file));
+        if (shares.runUs > 0) kernelShare = shares.kernelUs / shares.runUs;
+        nodesPerRun = Math.round(shares.nodesPerRun);
       }
     }
 
@@ -211,6 +223,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       generate: median(generateSpeeds),
       generateJsShare,
       kernelShare,
+      nodesPerRun,
     });
 
     // Decode speed against the context position: 64 tokens decoded after the state holds c tokens,
@@ -315,6 +328,7 @@ async function main() {
         "generate() tok/s",
         "JS outside session.run (generate)",
         "kernels / session.run",
+        "kernels per step",
       ],
       rows.map((r) => [
         r.model,
@@ -328,6 +342,7 @@ async function main() {
         r.generate.toFixed(0),
         pct(r.generateJsShare),
         r.kernelShare === null ? "n/a" : pct(r.kernelShare),
+        r.nodesPerRun ?? "n/a",
       ]),
     ),
     "",
