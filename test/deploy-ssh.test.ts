@@ -346,6 +346,19 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
     expect(found.stdout).toMatch(/ssh-ed25519 /);
   });
 
+  it("says so when this machine has no ssh client", async () => {
+    const dev = await newDevice("no-ssh");
+    const path = process.env.PATH;
+    process.env.PATH = join(dev.dir, "empty-bin");
+    try {
+      expect((await flashError(options(bundles.v1!, dev))).message).toBe(
+        "the ssh client is not installed on this machine",
+      );
+    } finally {
+      process.env.PATH = path;
+    }
+  });
+
   it("sends a file again when its staged copy on the device is corrupt", async () => {
     const dev = await newDevice("corrupt");
     await flashOverSsh(options(bundles.v1!, dev));

@@ -60,6 +60,12 @@ export function sshOptions(t: SshTarget): string[] {
   return o;
 }
 
+function sshMissing(): IteraError {
+  return new IteraError("the ssh client is not installed on this machine", {
+    fix: "install OpenSSH's client (apt-get install openssh-client)",
+  });
+}
+
 /** Turn ssh's own failure (exit 255) into one clear error. */
 export function sshError(stderr: string, t: SshTarget): IteraError {
   const where = `${t.destination}${t.port ? ` port ${t.port}` : ""}`;
@@ -171,6 +177,7 @@ export class SshSession {
       stderr += d.toString();
     });
     let exitCode: number | null = null;
+    let spawnError: NodeJS.ErrnoException | undefined;
     master.on("exit", (code) => {
       exitCode = code;
     });
@@ -181,10 +188,14 @@ export class SshSession {
         if (out.includes("itera-ready")) resolve(true);
       });
       master.on("close", () => resolve(false));
-      master.on("error", () => resolve(false));
+      master.on("error", (e) => {
+        spawnError = e as NodeJS.ErrnoException;
+        resolve(false);
+      });
     });
     if (!ready) {
       await rm(controlDir, { recursive: true, force: true });
+      if (spawnError?.code === "ENOENT") throw sshMissing();
       if (exitCode === LOCK_BUSY) {
         throw new IteraError("another itera flash to this device is running", {
           where: `${target.destination}:${lockPath}`,
@@ -221,19 +232,24 @@ export class SshSession {
     // A device that hangs up mid-upload makes our writes fail with EPIPE: the exit code says what happened.
     child.stdin!.on("error", () => {});
     if (typeof opts.stdin === "string") child.stdin!.end(opts.stdin);
-    else if (opts.stdin) opts.stdin.pipe(child.stdin!);
-    else child.stdin!.end();
+    else if (opts.stdin) {
+      // A local read error must not leave the device waiting for the rest of the stream.
+      opts.stdin.on("error", (e) => {
+        stderr += `reading the local file failed: ${e.message}\n`;
+        child.kill("SIGTERM");
+      });
+      opts.stdin.pipe(child.stdin!);
+    } else child.stdin!.end();
     return new Promise((resolve, reject) => {
       child.on("error", (e) => {
-        if ((e as NodeJS.ErrnoException).code === "ENOENT") {
-          reject(new IteraError("the ssh client is not installed", { fix: "install openssh-client" }));
-        } else if (e.name === "AbortError") {
+        if ((e as NodeJS.ErrnoException).code === "ENOENT") reject(sshMissing());
+        else if (e.name === "AbortError") {
           if (opts.stdin && typeof opts.stdin !== "string") opts.stdin.destroy();
           reject(e);
         } else reject(e);
       });
       child.on("close", (code, signal) => {
-        if (signal) return; // killed by our AbortSignal: the error handler above reports it
+        if (signal && opts.signal?.aborted) return; // the AbortError handler above reports it
         resolve({ code: code ?? 1, stdout, stderr });
       });
     });
