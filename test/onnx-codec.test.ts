@@ -4,10 +4,13 @@ import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   DataType,
+  decodeMessage,
   decodeModel,
+  encodeMessage,
   encodeModel,
   getAttrInts,
   loadModel,
+  type NodeProto,
   tensorToTyped,
 } from "../src/onnx/index.js";
 import { buildFixtures } from "./fixtures/onnx/build.js";
@@ -62,6 +65,15 @@ describe("decode/encode", () => {
     const unknownOf = (m: object) => (m as { $unknowns?: Uint8Array[] }).$unknowns;
     expect(unknownOf(model)?.map((u) => [...u])).toEqual([[0xc0, 0x3e, 0x07]]);
     expect(unknownOf(model.graph!.node[0]!)?.map((u) => [...u])).toEqual([[0xc0, 0x3e, 0x07]]);
+  });
+
+  it("keeps a known field sent with an unexpected wire type as raw bytes, and writes it back", () => {
+    // NodeProto: input "a", then field 4 (op_type, a string) as a varint: tag 0x20, value 5.
+    const bytes = new Uint8Array([0x0a, 0x01, 0x61, 0x20, 0x05]);
+    const node = decodeMessage<NodeProto>("NodeProto", bytes);
+    expect(node.input).toEqual(["a"]);
+    expect(Object.hasOwn(node, "opType")).toBe(false);
+    expect([...encodeMessage("NodeProto", node)]).toEqual([...bytes]);
   });
 
   it("reads int64 beyond 2^53 exactly, as bigint", async () => {

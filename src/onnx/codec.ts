@@ -148,13 +148,17 @@ export function encodeModel(model: ModelProto): Uint8Array {
   const writer = protobuf.Writer.create() as protobuf.Writer & { _reserve?: (n: number) => void };
   let estimate = 1 << 16;
   for (const t of model.graph?.initializer ?? []) estimate += t.rawData?.byteLength ?? 0;
-  writer._reserve?.(Math.min(estimate, MAX_PROTOBUF_BYTES));
+  if (estimate > MAX_PROTOBUF_BYTES) throw tooLarge(estimate);
+  writer._reserve?.(estimate);
   const shared = modelType.encode(model, writer).finish(true);
   // A view into the writer's buffer; copy when that buffer is much larger than the model (poor estimate).
   const bytes = shared.byteLength < shared.buffer.byteLength * 0.75 ? shared.slice() : shared;
-  if (bytes.length > MAX_PROTOBUF_BYTES)
-    throw new IteraError(`the model is ${bytes.length} bytes, over the 2 GiB protobuf limit`, {
-      fix: "save it with external data (saveModel(path, model, { externalData: ... }))",
-    });
+  if (bytes.length > MAX_PROTOBUF_BYTES) throw tooLarge(bytes.length);
   return bytes;
+}
+
+function tooLarge(bytes: number): IteraError {
+  return new IteraError(`the model is ${bytes} bytes or more, over the 2 GiB limit of one protobuf file`, {
+    fix: "save it with external data (saveModel(path, model, { externalData: {} }))",
+  });
 }
