@@ -5,7 +5,14 @@ import { type VerifiedBundle, verifyLocally } from "./bundle.js";
 import { archFromUname, type DeviceLayout, deviceLayout, releaseLinkTarget } from "./layout.js";
 import * as scripts from "./remote-scripts.js";
 import { type FlashReport, newReport, versionOfLink } from "./report.js";
-import { flashLockPath, type SshSession as Session, SshSession, type SshTarget, sshError } from "./ssh.js";
+import {
+  flashLockPath,
+  type SshSession as Session,
+  SshSession,
+  type SshTarget,
+  sshError,
+  sshOptions,
+} from "./ssh.js";
 import { StepLog } from "./steps.js";
 import { uploadResumable } from "./upload.js";
 
@@ -447,8 +454,8 @@ function planSteps(
   const m = b.manifest;
   log.plan(
     "connect",
-    `connect to ${o.target.destination}`,
-    `ssh ${SshSession.argv(o.target, ["true"]).join(" ")} (host key checked, one shared connection)`,
+    `connect to ${o.target.destination}: one shared connection (ControlMaster), host key checked`,
+    `ssh ${sshOptions(o.target).join(" ")} -o ControlMaster=yes -- ${o.target.destination}, holding flock ${flashLockPath(o.prefix)} on the device`,
   );
   log.plan(
     "probe",
@@ -460,7 +467,7 @@ function planSteps(
   log.plan(
     "copy",
     `copy ${b.files.length} files (${b.totalBytes} bytes) into ${staging}, resuming what is already there`,
-    b.files.map((f) => f.name).join(", "),
+    `${b.files.map((f) => f.name).join(", ")}, each as: ssh ... ${SshSession.argv(o.target, scripts.appendArgv(`${staging}/FILE`)).at(-1)} < FILE from its staged size`,
   );
   log.plan(
     "verify-device",
