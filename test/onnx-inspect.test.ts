@@ -207,8 +207,12 @@ describe("inspect: FLOPs", () => {
       for (const name of Object.keys(out)) expect(info.shapes.get(name), name).toEqual(out[name]!.dims);
       const r = await inspectPath(path, dims);
       expect(r.flops.unresolved).toEqual([]);
-      // packed QKV 32x64, output projection 32x32, lm_head 32x64 (attention inside the contrib op is not counted)
-      expect(r.flops.total).toBe(2 * b * s * (32 * 64 + 32 * 32 + 32 * 64));
+      // packed QKV 32x64, output projection 32x32, lm_head 32x64; attention: 4 heads x 8 over past + s positions
+      expect(Object.fromEntries(r.flops.byOp.map((o) => [o.op, o.flops]))).toEqual({
+        MatMul: 2 * b * s * (32 * 64 + 32 * 32 + 32 * 64),
+        "com.microsoft.GroupQueryAttention": 4 * b * s * (past + s) * 32,
+        Gather: 0,
+      });
       expect(r.states.pairs.map((p) => p.output)).toEqual(["present.0.key", "present.0.value"]);
     },
   );

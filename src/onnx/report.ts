@@ -8,10 +8,12 @@
  *   Conv: 2 · elements(output) · (C_in / group) · prod(kernel) (+ elements(output) with a bias)
  *   Einsum: 2 · product of all label sizes when a label is summed over (1 · for a product without
  *           summation)
+ *   com.microsoft GroupQueryAttention, MultiHeadAttention: 4 · batch · sequence · context · hidden
+ *           (Q·Kᵀ and the weighted sum of V over the whole context, as the unfused MatMuls count)
  *   Gather, com.microsoft GatherBlockQuantized: 0 (a lookup: it moves data, it does no arithmetic)
  * Everything else (elementwise ops, softmax, normalization) is left out: for language models it is
- * a few percent of the total. Attention inside fused contrib ops (com.microsoft Attention,
- * GroupQueryAttention, ...) is not counted, nor ops inside If/Loop/Scan bodies. Nodes whose shapes
+ * a few percent of the total. The older com.microsoft Attention op is not counted, nor ops inside
+ * If/Loop/Scan bodies. Nodes whose shapes
  * cannot be inferred are listed as unresolved, never guessed.
  * "Per token" divides by batch_size · sequence_length: with the defaults (1, 1, past 0) it is the cost
  * of one decode step on an empty cache.
@@ -150,6 +152,16 @@ export function nodeFlops(node: NodeProto, info: ShapeInfo): number | undefined 
       if (parsed.inputs.length === 1) return summed ? all : 0;
       return (summed ? 2 : parsed.inputs.length - 1) * all;
     }
+    case "GroupQueryAttention":
+    case "MultiHeadAttention": {
+      // Q·Kᵀ and the weighted sum of V over the whole context T, as the unfused MatMuls count.
+      const presentKey = info.shapes.get(node.output[1] ?? "");
+      const key = shape(1);
+      if (out?.length !== 3) return undefined;
+      const [batch, seq, hidden] = out as [number, number, number];
+      const context = presentKey?.length === 4 ? presentKey[2] : key?.length === 3 ? key[1] : seq;
+      return context === undefined ? undefined : 4 * batch * seq * context * hidden;
+    }
     case "Gather":
     case "GatherBlockQuantized":
       return 0;
@@ -169,6 +181,8 @@ const COUNTED = new Set([
   "Einsum",
   "Gather",
   "GatherBlockQuantized",
+  "GroupQueryAttention",
+  "MultiHeadAttention",
 ]);
 
 /** Estimate FLOPs for the given dim values (defaults: batch 1, sequence 1, empty cache). */
