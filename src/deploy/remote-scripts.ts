@@ -50,6 +50,10 @@ fi
 for tool in sha256sum readlink df awk; do
   command -v "$tool" >/dev/null 2>&1 || echo "missing=$tool"
 done
+# The atomic switch needs mv -T (GNU coreutils; BusyBox mv lacks it): try it on two scratch links.
+t=$(mktemp -d 2>/dev/null || echo "")
+if [ -n "$t" ] && ln -s a "$t/x" && ln -s b "$t/y" && mv -T -f "$t/y" "$t/x" 2>/dev/null && [ "$(readlink "$t/x")" = b ]; then :; else echo "missing=mv -T"; fi
+if [ -n "$t" ]; then rm -rf -- "$t"; fi
 for f in "$@"; do
   if [ -f "$staging/$f" ]; then echo "staged=$(wc -c < "$staging/$f" | tr -d ' ') $f"; fi
 done
