@@ -4,7 +4,7 @@ import { chmod, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/p
 import { hostname, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { BUNDLE_INDEX_ASSET, type BundleIndex } from "../agent-host/bundle-index.js";
+import { BUNDLE_INDEX_ASSET, type BundleIndex, type StoredAsset } from "../agent-host/bundle-index.js";
 import { canonicalJson, type Manifest, manifestSchema, signManifest } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
 import { loadProfile } from "../profile/load.js";
@@ -159,16 +159,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
       for (const f of names) {
         files[f] = { sha256: await sha256File(join(tmp, f)), bytes: (await stat(join(tmp, f))).size };
       }
-      const assets: Manifest["assets"] = {};
-      for (const a of [...prepared, indexAsset]) {
-        assets[a.key] = {
-          sha256: a.sha256,
-          bytes: a.bytes,
-          encoding: a.encoding,
-          stored_sha256: a.stored_sha256,
-          stored_bytes: a.stored_bytes,
-        };
-      }
+      const assets: Manifest["assets"] = { ...index.assets, [indexAsset.key]: storedEntry(indexAsset) };
       let manifest: Manifest = manifestSchema.parse({ ...index, files, assets });
       if (signingKey)
         manifest = signManifest(manifest, signingKey.export({ type: "pkcs8", format: "pem" }).toString());
@@ -264,18 +255,18 @@ function bundleIndexFor(
       built_at: new Date().toISOString(),
       host: `${hostname()} ${process.platform}-${process.arch} node ${process.version}`,
     },
-    assets: Object.fromEntries(
-      assets.map((a) => [
-        a.key,
-        {
-          sha256: a.sha256,
-          bytes: a.bytes,
-          encoding: a.encoding,
-          stored_sha256: a.stored_sha256,
-          stored_bytes: a.stored_bytes,
-        },
-      ]),
-    ),
+    assets: Object.fromEntries(assets.map((a) => [a.key, storedEntry(a)])),
+  };
+}
+
+/** An asset as bundle.json and manifest.json record it: both hashes, both sizes, the encoding. */
+function storedEntry(a: PreparedAsset): StoredAsset {
+  return {
+    sha256: a.sha256,
+    bytes: a.bytes,
+    encoding: a.encoding,
+    stored_sha256: a.stored_sha256,
+    stored_bytes: a.stored_bytes,
   };
 }
 
