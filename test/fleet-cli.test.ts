@@ -8,7 +8,10 @@ import { existsSync } from "node:fs";
 import { mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runFleetBench } from "../src/fleet/bench.js";
+import { FleetStore } from "../src/fleet/store.js";
 import { until } from "./mqtt-helpers.js";
 
 const CLI = resolve("dist/cli/itera.js");
@@ -21,7 +24,7 @@ function itera(args: string[]): { status: number | null; stdout: string; stderr:
 }
 
 function exited(p: ChildProcess): Promise<number | null> {
-  return p.exitCode !== null
+  return p.exitCode !== null || p.signalCode !== null
     ? Promise.resolve(p.exitCode)
     : new Promise((r) => p.once("exit", (code) => r(code)));
 }
@@ -237,6 +240,67 @@ describe("itera broker + fleet simulate + fleet bench/watch/history", () => {
     );
     expect(bad.status).toBe(1);
     expect(bad.stderr).toMatch(/invalid agent config: field 'broker'/);
+  });
+
+  it("an agent process killed with SIGKILL mid-job shows as lost with its bdSeq, and its job ends TIMED_OUT", async () => {
+    const victim = spawn(
+      process.execPath,
+      [
+        AGENT,
+        "agent",
+        "--broker",
+        url,
+        "--fleet",
+        "kill9",
+        "--device",
+        "k9",
+        "--model",
+        MODEL,
+        "--profile",
+        "rpi4",
+      ].concat(["--meter", "tdp", "--state-dir", join(dir, "k9")]),
+      { stdio: ["ignore", "ignore", "pipe"] },
+    );
+    let err = "";
+    victim.stderr!.on("data", (d: Buffer) => {
+      err += d.toString();
+    });
+    await until(() => err.includes("agent k9: online"), "k9 online", 60_000);
+    const bdSeq = Number(/online \(bdSeq (\d+)/.exec(err)![1]);
+    const store = new FleetStore(":memory:");
+    const states: Array<{ state: string; bdSeq: number }> = [];
+    const outcome = await runFleetBench({
+      broker: { url },
+      fleet: "kill9",
+      devices: 1,
+      // Long enough that the kill lands mid-job.
+      params: {
+        model: "itera-lite-micro",
+        tests: ["tg16"],
+        threads: [1],
+        repetitions: 3,
+        warmup: 0,
+        min_duration_s: 20,
+      },
+      timeoutS: 4,
+      store,
+      onEvent: (e) => {
+        if (e.type === "status" && e.status === "IN_PROGRESS" && victim.exitCode === null)
+          victim.kill("SIGKILL");
+      },
+    });
+    store.close();
+    expect(await exited(victim)).toBe(null);
+    expect(outcome.devices[0]!.status).toBe("TIMED_OUT");
+    expect(outcome.devices[0]!.details).toMatch(/device lost/);
+    const watcher = await mqtt.connectAsync(url, { protocolVersion: 4 });
+    watcher.on("message", (_t, p) =>
+      states.push(JSON.parse(p.toString()) as { state: string; bdSeq: number }),
+    );
+    await watcher.subscribeAsync("itera/v1/kill9/k9/state", { qos: 1 });
+    await until(() => states.length > 0, "retained state");
+    expect(states[0]).toMatchObject({ state: "lost", bdSeq });
+    watcher.end(true);
   });
 
   it("stops every agent, meter simulator and the broker on SIGTERM", async () => {
