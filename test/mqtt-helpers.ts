@@ -170,7 +170,10 @@ export class Mosquitto {
   }
 
   async start(): Promise<void> {
-    this.proc = spawn("mosquitto", ["-c", join(this.dir, "mosquitto.conf")], { stdio: "ignore" });
+    const proc = spawn("mosquitto", ["-c", join(this.dir, "mosquitto.conf")], { stdio: "ignore" });
+    this.proc = proc;
+    // Never outlive the test process, even when a suite fails before its afterAll.
+    process.once("exit", () => proc.kill("SIGKILL"));
     await waitForPort(this.port);
   }
 
