@@ -5,7 +5,7 @@ import { type QuantizeReport, quantizeFolder } from "../../quantize/quantize.js"
 import { markdownTable } from "../../util/table.js";
 import { action, collect, printJson } from "../run.js";
 
-const mb = (b: number) => `${(b / 1e6).toFixed(3)} MB`;
+const mb = (b: number) => (b >= 100_000 ? `${(b / 1e6).toFixed(3)} MB` : `${(b / 1e3).toFixed(1)} kB`);
 const pct = (x: number) => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(2)}%`;
 
 function dtypes(r: QuantizeReport["size"]["before"]): string {
