@@ -38,6 +38,8 @@ export {
   externalRefs,
   type LoadOptions,
   loadModel,
+  modelFromBytes,
+  readModelFile,
   type SaveOptions,
   saveModel,
 } from "./io.js";

@@ -141,11 +141,10 @@ export interface LoadOptions {
   externalData?: "load" | "verify";
 }
 
-/** Read and decode an .onnx file; external data is resolved relative to the file. */
-export async function loadModel(path: string, opts: LoadOptions = {}): Promise<ModelProto> {
-  let bytes: Uint8Array;
+/** The bytes of an .onnx file, with one clear error when it cannot be read. */
+export async function readModelFile(path: string): Promise<Uint8Array> {
   try {
-    bytes = await readFile(path);
+    return await readFile(path);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw new IteraError(
@@ -153,10 +152,26 @@ export async function loadModel(path: string, opts: LoadOptions = {}): Promise<M
       { where: path, fix: "pass the path of an .onnx file or of a model folder", cause: e },
     );
   }
+}
+
+/**
+ * Decode an .onnx file's bytes and resolve its external data relative to `path`
+ * (for callers that also need the bytes, e.g. to hash them).
+ */
+export async function modelFromBytes(
+  bytes: Uint8Array,
+  path: string,
+  opts: LoadOptions = {},
+): Promise<ModelProto> {
   const model = decodeModel(bytes, path);
   const refs = await externalRefs(model, path);
   if ((opts.externalData ?? "load") === "load") await loadExternal(refs);
   return model;
+}
+
+/** Read and decode an .onnx file; external data is resolved relative to the file. */
+export async function loadModel(path: string, opts: LoadOptions = {}): Promise<ModelProto> {
+  return modelFromBytes(await readModelFile(path), path, opts);
 }
 
 export interface SaveOptions {

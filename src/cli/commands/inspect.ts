@@ -3,9 +3,10 @@ import { basename } from "node:path";
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
 import { locateModelFile } from "../../model/folder.js";
-import { externalRefs, loadModel } from "../../onnx/index.js";
+import { externalRefs, modelFromBytes, readModelFile } from "../../onnx/index.js";
 import { analyzeModel, type TensorSignature } from "../../onnx/report.js";
-import { sha256File } from "../../util/fs.js";
+import { sha256 as hashBytes } from "../../util/fs.js";
+import { progress } from "../../util/progress.js";
 import { markdownTable } from "../../util/table.js";
 import { action, collect, printJson } from "../run.js";
 
@@ -27,19 +28,26 @@ export function parseDims(specs: string[]): Record<string, number> {
 /** Everything `itera inspect` reports, as printed by --json. */
 export async function inspectPath(path: string, dims: Record<string, number> = {}) {
   const located = await locateModelFile(path);
-  const model = await loadModel(located.onnxPath, { externalData: "verify" });
+  const bytes = await readModelFile(located.onnxPath);
+  // Hashing and decoding a large file takes seconds: say so on stderr.
+  const status = progress("inspect", 2, { quiet: bytes.byteLength < 256 * 2 ** 20 });
+  const sha256 = hashBytes(bytes);
+  status.update(1, "hashed");
+  const model = await modelFromBytes(bytes, located.onnxPath, { externalData: "verify" });
   const refs = await externalRefs(model, located.onnxPath);
   const externalFiles = [...new Set(refs.map((r) => r.file))];
   const external = await Promise.all(
     externalFiles.map(async (file) => ({ file, bytes: (await stat(file)).size })),
   );
+  const report = analyzeModel(model, dims);
+  status.done("decoded");
   return {
     file: located.onnxPath,
     via: located.via,
-    sha256: await sha256File(located.onnxPath),
-    bytes: (await stat(located.onnxPath)).size,
+    sha256,
+    bytes: bytes.byteLength,
     externalData: external,
-    ...analyzeModel(model, dims),
+    ...report,
   };
 }
 
