@@ -436,3 +436,62 @@ describe("inspect: quantized graphs (the quantizer's patterns)", () => {
     });
   });
 });
+
+describe("inspect: convolutional graphs", () => {
+  it("infers Pad, Conv, MaxPool (ceil mode), GlobalAveragePool and Flatten shapes as onnxruntime computes them", async () => {
+    const w = (name: string, dims: number[]) =>
+      typedToTensor(
+        name,
+        dims,
+        Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, (_, i) => Math.sin(i)),
+      );
+    const outputs = ["padded", "c1", "pooled", "c2", "gap", "flat", "y"];
+    const model: ModelProto = {
+      irVersion: 8,
+      opsetImport: [{ domain: "", version: 17 }],
+      graph: {
+        name: "cnn",
+        node: [
+          makeNode("Pad", ["image", "pads"], ["padded"]),
+          makeNode("Conv", ["padded", "k1"], ["c1"], { attributes: [attr.ints("strides", [2, 2])] }),
+          makeNode("MaxPool", ["c1"], ["pooled"], {
+            attributes: [
+              attr.ints("kernel_shape", [3, 3]),
+              attr.ints("strides", [2, 2]),
+              attr.int("ceil_mode", 1),
+            ],
+          }),
+          makeNode("Conv", ["pooled", "k2", "b2"], ["c2"]),
+          makeNode("GlobalAveragePool", ["c2"], ["gap"]),
+          makeNode("Flatten", ["gap"], ["flat"]),
+          makeNode("Gemm", ["flat", "w3"], ["y"], { attributes: [attr.int("transB", 1)] }),
+        ],
+        initializer: [
+          typedToTensor("pads", [8], BigInt64Array.from([0n, 0n, 1n, 2n, 0n, 0n, 1n, 2n])),
+          w("k1", [4, 3, 3, 3]),
+          w("k2", [5, 4, 1, 1]),
+          w("b2", [5]),
+          w("w3", [2, 5]),
+        ],
+        input: [makeValueInfo("image", DataType.FLOAT, ["batch_size", 3, 11, 12])],
+        output: outputs
+          .map((o) => makeValueInfo(o, DataType.FLOAT, []))
+          .map((v) => ({ ...v, type: undefined })),
+        valueInfo: [],
+      },
+    };
+    const session = await ort.InferenceSession.create(encodeModel(model), { logSeverityLevel: 3 });
+    const out = await session.run({
+      image: new ort.Tensor("float32", new Float32Array(2 * 3 * 11 * 12), [2, 3, 11, 12]),
+    });
+    await session.release();
+    const info = inferShapes(model.graph!, { batch_size: 2 });
+    for (const name of outputs) expect(info.shapes.get(name), name).toEqual(out[name]!.dims);
+    // c1 [2,4,6,7] from the padded [2,3,13,16]; pooled [2,4,3,3]; c2 [2,5,3,3] (1x1 conv with bias); y [2,2]
+    const r = analyzeModel(model, { batch_size: 2 });
+    expect(Object.fromEntries(r.flops.byOp.map((o) => [o.op, o.flops]))).toEqual({
+      Conv: 2 * (2 * 4 * 6 * 7) * 27 + (2 * (2 * 5 * 3 * 3) * 4 + 2 * 5 * 3 * 3),
+      Gemm: 2 * 2 * 2 * 5,
+    });
+  });
+});

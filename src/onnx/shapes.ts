@@ -6,7 +6,7 @@
  * Covered: the elementwise, normalization and activation ops (output = input shape or broadcast),
  * MatMul (+ MatMulInteger, QLinearMatMul, com.microsoft FusedMatMul/MatMulNBits), Gemm, Conv, Gather
  * (+ com.microsoft GatherBlockQuantized), DynamicQuantizeLinear, com.microsoft GroupQueryAttention,
- * MultiHeadAttention, Attention and Skip(Simplified)LayerNormalization,
+ * MultiHeadAttention, Attention and Skip(Simplified)LayerNormalization, the pools, Pad,
  * Einsum, Shape, Reshape, Flatten, (Un)Squeeze, Concat, Slice, Split, Transpose, Expand, Tile,
  * ConstantOfShape, Range, Reduce*, Constant. Where no rule applies, a value_info/graph-output shape
  * whose symbolic dims all have values is used; otherwise the value stays unknown (control flow such as
@@ -382,6 +382,26 @@ function inferNode(
     }
     case "Conv":
       return one(x && s[1] ? convShape(node, x, s[1]) : undefined);
+    case "MaxPool":
+    case "AveragePool":
+    case "LpPool": {
+      const kernel = getAttrInts(node, "kernel_shape");
+      return one(x && kernel ? convShape(node, x, [x[1]!, 1, ...kernel]) : undefined);
+    }
+    case "GlobalAveragePool":
+    case "GlobalMaxPool":
+    case "GlobalLpPool":
+      return one(x ? x.map((d, i) => (i < 2 ? d : 1)) : undefined);
+    case "Pad": {
+      const pads = getAttrInts(node, "pads") ?? v[1];
+      if (!x || !pads) return one(undefined);
+      const axes = (v[3] ?? x.map((_, i) => i)).map((a) => normAxis(a, x.length));
+      const shape = [...x];
+      axes.forEach((a, k) => {
+        shape[a] = x[a]! + pads[k]! + pads[k + axes.length]!;
+      });
+      return one(shape);
+    }
     case "Gather": {
       if (!x || !s[1]) return one(undefined);
       const axis = normAxis(getAttrInt(node, "axis", 0), x.length);
@@ -539,6 +559,7 @@ function swapLast(s: Shape): Shape {
   return [...s.slice(0, -2), s[s.length - 1]!, s[s.length - 2]!];
 }
 
+/** Output shape of Conv (w: the weight's shape) and of the pools (w: [channels, 1, ...kernel]). */
 function convShape(node: NodeProto, x: Shape, w: Shape): Shape | undefined {
   const spatial = x.length - 2;
   if (spatial < 1 || w.length !== x.length) return undefined;
@@ -555,7 +576,8 @@ function convShape(node: NodeProto, x: Shape, w: Shape): Shape | undefined {
     else {
       const pad = autoPad === "VALID" ? 0 : pads[i]! + pads[i + spatial]!;
       const eff = dilations[i]! * (kernel[i]! - 1) + 1;
-      out.push(Math.floor((inDim + pad - eff) / stride) + 1);
+      const round = getAttrInt(node, "ceil_mode", 0) === 1 ? Math.ceil : Math.floor;
+      out.push(round((inDim + pad - eff) / stride) + 1);
     }
   }
   return out;
