@@ -52,6 +52,7 @@ export async function chooseMixedPrecision(
   const choices: LayerChoice<Precision>[] = [];
   for (const s of free) {
     const layer = ctx.layers.find((l) => l.name === s.name)!;
+    if (candidates(s).length === 0) layer.note = `kept fp32: ${unsupportedReason(s, "int8-wo", params)}`;
     layer.sensitivity = {};
     const options: LayerChoice<Precision>["options"] = [];
     let previous: number | undefined;
