@@ -1,0 +1,135 @@
+import { readFileSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Command } from "commander";
+import { beforeAll, describe, expect, it, vi } from "vitest";
+import { type Manifest, manifestSchema, signManifest } from "../src/bundle/manifest.js";
+import { registerKeygen } from "../src/cli/commands/keygen.js";
+import { registerProfiles } from "../src/cli/commands/profiles.js";
+import { registerVerify } from "../src/cli/commands/verify.js";
+import { sha256 } from "../src/util/fs.js";
+
+/** `itera keygen`, `itera verify` and `itera profiles --detect` through commander, as a user runs them. */
+async function cli(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  const program = new Command().exitOverride();
+  registerKeygen(program);
+  registerVerify(program);
+  registerProfiles(program);
+  let stdout = "";
+  let stderr = "";
+  const out = vi.spyOn(process.stdout, "write").mockImplementation((chunk) => {
+    stdout += String(chunk);
+    return true;
+  });
+  const err = vi.spyOn(process.stderr, "write").mockImplementation((chunk) => {
+    stderr += String(chunk);
+    return true;
+  });
+  const log = vi.spyOn(console, "log").mockImplementation((...a: unknown[]) => {
+    stdout += `${a.join(" ")}\n`;
+  });
+  process.exitCode = 0;
+  try {
+    await program.parseAsync(["node", "itera", ...args]);
+  } finally {
+    out.mockRestore();
+    err.mockRestore();
+    log.mockRestore();
+  }
+  const code = Number(process.exitCode ?? 0);
+  process.exitCode = 0;
+  return { stdout, stderr, code };
+}
+
+let work: string;
+let keys: string;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "itera-pkg-cli-"));
+  keys = join(work, "keys");
+});
+
+/** A small signed bundle folder (two files), enough for everything `verify` checks. */
+async function fakeBundle(name: string): Promise<string> {
+  const dir = join(work, name);
+  await mkdir(dir, { recursive: true });
+  const files: Manifest["files"] = {};
+  for (const [f, text] of [
+    ["itera-agent", "an executable"],
+    ["README.txt", "hello"],
+  ] as const) {
+    await writeFile(join(dir, f), text);
+    files[f] = { sha256: sha256(text), bytes: Buffer.byteLength(text) };
+  }
+  const manifest = manifestSchema.parse({
+    schema: "itera.bundle/v1",
+    bundle_id: name,
+    version: "1.0.0",
+    model: { id: "m", quant: "fp32", card: {} },
+    profile: "rpi4",
+    target: { platform: "linux", arch: "arm64", node: "24.21.0" },
+    files,
+    assets: {},
+    build: { itera_version: "0.1.0", built_at: "2026-01-01T00:00:00Z", host: "test" },
+  });
+  const signed = signManifest(manifest, readFileSync(join(keys, "itera-signing.key"), "utf8"));
+  await writeFile(join(dir, "manifest.json"), JSON.stringify(signed, null, 2));
+  return dir;
+}
+
+describe("itera keygen", () => {
+  it("writes a private key only its owner can read, and refuses to overwrite it", async () => {
+    const first = await cli("keygen", "--out", keys, "--json");
+    expect(first.code).toBe(0);
+    const made = JSON.parse(first.stdout);
+    expect((await stat(made.private_key)).mode & 0o777).toBe(0o600);
+    expect(await readFile(made.public_key, "utf8")).toMatch(/BEGIN PUBLIC KEY/);
+    const again = await cli("keygen", "--out", keys);
+    expect(again.code).toBe(1);
+    expect(again.stderr).toMatch(/a signing key already exists there/);
+  });
+});
+
+describe("itera verify", () => {
+  it("passes a signed bundle for its key, exit 3 for a changed or added file and for another key", async () => {
+    const pub = join(keys, "itera-signing.pub");
+    const dir = await fakeBundle("ok-bundle");
+    const ok = await cli("verify", dir, "--key", pub, "--json");
+    expect(ok.code).toBe(0);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ ok: true, signature: "valid", trusted_key: true });
+
+    await writeFile(join(dir, "README.txt"), "hellO");
+    await writeFile(join(dir, "extra.sh"), "echo pwned");
+    const bad = await cli("verify", dir, "--key", pub);
+    expect(bad.code).toBe(3);
+    expect(bad.stdout).toMatch(/^FAILED ok-bundle/);
+    expect(bad.stdout).toMatch(/README\.txt has sha256/);
+    expect(bad.stdout).toMatch(/extra\.sh is not in the manifest/);
+
+    await cli("keygen", "--out", join(work, "other"), "--json");
+    const other = await cli(
+      "verify",
+      await fakeBundle("other-key"),
+      "--key",
+      join(work, "other", "itera-signing.pub"),
+    );
+    expect(other.code).toBe(3);
+    expect(other.stdout).toMatch(/signed by a different key/);
+
+    const noKey = await cli("verify", dir, "--key", join(work, "missing.pub"));
+    expect(noKey.code).toBe(1);
+    expect(noKey.stderr).toMatch(/cannot read the public key/);
+  });
+});
+
+describe("itera profiles --detect", () => {
+  it("names a profile for this machine's platform and architecture, with the hardware seen", async () => {
+    const r = await cli("profiles", "--detect", "--json");
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.hardware).toMatchObject({ platform: process.platform, arch: process.arch });
+    expect(out.ranking.length).toBeGreaterThan(0);
+    expect(out.profile).toBe(out.ranking[0].profile);
+  });
+});
