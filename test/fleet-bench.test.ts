@@ -89,6 +89,10 @@ describe("fleet bench against a real Mosquitto", () => {
     expect(svg).toContain("n/a");
 
     expect(store.results({ jobId: outcome.jobId })).toHaveLength(6);
+    // The stored run renders the same report again (`itera fleet report`).
+    expect(store.lastRunId()).toBe(outcome.jobId);
+    expect(renderMarkdown(store.outcome(outcome.jobId)!)).toBe(renderMarkdown(outcome));
+    expect(store.outcome("no-such-job")).toBeUndefined();
     expect(store.executions(outcome.jobId).map((e) => e.status)).toEqual([
       "SUCCEEDED",
       "SUCCEEDED",

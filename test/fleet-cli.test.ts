@@ -129,6 +129,14 @@ describe("itera broker + fleet simulate + fleet bench/watch/history", () => {
     const hist = itera(["fleet", "history", "--db", db, "--json"]);
     expect(hist.status).toBe(0);
     expect((JSON.parse(hist.stdout) as unknown[]).length).toBe(4);
+    const again = itera(["fleet", "report", "--db", db, "--out", join(dir, "again")]);
+    expect(again.status).toBe(0);
+    expect(await readFile(join(dir, "again", "report.csv"), "utf8")).toBe(
+      await readFile(join(out, "report.csv"), "utf8"),
+    );
+    const none = itera(["fleet", "report", "--db", db, "--job", "bench-nope"]);
+    expect(none.status).toBe(1);
+    expect(none.stderr).toMatch(/no finished fleet benchmark 'bench-nope'/);
     const csv = itera(["fleet", "history", "--db", db, "--csv", "--telemetry"]);
     expect(csv.stdout.split("\n")[0]).toBe(
       "fleet,device,bdSeq,seq,time,cpu_pct,temp_c,rss_mb,tok_s,mj_per_token,method,throttled",
@@ -182,7 +190,7 @@ describe("itera broker + fleet simulate + fleet bench/watch/history", () => {
       ],
     ];
     for (const [args, message] of cases) {
-      const r = itera(args);
+      const r = itera([...args, ...(args[1] === "bench" ? ["--db", join(dir, "bad.db")] : [])]);
       expect(r.status, args.join(" ")).toBe(1);
       expect(r.stderr).toMatch(message);
       expect(r.stderr).toMatch(/fix: /);

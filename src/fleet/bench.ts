@@ -238,8 +238,7 @@ async function benchWith(
     const throttles = e.results.map((r) => r.throttled).filter((x): x is boolean => x !== null);
     e.throttled = throttles.length > 0 ? throttles.some(Boolean) : (t?.m.throttled ?? null);
   }
-  o.store.finishRun(jobId);
-  return {
+  const outcome: FleetBenchOutcome = {
     jobId,
     fleet: o.fleet,
     model: o.params.model,
@@ -255,6 +254,8 @@ async function benchWith(
       resends,
     },
   };
+  o.store.finishRun(outcome);
+  return outcome;
 }
 
 /** Wait for retained births/states; returns the chosen online devices, sorted by id. */

@@ -4,6 +4,7 @@ import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { IteraError } from "../errors.js";
 import type { BenchResult, JobStatus, TelemetryPayload } from "../protocol/schemas.js";
+import type { FleetBenchOutcome } from "./bench.js";
 
 /** Where fleet history lives unless --db says otherwise. */
 export function defaultFleetDb(): string {
@@ -61,7 +62,8 @@ export class FleetStore {
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS runs (
         job_id TEXT PRIMARY KEY, fleet TEXT NOT NULL, model TEXT NOT NULL, params TEXT NOT NULL,
-        started_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL, finished_ms INTEGER);
+        started_ms INTEGER NOT NULL, deadline_ms INTEGER NOT NULL, finished_ms INTEGER,
+        summary TEXT);
       CREATE TABLE IF NOT EXISTS executions (
         job_id TEXT NOT NULL, fleet TEXT NOT NULL, device TEXT NOT NULL, exec_no INTEGER NOT NULL,
         status TEXT NOT NULL, details TEXT, updated_ms INTEGER NOT NULL,
@@ -76,11 +78,19 @@ export class FleetStore {
         method TEXT, throttled INTEGER, PRIMARY KEY (fleet, device, bd_seq, seq));
       CREATE INDEX IF NOT EXISTS telemetry_ts ON telemetry (ts);
     `);
+    // Databases written before runs kept their outcome: add the column.
+    const runColumns = this.db.prepare("PRAGMA table_info(runs)").all() as Array<{ name: string }>;
+    if (!runColumns.some((c) => c.name === "summary"))
+      this.db.exec("ALTER TABLE runs ADD COLUMN summary TEXT");
     this.s = {
       run: this.db.prepare(
         "INSERT OR IGNORE INTO runs (job_id, fleet, model, params, started_ms, deadline_ms) VALUES (?, ?, ?, ?, ?, ?)",
       ),
-      finish: this.db.prepare("UPDATE runs SET finished_ms = ? WHERE job_id = ?"),
+      finish: this.db.prepare("UPDATE runs SET finished_ms = ?, summary = ? WHERE job_id = ?"),
+      summary: this.db.prepare("SELECT summary FROM runs WHERE job_id = ?"),
+      lastRun: this.db.prepare(
+        "SELECT job_id FROM runs WHERE summary IS NOT NULL ORDER BY started_ms DESC LIMIT 1",
+      ),
       exec: this.db.prepare(
         `INSERT INTO executions (job_id, fleet, device, exec_no, status, details, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(job_id, device, exec_no) DO UPDATE SET status = excluded.status, details = excluded.details,
@@ -100,8 +110,27 @@ export class FleetStore {
     this.s.run.run(r.jobId, r.fleet, r.model, JSON.stringify(r.params), r.startedMs, r.deadlineMs);
   }
 
-  finishRun(jobId: string): void {
-    this.s.finish.run(Date.now(), jobId);
+  /** Mark a run finished and keep its outcome (without the results, which have their own table). */
+  finishRun(outcome: FleetBenchOutcome): void {
+    const summary = { ...outcome, devices: outcome.devices.map((d) => ({ ...d, results: [] })) };
+    this.s.finish.run(outcome.finishedMs, JSON.stringify(summary), outcome.jobId);
+  }
+
+  /** A finished run's outcome as `itera fleet bench` returned it, results included; undefined if unknown. */
+  outcome(jobId: string): FleetBenchOutcome | undefined {
+    const row = this.s.summary.get(jobId) as { summary: string | null } | undefined;
+    if (!row?.summary) return undefined;
+    const o = JSON.parse(row.summary) as FleetBenchOutcome;
+    const results = this.results({ jobId });
+    for (const d of o.devices) {
+      d.results = results.filter((r) => r.device === d.device && r.execNo === d.execNo).map((r) => r.result);
+    }
+    return o;
+  }
+
+  /** The id of the latest finished run. */
+  lastRunId(): string | undefined {
+    return (this.s.lastRun.get() as { job_id: string } | undefined)?.job_id;
   }
 
   setExecution(

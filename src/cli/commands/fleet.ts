@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
-import { type BenchEvent, runFleetBench, selectKeys } from "../../fleet/bench.js";
+import { type BenchEvent, type FleetBenchOutcome, runFleetBench, selectKeys } from "../../fleet/bench.js";
 import { renderMarkdown, reportRow, writeReport } from "../../fleet/report.js";
 import { startSimulation } from "../../fleet/simulate.js";
 import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
@@ -65,6 +65,16 @@ function openStore(path: string | undefined): FleetStore {
   return new FleetStore(path ?? defaultFleetDb());
 }
 
+/** Print a benchmark's report (markdown, or JSON with --json) and write the files with --out. */
+async function emitReport(outcome: FleetBenchOutcome, opts: { out?: string; json?: boolean }): Promise<void> {
+  const files = opts.out ? await writeReport(opts.out, outcome) : [];
+  if (opts.json) printJson({ ...outcome, rows: outcome.devices.map(reportRow), files });
+  else {
+    process.stdout.write(renderMarkdown(outcome));
+    if (files.length > 0) process.stdout.write(`\nwritten: ${files.join(", ")}\n`);
+  }
+}
+
 function registerBench(fleet: Command): void {
   addBrokerOptions(
     fleet
@@ -112,6 +122,10 @@ function registerBench(fleet: Command): void {
       }
       const devices = opts.devices === undefined ? undefined : positive(opts.devices, "--devices", true);
       const select = parseSelect(opts.select);
+      const broker = brokerOptions(opts);
+      const timeoutS = positive(opts.timeout, "--timeout");
+      const discoverS = opts.discover ? positive(opts.discover, "--discover") : undefined;
+      const shareGroup = opts.shareGroup ? checkId(opts.shareGroup, "--share-group") : undefined;
       const store = openStore(opts.db);
       let bar: ReturnType<typeof progress> | undefined;
       let done = 0;
@@ -129,24 +143,19 @@ function registerBench(fleet: Command): void {
       };
       try {
         const outcome = await runFleetBench({
-          broker: brokerOptions(opts),
+          broker,
           fleet: fleetName,
           ...(devices ? { devices } : {}),
           ...(select ? { select } : {}),
           params: parsed.data,
-          timeoutS: positive(opts.timeout, "--timeout"),
-          ...(opts.discover ? { discoverS: positive(opts.discover, "--discover") } : {}),
+          timeoutS,
+          ...(discoverS ? { discoverS } : {}),
           store,
-          ...(opts.shareGroup ? { shareGroup: checkId(opts.shareGroup, "--share-group") } : {}),
+          ...(shareGroup ? { shareGroup } : {}),
           onEvent,
         });
         bar?.done();
-        const files = opts.out ? await writeReport(opts.out, outcome) : [];
-        if (opts.json) printJson({ ...outcome, rows: outcome.devices.map(reportRow), files });
-        else {
-          process.stdout.write(renderMarkdown(outcome));
-          if (files.length > 0) process.stdout.write(`\nwritten: ${files.join(", ")}\n`);
-        }
+        await emitReport(outcome, opts);
         if (outcome.devices.every((d) => d.status !== "SUCCEEDED")) process.exitCode = 2;
       } finally {
         store.close();
@@ -195,6 +204,44 @@ function registerWatch(fleet: Command): void {
       }
     }),
   );
+}
+
+interface ReportCliOptions {
+  db?: string;
+  job?: string;
+  out?: string;
+  json?: boolean;
+}
+
+function registerReport(fleet: Command): void {
+  fleet
+    .command("report")
+    .description("render the report of a stored fleet benchmark again (default: the latest)")
+    .option("--db <path>", `fleet history database (default ${defaultFleetDb()})`)
+    .option("--job <id>", "the benchmark run (jobId; see `itera fleet history`)")
+    .option("--out <dir>", "write report.md/.csv/.json, results.json and chart.svg here")
+    .option("--json", "print the outcome as JSON")
+    .action(
+      action(async (opts: ReportCliOptions) => {
+        const store = openStore(opts.db);
+        try {
+          const jobId = opts.job ?? store.lastRunId();
+          const outcome = jobId ? store.outcome(jobId) : undefined;
+          if (!outcome) {
+            throw new IteraError(
+              jobId ? `no finished fleet benchmark '${jobId}'` : "no finished fleet benchmark yet",
+              {
+                where: store.path,
+                fix: "run `itera fleet bench` first, or pass --db / --job (ids: `itera fleet history --json`)",
+              },
+            );
+          }
+          await emitReport(outcome, opts);
+        } finally {
+          store.close();
+        }
+      }),
+    );
 }
 
 interface HistoryCliOptions {
@@ -369,5 +416,6 @@ export function registerFleet(program: Command): void {
   registerBench(fleet);
   registerWatch(fleet);
   registerHistory(fleet);
+  registerReport(fleet);
   registerSimulate(fleet);
 }
