@@ -207,7 +207,10 @@ describe("bad input: one clear IteraError each", () => {
 
   it("an itera.json with a bad field is named", async () => {
     const dir = variant("gpt2-kv", {});
-    writeFileSync(join(dir, "itera.json"), JSON.stringify({ schema: "itera.model/v1", id: "x", parameters: "many" }));
+    writeFileSync(
+      join(dir, "itera.json"),
+      JSON.stringify({ schema: "itera.model/v1", id: "x", parameters: "many" }),
+    );
     const e = await loadError(dir);
     expect(e.message).toMatch(/invalid itera\.json: .*parameters/);
     expect(e.where).toBe(join(dir, "itera.json"));
