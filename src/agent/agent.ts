@@ -1,7 +1,12 @@
 import { arch, cpus, platform, totalmem } from "node:os";
 import type { IClientOptions, MqttClient } from "mqtt";
-import type { IteraError } from "../errors.js";
-import { type BrokerOptions, connectBroker, endAsync, publishAsync } from "../protocol/connect.js";
+import {
+  type BrokerOptions,
+  connectBroker,
+  endAsync,
+  LoginRefusedError,
+  publishAsync,
+} from "../protocol/connect.js";
 import {
   type BenchResult,
   benchResultSchema,
@@ -158,12 +163,11 @@ export class Agent {
         this.connectedOnce();
         return;
       } catch (e) {
-        const err = e as IteraError;
-        if (/refused the login/.test(err.message)) {
-          this.failed(err);
+        if (e instanceof LoginRefusedError) {
+          this.failed(e);
           return;
         }
-        this.log(`agent ${this.opts.device}: ${err.message}; retrying`);
+        this.log(`agent ${this.opts.device}: ${(e as Error).message}; retrying`);
         await new Promise((r) => setTimeout(r, this.opts.reconnectPeriodMs ?? 1000));
       }
     }

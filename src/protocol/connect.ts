@@ -62,6 +62,11 @@ export function clientOptions(
   };
 }
 
+/** The broker answered the login with "not authorized" / "bad user name or password": retrying will not help. */
+export class LoginRefusedError extends IteraError {}
+
+class NoAnswerError extends Error {}
+
 /** CONNACK codes meaning "this broker does not speak MQTT 5" (3.1.1 code 1, MQTT 5 reason 0x84). */
 function isProtocolRefusal(e: unknown): boolean {
   const code = (e as { code?: unknown }).code;
@@ -76,7 +81,7 @@ function isAuthRefusal(e: unknown): boolean {
 /** Wait for the first CONNACK of a fresh client, or its first error. */
 function firstConnect(client: MqttClient, timeoutMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => done(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs);
+    const timer = setTimeout(() => done(new NoAnswerError(`no answer within ${timeoutMs} ms`)), timeoutMs);
     const done = (err?: Error) => {
       clearTimeout(timer);
       client.off("connect", onConnect);
@@ -126,13 +131,14 @@ export async function connectBroker(
     } catch (e) {
       lastError = e;
       client.end(true);
-      if (version === 5 && isProtocolRefusal(e)) continue;
+      // Some 3.1.1-only brokers close the connection instead of refusing MQTT 5: try 3.1.1 then too.
+      if (version === 5 && (isProtocolRefusal(e) || e instanceof NoAnswerError)) continue;
       break;
     }
   }
   const msg = (lastError as Error | undefined)?.message ?? "unknown error";
   if (isAuthRefusal(lastError)) {
-    throw new IteraError(`the broker refused the login: ${msg}`, {
+    throw new LoginRefusedError(`the broker refused the login: ${msg}`, {
       where: broker.url,
       fix: "check --username/--password (or the client certificate) and the broker's ACL",
     });
