@@ -2,6 +2,10 @@ import { describe, expect, it } from "vitest";
 import { decode, jobRequestSchema, salvageExecNo, telemetrySchema } from "../src/protocol/schemas.js";
 import { deviceTopic, fleetFilter, jobTopic, parseTopic, sharedFilter } from "../src/protocol/topics.js";
 import { renderDevices } from "../src/fleet/watch.js";
+import { readPiThrottled, TelemetrySampler } from "../src/agent/telemetry.js";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 
 const enc = (v: unknown) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v));
 
@@ -111,5 +115,52 @@ describe("watch table", () => {
     const lines = text.split("\n");
     expect(lines[2]).toMatch(/^\| a +\| online +\| +1 \|.*12\.50 \|.*31\.20 \|.*4\.500 \| ina219 +\| +7 \|/);
     expect(lines[3]).toMatch(/^\| b +\| lost /);
+  });
+});
+
+describe("telemetry sampling", () => {
+  it("reads the Pi firmware throttling flags (bit 2 = throttled now)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "itera-throttle-"));
+    const f = join(dir, "get_throttled");
+    writeFileSync(f, "50005\n");
+    expect(readPiThrottled(f)).toBe(true);
+    writeFileSync(f, "50000\n");
+    expect(readPiThrottled(f)).toBe(false);
+    expect(readPiThrottled(join(dir, "missing"))).toBeNull();
+  });
+
+  it("samples valid metrics and remembers the last generation test's speed and energy", () => {
+    const s = new TelemetrySampler();
+    const first = s.sample();
+    expect(first.tok_s).toBeNull();
+    expect(first.rss_mb).toBeGreaterThan(0);
+    expect(first.cpu_pct).toBeGreaterThanOrEqual(0);
+    const base = {
+      model: "m",
+      quant: "fp32",
+      profile: "p",
+      device: "d",
+      threads: 1,
+      repetitions: 1,
+      ttft_ms: 1,
+      latency_ms: { p50: 1, p95: 2 },
+      cpu_pct: 1,
+      rss_mb: 1,
+      temp_c_max: null,
+      throttled: null,
+      agent_version: "x",
+      runtime: "r",
+      timestamp: "t",
+    };
+    s.noteResults([
+      { ...base, test: "pp64", tokens_per_s: { mean: 900, stdev: 0, samples: [900] }, energy: null },
+      {
+        ...base,
+        test: "tg128",
+        tokens_per_s: { mean: 42, stdev: 0, samples: [42] },
+        energy: { method: "ina219", J: 1, mJ_per_token: 7.5, tokens_per_J: 133, samples: 10, rate_hz: 50 },
+      },
+    ]);
+    expect(s.sample()).toMatchObject({ tok_s: 42, mj_per_token: 7.5, method: "ina219" });
   });
 });

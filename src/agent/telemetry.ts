@@ -1,5 +1,6 @@
-import { readdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { cpus } from "node:os";
+import { readThermalZones, readThrottleCount } from "../bench/system.js";
 import type { BenchResult, TelemetryPayload } from "../protocol/schemas.js";
 
 type Metrics = TelemetryPayload["m"];
@@ -28,28 +29,10 @@ function totals(): { busy: number; all: number } {
   return { busy, all };
 }
 
-/** Highest thermal-zone temperature (Linux sysfs, millidegrees); null where the OS exposes none. */
-export function readTemperatureC(root = "/sys/class/thermal"): number | null {
-  let max: number | null = null;
-  let zones: string[];
-  try {
-    zones = readdirSync(root).filter((z) => z.startsWith("thermal_zone"));
-  } catch {
-    return null;
-  }
-  for (const z of zones) {
-    try {
-      const milli = Number.parseInt(readFileSync(`${root}/${z}/temp`, "utf8").trim(), 10);
-      if (Number.isFinite(milli)) max = Math.max(max ?? -Infinity, milli / 1000);
-    } catch {
-      // a zone that cannot be read (permissions, sensor asleep) is skipped
-    }
-  }
-  return max;
-}
-
 /** Raspberry Pi firmware throttling flags (bit 2: currently throttled); null on other boards. */
-export function readThrottled(path = "/sys/devices/platform/soc/soc:firmware/get_throttled"): boolean | null {
+export function readPiThrottled(
+  path = "/sys/devices/platform/soc/soc:firmware/get_throttled",
+): boolean | null {
   try {
     const flags = Number.parseInt(readFileSync(path, "utf8").trim(), 16);
     return Number.isFinite(flags) ? (flags & 0x4) !== 0 : null;
@@ -64,6 +47,7 @@ export function readThrottled(path = "/sys/devices/platform/soc/soc:firmware/get
  */
 export class TelemetrySampler {
   private readonly cpu = new CpuSampler();
+  private throttleCount = readThrottleCount();
   private recent: { tok_s: number; mj_per_token: number | null; method: string | null } | undefined;
 
   /** Remember the latest generation figures from benchmark results (the last `tg` test wins). */
@@ -78,15 +62,25 @@ export class TelemetrySampler {
     };
   }
 
+  /** Throttled now (Pi firmware flags) or since the last sample (x86 thermal throttle counters); null if unknown. */
+  private throttled(): boolean | null {
+    const pi = readPiThrottled();
+    if (pi !== null) return pi;
+    const count = readThrottleCount();
+    const before = this.throttleCount;
+    this.throttleCount = count;
+    return count === null || before === null ? null : count > before;
+  }
+
   sample(): Metrics {
     return {
       cpu_pct: round(this.cpu.sample(), 1),
-      temp_c: readTemperatureC(),
+      temp_c: readThermalZones(),
       rss_mb: round(process.memoryUsage().rss / 2 ** 20, 1),
       tok_s: this.recent ? round(this.recent.tok_s, 2) : null,
       mj_per_token: this.recent?.mj_per_token != null ? round(this.recent.mj_per_token, 3) : null,
       method: this.recent?.method ?? null,
-      throttled: readThrottled(),
+      throttled: this.throttled(),
     };
   }
 }
