@@ -4,6 +4,7 @@ import { join } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Agent, type AgentOptions } from "../src/agent/agent.js";
+import { AgentStore } from "../src/agent/store.js";
 import { type JobResultPayload, type JobStatusPayload, PROTOCOL_VERSION } from "../src/protocol/schemas.js";
 import { deviceTopic, jobTopic } from "../src/protocol/topics.js";
 import { cpuRunner, gate, Mosquitto, testAgentOptions, until } from "./mqtt-helpers.js";
@@ -235,4 +236,27 @@ describe("agent over a real Mosquitto", () => {
     await until(() => results(obs.messages, "dev-bad", "b6").length === 1, "b6");
     expect(results(obs.messages, "dev-bad", "b6")[0]!.status).toBe("SUCCEEDED");
   });
+});
+
+it("caps the outbox while the broker is away by dropping the oldest telemetry, never job messages", async () => {
+  const stateDir = await mkdtemp(join(tmpdir(), "itera-agent-"));
+  const agent = new Agent(
+    testAgentOptions("mqtt://127.0.0.1:1", "lab", "capped", "rpi4", stateDir, {
+      telemetryIntervalMs: 60_000,
+      maxOutbox: 5,
+      reconnectPeriodMs: 60_000,
+    }),
+  );
+  agent.start();
+  for (let i = 0; i < 20; i++) agent.sendTelemetry();
+  expect(agent.outboxSize()).toBe(5);
+  expect(agent.telemetrySeq).toBe(19);
+  await agent.stop();
+
+  const store = new AgentStore(await mkdtemp(join(tmpdir(), "itera-agent-")));
+  store.enqueue("itera/v1/lab/x/jobs/j/status", "{}");
+  for (let i = 0; i < 3; i++) store.enqueue("itera/v1/lab/x/telemetry", "{}");
+  expect(store.dropOldestTelemetry(10)).toBe(3);
+  expect(store.pending().map((r) => r.topic)).toEqual(["itera/v1/lab/x/jobs/j/status"]);
+  store.close();
 });

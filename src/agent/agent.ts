@@ -44,6 +44,11 @@ export interface AgentOptions {
   runner: BenchmarkRunner;
   sessionExpiryS?: number;
   reconnectPeriodMs?: number;
+  /**
+   * Most messages kept on disk while the broker is away (default 100 000, a few tens of MB). Beyond
+   * it the oldest telemetry is dropped (a gap in seq, logged); job statuses and results never are.
+   */
+  maxOutbox?: number;
   log?: (line: string) => void;
 }
 
@@ -204,6 +209,13 @@ export class Agent {
 
   sendTelemetry(): void {
     if (this.stopping) return;
+    const max = this.opts.maxOutbox ?? 100_000;
+    const excess = this.outbox.size() + 1 - max;
+    if (excess > 0) {
+      const dropped = this.store.dropOldestTelemetry(excess);
+      if (dropped > 0)
+        this.log(`agent ${this.opts.device}: outbox full (${max}): dropped the ${dropped} oldest telemetry`);
+    }
     const seq = this.store.next("seq");
     this.lastSeq = seq;
     this.outbox.publish(this.topic("telemetry"), {

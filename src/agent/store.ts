@@ -60,6 +60,9 @@ export class AgentStore {
       pending: this.db.prepare("SELECT id, topic, payload, qos FROM outbox ORDER BY id LIMIT ?"),
       remove: this.db.prepare("DELETE FROM outbox WHERE id = ?"),
       count: this.db.prepare("SELECT COUNT(*) AS n FROM outbox"),
+      trim: this.db.prepare(
+        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE topic LIKE '%/telemetry' ORDER BY id LIMIT ?)",
+      ),
       job: this.db.prepare("SELECT * FROM jobs WHERE job_id = ? AND exec_no = ?"),
       putJob: this.db.prepare(
         `INSERT INTO jobs (job_id, exec_no, status, details, request, result, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -88,6 +91,11 @@ export class AgentStore {
 
   pending(limit = 1000): OutboxRow[] {
     return this.stmts.pending.all(limit) as OutboxRow[];
+  }
+
+  /** Drop the oldest `n` telemetry messages (never job messages); returns how many were dropped. */
+  dropOldestTelemetry(n: number): number {
+    return this.stmts.trim.run(n).changes;
   }
 
   acknowledge(id: number): void {
