@@ -1,0 +1,135 @@
+import type { Command } from "commander";
+import { z } from "zod";
+import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
+import { IteraError } from "../../errors.js";
+import { action } from "../run.js";
+
+interface ServeCliOptions extends ModelOptions {
+  host: string;
+  port: string;
+  threads?: string;
+  maxTokensLimit: string;
+  queueTimeout: string;
+  maxQueue: string;
+  logLevel: string;
+}
+
+const wholeNumber = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+
+/** The numeric options, checked before anything starts; the key is the flag a failure names. */
+const optionsSchema = z.object({
+  "--port": wholeNumber(0, 65535),
+  "--threads": wholeNumber(1, 1024).optional(),
+  "--max-tokens-limit": wholeNumber(1),
+  "--queue-timeout": z.coerce.number().min(0).max(86_400),
+  "--max-queue": wholeNumber(0, 10_000),
+  "--log-level": z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
+});
+
+function parseOptions(opts: ServeCliOptions): z.infer<typeof optionsSchema> {
+  const r = optionsSchema.safeParse({
+    "--port": opts.port,
+    "--threads": opts.threads,
+    "--max-tokens-limit": opts.maxTokensLimit,
+    "--queue-timeout": opts.queueTimeout,
+    "--max-queue": opts.maxQueue,
+    "--log-level": opts.logLevel,
+  });
+  if (r.success) return r.data;
+  const issue = r.error.issues[0]!;
+  const flag = String(issue.path[0]);
+  throw new IteraError(`invalid ${flag}: ${issue.message}`, {
+    where: flag,
+    fix: `see \`itera-agent serve --help\` for what ${flag} accepts`,
+  });
+}
+
+/** Why listen() failed, said for the user. */
+function listenError(e: NodeJS.ErrnoException, host: string, port: number): IteraError {
+  const where = `${host}:${port}`;
+  switch (e.code) {
+    case "EADDRINUSE":
+      return new IteraError(`port ${port} is already in use`, {
+        where,
+        fix: "stop the other server or choose another --port (0: any free port)",
+      });
+    case "EACCES":
+      return new IteraError(`not allowed to listen on port ${port}`, {
+        where,
+        fix: "use a port above 1023, or give the service CAP_NET_BIND_SERVICE",
+      });
+    case "EADDRNOTAVAIL":
+    case "ENOTFOUND":
+      return new IteraError(`cannot listen on host '${host}': no such local address`, {
+        where: "--host",
+        fix: "use 127.0.0.1 (this machine only), 0.0.0.0 (every interface) or one of the machine's addresses",
+      });
+    default:
+      return new IteraError(`cannot listen: ${e.message}`, { where, fix: "check --host and --port" });
+  }
+}
+
+/**
+ * `itera-agent serve`: the HTTP API (docs/serve.md) on the bundle's model until SIGINT/SIGTERM.
+ * It listens at once and loads the model behind it (/healthz is 503 until then); a model that fails
+ * to load ends the command with that error.
+ */
+export function registerServe(program: Command): void {
+  addModelOptions(
+    program
+      .command("serve")
+      .description(
+        "serve the model over HTTP: /v1/generate (JSON or SSE), /v1/completions, /healthz, /v1/info, /metrics",
+      )
+      .option("--host <addr>", "address to listen on (0.0.0.0: every interface)", "127.0.0.1")
+      .option("--port <n>", "TCP port (0: any free port, logged at start)", "8080")
+      .option("--threads <n>", "intra-op threads (default: the profile's)")
+      .option("--max-tokens-limit <n>", "largest max_tokens a request may ask for", "2048")
+      .option(
+        "--queue-timeout <s>",
+        "seconds a request may wait for the model before a 503 (0: never wait)",
+        "30",
+      )
+      .option("--max-queue <n>", "requests that may wait for the model at once (more get a 503)", "8")
+      .option(
+        "--log-level <level>",
+        "fatal, error, warn, info, debug, trace or silent (JSON lines on stderr)",
+        "info",
+      ),
+  ).action(
+    action(async (opts: ServeCliOptions) => {
+      const o = parseOptions(opts);
+      const ctx = await agentContext(opts);
+      const threads = o["--threads"] ?? ctx.profile.threads;
+      // Loaded here, not at start-up: the server and onnxruntime are only needed by this command.
+      const [{ createServer, stderrLogger }, { loadModel }] = await Promise.all([
+        import("../../serve/index.js"),
+        import("../../runtime/index.js"),
+      ]);
+      const server = await createServer({
+        model: () => loadModel(ctx.modelDir, { threads }),
+        modelDir: ctx.modelDir,
+        profile: ctx.profile,
+        manifest: ctx.manifest,
+        mode: ctx.mode,
+        threads,
+        maxTokensLimit: o["--max-tokens-limit"],
+        queue: { maxWaitMs: o["--queue-timeout"] * 1000, maxWaiting: o["--max-queue"] },
+        logger: stderrLogger(o["--log-level"]),
+      });
+      const stopped = new Promise<void>((resolve) => {
+        process.once("SIGINT", () => resolve());
+        process.once("SIGTERM", () => resolve());
+      });
+      try {
+        await server.listen(opts.host, o["--port"]).catch((e: NodeJS.ErrnoException) => {
+          throw listenError(e, opts.host, o["--port"]);
+        });
+        // A model that cannot load ends the command; otherwise serve until a signal.
+        await Promise.race([stopped, server.ready.then(() => stopped)]);
+      } finally {
+        await server.close();
+      }
+    }),
+  );
+}

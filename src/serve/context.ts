@@ -1,0 +1,30 @@
+import type { FastifyReply } from "fastify";
+import type { Engine } from "./engine.js";
+import type { ServeMetrics } from "./metrics.js";
+
+/** What the routes share: the model engine, the metrics, the model's identity and the server's limits. */
+export interface ServeContext {
+  engine: Engine;
+  metrics: ServeMetrics;
+  /** Model id (card id, bundle model id, else the folder name) and quantization. */
+  model: { id: string; quant: string };
+  maxTokensLimit: number;
+  /** The body of GET /v1/info (hardware detection is slow: computed once, on first use). */
+  info: () => Promise<Record<string, unknown>>;
+  /** Controllers of the requests in progress; the server aborts them all when it stops. */
+  active: Set<AbortController>;
+}
+
+/**
+ * A signal that aborts when the client closes the connection before the response is complete, or
+ * when the server stops: the generation for the request then ends at its next token.
+ */
+export function requestSignal(ctx: ServeContext, reply: FastifyReply): AbortSignal {
+  const controller = new AbortController();
+  ctx.active.add(controller);
+  reply.raw.once("close", () => {
+    ctx.active.delete(controller);
+    if (!reply.raw.writableFinished) controller.abort();
+  });
+  return controller.signal;
+}

@@ -1,0 +1,207 @@
+import { performance } from "node:perf_hooks";
+import type { GenerateOptions, LanguageModel, StopReason } from "../runtime/index.js";
+import { badRequest, unavailable } from "./errors.js";
+import type { ServeMetrics } from "./metrics.js";
+import { Cancelled, QueueRejected, type TurnQueue } from "./queue.js";
+
+/**
+ * The one model behind the API: loading state, prompt checks, a turn in the queue, generation that
+ * stops when the request's signal aborts (the client left), and the figures every endpoint reports
+ * and the metrics record.
+ */
+/** A prompt (text or token ids) with the runtime's generation options. */
+export interface GenerationRequest extends GenerateOptions {
+  prompt: string | readonly number[];
+}
+
+export interface TokenDelta {
+  index: number;
+  id: number;
+  text: string;
+}
+
+export interface GenerationResult {
+  text: string;
+  ids: number[];
+  promptTokens: number;
+  stopReason: StopReason;
+  seed: number;
+  timings: {
+    queue_ms: number;
+    prefill_ms: number;
+    /** Prompt tokens per second of prefill. */
+    prefill_tokens_per_s: number | null;
+    /** From the start of the turn to the first token (queue wait excluded). */
+    ttft_ms: number;
+    decode_ms: number;
+    /** Tokens after the first per second of decoding; null with fewer than two tokens. */
+    tokens_per_s: number | null;
+    total_ms: number;
+  };
+}
+
+export interface RunHooks {
+  /** The turn has begun (a stream sends its headers now, so queue errors can still be plain JSON). */
+  onStart?: () => void;
+  onToken?: (delta: TokenDelta) => void;
+}
+
+type ModelState =
+  | { status: "loading"; since: number }
+  | { status: "ready"; model: LanguageModel; loadMs: number }
+  | { status: "failed"; error: Error };
+
+const round = (x: number) => Math.round(x * 100) / 100;
+
+export class Engine {
+  private state: ModelState = { status: "loading", since: performance.now() };
+  readonly queue: TurnQueue;
+
+  constructor(
+    readonly metrics: ServeMetrics,
+    queue: TurnQueue,
+  ) {
+    this.queue = queue;
+  }
+
+  get status(): ModelState["status"] {
+    return this.state.status;
+  }
+
+  get loadMs(): number | null {
+    return this.state.status === "ready" ? this.state.loadMs : null;
+  }
+
+  /** The model, or null while loading / after a failed load. */
+  get loaded(): LanguageModel | null {
+    return this.state.status === "ready" ? this.state.model : null;
+  }
+
+  setModel(model: LanguageModel): void {
+    const since = this.state.status === "loading" ? this.state.since : performance.now();
+    this.state = { status: "ready", model, loadMs: performance.now() - since };
+  }
+
+  setFailed(error: Error): void {
+    this.state = { status: "failed", error };
+  }
+
+  /** The model for a request: 503 while it loads. */
+  model(): LanguageModel {
+    if (this.state.status === "ready") return this.state.model;
+    if (this.state.status === "loading") {
+      throw unavailable(
+        "the model is still loading",
+        2,
+        "retry after the time in Retry-After; GET /healthz says when it is ready",
+      );
+    }
+    throw unavailable(`the model failed to load: ${this.state.error.message}`, 60, "see the server's log");
+  }
+
+  /** Token ids of a prompt, refused with 400 when it is longer than the model's context. */
+  promptIds(model: LanguageModel, prompt: string | readonly number[]): number[] {
+    const ids = typeof prompt === "string" ? model.tokenizer.encode(prompt, true) : [...prompt];
+    if (ids.length === 0)
+      throw badRequest("the prompt encodes to no tokens", "body.prompt", "give a non-empty prompt");
+    if (ids.length > model.contextLength) {
+      throw badRequest(
+        `the prompt has ${ids.length} tokens, more than the model's context of ${model.contextLength}`,
+        "body.prompt",
+        `shorten the prompt below ${model.contextLength} tokens`,
+      );
+    }
+    const bad = ids.find((id) => id >= model.vocabSize);
+    if (bad !== undefined) {
+      throw badRequest(
+        `prompt token id ${bad} is outside the model's vocabulary of ${model.vocabSize}`,
+        "body.prompt",
+        `use token ids below ${model.vocabSize} (from the model's tokenizer)`,
+      );
+    }
+    return ids;
+  }
+
+  /**
+   * Generate for one request in its turn. Throws ApiError (400/503) before the turn starts, Cancelled
+   * when `signal` aborts (the generation stops at its next token).
+   */
+  async run(
+    endpoint: string,
+    request: GenerationRequest,
+    signal: AbortSignal,
+    hooks: RunHooks = {},
+  ): Promise<GenerationResult> {
+    const model = this.model();
+    const { prompt, ...options } = request;
+    const ids = this.promptIds(model, prompt);
+    let generated = 0;
+    let turnStart = 0;
+    let firstTokenMs: number | undefined;
+    try {
+      const { value: gen, waitedMs } = await this.queue.run(async () => {
+        turnStart = performance.now();
+        hooks.onStart?.();
+        return model.generate(ids, options, (e) => {
+          // Throwing here ends the runtime's decode loop: the way to cancel between tokens.
+          if (signal.aborted) throw new Cancelled();
+          generated = e.index + 1;
+          firstTokenMs ??= performance.now() - turnStart;
+          hooks.onToken?.({ index: e.index, id: e.id, text: e.text });
+        });
+      }, signal);
+      this.metrics.observeQueueWait(waitedMs);
+      const decodeMs = gen.timings.tokenMs.reduce((a, b) => a + b, 0);
+      const steps = gen.timings.tokenMs.length;
+      const result: GenerationResult = {
+        text: gen.text,
+        ids: gen.ids,
+        promptTokens: ids.length,
+        stopReason: gen.stopReason,
+        seed: gen.seed,
+        timings: {
+          queue_ms: round(waitedMs),
+          prefill_ms: round(gen.timings.prefillMs),
+          prefill_tokens_per_s:
+            gen.timings.prefillMs > 0 ? round((ids.length * 1000) / gen.timings.prefillMs) : null,
+          ttft_ms: round(gen.timings.ttftMs),
+          decode_ms: round(decodeMs),
+          tokens_per_s: steps > 0 && decodeMs > 0 ? round((steps * 1000) / decodeMs) : null,
+          total_ms: round(gen.timings.totalMs),
+        },
+      };
+      this.metrics.observeGeneration({
+        endpoint,
+        outcome: gen.stopReason,
+        promptTokens: ids.length,
+        generatedTokens: gen.ids.length,
+        ttftMs: gen.timings.ttftMs,
+        totalMs: gen.timings.totalMs,
+        ...(result.timings.tokens_per_s !== null && { tokensPerS: result.timings.tokens_per_s }),
+      });
+      return result;
+    } catch (e) {
+      if (e instanceof QueueRejected) {
+        this.metrics.countRejected(e.reason);
+        throw unavailable(
+          e.reason === "full"
+            ? `${this.queue.limits.maxWaiting} requests are already waiting for the model`
+            : `the model stayed busy for longer than the queue's limit of ${this.queue.limits.maxWaitMs / 1000} s`,
+          e.retryAfterS,
+          "retry after the time in Retry-After",
+        );
+      }
+      if (turnStart > 0) {
+        this.metrics.observeGeneration({
+          endpoint,
+          outcome: e instanceof Cancelled ? "cancelled" : "error",
+          promptTokens: ids.length,
+          generatedTokens: generated,
+          ...(firstTokenMs !== undefined && { ttftMs: firstTokenMs }),
+          totalMs: performance.now() - turnStart,
+        });
+      }
+      throw e;
+    }
+  }
+}

@@ -1,0 +1,183 @@
+import { resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import { env } from "onnxruntime-node";
+import { type Logger, pino } from "pino";
+import { describeModel } from "../agent/bench-runner.js";
+import type { BundleIndex } from "../agent-host/bundle-index.js";
+import { detectHardware, type Hardware } from "../profile/detect.js";
+import type { DeviceProfile } from "../profile/schema.js";
+import type { LanguageModel } from "../runtime/index.js";
+import { VERSION } from "../version.js";
+import type { ServeContext } from "./context.js";
+import { Engine } from "./engine.js";
+import { installErrorHandlers } from "./errors.js";
+import { ServeMetrics } from "./metrics.js";
+import { type QueueLimits, TurnQueue } from "./queue.js";
+import { completionsRoutes } from "./routes/completions.js";
+import { generateRoutes } from "./routes/generate.js";
+import { healthRoutes } from "./routes/health.js";
+import { infoRoutes } from "./routes/info.js";
+import { metricsRoutes } from "./routes/metrics.js";
+import { fieldHelp } from "./schemas.js";
+import { zodValidatorCompiler } from "./validation.js";
+
+/**
+ * The agent's HTTP API (`itera-agent serve`, docs/serve.md): Fastify with zod-validated bodies, pino
+ * logs on stderr, Prometheus metrics. The server listens at once and loads the model in the
+ * background: /healthz answers 503 until the model is ready.
+ */
+export interface ServeOptions {
+  /** A loaded model (the caller keeps ownership), or a loader (the server disposes what it loads). */
+  model: LanguageModel | (() => Promise<LanguageModel>);
+  /** The model folder (its identity and card are read before the model is loaded). */
+  modelDir: string;
+  profile?: DeviceProfile | null;
+  manifest?: BundleIndex | null;
+  mode?: "bundle" | "dev";
+  /** Intra-op threads the model was loaded with (reported by /v1/info). */
+  threads?: number;
+  /** Largest max_tokens a request may ask for (default 2048). */
+  maxTokensLimit?: number;
+  queue?: Partial<QueueLimits>;
+  /** Default: JSON lines on stderr at level info. */
+  logger?: Logger;
+  /** Largest request body in bytes (default 1 MiB). */
+  bodyLimit?: number;
+}
+
+export const DEFAULT_MAX_TOKENS_LIMIT = 2048;
+export const DEFAULT_QUEUE: QueueLimits = { maxWaitMs: 30_000, maxWaiting: 8 };
+
+export interface Server {
+  app: FastifyInstance;
+  engine: Engine;
+  metrics: ServeMetrics;
+  /** Settles when the model is loaded; rejects with the loader's error. */
+  ready: Promise<void>;
+  /** Listen (port 0: a free port); resolves with the base URL. */
+  listen(host: string, port: number): Promise<string>;
+  /** Cancel the generations in progress, stop listening, free the model if the server loaded it. */
+  close(): Promise<void>;
+}
+
+export function stderrLogger(level = "info"): Logger {
+  // A plain file-descriptor destination: pino's worker-thread transports do not survive bundling.
+  return pino({ level }, pino.destination({ dest: 2, sync: true }));
+}
+
+export async function createServer(options: ServeOptions): Promise<Server> {
+  const maxTokensLimit = options.maxTokensLimit ?? DEFAULT_MAX_TOKENS_LIMIT;
+  const limits: QueueLimits = { ...DEFAULT_QUEUE, ...options.queue };
+  const identity = await describeModel(options.modelDir);
+  const queue = new TurnQueue(limits);
+  const metrics = new ServeMetrics(() => ({ busy: queue.busy, waiting: queue.waiting }), {
+    model: identity.id,
+    quant: identity.quant,
+    profile: options.profile?.name ?? "",
+    agent_version: VERSION,
+    onnxruntime: env.versions.node ?? env.versions.common ?? "",
+  });
+  const engine = new Engine(metrics, queue);
+  let hardware: Promise<Hardware> | undefined;
+  const ctx: ServeContext = {
+    engine,
+    metrics,
+    model: { id: identity.id, quant: identity.quant },
+    maxTokensLimit,
+    active: new Set(),
+    info: async () => {
+      hardware ??= detectHardware();
+      const m = engine.loaded;
+      return {
+        agent: { version: VERSION, node: process.version, mode: options.mode ?? "dev", pid: process.pid },
+        runtime: { onnxruntime: env.versions.node ?? env.versions.common ?? null },
+        model: {
+          ...identity,
+          dir: resolve(options.modelDir),
+          status: engine.status,
+          load_ms: engine.loadMs === null ? null : Math.round(engine.loadMs),
+          ...(m && {
+            context_length: m.contextLength,
+            vocab_size: m.vocabSize,
+            eos_token_ids: [...m.eosIds],
+            state: m.io.states.map((s) => s.kind),
+            kv_cache: m.io.hasKvCache,
+            search_defaults: m.config.search ?? {},
+            card: m.card ?? null,
+          }),
+        },
+        profile: options.profile ?? null,
+        manifest: options.manifest ?? null,
+        hardware: await hardware,
+        server: {
+          threads: options.threads ?? null,
+          max_tokens_limit: maxTokensLimit,
+          queue: { max_wait_s: limits.maxWaitMs / 1000, max_waiting: limits.maxWaiting },
+        },
+      };
+    },
+  };
+
+  const app = Fastify({
+    // Typed as Fastify's logger interface so that the routes take a plain FastifyInstance.
+    loggerInstance: (options.logger ?? stderrLogger()) as FastifyBaseLogger,
+    bodyLimit: options.bodyLimit ?? 1024 * 1024,
+    requestIdHeader: "x-request-id",
+  });
+  // JSON only: a text/plain body is a 415 that says to send JSON, not a confusing type error.
+  app.removeContentTypeParser("text/plain");
+  app.setValidatorCompiler(zodValidatorCompiler(fieldHelp(maxTokensLimit)));
+  const routes = new Map<string, string[]>();
+  app.addHook("onRoute", (r) => {
+    const methods = Array.isArray(r.method) ? r.method : [r.method];
+    routes.set(r.url, [...(routes.get(r.url) ?? []), ...methods]);
+  });
+  app.addHook("onRequest", (request, reply, done) => {
+    const t0 = performance.now();
+    reply.header("x-request-id", request.id);
+    reply.raw.once("close", () => {
+      const status = reply.raw.writableFinished ? reply.raw.statusCode : 499;
+      metrics.countRequest(
+        request.method,
+        request.routeOptions.url ?? "unmatched",
+        status,
+        (performance.now() - t0) / 1000,
+      );
+    });
+    done();
+  });
+  installErrorHandlers(app, routes);
+  for (const register of [healthRoutes, infoRoutes, generateRoutes, completionsRoutes, metricsRoutes]) {
+    register(app, ctx);
+  }
+
+  const owned = typeof options.model === "function";
+  const ready = (async () => {
+    try {
+      const model = typeof options.model === "function" ? await options.model() : options.model;
+      engine.setModel(model);
+      app.log.info({ model: identity.id, load_ms: Math.round(engine.loadMs ?? 0) }, "model loaded");
+    } catch (e) {
+      engine.setFailed(e as Error);
+      app.log.error({ err: e }, "the model failed to load");
+      throw e;
+    }
+  })();
+  // The caller awaits `ready`; this keeps an unobserved failure from crashing the process first.
+  ready.catch(() => {});
+
+  return {
+    app,
+    engine,
+    metrics,
+    ready,
+    listen: (host, port) => app.listen({ host, port }),
+    close: async () => {
+      for (const c of ctx.active) c.abort();
+      await app.close();
+      await ready.catch(() => {});
+      if (owned) await engine.loaded?.dispose();
+    },
+  };
+}
