@@ -17,7 +17,7 @@
 import { execFile } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { appendFile, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { cpus, tmpdir } from "node:os";
+import { cpus, loadavg, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import { promisify } from "node:util";
@@ -47,6 +47,7 @@ const modelDir = opt("--model", existsSync(micro) ? micro : join(fixtureModels()
 const qemu = resolve("tools", "qemu", "run-arm64.sh");
 const prompt = "ROMEO:";
 
+const loadStart = loadavg()[0]!.toFixed(1);
 const work = await mkdtemp(join(tmpdir(), "itera-bench-package-"));
 const laptop = await loadProfile("laptop-x64-4c");
 const { detect: _d, ...laptopRest } = laptop;
@@ -164,7 +165,7 @@ for (const t of targets) {
 }
 await rm(work, { recursive: true, force: true });
 
-const machine = `${cpus()[0]?.model.trim() ?? "?"} × ${cpus().length}, host Node ${process.version}, bundles Node 24.21.0`;
+const machine = `${cpus()[0]?.model.trim() ?? "?"} × ${cpus().length}, host Node ${process.version}, bundles Node 24.21.0; load average ${loadStart} at the start, ${loadavg()[0]!.toFixed(1)} at the end (the machine is shared: figures scale with it)`;
 const command =
   "npx esbuild bench/package.ts --bundle --platform=node --format=esm --packages=external --outfile=node_modules/.cache/itera-bench/package.mjs && nice -n 10 node node_modules/.cache/itera-bench/package.mjs --append docs/benchmarks.md";
 const text = `
