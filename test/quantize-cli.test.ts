@@ -281,6 +281,27 @@ describe("bad input", () => {
     expect(e.fix).toMatch(/--out/);
   });
 
+  it("an unreadable held-out or calibration text", async () => {
+    const e = await expectError(
+      quantizeFolder(
+        model("gpt2-kv"),
+        join(work, "x"),
+        options({ mode: "int8", eval: join(work, "no.txt") }),
+      ),
+      /cannot read the held-out text/,
+    );
+    expect(e.fix).toMatch(/--eval/);
+    await expectError(
+      quantizeFolder(
+        model("gpt2-kv"),
+        join(work, "x"),
+        options({ mode: "auto", calib: join(work, "no.txt") }),
+      ),
+      /cannot read the calibration text/,
+    );
+    expect(await stat(join(work, "x")).catch(() => undefined)).toBeUndefined();
+  });
+
   it("the output folder is the input folder", async () => {
     await expectError(
       quantizeFolder(model("gpt2-kv"), model("gpt2-kv"), options({ mode: "int8" })),
