@@ -117,9 +117,14 @@ export function registerServe(program: Command): void {
         queue: { maxWaitMs: o["--queue-timeout"] * 1000, maxWaiting: o["--max-queue"] },
         logger: stderrLogger(o["--log-level"]),
       });
+      let onSignal: (signal: NodeJS.Signals) => void = () => {};
       const stopped = new Promise<void>((resolve) => {
-        process.once("SIGINT", () => resolve());
-        process.once("SIGTERM", () => resolve());
+        onSignal = (signal) => {
+          server.app.log.info({ signal }, "stopping: generations in progress are cancelled");
+          resolve();
+        };
+        process.once("SIGINT", onSignal);
+        process.once("SIGTERM", onSignal);
       });
       try {
         await server.listen(opts.host, o["--port"]).catch((e: NodeJS.ErrnoException) => {
@@ -128,7 +133,10 @@ export function registerServe(program: Command): void {
         // A model that cannot load ends the command; otherwise serve until a signal.
         await Promise.race([stopped, server.ready.then(() => stopped)]);
       } finally {
+        process.off("SIGINT", onSignal);
+        process.off("SIGTERM", onSignal);
         await server.close();
+        server.app.log.info("stopped");
       }
     }),
   );
