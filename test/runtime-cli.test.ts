@@ -155,6 +155,13 @@ describe("itera eval", () => {
     const [evaluation] = JSON.parse(r.stdout).evaluations;
     expect(evaluation.tokens).toBe(expected.tokens);
     expect(Math.abs(evaluation.delta_nats_per_token)).toBeLessThan(1e-9);
+    expect((await itera("eval", dir, "--tolerance", "1e-6", "--json")).code).toBe(0);
+
+    card.evaluation[0]!.nats_per_token += 0.01;
+    writeFileSync(join(dir, "itera.json"), JSON.stringify(card));
+    const off = await itera("eval", dir, "--tolerance", "1e-3");
+    expect(off.code).toBe(1);
+    expect(off.stderr).toMatch(/corpus-val: nats\/token differs from itera\.json by more than 0\.001/);
 
     process.env.ITERA_DATASETS = join(work, "elsewhere");
     const missing = await itera("eval", dir);

@@ -1,5 +1,5 @@
 import { readFile } from "node:fs/promises";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import type { Command } from "commander";
 import { z } from "zod";
 import { IteraError } from "../../errors.js";
@@ -18,6 +18,7 @@ const evalOptions = z.object({
   stride: z.coerce.number().int().positive().optional(),
   method: z.enum(["carry", "sliding"]).optional(),
   threads: z.coerce.number().int().positive().optional(),
+  tolerance: z.coerce.number().nonnegative().optional(),
   json: z.boolean().optional(),
 });
 
@@ -78,6 +79,7 @@ export function registerEval(program: Command): void {
     .option("--stride <n>", "sliding windows: start a window every n tokens (default window/2)")
     .option("--method <m>", "carry (state across windows) | sliding (fresh KV cache per window)")
     .option("--threads <n>", "ONNX Runtime intra-op threads")
+    .option("--tolerance <nats>", "with the card's evaluations: fail (exit 1) when a figure differs by more")
     .option("--json", "machine-readable output")
     .action(
       action(async (dir: string, raw: unknown) => {
@@ -120,7 +122,7 @@ export function registerEval(program: Command): void {
             results.push({ record, result });
           }
           if (opts.json) {
-            return printJson({
+            printJson({
               model: model.dir,
               datasets: datasetsDir(),
               evaluations: results.map(({ record, result }) => ({
@@ -132,13 +134,28 @@ export function registerEval(program: Command): void {
                 ...result,
               })),
             });
+          } else {
+            console.log(
+              markdownTable(
+                header,
+                results.map(({ record, result }) => row(record.dataset, result, record.nats_per_token)),
+              ),
+            );
           }
-          console.log(
-            markdownTable(
-              header,
-              results.map(({ record, result }) => row(record.dataset, result, record.nats_per_token)),
-            ),
+          const tolerance = opts.tolerance;
+          const off = results.filter(
+            ({ record, result }) =>
+              tolerance !== undefined && Math.abs(result.nats_per_token - record.nats_per_token) > tolerance,
           );
+          if (off.length > 0) {
+            throw new IteraError(
+              `${off.map(({ record }) => record.dataset).join(", ")}: nats/token differs from itera.json by more than ${tolerance}`,
+              {
+                where: join(model.dir, "itera.json"),
+                fix: "re-measure the card's figures with the model folder's tokenizer.json and graph",
+              },
+            );
+          }
         } finally {
           await model.dispose();
         }
