@@ -89,6 +89,13 @@ describe("health and info", () => {
     expect(r.headers.get("x-request-id")).toBeTruthy();
   });
 
+  it("HEAD works on GET paths; a client's x-request-id is returned", async () => {
+    const head = await fetch(`${base}/healthz`, { method: "HEAD" });
+    expect(head.status).toBe(200);
+    const r = await fetch(`${base}/healthz`, { headers: { "x-request-id": "abc-123" } });
+    expect(r.headers.get("x-request-id")).toBe("abc-123");
+  });
+
   it("GET /healthz is 503 while the model loads, generation too (Retry-After), then 200", async () => {
     let release!: () => void;
     const gate = new Promise<void>((r) => {
@@ -345,6 +352,12 @@ describe("bad requests: 400 naming the field", () => {
     });
     expect(r.status).toBe(415);
     expect(((await r.json()) as { error: { where: string } }).error.where).toBe("header.content-type");
+  });
+
+  it("a body over 1 MiB: 413", async () => {
+    const r = await postJson(`${base}/v1/generate`, { prompt: "a".repeat(1100 * 1024) });
+    expect(r.status).toBe(413);
+    expect(((await r.json()) as { error: { where: string } }).error.where).toBe("body");
   });
 
   it("no body: 400 on the body", async () => {
