@@ -280,6 +280,30 @@ describe("POST /v1/completions (OpenAI subset)", () => {
     expect(chunks.at(-1).choices[0].finish_reason).toBe(own.stopReason === "eos" ? "stop" : "length");
     expect(chunks.slice(0, -1).every((c) => c.choices[0].finish_reason === null)).toBe(true);
   });
+
+  it("GET /v1/models lists the one model; stream_options.include_usage adds a usage chunk", async () => {
+    const models = (await (await fetch(`${base}/v1/models`)).json()) as {
+      object: string;
+      data: { id: string }[];
+    };
+    expect(models.object).toBe("list");
+    expect(models.data.map((m) => m.id)).toEqual(["itera-lite-micro"]);
+    const r = await postJson(`${base}/v1/completions`, {
+      prompt: PROMPT,
+      max_tokens: 5,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const events = parseSse(await r.text());
+    const usage = JSON.parse(events.at(-2)!.data) as {
+      choices: unknown[];
+      usage: { completion_tokens: number };
+    };
+    expect(usage.choices).toEqual([]);
+    expect(usage.usage.completion_tokens).toBeLessThanOrEqual(5);
+    expect(usage.usage.completion_tokens).toBeGreaterThan(0);
+  });
 });
 
 describe("bad requests: 400 naming the field", () => {
@@ -503,6 +527,48 @@ describe("one generation at a time", () => {
     } finally {
       await s.close();
     }
+  });
+
+  it("a client that leaves a JSON (non-streaming) request cancels its generation", async () => {
+    const { server: s, base: url } = await start();
+    try {
+      const abort = new AbortController();
+      const pending = postJson(
+        `${url}/v1/generate`,
+        { prompt: PROMPT, max_tokens: 2000, temperature: 0, ignore_eos: true },
+        { signal: abort.signal },
+      ).catch((e: Error) => e);
+      await until(url, (q) => q.generating);
+      abort.abort();
+      expect(await pending).toBeInstanceOf(Error);
+      await idle(url);
+      const m = await (await fetch(`${url}/metrics`)).text();
+      expect(metricValue(m, "itera_generations_total", { outcome: "cancelled" })).toBe(1);
+      expect(metricValue(m, "itera_generated_tokens_total")).toBeLessThan(2000);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("closing the server ends the streams in progress with a 503 error event, and resolves", async () => {
+    const { server: s, base: url } = await start();
+    const r = await postJson(`${url}/v1/generate`, {
+      prompt: PROMPT,
+      max_tokens: 2000,
+      temperature: 0,
+      ignore_eos: true,
+      stream: true,
+    });
+    await until(url, (q) => q.generating);
+    await s.close();
+    const events = parseSse(await r.text());
+    expect(events.length).toBeGreaterThan(0);
+    expect(events.length).toBeLessThan(2000);
+    expect(events.slice(0, -1).every((e) => e.event === "token")).toBe(true);
+    expect(events.at(-1)!.event).toBe("error");
+    expect(JSON.parse(events.at(-1)!.data)).toMatchObject({
+      error: { code: 503, type: "unavailable_error" },
+    });
   });
 
   it("a request that would wait longer than the limit gets 503 (limit 0: never wait)", async () => {

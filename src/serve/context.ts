@@ -1,6 +1,7 @@
 import type { FastifyReply } from "fastify";
 import type { Engine } from "./engine.js";
 import type { ServeMetrics } from "./metrics.js";
+import { Cancelled } from "./queue.js";
 
 /** What the routes share: the model engine, the metrics, the model's identity and the server's limits. */
 export interface ServeContext {
@@ -11,7 +12,10 @@ export interface ServeContext {
   maxTokensLimit: number;
   /** The body of GET /v1/info (hardware detection is slow: computed once, on first use). */
   info: () => Promise<Record<string, unknown>>;
-  /** Controllers of the requests in progress; the server aborts them all when it stops. */
+  /**
+   * Controllers of the requests in progress; the server aborts them all when it stops, with a 503
+   * as the reason (the clients are still there to read it).
+   */
   active: Set<AbortController>;
 }
 
@@ -24,7 +28,7 @@ export function requestSignal(ctx: ServeContext, reply: FastifyReply): AbortSign
   ctx.active.add(controller);
   reply.raw.once("close", () => {
     ctx.active.delete(controller);
-    if (!reply.raw.writableFinished) controller.abort();
+    if (!reply.raw.writableFinished) controller.abort(new Cancelled());
   });
   return controller.signal;
 }

@@ -2,7 +2,7 @@ import { performance } from "node:perf_hooks";
 import type { GenerateOptions, LanguageModel, StopReason } from "../runtime/index.js";
 import { badRequest, unavailable } from "./errors.js";
 import type { ServeMetrics } from "./metrics.js";
-import { Cancelled, QueueRejected, type TurnQueue } from "./queue.js";
+import { abortError, QueueRejected, type TurnQueue } from "./queue.js";
 
 /**
  * The one model behind the API: loading state, prompt checks, a turn in the queue, generation that
@@ -123,7 +123,7 @@ export class Engine {
   }
 
   /**
-   * Generate for one request in its turn. Throws ApiError (400/503) before the turn starts, Cancelled
+   * Generate for one request in its turn. Throws ApiError (400/503) before the turn starts, Cancelled (or the abort reason)
    * when `signal` aborts (the generation stops at its next token).
    */
   async run(
@@ -144,7 +144,7 @@ export class Engine {
         hooks.onStart?.();
         return model.generate(ids, options, (e) => {
           // Throwing here ends the runtime's decode loop: the way to cancel between tokens.
-          if (signal.aborted) throw new Cancelled();
+          if (signal.aborted) throw abortError(signal);
           generated = e.index + 1;
           firstTokenMs ??= performance.now() - turnStart;
           hooks.onToken?.({ index: e.index, id: e.id, text: e.text });
@@ -194,7 +194,7 @@ export class Engine {
       if (turnStart > 0) {
         this.metrics.observeGeneration({
           endpoint,
-          outcome: e instanceof Cancelled ? "cancelled" : "error",
+          outcome: signal.aborted ? "cancelled" : "error",
           promptTokens: ids.length,
           generatedTokens: generated,
           ...(firstTokenMs !== undefined && { ttftMs: firstTokenMs }),

@@ -18,12 +18,19 @@ export class QueueRejected extends Error {
   }
 }
 
-/** The client went away (or the server is stopping) before or during its turn. */
+/** The client went away before or during its turn. */
 export class Cancelled extends Error {
   constructor() {
     super("the request was cancelled");
     this.name = "Cancelled";
   }
+}
+
+/** Why a request's signal aborted: its reason when it is an error (the server stopping), else Cancelled. */
+export function abortError(signal: AbortSignal): Error {
+  return signal.reason instanceof Error && signal.reason.name !== "AbortError"
+    ? signal.reason
+    : new Cancelled();
 }
 
 interface Waiter {
@@ -60,7 +67,7 @@ export class TurnQueue {
 
   /** Wait for the turn, run `fn`, hand the turn on. Resolves with fn's value and the time waited. */
   async run<T>(fn: () => Promise<T>, signal: AbortSignal): Promise<{ value: T; waitedMs: number }> {
-    if (signal.aborted) throw new Cancelled();
+    if (signal.aborted) throw abortError(signal);
     const t0 = performance.now();
     if (this.running) await this.waitForTurn(signal);
     else this.running = true;
@@ -99,7 +106,7 @@ export class TurnQueue {
       };
       const onAbort = () => {
         leave();
-        reject(new Cancelled());
+        reject(abortError(signal));
       };
       const timer = setTimeout(() => {
         const ahead = this.waiters.indexOf(waiter) + 1;

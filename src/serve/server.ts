@@ -11,10 +11,10 @@ import type { LanguageModel } from "../runtime/index.js";
 import { VERSION } from "../version.js";
 import type { ServeContext } from "./context.js";
 import { Engine } from "./engine.js";
-import { installErrorHandlers } from "./errors.js";
+import { installErrorHandlers, unavailable } from "./errors.js";
 import { ServeMetrics } from "./metrics.js";
 import { type QueueLimits, TurnQueue } from "./queue.js";
-import { completionsRoutes } from "./routes/completions.js";
+import { completionsRoutes, modelsRoutes } from "./routes/openai.js";
 import { generateRoutes } from "./routes/generate.js";
 import { healthRoutes } from "./routes/health.js";
 import { infoRoutes } from "./routes/info.js";
@@ -148,7 +148,14 @@ export async function createServer(options: ServeOptions): Promise<Server> {
     done();
   });
   installErrorHandlers(app, routes);
-  for (const register of [healthRoutes, infoRoutes, generateRoutes, completionsRoutes, metricsRoutes]) {
+  for (const register of [
+    healthRoutes,
+    infoRoutes,
+    generateRoutes,
+    modelsRoutes,
+    completionsRoutes,
+    metricsRoutes,
+  ]) {
     register(app, ctx);
   }
 
@@ -174,7 +181,8 @@ export async function createServer(options: ServeOptions): Promise<Server> {
     ready,
     listen: (host, port) => app.listen({ host, port }),
     close: async () => {
-      for (const c of ctx.active) c.abort();
+      const stopping = unavailable("the server is stopping", 5, "retry when it is back (GET /healthz)");
+      for (const c of ctx.active) c.abort(stopping);
       await app.close();
       await ready.catch(() => {});
       if (owned) await engine.loaded?.dispose();

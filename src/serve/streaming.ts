@@ -43,8 +43,10 @@ export async function streamGeneration(
     if (!stream) throw e;
     if (e instanceof Cancelled) request.log.info("the client left: generation cancelled");
     else {
-      request.log.error({ err: e }, "generation failed mid-stream");
-      send(format.error(toApiError(e).toJSON()));
+      const api = toApiError(e);
+      if (api.statusCode === 503) request.log.info(api.message);
+      else request.log.error({ err: e }, "generation failed mid-stream");
+      send(format.error(api.toJSON()));
     }
   } finally {
     stream?.end();
