@@ -1,13 +1,16 @@
+import { spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdtemp, readdir, readFile, readlink, rm, stat, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
+import { connectAsync } from "mqtt";
 import { beforeAll, describe, expect, it } from "vitest";
 import { manifestSchema } from "../src/bundle/manifest.js";
 import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { verifyBundle } from "../src/package/verify.js";
+import { Mosquitto, until } from "./mqtt-helpers.js";
 import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
 import { startSim } from "./power-sim-helper.js";
 
@@ -149,6 +152,54 @@ describe("laptop-x64-4c bundle", () => {
       expect(probes.find((p) => p.meter === "tdp")).toMatchObject({ available: true });
     } finally {
       await sim.stop();
+    }
+  });
+
+  it("runs the fleet agent over a real Mosquitto, its state store on Node 24's built-in SQLite", async () => {
+    const { env, home } = await deviceEnv();
+    const broker = await Mosquitto.create();
+    await broker.start();
+    const seen = new Map<string, string>();
+    const client = await connectAsync(broker.url);
+    await client.subscribeAsync("itera/v1/pkg/dev1/#", { qos: 1 });
+    client.on("message", (topic, payload) =>
+      seen.set(topic.split("/").slice(4).join("/"), payload.toString()),
+    );
+    const state = join(home, "state");
+    const agent = spawn(
+      exe,
+      [
+        "agent",
+        "--broker",
+        broker.url,
+        "--fleet",
+        "pkg",
+        "--device",
+        "dev1",
+        "--state-dir",
+        state,
+        "--telemetry-interval",
+        "1",
+      ],
+      { env, stdio: ["ignore", "ignore", "pipe"] },
+    );
+    let stderr = "";
+    agent.stderr.on("data", (d) => {
+      stderr += String(d);
+    });
+    try {
+      await until(
+        () => seen.has("birth") && seen.has("telemetry"),
+        `birth and telemetry (agent stderr: ${stderr})`,
+      );
+      expect(JSON.parse(seen.get("state")!)).toMatchObject({ state: "online" });
+      expect(JSON.parse(seen.get("birth")!).profile).toBe("laptop-x64-4c");
+      expect(await readdir(state)).toContain("agent.db");
+    } finally {
+      agent.kill("SIGTERM");
+      await new Promise((r) => agent.once("exit", r));
+      await client.endAsync();
+      await broker.stop();
     }
   });
 
