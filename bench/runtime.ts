@@ -249,7 +249,8 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       if (model.io.fixedSequence === null) s = (await model.forward([fill], s)).state;
       else for (const id of fill) s = (await model.forward([[id]], s)).state;
       const speeds: number[] = [];
-      for (let r = 0; r < args.repetitions; r++) {
+      // Short runs: more of them, so that the median rides out load spikes from other jobs.
+      for (let r = 0; r < Math.max(7, args.repetitions); r++) {
         const t = performance.now();
         await decode(model, s, 64, [fill[0]!]);
         speeds.push((1000 * 64) / (performance.now() - t));
@@ -346,7 +347,8 @@ async function main() {
       ]),
     ),
     "",
-    "Decode tokens/s after the state holds `context` tokens (batch 1), and aggregate decode tokens/s of batches:",
+    "Decode tokens/s over 64 tokens after the state holds `context` tokens (batch 1, median of at least 7 runs), " +
+      "and aggregate decode tokens/s of batches (64 steps after an 8-token prompt):",
     "",
     markdownTable(["model", "threads", "context", "decode tok/s", "batch", "vs first context"], extra),
     "",
