@@ -2,6 +2,7 @@ import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { type LanguageModel, loadModel } from "../src/runtime/index.js";
+import { fixtureModels, reference } from "./fixtures/runtime/models.js";
 import { loadProfile } from "../src/profile/load.js";
 import { createServer, type Server } from "../src/serve/index.js";
 import { metricValue, parseSse, postJson, readEvents } from "./serve-helpers.js";
@@ -455,6 +456,43 @@ describe("GET /metrics", () => {
     expect(
       metricValue(after, "itera_model_info", { model: "itera-lite-micro", profile: "laptop-x64-4c" }),
     ).toBe(1);
+  });
+});
+
+describe("a KV-cache model (the GPT-2 fixture exported from PyTorch)", () => {
+  it("greedy tokens equal PyTorch's; a prompt that fills the context is a 400 before any stream starts", async () => {
+    const dir = join(fixtureModels(), "gpt2-kv");
+    const ref = reference(dir);
+    const kv = await loadModel(dir, { threads: 1 });
+    const s = await createServer({ model: kv, modelDir: dir, logger: silent });
+    try {
+      const url = await s.listen("127.0.0.1", 0);
+      const r = await postJson(`${url}/v1/generate`, {
+        prompt: ref.first.input_ids,
+        max_tokens: ref.first.greedy_ids.length,
+        temperature: 0,
+        ignore_eos: true,
+      });
+      expect(((await r.json()) as { tokens: number[] }).tokens).toEqual(ref.first.greedy_ids);
+      const full = await postJson(`${url}/v1/generate`, {
+        prompt: new Array(kv.contextLength).fill(1),
+        stream: true,
+      });
+      expect(full.status).toBe(400);
+      const { error } = (await full.json()) as { error: { where: string; message: string } };
+      expect(error.where).toBe("body.prompt");
+      expect(error.message).toContain("leaving no room to generate");
+      const atLimit = await postJson(`${url}/v1/generate`, {
+        prompt: new Array(kv.contextLength - 1).fill(1),
+        max_tokens: 5,
+        temperature: 0,
+        ignore_eos: true,
+      });
+      expect(((await atLimit.json()) as { stop_reason: string }).stop_reason).toBe("context");
+    } finally {
+      await s.close();
+      await kv.dispose();
+    }
   });
 });
 

@@ -99,16 +99,22 @@ export class Engine {
     throw unavailable(`the model failed to load: ${this.state.error.message}`, 60, "see the server's log");
   }
 
-  /** Token ids of a prompt, refused with 400 when it is longer than the model's context. */
+  /**
+   * Token ids of a prompt, refused with 400 before the request queues when it does not fit: longer
+   * than the context (a model bounded by its context also needs one position left to generate).
+   */
   promptIds(model: LanguageModel, prompt: string | readonly number[]): number[] {
     const ids = typeof prompt === "string" ? model.tokenizer.encode(prompt, true) : [...prompt];
     if (ids.length === 0)
       throw badRequest("the prompt encodes to no tokens", "body.prompt", "give a non-empty prompt");
-    if (ids.length > model.contextLength) {
+    const limit = model.limitedContext ? model.contextLength - 1 : model.contextLength;
+    if (ids.length > limit) {
       throw badRequest(
-        `the prompt has ${ids.length} tokens, more than the model's context of ${model.contextLength}`,
+        `the prompt has ${ids.length} tokens; the model's context is ${model.contextLength}${
+          model.limitedContext ? ", leaving no room to generate" : ""
+        }`,
         "body.prompt",
-        `shorten the prompt below ${model.contextLength} tokens`,
+        `shorten the prompt to at most ${limit} tokens`,
       );
     }
     const bad = ids.find((id) => id >= model.vocabSize);
