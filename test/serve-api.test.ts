@@ -403,6 +403,12 @@ describe("unknown routes", () => {
     expect(error.fix).toContain("POST /v1/generate");
   });
 
+  it("404 for chat completions says to use /v1/completions", async () => {
+    const r = await postJson(`${base}/v1/chat/completions`, { messages: [] });
+    expect(r.status).toBe(404);
+    expect(((await r.json()) as { error: { fix: string } }).error.fix).toContain("use POST /v1/completions");
+  });
+
   it("405 with Allow for a known path and the wrong method", async () => {
     const r = await fetch(`${base}/v1/generate`);
     expect(r.status).toBe(405);

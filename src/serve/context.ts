@@ -25,10 +25,16 @@ export interface ServeContext {
  */
 export function requestSignal(ctx: ServeContext, reply: FastifyReply): AbortSignal {
   const controller = new AbortController();
+  const raw = reply.raw;
+  // The client may already have left while the body was read and validated.
+  if (raw.closed || raw.destroyed) {
+    controller.abort(new Cancelled());
+    return controller.signal;
+  }
   ctx.active.add(controller);
-  reply.raw.once("close", () => {
+  raw.once("close", () => {
     ctx.active.delete(controller);
-    if (!reply.raw.writableFinished) controller.abort(new Cancelled());
+    if (!raw.writableFinished) controller.abort(new Cancelled());
   });
   return controller.signal;
 }

@@ -136,9 +136,9 @@ export function toApiError(e: unknown): ApiError {
   if (e instanceof ApiError) return e;
   // nginx's 499: the client closed the connection; nobody reads this answer.
   if (e instanceof Cancelled) return new ApiError(499, "request_cancelled", e.message);
-  // The runtime's IteraErrors are caused by the request (token ids outside the vocabulary, a prompt
-  // longer than the context).
-  if (e instanceof IteraError) return badRequest(e.message, "body.prompt", e.fix);
+  // The engine checks the prompt before the runtime sees it, so an IteraError from the runtime is the
+  // model's fault (its files, its graph): a 500 that still says what and where, for the operator.
+  if (e instanceof IteraError) return new ApiError(500, "server_error", e.message, e.where, e.fix);
   const fastify = (e as FastifyError)?.code ? fromFastifyError(e as FastifyError) : undefined;
   if (fastify) return fastify;
   return new ApiError(500, "server_error", "internal error (see the server's log)");
@@ -164,6 +164,9 @@ export function installErrorHandlers(app: FastifyInstance, routes: ReadonlyMap<s
     const path = request.url.split("?")[0]!;
     const methods = routes.get(path);
     const list = [...routes].map(([p, m]) => `${m.join("|")} ${p}`).join(", ");
+    // OpenAI clients default to chat; the house models have no chat template to serve it with.
+    const chat =
+      path === "/v1/chat/completions" ? "chat completions are not served: use POST /v1/completions; " : "";
     if (methods) {
       return sendError(
         reply,
@@ -184,7 +187,7 @@ export function installErrorHandlers(app: FastifyInstance, routes: ReadonlyMap<s
         "not_found_error",
         `no endpoint ${request.method} ${path}`,
         path,
-        `endpoints: ${list}`,
+        `${chat}endpoints: ${list}`,
       ),
     );
   });
