@@ -1,3 +1,5 @@
+import { cp, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -124,6 +126,28 @@ describe("health and info", () => {
       expect((await fetch(`${url}/healthz`)).status).toBe(200);
     } finally {
       await s.close();
+    }
+  });
+
+  it("a model that fails to load: `ready` rejects, /healthz and generation answer 503 saying so", async () => {
+    const broken = await mkdtemp(join(tmpdir(), "itera-serve-broken-"));
+    await cp(MODEL_DIR, broken, { recursive: true });
+    await writeFile(join(broken, "model.onnx"), "not an ONNX file");
+    const s = await createServer({ model: () => loadModel(broken), modelDir: broken, logger: silent });
+    try {
+      const url = await s.listen("127.0.0.1", 0);
+      await expect(s.ready).rejects.toThrow("ONNX Runtime cannot load the graph");
+      const health = await fetch(`${url}/healthz`);
+      expect(health.status).toBe(503);
+      expect(await health.json()).toMatchObject({ status: "failed", model_loaded: false });
+      const gen = await postJson(`${url}/v1/generate`, { prompt: "a" });
+      expect(gen.status).toBe(503);
+      expect(((await gen.json()) as { error: { message: string } }).error.message).toContain(
+        "the model failed to load",
+      );
+    } finally {
+      await s.close();
+      await rm(broken, { recursive: true, force: true });
     }
   });
 

@@ -1,17 +1,20 @@
 import type { FastifyReply } from "fastify";
+import type { ModelRef } from "../protocol/schemas.js";
 import type { Engine } from "./engine.js";
 import type { ServeMetrics } from "./metrics.js";
-import { Cancelled } from "./queue.js";
+import { Cancelled, type QueueLimits } from "./queue.js";
+import type { ServeOptions } from "./server.js";
 
-/** What the routes share: the model engine, the metrics, the model's identity and the server's limits. */
+/** What the routes share: the model engine, the metrics, the model's identity and the server's setup. */
 export interface ServeContext {
   engine: Engine;
   metrics: ServeMetrics;
-  /** Model id (card id, bundle model id, else the folder name) and quantization. */
-  model: { id: string; quant: string };
+  /** Model id (card id, else the folder name), sha256 of the ONNX file, quantization. */
+  model: ModelRef;
   maxTokensLimit: number;
-  /** The body of GET /v1/info (hardware detection is slow: computed once, on first use). */
-  info: () => Promise<Record<string, unknown>>;
+  queueLimits: QueueLimits;
+  /** How the server was started (model folder, profile, manifest, mode, threads). */
+  options: Pick<ServeOptions, "modelDir" | "profile" | "manifest" | "mode" | "threads">;
   /**
    * Controllers of the requests in progress; the server aborts them all when it stops, with a 503
    * as the reason (the clients are still there to read it).

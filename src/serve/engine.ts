@@ -55,14 +55,11 @@ const round = (x: number) => Math.round(x * 100) / 100;
 
 export class Engine {
   private state: ModelState = { status: "loading", since: performance.now() };
-  readonly queue: TurnQueue;
 
   constructor(
     readonly metrics: ServeMetrics,
-    queue: TurnQueue,
-  ) {
-    this.queue = queue;
-  }
+    readonly queue: TurnQueue,
+  ) {}
 
   get status(): ModelState["status"] {
     return this.state.status;

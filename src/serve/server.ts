@@ -1,11 +1,9 @@
-import { resolve } from "node:path";
 import { performance } from "node:perf_hooks";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import { env } from "onnxruntime-node";
 import { type Logger, pino } from "pino";
 import { describeModel } from "../agent/bench-runner.js";
 import type { BundleIndex } from "../agent-host/bundle-index.js";
-import { detectHardware, type Hardware } from "../profile/detect.js";
 import type { DeviceProfile } from "../profile/schema.js";
 import type { LanguageModel } from "../runtime/index.js";
 import { VERSION } from "../version.js";
@@ -79,44 +77,14 @@ export async function createServer(options: ServeOptions): Promise<Server> {
     onnxruntime: env.versions.node ?? env.versions.common ?? "",
   });
   const engine = new Engine(metrics, queue);
-  let hardware: Promise<Hardware> | undefined;
   const ctx: ServeContext = {
     engine,
     metrics,
-    model: { id: identity.id, quant: identity.quant },
+    model: identity,
     maxTokensLimit,
+    queueLimits: limits,
+    options,
     active: new Set(),
-    info: async () => {
-      hardware ??= detectHardware();
-      const m = engine.loaded;
-      return {
-        agent: { version: VERSION, node: process.version, mode: options.mode ?? "dev", pid: process.pid },
-        runtime: { onnxruntime: env.versions.node ?? env.versions.common ?? null },
-        model: {
-          ...identity,
-          dir: resolve(options.modelDir),
-          status: engine.status,
-          load_ms: engine.loadMs === null ? null : Math.round(engine.loadMs),
-          ...(m && {
-            context_length: m.contextLength,
-            vocab_size: m.vocabSize,
-            eos_token_ids: [...m.eosIds],
-            state: m.io.states.map((s) => s.kind),
-            kv_cache: m.io.hasKvCache,
-            search_defaults: m.config.search ?? {},
-            card: m.card ?? null,
-          }),
-        },
-        profile: options.profile ?? null,
-        manifest: options.manifest ?? null,
-        hardware: await hardware,
-        server: {
-          threads: options.threads ?? null,
-          max_tokens_limit: maxTokensLimit,
-          queue: { max_wait_s: limits.maxWaitMs / 1000, max_waiting: limits.maxWaiting },
-        },
-      };
-    },
   };
 
   const app = Fastify({
