@@ -1,12 +1,14 @@
 import { cp, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import Fastify from "fastify";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { type LanguageModel, loadModel } from "../src/runtime/index.js";
 import { fixtureModels, reference } from "./fixtures/runtime/models.js";
 import { loadProfile } from "../src/profile/load.js";
 import { createServer, type Server } from "../src/serve/index.js";
+import { EventStream } from "../src/serve/sse.js";
 import { metricValue, parseSse, postJson, readEvents } from "./serve-helpers.js";
 
 /**
@@ -259,6 +261,42 @@ describe("POST /v1/generate", () => {
     expect(done.text).toBe(own.text);
     expect(done.stop_reason).toBe("max_tokens");
     expect(done.timings.tokens_per_s).toBeGreaterThan(0);
+  });
+});
+
+describe("Server-Sent Events", () => {
+  it("a silent stream sends keep-alive comments, which a client's parser skips", async () => {
+    const app = Fastify();
+    let stream: EventStream | undefined;
+    app.get("/quiet", async (_request, reply) => {
+      stream = new EventStream(reply, 10);
+      stream.send({ n: 1 }, "first");
+      return reply;
+    });
+    const url = await app.listen({ host: "127.0.0.1", port: 0 });
+    try {
+      const r = await fetch(`${url}/quiet`);
+      expect(r.headers.get("content-type")).toMatch(/^text\/event-stream/);
+      const reader = r.body!.getReader();
+      const decoder = new TextDecoder();
+      let text = "";
+      // Read until a heartbeat has come after the event; nothing else is sent meanwhile.
+      while (!text.includes(": keep-alive\n\n")) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error(`the stream ended without a heartbeat: ${text}`);
+        text += decoder.decode(value);
+      }
+      stream!.end();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value);
+      }
+      expect(text.startsWith('event: first\ndata: {"n":1}\n\n: keep-alive\n\n')).toBe(true);
+      expect(parseSse(text)).toEqual([{ event: "first", data: '{"n":1}' }]);
+    } finally {
+      await app.close();
+    }
   });
 });
 

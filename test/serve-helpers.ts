@@ -5,7 +5,7 @@ export interface SseEvent {
   data: string;
 }
 
-/** Split an event-stream body into events (`event:` and `data:` lines, blank-line separated). */
+/** Split an event-stream body into events (`event:` and `data:` lines, blank-line separated; comments skipped). */
 export function parseSse(text: string): SseEvent[] {
   const events: SseEvent[] = [];
   for (const block of text.split("\n\n")) {
@@ -16,7 +16,7 @@ export function parseSse(text: string): SseEvent[] {
       if (line.startsWith("event: ")) event = line.slice(7);
       else if (line.startsWith("data: ")) data.push(line.slice(6));
     }
-    events.push({ event, data: data.join("\n") });
+    if (data.length > 0) events.push({ event, data: data.join("\n") });
   }
   return events;
 }

@@ -13,6 +13,8 @@ export interface ServeContext {
   model: ModelRef;
   maxTokensLimit: number;
   queueLimits: QueueLimits;
+  /** Silence after which a stream sends a keep-alive comment. */
+  heartbeatMs: number;
   /** How the server was started (model folder, profile, manifest, mode, threads). */
   options: Pick<ServeOptions, "modelDir" | "profile" | "manifest" | "mode" | "threads">;
   /**

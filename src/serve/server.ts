@@ -40,6 +40,8 @@ export interface ServeOptions {
   queue?: Partial<QueueLimits>;
   /** Default: JSON lines on stderr at level info. */
   logger?: Logger;
+  /** Silence on a stream after which it sends a `: keep-alive` comment (default 15 s). */
+  heartbeatMs?: number;
   /** Largest request body in bytes (default 1 MiB). */
   bodyLimit?: number;
 }
@@ -83,6 +85,7 @@ export async function createServer(options: ServeOptions): Promise<Server> {
     model: identity,
     maxTokensLimit,
     queueLimits: limits,
+    heartbeatMs: options.heartbeatMs ?? 15_000,
     options,
     active: new Set(),
   };

@@ -34,7 +34,7 @@ export async function streamGeneration(
   try {
     const result = await ctx.engine.run(endpoint, generation, signal, {
       onStart: () => {
-        stream = new EventStream(reply);
+        stream = new EventStream(reply, ctx.heartbeatMs);
       },
       onToken: (delta) => send(format.token(delta)),
     });
