@@ -103,6 +103,7 @@ describe("in a real bundle", () => {
   let agent: ChildProcess | undefined;
   let stderr = "";
   let base: string;
+  let home: string;
 
   beforeAll(async () => {
     work = await mkdtemp(join(tmpdir(), "itera-serve-bundle-"));
@@ -114,7 +115,9 @@ describe("in a real bundle", () => {
       quiet: true,
     });
     exe = join(built.dir, "itera-agent");
-    const { env } = await deviceEnv();
+    const device = await deviceEnv();
+    home = device.home;
+    const env = device.env;
     agent = spawn(exe, ["serve", "--port", "0"], { env, stdio: ["ignore", "ignore", "pipe"] });
     agent.stderr!.on("data", (d: Buffer) => {
       stderr += d.toString();
@@ -132,6 +135,7 @@ describe("in a real bundle", () => {
   afterAll(async () => {
     if (agent && agent.exitCode === null) agent.kill("SIGKILL");
     await rm(work, { recursive: true, force: true });
+    await rm(home, { recursive: true, force: true });
   });
 
   it("serves /healthz and /v1/info in bundle mode, with no Node on PATH", async () => {
