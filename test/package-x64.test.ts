@@ -10,7 +10,7 @@ import { manifestSchema } from "../src/bundle/manifest.js";
 import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { verifyBundle } from "../src/package/verify.js";
-import { Mosquitto, until } from "./mqtt-helpers.js";
+import { freePort, Mosquitto, until, waitForPort } from "./mqtt-helpers.js";
 import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
 import { startSim } from "./power-sim-helper.js";
 
@@ -200,6 +200,25 @@ describe("laptop-x64-4c bundle", () => {
       await new Promise((r) => agent.once("exit", r));
       await client.endAsync();
       await broker.stop();
+    }
+  });
+
+  it("serves the model over HTTP from the single executable", async () => {
+    const { env } = await deviceEnv();
+    const port = await freePort();
+    const server = spawn(exe, ["serve", "--port", String(port)], { env, stdio: "ignore" });
+    try {
+      await waitForPort(port, 60_000);
+      const res = await fetch(`http://127.0.0.1:${port}/v1/generate`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ prompt: model.prompt, max_tokens: model.greedyIds.length, temperature: 0 }),
+      });
+      expect(res.status).toBe(200);
+      expect(((await res.json()) as { tokens: number[] }).tokens).toEqual(model.greedyIds);
+    } finally {
+      server.kill("SIGTERM");
+      await new Promise((r) => server.once("exit", r));
     }
   });
 
