@@ -456,6 +456,35 @@ describe("bad requests: 400 naming the field", () => {
   });
 });
 
+describe("API key", () => {
+  it("with apiKey set, everything but /healthz needs `Authorization: Bearer <key>`", async () => {
+    const key = "k".repeat(32);
+    const { server: s, base: url } = await start({ apiKey: key });
+    try {
+      expect((await fetch(`${url}/healthz`)).status).toBe(200);
+      const none = await postJson(`${url}/v1/generate`, { prompt: "a", max_tokens: 2 });
+      expect(none.status).toBe(401);
+      expect(none.headers.get("www-authenticate")).toBe("Bearer");
+      expect(((await none.json()) as { error: { type: string; message: string } }).error).toMatchObject({
+        type: "authentication_error",
+        message: "this server needs an API key",
+      });
+      const wrong = await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}x` } });
+      expect(wrong.status).toBe(401);
+      const ok = await postJson(
+        `${url}/v1/generate`,
+        { prompt: "a", max_tokens: 2 },
+        { headers: { authorization: `Bearer ${key}` } },
+      );
+      expect(ok.status).toBe(200);
+      const m = await (await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${key}` } })).text();
+      expect(metricValue(m, "itera_http_requests_total", { status_code: "401" })).toBe(2);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
 describe("unknown routes", () => {
   it("404 with the list of endpoints", async () => {
     const r = await fetch(`${base}/v1/nope`);

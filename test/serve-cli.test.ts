@@ -18,6 +18,8 @@ import { parseSse, postJson } from "./serve-helpers.js";
  */
 const MODEL_DIR = join(import.meta.dirname, "..", "models", "itera-lite-micro");
 const PROMPT = "ROMEO:";
+const API_KEY = "0123456789abcdef0123456789abcdef";
+const auth = { authorization: `Bearer ${API_KEY}` };
 
 /** Run `serve` in-process with its arguments; for the cases that end by themselves (errors). */
 async function serveCli(...args: string[]): Promise<{ stderr: string; code: number }> {
@@ -90,6 +92,16 @@ describe("refusals (development mode)", () => {
     expect(stderr).toContain(join(broken, "model.onnx"));
   });
 
+  it("an unreadable or short API key file is refused", async () => {
+    const missing = await serveCli(...dev, "--api-key-file", join(work, "no-such-key"));
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain("cannot read the API key");
+    await writeFile(join(work, "short.key"), "abc\n");
+    const short = await serveCli(...dev, "--api-key-file", join(work, "short.key"));
+    expect(short.code).toBe(1);
+    expect(short.stderr).toContain("the API key is shorter than 16 characters");
+  });
+
   it("outside a bundle, --model and --profile are required", async () => {
     const { stderr, code } = await serveCli("--port", "0");
     expect(code).toBe(1);
@@ -117,7 +129,8 @@ describe("in a real bundle", () => {
     exe = join(built.dir, "itera-agent");
     const device = await deviceEnv();
     home = device.home;
-    const env = device.env;
+    // The key from the environment, as a systemd unit's Environment= or LoadCredential would give it.
+    const env = { ...device.env, ITERA_API_KEY: API_KEY };
     agent = spawn(exe, ["serve", "--port", "0"], { env, stdio: ["ignore", "ignore", "pipe"] });
     agent.stderr!.on("data", (d: Buffer) => {
       stderr += d.toString();
@@ -140,7 +153,7 @@ describe("in a real bundle", () => {
 
   it("serves /healthz and /v1/info in bundle mode, with no Node on PATH", async () => {
     expect((await fetch(`${base}/healthz`)).status).toBe(200);
-    const info = (await (await fetch(`${base}/v1/info`)).json()) as {
+    const info = (await (await fetch(`${base}/v1/info`, { headers: auth })).json()) as {
       agent: { mode: string; node: string };
       manifest: { bundle_id: string };
       profile: { name: string };
@@ -156,14 +169,31 @@ describe("in a real bundle", () => {
     const own = await model.generate(PROMPT, { maxTokens: 30, temperature: 0, ignoreEos: true });
     await model.dispose();
     const body = { prompt: PROMPT, max_tokens: 30, temperature: 0, ignore_eos: true };
-    const json = (await (await postJson(`${base}/v1/generate`, body)).json()) as { tokens: number[] };
+    const json = (await (await postJson(`${base}/v1/generate`, body, { headers: auth })).json()) as {
+      tokens: number[];
+    };
     expect(json.tokens).toEqual(own.ids);
-    const events = parseSse(await (await postJson(`${base}/v1/generate`, { ...body, stream: true })).text());
+    const events = parseSse(
+      await (await postJson(`${base}/v1/generate`, { ...body, stream: true }, { headers: auth })).text(),
+    );
     const text = events
       .filter((e) => e.event === "token")
       .map((e) => (JSON.parse(e.data) as { text: string }).text)
       .join("");
     expect(text).toBe(own.text);
+  });
+
+  it("ITERA_API_KEY: everything but /healthz needs the key", async () => {
+    const none = await fetch(`${base}/v1/info`);
+    expect(none.status).toBe(401);
+    expect(none.headers.get("www-authenticate")).toBe("Bearer");
+    const wrong = await fetch(`${base}/metrics`, { headers: { authorization: "Bearer nope" } });
+    expect(wrong.status).toBe(401);
+    expect(((await wrong.json()) as { error: { message: string; where: string } }).error).toMatchObject({
+      message: "the API key is not valid",
+      where: "header.authorization",
+    });
+    expect((await fetch(`${base}/metrics`, { headers: auth })).status).toBe(200);
   });
 
   it("logs JSON lines on stderr and stops cleanly on SIGTERM", async () => {

@@ -38,8 +38,9 @@ export async function readEvents(response: Response, count: number): Promise<Sse
   }
 }
 
-/** The value of one sample of a Prometheus text exposition (0 when absent). */
+/** The sum of the samples of `name` whose labels include `labels`, in a Prometheus text exposition (0 when none). */
 export function metricValue(exposition: string, name: string, labels: Record<string, string> = {}): number {
+  let sum = 0;
   for (const line of exposition.split("\n")) {
     if (line.startsWith("#")) continue;
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$/.exec(line);
@@ -47,16 +48,21 @@ export function metricValue(exposition: string, name: string, labels: Record<str
     const have = Object.fromEntries(
       [...(m[3] ?? "").matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
     );
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(m[4]);
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) sum += Number(m[4]);
   }
-  return 0;
+  return sum;
 }
 
-export async function postJson(url: string, body: unknown, init: RequestInit = {}): Promise<Response> {
+/** POST a JSON body; `headers` are added to the JSON content type. */
+export async function postJson(
+  url: string,
+  body: unknown,
+  init: Omit<RequestInit, "headers"> & { headers?: Record<string, string> } = {},
+): Promise<Response> {
   return fetch(url, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: typeof body === "string" ? body : JSON.stringify(body),
     ...init,
+    method: "POST",
+    headers: { "content-type": "application/json", ...init.headers },
+    body: typeof body === "string" ? body : JSON.stringify(body),
   });
 }

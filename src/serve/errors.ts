@@ -11,6 +11,7 @@ import { Cancelled } from "./queue.js";
  */
 export type ApiErrorType =
   | "invalid_request_error"
+  | "authentication_error"
   | "not_found_error"
   | "method_not_allowed_error"
   | "unavailable_error"

@@ -7,6 +7,7 @@ import type { BundleIndex } from "../agent-host/bundle-index.js";
 import type { DeviceProfile } from "../profile/schema.js";
 import type { LanguageModel } from "../runtime/index.js";
 import { VERSION } from "../version.js";
+import { requireApiKey } from "./auth.js";
 import type { ServeContext } from "./context.js";
 import { Engine } from "./engine.js";
 import { installErrorHandlers, unavailable } from "./errors.js";
@@ -42,6 +43,8 @@ export interface ServeOptions {
   logger?: Logger;
   /** Silence on a stream after which it sends a `: keep-alive` comment (default 15 s). */
   heartbeatMs?: number;
+  /** When set, every request but GET /healthz needs `Authorization: Bearer <apiKey>`. */
+  apiKey?: string;
   /** Largest request body in bytes (default 1 MiB). */
   bodyLimit?: number;
 }
@@ -118,6 +121,7 @@ export async function createServer(options: ServeOptions): Promise<Server> {
     });
     done();
   });
+  if (options.apiKey !== undefined) requireApiKey(app, options.apiKey);
   installErrorHandlers(app, routes);
   for (const register of [
     healthRoutes,

@@ -1,3 +1,4 @@
+import { readFile } from "node:fs/promises";
 import type { Command } from "commander";
 import { z } from "zod";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
@@ -12,6 +13,7 @@ interface ServeCliOptions extends ModelOptions {
   queueTimeout: string;
   maxQueue: string;
   logLevel: string;
+  apiKeyFile?: string;
 }
 
 const wholeNumber = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
@@ -42,6 +44,28 @@ function parseOptions(opts: ServeCliOptions): z.infer<typeof optionsSchema> {
     where: flag,
     fix: `see \`itera-agent serve --help\` for what ${flag} accepts`,
   });
+}
+
+/** The API key: the file's content (trimmed), else $ITERA_API_KEY, else none. */
+async function readApiKey(file: string | undefined): Promise<string | undefined> {
+  let key: string | undefined;
+  if (file !== undefined) {
+    try {
+      key = (await readFile(file, "utf8")).trim();
+    } catch (e) {
+      throw new IteraError(`cannot read the API key: ${(e as Error).message}`, {
+        where: file,
+        fix: "give a readable file that holds the key (e.g. from `openssl rand -hex 32`)",
+      });
+    }
+  } else key = process.env.ITERA_API_KEY?.trim() || undefined;
+  if (key !== undefined && key.length < 16) {
+    throw new IteraError("the API key is shorter than 16 characters", {
+      where: file ?? "ITERA_API_KEY",
+      fix: "use a long random key, e.g. from `openssl rand -hex 32`",
+    });
+  }
+  return key;
 }
 
 /** Why listen() failed, said for the user. */
@@ -95,10 +119,15 @@ export function registerServe(program: Command): void {
         "--log-level <level>",
         "fatal, error, warn, info, debug, trace or silent (JSON lines on stderr)",
         "info",
+      )
+      .option(
+        "--api-key-file <file>",
+        "require `Authorization: Bearer <key>` on every request but /healthz, the key read from this file (or set ITERA_API_KEY)",
       ),
   ).action(
     action(async (opts: ServeCliOptions) => {
       const o = parseOptions(opts);
+      const apiKey = await readApiKey(opts.apiKeyFile);
       const ctx = await agentContext(opts);
       const threads = o["--threads"] ?? ctx.profile.threads;
       // Loaded here, not at start-up: the server and onnxruntime are only needed by this command.
@@ -116,6 +145,7 @@ export function registerServe(program: Command): void {
         maxTokensLimit: o["--max-tokens-limit"],
         queue: { maxWaitMs: o["--queue-timeout"] * 1000, maxWaiting: o["--max-queue"] },
         logger: stderrLogger(o["--log-level"]),
+        ...(apiKey !== undefined && { apiKey }),
       });
       let onSignal: (signal: NodeJS.Signals) => void = () => {};
       const stopped = new Promise<void>((resolve) => {
