@@ -203,6 +203,32 @@ describe("laptop-x64-4c bundle", () => {
     }
   });
 
+  it("benchmarks the model with an energy estimate from the single executable", async () => {
+    const { env } = await deviceEnv();
+    const args = [
+      "bench",
+      "--tests",
+      "tg8",
+      "-r",
+      "1",
+      "--warmup",
+      "0",
+      "--min-duration",
+      "0",
+      "--idle",
+      "0",
+    ];
+    const { stdout } = await run(exe, [...args, "--meter", "tdp", "--json"], { env });
+    const [result] = JSON.parse(stdout) as {
+      profile: string;
+      test: string;
+      tokens: number;
+      energy: { method: string };
+    }[];
+    expect(result).toMatchObject({ profile: "laptop-x64-4c", test: "tg 8", tokens: 8 });
+    expect(result!.energy.method).toBe("tdp-estimate");
+  });
+
   it("serves the model over HTTP from the single executable", async () => {
     const { env } = await deviceEnv();
     const port = await freePort();
