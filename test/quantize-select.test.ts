@@ -67,6 +67,8 @@ describe("options", () => {
     expect([sym.symmetric, sym.int8Symmetric]).toEqual([true, true]);
     const asym = parseQuantizeOptions({ ...base, symmetric: false });
     expect([asym.symmetric, asym.int8Symmetric]).toEqual([false, false]);
+    expect(o.searchClipping).toBe(true);
+    expect(parseQuantizeOptions({ ...base, clipSearch: false }).searchClipping).toBe(false);
   });
 
   it("refuses a bad mode, block size or accuracy level with the option named", () => {

@@ -60,7 +60,7 @@ const raw = z.object({
     .number({ error: () => "must be a power of two >= 16 (16, 32, 64, 128, ...)" })
     .refine(isValidBlockSize, { message: "must be a power of two >= 16 (16, 32, 64, 128, ...)" }),
   symmetric: z.boolean().optional(),
-  clipSearch: z.boolean().default(false),
+  clipSearch: z.boolean().default(true),
   accuracyLevel: z.coerce
     .number()
     .int()

@@ -95,7 +95,7 @@ export function registerQuantize(program: Command): void {
     .option("--block-size <n>", "block size along K for int4/int8 weight-only (power of two >= 16)", "32")
     .option("--symmetric", "symmetric weights (default: asymmetric block-wise, symmetric int8)")
     .option("--no-symmetric", "asymmetric weights, int8 included (zero points)")
-    .option("--clip-search", "block-wise: choose each block's range by least squared error (clips outliers)")
+    .option("--no-clip-search", "block-wise: always use each block's full range (no least-squares clipping)")
     .option("--accuracy-level <n>", "MatMulNBits compute: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8", "4")
     .option("--per-channel", "int8 dynamic: one weight scale per output column")
     .option("--reduce-range", "int8 dynamic: 7-bit weights (for x64 CPUs without VNNI)")
