@@ -129,7 +129,7 @@ const machine = `${cpus()[0]?.model ?? "unknown CPU"} × ${hostCores}, Node ${pr
 const text = `
 ## Quantization: size, bits/char and decode speed (bench/quantize.ts)
 
-Machine: ${machine}; ${new Date().toISOString().slice(0, 10)}. Each model quantized by \`itera quantize\` (block size 32, asymmetric, accuracy level ${accuracyLevel}, int8 = dynamic per-tensor, embeddings block-wise); bits/char on the model card's held-out split (default: the last 10 % of tinyshakespeare; first 20 000 characters); top-1 agreement with fp32 over the fixed prompt set. Decode: tg${tokens} (greedy, one token per call after the prompt), ${rounds} rounds with the variants alternating, 1 warm-up each; mean (min–max) tokens/s; ratio = variant / fp32 in the same run.
+Machine: ${machine}; ${new Date().toISOString().slice(0, 10)}. Each model quantized by \`itera quantize\` (block size 32, asymmetric with the clipping search, accuracy level ${accuracyLevel}; int8 = dynamic, symmetric per-tensor weights; embeddings block-wise); bits/char on the model card's held-out split (default: the last 10 % of tinyshakespeare; first 20 000 characters); top-1 agreement with fp32 over the fixed prompt set. Decode: tg${tokens} (greedy, one token per call after the prompt), ${rounds} rounds with the variants alternating, 1 warm-up each; mean (min–max) tokens/s; ratio = variant / fp32 in the same run.
 Command: \`npx esbuild bench/quantize.ts --bundle --platform=node --format=esm --packages=external --outfile=node_modules/.cache/itera-bench/quantize.mjs && nice -n 10 node node_modules/.cache/itera-bench/quantize.mjs --append docs/benchmarks.md\`
 
 ${markdownTable(["model", "variant", "ONNX MB", "smaller by", "bits/char", "bits/char change", "top-1 agreement"], sizeRows)}
