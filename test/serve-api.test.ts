@@ -223,6 +223,24 @@ describe("POST /v1/generate", () => {
     expect(body.seed).toBe(11);
   });
 
+  it("without max_tokens: the model's default (search.max_length minus the prompt), within the server's limit", async () => {
+    const { server: s, base: url } = await start({ maxTokensLimit: 7 });
+    try {
+      const capped = await postJson(`${url}/v1/generate`, {
+        prompt: PROMPT,
+        temperature: 0,
+        ignore_eos: true,
+      });
+      expect(((await capped.json()) as { tokens: number[] }).tokens).toHaveLength(7);
+    } finally {
+      await s.close();
+    }
+    const maxLength = model.config.search!.max_length!;
+    const prompt = new Array(maxLength - 5).fill(model.tokenizer.encode("a", false)[0]);
+    const r = await postJson(`${base}/v1/generate`, { prompt, temperature: 0, ignore_eos: true });
+    expect(((await r.json()) as { tokens: number[] }).tokens).toHaveLength(5);
+  });
+
   it("stops at a stop string, which is cut from the text", async () => {
     const own = await model.generate(PROMPT, { maxTokens: 60, temperature: 0, ignoreEos: true });
     const stop = own.text.slice(10, 12);

@@ -59,6 +59,8 @@ export class Engine {
   constructor(
     readonly metrics: ServeMetrics,
     readonly queue: TurnQueue,
+    /** The server's bound on new tokens, also on the default when a request gives none. */
+    readonly maxTokensLimit: number,
   ) {}
 
   get status(): ModelState["status"] {
@@ -138,6 +140,12 @@ export class Engine {
     const model = this.model();
     const { prompt, ...options } = request;
     const ids = this.promptIds(model, prompt);
+    // The runtime's default (search.max_length minus the prompt, else 256), within the server's bound.
+    const maxLength = model.config.search?.max_length;
+    options.maxTokens ??= Math.min(
+      this.maxTokensLimit,
+      maxLength ? Math.max(1, maxLength - ids.length) : 256,
+    );
     let generated = 0;
     let turnStart = 0;
     let firstTokenMs: number | undefined;

@@ -81,7 +81,7 @@ export async function createServer(options: ServeOptions): Promise<Server> {
     agent_version: VERSION,
     onnxruntime: env.versions.node ?? env.versions.common ?? "",
   });
-  const engine = new Engine(metrics, queue);
+  const engine = new Engine(metrics, queue, maxTokensLimit);
   const ctx: ServeContext = {
     engine,
     metrics,
