@@ -141,6 +141,14 @@ describe("evaluation", () => {
     expect(Number.isFinite(windows.nats_per_token)).toBe(true);
   });
 
+  it("a window larger than a KV model's context is refused, not shrunk", async () => {
+    await expect(evaluate(kv, text, { method: "sliding", window: 128 })).rejects.toThrow(
+      /a window of 128 tokens exceeds the model's context length of 64/,
+    );
+    // a recurrent model takes any window
+    expect((await evaluate(recurrent, text, { window: 1000 })).tokens).toBe(text.length - 1);
+  });
+
   it("defaults to carry for recurrent models and sliding for KV models", async () => {
     expect((await evaluate(recurrent, text)).method).toBe("carry");
     expect((await evaluate(kv, text)).method).toBe("sliding");

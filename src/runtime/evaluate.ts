@@ -1,3 +1,4 @@
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { IteraError } from "../errors.js";
 import type { LanguageModel, State } from "./model.js";
@@ -86,14 +87,23 @@ export async function evaluate(
       { fix: "use the sliding method (--method sliding)" },
     );
   }
-  const window = Math.min(
-    options.window ?? (method === "sliding" ? model.contextLength : 512),
-    model.limitedContext ? model.contextLength : Number.POSITIVE_INFINITY,
-  );
+  const bound = model.limitedContext ? model.contextLength : Number.POSITIVE_INFINITY;
+  const window = options.window ?? Math.min(method === "sliding" ? model.contextLength : 512, bound);
   if (!Number.isInteger(window) || window < 1) {
     throw new IteraError(`window must be a positive integer, not ${options.window}`, {
       fix: "pass --window N",
     });
+  }
+  // A window asked for explicitly (or by a model card) is never silently shrunk: that would measure
+  // something else than what was asked.
+  if (window > bound) {
+    throw new IteraError(
+      `a window of ${window} tokens exceeds the model's context length of ${model.contextLength}`,
+      {
+        where: join(model.dir, "genai_config.json"),
+        fix: `evaluate with --window ${model.contextLength} or less (a model card's method must fit context_length)`,
+      },
+    );
   }
   const total = ids.length - 1;
   let nats = 0;
