@@ -9,6 +9,7 @@ import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { registerProfiles } from "../src/cli/commands/profiles.js";
 import { registerVerify } from "../src/cli/commands/verify.js";
 import { sha256 } from "../src/util/fs.js";
+import { run } from "./package-helpers.js";
 
 /** `itera keygen`, `itera verify` and `itera profiles --detect` through commander, as a user runs them. */
 async function cli(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
@@ -120,6 +121,24 @@ describe("itera verify", () => {
     const noKey = await cli("verify", dir, "--key", join(work, "missing.pub"));
     expect(noKey.code).toBe(1);
     expect(noKey.stderr).toMatch(/cannot read the public key/);
+  });
+});
+
+describe("itera verify on an archive", () => {
+  it("verifies the one folder inside a .tar.gz and refuses other archives", async () => {
+    const pub = join(keys, "itera-signing.pub");
+    await fakeBundle("archived");
+    const good = join(work, "archived.tar.gz");
+    await run("tar", ["-czf", good, "-C", work, "archived"]);
+    expect((await cli("verify", good, "--key", pub)).code).toBe(0);
+    const two = join(work, "two.tar.gz");
+    await run("tar", ["-czf", two, "-C", work, "archived", "keys"]);
+    const r = await cli("verify", two);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/holds 2 top-level entries/);
+    const junk = join(work, "junk.tar.gz");
+    await writeFile(junk, "not gzip");
+    expect((await cli("verify", junk)).stderr).toMatch(/cannot be extracted/);
   });
 });
 

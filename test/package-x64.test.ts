@@ -9,7 +9,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { manifestSchema } from "../src/bundle/manifest.js";
 import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
-import { verifyBundle } from "../src/package/verify.js";
+import { verifyBundle, verifyBundleArchive } from "../src/package/verify.js";
 import { freePort, Mosquitto, until, waitForPort } from "./mqtt-helpers.js";
 import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
 import { startSim } from "./power-sim-helper.js";
@@ -235,6 +235,14 @@ describe("laptop-x64-4c bundle", () => {
     const server = spawn(exe, ["serve", "--port", String(port)], { env, stdio: "ignore" });
     try {
       await waitForPort(port, 60_000);
+      // The server listens at once and answers 503 until the model is loaded.
+      for (let i = 0; i < 600; i++) {
+        const health = (await fetch(`http://127.0.0.1:${port}/healthz`)
+          .then((r) => r.json())
+          .catch(() => ({ model_loaded: false }))) as { model_loaded: boolean };
+        if (health.model_loaded) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
       const res = await fetch(`http://127.0.0.1:${port}/v1/generate`, {
         method: "POST",
         headers: { "content-type": "application/json" },
@@ -260,6 +268,8 @@ describe("laptop-x64-4c bundle", () => {
   it("verifies with the signer's key and refuses another key", async () => {
     const ok = await verifyBundle(built.dir, await readFile(pubKey, "utf8"));
     expect(ok).toMatchObject({ ok: true, signature: "valid", trusted_key: true });
+    const archive = await verifyBundleArchive(built.tarball, await readFile(pubKey, "utf8"));
+    expect(archive).toMatchObject({ ok: true, signature: "valid", trusted_key: true });
     const other = generateKeyPairSync("ed25519").publicKey.export({ type: "spki", format: "pem" }).toString();
     const bad = await verifyBundle(built.dir, other);
     expect(bad).toMatchObject({ ok: false, signature: "untrusted-key", trusted_key: false });

@@ -1,8 +1,13 @@
-import { readdir, readFile, stat } from "node:fs/promises";
+import { execFile } from "node:child_process";
+import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join, relative, sep } from "node:path";
+import { promisify } from "node:util";
 import { type Manifest, manifestSchema, verifyManifestSignature } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
 import { sha256File } from "../util/fs.js";
+
+const run = promisify(execFile);
 
 /**
  * `itera verify`: is a bundle folder exactly what was built and signed? Every file listed in the
@@ -82,6 +87,38 @@ export async function verifyBundle(dir: string, trustedKey?: string): Promise<Ve
     problems:
       ok && signature === "absent" ? ["the manifest is not signed (integrity checked only)"] : problems,
   };
+}
+
+/**
+ * Verify a bundle archive (the `.tar.gz` beside the folder): it must hold exactly one top-level
+ * folder, which is extracted to a temp folder, verified as a folder, and removed again.
+ */
+export async function verifyBundleArchive(archive: string, trustedKey?: string): Promise<VerifyReport> {
+  const tmp = await mkdtemp(join(tmpdir(), "itera-verify-"));
+  try {
+    try {
+      // GNU tar refuses member names with '..' and strips leading '/': nothing lands outside tmp.
+      await run("tar", ["-xzf", archive, "-C", tmp, "--no-same-owner"]);
+    } catch (e) {
+      throw new IteraError("the bundle archive cannot be extracted", {
+        where: archive,
+        fix: `pass the .tar.gz made by \`itera build\` (tar said: ${((e as { stderr?: string }).stderr ?? "").trim()})`,
+      });
+    }
+    const top = await readdir(tmp);
+    if (top.length !== 1) {
+      throw new IteraError(
+        `the bundle archive holds ${top.length} top-level entries, not one bundle folder`,
+        {
+          where: archive,
+          fix: "pass the .tar.gz made by `itera build`",
+        },
+      );
+    }
+    return await verifyBundle(join(tmp, top[0]!), trustedKey);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
 }
 
 async function readManifest(path: string): Promise<Manifest> {

@@ -1,13 +1,15 @@
-import { readFile } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
-import { verifyBundle } from "../../package/verify.js";
+import { verifyBundle, verifyBundleArchive } from "../../package/verify.js";
 import { action, printJson } from "../run.js";
 
 export function registerVerify(program: Command): void {
   program
     .command("verify <bundle>")
-    .description("check a bundle folder: every file's sha256 and the Ed25519 signature of its manifest")
+    .description(
+      "check a bundle folder (or its .tar.gz): every file's sha256 and the Ed25519 signature of its manifest",
+    )
     .option("--key <pub>", "trusted public key file (itera keygen's .pub): the bundle must be signed by it")
     .option("--json", "machine-readable output")
     .action(
@@ -21,7 +23,9 @@ export function registerVerify(program: Command): void {
             });
           });
         }
-        const r = await verifyBundle(bundle, key);
+        const isArchive =
+          /\.(tar\.gz|tgz)$/.test(bundle) && (await stat(bundle).catch(() => null))?.isFile() === true;
+        const r = isArchive ? await verifyBundleArchive(bundle, key) : await verifyBundle(bundle, key);
         if (opts.json) printJson(r);
         else {
           console.log(`${r.ok ? "OK" : "FAILED"} ${r.bundle_id} (signature: ${r.signature})`);
