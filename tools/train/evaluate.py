@@ -4,7 +4,8 @@
 Methods (the same that `itera eval` implements, so it reproduces the figures with ONNX Runtime):
 - Itera-Lite: the state is carried across the whole text, fed in windows of 256 tokens; every token
   after the first is predicted from the entire text before it.
-- Transformer: sliding windows of context_length (256) with stride 128, each from an empty KV cache;
+- Transformer: sliding windows of the trained context (128: learned positions beyond the training
+  sequence length are untrained) with stride half of it, each from an empty KV cache;
   a token is scored once, in the first window that predicts it with the most context.
 Characters outside the vocabulary map to <unk> (id 0) and are scored like any other target.
 
@@ -32,7 +33,6 @@ from model import IteraLite  # noqa: E402
 from train import load_checkpoint  # noqa: E402
 
 CARRY_WINDOW = 256
-SLIDING_STRIDE = 128
 
 # (dataset, file relative to the datasets folder, split in the words itera eval reads)
 SUITE = [
@@ -52,21 +52,26 @@ def apply_split(text: str, split: str) -> str:
     raise ValueError(f"unknown split {split!r}")
 
 
-def method_text(model) -> str:
+def method_text(model, context: int) -> str:
     if isinstance(model, IteraLite):
         return (
             f"state carried across the whole text, fed in windows of {CARRY_WINDOW} tokens; "
             "every token after the first is scored"
         )
-    ctx = model.config.context_length
     return (
-        f"sliding windows of {ctx} with stride {SLIDING_STRIDE}, each from an empty KV cache; "
+        f"sliding windows of {context} with stride {context // 2}, each from an empty KV cache; "
         "a token is scored once, in the first window that predicts it with the most context"
     )
 
 
+def usable_context(model, ckpt: dict | None) -> int:
+    """Positions the Transformer was trained on: learned positions beyond the training length are untrained."""
+    trained = int((ckpt or {}).get("args", {}).get("seq_len") or model.config.context_length)
+    return min(model.config.context_length, trained)
+
+
 @torch.no_grad()
-def nll_sum(model, ids: list[int]) -> tuple[float, int]:
+def nll_sum(model, ids: list[int], context: int | None = None) -> tuple[float, int]:
     """Total nats over targets ids[1:] and their count, by the model family's method."""
     model.eval()
     model.set_sparse_moe(True)  # same function as the dense export, fewer FLOPs
@@ -86,7 +91,7 @@ def nll_sum(model, ids: list[int]) -> tuple[float, int]:
                 count += len(chunk) - 1
             pending = logits[-1]
         return total, count
-    window = model.config.context_length
+    window = context or model.config.context_length
     prev_end, begin = 0, 0
     while True:
         end = min(begin + window, len(ids))
@@ -99,23 +104,24 @@ def nll_sum(model, ids: list[int]) -> tuple[float, int]:
         prev_end = end
         if end == len(ids):
             return total, count
-        begin += SLIDING_STRIDE
+        begin += window // 2
 
 
-def evaluate(model, tok, data_dir: Path, log=print) -> list[dict]:
+def evaluate(model, tok, data_dir: Path, ckpt: dict | None = None, log=print) -> list[dict]:
     records = []
+    context = usable_context(model, ckpt)
     for dataset, file, split in SUITE:
         text = apply_split(read_text(data_dir / file), split)
         ids = tok.encode(text)
         t0 = time.time()
-        nats, n = nll_sum(model, ids)
+        nats, n = nll_sum(model, ids, context)
         unk = sum(1 for i in ids if i == tok.unk_id)
         per = nats / n
         rec = {
             "dataset": dataset,
             "file": file,
             "split": split,
-            "method": method_text(model),
+            "method": method_text(model, context),
             "tokens": n,
             "nats_per_token": round(per, 6),
             "bits_per_char": round(per / math.log(2), 6),
@@ -144,7 +150,7 @@ def main(argv=None) -> int:
         return 2
     model, tok, ckpt = load_checkpoint(args.checkpoint)
     try:
-        records = evaluate(model, tok, args.data, log=lambda s: print(s, file=sys.stderr, flush=True))
+        records = evaluate(model, tok, args.data, ckpt, log=lambda s: print(s, file=sys.stderr, flush=True))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lean import lean_file  # noqa: E402
 from model import IteraLite, count_parameters, flops_per_token  # noqa: E402
+from evaluate import usable_context  # noqa: E402
 from train import load_checkpoint  # noqa: E402
 
 OPSET = 17
@@ -121,7 +122,7 @@ def graph_stats(path: Path, n_layers: int) -> dict:
     }
 
 
-def genai_config(model: nn.Module, tok_vocab: int) -> dict:
+def genai_config(model: nn.Module, tok_vocab: int, context: int) -> dict:
     c = model.config
     recurrent = isinstance(model, IteraLite)
     if recurrent:
@@ -135,7 +136,7 @@ def genai_config(model: nn.Module, tok_vocab: int) -> dict:
             "present_conv_names": "present.%d.conv_state",
             "present_recurrent_names": "present.%d.recurrent_state",
         }
-        heads, head_size, context = c.n_heads, c.head_dim, ITERA_CONTEXT
+        heads, head_size = c.n_heads, c.head_dim
     else:
         inputs = {
             "input_ids": "input_ids",
@@ -149,7 +150,7 @@ def genai_config(model: nn.Module, tok_vocab: int) -> dict:
             "present_key_names": "present.%d.key",
             "present_value_names": "present.%d.value",
         }
-        heads, head_size, context = c.n_heads, c.head_size, c.context_length
+        heads, head_size = c.n_heads, c.head_size
     decoder = {
         "filename": "model.onnx",
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
@@ -226,7 +227,12 @@ def model_card(model, tok, ckpt, model_id: str, name: str, stats: dict, evaluati
             }
         )
     else:
-        arch.update({"positions": "learned", "context": c.context_length})
+        arch.update(
+            {
+                "positions": f"learned, {c.context_length} rows; trained on sequences of {usable_context(model, ckpt)}",
+                "context": usable_context(model, ckpt),
+            }
+        )
     args = ckpt.get("args", {})
     training = {
         "command": ckpt.get("command"),
@@ -238,7 +244,7 @@ def model_card(model, tok, ckpt, model_id: str, name: str, stats: dict, evaluati
         "seq_len": args.get("seq_len"),
         "lr": args.get("lr"),
         "seed": args.get("seed"),
-        "device": "cpu, 2 cores shared with other jobs (load average ~10), torch threads 2",
+        "device": f"cpu (x86-64, 2 cores shared with other jobs, load average ~10), torch threads {args.get('threads')}",
         "data": "tinyshakespeare.txt, first 90% of characters",
         "history": ckpt.get("history", []),
     }
@@ -282,7 +288,8 @@ def export_folder(ckpt_path: Path, out: Path, model_id: str, name: str, smoke: b
         export_onnx(model, tmp / "model.onnx")
         stats = graph_stats(tmp / "model.onnx", model.config.n_layers)
         tok.save(tmp / "tokenizer.json")
-        (tmp / "genai_config.json").write_text(json.dumps(genai_config(model, tok.vocab_size), indent=2) + "\n")
+        context = ITERA_CONTEXT if isinstance(model, IteraLite) else usable_context(model, ckpt)
+        (tmp / "genai_config.json").write_text(json.dumps(genai_config(model, tok.vocab_size, context), indent=2) + "\n")
         (tmp / "golden.json").write_text(json.dumps(golden(model, tok)) + "\n")
         # Keep evaluation figures measured earlier for the same weights (evaluate.py adds them).
         same = previous and previous.get("training", {}).get("seconds") == round(ckpt["seconds"], 1)
