@@ -3,13 +3,13 @@ import { mkdir, mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
-import { beforeAll, describe, expect, it, vi } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { type Manifest, manifestSchema, signManifest } from "../src/bundle/manifest.js";
 import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { registerProfiles } from "../src/cli/commands/profiles.js";
 import { registerVerify } from "../src/cli/commands/verify.js";
 import { sha256 } from "../src/util/fs.js";
-import { run } from "./package-helpers.js";
+import { removeTempDirs, run } from "./package-helpers.js";
 
 /** `itera keygen`, `itera verify` and `itera profiles --detect` through commander, as a user runs them. */
 async function cli(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
@@ -50,6 +50,8 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "itera-pkg-cli-"));
   keys = join(work, "keys");
 });
+
+afterAll(() => removeTempDirs(work));
 
 /** A small signed bundle folder (two files), enough for everything `verify` checks. */
 async function fakeBundle(name: string): Promise<string> {

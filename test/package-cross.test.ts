@@ -1,13 +1,13 @@
 import { mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { manifestSchema } from "../src/bundle/manifest.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { SEA_FUSE } from "../src/package/node-binary.js";
 import { loadProfile } from "../src/profile/load.js";
 import { loadModel } from "../src/runtime/index.js";
-import { deviceEnv, fixtureModel, qemuRunner, run } from "./package-helpers.js";
+import { deviceEnv, fixtureModel, qemuRunner, removeTempDirs, run } from "./package-helpers.js";
 
 /**
  * Cross builds from this x64 host: the embedded-arm64-2c bundle runs under qemu-aarch64 and
@@ -17,9 +17,10 @@ import { deviceEnv, fixtureModel, qemuRunner, run } from "./package-helpers.js";
 const model = fixtureModel();
 let arm: BuildResult;
 let win: BuildResult;
+let work: string;
 
 beforeAll(async () => {
-  const work = await mkdtemp(join(tmpdir(), "itera-pkg-cross-"));
+  work = await mkdtemp(join(tmpdir(), "itera-pkg-cross-"));
   // No shipped profile targets Windows: derive one from the laptop profile.
   const laptop = await loadProfile("laptop-x64-4c");
   const winProfile = join(work, "win-x64-4c.json");
@@ -42,6 +43,8 @@ beforeAll(async () => {
     }),
   ]);
 });
+
+afterAll(() => removeTempDirs(work));
 
 describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
   it("is an aarch64 ELF executable", async () => {

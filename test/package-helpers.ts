@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdir, mkdtemp, symlink } from "node:fs/promises";
+import { mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -21,6 +21,7 @@ export function fixtureModel(): { dir: string; prompt: string; greedyIds: number
  */
 export async function deviceEnv(): Promise<{ env: NodeJS.ProcessEnv; home: string; cache: string }> {
   const home = await mkdtemp(join(tmpdir(), "itera-device-"));
+  created.push(home);
   const bin = join(home, "bin");
   await mkdir(bin);
   for (const tool of ["sh", "cat", "grep", "uname", "lscpu"]) {
@@ -28,6 +29,14 @@ export async function deviceEnv(): Promise<{ env: NodeJS.ProcessEnv; home: strin
   }
   const cache = join(home, "agent-cache");
   return { env: { PATH: bin, HOME: home, ITERA_AGENT_CACHE: cache, LANG: "C" }, home, cache };
+}
+
+const created: string[] = [];
+
+/** Remove the temp folders made by this test file (device homes hold 45 MB extractions each). */
+export async function removeTempDirs(...more: (string | undefined)[]): Promise<void> {
+  const dirs = [...created.splice(0), ...more.filter((d): d is string => d !== undefined)];
+  await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
 }
 
 export const qemuRunner = join(import.meta.dirname, "..", "tools", "qemu", "run-arm64.sh");

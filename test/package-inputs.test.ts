@@ -2,7 +2,7 @@ import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { agentContext } from "../src/agent-host/context.js";
 import { decodeAsset } from "../src/agent-host/embedded.js";
 import { prepareAsset } from "../src/package/assets.js";
@@ -14,7 +14,7 @@ import { resolveQuantization } from "../src/package/quantization.js";
 import { verifyBundle } from "../src/package/verify.js";
 import { detectHardware, type Hardware, rankProfiles } from "../src/profile/detect.js";
 import { loadAllProfiles, loadProfile } from "../src/profile/load.js";
-import { fixtureModel } from "./package-helpers.js";
+import { fixtureModel, removeTempDirs } from "./package-helpers.js";
 
 /** Bad input to `itera build` / `itera verify` and profile detection: fast, no bundle is built. */
 const model = fixtureModel();
@@ -24,6 +24,8 @@ let out: string;
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "itera-pkg-inputs-"));
 });
+
+afterAll(() => removeTempDirs(work));
 
 afterEach(async () => {
   // Whatever failed, the output folder holds nothing: no bundle, no archive, no temp entries.

@@ -2,10 +2,10 @@ import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { build } from "esbuild";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { nativeAddons } from "../src/package/agent-script.js";
 import { hostNodeBinary } from "../src/package/node-binary.js";
-import { run } from "./package-helpers.js";
+import { removeTempDirs, run } from "./package-helpers.js";
 
 /**
  * Inside a bundle better-sqlite3 (built for the host only) is replaced by an adapter over Node 24's
@@ -50,6 +50,8 @@ store.close();
   });
   node = await hostNodeBinary();
 });
+
+afterAll(() => removeTempDirs(work));
 
 describe("better-sqlite3 on node:sqlite in bundles", () => {
   it("keeps the agent's counters, outbox and jobs, rolls back a failed transaction, and persists", async () => {

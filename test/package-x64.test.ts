@@ -5,13 +5,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
 import { connectAsync } from "mqtt";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { manifestSchema } from "../src/bundle/manifest.js";
 import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { verifyBundle, verifyBundleArchive } from "../src/package/verify.js";
 import { freePort, Mosquitto, until, waitForPort } from "./mqtt-helpers.js";
-import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
+import { deviceEnv, fixtureModel, removeTempDirs, run } from "./package-helpers.js";
 import { startSim } from "./power-sim-helper.js";
 
 /**
@@ -47,6 +47,8 @@ beforeAll(async () => {
   });
   exe = join(built.dir, "itera-agent");
 });
+
+afterAll(() => removeTempDirs(work));
 
 describe("laptop-x64-4c bundle", () => {
   it("writes the folder, the manifest of every file and the .tar.gz beside it", async () => {
@@ -310,7 +312,7 @@ describe("laptop-x64-4c bundle", () => {
     expect(err.code).toBe(3);
     expect(err.stderr).toMatch(/embedded asset 'model\/genai_config\.json' does not match the bundle/);
 
-    const root = await mkdtemp(join(tmpdir(), "itera-root-"));
+    const root = await mkdtemp(join(work, "root-"));
     await expect(
       run("sh", [join(copy, "install.sh")], { env: { ...process.env, ROOT: root } }),
     ).rejects.toThrow(/do not match their checksums/);
@@ -318,7 +320,7 @@ describe("laptop-x64-4c bundle", () => {
   });
 
   it("install.sh installs under ROOT in releases/<version> and points current at it", async () => {
-    const root = await mkdtemp(join(tmpdir(), "itera-root-"));
+    const root = await mkdtemp(join(work, "root-"));
     const manifest = manifestSchema.parse(
       JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8")),
     );
