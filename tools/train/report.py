@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ["itera-lite-tiny", "transformer-tiny", "itera-lite-micro", "itera-lite-micro-scratch"]
+MODELS = ["itera-lite-tiny", "transformer-tiny", "itera-lite-micro", "itera-lite-micro-distilled"]
 
 
 def fig(card: dict, dataset: str, key: str) -> str:
