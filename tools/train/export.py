@@ -215,7 +215,7 @@ def golden(model: nn.Module, tok) -> dict:
 
 def model_card(model, tok, ckpt, model_id: str, name: str, stats: dict, evaluation: list, smoke: bool) -> dict:
     c = model.config
-    flops = flops_per_token(c)
+    flops = flops_per_token(c, None if isinstance(model, IteraLite) else usable_context(model, ckpt))
     arch = {"family": c.family, **{k: v for k, v in c.to_dict().items() if k != "family"}}
     if isinstance(model, IteraLite):
         arch.update(

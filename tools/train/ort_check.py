@@ -65,3 +65,29 @@ def check_model_file(model, model_path: Path, ids: list[int], chunkings: dict[st
 
 def standard_chunkings(n: int) -> dict[str, list[int]]:
     return {"all at once": [n], "one token at a time": [1] * n, "chunks 1+7+(n-8)": [1, 7, n - 8]}
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    from data import DEFAULT_DATA_DIR, TRAIN_FILE, read_text, split_train_val
+    from train import load_checkpoint
+
+    p = argparse.ArgumentParser(description="max |diff| between a checkpoint and its exported model folder")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("folder", type=Path)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--tokens", type=int, default=64)
+    args = p.parse_args(argv)
+    model, tok, _ = load_checkpoint(args.checkpoint)
+    ids = tok.encode(split_train_val(read_text(args.data / TRAIN_FILE))[1][-args.tokens :])
+    report = check_model_file(model, args.folder / "model.onnx", ids, standard_chunkings(len(ids)))
+    print(json.dumps(report, indent=2))
+    worst = max(max(r.values()) for r in report.values())
+    return 0 if worst <= 1e-4 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
