@@ -35,6 +35,8 @@ RestartSec=5
 # The native libraries and the model are extracted here on first start (see docs/packaging.md).
 CacheDirectory=itera-agent
 Environment=ITERA_AGENT_CACHE=/var/cache/itera-agent
+# The MQTT agent keeps its outbox and session numbers in $STATE_DIRECTORY (/var/lib/itera-agent).
+StateDirectory=itera-agent
 NoNewPrivileges=yes
 ProtectSystem=full
 PrivateTmp=yes
