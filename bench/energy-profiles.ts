@@ -10,7 +10,7 @@
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { appendFile } from "node:fs/promises";
-import { cpus, hostname } from "node:os";
+import { cpus, hostname, loadavg } from "node:os";
 import { join } from "node:path";
 import { parseTests, runBench } from "../src/bench/harness.js";
 import { runtimeEngine } from "../src/bench/runtime-engine.js";
@@ -42,13 +42,15 @@ const hostCores = cpus().length;
 // Bundled into node_modules/.cache: read the version and the profiles from the repository root (cwd).
 const version = (JSON.parse(readFileSync("package.json", "utf8")) as { version: string }).version;
 const rows: (string | number)[][] = [];
+const loadBefore = loadavg()[0]!;
 for (const dir of models) {
   const engine = await runtimeEngine(dir);
   const params = (JSON.parse(readFileSync(join(dir, "itera.json"), "utf8")) as { parameters: number })
     .parameters;
   for (const name of Object.keys(REFERENCE)) {
     const profile = await loadProfile(join("device-profiles", `${name}.json`));
-    const meter = new TdpMeter(tdpOptionsFromProfile(profile));
+    // Process scope: the build machine is shared, and other jobs' load is not the model's.
+    const meter = new TdpMeter({ ...tdpOptionsFromProfile(profile), scope: "process" });
     await meter.start();
     try {
       const threads = Math.min(profile.threads, hostCores);
@@ -90,6 +92,7 @@ const machine = `${cpus()[0]?.model ?? "unknown CPU"} × ${hostCores}, Node ${pr
 const table = markdownTable(
   [
     "model",
+    "params",
     "quant",
     "profile",
     "threads",
@@ -106,15 +109,15 @@ const table = markdownTable(
 const text = `
 ## Energy per token under the reference profiles (bench/energy-profiles.ts)
 
-Machine: ${machine}; ${new Date().toISOString().slice(0, 10)}. Each model runs here with each profile's thread count (capped at this host's cores); energy is each profile's **TDP estimate** (\`P = idle_w + (tdp_w − idle_w) × f(u)\`, u = this host's whole-system CPU utilisation sampled at 10 Hz) over the measured repetitions (3 × ≥ 2 s, after 1 warm-up; idle baseline 2 s for the net figure).
+Machine: ${machine}; ${new Date().toISOString().slice(0, 10)}; 1-minute load average ${loadBefore.toFixed(1)} before and ${loadavg()[0]!.toFixed(1)} after (other jobs shared the 2 cores). Each model runs here with each profile's thread count (capped at this host's cores); energy is each profile's **TDP estimate** (\`P = idle_w + (tdp_w − idle_w) × f(u)\`, u = this process's CPU time over all of this host's cores, sampled at 10 Hz (the \`--tdp-scope process\` of \`itera bench\`)) over the measured repetitions (3 × ≥ 2 s, after 1 warm-up; idle baseline 2 s for the net figure).
 Command: \`npx esbuild bench/energy-profiles.ts --bundle --platform=node --format=esm --packages=external --outfile=node_modules/.cache/itera-bench/energy-profiles.mjs && nice -n 10 node node_modules/.cache/itera-bench/energy-profiles.mjs --append docs/benchmarks.md\`
 
 ${table}
 
 What differs from the reference figures, and what these can and cannot claim:
-- Same method family (TDP × utilisation), not a measurement: no meter was attached, and the build machine is a shared 2-core VM, so u includes other processes and the speed is this host's, not the profile's device's. A figure here is "this run's time and utilisation priced with that profile's power constants".
+- Same method family (TDP × utilisation), not a measurement: no meter was attached. The build machine is a shared 2-core VM, so the speed is this host's under load from other jobs, not the profile's device's; u counts this process only (on a 12-core profile, 2 busy threads here are still u ≈ 1 of this host, not 2/12). A figure here is "this run's time and utilisation priced with that profile's power constants".
 - The desktop and laptop profiles use the cubic curve, the embedded one the linear curve (see each profile's sources); the reference design's curve and constants are not known to us.
-- Gross mJ/token includes the profile's idle power for the whole duration; net subtracts the idle baseline measured the same way just before. The idle baseline here is this host's utilisation at rest priced with the profile's constants.
+- Gross mJ/token includes the profile's idle power for the whole duration; net subtracts the idle baseline measured the same way just before. With process scope the idle baseline is about the profile's idle_w, so net ≈ the dynamic part the model's CPU time adds.
 - To claim a device's energy, run \`itera-agent bench\` on that device with a real meter (INA219, PMIC, RAPL) — see docs/energy.md.
 `;
 console.log(text);

@@ -1,5 +1,6 @@
 import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
@@ -110,6 +111,31 @@ describe("tdp estimate", () => {
     const s = m.readings().samples;
     const w = integrateWindow(m.readings(), s[0]!.t_ms, s[s.length - 1]!.t_ms);
     expect(w.joules / ((s[s.length - 1]!.t_ms - s[0]!.t_ms) / 1000)).toBeGreaterThan(1.5);
+    expect(x).toBeGreaterThan(0);
+  });
+
+  it("process scope: this process's CPU time, not the rest of the machine's", async () => {
+    const m = new TdpMeter({ idle_w: 1, tdp_w: 11, curve: "linear", scope: "process" });
+    await m.start();
+    await new Promise((r) => setTimeout(r, 300));
+    const mid = performance.now();
+    const c0 = process.cpuUsage();
+    let x = 0;
+    while (performance.now() < mid + 1000) x += Math.sqrt(x + 1); // one core busy (as far as the machine lets it)
+    const end = performance.now();
+    const used = process.cpuUsage(c0);
+    const cpuMs = (used.user + used.system) / 1000;
+    await m.sync(end + 150);
+    await m.stop();
+    const r = m.readings();
+    const s = r.samples;
+    const idleW = integrateWindow(r, s[0]!.t_ms, mid).joules / ((mid - s[0]!.t_ms) / 1000);
+    const busyW = integrateWindow(r, mid, end).joules / ((end - mid) / 1000);
+    // What the CPU time this process actually got says, whatever else shares the machine.
+    const expected = 1 + (10 * cpuMs) / ((end - mid) * availableParallelism());
+    expect(Math.abs(busyW - expected)).toBeLessThan(0.25 * (expected - 1) + 0.1);
+    expect(idleW).toBeLessThan(busyW);
+    expect(m.uncertainty).toMatch(/this process's CPU time/);
     expect(x).toBeGreaterThan(0);
   });
 

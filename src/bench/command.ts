@@ -27,6 +27,7 @@ export interface BenchOptions {
   pmicScale?: string;
   pmicOffset?: string;
   fallbackTdp?: boolean;
+  tdpScope?: string;
   output: string;
   json?: boolean;
   save?: string;
@@ -55,6 +56,11 @@ export function addBenchOptions(cmd: Command): Command {
     .option("--pmic-scale <k>", "pmic: linear correction P = k × ΣV·I + offset")
     .option("--pmic-offset <w>", "pmic: offset of the linear correction, in W")
     .option("--fallback-tdp", "also run the tdp estimate, and use it for tests the meter did not cover")
+    .option(
+      "--tdp-scope <scope>",
+      "tdp: CPU utilisation of the whole 'system' or of this 'process' (shared machines)",
+      "system",
+    )
     .option("-o, --output <format>", "md, csv, json or jsonl", "md")
     .option("--json", "same as --output json")
     .option("--save <file>", "also write the output to this file (atomically)")
@@ -98,6 +104,14 @@ export async function benchCommand(
       fix: `use one of: ${meterChoices.join(", ")}`,
     });
   }
+  const scope = o.tdpScope ?? "system";
+  if (scope !== "system" && scope !== "process") {
+    throw new IteraError(`unknown --tdp-scope '${scope}'`, {
+      where: "--tdp-scope",
+      fix: "use system or process",
+    });
+  }
+  const tdpScope: "system" | "process" = scope;
   const engine = await runtimeEngine(modelDir);
   const log = (m: string) => {
     if (!o.quiet) process.stderr.write(`${m}\n`);
@@ -113,11 +127,12 @@ export async function benchCommand(
         baud: positiveInt(o.baud ?? "115200", "--baud"),
         ...(o.pmicScale ? { pmicScale: Number(o.pmicScale) } : {}),
         ...(o.pmicOffset ? { pmicOffsetW: Number(o.pmicOffset) } : {}),
+        tdpScope,
         log,
       }));
       log(`energy: ${meter.method} (${meter.uncertainty})`);
       if (o.fallbackTdp && meter.name !== "tdp") {
-        fallback = new TdpMeter(tdpOptionsFromProfile(profile));
+        fallback = new TdpMeter({ ...tdpOptionsFromProfile(profile), scope: tdpScope });
         await fallback.start();
       }
     }

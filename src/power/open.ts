@@ -21,8 +21,9 @@ export interface MeterOptions {
   pmicScale?: number;
   pmicOffsetW?: number;
   vcgencmd?: string;
-  /** tdp: root of the proc filesystem. */
+  /** tdp: root of the proc filesystem; whose CPU utilisation (default the whole system). */
   procRoot?: string;
+  tdpScope?: "system" | "process";
   /** Where `auto` reports why it skipped a meter (stderr in the CLI). */
   log?: (message: string) => void;
 }
@@ -66,6 +67,7 @@ async function create(name: MeterName, o: MeterOptions): Promise<Meter> {
       return new TdpMeter({
         ...tdpOptionsFromProfile(o.profile),
         ...(o.procRoot ? { procRoot: o.procRoot } : {}),
+        ...(o.tdpScope ? { scope: o.tdpScope } : {}),
       });
   }
 }

@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { IteraError } from "../errors.js";
 import type { DeviceProfile } from "../profile/schema.js";
 import {
@@ -31,6 +32,17 @@ export interface TdpOptions {
   rateHz?: number;
   /** Root of the proc filesystem (a fake tree in tests). */
   procRoot?: string;
+  /**
+   * Whose utilisation: the whole system (/proc/stat; right on a device that runs only the model) or
+   * this process's CPU time over all cores (CodeCarbon's process mode; for shared machines).
+   */
+  scope?: "system" | "process";
+}
+
+/** CPU time of this process against wall time × cores, in the same busy/total form as /proc/stat. */
+function processTimes(): CpuTimes {
+  const u = process.cpuUsage();
+  return { busy: u.user + u.system, total: performance.now() * 1000 * availableParallelism() };
 }
 
 /** The power figures of a profile, or a clear error when it has none usable. */
@@ -63,12 +75,15 @@ export class TdpMeter implements Meter {
     this.nominalRateHz = Math.max(10, opts.rateHz ?? 10);
     this.uncertainty =
       `model estimate, not a measurement: P = ${opts.idle_w} + (${opts.tdp_w} − ${opts.idle_w}) × ` +
-      `${opts.curve === "cubic" ? "u³" : "u"} W with u the whole-system CPU utilisation from /proc/stat; ` +
-      "includes other processes' load, ignores memory, I/O and board losses; error easily ±30%";
+      `${opts.curve === "cubic" ? "u³" : "u"} W with u ` +
+      (opts.scope === "process"
+        ? "this process's CPU time over all cores (other processes not counted); "
+        : "the whole-system CPU utilisation from /proc/stat (other processes' load included); ") +
+      "ignores memory, I/O and board losses; error easily ±30%";
   }
 
   async start(): Promise<void> {
-    const cpu = readCpuTimes(this.opts.procRoot); // fails now, clearly, when /proc/stat is missing
+    const cpu = this.readLoad(); // fails now, clearly, when /proc/stat is missing
     this.last = { t: nowMs(), cpu, joules: 0 };
     this.samples = [{ t_ms: this.last.t, joules: [0] }];
     this.stopPoller = startPoller(1000 / this.nominalRateHz, () => this.tick());
@@ -76,12 +91,16 @@ export class TdpMeter implements Meter {
 
   private tick(): void {
     const prev = this.last!;
-    const cpu = readCpuTimes(this.opts.procRoot);
+    const cpu = this.readLoad();
     const t = nowMs();
     const watts = tdpPower(utilisation(prev.cpu, cpu), this.opts);
     const joules = prev.joules + (watts * (t - prev.t)) / 1000;
     this.last = { t, cpu, joules };
     this.samples.push({ t_ms: t, joules: [joules] });
+  }
+
+  private readLoad(): CpuTimes {
+    return this.opts.scope === "process" ? processTimes() : readCpuTimes(this.opts.procRoot);
   }
 
   async stop(): Promise<void> {
