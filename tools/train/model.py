@@ -173,10 +173,13 @@ def ssd(x, dt, a, bm, cm, h0):
     """
     # Everything per head as [b, h, t, 1] / [b, h, t, p] so the graph needs few reshapes.
     dt4 = dt.transpose(1, 2).unsqueeze(-1)  # [b,h,t,1]
-    acum = torch.cumsum(dt4 * a[:, None, None], dim=2)  # [b,h,t,1], non-increasing along t
+    da = dt4 * a[:, None, None]  # [b,h,t,1], <= 0
+    acum = torch.cumsum(da, dim=2)  # [b,h,t,1], non-increasing along t
     idx = torch.arange(x.shape[1], device=x.device).unsqueeze(-1)
     causal = idx >= idx.transpose(0, 1)  # [t,s]
-    seg = acum - acum.transpose(2, 3)  # [b,h,t,s]
+    # Segment sums seg[t,s] = sum_{s<r<=t} da_r as a cumulative sum down the columns of a masked
+    # matrix, not as acum_t - acum_s: no cancellation between large numbers on long inputs.
+    seg = torch.cumsum(torch.where(idx > idx.transpose(0, 1), da, torch.tensor(0.0)), dim=2)  # [b,h,t,s]
     decay = torch.exp(torch.where(causal, seg, torch.tensor(float("-inf"))))
     bm4, cm4 = bm.unsqueeze(1), cm.unsqueeze(1)  # [b,1,t,n]
     xdt = x.transpose(1, 2) * dt4  # [b,h,t,p]
@@ -185,7 +188,8 @@ def ssd(x, dt, a, bm, cm, h0):
     y = y + torch.exp(acum) * (cm4 @ h0.transpose(2, 3))
     # Outgoing state: incoming state decayed over the chunk plus every token decayed to the end.
     last = acum[:, :, -1:]  # [b,h,1,1]
-    h = torch.exp(last) * h0 + (xdt * torch.exp(last - acum)).transpose(2, 3) @ bm4
+    to_end = seg[:, :, -1:].transpose(2, 3)  # [b,h,t,1]: sum_{s<r<=T-1} da_r
+    h = torch.exp(last) * h0 + (xdt * torch.exp(to_end)).transpose(2, 3) @ bm4
     return y.transpose(1, 2), h
 
 
