@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -88,7 +89,9 @@ def export_onnx(model: nn.Module, path: Path) -> None:
             axes[n] = {0: "batch", 2: "past_sequence"}
         for n in outputs[1:]:
             axes[n] = {0: "batch", 2: "total_sequence"}
-    with torch.no_grad():
+    # The tracer warns about constant tensors (the -inf mask fill, the attention bias): constants by design.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             StepModel(model),
             dummy_inputs(model),
