@@ -42,42 +42,54 @@ ITERA_CONTEXT = 4096
 class StepModel(nn.Module):
     """Flat positional signature for torch.onnx.export: (input_ids, [mask, positions,] *state)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, fused: bool = False):
         super().__init__()
         self.model = model
         self.recurrent = isinstance(model, IteraLite)
+        self.fused = fused
 
     def forward(self, input_ids, *rest):
         if self.recurrent:
             logits, state = self.model(input_ids, list(rest))
-        else:
-            attention_mask, position_ids, *state = rest
-            logits, state = self.model(input_ids, state, attention_mask, position_ids)
+            return (logits, *state)
+        attention_mask, position_ids, *state = rest
+        if self.fused:  # past_N [2, batch, heads, past, head_size] = key and value stacked
+            state = [t for past in state for t in (past[0], past[1])]
+        logits, state = self.model(input_ids, state, attention_mask, position_ids)
+        if self.fused:
+            state = [torch.stack([state[i], state[i + 1]]) for i in range(0, len(state), 2)]
         return (logits, *state)
 
 
-def io_names(model: nn.Module) -> tuple[list[str], list[str]]:
-    states = model.state_names()
-    presents = [n.replace("past_key_values.", "present.", 1) for n in states]
+def io_names(model: nn.Module, fused: bool = False) -> tuple[list[str], list[str]]:
+    if fused:
+        n = model.config.n_layers
+        states, presents = [f"past_{i}" for i in range(n)], [f"present_{i}" for i in range(n)]
+    else:
+        states = model.state_names()
+        presents = [n.replace("past_key_values.", "present.", 1) for n in states]
     inputs = ["input_ids"] + ([] if isinstance(model, IteraLite) else ["attention_mask", "position_ids"]) + states
     return inputs, ["logits"] + presents
 
 
-def dummy_inputs(model: nn.Module, seq: int = 3, past: int = 2) -> tuple:
+def dummy_inputs(model: nn.Module, seq: int = 3, past: int = 2, fused: bool = False) -> tuple:
     ids = torch.randint(0, model.config.vocab_size, (1, seq))
     if isinstance(model, IteraLite):
         return (ids, *model.initial_state(1))
     c = model.config
     state = [torch.randn(1, c.n_heads, past, c.head_size) for _ in range(2 * c.n_layers)]
+    if fused:
+        state = [torch.stack([state[i], state[i + 1]]) for i in range(0, len(state), 2)]
     mask = torch.ones(1, past + seq, dtype=torch.long)
     pos = torch.arange(past, past + seq).unsqueeze(0)
     return (ids, mask, pos, *state)
 
 
-def export_onnx(model: nn.Module, path: Path) -> None:
+def export_onnx(model: nn.Module, path: Path, fused: bool = False) -> None:
     model.eval()
     model.set_sparse_moe(False)  # dense: every expert is in the graph, gated by zeros when unselected
-    inputs, outputs = io_names(model)
+    inputs, outputs = io_names(model, fused)
+    b, p = (1, 3) if fused else (0, 2)  # batch and past-sequence axes of the caches
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
     if isinstance(model, IteraLite):
         for n in inputs[1:] + outputs[1:]:
@@ -86,15 +98,15 @@ def export_onnx(model: nn.Module, path: Path) -> None:
         axes["attention_mask"] = {0: "batch", 1: "total_sequence"}
         axes["position_ids"] = {0: "batch", 1: "sequence"}
         for n in inputs[3:]:
-            axes[n] = {0: "batch", 2: "past_sequence"}
+            axes[n] = {b: "batch", p: "past_sequence"}
         for n in outputs[1:]:
-            axes[n] = {0: "batch", 2: "total_sequence"}
+            axes[n] = {b: "batch", p: "total_sequence"}
     # The tracer warns about constant tensors (the -inf mask fill, the attention bias): constants by design.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
-            StepModel(model),
-            dummy_inputs(model),
+            StepModel(model, fused),
+            dummy_inputs(model, fused=fused),
             str(path),
             input_names=inputs,
             output_names=outputs,
@@ -125,7 +137,7 @@ def graph_stats(path: Path, n_layers: int) -> dict:
     }
 
 
-def genai_config(model: nn.Module, tok_vocab: int, context: int) -> dict:
+def genai_config(model: nn.Module, tok_vocab: int, context: int, fused: bool = False) -> dict:
     c = model.config
     recurrent = isinstance(model, IteraLite)
     if recurrent:
@@ -153,6 +165,9 @@ def genai_config(model: nn.Module, tok_vocab: int, context: int) -> dict:
             "present_key_names": "present.%d.key",
             "present_value_names": "present.%d.value",
         }
+        if fused:
+            inputs = {k: v for k, v in inputs.items() if not k.startswith("past_")} | {"past_names": "past_%d"}
+            outputs = {"logits": "logits", "present_names": "present_%d"}
         heads, head_size = c.n_heads, c.head_size
     decoder = {
         "filename": "model.onnx",
@@ -281,23 +296,29 @@ def model_card(model, tok, ckpt, model_id: str, name: str, stats: dict, evaluati
     }
 
 
-def export_folder(ckpt_path: Path, out: Path, model_id: str, name: str, smoke: bool = False) -> Path:
+def export_folder(
+    ckpt_path: Path, out: Path, model_id: str, name: str, smoke: bool = False, fused: bool = False
+) -> Path:
     model, tok, ckpt = load_checkpoint(ckpt_path)
+    if fused and isinstance(model, IteraLite):
+        raise ValueError("--kv-layout fused applies to the Transformer only (Itera-Lite has no KV cache)")
     out = Path(out)
     previous = json.loads((out / "itera.json").read_text()) if (out / "itera.json").is_file() else None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model folder is ordinary data
-        export_onnx(model, tmp / "model.onnx")
+        export_onnx(model, tmp / "model.onnx", fused)
         stats = graph_stats(tmp / "model.onnx", model.config.n_layers)
         tok.save(tmp / "tokenizer.json")
         context = ITERA_CONTEXT if isinstance(model, IteraLite) else usable_context(model, ckpt)
-        (tmp / "genai_config.json").write_text(json.dumps(genai_config(model, tok.vocab_size, context), indent=2) + "\n")
+        (tmp / "genai_config.json").write_text(json.dumps(genai_config(model, tok.vocab_size, context, fused), indent=2) + "\n")
         (tmp / "golden.json").write_text(json.dumps(golden(model, tok)) + "\n")
         # Keep evaluation figures measured earlier for the same weights (evaluate.py adds them).
         same = previous and previous.get("training", {}).get("seconds") == round(ckpt["seconds"], 1)
         evaluation = previous.get("evaluation", []) if same else []
         card = model_card(model, tok, ckpt, model_id, name, stats, evaluation, smoke)
+        if not isinstance(model, IteraLite):
+            card["export"]["kv_layout"] = "fused past_%d [2, batch, heads, past, head_size]" if fused else "separate"
         (tmp / "itera.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
@@ -320,12 +341,24 @@ def main(argv=None) -> int:
     p.add_argument("--id", help="model id (default: the folder name)")
     p.add_argument("--name", help="display name")
     p.add_argument("--smoke", action="store_true", help="mark the card as a smoke-run export")
+    p.add_argument(
+        "--kv-layout",
+        choices=["separate", "fused"],
+        default="separate",
+        help="Transformer caches: past_key_values.N.key/value (Optimum, default) or fused past_N (older GPT-2 exports)",
+    )
     args = p.parse_args(argv)
     if not args.checkpoint.is_file():
         print(f"error: checkpoint not found: {args.checkpoint} (train it with tools/train/train.py)", file=sys.stderr)
         return 2
     model_id = args.id or args.out.name
-    out = export_folder(args.checkpoint, args.out, model_id, args.name or model_id, args.smoke)
+    try:
+        out = export_folder(
+            args.checkpoint, args.out, model_id, args.name or model_id, args.smoke, args.kv_layout == "fused"
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({"folder": str(out), **graph_stats(out / "model.onnx", 1)}, indent=None)[:300])
     return 0
 

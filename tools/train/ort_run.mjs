@@ -6,6 +6,9 @@
 import { readFileSync } from "node:fs";
 import * as ort from "onnxruntime-node";
 
+// DESIGN.md §3 pairing: past_key_values.N.* -> present.N.*, past_N -> present_N.
+const presentName = (name) => name.replace(/^past_key_values\./, "present.").replace(/^past_(\d+)$/, "present_$1");
+
 async function runJob(req) {
 const session = await ort.InferenceSession.create(req.model, { intraOpNumThreads: 1, graphOptimizationLevel: "all" });
 const batch = req.ids.length;
@@ -30,7 +33,7 @@ for (const n of req.chunks) {
   const out = await session.run(feeds);
   vocab = out.logits.dims[2];
   logits.push({ n, data: out.logits.data });
-  state = Object.fromEntries(Object.keys(state).map((name) => [name, out[name.replace("past_key_values.", "present.")]]));
+  state = Object.fromEntries(Object.keys(state).map((name) => [name, out[presentName(name)]]));
   pos += n;
 }
 // Reassemble [batch, total, vocab] from per-chunk [batch, n, vocab].

@@ -162,3 +162,33 @@ def test_evaluation_scores_every_token_after_the_first_once(checkpoints, name):
             row = windows[begin][j - begin - 1]
             expect += float(torch.nn.functional.cross_entropy(row[None], torch.tensor([ids[j]])))
     assert abs(nats - float(expect)) < 1e-3
+
+
+def test_transformer_with_fused_past_caches_matches_pytorch(checkpoints, tmp_path, capsys):
+    """The older GPT-2 layout (past_N -> present_N, key and value stacked) for runtime fixtures."""
+    ck = checkpoints / "test-transformer" / "final.pt"
+    folder = export_folder(ck, tmp_path / "fused", "fused", "fused", fused=True)
+    model, tok, _ = train.load_checkpoint(ck)
+    model.eval()
+    c = model.config
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "position_ids", "past_0", "past_1"]
+    assert [o.name for o in graph.output] == ["logits", "present_0", "present_1"]
+    decoder = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+    assert decoder["inputs"]["past_names"] == "past_%d" and decoder["outputs"]["present_names"] == "present_%d"
+    ids = tok.encode(TEXT[:40])
+    shapes = {f"past_{i}": [2, 1, c.n_heads, 0, c.head_size] for i in range(c.n_layers)}
+    outs = ort_run_many([(folder / "model.onnx", [ids], ch, shapes) for ch in ([40], [1] * 40, [1, 7, 32])])
+    with torch.no_grad():
+        ref, state = model(torch.tensor([ids]))
+    for out in outs:
+        assert np.abs(out["logits"] - ref.numpy()).max() <= 1e-4
+        for i in range(c.n_layers):
+            fused = np.stack([state[2 * i].numpy(), state[2 * i + 1].numpy()])
+            assert np.abs(out["state"][f"past_{i}"] - fused).max() <= 1e-4
+    # Itera-Lite has no KV cache to fuse: refused with the reason.
+    import export
+
+    assert export.main([str(checkpoints / "test-ssm" / "final.pt"), str(tmp_path / "x"), "--kv-layout", "fused"]) == 2
+    assert "Transformer only" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
