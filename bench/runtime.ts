@@ -188,10 +188,11 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
         { maxTokens: n + 1, ignoreEos: true, temperature: 0.8, topK: 20, seed: r },
         () => {},
       );
-      const wall = g.timings.tokenMs.reduce((a, b) => a + b, 0);
+      // From the first token to the end: every decode call with its sampling and streaming.
+      const wall = g.timings.totalMs - g.timings.ttftMs;
       generateSpeeds.push((1000 * g.timings.tokenMs.length) / wall);
       // The first session.run is the prefill: the decode part is everything after it.
-      generateJsShare = 1 - timer.runMs(true) / (g.timings.totalMs - g.timings.prefillMs);
+      generateJsShare = 1 - timer.runMs(true) / wall;
     }
 
     // Kernel share of session.run, from an ONNX Runtime profile of one more decode run.
