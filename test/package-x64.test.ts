@@ -159,8 +159,7 @@ describe("laptop-x64-4c bundle", () => {
 
   it("runs the fleet agent over a real Mosquitto, its state store on Node 24's built-in SQLite", async () => {
     const { env, home } = await deviceEnv();
-    const broker = await Mosquitto.create();
-    await broker.start();
+    const broker = await Mosquitto.create(); // already started
     const seen = new Map<string, string>();
     const client = await connectAsync(broker.url);
     await client.subscribeAsync("itera/v1/pkg/dev1/#", { qos: 1 });
