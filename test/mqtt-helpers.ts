@@ -170,6 +170,8 @@ export class Mosquitto {
   }
 
   async start(): Promise<void> {
+    // A second start would spawn a broker that fails on the port and leak the running one.
+    if (this.proc && this.proc.exitCode === null) throw new Error("Mosquitto is already running");
     const proc = spawn("mosquitto", ["-c", join(this.dir, "mosquitto.conf")], { stdio: "ignore" });
     this.proc = proc;
     // Never outlive the test process, even when a suite fails before its afterAll.
