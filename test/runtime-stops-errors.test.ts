@@ -210,7 +210,19 @@ describe("bad input: one clear IteraError each", () => {
         },
       }),
     );
-    expect(e.message).toMatch(/model\.decoder\.filename/);
+    expect(e.message).toMatch(/names the decoder "decoder\.onnx", which is not in the folder/);
+    expect(e.fix).toMatch(/model\.decoder\.filename/);
+  });
+
+  it("a decoder file outside the folder", async () => {
+    const e = await loadError(
+      variant("gpt2-kv", {
+        config: (c) => {
+          c.model.decoder.filename = "../gpt2-fused/model.onnx";
+        },
+      }),
+    );
+    expect(e.message).toMatch(/points outside the model folder/);
   });
 
   it("an itera.json with a bad field is named", async () => {

@@ -3,6 +3,7 @@ import { join, resolve } from "node:path";
 import { InferenceSession, type Tensor } from "onnxruntime-node";
 import { IteraError } from "../errors.js";
 import { type ModelCard, loadModelCard } from "../model/card.js";
+import { locateModelFile } from "../model/folder.js";
 import { type GenaiConfig, eosTokenIds, loadGenaiConfig } from "../model/genai-config.js";
 import {
   type GenerateInput,
@@ -286,13 +287,8 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   const tokenizer = await loadTokenizer(folder);
   const card = await loadModelCard(folder);
   const dec = config.model.decoder;
-  const onnxPath = join(folder, dec.filename);
-  if (!(await stat(onnxPath).catch(() => undefined))?.isFile()) {
-    throw new IteraError(`the ONNX file named in genai_config.json (model.decoder.filename) does not exist`, {
-      where: onnxPath,
-      fix: "correct model.decoder.filename or add the file",
-    });
-  }
+  // The decoder named by model.decoder.filename, inside the folder (src/model/folder.ts).
+  const { onnxPath } = await locateModelFile(folder);
   const so = dec.session_options ?? {};
   const sessionOptions: InferenceSession.SessionOptions = {
     executionProviders: options.executionProviders ?? ["cpu"],
