@@ -7,6 +7,10 @@ itera() { node dist/cli/itera.js "$@"; }
 echo "== device profiles"
 itera profiles
 
+echo "== the house model Itera-Lite tiny (SSM + MoE) writes Shakespeare"
+itera run models/itera-lite-tiny -p "ROMEO:" -n 160 --temperature 0.8 --top-k 20 --seed 7
+echo
+
 echo "== fleet: 3 simulated devices benchmarked over MQTT (embedded broker, simulated INA219 meters)"
 fleet_pids=()
 fleet_dir=$(mktemp -d)
