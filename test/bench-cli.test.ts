@@ -1,43 +1,22 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Command } from "commander";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { benchResultSchema } from "../src/bench/result.js";
 import { registerAgentBench } from "../src/cli/agent-commands/bench.js";
 import { registerAgentMeters } from "../src/cli/agent-commands/meters.js";
 import { registerBench } from "../src/cli/commands/bench.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
 import { startSim } from "./power-sim-helper.js";
+import { inProcessCli } from "./cli-helpers.js";
 
 /** `itera bench`, `itera-agent bench` and `itera-agent meters` run in-process through commander. */
-async function cli(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  const program = new Command().exitOverride();
+const cli = inProcessCli((program) => {
   registerBench(program);
   const agent = program.command("agent-cli");
   registerAgentBench(agent);
   registerAgentMeters(agent);
-  let stdout = "";
-  let stderr = "";
-  const out = vi.spyOn(process.stdout, "write").mockImplementation((chunk) => {
-    stdout += String(chunk);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, "write").mockImplementation((chunk) => {
-    stderr += String(chunk);
-    return true;
-  });
-  process.exitCode = 0;
-  try {
-    await program.parseAsync(["node", "itera", ...args]);
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-  }
-  const code = Number(process.exitCode ?? 0);
-  process.exitCode = 0;
-  return { stdout, stderr, code };
-}
+});
 
 let model: string;
 let dir: string;

@@ -2,46 +2,24 @@ import { readFileSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Command } from "commander";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type Manifest, manifestSchema, signManifest } from "../src/bundle/manifest.js";
 import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { registerProfiles } from "../src/cli/commands/profiles.js";
 import { registerVerify } from "../src/cli/commands/verify.js";
 import { sha256 } from "../src/util/fs.js";
 import { removeTempDirs, run } from "./package-helpers.js";
+import { inProcessCli } from "./cli-helpers.js";
 
 /** `itera keygen`, `itera verify` and `itera profiles --detect` through commander, as a user runs them. */
-async function cli(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  const program = new Command().exitOverride();
-  registerKeygen(program);
-  registerVerify(program);
-  registerProfiles(program);
-  let stdout = "";
-  let stderr = "";
-  const out = vi.spyOn(process.stdout, "write").mockImplementation((chunk) => {
-    stdout += String(chunk);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, "write").mockImplementation((chunk) => {
-    stderr += String(chunk);
-    return true;
-  });
-  const log = vi.spyOn(console, "log").mockImplementation((...a: unknown[]) => {
-    stdout += `${a.join(" ")}\n`;
-  });
-  process.exitCode = 0;
-  try {
-    await program.parseAsync(["node", "itera", ...args]);
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-    log.mockRestore();
-  }
-  const code = Number(process.exitCode ?? 0);
-  process.exitCode = 0;
-  return { stdout, stderr, code };
-}
+const cli = inProcessCli(
+  (program) => {
+    registerKeygen(program);
+    registerVerify(program);
+    registerProfiles(program);
+  },
+  { captureConsoleLog: true },
+);
 
 let work: string;
 let keys: string;

@@ -12,6 +12,7 @@ import { loadModel as loadOnnx } from "../src/onnx/index.js";
 import { parseQuantizeOptions } from "../src/quantize/options.js";
 import { quantizeFolder } from "../src/quantize/quantize.js";
 import { loadModel } from "../src/runtime/index.js";
+import { toyModelCard } from "./model-card-fixture.js";
 
 let work: string;
 const CLI = resolve("dist/cli/itera.js");
@@ -116,29 +117,18 @@ describe("fixed modes", () => {
   it("writes the report into itera.json's quantization field", async () => {
     const src = join(work, "with-card");
     await cp(model("recurrent"), src, { recursive: true });
-    const card = {
-      schema: "itera.model/v1",
-      id: "toy",
-      name: "toy",
-      version: "0.1.0",
-      architecture: { family: "recurrent" },
-      parameters: 1000,
-      flops_per_token: 2000,
-      quantization: { mode: "fp32" },
-      tokenizer: { type: "char", vocab_size: 63 },
-      evaluation: [
-        {
-          dataset: "tinyshakespeare-val",
-          file: "tinyshakespeare.txt",
-          split: "last 10% of characters",
-          method: "state carried across the whole text",
-          tokens: 111540,
-          nats_per_token: 1.9,
-          bits_per_char: 2.74,
-          perplexity: 6.7,
-        },
-      ],
-    };
+    const card = toyModelCard([
+      {
+        dataset: "tinyshakespeare-val",
+        file: "tinyshakespeare.txt",
+        split: "last 10% of characters",
+        method: "state carried across the whole text",
+        tokens: 111540,
+        nats_per_token: 1.9,
+        bits_per_char: 2.74,
+        perplexity: 6.7,
+      },
+    ]);
     await writeFile(join(src, "itera.json"), JSON.stringify(card));
     const out = join(work, "out-card");
     const report = await quantizeFolder(src, out, options({ mode: "int8-wo" }), { quiet: true });

@@ -16,20 +16,11 @@ import {
   scaleZeroPoint,
   transpose,
 } from "../src/quantize/linear.js";
+import { createRng } from "../src/runtime/sampling.js";
 
-/** Deterministic pseudo-random floats (mulberry32), so failures reproduce. */
-function rand(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic pseudo-random floats (the sampler's seeded PRNG), so failures reproduce. */
 function randomMatrix(n: number, seed: number, lo = -1, hi = 1): Float32Array {
-  const r = rand(seed);
+  const r = createRng(seed);
   return Float32Array.from({ length: n }, () => lo + (hi - lo) * r());
 }
 

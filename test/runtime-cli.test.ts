@@ -1,40 +1,20 @@
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Command } from "commander";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerEval } from "../src/cli/commands/eval.js";
 import { registerRun } from "../src/cli/commands/run.js";
 import { applySplit } from "../src/runtime/eval-text.js";
 import { evaluate, loadModel } from "../src/runtime/index.js";
 import { fixtureModels, reference } from "./fixtures/runtime/models.js";
+import { inProcessCli } from "./cli-helpers.js";
+import { toyModelCard } from "./model-card-fixture.js";
 
 /** `itera run` and `itera eval` run in-process through commander, stdout and stderr captured. */
-async function itera(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  const program = new Command().exitOverride();
+const itera = inProcessCli((program) => {
   registerRun(program);
   registerEval(program);
-  let stdout = "";
-  let stderr = "";
-  const out = vi.spyOn(process.stdout, "write").mockImplementation((chunk) => {
-    stdout += String(chunk);
-    return true;
-  });
-  const err = vi.spyOn(process.stderr, "write").mockImplementation((chunk) => {
-    stderr += String(chunk);
-    return true;
-  });
-  process.exitCode = 0;
-  try {
-    await program.parseAsync(["node", "itera", ...args]);
-  } finally {
-    out.mockRestore();
-    err.mockRestore();
-  }
-  const code = Number(process.exitCode ?? 0);
-  process.exitCode = 0;
-  return { stdout, stderr, code };
-}
+});
 
 let fixtures: string;
 let work: string;
@@ -125,29 +105,18 @@ describe("itera eval", () => {
     await model.dispose();
     const dir = mkdtempSync(join(work, "carded-"));
     cpSync(join(fixtures, "recurrent"), dir, { recursive: true });
-    const card = {
-      schema: "itera.model/v1",
-      id: "toy",
-      name: "toy",
-      version: "0.0.1",
-      architecture: { family: "toy" },
-      parameters: 1,
-      flops_per_token: 1,
-      quantization: { mode: "fp32" },
-      tokenizer: { type: "char", vocab_size: 63 },
-      evaluation: [
-        {
-          dataset: "corpus-val",
-          file: "corpus.txt",
-          split: "last 40% of characters",
-          method: "state carried across the whole text",
-          tokens: expected.tokens,
-          nats_per_token: expected.nats_per_token,
-          bits_per_char: expected.bits_per_char,
-          perplexity: expected.perplexity,
-        },
-      ],
-    };
+    const card = toyModelCard([
+      {
+        dataset: "corpus-val",
+        file: "corpus.txt",
+        split: "last 40% of characters",
+        method: "state carried across the whole text",
+        tokens: expected.tokens,
+        nats_per_token: expected.nats_per_token,
+        bits_per_char: expected.bits_per_char,
+        perplexity: expected.perplexity,
+      },
+    ]);
     writeFileSync(join(dir, "itera.json"), JSON.stringify(card));
     process.env.ITERA_DATASETS = datasets;
     const r = await itera("eval", dir, "--json");
