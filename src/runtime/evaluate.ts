@@ -2,6 +2,7 @@ import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { IteraError } from "../errors.js";
 import type { LanguageModel, State } from "./model.js";
+import type { TextTokenizer } from "./tokenizer.js";
 
 /**
  * Language-model evaluation over a long text: nats per token, bits per character and perplexity.
@@ -32,7 +33,10 @@ export interface EvalResult {
   stride: number | null;
   /** Tokens scored (all but the first). */
   tokens: number;
-  /** Characters of the scored tokens (the text's, less the first token's). */
+  /**
+   * Source characters (code points of the evaluated text) the scored tokens cover: the text's, less
+   * the first token's. bits/char divides by these, as tools/train/evaluate.py does.
+   */
   chars: number;
   nats_per_token: number;
   bits_per_char: number;
@@ -66,6 +70,17 @@ async function scoreWindow(
     );
   }
   return { logits: result.logits, vocab: result.vocab, state: result.state };
+}
+
+/**
+ * Source characters the first token covers: an added token written out in the text (the literal
+ * `<unk>` wikitext uses) covers its whole content; any other token its decoded characters, at least
+ * one (an unknown character's <unk> decodes to nothing).
+ */
+export function firstTokenChars(tokenizer: TextTokenizer, text: string, first: number): number {
+  const added = tokenizer.tokenizer.get_added_tokens_decoder().get(first)?.content;
+  if (added && text.startsWith(added)) return Array.from(added).length;
+  return Array.from(tokenizer.decode([first])).length || 1;
 }
 
 export async function evaluate(
@@ -143,10 +158,7 @@ export async function evaluate(
     }
   }
 
-  // Characters of the scored tokens: the whole text but the first token's (a special token that
-  // stands for one unknown character, such as <unk>, counts as one).
-  const firstChars = Array.from(model.tokenizer.decode([ids[0]!])).length || 1;
-  const chars = Array.from(text).length - firstChars;
+  const chars = Array.from(text).length - firstTokenChars(model.tokenizer, text, ids[0]!);
   const seconds = (performance.now() - t0) / 1000;
   return {
     method,

@@ -7,9 +7,15 @@ Methods (the same that `itera eval` implements, so it reproduces the figures wit
 - Transformer: sliding windows of the trained context (128: learned positions beyond the training
   sequence length are untrained) with stride half of it, each from an empty KV cache;
   a token is scored once, in the first window that predicts it with the most context.
-Characters outside the vocabulary map to <unk> (id 0) and are scored like any other target.
+Tokens as the model folder's tokenizer.json gives them (tokenizer.CharTokenizer.encode): one per
+character, except that the literal text `<unk>` is one token; characters outside the vocabulary map
+to <unk> (id 0). Every token is scored like any other target.
+bits/char = nats over the scored tokens / ln 2 / the source characters those tokens cover (the
+evaluated text's characters less the first token's: 5 when it is a literal `<unk>`, else 1), the
+same definition `itera eval` uses (src/runtime/evaluate.ts).
 
   /usr/bin/python3 tools/train/evaluate.py tools/train/checkpoints/itera-lite-tiny/final.pt models/itera-lite-tiny
+  (--only wikitext-2-test: measure that dataset alone and replace only its entry in the card)
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import DEFAULT_DATA_DIR, DataError, read_text, split_train_val  # noqa: E402
 from model import IteraLite  # noqa: E402
+from tokenizer import UNK  # noqa: E402
 from train import load_checkpoint  # noqa: E402
 
 CARRY_WINDOW = 256
@@ -107,15 +114,25 @@ def nll_sum(model, ids: list[int], context: int | None = None) -> tuple[float, i
         begin += window // 2
 
 
-def evaluate(model, tok, data_dir: Path, ckpt: dict | None = None, log=print) -> list[dict]:
+def scored_chars(spans: list[tuple[int, int]]) -> int:
+    """Source characters covered by the scored tokens: all but the first token's."""
+    return sum(width for _, width in spans[1:])
+
+
+def evaluate(model, tok, data_dir: Path, ckpt: dict | None = None, log=print, only: str | None = None) -> list[dict]:
     records = []
     context = usable_context(model, ckpt)
     for dataset, file, split in SUITE:
+        if only is not None and dataset != only:
+            continue
         text = apply_split(read_text(data_dir / file), split)
-        ids = tok.encode(text)
+        spans = tok.encode_spans(text)
+        ids = [i for i, _ in spans]
         t0 = time.time()
         nats, n = nll_sum(model, ids, context)
         unk = sum(1 for i in ids if i == tok.unk_id)
+        literal_unk = text.count(UNK)
+        chars = scored_chars(spans)
         per = nats / n
         rec = {
             "dataset": dataset,
@@ -124,17 +141,25 @@ def evaluate(model, tok, data_dir: Path, ckpt: dict | None = None, log=print) ->
             "method": method_text(model, context),
             "tokens": n,
             "nats_per_token": round(per, 6),
-            "bits_per_char": round(per / math.log(2), 6),
+            "chars": chars,
+            "bits_per_char": round(nats / chars / math.log(2), 6),
             "perplexity": round(math.exp(per), 6),
-            "unk_chars": unk,
-            "note": "one token per character; characters outside the vocabulary are <unk>"
-            if unk
-            else "one token per character",
+            "unk_chars": unk - literal_unk,
+            "note": note(unk - literal_unk, literal_unk),
             "seconds": round(time.time() - t0, 1),
         }
-        log(f"{dataset}: {per:.4f} nats/char, {per / math.log(2):.4f} bits/char over {n} tokens ({unk} unk)")
+        log(f"{dataset}: {per:.4f} nats/token, {nats / chars / math.log(2):.4f} bits/char over {n} tokens ({unk} unk)")
         records.append(rec)
     return records
+
+
+def note(unknown_chars: int, literal_unk: int) -> str:
+    parts = ["one token per character"]
+    if literal_unk:
+        parts.append(f"the literal text <unk> ({literal_unk} times) is one <unk> token, as tokenizer.json reads it")
+    if unknown_chars:
+        parts.append("characters outside the vocabulary are <unk>")
+    return "; ".join(parts)
 
 
 def main(argv=None) -> int:
@@ -143,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("folder", type=Path, nargs="?", help="model folder whose itera.json gets the figures")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--only", choices=[d for d, _, _ in SUITE], help="evaluate one dataset; replace only its card entry")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.checkpoint.is_file():
@@ -150,7 +176,9 @@ def main(argv=None) -> int:
         return 2
     model, tok, ckpt = load_checkpoint(args.checkpoint)
     try:
-        records = evaluate(model, tok, args.data, ckpt, log=lambda s: print(s, file=sys.stderr, flush=True))
+        records = evaluate(
+            model, tok, args.data, ckpt, log=lambda s: print(s, file=sys.stderr, flush=True), only=args.only
+        )
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -160,12 +188,19 @@ def main(argv=None) -> int:
         if card.get("training", {}).get("seconds") != round(ckpt["seconds"], 1):
             print(f"error: {card_path} was exported from another checkpoint; export this one first", file=sys.stderr)
             return 2
-        card["evaluation"] = records
+        card["evaluation"] = merge_records(card.get("evaluation", []), records) if args.only else records
         tmp = card_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
         os.replace(tmp, card_path)
     print(json.dumps(records, indent=2))
     return 0
+
+
+def merge_records(old: list[dict], new: list[dict]) -> list[dict]:
+    """The card's entries with those of the re-measured datasets replaced in place (new ones appended)."""
+    fresh = {r["dataset"]: r for r in new}
+    merged = [fresh.pop(r["dataset"], r) for r in old]
+    return merged + list(fresh.values())
 
 
 if __name__ == "__main__":

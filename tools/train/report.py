@@ -45,7 +45,7 @@ def main() -> int:
                 str(c.get("export", {}).get("nodes_per_layer", "n/a")),
             ]
         )
-    head = ["model", "params", "FLOPs/token", "val nats/char", "val bits/char", "val ppl", "wikitext-2 nats/char",
+    head = ["model", "params", "FLOPs/token", "val nats/char", "val bits/char", "val ppl", "wikitext-2 nats/token",
             "tinystories nats/char", "train s", "steps", "train tokens", "ONNX nodes/layer"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     out += ["| " + " | ".join(r) + " |" for r in rows]

@@ -3,6 +3,8 @@
 Saved as a Hugging Face tokenizer.json that @huggingface/tokenizers (JS) loads: a BPE model with no
 merges over single characters (the JS library has no WordLevel model), a Split pre-tokenizer that
 isolates every character, and a Fuse decoder so decoding concatenates characters without spaces.
+`<unk>` is declared there as a special added token, so Hugging Face tokenizers read the literal text
+`<unk>` (wikitext writes its rare words so) as that one token; `encode` does the same.
 """
 
 from __future__ import annotations
@@ -36,8 +38,18 @@ class CharTokenizer:
         return len(self.itos)
 
     def encode(self, text: str) -> list[int]:
-        get = self.stoi.get
-        return [get(c, self.unk_id) for c in text]
+        """Ids as tokenizer.json gives them: the literal `<unk>` is one unk token, every other character
+        one token (unk when outside the vocabulary)."""
+        return [i for i, _ in self.encode_spans(text)]
+
+    def encode_spans(self, text: str) -> list[tuple[int, int]]:
+        """(id, source characters it covers) per token: 5 for a literal `<unk>`, else 1."""
+        get, out = self.stoi.get, []
+        for n, piece in enumerate(text.split(UNK)):
+            if n:
+                out.append((self.unk_id, len(UNK)))
+            out.extend((get(c, self.unk_id), 1) for c in piece)
+        return out
 
     def decode(self, ids: list[int]) -> str:
         return "".join(self.itos[i] for i in ids)

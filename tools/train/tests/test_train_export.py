@@ -1,6 +1,7 @@
 """Training smoke run, resume, bad input, export with state, and ONNX Runtime parity with PyTorch."""
 
 import json
+import math
 
 import numpy as np
 import onnx
@@ -192,3 +193,32 @@ def test_transformer_with_fused_past_caches_matches_pytorch(checkpoints, tmp_pat
     assert export.main([str(checkpoints / "test-ssm" / "final.pt"), str(tmp_path / "x"), "--kv-layout", "fused"]) == 2
     assert "Transformer only" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_only_replaces_one_card_entry_and_bits_per_char_counts_source_characters(checkpoints, tmp_path, capsys):
+    """`<unk>` in the text is one token of 5 source characters; bits/char divides by source characters."""
+    data = tmp_path / "data"
+    (data / "wikitext-2").mkdir(parents=True)
+    wiki = "<unk> = Robert <unk> = é 3 @-@ 4 .\n" * 40
+    (data / "wikitext-2" / "test.txt").write_text(wiki, encoding="utf-8")
+    ck = checkpoints / "test-ssm" / "final.pt"
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    old = [{"dataset": "tinyshakespeare-val", "nats_per_token": 1.5}, {"dataset": "wikitext-2-test", "tokens": 1}]
+    seconds = round(torch.load(ck)["seconds"], 1)
+    (folder / "itera.json").write_text(json.dumps({"training": {"seconds": seconds}, "evaluation": old}))
+    assert evaluate.main([str(ck), str(folder), "--data", str(data), "--only", "wikitext-2-test"]) == 0
+    card = json.loads((folder / "itera.json").read_text())
+    assert card["evaluation"][0] == old[0]
+    (rec,) = json.loads(capsys.readouterr().out)
+    assert card["evaluation"][1] == rec and len(card["evaluation"]) == 2
+    text = wiki[: int(len(wiki) * 0.1)]
+    literal = text.count("<unk>")
+    assert literal > 0 and text.startswith("<unk>")
+    assert rec["tokens"] == len(text) - 4 * literal - 1
+    assert rec["chars"] == len(text) - 5  # all but the first token's characters: a literal <unk>
+    nats = rec["nats_per_token"] * rec["tokens"]
+    assert abs(rec["bits_per_char"] - nats / rec["chars"] / math.log(2)) < 1e-4
+    assert f"({literal} times)" in rec["note"]
+    vocab = train.load_checkpoint(ck)[1].stoi
+    assert rec["unk_chars"] == sum(1 for c in text.replace("<unk>", "") if c not in vocab) > 0
