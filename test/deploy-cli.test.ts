@@ -267,6 +267,24 @@ describe("itera flash / itera devices (the CLI)", () => {
     });
   });
 
+  it("refuses, with exit code 1 and nothing copied, a bundle whose MQTT agent would have no broker", async () => {
+    const d = await device("pi-no-broker");
+    const agent = await makeFixtureBundle(join(work, "agent"), {
+      version: "0.8.0",
+      serviceArgs: "agent --config /etc/itera/agent.json",
+      signWith: keys.privatePem,
+    });
+    const r = await itera(["flash", agent, "--ssh", "root@127.0.0.1", ...sshArgs(d)]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      "the bundle's service runs the MQTT agent, which needs a broker, but /etc/itera/agent.json on the device has none; nothing was copied",
+    );
+    expect(r.stderr).toContain(`where: root@127.0.0.1:${join(d.prefix, "etc/itera/agent.json")}`);
+    expect(r.stderr).toMatch(/fix: +pass --broker mqtt:\/\/HOST:1883/);
+    expect(r.stderr).not.toContain("[copy]");
+    expect(await listTree(d.prefix)).toEqual([]);
+  });
+
   it("gives one clear error and a non-zero exit for each bad input", async () => {
     const d = await device("bad");
     // The checks the command line itself makes (the library's own checks are tested in deploy-ssh/rootfs).

@@ -17,6 +17,8 @@ import { fixtureModel } from "./package-helpers.js";
  */
 let sshd: TestSshd;
 let work: string;
+// The bundle's unit runs the MQTT agent (`agent --config /etc/itera/agent.json`), so a flash needs a broker.
+const config = { schema: "itera.agent-config/v1", broker: "mqtt://127.0.0.1:1883" } as const;
 let built: BuildResult;
 const keys = signingKeys();
 
@@ -64,6 +66,7 @@ describe("flashing a real bundle built by itera build", () => {
       healthTimeoutS: 120,
       healthSettleS: 0,
       keep: 3,
+      config,
     });
     expect(r).toMatchObject({ ok: true, result: "installed", current: "1.0.0", signer_pinned: true });
     expect(r.copy!.bytes_sent).toBe(r.copy!.bytes_total);
@@ -86,7 +89,7 @@ describe("flashing a real bundle built by itera build", () => {
     const archive = join(work, "download", basename(built.tarball));
     await mkdir(dirname(archive));
     await copyFile(built.tarball, archive);
-    const r = await flashRootfs({ bundle: archive, rootfs: root, trustedKey: keys.publicPem });
+    const r = await flashRootfs({ bundle: archive, rootfs: root, trustedKey: keys.publicPem, config });
     expect(r).toMatchObject({ ok: true, result: "written-to-rootfs", current: "1.0.0" });
     expect(await listTree(root)).toContain(
       "l etc/systemd/system/multi-user.target.wants/itera-agent.service -> /etc/systemd/system/itera-agent.service",

@@ -17,11 +17,17 @@ let work: string;
 let x64: string;
 let x64next: string;
 let arm64: string;
+let agentOnly: string;
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "itera-deploy-rootfs-"));
   x64 = await makeFixtureBundle(join(work, "b"), { version: "0.1.0", signWith: keys.privatePem });
   x64next = await makeFixtureBundle(join(work, "b"), { version: "0.2.0", signWith: keys.privatePem });
+  agentOnly = await makeFixtureBundle(join(work, "agent"), {
+    version: "0.8.0",
+    serviceArgs: "agent --config /etc/itera/agent.json",
+    signWith: keys.privatePem,
+  });
   arm64 = await makeFixtureBundle(join(work, "b"), {
     version: "0.1.0",
     arch: "arm64",
@@ -138,7 +144,9 @@ describe("itera flash --rootfs (a mounted SD-card root file system, offline)", (
   it("reads the card's architecture through its own symlinks and refuses a wrong one, writing nothing", async () => {
     const armCard = await makeRootfs("card-arm64", "arm64");
     const ok = await flashRootfs({ bundle: arm64, rootfs: armCard });
-    expect(ok.steps.find((s) => s.id === "check-rootfs")?.detail).toBe("aarch64 (from /bin/sh)");
+    expect(ok.steps.find((s) => s.id === "check-rootfs")?.detail).toMatch(
+      /^aarch64 \(from \/bin\/sh\); broker: /,
+    );
     const x64Card = await makeRootfs("card-x64-wrong", "x64");
     const before = await listTree(x64Card);
     const e = await rootfsError(flashRootfs({ bundle: arm64, rootfs: x64Card }));
@@ -268,7 +276,63 @@ describe("itera flash --rootfs (a mounted SD-card root file system, offline)", (
   });
 });
 
+describe("itera flash --rootfs of a bundle whose unit runs the MQTT agent", () => {
+  it("refuses it when the card has no agent.json with a broker and no --broker is given, writing nothing", async () => {
+    const root = await makeRootfs("card-no-broker", "x64");
+    const before = await listTree(root);
+    const e = await rootfsError(flashRootfs({ bundle: agentOnly, rootfs: root }));
+    expect(e.message).toBe(
+      "the bundle's service runs the MQTT agent, which needs a broker, but /etc/itera/agent.json on the device has none; nothing was copied",
+    );
+    expect(e.where).toBe(join(root, "etc/itera/agent.json"));
+    expect(e.fix).toMatch(/^pass --broker/);
+    expect(await listTree(root)).toEqual(before);
+    // --dry-run runs the same check.
+    await rootfsError(flashRootfs({ bundle: agentOnly, rootfs: root, dryRun: true }));
+    expect(await listTree(root)).toEqual(before);
+  });
+
+  it("writes it when the card's agent.json has a broker, or with --broker", async () => {
+    const configured = await makeRootfs("card-broker", "x64");
+    await mkdir(join(configured, "etc/itera"));
+    const own = '{"schema":"itera.agent-config/v1","broker":"mqtt://hub.lan:1883"}\n';
+    await writeFile(join(configured, "etc/itera/agent.json"), own);
+    const r1 = await flashRootfs({ bundle: agentOnly, rootfs: configured });
+    expect(r1).toMatchObject({ ok: true, result: "written-to-rootfs", current: "0.8.0" });
+    expect(r1.steps.find((s) => s.id === "check-rootfs")?.detail).toBe(
+      "x86_64 (from /bin/sh); broker: the device's /etc/itera/agent.json",
+    );
+    expect(await readFile(join(configured, "etc/itera/agent.json"), "utf8")).toBe(own);
+
+    const fresh = await makeRootfs("card-broker-given", "x64");
+    const r2 = await flashRootfs({ bundle: agentOnly, rootfs: fresh, config });
+    expect(r2).toMatchObject({ ok: true, result: "written-to-rootfs", current: "0.8.0" });
+    expect(JSON.parse(await readFile(join(fresh, "etc/itera/agent.json"), "utf8"))).toEqual(config);
+  });
+});
+
 describe("flash option checks", () => {
+  it("reads from the unit's ExecStart whether its MQTT agent needs a broker from the device", async () => {
+    const { brokerNeedOfUnit } = await import("../src/deploy/broker-check.js");
+    const unit = (exec: string) => `[Service]\nType=simple\nExecStart=${exec}\nRestart=on-failure\n`;
+    const cases: [string, { configPath: string | null } | null][] = [
+      [
+        "/opt/itera/current/itera-agent agent --config /etc/itera/agent.json",
+        { configPath: "/etc/itera/agent.json" },
+      ],
+      [
+        "-/opt/itera/current/itera-agent agent --config=/srv/my.json --fleet lab",
+        { configPath: "/srv/my.json" },
+      ],
+      ["/opt/itera/current/itera-agent agent --fleet lab", { configPath: null }],
+      ["/opt/itera/current/itera-agent agent --config /etc/itera/agent.json --broker mqtt://h:1883", null],
+      ["/opt/itera/current/itera-agent agent --broker=mqtt://h:1883", null],
+      ["/opt/itera/current/itera-agent serve --port 8080", null],
+    ];
+    for (const [exec, need] of cases) expect(brokerNeedOfUnit(unit(exec)), exec).toEqual(need);
+    expect(brokerNeedOfUnit("[Service]\nType=simple\n")).toBeNull();
+  });
+
   it("refuses bad agent settings, prefixes and ssh destinations with one clear error each", async () => {
     const { checkPrefix } = await import("../src/deploy/layout.js");
     const { checkDestination } = await import("../src/deploy/ssh.js");

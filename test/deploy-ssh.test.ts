@@ -44,6 +44,12 @@ beforeAll(async () => {
         profile: "rpi5",
         signWith: keys.privatePem,
       });
+      // The unit as `itera build` writes it by default: the MQTT agent, its broker read from agent.json.
+      bundles.agent = await makeFixtureBundle(join(out, "agent"), {
+        version: "0.8.0",
+        serviceArgs: "agent --config /etc/itera/agent.json",
+        signWith: keys.privatePem,
+      });
       bundles.unsigned = await makeFixtureBundle(join(out, "unsigned"), { version: "0.5.0", signWith: null });
       bundles.tamperedFile = await makeFixtureBundle(join(out, "t1"), {
         version: "0.6.0",
@@ -487,5 +493,68 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
     ]);
     expect(r.steps.find((s) => s.id === "probe")?.detail).toMatch(/StrictHostKeyChecking=yes/);
     expect(await listTree(dev.prefix)).toEqual([]);
+  });
+
+  it("refuses a bundle whose agent would have no MQTT broker, before copying anything", async () => {
+    const where = (dev: { prefix: string }) => `root@127.0.0.1:${join(dev.prefix, "etc/itera/agent.json")}`;
+    const dev = await newDevice("no-broker");
+    const e = await flashError(options(bundles.agent!, dev));
+    expect(e.message).toBe(
+      "the bundle's service runs the MQTT agent, which needs a broker, but /etc/itera/agent.json on the device has none; nothing was copied",
+    );
+    expect(e.where).toBe(where(dev));
+    expect(e.fix).toMatch(/^pass --broker mqtt:\/\/HOST:1883 \(and --fleet NAME --device-id ID\), or write/);
+    expect(e.exitCode).not.toBe(0);
+    expect(await listTree(dev.prefix)).toEqual([]);
+    expect(await dev.calls()).toEqual([""]);
+
+    // A config the agent cannot use is no better: one without a broker, and one that is not JSON.
+    for (const [name, text] of [
+      ["fleet-only", '{"schema":"itera.agent-config/v1","fleet":"lab"}\n'],
+      ["garbage", "{broker: mqtt://x}\n"],
+    ] as const) {
+      const d = await newDevice(`no-broker-${name}`);
+      await mkdir(join(d.prefix, "etc/itera"), { recursive: true });
+      await writeFile(join(d.prefix, "etc/itera/agent.json"), text);
+      const before = await listTree(d.prefix);
+      expect((await flashError(options(bundles.agent!, d))).where, name).toBe(where(d));
+      expect(await listTree(d.prefix), name).toEqual(before);
+    }
+
+    // --fleet alone would replace the device's config (which has a broker) with one that has none.
+    const replaced = await newDevice("no-broker-replaced");
+    await mkdir(join(replaced.prefix, "etc/itera"), { recursive: true });
+    const good = '{\n  "schema": "itera.agent-config/v1",\n  "broker": "mqtt://10.0.0.2:1883"\n}\n';
+    await writeFile(join(replaced.prefix, "etc/itera/agent.json"), good);
+    const fleetOnly = { schema: "itera.agent-config/v1", fleet: "lab" } as const;
+    const e2 = await flashError(options(bundles.agent!, replaced, { config: fleetOnly }));
+    expect(e2.message).toMatch(/has none and no --broker was given; nothing was copied$/);
+    expect(await readFile(join(replaced.prefix, "etc/itera/agent.json"), "utf8")).toBe(good);
+  });
+
+  it("flashes the agent bundle when the device's agent.json has a broker, or with --broker", async () => {
+    const configured = await newDevice("broker-on-device");
+    await mkdir(join(configured.prefix, "etc/itera"), { recursive: true });
+    // Written by hand over several lines: the probe reads it back on one line.
+    const own =
+      '{\n  "schema": "itera.agent-config/v1",\n  "broker": "mqtts://hub.lan:8883",\n  "device_id": "pi-9"\n}\n';
+    await writeFile(join(configured.prefix, "etc/itera/agent.json"), own);
+    const r1 = await flashOverSsh(options(bundles.agent!, configured));
+    expect(r1).toMatchObject({ ok: true, result: "installed", current: "0.8.0" });
+    expect(await readFile(join(configured.prefix, "etc/itera/agent.json"), "utf8")).toBe(own);
+
+    const fresh = await newDevice("broker-given");
+    const config = { schema: "itera.agent-config/v1", broker: "mqtt://10.0.0.2:1883", fleet: "lab" } as const;
+    const r2 = await flashOverSsh(options(bundles.agent!, fresh, { config }));
+    expect(r2).toMatchObject({ ok: true, result: "installed", current: "0.8.0" });
+    expect(JSON.parse(await readFile(join(fresh.prefix, "etc/itera/agent.json"), "utf8"))).toEqual(config);
+
+    // --dry-run connects to nothing; its probe step says what the check will need.
+    const dry = await flashOverSsh(options(bundles.agent!, await newDevice("broker-dry"), { dryRun: true }));
+    expect(dry.steps.find((s) => s.id === "probe")?.title).toMatch(
+      /the agent's broker: .*etc\/itera\/agent\.json must have a "broker", else the flash is refused before copying$/,
+    );
+    const dryGiven = await flashOverSsh(options(bundles.agent!, fresh, { config, dryRun: true }));
+    expect(dryGiven.steps.find((s) => s.id === "probe")?.title).toMatch(/the agent's broker: --broker/);
   });
 });

@@ -34,7 +34,7 @@ export async function checkDevice(
   let session: SshSession | undefined;
   try {
     session = await SshSession.open(target);
-    const r = await session.script(PROBE, [deviceLayout(opts.prefix).base, "", ""]);
+    const r = await session.script(PROBE, [deviceLayout(opts.prefix).base, "", "", ""]);
     if (r.code !== 0) return { name: d.name, reachable: true, error: r.stderr.trim() || `exit ${r.code}` };
     const p = parseProbe(r.stdout);
     return {

@@ -1,6 +1,7 @@
 import { join, posix } from "node:path";
 import { IteraError } from "../errors.js";
 import { type AgentConfig, renderAgentConfig } from "./agent-config.js";
+import { type BrokerNeed, brokerNeedOfBundle, brokerSource, checkBroker } from "./broker-check.js";
 import { type VerifiedBundle, verifyLocally } from "./bundle.js";
 import { archFromUname, type DeviceLayout, deviceLayout, releaseLinkTarget } from "./layout.js";
 import * as scripts from "./remote-scripts.js";
@@ -49,6 +50,8 @@ export interface Probe {
   installedSha: string | null;
   missing: string[];
   staged: Map<string, number>;
+  /** The agent config the bundle's unit reads, as the device has it (null: not asked for, or no file). */
+  config: string | null;
 }
 
 export function parseProbe(stdout: string): Probe {
@@ -61,6 +64,7 @@ export function parseProbe(stdout: string): Probe {
     installedSha: null,
     missing: [],
     staged: new Map(),
+    config: null,
   };
   for (const line of stdout.split("\n")) {
     const eq = line.indexOf("=");
@@ -74,6 +78,7 @@ export function parseProbe(stdout: string): Probe {
     else if (key === "previous") p.previous = value.trim() || null;
     else if (key === "installed_sha") p.installedSha = value.trim() || null;
     else if (key === "missing") p.missing.push(value.trim());
+    else if (key === "config_json") p.config = value;
     else if (key === "staged") {
       const [n, ...name] = value.split(" ");
       p.staged.set(name.join(" "), Number.parseInt(n ?? "0", 10));
@@ -87,7 +92,7 @@ export function spaceMarginBytes(totalBytes: number): number {
   return Math.max(256 * 1024, Math.ceil(totalBytes * 0.05));
 }
 
-function checkProbe(p: Probe, b: VerifiedBundle, o: SshFlashOptions): void {
+function checkProbe(p: Probe, b: VerifiedBundle, o: SshFlashOptions, need: BrokerNeed | null): void {
   const where = o.target.destination;
   if (p.kernel !== "Linux") {
     throw new IteraError(`the device runs '${p.kernel || "an unknown system"}', not Linux`, {
@@ -116,6 +121,7 @@ function checkProbe(p: Probe, b: VerifiedBundle, o: SshFlashOptions): void {
       fix: "install GNU coreutils (and awk) on the device",
     });
   }
+  checkBroker(need, o.config, p.config, (path) => (path ? `${where}:${posix.join(o.prefix, path)}` : where));
   if (p.installedSha === b.manifestSha256) return; // already there: nothing to copy
   const stagedBytes = b.files.reduce((n, f) => n + Math.min(f.bytes, p.staged.get(f.name) ?? 0), 0);
   const needKb = Math.ceil((b.totalBytes - stagedBytes + spaceMarginBytes(b.totalBytes)) / 1024);
@@ -143,8 +149,10 @@ async function flashVerified(o: SshFlashOptions, log: StepLog, bundle: VerifiedB
   const L = deviceLayout(o.prefix);
   const staging = posix.join(L.staging, `${m.version}-${bundle.manifestSha256.slice(0, 12)}`);
   const report = newReport("ssh", o.target.destination, bundle, o.dryRun === true, log.steps);
+  const need = await brokerNeedOfBundle(bundle);
+  const configOnDevice = need?.configPath ? posix.join(o.prefix, need.configPath) : "";
   if (o.dryRun) {
-    planSteps(log, o, bundle, L, staging);
+    planSteps(log, o, bundle, L, staging, need, configOnDevice);
     return report;
   }
 
@@ -156,17 +164,18 @@ async function flashVerified(o: SshFlashOptions, log: StepLog, bundle: VerifiedB
   try {
     const probe = await log.run(
       "probe",
-      "check the device's architecture, free space and current release",
+      "check the device's architecture, free space, current release and the agent's broker",
       async () => {
         const r = await session.script(scripts.PROBE, [
           L.base,
           staging,
           m.version,
+          configOnDevice,
           ...bundle.files.map((f) => f.name),
         ]);
         if (r.code !== 0) throw scriptError("probe", r, o);
         const p = parseProbe(r.stdout);
-        checkProbe(p, bundle, o);
+        checkProbe(p, bundle, o, need);
         return p;
       },
       (p) => `${p.machine}, ${p.freeKb} KiB free, current: ${versionOfLink(p.current) ?? "none"}`,
@@ -448,6 +457,8 @@ function planSteps(
   b: VerifiedBundle,
   L: DeviceLayout,
   staging: string,
+  need: BrokerNeed | null,
+  configOnDevice: string,
 ): void {
   const sh = (script: string, args: string[]) =>
     `ssh ${SshSession.argv(o.target, ["sh", "-s", "--", ...args]).join(" ")}  < ${script} script`;
@@ -461,8 +472,10 @@ function planSteps(
     "probe",
     "check architecture (uname -m = " +
       (m.target.arch === "arm64" ? "aarch64" : "x86_64") +
-      "), free space (df -Pk), current release",
-    sh("probe", [L.base, staging, "..."]),
+      "), free space (df -Pk), current release; the agent's broker: " +
+      (brokerSource(need, o.config, null) ??
+        `${configOnDevice} must have a "broker", else the flash is refused before copying`),
+    sh("probe", [L.base, staging, m.version, configOnDevice, "..."]),
   );
   log.plan(
     "copy",

@@ -32,11 +32,12 @@ install_unit() {
 `;
 
 /**
- * args: base staging version FILE... -> key=value lines: machine, kernel, free_kb, current, previous,
- * installed_sha (of releases/<version>/manifest.json, when that release is there), missing, staged.
+ * args: base staging version config FILE... -> key=value lines: machine, kernel, free_kb, current, previous,
+ * installed_sha (of releases/<version>/manifest.json, when that release is there), missing, staged,
+ * config_json (the agent config file CONFIG, when given and there, on one line).
  */
 export const PROBE = `${COMMON}
-base=$1; staging=$2; version=$3; shift 3
+base=$1; staging=$2; version=$3; config=$4; shift 4
 echo "machine=$(uname -m)"
 echo "kernel=$(uname -s)"
 d=$base
@@ -57,6 +58,8 @@ if [ -n "$t" ]; then rm -rf -- "$t"; fi
 for f in "$@"; do
   if [ -f "$staging/$f" ]; then echo "staged=$(wc -c < "$staging/$f" | tr -d ' ') $f"; fi
 done
+# JSON strings cannot hold raw newlines, so flattening them to spaces keeps the JSON's meaning.
+if [ -n "$config" ] && [ -f "$config" ]; then echo "config_json=$(head -c 65536 -- "$config" | tr '\\r\\n' '  ')"; fi
 `;
 
 /** The device-side argv of one upload chunk: append stdin to a staged file (a resume appends the rest). */

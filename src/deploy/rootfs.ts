@@ -15,6 +15,7 @@ import { dirname, join } from "node:path";
 import { IteraError } from "../errors.js";
 import { sha256File, tempPathFor, writeDirAtomic, writeFileAtomic } from "../util/fs.js";
 import { type AgentConfig, renderAgentConfig } from "./agent-config.js";
+import { brokerNeedOfBundle, checkBroker } from "./broker-check.js";
 import { type VerifiedBundle, verifyLocally } from "./bundle.js";
 import { readElfArch, resolveInRoot } from "./elf.js";
 import { deviceLayout, MANIFEST_FILE, releaseLinkTarget, UNIT_LINK_TARGET, UNIT_NAME } from "./layout.js";
@@ -97,7 +98,7 @@ async function writeVerified(
   }
   await log.run(
     "check-rootfs",
-    "check the root file system's architecture and free space",
+    "check the root file system's architecture, free space and the agent's broker",
     async () => {
       const elf = await rootfsArch(o.rootfs);
       if (elf.arch !== m.target.arch) {
@@ -112,6 +113,14 @@ async function writeVerified(
           },
         );
       }
+      const brokerNeed = await brokerNeedOfBundle(bundle);
+      const onCard = (path?: string) => (path ? join(o.rootfs, path) : o.rootfs);
+      // The card's own symlinks resolve inside the card, never on this machine.
+      const configOnCard = brokerNeed?.configPath
+        ? await resolveInRoot(o.rootfs, brokerNeed.configPath)
+        : undefined;
+      const deviceConfig = configOnCard ? await readFile(configOnCard, "utf8").catch(() => null) : null;
+      const broker = checkBroker(brokerNeed, o.config, deviceConfig, onCard);
       let dir = L.base;
       while (!(await stat(dir).catch(() => undefined))) dir = dirname(dir);
       const fs = await statfs(dir);
@@ -123,9 +132,9 @@ async function writeVerified(
           { where: o.rootfs, fix: "free space on the card's root partition (or grow it), then flash again" },
         );
       }
-      return elf;
+      return { ...elf, broker };
     },
-    (elf) => `${elf.machine} (from /${elf.probe})`,
+    (c) => `${c.machine} (from /${c.probe}); broker: ${c.broker}`,
   );
   const previousLink = await readlink(L.current).catch(() => null);
   report.previous = versionOfLink(previousLink);
