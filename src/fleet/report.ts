@@ -130,7 +130,9 @@ export function renderSvg(o: FleetBenchOutcome): string {
     },
     { title: "mJ per token (lower is better)", values: rows.map((r) => r.mj_per_token), color: "#d8703b" },
   ];
-  const label = 180;
+  // The label column fits the longest "device (profile)" (about 7 px per character at 12 px sans-serif).
+  const labels = rows.map((r) => `${r.device} (${r.profile})`);
+  const label = Math.max(120, Math.ceil(Math.max(0, ...labels.map((l) => l.length)) * 7) + 12);
   const barMax = 360;
   const barH = 18;
   const width = label + barMax + 90;
@@ -143,7 +145,7 @@ export function renderSvg(o: FleetBenchOutcome): string {
     rows.forEach((r, i) => {
       const y = y0 + 30 + i * (barH + 6);
       const v = p.values[i];
-      parts.push(`<text x="4" y="${y + 13}">${esc(`${r.device} (${r.profile})`)}</text>`);
+      parts.push(`<text x="4" y="${y + 13}">${esc(labels[i]!)}</text>`);
       if (v === null || v === undefined) {
         parts.push(`<text x="${label}" y="${y + 13}" fill="#888">n/a</text>`);
         return;
