@@ -142,7 +142,7 @@ export function renderSvg(o: FleetBenchOutcome): string {
     const y0 = pi * (panelH + 20);
     const max = Math.max(0, ...p.values.map((v) => v ?? 0));
     parts.push(`<text x="4" y="${y0 + 18}" font-weight="bold">${esc(p.title)}</text>`);
-    rows.forEach((r, i) => {
+    rows.forEach((_row, i) => {
       const y = y0 + 30 + i * (barH + 6);
       const v = p.values[i];
       parts.push(`<text x="4" y="${y + 13}">${esc(labels[i]!)}</text>`);
