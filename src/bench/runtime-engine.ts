@@ -1,7 +1,6 @@
 import { basename, resolve } from "node:path";
-import { env } from "onnxruntime-node";
 import { loadModelCard } from "../model/card.js";
-import { type LanguageModel, loadModel, type State } from "../runtime/index.js";
+import type { LanguageModel, State } from "../runtime/index.js";
 import type { BenchEngine, BenchModel } from "./engine.js";
 
 /** Index of the largest of the last position's logits. */
@@ -54,8 +53,15 @@ class RuntimeBenchModel implements BenchModel {
   }
 }
 
-/** The runtime (src/runtime) behind the benchmark interface, for a model folder. */
+/**
+ * The runtime (src/runtime) behind the benchmark interface, for a model folder. ONNX Runtime is
+ * imported here, when a benchmark starts, so that every other agent command starts without it.
+ */
 export async function runtimeEngine(dir: string): Promise<BenchEngine> {
+  const [{ env }, { loadModel }] = await Promise.all([
+    import("onnxruntime-node"),
+    import("../runtime/index.js"),
+  ]);
   const card = await loadModelCard(resolve(dir));
   return {
     model: card?.id ?? basename(resolve(dir)),
