@@ -1,4 +1,5 @@
 import { z } from "zod";
+import { energyResultSchema, benchResultSchema as producedResultSchema } from "../bench/result.js";
 import { idSchema } from "./topics.js";
 
 /**
@@ -106,36 +107,38 @@ export const jobStatusSchema = z.looseObject({
 });
 export type JobStatusPayload = z.infer<typeof jobStatusSchema>;
 
-/** One benchmark result (DESIGN.md §7). Nullable where a device cannot measure (no sensor, no thermal zone). */
-export const benchResultSchema = z.looseObject({
-  model: z.string(),
-  quant: z.string(),
-  profile: z.string(),
-  device: z.string(),
-  threads: z.number().int().positive(),
-  test: testNameSchema,
-  repetitions: z.number().int().positive(),
-  tokens_per_s: z.looseObject({ mean: num, stdev: num, samples: z.array(num) }),
-  ttft_ms: num.nullable(),
-  latency_ms: z.looseObject({ p50: num, p95: num }),
-  energy: z
-    .looseObject({
-      method: z.string(),
-      J: num,
-      mJ_per_token: num.nullable(),
-      tokens_per_J: num.nullable(),
-      samples: z.number().int().nonnegative(),
-      rate_hz: num,
-    })
-    .nullable(),
-  cpu_pct: num.nullable(),
-  rss_mb: num.nullable(),
-  temp_c_max: num.nullable(),
-  throttled: z.boolean().nullable(),
-  agent_version: z.string(),
-  runtime: z.string(),
-  timestamp: z.string(),
-});
+/**
+ * One benchmark result on the wire (DESIGN.md §7): the §7 fields of the result `src/bench` produces
+ * (src/bench/result.ts), read leniently, since a device may run another agent version: figures a
+ * device cannot measure may be null, and fields beyond §7 are kept, not required.
+ */
+export const benchResultSchema = producedResultSchema
+  .pick({
+    model: true,
+    quant: true,
+    profile: true,
+    device: true,
+    threads: true,
+    repetitions: true,
+    temp_c_max: true,
+    throttled: true,
+    agent_version: true,
+    runtime: true,
+    timestamp: true,
+  })
+  .extend({
+    test: testNameSchema,
+    tokens_per_s: z.looseObject({ mean: num, stdev: num, samples: z.array(num) }),
+    ttft_ms: num.nullable(),
+    latency_ms: z.looseObject({ p50: num, p95: num }),
+    energy: energyResultSchema
+      .pick({ method: true, J: true, mJ_per_token: true, tokens_per_J: true, samples: true, rate_hz: true })
+      .loose()
+      .nullable(),
+    cpu_pct: num.nullable(),
+    rss_mb: num.nullable(),
+  })
+  .loose();
 export type BenchResult = z.infer<typeof benchResultSchema>;
 
 export const jobResultSchema = z.looseObject({
