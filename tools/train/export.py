@@ -28,6 +28,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lean import lean_file  # noqa: E402
 from model import IteraLite, count_parameters, flops_per_token  # noqa: E402
+from onnx_graph import build_graph, card_notes, check  # noqa: E402
+from ort_check import verify_in_onnxruntime  # noqa: E402
 from evaluate import usable_context  # noqa: E402
 from train import load_checkpoint  # noqa: E402
 
@@ -87,6 +89,14 @@ def dummy_inputs(model: nn.Module, seq: int = 3, past: int = 2, fused: bool = Fa
 
 def export_onnx(model: nn.Module, path: Path, fused: bool = False) -> None:
     model.eval()
+    if isinstance(model, IteraLite):
+        # Itera-Lite is written directly as a graph of onnxruntime's fused contrib ops (onnx_graph.py);
+        # onnx.checker cannot check those, so the graph is run in onnxruntime against PyTorch before use.
+        graph = build_graph(model)
+        check(graph)
+        onnx.save(graph, str(path))
+        verify_in_onnxruntime(model, path)
+        return
     model.set_sparse_moe(False)  # dense: every expert is in the graph, gated by zeros when unselected
     inputs, outputs = io_names(model, fused)
     b, p = (1, 3) if fused else (0, 2)  # batch and past-sequence axes of the caches
@@ -238,8 +248,14 @@ def model_card(model, tok, ckpt, model_id: str, name: str, stats: dict, evaluati
     if isinstance(model, IteraLite):
         arch.update(
             {
-                "mixer": "Mamba-2-style selective SSM (scalar A per head, one B/C group), chunked SSD form",
-                "ffn": f"MoE: {c.n_experts} SiLU experts, top-{c.top_k} softmax router, Switch load-balancing loss",
+                "mixer": (
+                    "Mamba-2-style selective SSM (scalar A per head, one B/C group); trained in the chunked SSD "
+                    "form, exported as onnxruntime CausalConvWithState + LinearAttentionGate + LinearAttention (gated)"
+                ),
+                "ffn": (
+                    f"MoE: {c.n_experts} SiLU experts, top-{c.top_k} softmax router, Switch load-balancing loss; "
+                    "exported as one onnxruntime MoE op per layer (every expert an initializer of it)"
+                ),
                 "active_flops_per_token": flops["active"],
                 "context": "unbounded (recurrent state); context_length in genai_config is a generation default",
             }
@@ -319,6 +335,8 @@ def export_folder(
         card = model_card(model, tok, ckpt, model_id, name, stats, evaluation, smoke)
         if not isinstance(model, IteraLite):
             card["export"]["kv_layout"] = "fused past_%d [2, batch, heads, past, head_size]" if fused else "separate"
+        else:
+            card["export"].update(card_notes(model))
         (tmp / "itera.json").write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n")
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():

@@ -140,14 +140,19 @@ class SelectiveSSM(nn.Module):
         b, t = u.shape[0], u.shape[1]
         zxbcdt = self.in_proj(u)
         z, xbc, dt = torch.split(zxbcdt, [c.d_inner, c.conv_dim, c.n_heads], dim=-1)
-        # Causal depthwise conv continued from the previous tokens kept in conv_state [b, conv_dim, d_conv-1].
-        xbc_t = torch.cat([conv_state, xbc.transpose(1, 2)], dim=2)
-        new_conv_state = xbc_t[:, :, -(c.d_conv - 1) :]
-        xbc = F.silu(self.conv(xbc_t)).transpose(1, 2)
+        # Causal depthwise conv continued from the previous tokens kept in conv_state [b, d_conv-1, conv_dim]
+        # (time-major, channels last: the layout of onnxruntime's CausalConvWithState, so the exported
+        # graph and this forward carry the same state tensors).
+        xbc_t = torch.cat([conv_state, xbc], dim=1)
+        new_conv_state = xbc_t[:, -(c.d_conv - 1) :]
+        xbc = F.silu(self.conv(xbc_t.transpose(1, 2))).transpose(1, 2)
         x, bm, cm = torch.split(xbc, [c.d_inner, c.d_state, c.d_state], dim=-1)
         dt = F.softplus(dt + self.dt_bias)  # [b, t, h]
         a = -torch.exp(self.A_log)  # [h]
         xh = x.reshape(b, t, c.n_heads, c.head_dim)
+        # ssm_state is [b, h, d_state, head_dim] (onnxruntime LinearAttention's [b, h, d_k, d_v]);
+        # ssd() works in [b, h, p, n].
+        ssm_state = ssm_state.transpose(2, 3)
         if self.training and t > SSD_TRAIN_CHUNK:
             # Same recurrence, chunk by chunk: the quadratic part stays chunk-sized (cheaper on CPU).
             ys, new_ssm_state = [], ssm_state
@@ -160,7 +165,7 @@ class SelectiveSSM(nn.Module):
             y, new_ssm_state = ssd(xh, dt, a, bm, cm, ssm_state)
         y = y + x.reshape(b, t, c.n_heads, c.head_dim) * self.D[:, None]
         y = y.reshape(b, t, c.d_inner) * F.silu(z)
-        return self.out_proj(y), new_conv_state, new_ssm_state
+        return self.out_proj(y), new_conv_state, new_ssm_state.transpose(2, 3)
 
 
 def ssd(x, dt, a, bm, cm, h0):
@@ -284,8 +289,8 @@ class IteraLite(nn.Module):
         c = self.config
         state = []
         for _ in range(c.n_layers):
-            state.append(torch.zeros(batch, c.conv_dim, c.d_conv - 1))
-            state.append(torch.zeros(batch, c.n_heads, c.head_dim, c.d_state))
+            state.append(torch.zeros(batch, c.d_conv - 1, c.conv_dim))
+            state.append(torch.zeros(batch, c.n_heads, c.d_state, c.head_dim))
         return state
 
     def state_names(self) -> list[str]:

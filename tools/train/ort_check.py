@@ -42,8 +42,8 @@ def ort_run_many(jobs: list[tuple]) -> list[dict]:
     return results
 
 
-def initial_state_shapes(model) -> dict:
-    return {n: list(t.shape) for n, t in zip(model.state_names(), model.initial_state(1))}
+def initial_state_shapes(model, batch: int = 1) -> dict:
+    return {n: list(t.shape) for n, t in zip(model.state_names(), model.initial_state(batch))}
 
 
 @torch.no_grad()
@@ -65,6 +65,28 @@ def check_model_file(model, model_path: Path, ids: list[int], chunkings: dict[st
 
 def standard_chunkings(n: int) -> dict[str, list[int]]:
     return {"all at once": [n], "one token at a time": [1] * n, "chunks 1+7+(n-8)": [1, 7, n - 8]}
+
+
+PARITY_ATOL = 1e-4
+
+
+def verify_in_onnxruntime(model, model_path: Path, tokens: int = 24) -> dict:
+    """Refuse an exported graph that onnxruntime cannot load or that does not compute the PyTorch function.
+
+    The check onnx.checker cannot make for onnxruntime's contrib operators: a fixed token sequence run
+    all at once, step by step and in chunks, logits and states within PARITY_ATOL of PyTorch.
+    """
+    ids = [(7 * i + 3) % model.config.vocab_size for i in range(tokens)]
+    try:
+        report = check_model_file(model, model_path, ids, standard_chunkings(tokens))
+    except subprocess.CalledProcessError as e:
+        lines = (e.stderr or "").strip().splitlines()
+        reason = next((line for line in lines if line.startswith("Error")), lines[-1] if lines else "no output")
+        raise ValueError(f"onnxruntime could not run {model_path}: {reason}") from e
+    worst = max(max(r.values()) for r in report.values())
+    if worst > PARITY_ATOL:
+        raise ValueError(f"{model_path.name} differs from PyTorch by {worst:.3g} (> {PARITY_ATOL}): {report}")
+    return report
 
 
 def main(argv=None) -> int:

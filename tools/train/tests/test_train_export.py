@@ -109,16 +109,21 @@ def test_export_matches_pytorch_in_onnx_runtime(checkpoints, tmp_path, name):
     ids = tok.encode((TEXT * 2)[:64])
     chunkings = standard_chunkings(64)
     jobs = [(folder / "model.onnx", [ids], c, initial_state_shapes(model)) for c in chunkings.values()]
-    # Every MoE expert must survive export: perturbing any one expert's weights changes the output.
+    # Batch 2: two different sequences side by side (the state rows must not mix).
+    ids2 = tok.encode((TEXT * 2)[100:164])
+    jobs.append((folder / "model.onnx", [ids, ids2], [1, 7, 56], initial_state_shapes(model, 2)))
+    # Every MoE expert must survive export: perturbing any one expert's weights (its slice of the
+    # MoE op's fc1 initializer [E, d_ff, d_model]) changes the output.
     perturbed = []
     if name == "test-ssm":
         c = model.config
         for layer in range(c.n_layers):
             for e in range(c.n_experts):
                 g = onnx.load(str(folder / "model.onnx"))
-                init = next(t for t in g.graph.initializer if t.name == f"model.blocks.{layer}.moe.w1")
+                (moe,) = [n for n in g.graph.node if n.op_type == "MoE" and f"blocks.{layer}/" in n.name]
+                init = next(t for t in g.graph.initializer if t.name == moe.input[2])
                 w = numpy_helper.to_array(init).copy()
-                w[:, e * c.d_ff : (e + 1) * c.d_ff] += 0.5
+                w[e] += 0.5
                 init.CopyFrom(numpy_helper.from_array(w, init.name))
                 path = tmp_path / f"perturbed-{layer}-{e}.onnx"
                 onnx.save(g, str(path))
@@ -127,12 +132,17 @@ def test_export_matches_pytorch_in_onnx_runtime(checkpoints, tmp_path, name):
     results = ort_run_many(jobs)
     with torch.no_grad():
         ref_logits, ref_state = model(torch.tensor([ids]))
+        ref2_logits, ref2_state = model(torch.tensor([ids, ids2]))
     for label, out in zip(chunkings, results):
         assert np.abs(out["logits"] - ref_logits.numpy()).max() <= 1e-4, label
         for n, s in zip(model.state_names(), ref_state):
             assert np.abs(out["state"][n] - s.numpy()).max() <= 1e-4, (label, n)
+    batch2 = results[len(chunkings)]
+    assert np.abs(batch2["logits"] - ref2_logits.numpy()).max() <= 1e-4
+    for n, s in zip(model.state_names(), ref2_state):
+        assert np.abs(batch2["state"][n] - s.numpy()).max() <= 1e-4, ("batch 2", n)
     base = results[0]["logits"]
-    for (layer, e), out in zip(perturbed, results[len(chunkings):]):
+    for (layer, e), out in zip(perturbed, results[len(chunkings) + 1 :]):
         assert np.abs(out["logits"] - base).max() > 1e-4, f"expert {e} of layer {layer} is not in the graph"
 
     golden = json.loads((folder / "golden.json").read_text())
@@ -141,6 +151,48 @@ def test_export_matches_pytorch_in_onnx_runtime(checkpoints, tmp_path, name):
         prompt_logits, _ = model(torch.tensor([golden["input_ids"]]))
     assert np.abs(np.array(golden["logits"]) - prompt_logits[0].numpy()).max() < 1e-5
     assert len(golden["greedy_ids"]) == 32
+
+
+def test_itera_lite_graph_is_onnxruntime_fused_operators(checkpoints, tmp_path):
+    """18 nodes per layer: the fused contrib ops, no shape arithmetic, the MoE fed 3-D; state in the ops' layout."""
+    folder = export_folder(checkpoints / "test-ssm" / "final.pt", tmp_path / "ssm", "ssm", "ssm")
+    model, _, _ = train.load_checkpoint(checkpoints / "test-ssm" / "final.pt")
+    c = model.config
+    graph = onnx.load(str(folder / "model.onnx"))
+    assert {(o.domain, o.version) for o in graph.opset_import} == {("", 17), ("com.microsoft", 1)}
+    assert graph.ir_version == 8
+    layer0 = [n.op_type for n in graph.graph.node if n.name.startswith("/model/blocks.0/")]
+    assert sorted(layer0) == sorted(
+        ["SimplifiedLayerNormalization", "MatMul", "Split", "CausalConvWithState", "Split", "LinearAttentionGate",
+         "MatMul", "Mul", "LinearAttention", "Mul", "Add", "QuickGelu", "Mul", "MatMul",
+         "SkipSimplifiedLayerNormalization", "MatMul", "Reshape", "MoE"]
+    )
+    ops = [n.op_type for n in graph.graph.node]
+    assert len(ops) == 18 * c.n_layers + 3 and ops.count("Reshape") == c.n_layers and "Shape" not in ops
+    moe = next(n for n in graph.graph.node if n.op_type == "MoE")
+    assert moe.input[0] == "blocks.0.norm2"  # the 3-D norm output itself, no Reshape around the MoE
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
+    assert dims["past_key_values.1.conv_state"] == ["batch", c.d_conv - 1, c.conv_dim]
+    assert dims["past_key_values.1.recurrent_state"] == ["batch", c.n_heads, c.d_state, c.head_dim]
+    assert [list(t.shape) for t in model.initial_state(1)[:2]] == [[1, *dims[n][1:]] for n in list(dims)[1:3]]
+    card = json.loads((folder / "itera.json").read_text())
+    assert card["export"]["nodes_per_layer"] == 18 and "onnxruntime >= 1.30" in card["export"]["runtime"]
+
+
+def test_a_graph_that_differs_from_pytorch_is_refused_and_nothing_is_written(checkpoints, tmp_path, monkeypatch):
+    import export
+    import onnx_graph
+
+    def off_by_a_bit(model):
+        g = onnx_graph.build_graph(model)
+        init = next(t for t in g.graph.initializer if t.name == "model.blocks.1.mixer.D")
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 1.01, init.name))
+        return g
+
+    monkeypatch.setattr(export, "build_graph", off_by_a_bit)
+    with pytest.raises(ValueError, match="differs from PyTorch"):
+        export_folder(checkpoints / "test-ssm" / "final.pt", tmp_path / "bad", "bad", "bad")
+    assert not (tmp_path / "bad").exists() and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("name", ["test-ssm", "test-transformer"])
