@@ -115,6 +115,9 @@ interface Row {
   /** Decode through generate(): sampling (temperature, top-k) and streaming text included. */
   generate: number;
   generateJsShare: number;
+  /** Greedy decode through generate(): many steps per call where the model allows it (fused-decode.ts). */
+  greedy: number;
+  greedyMode: string;
   kernelShare: number | null;
   /** Kernels ONNX Runtime runs per decode step (after its graph optimisations). */
   nodesPerRun: number | null;
@@ -195,6 +198,22 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       generateJsShare = 1 - timer.runMs(true) / wall;
     }
 
+    // Greedy through generate(): a recurrent model decodes many steps per session.run.
+    const greedySpeeds: number[] = [];
+    let greedyMode = "step";
+    const greedyTokens = Math.max(n, Math.min(2048, args.decodeTokens * 8));
+    for (let r = 0; r <= args.repetitions; r++) {
+      const g = await model.generate(
+        ids.slice(0, 8),
+        { maxTokens: model.limitedContext ? n + 1 : greedyTokens, ignoreEos: true, temperature: 0 },
+        () => {},
+      );
+      greedyMode = g.decode;
+      // the first run builds the fused decoder: a warm-up, not measured
+      if (r > 0)
+        greedySpeeds.push((1000 * g.timings.tokenMs.length) / (g.timings.totalMs - g.timings.ttftMs));
+    }
+
     // Kernel share of session.run, from an ONNX Runtime profile of one more decode run.
     let kernelShare: number | null = null;
     let nodesPerRun: number | null = null;
@@ -223,6 +242,8 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       jsShare,
       generate: median(generateSpeeds),
       generateJsShare,
+      greedy: median(greedySpeeds),
+      greedyMode,
       kernelShare,
       nodesPerRun,
     });
@@ -313,7 +334,8 @@ async function main() {
     `Command: \`${command}\` (built with esbuild as in the file's header). Medians of ${args.repetitions} runs; greedy; fp32.`,
     "",
     "Prefill of a prompt in one call versus one token per call (same run); single-stream decode as a bare forward loop " +
-      "(greedy) and through generate() (temperature 0.8, top-k 20, streamed text); where a decode step's time goes " +
+      "(greedy) and through generate() (temperature 0.8, top-k 20, streamed text), and greedy through generate() " +
+      "(`fused`: many greedy steps per session.run, src/runtime/fused-decode.ts; `step`: one call per token); where a decode step's time goes " +
       "(JavaScript outside session.run; ONNX Runtime kernels as a share of session.run, from its profiler — the rest of " +
       "session.run is ONNX Runtime's per-node framework work and the Node binding):",
     "",
@@ -329,6 +351,7 @@ async function main() {
         "JS outside session.run",
         "generate() tok/s",
         "JS outside session.run (generate)",
+        "greedy generate() tok/s",
         "kernels / session.run",
         "kernels per step",
       ],
@@ -343,6 +366,7 @@ async function main() {
         pct(r.jsShare),
         r.generate.toFixed(0),
         pct(r.generateJsShare),
+        `${r.greedy.toFixed(0)} (${r.greedyMode})`,
         r.kernelShare === null ? "n/a" : pct(r.kernelShare),
         r.nodesPerRun ?? "n/a",
       ]),

@@ -1,5 +1,6 @@
 import { performance } from "node:perf_hooks";
 import { IteraError } from "../errors.js";
+import { FusedDecoder } from "./fused-decode.js";
 import type { ForwardResult, LanguageModel, State } from "./model.js";
 import { Sampler, type SamplingOptions } from "./sampling.js";
 import type { TextStream } from "./tokenizer.js";
@@ -24,7 +25,19 @@ export interface GenerateOptions extends SamplingOptions {
   ignoreEos?: boolean;
   /** Add the tokenizer's special tokens (BOS, ...) to string prompts (default true). */
   addSpecialTokens?: boolean;
+  /**
+   * Greedy decoding of a recurrent model runs many steps per ONNX Runtime call (fused-decode.ts);
+   * false steps one call per token. Sampling and repetition penalties always step.
+   */
+  fusedDecode?: boolean;
 }
+
+/** How the tokens after the first were decoded: many greedy steps per call, or one call per token. */
+export type DecodeMode = "fused" | "step";
+
+/** Wall time a fused call aims at, so that streamed text still arrives in small pieces. */
+const FUSED_CHUNK_MS = 20;
+const FUSED_MAX_CHUNK = 256;
 
 export type StopReason = "eos" | "stop" | "max_tokens" | "context";
 
@@ -44,13 +57,14 @@ export interface Generation {
   text: string;
   stopReason: StopReason;
   seed: number;
+  decode: DecodeMode;
   timings: {
     /** Prompt tokens fed before the first generated token. */
     promptTokens: number;
     prefillMs: number;
     /** From the call to the first generated token (tokenisation and prefill included). */
     ttftMs: number;
-    /** Wall time of each decode step after the first token. */
+    /** Wall time of each decode step after the first token (fused: the call's time per token). */
     tokenMs: number[];
     totalMs: number;
   };
@@ -187,10 +201,21 @@ export async function generate(
   const tokenMs: number[] = [];
   let ttftMs = 0;
   let state = result.state;
+  const greedy = samplers.every((s) => s.greedy) && sampling.repetitionPenalty === 1;
+  const fusedOrWhy = greedy && options.fusedDecode !== false ? await model.fusedDecoder() : null;
+  const fused = fusedOrWhy instanceof FusedDecoder ? fusedOrWhy : null;
+  const eos = options.ignoreEos ? [] : [...model.eosIds];
+  // Fused decoding: tokens already chosen by the loop, consumed one per row per round.
+  let chunk: number[][] = [];
+  let chunkAt = 0;
+  let chunkSize = 16;
   for (;;) {
     for (let r = 0; r < prompts.length; r++) {
       if (stopReasons[r]) continue;
-      const id = samplers[r]!.next(lastLogits[r]!, contexts[r]!);
+      const id =
+        chunkAt < (chunk[0]?.length ?? 0)
+          ? chunk[r]![chunkAt]!
+          : samplers[r]!.next(lastLogits[r]!, contexts[r]!);
       generated[r]!.push(id);
       contexts[r]!.push(id);
       if (ttftMs === 0) ttftMs = performance.now() - t0;
@@ -218,8 +243,28 @@ export async function generate(
       });
       break;
     }
+    if (chunkAt < (chunk[0]?.length ?? 0)) chunkAt++;
+    if (chunkAt < (chunk[0]?.length ?? 0)) continue;
     // Finished rows keep feeding their last token; their outputs are ignored.
     const step = performance.now();
+    if (fused) {
+      const left = maxTokens - Math.min(...generated.filter((_, r) => !stopReasons[r]).map((g) => g.length));
+      const decoded = await fused.run(
+        generated.map((g) => g[g.length - 1]!),
+        state.tensors,
+        Math.min(chunkSize, left),
+        eos,
+      );
+      const steps = decoded.tokens[0]!.length;
+      const perToken = (performance.now() - step) / steps;
+      for (let i = 0; i < steps; i++) tokenMs.push(perToken);
+      chunkSize = Math.max(1, Math.min(FUSED_MAX_CHUNK, Math.round(FUSED_CHUNK_MS / perToken)));
+      // The state has consumed every chosen token but the last, as after stepping.
+      state = { ...state, length: state.length + steps, tensors: decoded.state };
+      chunk = decoded.tokens;
+      chunkAt = 0;
+      continue;
+    }
     result = await model.forward(
       generated.map((g) => [g[g.length - 1]!]),
       state,
@@ -235,6 +280,7 @@ export async function generate(
     text: rows[r]!.text,
     stopReason: stopReasons[r]!,
     seed: baseSeed + r,
+    decode: fused ? "fused" : "step",
     timings: { promptTokens: promptIds.length, prefillMs, ttftMs, tokenMs, totalMs },
   }));
 }

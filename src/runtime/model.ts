@@ -12,6 +12,7 @@ import {
   generate,
   type TokenEvent,
 } from "./generate.js";
+import { FusedDecoder } from "./fused-decode.js";
 import { analyseIo, type ModelIo } from "./io.js";
 import { asFloat32, intTensor, stackRows, zeros } from "./tensors.js";
 import { loadTokenizer, type TextTokenizer } from "./tokenizer.js";
@@ -72,6 +73,7 @@ export class LanguageModel {
     readonly session: InferenceSession,
     readonly io: ModelIo,
     readonly onnxPath: string,
+    private readonly sessionOptions: InferenceSession.SessionOptions = {},
   ) {
     this.eosIds = new Set(eosTokenIds(config));
     this.contextLength = config.model.context_length;
@@ -267,8 +269,21 @@ export class LanguageModel {
     return generate(this, prompts, options, onToken);
   }
 
-  /** Free the native session. */
+  private fused: Promise<FusedDecoder | { unsupported: string }> | undefined;
+
+  /**
+   * The fused greedy decoder (fused-decode.ts), built on first use, or why the model decodes step by
+   * step instead.
+   */
+  fusedDecoder(): Promise<FusedDecoder | { unsupported: string }> {
+    this.fused ??= FusedDecoder.create(this.onnxPath, this.io, this.sessionOptions);
+    return this.fused;
+  }
+
+  /** Free the native sessions. */
   async dispose(): Promise<void> {
+    const fused = await this.fused?.catch(() => undefined);
+    if (fused instanceof FusedDecoder) await fused.dispose();
     await this.session.release();
   }
 }
@@ -317,7 +332,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
   try {
     const io = analyseIo(session, config, onnxPath);
     checkVocabulary(session, io, config, tokenizer, folder);
-    return new LanguageModel(folder, config, card, tokenizer, session, io, onnxPath);
+    return new LanguageModel(folder, config, card, tokenizer, session, io, onnxPath, sessionOptions);
   } catch (e) {
     await session.release();
     throw e;

@@ -16,6 +16,7 @@ const runOptions = z.object({
   threads: z.coerce.number().int().positive().optional(),
   stop: z.array(z.string().min(1)).optional(),
   ignoreEos: z.boolean().optional(),
+  fused: z.boolean().optional(),
   json: z.boolean().optional(),
 });
 
@@ -48,6 +49,7 @@ export function generationReport(g: Generation, tokenText: string[]) {
     text: g.text,
     stop_reason: g.stopReason,
     seed: g.seed,
+    decode: g.decode,
     timings: {
       ttft_ms: g.timings.ttftMs,
       prefill_ms: g.timings.prefillMs,
@@ -75,6 +77,7 @@ export function registerRun(program: Command): void {
     .option("--threads <n>", "ONNX Runtime intra-op threads")
     .option("--stop <s>", "stop when the text contains s (repeatable)", collect)
     .option("--ignore-eos", "keep generating past the end-of-text token")
+    .option("--no-fused", "greedy decoding: one ONNX Runtime call per token, not many steps per call")
     .option("--json", "machine-readable output: tokens, timings, stop reason")
     .action(
       action(async (dir: string, raw: unknown) => {
@@ -90,6 +93,7 @@ export function registerRun(program: Command): void {
             seed: opts.seed,
             stop: opts.stop,
             ignoreEos: opts.ignoreEos,
+            fusedDecode: opts.fused,
           };
           const single = opts.prompt.length === 1;
           const pieces: string[][] = opts.prompt.map(() => []);
@@ -109,7 +113,7 @@ export function registerRun(program: Command): void {
             const decode = g.timings.tokenMs.reduce((a, b) => a + b, 0);
             process.stderr.write(
               `[${g.ids.length} tokens, stop: ${g.stopReason}, ttft ${g.timings.ttftMs.toFixed(1)} ms, ` +
-                `${g.timings.tokenMs.length ? ((1000 * g.timings.tokenMs.length) / decode).toFixed(1) : "-"} tokens/s, seed ${g.seed}]\n`,
+                `${g.timings.tokenMs.length ? ((1000 * g.timings.tokenMs.length) / decode).toFixed(1) : "-"} tokens/s (${g.decode} decode), seed ${g.seed}]\n`,
             );
           } else {
             results.forEach((g, r) => {

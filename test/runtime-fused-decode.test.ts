@@ -1,0 +1,138 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { registerRun } from "../src/cli/commands/run.js";
+import { FusedDecoder, fusedDecodeUnsupported } from "../src/runtime/fused-decode.js";
+import { type LanguageModel, loadModel } from "../src/runtime/index.js";
+import { inProcessCli } from "./cli-helpers.js";
+
+/**
+ * Fused greedy decoding (src/runtime/fused-decode.ts) against stepping one ONNX Runtime call per
+ * token, on the committed house models in real sessions: the same tokens, the same stops.
+ */
+
+const micro = join("models", "itera-lite-micro");
+const transformer = join("models", "transformer-tiny");
+
+describe.skipIf(!existsSync(join(micro, "model.onnx")))("Itera-Lite micro", () => {
+  let model: LanguageModel;
+  beforeAll(async () => {
+    model = await loadModel(micro, { threads: 1 });
+  });
+  afterAll(async () => {
+    await model.dispose();
+  });
+
+  const both = async (prompts: string[], options: Parameters<LanguageModel["generateBatch"]>[1]) => {
+    const step = await model.generateBatch(prompts, { ...options, temperature: 0, fusedDecode: false });
+    const fused = await model.generateBatch(prompts, { ...options, temperature: 0 });
+    return { step, fused };
+  };
+
+  it("qualifies: its only inputs are token ids and fixed-shape states", async () => {
+    expect(fusedDecodeUnsupported(model.io)).toBeNull();
+    expect(await model.fusedDecoder()).toBeInstanceOf(FusedDecoder);
+  });
+
+  it("gives exactly the tokens of stepping, for one prompt and for a batch of different lengths", async () => {
+    for (const prompts of [["ROMEO:"], ["ROMEO:", "JULIET:\nO Romeo"]]) {
+      const { step, fused } = await both(prompts, { maxTokens: 300, ignoreEos: true });
+      for (let r = 0; r < prompts.length; r++) {
+        expect(step[r]!.decode).toBe("step");
+        expect(fused[r]!.decode).toBe("fused");
+        expect(fused[r]!.ids).toEqual(step[r]!.ids);
+        expect(fused[r]!.ids).toHaveLength(300);
+        expect(fused[r]!.stopReason).toBe("max_tokens");
+        expect(fused[r]!.timings.tokenMs).toHaveLength(299);
+      }
+    }
+  });
+
+  it("stops where stepping stops: a stop string, and the end-of-text token", async () => {
+    const stepText = (await model.generate("ROMEO:", { maxTokens: 200, temperature: 0, ignoreEos: true }))
+      .text;
+    // a stop string that first appears in the middle of a fused chunk
+    const stop = stepText.slice(120, 124);
+    const { step, fused } = await both(["ROMEO:"], { maxTokens: 200, stop: [stop], ignoreEos: true });
+    expect(fused[0]!.stopReason).toBe("stop");
+    expect(fused[0]!.text).toBe(step[0]!.text);
+    expect(fused[0]!.ids).toEqual(step[0]!.ids);
+
+    const streamed: string[] = [];
+    const g = await model.generate(
+      "ROMEO:",
+      { maxTokens: 200, temperature: 0, stop: [stop], ignoreEos: true },
+      (e) => streamed.push(e.text),
+    );
+    expect(streamed.join("")).toBe(g.text);
+
+    const withEos = await both(["ROMEO:"], { maxTokens: 400 });
+    expect(withEos.fused[0]!.ids).toEqual(withEos.step[0]!.ids);
+    expect(withEos.fused[0]!.stopReason).toBe(withEos.step[0]!.stopReason);
+  });
+
+  it("ends the loop early once every row has produced an end token", async () => {
+    const fused = (await model.fusedDecoder()) as FusedDecoder;
+    const state = model.newState(1).tensors;
+    const free = await fused.run([5], state, 40, []);
+    expect(free.tokens[0]).toHaveLength(40);
+    // pretend the 7th greedy token ends the text: the loop must stop right after producing it
+    const end = free.tokens[0]![6]!;
+    const first = free.tokens[0]!.indexOf(end);
+    const stopped = await fused.run([5], state, 40, [end]);
+    expect(stopped.tokens[0]).toEqual(free.tokens[0]!.slice(0, first + 1));
+  });
+
+  it("steps when sampling or penalising repetitions", async () => {
+    const sampled = await model.generate("ROMEO:", { maxTokens: 20, temperature: 0.8, seed: 3 });
+    expect(sampled.decode).toBe("step");
+    const penalised = await model.generate("ROMEO:", {
+      maxTokens: 20,
+      temperature: 0,
+      repetitionPenalty: 1.3,
+    });
+    expect(penalised.decode).toBe("step");
+  });
+});
+
+describe.skipIf(!existsSync(join(transformer, "model.onnx")))("a KV-cache model", () => {
+  it("decodes step by step and says why", async () => {
+    const model = await loadModel(transformer, { threads: 1 });
+    try {
+      expect(fusedDecodeUnsupported(model.io)).toMatch(/KV cache|attention mask/);
+      expect(await model.fusedDecoder()).toEqual({ unsupported: fusedDecodeUnsupported(model.io) });
+      const g = await model.generate("ROMEO:", { maxTokens: 10, temperature: 0 });
+      expect(g.decode).toBe("step");
+    } finally {
+      await model.dispose();
+    }
+  });
+});
+
+describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera run", () => {
+  const itera = inProcessCli((program) => registerRun(program));
+
+  it("--json says how it decoded; --no-fused steps one call per token, with the same tokens", async () => {
+    const args = [
+      "run",
+      micro,
+      "--prompt",
+      "ROMEO:",
+      "-n",
+      "64",
+      "--temperature",
+      "0",
+      "--ignore-eos",
+      "--json",
+    ];
+    const fused = await itera(...args);
+    const step = await itera(...args, "--no-fused");
+    expect(fused.code).toBe(0);
+    expect(step.code).toBe(0);
+    const a = JSON.parse(fused.stdout) as { decode: string; ids: number[] };
+    const b = JSON.parse(step.stdout) as { decode: string; ids: number[] };
+    expect(a.decode).toBe("fused");
+    expect(b.decode).toBe("step");
+    expect(a.ids).toEqual(b.ids);
+  });
+});
