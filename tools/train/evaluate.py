@@ -4,9 +4,11 @@
 Methods (the same that `itera eval` implements, so it reproduces the figures with ONNX Runtime):
 - Itera-Lite: the state is carried across the whole text, fed in windows of 256 tokens; every token
   after the first is predicted from the entire text before it.
-- Transformer: sliding windows of the trained context (128: learned positions beyond the training
-  sequence length are untrained) with stride half of it, each from an empty KV cache;
-  a token is scored once, in the first window that predicts it with the most context.
+- Transformer: sliding windows of the training sequence length (128) with stride half of it, each
+  from an empty KV cache; a token is scored once, in the first window that predicts it with the most
+  context. Its rotary positions have no table, so it also runs beyond that length: the validation
+  text is measured again in windows of 512 and 2048 (LONG_WINDOWS, separate card entries), which
+  says what the longer context is worth to a model trained on 128-token sequences.
 Tokens as the model folder's tokenizer.json gives them (tokenizer.CharTokenizer.encode): one per
 character, except that the literal text `<unk>` is one token; characters outside the vocabulary map
 to <unk> (id 0). Every token is scored like any other target.
@@ -47,6 +49,21 @@ SUITE = [
     ("wikitext-2-test", "wikitext-2/test.txt", "first 10% of characters"),
     ("tinystories-sample", "tinystories-sample.txt", "all"),
 ]
+# Transformer only: tinyshakespeare-val again in sliding windows longer than the training sequences.
+LONG_WINDOWS = (512, 2048)
+
+
+def long_window_dataset(window: int) -> str:
+    return f"{SUITE[0][0]}-window-{window}"
+
+
+def suite_for(model, ckpt: dict | None) -> list[tuple[str, str, str, int | None]]:
+    """(dataset label, file, split, window) of every card entry for this model (window None: carried state)."""
+    if isinstance(model, IteraLite):
+        return [(d, f, s, None) for d, f, s in SUITE]
+    trained = training_window(model, ckpt)
+    long = [w for w in LONG_WINDOWS if trained < w <= model.config.context_length]
+    return [(d, f, s, trained) for d, f, s in SUITE] + [(long_window_dataset(w), *SUITE[0][1:], w) for w in long]
 
 
 def apply_split(text: str, split: str) -> str:
@@ -71,8 +88,8 @@ def method_text(model, context: int) -> str:
     )
 
 
-def usable_context(model, ckpt: dict | None) -> int:
-    """Positions the Transformer was trained on: learned positions beyond the training length are untrained."""
+def training_window(model, ckpt: dict | None) -> int:
+    """The sequence length the Transformer was trained on: the window of its main figures."""
     trained = int((ckpt or {}).get("args", {}).get("seq_len") or model.config.context_length)
     return min(model.config.context_length, trained)
 
@@ -121,8 +138,8 @@ def scored_chars(spans: list[tuple[int, int]]) -> int:
 
 def evaluate(model, tok, data_dir: Path, ckpt: dict | None = None, log=print, only: str | None = None) -> list[dict]:
     records = []
-    context = usable_context(model, ckpt)
-    for dataset, file, split in SUITE:
+    trained = None if isinstance(model, IteraLite) else training_window(model, ckpt)
+    for dataset, file, split, context in suite_for(model, ckpt):
         if only is not None and dataset != only:
             continue
         text = apply_split(read_text(data_dir / file), split)
@@ -145,7 +162,7 @@ def evaluate(model, tok, data_dir: Path, ckpt: dict | None = None, log=print, on
             "bits_per_char": round(nats / chars / math.log(2), 6),
             "perplexity": round(math.exp(per), 6),
             "unk_chars": unk - literal_unk,
-            "note": note(unk - literal_unk, literal_unk),
+            "note": note(unk - literal_unk, literal_unk, context if context != trained else None, trained),
             "seconds": round(time.time() - t0, 1),
         }
         log(f"{dataset}: {per:.4f} nats/token, {nats / chars / math.log(2):.4f} bits/char over {n} tokens ({unk} unk)")
@@ -153,8 +170,10 @@ def evaluate(model, tok, data_dir: Path, ckpt: dict | None = None, log=print, on
     return records
 
 
-def note(unknown_chars: int, literal_unk: int) -> str:
+def note(unknown_chars: int, literal_unk: int, long_window: int | None = None, trained: int | None = None) -> str:
     parts = ["one token per character"]
+    if long_window:
+        parts.append(f"windows of {long_window}, beyond the {trained}-token training sequences (rotary positions)")
     if literal_unk:
         parts.append(f"the literal text <unk> ({literal_unk} times) is one <unk> token, as tokenizer.json reads it")
     if unknown_chars:
@@ -168,13 +187,21 @@ def main(argv=None) -> int:
     p.add_argument("folder", type=Path, nargs="?", help="model folder whose itera.json gets the figures")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--only", choices=[d for d, _, _ in SUITE], help="evaluate one dataset; replace only its card entry")
+    p.add_argument(
+        "--only",
+        choices=[d for d, _, _ in SUITE] + [long_window_dataset(w) for w in LONG_WINDOWS],
+        help="evaluate one dataset; replace only its card entry",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.checkpoint.is_file():
         print(f"error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 2
-    model, tok, ckpt = load_checkpoint(args.checkpoint)
+    try:
+        model, tok, ckpt = load_checkpoint(args.checkpoint)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         records = evaluate(
             model, tok, args.data, ckpt, log=lambda s: print(s, file=sys.stderr, flush=True), only=args.only

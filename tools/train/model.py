@@ -66,7 +66,9 @@ class TransformerConfig:
     n_layers: int = 4
     n_heads: int = 6
     d_ff: int = 768
-    context_length: int = 256
+    # Rotary positions have no table: this bounds generation (the KV cache), not the weights.
+    context_length: int = 2048
+    rope_base: float = 10000.0
     family: str = field(default="transformer", init=False)
 
     @property
@@ -76,6 +78,8 @@ class TransformerConfig:
     def validate(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
+        if self.head_size % 2:
+            raise ValueError(f"head_size={self.head_size} must be even for rotary positions (pairs of channels)")
         for name in ("vocab_size", "d_model", "n_layers", "d_ff", "context_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -92,7 +96,9 @@ CONFIGS = {
     "test-ssm": lambda vocab: IteraLiteConfig(
         vocab_size=vocab, d_model=16, n_layers=2, d_state=4, head_dim=8, d_ff=16, n_experts=3, top_k=2
     ),
-    "test-transformer": lambda vocab: TransformerConfig(vocab_size=vocab, d_model=16, n_layers=2, n_heads=2, d_ff=32),
+    "test-transformer": lambda vocab: TransformerConfig(
+        vocab_size=vocab, d_model=16, n_layers=2, n_heads=2, d_ff=32, context_length=256
+    ),
 }
 
 
@@ -316,17 +322,41 @@ class IteraLite(nn.Module):
         return self.head(self.norm(x)), new_state
 
 
+def rotate_half_matrix(head_size: int) -> torch.Tensor:
+    """R with x @ R = cat(-x[half:], x[:half]) (Llama's rotate_half): one MatMul in the graph, not slices."""
+    half = head_size // 2
+    r = torch.zeros(head_size, head_size)
+    r[half:, :half] = -torch.eye(half)
+    r[:half, half:] = torch.eye(half)
+    return r
+
+
+def rotary_cos_sin(position_ids: torch.Tensor, freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position x frequency, [b, t, 3, 1, head_size] over the fused (q, k, v) axis (`freq`:
+    the head_size/2 inverse frequencies repeated for the two halves, GPT-NeoX); v's slot has cos 1 and
+    sin 0, so one multiply-add rotates q and k and passes v through exactly, with no slicing in the graph."""
+    angles = position_ids.to(freq.dtype)[:, :, None, None, None] * freq
+    rotated = torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 3, 1, 1)
+    return angles.cos() * rotated + (1 - rotated), angles.sin() * rotated
+
+
 class Attention(nn.Module):
+    """Multi-head causal attention with rotary positions: q and k rotated by their absolute position,
+    so scores depend only on the distance between tokens. Keys enter the KV cache already rotated."""
+
     def __init__(self, c: TransformerConfig):
         super().__init__()
         self.c = c
         self.qkv = nn.Linear(c.d_model, 3 * c.d_model)
         self.proj = nn.Linear(c.d_model, c.d_model)
+        self.register_buffer("rotate_half", rotate_half_matrix(c.head_size), persistent=False)
 
-    def forward(self, x, past_k, past_v, bias):
+    def forward(self, x, past_k, past_v, bias, cos, sin):
         c = self.c
         b, t = x.shape[0], x.shape[1]
-        q, k, v = self.qkv(x).reshape(b, t, 3, c.n_heads, c.head_size).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(b, t, 3, c.n_heads, c.head_size)
+        qkv = qkv * cos + (qkv @ self.rotate_half) * sin  # rotates q and k; v has cos 1, sin 0
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
         k = torch.cat([past_k, k], dim=2)
         v = torch.cat([past_v, v], dim=2)
         att = torch.softmax((q @ k.transpose(2, 3)) * (1.0 / math.sqrt(c.head_size)) + bias, dim=-1)
@@ -343,22 +373,23 @@ class TransformerBlock(nn.Module):
         self.fc = nn.Linear(c.d_model, c.d_ff)
         self.out = nn.Linear(c.d_ff, c.d_model)
 
-    def forward(self, x, past_k, past_v, bias):
-        y, k, v = self.attn(self.ln1(x), past_k, past_v, bias)
+    def forward(self, x, past_k, past_v, bias, cos, sin):
+        y, k, v = self.attn(self.ln1(x), past_k, past_v, bias, cos, sin)
         x = x + y
         return x + self.out(F.gelu(self.fc(self.ln2(x)))), k, v
 
 
 class Transformer(nn.Module):
-    """GPT-2-style decoder (pre-LayerNorm, learned positions, tied head) with a KV cache."""
+    """GPT-2-style decoder (pre-LayerNorm, tied head) with rotary positions (RoPE, GPT-NeoX/Llama
+    rotate-half form, no position table: it runs at any length) and a KV cache."""
 
     def __init__(self, c: TransformerConfig):
         super().__init__()
         self.config = c
         self.embed = nn.Embedding(c.vocab_size, c.d_model)
-        self.pos = nn.Embedding(c.context_length, c.d_model)
-        for emb in (self.embed, self.pos):
-            nn.init.normal_(emb.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        inv_freq = 1.0 / (c.rope_base ** (torch.arange(0, c.head_size, 2, dtype=torch.float32) / c.head_size))
+        self.register_buffer("rope_freq", torch.cat([inv_freq, inv_freq]), persistent=False)
         self.blocks = nn.ModuleList(TransformerBlock(c) for _ in range(c.n_layers))
         self.norm = nn.LayerNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.vocab_size, bias=False)
@@ -392,10 +423,11 @@ class Transformer(nn.Module):
         qpos = torch.arange(t) + past
         allowed = (kpos[None, :] <= qpos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
         bias = torch.where(allowed, torch.tensor(0.0), torch.tensor(torch.finfo(torch.float32).min))
-        x = self.embed(input_ids) + self.pos(position_ids)
+        x = self.embed(input_ids)
+        cos, sin = rotary_cos_sin(position_ids, self.rope_freq)  # once, shared by every layer
         new_state = []
         for i, blk in enumerate(self.blocks):
-            x, k, v = blk(x, state[2 * i], state[2 * i + 1], bias)
+            x, k, v = blk(x, state[2 * i], state[2 * i + 1], bias, cos, sin)
             new_state += [k, v]
         return self.head(self.norm(x)), new_state
 

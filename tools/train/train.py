@@ -107,6 +107,11 @@ def quick_val_loss(model, val: torch.Tensor, args) -> float:
 
 def load_checkpoint(path: Path):
     ckpt = torch.load(path, map_location="cpu")
+    if "pos.weight" in ckpt["model"]:
+        raise ValueError(
+            f"{path} is a Transformer with learned positions (before rotary positions): retrain it with "
+            "tools/train/train.py --model transformer-tiny"
+        )
     model = build_model(config_from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model, CharTokenizer(ckpt["chars"]), ckpt

@@ -217,6 +217,60 @@ def test_evaluation_scores_every_token_after_the_first_once(checkpoints, name):
     assert abs(nats - float(expect)) < 1e-3
 
 
+@torch.no_grad()
+def test_rotary_transformer_matches_pytorch_with_a_past_and_beyond_position_256(checkpoints, tmp_path):
+    """No position table: the export runs at any position. 300 tokens, prefilled then stepped across
+    position 256 (the old learned table's size) with a KV cache in, equal PyTorch's full forward."""
+    ck = checkpoints / "test-transformer" / "final.pt"
+    folder = export_folder(ck, tmp_path / "rope", "rope", "rope")
+    model, tok, _ = train.load_checkpoint(ck)
+    model.eval()
+    config = json.loads((folder / "genai_config.json").read_text())["model"]
+    assert config["context_length"] == model.config.context_length
+    card = json.loads((folder / "itera.json").read_text())["architecture"]
+    assert card["positions"].startswith("rotary") and card["trained_sequence_length"] == 32
+    assert not any(t.name.endswith("pos.weight") for t in onnx.load(str(folder / "model.onnx")).graph.initializer)
+    ids = tok.encode((TEXT * 2)[:300])
+    chunkings = ([300], [250, 1, 1, 1, 1, 1, 1, 44], [200, 60, 40])
+    outs = ort_run_many([(folder / "model.onnx", [ids], ch, initial_state_shapes(model)) for ch in chunkings])
+    ref, state = model(torch.tensor([ids]))
+    for chunks, out in zip(chunkings, outs):
+        assert np.abs(out["logits"] - ref.numpy()).max() <= 1e-4, chunks
+        for n, s in zip(model.state_names(), state):
+            assert out["state"][n].shape[2] == 300
+            assert np.abs(out["state"][n] - s.numpy()).max() <= 1e-4, (chunks, n)
+
+
+def test_learned_position_checkpoint_is_refused_with_the_reason(checkpoints, tmp_path, capsys):
+    old = torch.load(checkpoints / "test-transformer" / "final.pt")
+    old["model"]["pos.weight"] = torch.zeros(256, old["config"]["d_model"])
+    torch.save(old, tmp_path / "old.pt")
+    import export
+
+    assert export.main([str(tmp_path / "old.pt"), str(tmp_path / "out")]) == 2
+    assert "learned positions" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert evaluate.main([str(tmp_path / "old.pt")]) == 2
+    assert "retrain" in capsys.readouterr().err
+
+
+def test_transformer_is_also_evaluated_in_windows_longer_than_its_training_sequences():
+    from model import CONFIGS, build_model
+
+    tiny = build_model(CONFIGS["transformer-tiny"](66))
+    assert [(d, w) for d, _, _, w in evaluate.suite_for(tiny, {"args": {"seq_len": 128}})] == [
+        ("tinyshakespeare-val", 128),
+        ("wikitext-2-test", 128),
+        ("tinystories-sample", 128),
+        ("tinyshakespeare-val-window-512", 512),
+        ("tinyshakespeare-val-window-2048", 2048),
+    ]
+    assert "sliding windows of 2048 with stride 1024" in evaluate.method_text(tiny, 2048)
+    # No window beyond the context the model declares; Itera-Lite carries its state instead.
+    small = build_model(CONFIGS["test-transformer"](66))
+    assert [w for *_, w in evaluate.suite_for(small, {"args": {"seq_len": 32}})] == [32, 32, 32]
+    assert all(w is None for *_, w in evaluate.suite_for(build_model(CONFIGS["test-ssm"](66)), None))
+
+
 def test_transformer_with_fused_past_caches_matches_pytorch(checkpoints, tmp_path, capsys):
     """The older GPT-2 layout (past_N -> present_N, key and value stacked) for runtime fixtures."""
     ck = checkpoints / "test-transformer" / "final.pt"
