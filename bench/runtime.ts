@@ -17,6 +17,7 @@ import { join, relative } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { InferenceSession } from "onnxruntime-node";
 import { env } from "onnxruntime-node";
+import { FusedDecoder } from "../src/runtime/fused-decode.js";
 import { type LanguageModel, loadModel, type State } from "../src/runtime/index.js";
 import { argmax } from "../src/runtime/sampling.js";
 import { markdownTable } from "../src/util/table.js";
@@ -63,8 +64,10 @@ function parseArgs(argv: string[]): Args {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** Count the wall time spent inside session.run (the rest of a step is JavaScript). */
-function instrument(model: LanguageModel): { runMs: (skipFirst?: boolean) => number; reset: () => void } {
-  const session = model.session as InferenceSession & { run: InferenceSession["run"] };
+function instrument(session: InferenceSession): {
+  runMs: (skipFirst?: boolean) => number;
+  reset: () => void;
+} {
   const original = session.run.bind(session);
   let calls: number[] = [];
   (session as { run: unknown }).run = async (...a: Parameters<InferenceSession["run"]>) => {
@@ -118,6 +121,7 @@ interface Row {
   /** Greedy decode through generate(): many steps per call where the model allows it (fused-decode.ts). */
   greedy: number;
   greedyMode: string;
+  greedyJsShare: number;
   kernelShare: number | null;
   /** Kernels ONNX Runtime runs per decode step (after its graph optimisations). */
   nodesPerRun: number | null;
@@ -148,7 +152,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
   const model = await loadModel(dir, { threads });
   const name = model.card?.id ?? relative(".", dir);
   try {
-    const timer = instrument(model);
+    const timer = instrument(model.session);
     const p = Math.min(128, Math.floor(model.contextLength / 2));
     const ids = promptIds(model, p);
 
@@ -201,8 +205,13 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
     // Greedy through generate(): a recurrent model decodes many steps per session.run.
     const greedySpeeds: number[] = [];
     let greedyMode = "step";
+    const greedyJsShare = 0;
+    const fused = await model.fusedDecoder();
+    const fusedTimer = fused instanceof FusedDecoder ? instrument(fused.session) : timer;
     const greedyTokens = Math.max(n, Math.min(2048, args.decodeTokens * 8));
     for (let r = 0; r <= args.repetitions; r++) {
+      timer.reset();
+      fusedTimer.reset();
       const g = await model.generate(
         ids.slice(0, 8),
         { maxTokens: model.limitedContext ? n + 1 : greedyTokens, ignoreEos: true, temperature: 0 },
@@ -244,6 +253,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       generateJsShare,
       greedy: median(greedySpeeds),
       greedyMode,
+      greedyJsShare,
       kernelShare,
       nodesPerRun,
     });
@@ -263,7 +273,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
     }
     for (const c of contexts) {
       if (model.limitedContext && c + 64 > model.contextLength) {
-        extra.push([name, String(threads), String(c), "beyond context", "1", ""]);
+        extra.push([name, String(threads), String(c), "beyond context", "1", "", ""]);
         continue;
       }
       const fill = promptIds(model, c);
@@ -279,7 +289,15 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       }
       const speed = median(speeds);
       base ??= speed;
-      extra.push([name, String(threads), String(c), speed.toFixed(0), "1", `${(speed / base).toFixed(2)}x`]);
+      extra.push([
+        name,
+        String(threads),
+        String(c),
+        speed.toFixed(0),
+        "1",
+        `${(speed / base).toFixed(2)}x`,
+        "",
+      ]);
     }
 
     // Batched decode: B streams of 64 tokens each; aggregate tokens/s.
@@ -295,13 +313,23 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
         steps,
         rowsIds.map((r) => r[0]!),
       );
+      const stepped = (1000 * steps * b) / (performance.now() - t);
+      // The same streams greedy through generate(): fused where the model allows it.
+      const greedy = await model.generateBatch(rowsIds, {
+        maxTokens: 4 * steps,
+        ignoreEos: true,
+        temperature: 0,
+      });
+      const g = greedy[0]!;
+      const greedyRate = (1000 * g.timings.tokenMs.length * b) / (g.timings.totalMs - g.timings.ttftMs);
       extra.push([
         name,
         String(threads),
         "8",
-        ((1000 * steps * b) / (performance.now() - t)).toFixed(0),
+        stepped.toFixed(0),
         String(b),
         "",
+        `${greedyRate.toFixed(0)} (${g.decode})`,
       ]);
     }
   } finally {
@@ -352,6 +380,7 @@ async function main() {
         "generate() tok/s",
         "JS outside session.run (generate)",
         "greedy generate() tok/s",
+        "JS outside session.run (greedy)",
         "kernels / session.run",
         "kernels per step",
       ],
@@ -367,15 +396,19 @@ async function main() {
         r.generate.toFixed(0),
         pct(r.generateJsShare),
         `${r.greedy.toFixed(0)} (${r.greedyMode})`,
+        pct(r.greedyJsShare),
         r.kernelShare === null ? "n/a" : pct(r.kernelShare),
         r.nodesPerRun ?? "n/a",
       ]),
     ),
     "",
     "Decode tokens/s over 64 tokens after the state holds `context` tokens (batch 1, median of at least 7 runs), " +
-      "and aggregate decode tokens/s of batches (64 steps after an 8-token prompt):",
+      "and aggregate decode tokens/s of batches (64 steps after an 8-token prompt; greedy generate(): 256 tokens per stream):",
     "",
-    markdownTable(["model", "threads", "context", "decode tok/s", "batch", "vs first context"], extra),
+    markdownTable(
+      ["model", "threads", "context", "decode tok/s", "batch", "vs first context", "greedy generate() tok/s"],
+      extra,
+    ),
     "",
   ].join("\n");
   process.stdout.write(`${report}\n`);

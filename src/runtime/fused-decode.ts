@@ -158,7 +158,8 @@ export interface DecodeChunk {
 /** A second ONNX Runtime session that runs the decode loop of a model. */
 export class FusedDecoder {
   private constructor(
-    private readonly session: InferenceSession,
+    /** The loop's session (public for benchmarks that time session.run). */
+    readonly session: InferenceSession,
     private readonly io: ModelIo,
   ) {}
 
