@@ -5,6 +5,7 @@ import { registerRun } from "../src/cli/commands/run.js";
 import { FusedDecoder, fusedDecodeUnsupported } from "../src/runtime/fused-decode.js";
 import { type LanguageModel, loadModel } from "../src/runtime/index.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { fixtureModels, reference } from "./fixtures/runtime/models.js";
 
 /**
  * Fused greedy decoding (src/runtime/fused-decode.ts) against stepping one ONNX Runtime call per
@@ -134,5 +135,41 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera run", () => {
     expect(a.decode).toBe("fused");
     expect(b.decode).toBe("step");
     expect(a.ids).toEqual(b.ids);
+  });
+});
+
+describe("PyTorch fixtures (test/fixtures/runtime)", () => {
+  it("a recurrent export decodes fused to PyTorch's greedy tokens; a hybrid with attention steps", async () => {
+    const fixtures = fixtureModels();
+    const recurrent = await loadModel(join(fixtures, "recurrent"), { threads: 1 });
+    try {
+      for (const ref of [
+        reference(join(fixtures, "recurrent")).first,
+        reference(join(fixtures, "recurrent")).second,
+      ]) {
+        const g = await recurrent.generate(ref.input_ids, {
+          maxTokens: ref.greedy_ids.length,
+          temperature: 0,
+          ignoreEos: true,
+        });
+        expect(g.decode).toBe("fused");
+        expect(g.ids).toEqual(ref.greedy_ids);
+      }
+    } finally {
+      await recurrent.dispose();
+    }
+    const hybrid = await loadModel(join(fixtures, "hybrid"), { threads: 1 });
+    try {
+      const ref = reference(join(fixtures, "hybrid")).first;
+      const g = await hybrid.generate(ref.input_ids, {
+        maxTokens: ref.greedy_ids.length,
+        temperature: 0,
+        ignoreEos: true,
+      });
+      expect(g.decode).toBe("step");
+      expect(g.ids).toEqual(ref.greedy_ids);
+    } finally {
+      await hybrid.dispose();
+    }
   });
 });
