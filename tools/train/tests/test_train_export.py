@@ -328,3 +328,26 @@ def test_only_replaces_one_card_entry_and_bits_per_char_counts_source_characters
     assert f"({literal} times)" in rec["note"]
     vocab = train.load_checkpoint(ck)[1].stoi
     assert rec["unk_chars"] == sum(1 for c in text.replace("<unk>", "") if c not in vocab) > 0
+
+
+@torch.no_grad()
+def test_context_profile_groups_every_target_of_the_full_windows_by_tokens_seen(checkpoints, data_dir, capsys):
+    import context_profile
+
+    model, tok, _ = train.load_checkpoint(checkpoints / "test-transformer" / "final.pt")
+    ids = tok.encode(TEXT[:700])
+    rows = context_profile.nats_by_position(model, ids, 300)
+    assert [r["tokens_seen"] for r in rows] == ["1-64", "65-128", "129-256", "257-299"]
+    assert [r["targets"] for r in rows] == [2 * 64, 2 * 64, 2 * 128, 2 * 43]  # two full windows, 299 targets each
+    # The weighted mean is the mean loss of the two windows' targets.
+    total = sum(r["nats_per_token"] * r["targets"] for r in rows)
+    expect = 0.0
+    for begin in (0, 300):
+        logits, _ = model(torch.tensor([ids[begin : begin + 300]]))
+        target = torch.tensor(ids[begin + 1 : begin + 300])
+        expect += float(torch.nn.functional.cross_entropy(logits[0, :-1].double(), target, reduction="sum"))
+    assert abs(total - expect) < 1e-2
+    with pytest.raises(ValueError, match="fewer than one window"):
+        context_profile.nats_by_position(model, ids[:100], 300)
+    assert context_profile.main([str(checkpoints / "test-transformer" / "final.pt"), "--window", "1"]) == 2
+    assert "--window" in capsys.readouterr().err
