@@ -21,6 +21,7 @@ import {
 } from "../src/onnx/index.js";
 import { analyzeModel } from "../src/onnx/report.js";
 import { buildFixtures } from "./fixtures/onnx/build.js";
+import { contribModel } from "./fixtures/onnx/contrib-model.js";
 
 const exec = promisify(execFile);
 let dir: string;
@@ -393,21 +394,13 @@ describe("inspect: quantized graphs (the quantizer's patterns)", () => {
         attributes: [attr.int("K", 32), attr.int("N", 8), attr.int("bits", 4), attr.int("block_size", 16)],
       }),
     ];
-    return {
-      irVersion: 8,
-      opsetImport: [
-        { domain: "", version: 17 },
-        { domain: "com.microsoft", version: 1 },
-      ],
-      graph: {
-        name: "quantized",
-        node,
-        initializer,
-        input: [makeValueInfo("ids", DataType.INT64, ["batch_size", "sequence_length"])],
-        output: [makeValueInfo("y", DataType.FLOAT, ["batch_size", "sequence_length", 8])],
-        valueInfo: [],
-      },
-    };
+    return contribModel({
+      name: "quantized",
+      node,
+      initializer,
+      input: [makeValueInfo("ids", DataType.INT64, ["batch_size", "sequence_length"])],
+      output: [makeValueInfo("y", DataType.FLOAT, ["batch_size", "sequence_length", 8])],
+    });
   }
 
   it("infers the shapes onnxruntime computes, and counts their FLOPs", async () => {

@@ -28,6 +28,7 @@ import { dequantizeInt8, quantizeInt8, roundHalfEven, transpose } from "../src/q
 import type { Precision } from "../src/quantize/options.js";
 import { applyPrecisions } from "../src/quantize/rewrite.js";
 import { countQuantizedNodes, findSites } from "../src/quantize/sites.js";
+import { BASE_PARAMS, relError } from "./quantize-helpers.js";
 
 let dir: string;
 beforeAll(async () => {
@@ -54,30 +55,11 @@ function matmul(a: ArrayLike<number>, b: ArrayLike<number>, m: number, k: number
   return out;
 }
 
-function relError(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  expect(got.length).toBe(want.length);
-  let maxDiff = 0;
-  let maxRef = 0;
-  for (let i = 0; i < want.length; i++) {
-    maxDiff = Math.max(maxDiff, Math.abs(got[i]! - want[i]!));
-    maxRef = Math.max(maxRef, Math.abs(want[i]!));
-  }
-  return maxDiff / maxRef;
-}
-
 async function quantized(file: string, choose: (site: string) => Precision, params = {}) {
   const model = await loadModel(join(dir, file));
   const sites = findSites(new Graph(model.graph!));
   const choice = new Map(sites.map((s) => [s.name, choose(s.name)]));
-  const applied = applyPrecisions(model, sites, choice, {
-    blockSize: 32,
-    symmetric: false,
-    int8Symmetric: true,
-    accuracyLevel: 0,
-    perChannel: false,
-    reduceRange: false,
-    ...params,
-  });
+  const applied = applyPrecisions(model, sites, choice, { ...BASE_PARAMS, ...params });
   const out = join(dir, `${file}.${Math.random().toString(36).slice(2)}.onnx`);
   await saveModel(out, model);
   return { out, applied, model };
@@ -356,7 +338,7 @@ describe("weights kept at fp32", () => {
       ({ name: "s", kind, head: false, dims, weightName: "w", bytes: dims[0] * dims[1] * 4 }) as never;
     // K = 4 rows of a MoE combine: one 32-value block per column holds 28 values of padding
     expect(unsupportedReason(site("linear", [4, 128]), "int4", params)).toMatch(/would not be smaller/);
-    expect(precisionBytes(site("linear", [4, 128]), "int4", 32, false)).toBeGreaterThan(4 * 128 * 4);
+    expect(precisionBytes(site("linear", [4, 128]), "int4", params)).toBeGreaterThan(4 * 128 * 4);
     expect(unsupportedReason(site("linear", [128, 4]), "int4", params)).toBeUndefined();
     expect(unsupportedReason(site("embedding", [66, 48]), "int4", params)).toMatch(
       /not a multiple of the block size/,

@@ -66,7 +66,7 @@ export async function chooseMixedPrecision(
       if (!skip) layer.sensitivity[p] = delta;
       options.push({
         precision: p,
-        bytes: precisionBytes(s, p, opts.blockSize, opts.symmetric),
+        bytes: precisionBytes(s, p, params),
         deltaLoss: delta,
       });
       previous = delta;

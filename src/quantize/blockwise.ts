@@ -125,8 +125,24 @@ export function quantizeRowsBlockwise(
   cols: number,
   opts: BlockwiseOptions,
 ): BlockQuantized {
+  if (!isValidBlockSize(opts.blockSize))
+    throw new Error(`block size ${opts.blockSize} is not a power of two >= 16`);
+  return quantizeRows(w, rows, cols, opts);
+}
+
+/**
+ * quantizeRowsBlockwise for any block whose packed size is whole bytes, such as one block per row
+ * (QMoE's per-row scales: blockSize = cols).
+ */
+export function quantizeRows(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  opts: BlockwiseOptions,
+): BlockQuantized {
   const { bits, blockSize, symmetric } = opts;
-  if (!isValidBlockSize(blockSize)) throw new Error(`block size ${blockSize} is not a power of two >= 16`);
+  if (!Number.isInteger(blockSize) || blockSize < 1 || (blockSize * bits) % 8 !== 0)
+    throw new Error(`block size ${blockSize} does not pack ${bits}-bit values into whole bytes`);
   if (w.length !== rows * cols)
     throw new Error(`quantizeRowsBlockwise: ${w.length} values for ${rows}x${cols}`);
   const kBlocks = Math.ceil(cols / blockSize);

@@ -9,6 +9,9 @@ export const MODES = ["int8", "int4", "int8-wo", "fp16", "auto"] as const;
 export type Mode = (typeof MODES)[number];
 
 /** What one weight can become. Ordered from smallest to largest on disk. */
+export const MOE_SCALES = ["row", "block"] as const;
+export type MoeScales = (typeof MOE_SCALES)[number];
+
 export const PRECISIONS = ["int4", "int8-wo", "int8", "fp16", "fp32"] as const;
 export type Precision = (typeof PRECISIONS)[number];
 
@@ -22,6 +25,10 @@ export interface QuantizeOptions {
   /** block-wise formats: pick each block's range by least squared error among shrunk ranges */
   searchClipping: boolean;
   accuracyLevel: number;
+  /** QMoE experts: one scale per row (onnxruntime's fast 4-bit path) or block-wise with blockSize */
+  moeScales: MoeScales;
+  /** QMoE experts: asymmetric (zero points); default false, symmetric (onnxruntime's fast path) */
+  moeZeroPoints: boolean;
   perChannel: boolean;
   reduceRange: boolean;
   exclude: string[];
@@ -66,6 +73,8 @@ const raw = z.object({
     .int()
     .min(0)
     .max(4, { message: "must be 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)" }),
+  moeScales: z.enum(MOE_SCALES, { error: () => `must be one of ${MOE_SCALES.join(", ")}` }).default("row"),
+  moeZeroPoints: z.boolean().default(false),
   perChannel: z.boolean().default(false),
   reduceRange: z.boolean().default(false),
   exclude: z.array(z.string()).default([]),
@@ -102,6 +111,8 @@ export function parseQuantizeOptions(input: Record<string, unknown>): QuantizeOp
     int8Symmetric: o.symmetric ?? true,
     searchClipping: o.clipSearch,
     accuracyLevel: o.accuracyLevel,
+    moeScales: o.moeScales,
+    moeZeroPoints: o.moeZeroPoints,
     perChannel: o.perChannel,
     reduceRange: o.reduceRange,
     exclude: o.exclude

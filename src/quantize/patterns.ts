@@ -6,6 +6,7 @@
 import { quantizeMatMulNBits, quantizeRowsBlockwise, type Bits } from "./blockwise.js";
 import { float32ToFloat16 } from "../onnx/index.js";
 import { quantizeInt8 } from "./linear.js";
+import { type ExpertRole, expertMatrices, type MoeShape, type QmoeLayout, quantizeExperts } from "./moe.js";
 
 export type TensorData = Float32Array | Uint16Array | Uint8Array | Int8Array | BigInt64Array;
 export type TensorType = "float32" | "float16" | "uint8" | "int8" | "int64";
@@ -213,6 +214,75 @@ export function gatherBlockQuantized(
         { bits: opts.bits, block_size: opts.blockSize, gather_axis: 0, quantize_axis: 1 },
         "com.microsoft",
       ),
+    ],
+  };
+}
+
+/** A com.microsoft.MoE node with constant float experts. */
+export interface MoeSite {
+  name: string;
+  /** the MoE node's inputs: input, router_probs, fc1, fc1 bias, fc2, fc2 bias[, fc3, fc3 bias] */
+  inputs: string[];
+  output: string;
+  /** the MoE node's attributes (activation_type, k, normalize_routing_weights, ...), kept as they are */
+  attributes: Record<string, AttributeValue>;
+  floatAttributes: string[];
+  shape: MoeShape;
+  /** float [E, N, K] expert weights by role */
+  weights: Partial<Record<ExpertRole, Float32Array>>;
+}
+
+/**
+ * Weight-only quantized experts: com.microsoft.QMoE with the MoE node's attributes and biases,
+ * 4- or 8-bit integer experts in the raw layout (weights_prepacked = 0), see moe.ts.
+ */
+export function qMoE(site: MoeSite, layout: QmoeLayout, searchClipping = false): Replacement {
+  const p = site.name;
+  const { experts } = site.shape;
+  const initializers: TensorSpec[] = [];
+  // QMoE inputs: input, router_probs, then (weights, scales, bias) for fc1, fc2, fc3, then the zero points.
+  const inputs = [site.inputs[0]!, site.inputs[1]!, ...Array<string>(12).fill("")];
+  for (const m of expertMatrices(site.shape)) {
+    const q = quantizeExperts(site.weights[m.role]!, experts, m.n, m.k, layout, searchClipping);
+    const slot = 2 + 3 * (m.input / 2 - 1);
+    initializers.push(
+      { name: `${p}_${m.role}_weights`, type: "uint8", dims: q.weightDims, data: q.weights },
+      { name: `${p}_${m.role}_scales`, type: "float32", dims: q.scaleDims, data: q.scales },
+    );
+    inputs[slot] = `${p}_${m.role}_weights`;
+    inputs[slot + 1] = `${p}_${m.role}_scales`;
+    inputs[slot + 2] = site.inputs[m.input + 1] ?? "";
+    if (q.zeroPoints) {
+      initializers.push({
+        name: `${p}_${m.role}_zero_points`,
+        type: "uint8",
+        dims: q.zeroPointDims,
+        data: q.zeroPoints,
+      });
+      inputs[11 + (m.input / 2 - 1)] = `${p}_${m.role}_zero_points`;
+    }
+  }
+  while (inputs[inputs.length - 1] === "") inputs.pop();
+  const quantAttributes: Record<string, AttributeValue> = {
+    expert_weight_bits: layout.bits,
+    quant_type: "int",
+    weights_prepacked: 0,
+    ...(layout.blockSize ? { block_size: layout.blockSize } : {}),
+  };
+  return {
+    initializers,
+    nodes: [
+      {
+        ...node(
+          `${p}_qmoe`,
+          "QMoE",
+          inputs,
+          [site.output],
+          { ...site.attributes, ...quantAttributes },
+          "com.microsoft",
+        ),
+        floatAttributes: site.floatAttributes,
+      },
     ],
   };
 }

@@ -28,7 +28,7 @@ import { progress } from "../util/progress.js";
 import { chooseMixedPrecision } from "./auto.js";
 import { compareDecodeSpeed, compareLogits, promptLogits, textQuality, withModel } from "./measure.js";
 import type { Precision, QuantizeOptions } from "./options.js";
-import { presetPrecisions } from "./plan.js";
+import { moeNote, presetPrecisions } from "./plan.js";
 import type { LayerReport, QuantizeReport, SizeBreakdown } from "./report.js";
 import { applyPrecisions } from "./rewrite.js";
 import { countQuantizedNodes, findSites } from "./sites.js";
@@ -155,8 +155,8 @@ export async function quantizeFolder(
   if (sites.length === 0) {
     throw new IteraError(
       alreadyQuantized > 0
-        ? `nothing left to quantize: the graph is already quantized (${alreadyQuantized} quantized nodes) and has no float MatMul/Gemm/Gather weights`
-        : "nothing to quantize: the graph has no MatMul/Gemm with a constant 2-D float weight and no Gather on a constant float table",
+        ? `nothing left to quantize: the graph is already quantized (${alreadyQuantized} quantized nodes) and has no float MatMul/Gemm/Gather/MoE weights`
+        : "nothing to quantize: the graph has no MatMul/Gemm with a constant 2-D float weight, no Gather on a constant float table and no com.microsoft.MoE with constant float experts",
       { where: onnxPath, fix: "quantize the original float model instead", exitCode: 2 },
     );
   }
@@ -177,6 +177,8 @@ export async function quantizeFolder(
     int8Symmetric: opts.int8Symmetric,
     searchClipping: opts.searchClipping,
     accuracyLevel: opts.accuracyLevel,
+    moeScales: opts.moeScales,
+    moeZeroPoints: opts.moeZeroPoints,
     perChannel: opts.perChannel,
     reduceRange: opts.reduceRange,
   };
@@ -238,7 +240,11 @@ export async function quantizeFolder(
         rounds: auto.rounds,
       };
     }
-    for (const l of layers) l.precision = choice.get(l.name) ?? "fp32";
+    for (const [i, l] of layers.entries()) {
+      l.precision = choice.get(l.name) ?? "fp32";
+      const note = moeNote(sites[i]!, l.precision, params);
+      if (note) l.note = l.note ? `${l.note}; ${note}` : note;
+    }
     const counts: Partial<Record<Precision, number>> = {};
     for (const l of layers) counts[l.precision] = (counts[l.precision] ?? 0) + 1;
     if (layers.every((l) => l.precision === "fp32")) {
@@ -281,6 +287,8 @@ export async function quantizeFolder(
             int8_symmetric: opts.int8Symmetric,
             clip_search: opts.searchClipping,
             accuracy_level: opts.accuracyLevel,
+            moe_scales: opts.moeScales,
+            moe_zero_points: opts.moeZeroPoints,
             per_channel: opts.perChannel,
             reduce_range: opts.reduceRange,
             exclude: opts.exclude,

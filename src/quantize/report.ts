@@ -11,9 +11,10 @@ export interface SizeBreakdown {
 
 export interface LayerReport {
   name: string;
-  kind: "linear" | "embedding";
+  kind: "linear" | "embedding" | "moe";
   head: boolean;
-  shape: [number, number];
+  /** linear [K, N]; embedding [rows, cols]; moe [experts, d_ff, d_model] */
+  shape: number[];
   precision: Precision;
   /** auto mode: measured loss increase (nats/token on the calibration text) per candidate precision */
   sensitivity?: Partial<Record<Precision, number>>;
@@ -29,6 +30,8 @@ export interface QuantizeReport {
     int8_symmetric: boolean;
     clip_search: boolean;
     accuracy_level: number;
+    moe_scales: QuantizeOptions["moeScales"];
+    moe_zero_points: boolean;
     per_channel: boolean;
     reduce_range: boolean;
     exclude: string[];

@@ -5,6 +5,7 @@
  */
 import {
   type AttributeProto,
+  AttributeType,
   attr,
   DataType,
   ensureOpset,
@@ -23,10 +24,12 @@ import {
   int8DynamicMatMul,
   matMulNBits,
   type NodeSpec,
+  qMoE,
   type Replacement,
   type TensorSpec,
   type TensorType,
 } from "./patterns.js";
+import { expertMatrices, type QmoeLayout, qmoeBytes, qmoeLayout } from "./moe.js";
 import { linearWeights, type Site } from "./sites.js";
 
 const tensorTypes: Record<TensorType, number> = {
@@ -56,17 +59,31 @@ function toTensor(spec: TensorSpec) {
   return typedToTensor(spec.name, spec.dims, spec.data, tensorTypes[spec.type]);
 }
 
-export type BlockParams = Pick<QuantizeOptions, "blockSize" | "symmetric" | "accuracyLevel"> & {
-  searchClipping?: boolean;
-};
+export type BlockParams = Pick<QuantizeOptions, "blockSize" | "symmetric" | "accuracyLevel"> &
+  Partial<Pick<QuantizeOptions, "moeScales" | "moeZeroPoints">> & {
+    searchClipping?: boolean;
+  };
 export type Int8Params = Pick<QuantizeOptions, "perChannel" | "reduceRange" | "int8Symmetric">;
 
+/** The QMoE layout of a moe site at an integer precision (int8 means QMoE's 8-bit weight-only). */
+export function moeLayout(site: Site, precision: Precision, params: BlockParams): QmoeLayout | string {
+  return qmoeLayout(site.moe!, precision === "int4" ? 4 : 8, {
+    blockSize: params.moeScales === "block" ? params.blockSize : 0,
+    symmetric: params.moeZeroPoints !== true,
+  });
+}
+
 /** Bytes a weight of `site` takes at a precision (packed data + scales + zero points). */
-export function precisionBytes(site: Site, p: Precision, blockSize: number, symmetric: boolean): number {
-  const [a, b] = site.dims;
-  const elements = a * b;
+export function precisionBytes(site: Site, p: Precision, params: BlockParams): number {
+  const { blockSize, symmetric } = params;
+  const elements = site.bytes / 4;
   if (p === "fp32") return elements * 4;
   if (p === "fp16") return elements * 2;
+  if (site.kind === "moe") {
+    const layout = moeLayout(site, p, params);
+    return typeof layout === "string" ? site.bytes : qmoeBytes(site.moe!, layout);
+  }
+  const [a, b] = site.dims as [number, number];
   if (p === "int8") return elements + (b + b) * 4; // per-channel worst case
   const bits = p === "int4" ? 4 : 8;
   const rows = site.kind === "linear" ? b : a;
@@ -81,14 +98,39 @@ export function precisionBytes(site: Site, p: Precision, blockSize: number, symm
 /** Why a site should not take a precision, or undefined when it can. */
 export function unsupportedReason(site: Site, precision: Precision, params: BlockParams): string | undefined {
   if (precision === "fp32" || precision === "fp16") return undefined;
-  const cols = site.dims[1];
+  if (site.kind === "moe") {
+    const layout = moeLayout(site, precision, params);
+    if (typeof layout === "string") return layout;
+  }
+  const cols = site.dims[1]!;
   if (site.kind === "embedding" && cols % params.blockSize !== 0) {
     return `hidden size ${cols} is not a multiple of the block size ${params.blockSize}`;
   }
-  if (precisionBytes(site, precision, params.blockSize, params.symmetric) >= site.bytes) {
+  if (precisionBytes(site, precision, params) >= site.bytes) {
     return `${precision} would not be smaller than fp32 for a ${site.dims.join("x")} weight (block padding)`;
   }
   return undefined;
+}
+
+/** A node's INT/FLOAT/STRING(S) attributes as pattern values (undefined if it has others). */
+function attributeValues(node: NodeProto): { values: Record<string, AttributeValue>; floats: string[] } {
+  const values: Record<string, AttributeValue> = {};
+  const floats: string[] = [];
+  const text = new TextDecoder();
+  for (const a of node.attribute) {
+    const name = a.name ?? "";
+    if (a.type === AttributeType.INT) values[name] = Number(a.i ?? 0);
+    else if (a.type === AttributeType.FLOAT) {
+      values[name] = a.f ?? 0;
+      floats.push(name);
+    } else if (a.type === AttributeType.STRING) values[name] = text.decode(a.s ?? new Uint8Array());
+    else if (a.type === AttributeType.INTS) values[name] = (a.ints ?? []).map(Number);
+    else if (a.type === AttributeType.FLOATS) {
+      values[name] = a.floats ?? [];
+      floats.push(name);
+    } else throw new Error(`attribute ${name} of ${node.opType} has a type the quantizer does not copy`);
+  }
+  return { values, floats };
 }
 
 /** The replacement subgraph for one site at an integer precision. */
@@ -100,6 +142,29 @@ function replacementFor(
   uniq: string,
 ): Replacement {
   const node = site.node;
+  if (site.kind === "moe") {
+    const layout = moeLayout(site, precision, params) as QmoeLayout;
+    const { values, floats } = attributeValues(node);
+    const weights = Object.fromEntries(
+      expertMatrices(site.moe!).map((m) => [
+        m.role,
+        tensorToTyped(g.initializer(node.input[m.input]!)!) as Float32Array,
+      ]),
+    );
+    return qMoE(
+      {
+        name: uniq,
+        inputs: node.input,
+        output: node.output[0]!,
+        attributes: values,
+        floatAttributes: floats,
+        shape: site.moe!,
+        weights,
+      },
+      layout,
+      params.searchClipping === true,
+    );
+  }
   if (site.kind === "embedding") {
     const table = tensorToTyped(g.initializer(site.weightName)!) as Float32Array;
     return gatherBlockQuantized(
@@ -108,8 +173,8 @@ function replacementFor(
         indices: node.input[1]!,
         output: node.output[0]!,
         table,
-        rows: site.dims[0],
-        cols: site.dims[1],
+        rows: site.dims[0]!,
+        cols: site.dims[1]!,
       },
       {
         bits: precision === "int4" ? 4 : 8,
@@ -125,8 +190,8 @@ function replacementFor(
     input: node.input[0]!,
     output: node.output[0]!,
     weight,
-    k: site.dims[0],
-    n: site.dims[1],
+    k: site.dims[0]!,
+    n: site.dims[1]!,
     ...(bias ? { bias } : {}),
   };
   if (precision === "int8") {
@@ -182,13 +247,14 @@ export function applyPrecisions(
   for (const site of sites) {
     if (choice.get(site.name) !== "fp16") continue;
     // The weight itself becomes float16; a Cast restores float32 under the original name.
-    const t = g.initializer(site.weightName);
-    if (t && !fp16Done.has(site.weightName)) {
-      const r = fp16Weight(site.weightName, tensorToTyped(t) as Float32Array, t.dims.map(Number));
-      g.removeInitializer(site.weightName);
+    for (const name of site.weightNames) {
+      const t = g.initializer(name);
+      if (!t || fp16Done.has(name)) continue;
+      const r = fp16Weight(name, tensorToTyped(t) as Float32Array, t.dims.map(Number));
+      g.removeInitializer(name);
       for (const i of r.initializers) g.addInitializer(toTensor(i));
       for (const n of r.nodes) g.addNode(toNode(n), 0);
-      fp16Done.add(site.weightName);
+      fp16Done.add(name);
     }
     applied.push({ site: site.name, precision: "fp16" });
   }

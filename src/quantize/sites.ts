@@ -1,6 +1,8 @@
 /**
- * Where a graph can be quantized: MatMul and Gemm with a constant 2-D float weight (linear layers)
- * and Gather on a constant 2-D float table (embeddings). Also what is already quantized.
+ * Where a graph can be quantized: MatMul and Gemm with a constant 2-D float weight (linear layers),
+ * Gather on a constant 2-D float table (embeddings) and com.microsoft.MoE with constant float
+ * experts (all of one node's expert weights are one site: QMoE takes them at one precision).
+ * Also what is already quantized.
  */
 import {
   DataType,
@@ -12,8 +14,9 @@ import {
   tensorToTyped,
 } from "../onnx/index.js";
 import { transpose } from "./linear.js";
+import { expertMatrices, type MoeShape } from "./moe.js";
 
-export type SiteKind = "linear" | "embedding";
+export type SiteKind = "linear" | "embedding" | "moe";
 
 export interface Site {
   /** unique name: the node's name, or op type and index when the node has none */
@@ -22,10 +25,15 @@ export interface Site {
   kind: SiteKind;
   /** the projection to the graph's logits (an output head) */
   head: boolean;
-  /** linear: [K, N]; embedding: [rows, cols] */
-  dims: [number, number];
+  /** linear: [K, N]; embedding: [rows, cols]; moe: [experts, d_ff, d_model] */
+  dims: number[];
+  /** the float weight (moe: fc1) */
   weightName: string;
-  /** float32 bytes of the weight */
+  /** every float weight the site quantizes (moe: fc1, fc2 and fc3 when present) */
+  weightNames: string[];
+  /** moe: the experts' shape */
+  moe?: MoeShape;
+  /** float32 bytes of the weights */
   bytes: number;
 }
 
@@ -42,6 +50,7 @@ export const QUANTIZED_OPS = new Set([
   "QLinearMatMul",
   "QGemm",
   "MatMulBnb4",
+  "QMoE",
 ]);
 
 function floatMatrix(t: TensorProto | undefined): [number, number] | undefined {
@@ -69,6 +78,11 @@ export function findSites(g: Graph): Site[] {
   const sites: Site[] = [];
   g.nodes.forEach((node, index) => {
     const op = node.opType ?? "";
+    if (node.domain === "com.microsoft" && op === "MoE") {
+      const site = moeSite(g, node, index);
+      if (site) sites.push(site);
+      return;
+    }
     if ((node.domain ?? "") !== "" && node.domain !== "ai.onnx") return;
     if (op === "MatMul" || op === "Gemm") {
       const weightName = node.input[1] ?? "";
@@ -85,6 +99,7 @@ export function findSites(g: Graph): Site[] {
         head: feedsGraphOutput(g, node.output[0] ?? "", outputs),
         dims: kn,
         weightName,
+        weightNames: [weightName],
         bytes: dims[0] * dims[1] * 4,
       });
     } else if (op === "Gather" && getAttrInt(node, "axis", 0) === 0) {
@@ -98,11 +113,51 @@ export function findSites(g: Graph): Site[] {
         head: false,
         dims,
         weightName,
+        weightNames: [weightName],
         bytes: dims[0] * dims[1] * 4,
       });
     }
   });
   return sites;
+}
+
+/** MoE inputs: input, router_probs, fc1, fc1 bias, fc2, fc2 bias, fc3, fc3 bias (QMoE has no more). */
+const MOE_INPUTS = 8;
+
+/**
+ * A MoE node whose expert weights are constant float [E, N, K] initializers of consistent shapes
+ * (fc1 [E, d_ff or 2·d_ff, d_model], fc2 [E, d_model, d_ff], fc3 [E, d_ff, d_model]); else undefined.
+ */
+function moeSite(g: Graph, node: NodeProto, index: number): Site | undefined {
+  if (node.input.length > MOE_INPUTS) return undefined;
+  const dims = (i: number) => {
+    const t = g.initializer(node.input[i] ?? "");
+    return t && t.dataType === DataType.FLOAT && t.dims.length === 3 ? t.dims.map(Number) : undefined;
+  };
+  const fc1 = dims(2);
+  const fc2 = dims(4);
+  if (!fc1 || !fc2) return undefined;
+  const [experts, fc1Rows, hidden] = fc1 as [number, number, number];
+  const inter = fc2[2]!;
+  const hasFc3 = (node.input[6] ?? "") !== "";
+  const shape: MoeShape = { experts, hidden, inter, fc1Rows, hasFc3 };
+  if (fc1Rows !== inter && fc1Rows !== 2 * inter) return undefined;
+  for (const m of expertMatrices(shape)) {
+    const d = dims(m.input);
+    if (!d || d[0] !== experts || d[1] !== m.n || d[2] !== m.k) return undefined;
+  }
+  const weightNames = expertMatrices(shape).map((m) => node.input[m.input]!);
+  return {
+    name: nodeLabel(node, index),
+    node,
+    kind: "moe",
+    head: false,
+    dims: [experts, inter, hidden],
+    weightName: weightNames[0]!,
+    weightNames,
+    moe: shape,
+    bytes: expertMatrices(shape).reduce((sum, m) => sum + experts * m.n * m.k * 4, 0),
+  };
 }
 
 /** A Gemm's bias as a length-N vector scaled by beta, or undefined if it is not a constant of that shape. */
@@ -120,9 +175,9 @@ function gemmBias(g: Graph, node: NodeProto, weightDims: [number, number]): Floa
 /** A linear site's weight as [K, N] row-major (Gemm's transB and alpha applied) and its bias. */
 export function linearWeights(g: Graph, site: Site): { weight: Float32Array; bias?: Float32Array } {
   const node = site.node;
+  const [k, n] = site.dims as [number, number];
   const raw = tensorToTyped(g.initializer(site.weightName)!) as Float32Array;
   if (node.opType !== "Gemm") return { weight: raw };
-  const [k, n] = site.dims;
   let weight = getAttrInt(node, "transB", 0) !== 0 ? transpose(raw, n, k) : raw;
   const alpha = getAttrFloat(node, "alpha", 1);
   if (alpha !== 1) weight = weight.map((v) => v * alpha);

@@ -97,6 +97,12 @@ export function registerQuantize(program: Command): void {
     .option("--no-symmetric", "asymmetric weights, int8 included (zero points)")
     .option("--no-clip-search", "block-wise: always use each block's full range (no least-squares clipping)")
     .option("--accuracy-level <n>", "MatMulNBits compute: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8", "4")
+    .option(
+      "--moe-scales <row|block>",
+      "MoE experts (QMoE): one scale per row (onnxruntime's fast path), or block-wise with --block-size",
+      "row",
+    )
+    .option("--moe-zero-points", "MoE experts (QMoE): asymmetric, with zero points (default symmetric)")
     .option("--per-channel", "int8 dynamic: one weight scale per output column")
     .option("--reduce-range", "int8 dynamic: 7-bit weights (for x64 CPUs without VNNI)")
     .option("--exclude <nodes>", "keep these nodes at fp32 (comma list, repeatable)", collect, [])
