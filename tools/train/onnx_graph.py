@@ -33,7 +33,7 @@ from model import IteraLite
 MS = "com.microsoft"
 OPSET = 17
 OPSET_IMPORTS = [helper.make_opsetid("", OPSET), helper.make_opsetid(MS, 1)]
-IR_VERSION = 8  # the highest IR the onnx 1.12 checker and onnxruntime 1.30 agree on for opset 17
+IR_VERSION = 8  # what Debian's onnx 1.12 writes and checks; onnxruntime 1.30 reads it
 EPS = 1e-5  # RMSNorm epsilon of model.RMSNorm
 CONTRIB_OPS = ("SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "CausalConvWithState",
                "LinearAttentionGate", "LinearAttention", "QuickGelu", "MoE")
@@ -117,12 +117,12 @@ def _moe(g: _Builder, blk, i: int, h: str) -> str:
 
 def _norm(g: _Builder, name: str, weight, x: str, pending: str | None, out: str) -> tuple[str, str]:
     """RMSNorm of x + pending (the residual add fused in); returns (normalised, new residual stream)."""
+    scale = g.weight(name[1:].replace("/", ".") + ".weight", weight)  # /model/norm -> model.norm.weight
     if pending is None:
-        g.node("SimplifiedLayerNormalization", name, [x, g.weight(name[1:].replace("/", ".") + ".weight", weight)],
-               [out], axis=-1, epsilon=EPS)
+        g.node("SimplifiedLayerNormalization", name, [x, scale], [out], axis=-1, epsilon=EPS)
         return out, x
-    inputs = [x, pending, g.weight(name[1:].replace("/", ".") + ".weight", weight)]
-    g.node("SkipSimplifiedLayerNormalization", name, inputs, [out, "", "", out + ".residual"], MS, epsilon=EPS)
+    g.node("SkipSimplifiedLayerNormalization", name, [x, pending, scale], [out, "", "", out + ".residual"], MS,
+           epsilon=EPS)
     return out, out + ".residual"
 
 
@@ -130,8 +130,10 @@ def build_graph(model: IteraLite) -> onnx.ModelProto:
     """The step/prefill graph: input_ids [batch, sequence] + state in -> logits + state out (DESIGN.md §3)."""
     c = model.config
     g = _Builder()
-    state_dims = {"conv_state": ["batch", c.d_conv - 1, c.conv_dim], "recurrent_state": ["batch", c.n_heads, c.d_state,
-                                                                                         c.head_dim]}
+    state_dims = {
+        "conv_state": ["batch", c.d_conv - 1, c.conv_dim],
+        "recurrent_state": ["batch", c.n_heads, c.d_state, c.head_dim],
+    }
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", c.vocab_size])]
     for i in range(c.n_layers):
