@@ -486,3 +486,184 @@ describe("inspect: convolutional graphs", () => {
     });
   });
 });
+
+describe("inspect: state-space, linear-attention and mixture-of-experts ops (com.microsoft)", () => {
+  // conv:   x [b, s, 12] + past_conv [b, 3, 12] -> CausalConvWithState (channels last, kernel 4, bias, silu)
+  // linear: a [b, s, 2] -> LinearAttentionGate; q [b, s, 1·4], k [b, s, 2·4], v [b, s, 2·3], past_state
+  //         [b, 2, 4, 3] -> LinearAttention (gated, 1 query head, 2 kv heads) -> y [b, s, 2·3] -> QuickGelu
+  // moe:    h [tokens, 8], router [tokens, 4] -> SimplifiedLayerNormalization -> MoE (4 experts, d_ff 16, top 2)
+  //         and QMoE (4-bit, the same sizes) -> SkipSimplifiedLayerNormalization of the two
+  const [C, KERNEL, DK, DV, HKV, D, F, E, TOP] = [12, 4, 4, 3, 2, 8, 16, 4, 2];
+  const floats = (name: string, dims: number[]) =>
+    typedToTensor(
+      name,
+      dims,
+      Float32Array.from({ length: dims.reduce((a, b) => a * b, 1) }, (_, i) => Math.sin(i) * 0.3),
+    );
+  const model = contribModel({
+    name: "ops",
+    node: [
+      makeNode("CausalConvWithState", ["x", "conv_w", "conv_b", "past_conv"], ["conv_y", "present_conv"], {
+        domain: "com.microsoft",
+        attributes: [attr.string("activation", "silu"), attr.int("channels_last", 1)],
+      }),
+      makeNode("LinearAttentionGate", ["a", "dt_bias", "decay_scale"], ["g"], { domain: "com.microsoft" }),
+      makeNode("LinearAttention", ["q", "k", "v", "past_state", "g"], ["la_y", "present_state"], {
+        domain: "com.microsoft",
+        attributes: [
+          attr.string("update_rule", "gated"),
+          attr.int("q_num_heads", 1),
+          attr.int("kv_num_heads", HKV),
+          attr.float("scale", 1),
+        ],
+      }),
+      makeNode("QuickGelu", ["la_y"], ["la_act"], {
+        domain: "com.microsoft",
+        attributes: [attr.float("alpha", 1)],
+      }),
+      makeNode("SimplifiedLayerNormalization", ["h", "norm_w"], ["h_norm"], {
+        attributes: [attr.int("axis", -1), attr.float("epsilon", 1e-5)],
+      }),
+      makeNode("MoE", ["h_norm", "router", "fc1", "fc1_b", "fc2", "fc2_b"], ["moe_y"], {
+        domain: "com.microsoft",
+        attributes: [
+          attr.string("activation_type", "silu"),
+          attr.int("k", TOP),
+          attr.int("normalize_routing_weights", 1),
+        ],
+      }),
+      makeNode(
+        "QMoE",
+        ["h_norm", "router", "q_fc1", "q_fc1_s", "fc1_b", "q_fc2", "q_fc2_s", "fc2_b"],
+        ["qmoe_y"],
+        {
+          domain: "com.microsoft",
+          attributes: [
+            attr.string("activation_type", "silu"),
+            attr.int("k", TOP),
+            attr.int("normalize_routing_weights", 1),
+            attr.int("expert_weight_bits", 4),
+            attr.int("weights_prepacked", 0),
+          ],
+        },
+      ),
+      makeNode("SkipSimplifiedLayerNormalization", ["moe_y", "qmoe_y", "norm_w"], ["sum_norm"], {
+        domain: "com.microsoft",
+        attributes: [attr.float("epsilon", 1e-5)],
+      }),
+    ],
+    initializer: [
+      floats("conv_w", [C, 1, KERNEL]),
+      floats("conv_b", [C]),
+      floats("dt_bias", [HKV]),
+      typedToTensor("decay_scale", [HKV], new Float32Array([-0.5, -1])),
+      floats("norm_w", [D]),
+      floats("fc1", [E, F, D]),
+      floats("fc1_b", [E, F]),
+      floats("fc2", [E, D, F]),
+      floats("fc2_b", [E, D]),
+      typedToTensor(
+        "q_fc1",
+        [E, F, D / 2],
+        Uint8Array.from({ length: E * F * (D / 2) }, (_, i) => (i * 37) % 256),
+      ),
+      typedToTensor("q_fc1_s", [E, F], new Float32Array(E * F).fill(0.02)),
+      typedToTensor(
+        "q_fc2",
+        [E, D, F / 2],
+        Uint8Array.from({ length: E * D * (F / 2) }, (_, i) => (i * 53) % 256),
+      ),
+      typedToTensor("q_fc2_s", [E, D], new Float32Array(E * D).fill(0.02)),
+    ],
+    input: [
+      makeValueInfo("x", DataType.FLOAT, ["batch_size", "sequence_length", C]),
+      makeValueInfo("past_conv", DataType.FLOAT, ["batch_size", KERNEL - 1, C]),
+      makeValueInfo("a", DataType.FLOAT, ["batch_size", "sequence_length", HKV]),
+      makeValueInfo("q", DataType.FLOAT, ["batch_size", "sequence_length", DK]),
+      makeValueInfo("k", DataType.FLOAT, ["batch_size", "sequence_length", HKV * DK]),
+      makeValueInfo("v", DataType.FLOAT, ["batch_size", "sequence_length", HKV * DV]),
+      makeValueInfo("past_state", DataType.FLOAT, ["batch_size", HKV, DK, DV]),
+      makeValueInfo("h", DataType.FLOAT, ["tokens", D]),
+      makeValueInfo("router", DataType.FLOAT, ["tokens", E]),
+    ],
+    output: [
+      "conv_y",
+      "present_conv",
+      "g",
+      "la_y",
+      "present_state",
+      "la_act",
+      "moe_y",
+      "qmoe_y",
+      "sum_norm",
+    ].map(
+      (name) => ({ name }), // no declared types: shapes come from inference only
+    ),
+  });
+
+  it("infers the shapes onnxruntime computes", async () => {
+    const [b, s, tokens] = [2, 3, 5];
+    const feed = (dims: number[]) =>
+      new ort.Tensor(
+        "float32",
+        Float32Array.from({ length: dims.reduce((x, y) => x * y, 1) }, (_, i) => Math.cos(i * 0.3)),
+        dims,
+      );
+    const session = await ort.InferenceSession.create(encodeModel(model), { logSeverityLevel: 3 });
+    const out = await session.run({
+      x: feed([b, s, C]),
+      past_conv: feed([b, KERNEL - 1, C]),
+      a: feed([b, s, HKV]),
+      q: feed([b, s, DK]),
+      k: feed([b, s, HKV * DK]),
+      v: feed([b, s, HKV * DV]),
+      past_state: feed([b, HKV, DK, DV]),
+      h: feed([tokens, D]),
+      router: feed([tokens, E]),
+    });
+    await session.release();
+    const info = inferShapes(model.graph!, { batch_size: b, sequence_length: s, tokens });
+    for (const o of model.graph!.output) expect(info.shapes.get(o.name!), o.name).toEqual(out[o.name!]!.dims);
+  });
+
+  it("counts their FLOPs by hand: active experts and every expert, the recurrence, the depthwise conv", () => {
+    const [b, s, tokens] = [2, 3, 5];
+    const r = analyzeModel(model, { batch_size: b, sequence_length: s, tokens });
+    expect(r.flops.unresolved).toEqual([]);
+    const perExpertToken = 2 * D * F + 2 * F * D;
+    const moeActive = tokens * TOP * perExpertToken;
+    const moeDense = tokens * E * perExpertToken;
+    // gated: per element of each kv head's [d_k, d_v] state 2 (read-out) + 2 (k⊗v) + 1 (decay)
+    const linearAttention = b * s * DK * DV * (2 * HKV + 3 * HKV);
+    const conv = 2 * (b * s * C) * KERNEL + b * s * C;
+    expect(r.flops.byOp).toEqual([
+      { op: "com.microsoft.MoE", nodes: 1, flops: moeActive, dense: moeDense },
+      { op: "com.microsoft.QMoE", nodes: 1, flops: moeActive, dense: moeDense },
+      { op: "com.microsoft.LinearAttention", nodes: 1, flops: linearAttention },
+      { op: "com.microsoft.CausalConvWithState", nodes: 1, flops: conv },
+    ]);
+    const total = 2 * moeActive + linearAttention + conv;
+    expect(r.flops.total).toBe(total);
+    expect(r.flops.dense).toEqual({
+      total: total + 2 * (moeDense - moeActive),
+      perToken: (total + 2 * (moeDense - moeActive)) / (b * s),
+    });
+    expect(r.flops.perToken).toBe(total / (b * s));
+  });
+
+  it("counts per input id, with the house models' dim names (batch, sequence) as aliases", () => {
+    const ids = contribModel({
+      name: "ids",
+      node: [makeNode("Gather", ["table", "input_ids"], ["emb"]), makeNode("MatMul", ["emb", "w"], ["y"])],
+      initializer: [floats("table", [10, D]), floats("w", [D, 5])],
+      input: [makeValueInfo("input_ids", DataType.INT64, ["batch", "sequence"])],
+      output: [{ name: "y" }],
+    });
+    const step = analyzeModel(ids).flops;
+    expect(step.missingDims).toEqual([]);
+    expect([step.tokens, step.perToken]).toEqual([1, 2 * D * 5]);
+    const prefill = analyzeModel(ids, { sequence_length: 4 }).flops;
+    expect([prefill.dims.sequence, prefill.tokens, prefill.total]).toEqual([4, 4, 4 * 2 * D * 5]);
+    expect(analyzeModel(ids, { sequence: 6, batch: 2 }).flops.tokens).toBe(12);
+  });
+});

@@ -10,17 +10,33 @@
  *           summation)
  *   com.microsoft GroupQueryAttention, MultiHeadAttention: 4 · batch · sequence · context · hidden
  *           (Q·Kᵀ and the weighted sum of V over the whole context, as the unfused MatMuls count)
+ *   com.microsoft MoE, QMoE: per token, k active experts · 2 · (fc1 rows · d_model + d_model · d_ff
+ *           (+ d_ff · d_model for fc3)); the dense figure (every expert) is reported beside it
+ *   com.microsoft LinearAttention: batch · sequence · d_k · d_v · (2 · max(q heads, kv heads) for the
+ *           read-out q·S + per kv head 2 for the update k⊗v, +1 for the decay (gated), +2 for the
+ *           delta rule's Sᵀk): 5 · H · d_k · d_v per token for "gated"
+ *   com.microsoft CausalConvWithState: 2 · elements(output) · prod(kernel) (+ elements(output) with a
+ *           bias), a depthwise Conv
  *   Gather, com.microsoft GatherBlockQuantized: 0 (a lookup: it moves data, it does no arithmetic)
- * Everything else (elementwise ops, softmax, normalization) is left out: for language models it is
+ * Everything else (elementwise ops, softmax, normalization, and so com.microsoft LinearAttentionGate,
+ * QuickGelu, (Skip)SimplifiedLayerNormalization) is left out: for language models it is
  * a few percent of the total. The older com.microsoft Attention op is not counted, nor ops inside
  * If/Loop/Scan bodies. Nodes whose shapes
  * cannot be inferred are listed as unresolved, never guessed.
- * "Per token" divides by batch_size · sequence_length: with the defaults (1, 1, past 0) it is the cost
+ * "Per token" divides by the number of input ids (input_ids' elements; batch_size · sequence_length
+ * when the graph has no input_ids): with the defaults (1, 1, past 0) it is the cost
  * of one decode step on an empty cache.
  */
 import { pairStates, type StatePair } from "../model/state.js";
 import { getAttrInt, getAttrString } from "./attributes.js";
-import { einsumSizes, inferShapes, parseEinsum, type Shape, type ShapeInfo } from "./shapes.js";
+import {
+  einsumSizes,
+  inferShapes,
+  linearAttentionDims,
+  parseEinsum,
+  type Shape,
+  type ShapeInfo,
+} from "./shapes.js";
 import { dataTypeName, elementCount, tensorByteSize } from "./tensor.js";
 import type { ModelProto, NodeProto, TypeProto, ValueInfoProto } from "./types.js";
 
@@ -63,7 +79,10 @@ export interface FlopsReport {
   tokens: number;
   total: number;
   perToken: number;
-  byOp: { op: string; nodes: number; flops: number }[];
+  /** the same with every expert of the MoE/QMoE ops computed (equal to total/perToken without them) */
+  dense: { total: number; perToken: number };
+  /** `dense`: FLOPs of the op type if every expert ran (MoE/QMoE only) */
+  byOp: { op: string; nodes: number; flops: number; dense?: number }[];
   /** Counted op types whose shapes could not be inferred (their FLOPs are missing from the total). */
   unresolved: { node: string; op: string }[];
   /** Symbolic dims of graph inputs that have no value: pass them with --dim name=value. */
@@ -103,6 +122,29 @@ function countUnknown(msg: unknown, seen = new Set<unknown>()): number {
     } else n += countUnknown(v, seen);
   }
   return n;
+}
+
+/** Update passes over the state (2 FLOPs per element each, the decay 1) per LinearAttention update rule. */
+const LINEAR_ATTENTION_UPDATE: Record<string, number> = { linear: 2, gated: 3, delta: 4, gated_delta: 5 };
+
+/**
+ * FLOPs of a MoE/QMoE node: with the k active experts per token, and with every expert (dense).
+ * QMoE's packed weights hold 8/bits values per byte along K.
+ */
+export function moeFlops(node: NodeProto, info: ShapeInfo): { active: number; dense: number } | undefined {
+  const shape = (i: number): Shape | undefined => info.shapes.get(node.input[i] ?? "");
+  const quantized = node.opType === "QMoE";
+  const pack = quantized ? 8 / getAttrInt(node, "expert_weight_bits", 4) : 1;
+  const [x, fc1, fc2] = [shape(0), shape(2), shape(quantized ? 5 : 4)];
+  if (!x || fc1?.length !== 3 || fc2?.length !== 3) return undefined;
+  const hidden = x[x.length - 1]!;
+  const tokens = elementCount(x) / hidden;
+  const [experts, fc1Rows] = fc1 as [number, number];
+  const inter = fc2[2]! * pack;
+  const fc3 = (node.input[quantized ? 8 : 6] ?? "") !== "";
+  const perExpert = 2 * hidden * fc1Rows + 2 * inter * hidden + (fc3 ? 2 * inter * hidden : 0);
+  const k = Math.min(getAttrInt(node, "k", 1), experts);
+  return { active: tokens * k * perExpert, dense: tokens * experts * perExpert };
 }
 
 /** FLOPs of one node given inferred shapes; undefined when the shapes needed are unknown. */
@@ -162,6 +204,20 @@ export function nodeFlops(node: NodeProto, info: ShapeInfo): number | undefined 
       const context = presentKey?.length === 4 ? presentKey[2] : key?.length === 3 ? key[1] : seq;
       return context === undefined ? undefined : 4 * batch * seq * context * hidden;
     }
+    case "MoE":
+    case "QMoE":
+      return moeFlops(node, info)?.active;
+    case "LinearAttention": {
+      const d = linearAttentionDims(node, [shape(0), shape(1), shape(2)]);
+      const update = LINEAR_ATTENTION_UPDATE[getAttrString(node, "update_rule") ?? "gated_delta"];
+      if (!d || update === undefined) return undefined;
+      return d.batch * d.seq * d.dk * d.dv * (2 * Math.max(d.qHeads, d.kvHeads) + update * d.kvHeads);
+    }
+    case "CausalConvWithState": {
+      const w = shape(1);
+      if (!w || !out) return undefined;
+      return 2 * elementCount(out) * elementCount(w.slice(2)) + (node.input[2] ? elementCount(out) : 0);
+    }
     case "Gather":
     case "GatherBlockQuantized":
       return 0;
@@ -183,7 +239,18 @@ const COUNTED = new Set([
   "GatherBlockQuantized",
   "GroupQueryAttention",
   "MultiHeadAttention",
+  "MoE",
+  "QMoE",
+  "LinearAttention",
+  "CausalConvWithState",
 ]);
+
+/** Dim names some exporters use for the usual ones (the house models' "batch", "sequence"). */
+const DIM_ALIASES: Readonly<Record<string, string>> = {
+  batch: "batch_size",
+  sequence: "sequence_length",
+  past_sequence: "past_sequence_length",
+};
 
 /** Estimate FLOPs for the given dim values (defaults: batch 1, sequence 1, empty cache). */
 export function estimateFlops(model: ModelProto, userDims: Record<string, number> = {}): FlopsReport {
@@ -191,14 +258,21 @@ export function estimateFlops(model: ModelProto, userDims: Record<string, number
   if (dims.total_sequence_length === undefined)
     dims.total_sequence_length = (dims.past_sequence_length ?? 0) + (dims.sequence_length ?? 1);
   const graph = model.graph!;
+  const used = new Set(
+    graph.input.flatMap((i) => i.type?.tensorType?.shape?.dim.map((d) => d.dimParam) ?? []),
+  );
+  for (const [alias, name] of Object.entries(DIM_ALIASES))
+    if (used.has(alias) && dims[alias] === undefined && dims[name] !== undefined) dims[alias] = dims[name]!;
   const info = inferShapes(graph, dims);
-  const byOp = new Map<string, { nodes: number; flops: number }>();
+  const byOp = new Map<string, { nodes: number; flops: number; dense: number }>();
   const unresolved: FlopsReport["unresolved"] = [];
   for (const node of graph.node) {
     if (!COUNTED.has(node.opType ?? "")) continue;
     let f: number | undefined;
+    let dense: number | undefined;
     try {
       f = nodeFlops(node, info);
+      dense = node.opType === "MoE" || node.opType === "QMoE" ? moeFlops(node, info)?.dense : f;
     } catch {
       f = undefined; // attributes that break the op's schema: listed as unresolved
     }
@@ -207,19 +281,32 @@ export function estimateFlops(model: ModelProto, userDims: Record<string, number
       unresolved.push({ node: node.name || node.output[0] || "", op });
       continue;
     }
-    const entry = byOp.get(op) ?? { nodes: 0, flops: 0 };
+    const entry = byOp.get(op) ?? { nodes: 0, flops: 0, dense: 0 };
     entry.nodes++;
     entry.flops += f;
+    entry.dense += dense ?? f;
     byOp.set(op, entry);
   }
   const total = [...byOp.values()].reduce((a, b) => a + b.flops, 0);
-  const tokens = (dims.batch_size ?? 1) * (dims.sequence_length ?? 1);
+  const denseTotal = [...byOp.values()].reduce((a, b) => a + b.dense, 0);
+  // Per token: per input id when the graph has them, else batch_size · sequence_length.
+  const ids = info.shapes.get("input_ids");
+  const tokens = ids ? elementCount(ids) : (dims.batch_size ?? 1) * (dims.sequence_length ?? 1);
+  const perToken = (x: number) => (tokens > 0 ? x / tokens : 0);
   return {
     dims,
     tokens,
     total,
-    perToken: tokens > 0 ? total / tokens : 0,
-    byOp: [...byOp.entries()].map(([op, e]) => ({ op, ...e })).sort((a, b) => b.flops - a.flops),
+    perToken: perToken(total),
+    dense: { total: denseTotal, perToken: perToken(denseTotal) },
+    byOp: [...byOp.entries()]
+      .map(([op, e]) => ({
+        op,
+        nodes: e.nodes,
+        flops: e.flops,
+        ...(e.dense !== e.flops ? { dense: e.dense } : {}),
+      }))
+      .sort((a, b) => b.flops - a.flops),
     unresolved,
     missingDims: [...info.missingDims].sort(),
   };

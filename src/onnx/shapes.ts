@@ -6,7 +6,9 @@
  * Covered: the elementwise, normalization and activation ops (output = input shape or broadcast),
  * MatMul (+ MatMulInteger, QLinearMatMul, com.microsoft FusedMatMul/MatMulNBits), Gemm, Conv, Gather
  * (+ com.microsoft GatherBlockQuantized), DynamicQuantizeLinear, com.microsoft GroupQueryAttention,
- * MultiHeadAttention, Attention and Skip(Simplified)LayerNormalization, the pools, Pad,
+ * MultiHeadAttention, Attention and Skip(Simplified)LayerNormalization, the state-space/linear-
+ * attention ops (com.microsoft CausalConvWithState, LinearAttention, LinearAttentionGate) and the
+ * mixture-of-experts ops (com.microsoft MoE, QMoE), the pools, Pad,
  * Einsum, Shape, Reshape, Flatten, (Un)Squeeze, Concat, Slice, Split, Transpose, Expand, Tile,
  * ConstantOfShape, Range, Reduce*, Constant. Where no rule applies, a value_info/graph-output shape
  * whose symbolic dims all have values is used; otherwise the value stays unknown (control flow such as
@@ -129,6 +131,9 @@ const SAME_SHAPE = new Set([
   "DequantizeLinear",
   "QuantizeLinear",
   "RotaryEmbedding",
+  "LinearAttentionGate",
+  "MoE",
+  "QMoE",
   "Celu",
   "ThresholdedRelu",
   "Shrink",
@@ -360,6 +365,10 @@ function inferNode(
       return { shapes: node.output.map((_, i) => (i === 0 || i === 3 ? x : undefined)), values: [] };
     case "DynamicQuantizeLinear":
       return { shapes: [x, [], []], values: [] };
+    case "CausalConvWithState":
+      return causalConvShapes(node, s);
+    case "LinearAttention":
+      return linearAttentionShapes(node, s);
     case "GatherBlockQuantized": {
       // com.microsoft: a Gather whose data is block-quantized along quantize_axis; with uint8 data
       // (elem type from the initializer) each byte packs 8/bits values along that axis.
@@ -552,6 +561,43 @@ function attentionShapes(op: string, node: NodeProto, s: (Shape | undefined)[]):
   const present: Shape | undefined =
     past && past.length === 4 ? [batch, kvHeads, past[2]! + seq, headSize] : undefined;
   return { shapes: [[batch, seq, heads * headSize], present, present], values: [] };
+}
+
+/**
+ * com.microsoft CausalConvWithState: the output has the input's shape; the carry state keeps
+ * (k - 1)·dilation positions: [batch, channels, L] (channels-first) or [batch, L, ...channels]
+ * (channels_last), as past_state has when given.
+ */
+function causalConvShapes(node: NodeProto, s: (Shape | undefined)[]): NodeResult {
+  const [x, w, , past] = s;
+  let state = past;
+  if (!state && x && w && w.length >= 3) {
+    const length = (w[2]! - 1) * getAttrInt(node, "dilation", 1);
+    state = getAttrInt(node, "channels_last", 0) ? [x[0]!, length, ...x.slice(2)] : [x[0]!, x[1]!, length];
+  }
+  return { shapes: [x, state], values: [] };
+}
+
+/**
+ * com.microsoft LinearAttention (state_window 0): query/key/value [B, T, heads·d]; output
+ * [B, T, max(q_num_heads, kv_num_heads)·d_v]; state [B, kv_num_heads, d_k, d_v].
+ */
+export function linearAttentionDims(
+  node: NodeProto,
+  s: (Shape | undefined)[],
+): { batch: number; seq: number; qHeads: number; kvHeads: number; dk: number; dv: number } | undefined {
+  const [q, k, v] = s;
+  if (q?.length !== 3 || k?.length !== 3 || v?.length !== 3) return undefined;
+  const qHeads = getAttrInt(node, "q_num_heads", 1);
+  const kvHeads = getAttrInt(node, "kv_num_heads", 1);
+  return { batch: q[0]!, seq: q[1]!, qHeads, kvHeads, dk: k[2]! / kvHeads, dv: v[2]! / kvHeads };
+}
+
+function linearAttentionShapes(node: NodeProto, s: (Shape | undefined)[]): NodeResult {
+  const d = linearAttentionDims(node, s);
+  if (!d) return { shapes: [], values: [] };
+  const out = [d.batch, d.seq, Math.max(d.qHeads, d.kvHeads) * d.dv];
+  return { shapes: [out, s[3] ?? [d.batch, d.kvHeads, d.dk, d.dv]], values: [] };
 }
 
 function swapLast(s: Shape): Shape {

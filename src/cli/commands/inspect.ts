@@ -116,9 +116,12 @@ function render(r: Awaited<ReturnType<typeof inspectPath>>): string {
   out.push(
     "",
     `FLOPs per token: ${grouped(f.perToken)} (total ${grouped(f.total)} for ${dimText})`,
+    ...(f.dense.total !== f.total
+      ? [`FLOPs per token with every expert (dense MoE): ${grouped(f.dense.perToken)}`]
+      : []),
     markdownTable(
-      ["op", "nodes", "FLOPs"],
-      f.byOp.map((o) => [o.op, o.nodes, o.flops]),
+      ["op", "nodes", "FLOPs", ...(f.dense.total !== f.total ? ["FLOPs, every expert"] : [])],
+      f.byOp.map((o) => [o.op, o.nodes, o.flops, ...(f.dense.total !== f.total ? [o.dense ?? o.flops] : [])]),
     ),
   );
   if (f.unresolved.length > 0)
