@@ -1,7 +1,9 @@
 /**
  * fp32 vs int8 vs int4 (and int8 weight-only) for the house models: size on disk, bits/char on
  * held-out text, and decode tokens/s measured in one run, variants alternating round by round so
- * that the ratios compare like with like on a shared machine.
+ * that the ratios compare like with like on a shared machine. For models with com.microsoft.MoE
+ * experts, also the QMoE layouts of the experts alone (everything else fp32): per-row or block-wise
+ * scales, with or without zero points, 4 and 8 bits.
  *
  * Run (from the repository root):
  *   npx esbuild bench/quantize.ts --bundle --platform=node --format=esm --packages=external \
@@ -15,8 +17,10 @@ import { cpus, hostname, tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { parseTests, runBench } from "../src/bench/harness.js";
 import { runtimeEngine } from "../src/bench/runtime-engine.js";
+import { Graph, loadModel } from "../src/onnx/index.js";
 import { type Mode, parseQuantizeOptions } from "../src/quantize/options.js";
 import { type QuantizeReport, quantizeFolder } from "../src/quantize/quantize.js";
+import { findSites } from "../src/quantize/sites.js";
 import { markdownTable } from "../src/util/table.js";
 
 const argv = process.argv.slice(2);
@@ -43,10 +47,58 @@ const work = mkdtempSync(join(tmpdir(), "itera-bench-quantize-"));
 
 const sizeRows: (string | number)[][] = [];
 const speedRows: (string | number)[][] = [];
+const moeRows: (string | number)[][] = [];
+
+interface Variant {
+  label: string;
+  dir: string;
+  report?: QuantizeReport;
+}
+
+/** Mean decode tokens/s of each variant: every variant once per round, rounds alternating. */
+async function decodeSpeeds(variants: Variant[], threads: number): Promise<Map<string, number[]>> {
+  const samples = new Map<string, number[]>(variants.map((v) => [v.label, []]));
+  for (let round = 0; round < rounds; round++) {
+    for (const v of variants) {
+      const [result] = await runBench(
+        {
+          tests: parseTests(`tg${tokens}`),
+          threads: [threads],
+          repetitions: 1,
+          warmup: 1,
+          minDurationS: 1,
+          idleS: 0,
+        },
+        {
+          engine: await runtimeEngine(v.dir),
+          meter: null,
+          profile: "host",
+          device: hostname(),
+          agentVersion: version,
+          quiet: true,
+        },
+      );
+      samples.get(v.label)!.push(result!.tokens_per_s.mean);
+    }
+  }
+  return samples;
+}
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+/** QMoE layouts of the experts alone: [label, mode, --moe-scales, --moe-zero-points]. */
+const MOE_LAYOUTS: [string, Mode, "row" | "block", boolean][] = [
+  ["int4 per-row symmetric (default)", "int4", "row", false],
+  ["int4 per-row, zero points", "int4", "row", true],
+  ["int4 block 32 symmetric", "int4", "block", false],
+  ["int4 block 32, zero points", "int4", "block", true],
+  ["int8 per-row symmetric (default)", "int8-wo", "row", false],
+  ["int8 block 32 symmetric", "int8-wo", "block", false],
+];
+
 try {
   for (const dir of models) {
     const name = basename(dir);
-    const variants: { label: string; dir: string; report?: QuantizeReport }[] = [{ label: "fp32", dir }];
+    const variants: Variant[] = [{ label: "fp32", dir }];
     for (const mode of modes) {
       const out = join(work, `${name}-${mode}`);
       const report = await quantizeFolder(
@@ -79,33 +131,8 @@ try {
         `${(r.agreement.top1_agreement * 100).toFixed(1)}%`,
       ]);
     }
-    // Decode speed: every variant once per round, rounds alternating, for each thread count.
     for (const threads of [...new Set([1, hostCores])]) {
-      const samples = new Map<string, number[]>(variants.map((v) => [v.label, []]));
-      for (let round = 0; round < rounds; round++) {
-        for (const v of variants) {
-          const [result] = await runBench(
-            {
-              tests: parseTests(`tg${tokens}`),
-              threads: [threads],
-              repetitions: 1,
-              warmup: 1,
-              minDurationS: 1,
-              idleS: 0,
-            },
-            {
-              engine: await runtimeEngine(v.dir),
-              meter: null,
-              profile: "host",
-              device: hostname(),
-              agentVersion: version,
-              quiet: true,
-            },
-          );
-          samples.get(v.label)!.push(result!.tokens_per_s.mean);
-        }
-      }
-      const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      const samples = await decodeSpeeds(variants, threads);
       const fp32 = mean(samples.get("fp32")!);
       for (const v of variants) {
         const s = samples.get(v.label)!;
@@ -119,6 +146,46 @@ try {
           (mean(s) / fp32).toFixed(2),
         ]);
       }
+    }
+
+    // The experts alone, in each QMoE layout (other weights excluded: fp32).
+    const sites = findSites(new Graph((await loadModel(join(dir, "model.onnx"))).graph!));
+    if (!sites.some((s) => s.kind === "moe")) continue;
+    const others = sites.filter((s) => s.kind !== "moe").map((s) => s.name);
+    const moeVariants: Variant[] = [{ label: "MoE fp32", dir }];
+    for (const [label, mode, moeScales, moeZeroPoints] of MOE_LAYOUTS) {
+      const out = join(work, `${name}-moe-${moeVariants.length}`);
+      const report = await quantizeFolder(
+        dir,
+        out,
+        parseQuantizeOptions({
+          mode,
+          blockSize: "32",
+          accuracyLevel,
+          budget: "none",
+          evalChars: "20000",
+          exclude: others,
+          moeScales,
+          moeZeroPoints,
+        }),
+        { quiet: true },
+      );
+      moeVariants.push({ label, dir: out, report });
+    }
+    const samples = await decodeSpeeds(moeVariants, 1);
+    const fp32 = mean(samples.get("MoE fp32")!);
+    for (const v of moeVariants) {
+      const r = v.report;
+      const s = samples.get(v.label)!;
+      moeRows.push([
+        name,
+        v.label,
+        ((r ? r.size.after.file_bytes : moeVariants[1]!.report!.size.before.file_bytes) / 1e6).toFixed(3),
+        (r ? r.quality.after : moeVariants[1]!.report!.quality.before).bits_per_char.toFixed(4),
+        r ? `${(r.quality.bits_per_char_increase * 100).toFixed(2)}%` : "",
+        mean(s).toFixed(1),
+        (mean(s) / fp32).toFixed(2),
+      ]);
     }
   }
 } finally {
@@ -135,6 +202,14 @@ Command: \`npx esbuild bench/quantize.ts --bundle --platform=node --format=esm -
 ${markdownTable(["model", "variant", "ONNX MB", "smaller by", "bits/char", "bits/char change", "top-1 agreement"], sizeRows)}
 
 ${markdownTable(["model", "variant", "threads", "tokens/s", "min", "max", "vs fp32"], speedRows)}
-`;
+${
+  moeRows.length === 0
+    ? ""
+    : `
+QMoE layouts: the MoE experts alone quantized (\`--exclude\` every other weight), the rest fp32; decode tg${tokens} at 1 thread, ${rounds} rounds alternating; vs the fp32 MoE op in the same run.
+
+${markdownTable(["model", "experts", "ONNX MB", "bits/char", "bits/char change", "tokens/s", "vs fp32"], moeRows)}
+`
+}`;
 console.log(text);
 if (append) await appendFile(append, text);
