@@ -2,7 +2,9 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerRun } from "../src/cli/commands/run.js";
-import { FusedDecoder, fusedDecodeUnsupported } from "../src/runtime/fused-decode.js";
+import { InferenceSession, Tensor } from "onnxruntime-node";
+import { encodeModel, loadModel as loadOnnx } from "../src/onnx/index.js";
+import { buildDecodeLoop, FusedDecoder, fusedDecodeUnsupported } from "../src/runtime/fused-decode.js";
 import { type LanguageModel, loadModel } from "../src/runtime/index.js";
 import { inProcessCli } from "./cli-helpers.js";
 import { fixtureModels, reference } from "./fixtures/runtime/models.js";
@@ -82,6 +84,29 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("Itera-Lite micro", () =
     const first = free.tokens[0]!.indexOf(end);
     const stopped = await fused.run([5], state, 40, [end]);
     expect(stopped.tokens[0]).toEqual(free.tokens[0]!.slice(0, first + 1));
+  });
+
+  it("builds the same loop when the graph does not declare the logits' rank", async () => {
+    const proto = await loadOnnx(join(micro, "model.onnx"));
+    const logits = proto.graph!.output.find((o) => o.name === "logits")!;
+    logits.type!.tensorType!.shape = undefined;
+    const session = await InferenceSession.create(encodeModel(buildDecodeLoop(proto, model.io)));
+    try {
+      const state = model.newState(1).tensors;
+      const feeds: Record<string, Tensor> = {
+        "itera.loop.steps": new Tensor("int64", BigInt64Array.of(30n), []),
+        "itera.loop.in.ids": new Tensor("int64", BigInt64Array.of(5n), [1, 1]),
+        "itera.loop.eos_table": new Tensor("int32", new Int32Array(model.vocabSize), [model.vocabSize]),
+        "itera.loop.in.done": new Tensor("int32", new Int32Array(1), [1, 1]),
+      };
+      for (const [name, t] of Object.entries(state)) feeds[`itera.loop.in.${name}`] = t;
+      const out = await session.run(feeds);
+      const tokens = Array.from(out["itera.loop.tokens"]!.data as BigInt64Array, Number);
+      const fused = (await model.fusedDecoder()) as FusedDecoder;
+      expect(tokens).toEqual((await fused.run([5], state, 30, [])).tokens[0]);
+    } finally {
+      await session.release();
+    }
   });
 
   it("steps when sampling or penalising repetitions", async () => {

@@ -19,7 +19,6 @@ import {
   loadModel as loadOnnx,
   makeNode,
   makeValueInfo,
-  opsetVersion,
   tensorByteSize,
   typedToTensor,
   encodeModel,
@@ -52,37 +51,41 @@ function renamed(v: ValueInfoProto, name: string): ValueInfoProto {
 
 /**
  * The decode loop around `model` (edited in place and returned):
- *   inputs  steps (int64 scalar), ids [batch, 1], eos [n] (int64), done [batch] (int32), states...
+ *   inputs  steps (int64 scalar), ids [batch, 1], eos_table [vocab] (int32: 1 for an end id),
+ *           done [batch, 1] (int32), states...
  *   outputs ids [batch, 1], done, states..., tokens [steps run, batch, 1]
  * Each iteration feeds the ids, takes the ArgMax of the logits as the next ids, marks rows that
- * produced an eos id as done, and stops early once every row is done.
+ * produced an end id as done, and stops early once every row is done.
  */
 export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
   const g = model.graph!;
-  const opset = opsetVersion(model) ?? 17;
   const idsType = io.inputIds.type === "int32" ? DataType.INT32 : DataType.INT64;
-  // ReduceMax/ReduceMin take their axes as an attribute up to opset 17, as an input from 18.
-  const reduce = (op: string, input: string, output: string, axis: number): NodeProto =>
-    opset >= 18
-      ? makeNode(op, [input, `${P}axis${axis}`], [output], { attributes: [attr.int("keepdims", 0)] })
-      : makeNode(op, [input], [output], { attributes: [attr.ints("axes", [axis]), attr.int("keepdims", 0)] });
-
+  // logits [batch, 1, vocab] -> ids [batch, 1] in one ArgMax; other layouts through a Reshape
+  const logitsRank = valueInfo(g, io.logits)?.type?.tensorType?.shape?.dim?.length;
+  const argmax =
+    logitsRank === 3
+      ? [
+          makeNode("ArgMax", [io.logits], [`${P}next64`], {
+            attributes: [attr.int("axis", -1), attr.int("keepdims", 0)],
+          }),
+        ]
+      : [
+          makeNode("ArgMax", [io.logits], [`${P}argmax`], {
+            attributes: [attr.int("axis", -1), attr.int("keepdims", 1)],
+          }),
+          makeNode("Reshape", [`${P}argmax`, `${P}column`], [`${P}next64`]),
+        ];
   const body: NodeProto[] = [
     ...g.node,
-    makeNode("ArgMax", [io.logits], [`${P}argmax`], {
-      attributes: [attr.int("axis", -1), attr.int("keepdims", 1)],
-    }),
-    makeNode("Reshape", [`${P}argmax`, `${P}column`], [`${P}next64`]),
+    ...argmax,
     idsType === DataType.INT32
       ? makeNode("Cast", [`${P}next64`], [`${P}next`], { attributes: [attr.int("to", DataType.INT32)] })
       : makeNode("Identity", [`${P}next64`], [`${P}next`]),
     makeNode("Identity", [`${P}next`], [`${P}scan`]),
-    // done' = done | (next is an eos id); continue while some row is not done
-    makeNode("Equal", [`${P}next64`, `${P}eos`], [`${P}is_eos`]),
-    makeNode("Cast", [`${P}is_eos`], [`${P}is_eos_i`], { attributes: [attr.int("to", DataType.INT32)] }),
-    reduce("ReduceMax", `${P}is_eos_i`, `${P}ended`, 1),
+    // done' = done | eos_table[next]; continue while some row is not done
+    makeNode("Gather", [`${P}eos_table`, `${P}next64`], [`${P}ended`]),
     makeNode("Max", [`${P}done_in`, `${P}ended`], [`${P}done_out`]),
-    reduce("ReduceMin", `${P}done_out`, `${P}all_done`, 0),
+    makeNode("ReduceMin", [`${P}done_out`], [`${P}all_done`], { attributes: [attr.int("keepdims", 0)] }),
     makeNode("Equal", [`${P}all_done`, `${P}zero`], [`${P}cond_out`]),
   ];
   const stateInputs = io.states.map((s) => valueInfo(g, s.input)!);
@@ -95,13 +98,13 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
       makeValueInfo(`${P}iter`, DataType.INT64, []),
       makeValueInfo(`${P}cond_in`, DataType.BOOL, []),
       makeValueInfo(io.inputIds.name, idsType, ["batch", 1]),
-      makeValueInfo(`${P}done_in`, DataType.INT32, ["batch"]),
+      makeValueInfo(`${P}done_in`, DataType.INT32, ["batch", 1]),
       ...stateInputs,
     ],
     output: [
       makeValueInfo(`${P}cond_out`, DataType.BOOL, []),
       makeValueInfo(`${P}next`, idsType, ["batch", 1]),
-      makeValueInfo(`${P}done_out`, DataType.INT32, ["batch"]),
+      makeValueInfo(`${P}done_out`, DataType.INT32, ["batch", 1]),
       ...stateOutputs,
       makeValueInfo(`${P}scan`, idsType, ["batch", 1]),
     ],
@@ -123,23 +126,17 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
       typedToTensor(`${P}true`, [], Uint8Array.of(1), DataType.BOOL),
       typedToTensor(`${P}column`, [2], BigInt64Array.of(-1n, 1n)),
       typedToTensor(`${P}zero`, [], Int32Array.of(0)),
-      ...(opset >= 18
-        ? [
-            typedToTensor(`${P}axis0`, [1], BigInt64Array.of(0n)),
-            typedToTensor(`${P}axis1`, [1], BigInt64Array.of(1n)),
-          ]
-        : []),
     ],
     input: [
       makeValueInfo(`${P}steps`, DataType.INT64, []),
       makeValueInfo(outer("ids"), idsType, ["batch", 1]),
-      makeValueInfo(`${P}eos`, DataType.INT64, ["eos"]),
-      makeValueInfo(outer("done"), DataType.INT32, ["batch"]),
+      makeValueInfo(`${P}eos_table`, DataType.INT32, ["vocab"]),
+      makeValueInfo(outer("done"), DataType.INT32, ["batch", 1]),
       ...stateInputs.map((v) => renamed(v, outer(v.name!))),
     ],
     output: [
       makeValueInfo(`${P}out.ids`, idsType, ["batch", 1]),
-      makeValueInfo(`${P}out.done`, DataType.INT32, ["batch"]),
+      makeValueInfo(`${P}out.done`, DataType.INT32, ["batch", 1]),
       ...stateOutputs.map((v) => renamed(v, `${P}out.${v.name}`)),
       makeValueInfo(`${P}tokens`, idsType, ["steps", "batch", 1]),
     ],
@@ -157,16 +154,33 @@ export interface DecodeChunk {
 
 /** A second ONNX Runtime session that runs the decode loop of a model. */
 export class FusedDecoder {
+  private eosTables = new Map<string, Tensor>();
+
   private constructor(
     /** The loop's session (public for benchmarks that time session.run). */
     readonly session: InferenceSession,
     private readonly io: ModelIo,
+    private readonly vocab: number,
   ) {}
+
+  /** 1 at each end id, 0 elsewhere: one Gather in the loop tells whether a token ends its row. */
+  private eosTable(eos: readonly number[]): Tensor {
+    const key = eos.join(",");
+    let table = this.eosTables.get(key);
+    if (!table) {
+      const flags = new Int32Array(this.vocab);
+      for (const id of eos) if (id >= 0 && id < this.vocab) flags[id] = 1;
+      table = new Tensor("int32", flags, [this.vocab]);
+      this.eosTables.set(key, table);
+    }
+    return table;
+  }
 
   /** Build the loop from the model file; null (with the reason) when the model does not qualify. */
   static async create(
     onnxPath: string,
     io: ModelIo,
+    vocab: number,
     options: InferenceSession.SessionOptions,
   ): Promise<FusedDecoder | { unsupported: string }> {
     const why = fusedDecodeUnsupported(io);
@@ -179,7 +193,7 @@ export class FusedDecoder {
       ...options,
       enableProfiling: false,
     });
-    return new FusedDecoder(session, io);
+    return new FusedDecoder(session, io, vocab);
   }
 
   /**
@@ -196,10 +210,8 @@ export class FusedDecoder {
     const feeds: Record<string, Tensor> = {
       [`${P}steps`]: new Tensor("int64", BigInt64Array.of(BigInt(steps)), []),
       [`${P}in.ids`]: intTensor(this.io.inputIds.type, ids, [batch, 1]),
-      [`${P}eos`]: new Tensor("int64", BigInt64Array.from(eos.length ? eos : [-1], BigInt), [
-        Math.max(1, eos.length),
-      ]),
-      [`${P}in.done`]: new Tensor("int32", new Int32Array(batch), [batch]),
+      [`${P}eos_table`]: this.eosTable(eos),
+      [`${P}in.done`]: new Tensor("int32", new Int32Array(batch), [batch, 1]),
     };
     for (const s of this.io.states) feeds[`${P}in.${s.input}`] = state[s.input]!;
     const out = await this.session.run(feeds);

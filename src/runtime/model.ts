@@ -276,7 +276,7 @@ export class LanguageModel {
    * step instead.
    */
   fusedDecoder(): Promise<FusedDecoder | { unsupported: string }> {
-    this.fused ??= FusedDecoder.create(this.onnxPath, this.io, this.sessionOptions);
+    this.fused ??= FusedDecoder.create(this.onnxPath, this.io, this.vocabSize, this.sessionOptions);
     return this.fused;
   }
 
