@@ -437,7 +437,8 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def flops_per_token(config, context: int | None = None) -> dict:
-    """Multiply-adds x2 per token of the exported (dense) graph; attention/scan terms at `context`."""
+    """Multiply-adds x2 per token; attention/scan terms at `context`. Itera-Lite: "dense" counts every
+    expert, "active" the top-k ones a token is routed to (what the exported MoE op runs)."""
     c = config
     if isinstance(c, IteraLiteConfig):
         mixer = 2 * c.d_model * (2 * c.d_inner + 2 * c.d_state + c.n_heads) + 2 * c.conv_dim * c.d_conv
