@@ -28,7 +28,7 @@ import {
   precisionBytes,
   unsupportedReason,
 } from "../src/quantize/rewrite.js";
-import { findSites } from "../src/quantize/sites.js";
+import { countQuantizedNodes, findSites } from "../src/quantize/sites.js";
 import {
   type MoeWeights,
   moeModel,
@@ -323,6 +323,12 @@ describe("MoE experts as quantization sites", () => {
     const opts = parseQuantizeOptions({ mode: "int4", blockSize: "32", accuracyLevel: "0" });
     expect(presetPrecisions([s!], layers, opts, opts).get("experts")).toBe("fp32");
     expect(layers[0]!.note).toMatch(/^kept fp32: 4-bit QMoE packs whole bytes per row/);
+  });
+
+  it("a QMoE graph counts as quantized and offers nothing more", () => {
+    const g = new Graph(quantizedModel("int4").graph!);
+    expect(findSites(g)).toEqual([]);
+    expect(countQuantizedNodes(g)).toBe(1);
   });
 
   it("MoE nodes whose experts are not constant float [E, N, K] tensors are not sites", () => {
