@@ -635,7 +635,7 @@ describe("inspect: state-space, linear-attention and mixture-of-experts ops (com
     const moeDense = tokens * E * perExpertToken;
     // gated: per element of each kv head's [d_k, d_v] state 2 (read-out) + 2 (k⊗v) + 1 (decay)
     const linearAttention = b * s * DK * DV * (2 * HKV + 3 * HKV);
-    const conv = 2 * (b * s * C) * KERNEL + b * s * C;
+    const conv = 2 * (b * s * C) * KERNEL; // bias and SiLU: elementwise, left out
     expect(r.flops.byOp).toEqual([
       { op: "com.microsoft.MoE", nodes: 1, flops: moeActive, dense: moeDense },
       { op: "com.microsoft.QMoE", nodes: 1, flops: moeActive, dense: moeDense },
@@ -649,6 +649,25 @@ describe("inspect: state-space, linear-attention and mixture-of-experts ops (com
       perToken: (total + 2 * (moeDense - moeActive)) / (b * s),
     });
     expect(r.flops.perToken).toBe(total / (b * s));
+  });
+
+  it("counts the house model Itera-Lite tiny as its model card does (active experts and all four)", async () => {
+    const dir = join(__dirname, "..", "models", "itera-lite-tiny");
+    const card = JSON.parse(await readFile(join(dir, "itera.json"), "utf8"));
+    const r = await inspectPath(dir);
+    expect(r.flops.unresolved).toEqual([]);
+    expect(r.flops.missingDims).toEqual([]);
+    expect(r.flops.perToken).toBe(card.architecture.active_flops_per_token);
+    expect(r.flops.dense.perToken).toBe(card.flops_per_token);
+    // by hand, 5 layers: top-2 of 4 experts (d_model 128, d_ff 256); 8 heads of a 16 x 32 state
+    // (gated); a 288-channel conv of kernel 4
+    const byOp = Object.fromEntries(r.flops.byOp.map((o) => [o.op, o]));
+    expect(byOp["com.microsoft.MoE"]).toMatchObject({
+      flops: 5 * 2 * (2 * 128 * 256 * 2),
+      dense: 5 * 4 * (2 * 128 * 256 * 2),
+    });
+    expect(byOp["com.microsoft.LinearAttention"]!.flops).toBe(5 * 16 * 32 * (2 * 8 + 3 * 8));
+    expect(byOp["com.microsoft.CausalConvWithState"]!.flops).toBe(5 * 2 * 288 * 4);
   });
 
   it("counts per input id, with the house models' dim names (batch, sequence) as aliases", () => {

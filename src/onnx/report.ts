@@ -15,8 +15,8 @@
  *   com.microsoft LinearAttention: batch · sequence · d_k · d_v · (2 · max(q heads, kv heads) for the
  *           read-out q·S + per kv head 2 for the update k⊗v, +1 for the decay (gated), +2 for the
  *           delta rule's Sᵀk): 5 · H · d_k · d_v per token for "gated"
- *   com.microsoft CausalConvWithState: 2 · elements(output) · prod(kernel) (+ elements(output) with a
- *           bias), a depthwise Conv
+ *   com.microsoft CausalConvWithState: 2 · elements(output) · prod(kernel), a depthwise Conv (its
+ *           bias and fused SiLU are elementwise)
  *   Gather, com.microsoft GatherBlockQuantized: 0 (a lookup: it moves data, it does no arithmetic)
  * Everything else (elementwise ops, softmax, normalization, and so com.microsoft LinearAttentionGate,
  * QuickGelu, (Skip)SimplifiedLayerNormalization) is left out: for language models it is
@@ -214,9 +214,9 @@ export function nodeFlops(node: NodeProto, info: ShapeInfo): number | undefined 
       return d.batch * d.seq * d.dk * d.dv * (2 * Math.max(d.qHeads, d.kvHeads) + update * d.kvHeads);
     }
     case "CausalConvWithState": {
+      // the bias and the fused SiLU are elementwise: left out, as the Add after a MatMul is
       const w = shape(1);
-      if (!w || !out) return undefined;
-      return 2 * elementCount(out) * elementCount(w.slice(2)) + (node.input[2] ? elementCount(out) : 0);
+      return w && out ? 2 * elementCount(out) * elementCount(w.slice(2)) : undefined;
     }
     case "Gather":
     case "GatherBlockQuantized":

@@ -579,8 +579,10 @@ function causalConvShapes(node: NodeProto, s: (Shape | undefined)[]): NodeResult
 }
 
 /**
- * com.microsoft LinearAttention (state_window 0): query/key/value [B, T, heads·d]; output
- * [B, T, max(q_num_heads, kv_num_heads)·d_v]; state [B, kv_num_heads, d_k, d_v].
+ * com.microsoft LinearAttention (state_window 0): query [B, T, q_num_heads·d_k], key [B, T, heads·d_k]
+ * (kv_num_heads, or fewer heads shared as the house models' single key head), value
+ * [B, T, kv_num_heads·d_v]; output [B, T, max(q_num_heads, kv_num_heads)·d_v]; state
+ * [B, kv_num_heads, d_k, d_v]. d_k is taken from the query, as the operator does.
  */
 export function linearAttentionDims(
   node: NodeProto,
@@ -590,7 +592,7 @@ export function linearAttentionDims(
   if (q?.length !== 3 || k?.length !== 3 || v?.length !== 3) return undefined;
   const qHeads = getAttrInt(node, "q_num_heads", 1);
   const kvHeads = getAttrInt(node, "kv_num_heads", 1);
-  return { batch: q[0]!, seq: q[1]!, qHeads, kvHeads, dk: k[2]! / kvHeads, dv: v[2]! / kvHeads };
+  return { batch: q[0]!, seq: q[1]!, qHeads, kvHeads, dk: q[2]! / qHeads, dv: v[2]! / kvHeads };
 }
 
 function linearAttentionShapes(node: NodeProto, s: (Shape | undefined)[]): NodeResult {
