@@ -4,8 +4,12 @@
  * output as the float MoE op with those dequantized weights (tight), and stay within the error
  * the quantization can cause of the float model (loose, a bound propagated through the experts).
  */
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { InferenceSession, Tensor } from "onnxruntime-node";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   DataType,
   encodeModel,
@@ -21,6 +25,7 @@ import { describeLayout, expertMatrices, type MoeShape, qmoeBytes, qmoeLayout } 
 import { parseQuantizeOptions, type Precision } from "../src/quantize/options.js";
 import { qMoE } from "../src/quantize/patterns.js";
 import { moeNote, presetPrecisions } from "../src/quantize/plan.js";
+import { type QuantizeReport, quantizeFolder } from "../src/quantize/quantize.js";
 import type { LayerReport } from "../src/quantize/report.js";
 import {
   applyPrecisions,
@@ -50,7 +55,7 @@ const weights = moeWeights(E, D, F);
 const shape: MoeShape = { experts: E, hidden: D, inter: F, fc1Rows: F, hasFc3: false };
 
 async function run(model: ModelProto, xs = x, tokens = T): Promise<Float32Array> {
-  const session = await InferenceSession.create(encodeModel(model), { logSeverityLevel: 3 });
+  const session = await InferenceSession.create(encodeModel(model), { logSeverityLevel: 4 }); // errors are thrown
   try {
     const r = await session.run({
       x: new Tensor("float32", xs, [tokens, D]),
@@ -337,4 +342,53 @@ describe("MoE experts as quantization sites", () => {
     m.graph!.input.push({ name: "fc2" });
     expect(findSites(new Graph(m.graph!))).toEqual([]);
   });
+});
+
+describe("a house model's experts in itera quantize (Itera-Lite micro)", () => {
+  const micro = resolve("models", "itera-lite-micro");
+  let work: string;
+  beforeAll(async () => {
+    work = await mkdtemp(join(tmpdir(), "itera-qmoe-"));
+  });
+  afterAll(async () => {
+    await rm(work, { recursive: true, force: true });
+  });
+  const experts = (r: QuantizeReport) => r.layers.filter((l) => l.kind === "moe");
+
+  it.skipIf(!existsSync(join(micro, "model.onnx")))(
+    "--mode auto measures each MoE's sensitivity and chooses its precision within the budget; --exclude keeps one fp32",
+    async () => {
+      const opts = { blockSize: "32", accuracyLevel: "4", evalChars: "1500", calibChars: "1000" };
+      const auto = await quantizeFolder(
+        micro,
+        join(work, "auto"),
+        parseQuantizeOptions({ mode: "auto", ...opts }),
+        {
+          quiet: true,
+        },
+      );
+      expect(auto.quality.within_budget).toBe(true);
+      expect(experts(auto)).toHaveLength(3);
+      for (const l of experts(auto)) {
+        expect(l.shape).toEqual([4, 128, 64]);
+        expect(l.sensitivity?.int4).toEqual(expect.any(Number));
+        if (l.precision === "int4" || l.precision === "int8-wo")
+          expect(l.note).toMatch(/^QMoE (4|8)-bit, per-row scales, symmetric$/);
+      }
+      const name = experts(auto)[0]!.name;
+      const excluded = await quantizeFolder(
+        micro,
+        join(work, "exclude"),
+        parseQuantizeOptions({ mode: "int4", exclude: [name], ...opts }),
+        { quiet: true },
+      );
+      expect(experts(excluded).map((l) => [l.precision, l.note])).toEqual([
+        ["fp32", "excluded"],
+        ["int4", "QMoE 4-bit, per-row scales, symmetric"],
+        ["int4", "QMoE 4-bit, per-row scales, symmetric"],
+      ]);
+      const card = JSON.parse(await readFile(join(work, "exclude", "itera.json"), "utf8"));
+      expect(card.quantization.layers).toContainEqual({ name, precision: "fp32" });
+    },
+  );
 });
