@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { InferenceSession, Tensor } from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { registerQuantize } from "../src/cli/commands/quantize.js";
 import {
   DataType,
   encodeModel,
@@ -18,6 +19,7 @@ import {
   Graph,
   getAttrInt,
   getAttrString,
+  loadModel,
   type ModelProto,
   tensorToTyped,
 } from "../src/onnx/index.js";
@@ -41,6 +43,7 @@ import {
   moeWeights,
   weightValues,
 } from "./fixtures/onnx/moe-graph.js";
+import { inProcessCli } from "./cli-helpers.js";
 import { BASE_PARAMS, relError } from "./quantize-helpers.js";
 
 const E = 4;
@@ -389,6 +392,41 @@ describe("a house model's experts in itera quantize (Itera-Lite micro)", () => {
       ]);
       const card = JSON.parse(await readFile(join(work, "exclude", "itera.json"), "utf8"));
       expect(card.quantization.layers).toContainEqual({ name, precision: "fp32" });
+    },
+  );
+
+  it.skipIf(!existsSync(join(micro, "model.onnx")))(
+    "itera quantize --moe-scales block --moe-zero-points: block-wise asymmetric experts; a bad layout is refused",
+    async () => {
+      const cli = inProcessCli(registerQuantize, { captureConsoleLog: true });
+      const out = join(work, "cli-block");
+      const r = await cli(
+        "quantize",
+        micro,
+        "--out",
+        out,
+        "--mode",
+        "int4",
+        "--moe-scales",
+        "block",
+        "--moe-zero-points",
+        "--eval-chars",
+        "500",
+        "--budget",
+        "none",
+        "--json",
+      );
+      expect(r.code).toBe(0);
+      const report = JSON.parse(r.stdout) as QuantizeReport;
+      expect([report.settings.moe_scales, report.settings.moe_zero_points]).toEqual(["block", true]);
+      expect(experts(report).map((l) => l.note)).toEqual(Array(3).fill("QMoE 4-bit, block 32, asymmetric"));
+      const qmoe = (await loadModel(join(out, "model.onnx"))).graph!.node.filter((n) => n.opType === "QMoE");
+      expect(qmoe.map((n) => [getAttrInt(n, "block_size"), n.input.length])).toEqual(Array(3).fill([32, 13]));
+
+      const bad = await cli("quantize", micro, "--out", join(work, "cli-bad"), "--moe-scales", "column");
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toMatch(/invalid --moe-scales "column": must be one of row, block/);
+      expect(existsSync(join(work, "cli-bad"))).toBe(false);
     },
   );
 });

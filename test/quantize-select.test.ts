@@ -80,5 +80,15 @@ describe("options", () => {
     }
     expect(() => parseQuantizeOptions({ ...base, accuracyLevel: "7" })).toThrow(/--accuracy-level/);
     expect(() => parseQuantizeOptions({ ...base, head: "int3" })).toThrow(/--head/);
+    expect(() => parseQuantizeOptions({ ...base, moeScales: "column" })).toThrow(
+      /invalid --moe-scales "column": must be one of row, block/,
+    );
+  });
+
+  it("MoE experts default to per-row symmetric QMoE (onnxruntime's fast path)", () => {
+    const o = parseQuantizeOptions(base);
+    expect([o.moeScales, o.moeZeroPoints]).toEqual(["row", false]);
+    const b = parseQuantizeOptions({ ...base, moeScales: "block", moeZeroPoints: true });
+    expect([b.moeScales, b.moeZeroPoints]).toEqual(["block", true]);
   });
 });
