@@ -7,14 +7,16 @@ import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { SEA_FUSE } from "../src/package/node-binary.js";
 import { loadProfile } from "../src/profile/load.js";
 import { loadModel } from "../src/runtime/index.js";
-import { deviceEnv, fixtureModel, qemuRunner, removeTempDirs, run } from "./package-helpers.js";
+import { deviceEnv, fixtureModel, houseModel, qemuRunner, removeTempDirs, run } from "./package-helpers.js";
 
 /**
- * Cross builds from this x64 host: the embedded-arm64-2c bundle runs under qemu-aarch64 and
- * generates exactly what the host generates; the win32-x64 bundle is a PE executable carrying the
- * NODE_SEA_BLOB resource.
+ * Cross builds from this x64 host: the embedded-arm64-2c bundle of the house model Itera-Lite micro
+ * (onnxruntime's fused contrib operators, decoded greedily by the fused loop) runs under qemu-aarch64
+ * and generates exactly what the host and PyTorch generate; the win32-x64 bundle (of a PyTorch
+ * fixture) is a PE executable carrying the NODE_SEA_BLOB resource.
  */
 const model = fixtureModel();
+const house = houseModel("itera-lite-micro");
 let arm: BuildResult;
 let win: BuildResult;
 let work: string;
@@ -28,7 +30,7 @@ beforeAll(async () => {
   await writeFile(winProfile, JSON.stringify({ ...rest, name: "win-x64-4c", platform: "win32" }));
   [arm, win] = await Promise.all([
     buildBundle({
-      model: model.dir,
+      model: house.dir,
       profile: "embedded-arm64-2c",
       quant: "fp32",
       out: join(work, "out"),
@@ -55,8 +57,11 @@ describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
   });
 
   it("generates the same greedy tokens as the x64 host (and as PyTorch)", async () => {
-    const host = await loadModel(model.dir, { threads: 2 });
-    const hostIds = (await host.generate(model.prompt, { maxTokens: model.greedyIds.length })).ids;
+    const host = await loadModel(house.dir, { threads: 2 });
+    expect(host.tokenizer.encode(house.prompt)).toEqual(house.inputIds);
+    const hostIds = (await host.generate(house.prompt, { maxTokens: house.greedyIds.length, temperature: 0 }))
+      .ids;
+    await host.dispose();
     const { env } = await deviceEnv();
     const { stdout } = await run(
       qemuRunner,
@@ -64,9 +69,11 @@ describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
         join(arm.dir, "itera-agent"),
         "run",
         "--prompt",
-        model.prompt,
+        house.prompt,
         "--max-tokens",
         String(hostIds.length),
+        "--temperature",
+        "0",
         "--json",
       ],
       { env: { ...env, PATH: `${env.PATH}:/usr/bin:/bin` }, maxBuffer: 1 << 20 },
@@ -74,8 +81,9 @@ describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
     const out = JSON.parse(stdout);
     expect(out.mode).toBe("bundle");
     expect(out.profile).toBe("embedded-arm64-2c");
+    expect(out.decode).toBe("fused");
     expect(out.ids).toEqual(hostIds);
-    expect(out.ids).toEqual(model.greedyIds);
+    expect(out.ids).toEqual(house.greedyIds);
   });
 });
 

@@ -1,7 +1,8 @@
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { fixtureModels, reference } from "./fixtures/runtime/models.js";
 
@@ -13,6 +14,22 @@ export function fixtureModel(): { dir: string; prompt: string; greedyIds: number
   const dir = join(fixtureModels(), "recurrent");
   const ref = reference(dir);
   return { dir, prompt: ref.prompt, greedyIds: ref.first.greedy_ids };
+}
+
+/** A committed house model (models/<id>) with its PyTorch reference (golden.json). */
+export function houseModel(id: string): {
+  dir: string;
+  prompt: string;
+  inputIds: number[];
+  greedyIds: number[];
+} {
+  const dir = resolve("models", id);
+  const golden = JSON.parse(readFileSync(join(dir, "golden.json"), "utf8")) as {
+    prompt: string;
+    input_ids: number[];
+    greedy_ids: number[];
+  };
+  return { dir, prompt: golden.prompt, inputIds: golden.input_ids, greedyIds: golden.greedy_ids };
 }
 
 /**

@@ -124,7 +124,7 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
     initializer: [
       ...g.initializer,
       typedToTensor(`${P}true`, [], Uint8Array.of(1), DataType.BOOL),
-      typedToTensor(`${P}column`, [2], BigInt64Array.of(-1n, 1n)),
+      ...(logitsRank === 3 ? [] : [typedToTensor(`${P}column`, [2], BigInt64Array.of(-1n, 1n))]),
       typedToTensor(`${P}zero`, [], Int32Array.of(0)),
     ],
     input: [

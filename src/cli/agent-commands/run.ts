@@ -63,6 +63,7 @@ export function registerRun(program: Command): void {
         prompt_ids: gen.promptIds,
         ids: gen.ids,
         stop_reason: gen.stopReason,
+        decode: gen.decode,
         cold_start: ctx.extraction?.extracted ?? false,
         timings: {
           // performance.now() counts from process start: these include Node's own start-up and,
