@@ -4,10 +4,13 @@
  * output as the float MoE op with those dequantized weights (tight), and stay within the error
  * the quantization can cause of the float model (loose, a bound propagated through the experts).
  */
+import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { promisify } from "node:util";
 import { InferenceSession, Tensor } from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerQuantize } from "../src/cli/commands/quantize.js";
@@ -22,7 +25,9 @@ import {
   loadModel,
   type ModelProto,
   tensorToTyped,
+  typedToTensor,
 } from "../src/onnx/index.js";
+import { nodeBinary } from "../src/package/node-binary.js";
 import { describeLayout, expertMatrices, type MoeShape, qmoeBytes, qmoeLayout } from "../src/quantize/moe.js";
 import { parseQuantizeOptions, type Precision } from "../src/quantize/options.js";
 import { qMoE } from "../src/quantize/patterns.js";
@@ -44,8 +49,10 @@ import {
   weightValues,
 } from "./fixtures/onnx/moe-graph.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { qemuRunner } from "./package-helpers.js";
 import { BASE_PARAMS, relError } from "./quantize-helpers.js";
 
+const execFileAsync = promisify(execFile);
 const E = 4;
 const D = 64;
 const F = 128;
@@ -255,6 +262,69 @@ describe("MoE -> QMoE", () => {
     const half = (w: Float32Array) => float16ToFloat32(float32ToFloat16(w));
     const want = await run(moeModel({ ...weights, fc1: half(weights.fc1), fc2: half(weights.fc2) }, TOP_K));
     expect(relError(await run(model), want)).toBeLessThanOrEqual(1e-6);
+  });
+});
+
+describe("QMoE on ARM64 (qemu-aarch64: the devices' onnxruntime build)", () => {
+  /** The quantized graph plus the float MoE on its dequantized experts, as output "y_ref". */
+  function withReference(precision: Precision): ModelProto {
+    const model = quantizedModel(precision);
+    const g = new Graph(model.graph!);
+    const q = g.nodes[0]!;
+    const bits = precision === "int4" ? 4 : 8;
+    const deq = (i: number) =>
+      dequantizeQmoeInput(g, { weights: q.input[i]!, scales: q.input[i + 1]!, zeroPoints: "" }, bits, 0);
+    g.addInitializer(typedToTensor("fc1_deq", [E, F, D], deq(2)));
+    g.addInitializer(typedToTensor("fc2_deq", [E, D, F], deq(5)));
+    const reference = moeModel(weights, TOP_K).graph!.node[0]!;
+    reference.input = ["x", "router_probs", "fc1_deq", "fc1_bias", "fc2_deq", "fc2_bias"];
+    reference.output = ["y_ref"];
+    g.addNode(reference);
+    model.graph!.output.push({ name: "y_ref" });
+    return model;
+  }
+
+  it("4- and 8-bit experts equal the float MoE on the dequantized experts, and the x64 output", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "itera-qmoe-arm64-"));
+    try {
+      const files: string[] = [];
+      const x64: Float32Array[] = [];
+      for (const precision of ["int4", "int8-wo"] as const) {
+        const model = withReference(precision);
+        files.push(join(dir, `${precision}.onnx`));
+        await writeFile(files.at(-1)!, encodeModel(model));
+        x64.push(await run(model));
+      }
+      await writeFile(join(dir, "inputs.json"), JSON.stringify({ x: [...x], router: [...router], T, D, E }));
+      const script = join(dir, "run.mjs");
+      await writeFile(
+        script,
+        `import * as ort from ${JSON.stringify(pathToFileURL(resolve("node_modules/onnxruntime-node/dist/index.js")).href)};
+import { readFileSync } from "node:fs";
+const [inputs, ...models] = process.argv.slice(2);
+const { x, router, T, D, E } = JSON.parse(readFileSync(inputs, "utf8"));
+const out = [];
+for (const m of models) {
+  const s = await ort.InferenceSession.create(m);
+  const r = await s.run({ x: new ort.Tensor("float32", Float32Array.from(x), [T, D]), router_probs: new ort.Tensor("float32", Float32Array.from(router), [T, E]) });
+  out.push({ y: [...r.y.data], y_ref: [...r.y_ref.data] });
+}
+console.log(JSON.stringify({ arch: process.arch, out }));
+`,
+      );
+      const node = (await nodeBinary({ platform: "linux", arch: "arm64" })).path;
+      const { stdout } = await execFileAsync(qemuRunner, [node, script, join(dir, "inputs.json"), ...files], {
+        maxBuffer: 1 << 24,
+      });
+      const arm = JSON.parse(stdout) as { arch: string; out: { y: number[]; y_ref: number[] }[] };
+      expect(arm.arch).toBe("arm64");
+      arm.out.forEach((o, i) => {
+        expect(relError(o.y, o.y_ref)).toBeLessThanOrEqual(1e-5);
+        expect(relError(o.y, x64[i]!)).toBeLessThanOrEqual(1e-5);
+      });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
