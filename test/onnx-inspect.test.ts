@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import * as ort from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { inspectPath, parseDims } from "../src/cli/commands/inspect.js";
+import { inspectPath, parseDims, registerInspect } from "../src/cli/commands/inspect.js";
 import { IteraError } from "../src/errors.js";
 import { locateModelFile } from "../src/model/folder.js";
 import {
@@ -20,6 +20,7 @@ import {
   typedToTensor,
 } from "../src/onnx/index.js";
 import { analyzeModel } from "../src/onnx/report.js";
+import { inProcessCli } from "./cli-helpers.js";
 import { buildFixtures } from "./fixtures/onnx/build.js";
 import { contribModel } from "./fixtures/onnx/contrib-model.js";
 
@@ -668,6 +669,13 @@ describe("inspect: state-space, linear-attention and mixture-of-experts ops (com
     });
     expect(byOp["com.microsoft.LinearAttention"]!.flops).toBe(5 * 16 * 32 * (2 * 8 + 3 * 8));
     expect(byOp["com.microsoft.CausalConvWithState"]!.flops).toBe(5 * 2 * 288 * 4);
+
+    const cli = inProcessCli(registerInspect, { captureConsoleLog: true });
+    const table = await cli("inspect", dir);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toContain("FLOPs per token: 2,501,376 (total 2,501,376 for ");
+    expect(table.stdout).toContain("FLOPs per token with every expert (dense MoE): 3,812,096");
+    expect(table.stdout).toMatch(/\| com\.microsoft\.MoE +\| +5 \| +1310720 \| +2621440 \|/);
   });
 
   it("counts per input id, with the house models' dim names (batch, sequence) as aliases", () => {
