@@ -15,6 +15,7 @@ import { InferenceSession, Tensor } from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerQuantize } from "../src/cli/commands/quantize.js";
 import {
+  attr,
   DataType,
   encodeModel,
   float16ToFloat32,
@@ -24,6 +25,7 @@ import {
   getAttrString,
   loadModel,
   type ModelProto,
+  makeNode,
   tensorToTyped,
   typedToTensor,
 } from "../src/onnx/index.js";
@@ -235,7 +237,6 @@ describe("MoE -> QMoE", () => {
       },
       forced,
     );
-    const { typedToTensor, makeNode, attr } = await import("../src/onnx/index.js");
     g.removeInitializer("fc1");
     g.removeInitializer("fc2");
     for (const t of r.initializers) g.addInitializer(typedToTensor(t.name, t.dims, t.data));
@@ -414,6 +415,10 @@ describe("MoE experts as quantization sites", () => {
     m.graph!.initializer = m.graph!.initializer.filter((t) => t.name !== "fc2");
     m.graph!.input.push({ name: "fc2" });
     expect(findSites(new Graph(m.graph!))).toEqual([]);
+    // an attribute kind QMoE could not be given (a tensor) also keeps the node as it is
+    const t = moeModel(weights, TOP_K);
+    t.graph!.node[0]!.attribute.push(attr.tensor("extra", typedToTensor("e", [1], new Float32Array([1]))));
+    expect(findSites(new Graph(t.graph!))).toEqual([]);
   });
 });
 

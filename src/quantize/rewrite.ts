@@ -112,7 +112,7 @@ export function unsupportedReason(site: Site, precision: Precision, params: Bloc
   return undefined;
 }
 
-/** A node's INT/FLOAT/STRING(S) attributes as pattern values (undefined if it has others). */
+/** A node's INT/FLOAT/STRING/INTS/FLOATS attributes as pattern values (sites.ts admits no others). */
 function attributeValues(node: NodeProto): { values: Record<string, AttributeValue>; floats: string[] } {
   const values: Record<string, AttributeValue> = {};
   const floats: string[] = [];

@@ -5,6 +5,7 @@
  * Also what is already quantized.
  */
 import {
+  AttributeType,
   DataType,
   type Graph,
   getAttrFloat,
@@ -124,12 +125,23 @@ export function findSites(g: Graph): Site[] {
 /** MoE inputs: input, router_probs, fc1, fc1 bias, fc2, fc2 bias, fc3, fc3 bias (QMoE has no more). */
 const MOE_INPUTS = 8;
 
+/** Attribute kinds a MoE node's attributes may have to be copied onto its QMoE. */
+export const COPIED_ATTRIBUTES = new Set<number>([
+  AttributeType.INT,
+  AttributeType.FLOAT,
+  AttributeType.STRING,
+  AttributeType.INTS,
+  AttributeType.FLOATS,
+]);
+
 /**
  * A MoE node whose expert weights are constant float [E, N, K] initializers of consistent shapes
  * (fc1 [E, d_ff or 2·d_ff, d_model], fc2 [E, d_model, d_ff], fc3 [E, d_ff, d_model]); else undefined.
  */
 function moeSite(g: Graph, node: NodeProto, index: number): Site | undefined {
   if (node.input.length > MOE_INPUTS) return undefined;
+  // QMoE takes the MoE's attributes as they are: only the kinds the rewrite copies
+  if (node.attribute.some((a) => !COPIED_ATTRIBUTES.has(a.type ?? 0))) return undefined;
   const dims = (i: number) => {
     const t = g.initializer(node.input[i] ?? "");
     return t && t.dataType === DataType.FLOAT && t.dims.length === 3 ? t.dims.map(Number) : undefined;
