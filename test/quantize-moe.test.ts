@@ -64,7 +64,7 @@ const x = weightValues(T * D, 11, 1.5);
 // router logits that spread the tokens over every expert
 const router = Float32Array.from({ length: T * E }, (_, i) => Math.sin(i * 1.3) * 3);
 const weights = moeWeights(E, D, F);
-const shape: MoeShape = { experts: E, hidden: D, inter: F, fc1Rows: F, hasFc3: false };
+const shape: MoeShape = { experts: E, hidden: D, inter: F, fc1Rows: F, hasFc3: false, swigluFusion: null };
 
 async function run(model: ModelProto, xs = x, tokens = T): Promise<Float32Array> {
   const session = await InferenceSession.create(encodeModel(model), { logSeverityLevel: 4 }); // errors are thrown
@@ -194,9 +194,80 @@ describe("MoE -> QMoE", () => {
     }
   }
 
+  it("SwiGLU experts, fused and interleaved (swiglu_fusion 1, fc1 of 2·d_ff rows): QMoE matches the float MoE on the dequantized experts", async () => {
+    const swiglu = (w: MoeWeights) => {
+      // the float graph of w's fc2, then fc1 and its bias replaced by the fused [E, 2·d_ff, d_model] ones
+      const model = moeModel({ ...w, fc1: weights.fc1, b1: weights.b1 }, TOP_K);
+      const node = model.graph!.node[0]!;
+      node.attribute = node.attribute.filter((a) => a.name !== "activation_type");
+      node.attribute.push(attr.string("activation_type", "swiglu"), attr.int("swiglu_fusion", 1));
+      const init = model.graph!.initializer;
+      init[0] = typedToTensor("fc1", [E, 2 * F, D], w.fc1);
+      init[1] = typedToTensor("fc1_bias", [E, 2 * F], w.b1);
+      return model;
+    };
+    const fused = {
+      ...weights,
+      fc1: weightValues(E * 2 * F * D, 8, 0.3),
+      b1: weightValues(E * 2 * F, 9, 0.1),
+    };
+    for (const layout of [LAYOUTS[0], LAYOUTS[3]]) {
+      const model = swiglu(fused);
+      const [site] = findSites(new Graph(model.graph!));
+      expect(site!.moe).toMatchObject({ fc1Rows: 2 * F, inter: F, swigluFusion: 1 });
+      applyPrecisions(model, [site!], new Map([["experts", "int4"]]), { ...BASE_PARAMS, ...layout });
+      const g = new Graph(model.graph!);
+      const q = g.nodes[0]!;
+      expect([q.opType, getAttrString(q, "activation_type"), getAttrInt(q, "swiglu_fusion")]).toEqual([
+        "QMoE",
+        "swiglu",
+        1,
+      ]);
+      const block = layout.moeScales === "block" ? layout.blockSize : 0;
+      const zp = (i: number) => (layout.moeZeroPoints ? q.input[i]! : "");
+      const deq = (i: number, z: number) =>
+        dequantizeQmoeInput(
+          g,
+          { weights: q.input[i]!, scales: q.input[i + 1]!, zeroPoints: zp(z) },
+          4,
+          block,
+        );
+      const reference = swiglu({ ...fused, fc1: deq(2, 11), fc2: deq(5, 12) });
+      expect(relError(await run(model), await run(reference))).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
+  it("SwiGLU experts with a separate fc3 (swiglu_fusion 0), which onnxruntime's CPU QMoE refuses, stay float", async () => {
+    const model = moeModel(weights, TOP_K);
+    const node = model.graph!.node[0]!;
+    node.attribute = node.attribute.filter((a) => a.name !== "activation_type");
+    node.attribute.push(attr.string("activation_type", "swiglu"));
+    node.input.push("fc3", "fc3_bias");
+    model.graph!.initializer.push(
+      typedToTensor("fc3", [E, F, D], weightValues(E * F * D, 8, 0.3)),
+      typedToTensor("fc3_bias", [E, F], weightValues(E * F, 9, 0.1)),
+    );
+    const [site] = findSites(new Graph(model.graph!));
+    expect(site!.weightNames).toEqual(["fc1", "fc2", "fc3"]);
+    const why =
+      "onnxruntime's CPU QMoE takes SwiGLU experts only fused and interleaved (swiglu_fusion 1), not swiglu_fusion 0";
+    expect(unsupportedReason(site!, "int4", BASE_PARAMS)).toBe(why);
+    expect(unsupportedReason(site!, "int8-wo", BASE_PARAMS)).toBe(why);
+    expect(unsupportedReason(site!, "fp16", BASE_PARAMS)).toBeUndefined();
+    applyPrecisions(model, [site!], new Map([["experts", "fp16"]]), BASE_PARAMS);
+    expect(model.graph!.node.map((n) => n.opType).sort()).toEqual(["Cast", "Cast", "Cast", "MoE"]);
+  });
+
   it("block-wise zero points fill whole bytes: 4-bit blocks of 16 over d_model 48 fall back to symmetric, and run", async () => {
     const w48 = moeWeights(E, 48, 64, 3);
-    const s48: MoeShape = { experts: E, hidden: 48, inter: 64, fc1Rows: 64, hasFc3: false };
+    const s48: MoeShape = {
+      experts: E,
+      hidden: 48,
+      inter: 64,
+      fc1Rows: 64,
+      hasFc3: false,
+      swigluFusion: null,
+    };
     const layout = qmoeLayout(s48, 4, { blockSize: 16, symmetric: false });
     expect(layout).toMatchObject({ blockSize: 16, symmetric: true });
     expect(describeLayout(layout as never)).toMatch(/symmetric: the zero points would not fill whole bytes/);

@@ -22,6 +22,8 @@ export interface MoeShape {
   /** rows of fc1: d_ff, or 2·d_ff with a fused SwiGLU */
   fc1Rows: number;
   hasFc3: boolean;
+  /** SwiGLU experts: swiglu_fusion (0 separate fc3, 1 interleaved, 2 concatenated); null otherwise */
+  swigluFusion: number | null;
 }
 
 export type ExpertRole = "fc1" | "fc2" | "fc3";
@@ -64,6 +66,8 @@ export function qmoeLayout(
   bits: Bits,
   asked: { blockSize: number; symmetric: boolean },
 ): QmoeLayout | string {
+  if (shape.swigluFusion !== null && shape.swigluFusion !== 1)
+    return `onnxruntime's CPU QMoE takes SwiGLU experts only fused and interleaved (swiglu_fusion 1), not swiglu_fusion ${shape.swigluFusion}`;
   const matrices = expertMatrices(shape);
   const odd = matrices.find((m) => (m.k * bits) % 8 !== 0);
   if (odd) return `${bits}-bit QMoE packs whole bytes per row: ${odd.role} has K = ${odd.k}`;

@@ -10,6 +10,7 @@ import {
   type Graph,
   getAttrFloat,
   getAttrInt,
+  getAttrString,
   type NodeProto,
   type TensorProto,
   tensorToTyped,
@@ -152,7 +153,9 @@ function moeSite(g: Graph, node: NodeProto, index: number): Site | undefined {
   const [experts, fc1Rows, hidden] = fc1 as [number, number, number];
   const inter = fc2[2]!;
   const hasFc3 = (node.input[6] ?? "") !== "";
-  const shape: MoeShape = { experts, hidden, inter, fc1Rows, hasFc3 };
+  const swigluFusion =
+    getAttrString(node, "activation_type") === "swiglu" ? getAttrInt(node, "swiglu_fusion", 0) : null;
+  const shape: MoeShape = { experts, hidden, inter, fc1Rows, hasFc3, swigluFusion };
   if (fc1Rows !== inter && fc1Rows !== 2 * inter) return undefined;
   for (const m of expertMatrices(shape)) {
     const d = dims(m.input);
