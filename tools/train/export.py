@@ -147,7 +147,7 @@ def graph_stats(path: Path, n_layers: int) -> dict:
     }
 
 
-def genai_config(model: nn.Module, tok_vocab: int, context: int, fused: bool = False) -> dict:
+def genai_config(model: nn.Module, tok_vocab: int, context: int, fused: bool = False, max_length: int = 512) -> dict:
     c = model.config
     recurrent = isinstance(model, IteraLite)
     if recurrent:
@@ -204,7 +204,7 @@ def genai_config(model: nn.Module, tok_vocab: int, context: int, fused: bool = F
             "decoder": decoder,
         },
         "search": {
-            "max_length": min(context, 512),
+            "max_length": min(context, max_length),
             "min_length": 0,
             "do_sample": True,
             "temperature": 0.8,
@@ -336,7 +336,11 @@ def export_folder(
         stats = graph_stats(tmp / "model.onnx", model.config.n_layers)
         tok.save(tmp / "tokenizer.json")
         context = ITERA_CONTEXT if isinstance(model, IteraLite) else model.config.context_length
-        (tmp / "genai_config.json").write_text(json.dumps(genai_config(model, tok.vocab_size, context, fused), indent=2) + "\n")
+        # The Transformer's default generation length stays within its training sequences: its rotary
+        # positions run up to context_length, but beyond the trained length quality falls (docs/models.md).
+        default_length = 512 if isinstance(model, IteraLite) else training_window(model, ckpt)
+        config = genai_config(model, tok.vocab_size, context, fused, default_length)
+        (tmp / "genai_config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "golden.json").write_text(json.dumps(golden(model, tok)) + "\n")
         # Keep evaluation figures measured earlier for the same weights (evaluate.py adds them).
         same = previous and previous.get("training", {}).get("seconds") == round(ckpt["seconds"], 1)

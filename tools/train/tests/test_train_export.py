@@ -240,8 +240,10 @@ def test_rotary_transformer_matches_pytorch_with_a_past_and_beyond_position_256(
     folder = export_folder(ck, tmp_path / "rope", "rope", "rope")
     model, tok, _ = train.load_checkpoint(ck)
     model.eval()
-    config = json.loads((folder / "genai_config.json").read_text())["model"]
+    genai = json.loads((folder / "genai_config.json").read_text())
+    config = genai["model"]
     assert config["context_length"] == model.config.context_length
+    assert genai["search"]["max_length"] == 32  # default generation stays within the training sequences
     card = json.loads((folder / "itera.json").read_text())["architecture"]
     assert card["positions"].startswith("rotary") and card["trained_sequence_length"] == 32
     assert not any(t.name.endswith("pos.weight") for t in onnx.load(str(folder / "model.onnx")).graph.initializer)
