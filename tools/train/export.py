@@ -287,7 +287,7 @@ def model_card(model, tok, ckpt, model_id: str, name: str, stats: dict, evaluati
         "seq_len": args.get("seq_len"),
         "lr": args.get("lr"),
         "seed": args.get("seed"),
-        "device": f"cpu (x86-64, 2 cores shared with other jobs, load average ~10), torch threads {args.get('threads')}",
+        "device": f"cpu (x86-64, 2 cores shared with other jobs; the load varied between runs), torch threads {args.get('threads')}",
         "data": "tinyshakespeare.txt, first 90% of characters",
         "history": ckpt.get("history", []),
     }
