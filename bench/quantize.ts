@@ -15,6 +15,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { appendFile } from "node:fs/promises";
 import { cpus, hostname, tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
+import * as ort from "onnxruntime-node";
 import { parseTests, runBench } from "../src/bench/harness.js";
 import { runtimeEngine } from "../src/bench/runtime-engine.js";
 import { Graph, loadModel } from "../src/onnx/index.js";
@@ -84,6 +85,58 @@ async function decodeSpeeds(variants: Variant[], threads: number): Promise<Map<s
   return samples;
 }
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+/**
+ * The ONNX sessions alone (no runtime around them), 1 thread: decode steps of one token with the
+ * state carried, and 64-token prefills from an empty state; mean tokens/s over the rounds, the
+ * files alternating within each round.
+ */
+async function sessionSpeeds(files: string[]): Promise<{ decode: number; prefill: number }[]> {
+  const sessions = await Promise.all(
+    files.map((f) => ort.InferenceSession.create(f, { intraOpNumThreads: 1, interOpNumThreads: 1 })),
+  );
+  const emptyState = (s: ort.InferenceSession): Record<string, ort.Tensor> =>
+    Object.fromEntries(
+      s.inputNames
+        .filter((n) => n !== "input_ids")
+        .map((n) => {
+          const meta = s.inputMetadata.find((m) => m.name === n) as { shape?: (number | string)[] };
+          const dims = (meta.shape ?? []).map((d) => (typeof d === "number" ? d : 1));
+          return [n, new ort.Tensor("float32", new Float32Array(dims.reduce((a, b) => a * b, 1)), dims)];
+        }),
+    );
+  const ids = (n: number) =>
+    new ort.Tensor(
+      "int64",
+      BigInt64Array.from({ length: n }, (_, i) => BigInt(1 + ((i * 7) % 60))),
+      [1, n],
+    );
+  const decode = async (s: ort.InferenceSession, steps = 1000) => {
+    let state = emptyState(s);
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++) {
+      const out = await s.run({ ...state, input_ids: ids(1) });
+      state = Object.fromEntries(
+        Object.keys(state).map((k) => [k, out[k.replace("past_key_values.", "present.")]!]),
+      );
+    }
+    return (steps * 1000) / (performance.now() - t0);
+  };
+  const prefill = async (s: ort.InferenceSession, calls = 40, length = 64) => {
+    const t0 = performance.now();
+    for (let i = 0; i < calls; i++) await s.run({ ...emptyState(s), input_ids: ids(length) });
+    return (calls * length * 1000) / (performance.now() - t0);
+  };
+  const runs = sessions.map(() => ({ decode: [] as number[], prefill: [] as number[] }));
+  for (let round = 0; round < rounds; round++) {
+    for (const [i, s] of sessions.entries()) {
+      runs[i]!.decode.push(await decode(s));
+      runs[i]!.prefill.push(await prefill(s));
+    }
+  }
+  await Promise.all(sessions.map((s) => s.release()));
+  return runs.map((r) => ({ decode: mean(r.decode), prefill: mean(r.prefill) }));
+}
 
 /** QMoE layouts of the experts alone: [label, mode, --moe-scales, --moe-zero-points]. */
 const MOE_LAYOUTS: [string, Mode, "row" | "block", boolean][] = [
@@ -174,7 +227,8 @@ try {
     }
     const samples = await decodeSpeeds(moeVariants, 1);
     const fp32 = mean(samples.get("MoE fp32")!);
-    for (const v of moeVariants) {
+    const session = await sessionSpeeds(moeVariants.map((v) => join(v.dir, "model.onnx")));
+    for (const [i, v] of moeVariants.entries()) {
       const r = v.report;
       const s = samples.get(v.label)!;
       moeRows.push([
@@ -185,6 +239,10 @@ try {
         r ? `${(r.quality.bits_per_char_increase * 100).toFixed(2)}%` : "",
         mean(s).toFixed(1),
         (mean(s) / fp32).toFixed(2),
+        session[i]!.decode.toFixed(0),
+        (session[i]!.decode / session[0]!.decode).toFixed(2),
+        session[i]!.prefill.toFixed(0),
+        (session[i]!.prefill / session[0]!.prefill).toFixed(2),
       ]);
     }
   }
@@ -206,9 +264,9 @@ ${
   moeRows.length === 0
     ? ""
     : `
-QMoE layouts: the MoE experts alone quantized (\`--exclude\` every other weight), the rest fp32; decode tg${tokens} at 1 thread, ${rounds} rounds alternating; vs the fp32 MoE op in the same run.
+QMoE layouts: the MoE experts alone quantized (\`--exclude\` every other weight), the rest fp32; decode tg${tokens} at 1 thread through the runtime, ${rounds} rounds alternating; "session": the ONNX session alone at 1 thread (1000 one-token steps with the state carried; 40 prefills of 64 tokens from an empty state), ${rounds} rounds alternating; ratios against the fp32 MoE op in the same run.
 
-${markdownTable(["model", "experts", "ONNX MB", "bits/char", "bits/char change", "tokens/s", "vs fp32"], moeRows)}
+${markdownTable(["model", "experts", "ONNX MB", "bits/char", "bits/char change", "tokens/s", "vs fp32", "session decode t/s", "vs fp32", "session pp64 t/s", "vs fp32"], moeRows)}
 `
 }`;
 console.log(text);
