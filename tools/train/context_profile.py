@@ -31,8 +31,11 @@ EDGES = (1, 65, 129, 257, 513, 1025, 2049)
 
 
 @torch.no_grad()
-def nats_by_position(model, ids: list[int], window: int, edges=EDGES) -> list[dict]:
-    """Mean nats/token of targets grouped by tokens seen, over the full windows of `ids` (the rest dropped)."""
+def nats_by_position(model, ids: list[int], window: int, edges=EDGES, attention_window: int | None = None) -> list[dict]:
+    """Mean nats/token of targets grouped by tokens seen, over the full windows of `ids` (the rest dropped).
+
+    attention_window (Transformer only): each query attends to at most the last N keys, to measure
+    what a sliding attention window would give the same weights beyond their training length."""
     if len(ids) < window:
         raise ValueError(f"the text has {len(ids)} tokens, fewer than one window of {window}")
     model.eval()
@@ -44,7 +47,7 @@ def nats_by_position(model, ids: list[int], window: int, edges=EDGES) -> list[di
     x = torch.tensor(ids)
     for begin in range(0, len(ids) - window + 1, window):
         chunk = x[begin : begin + window]
-        logits, _ = model(chunk[None])
+        logits, _ = model(chunk[None], attention_window=attention_window) if attention_window else model(chunk[None])
         nll = F.cross_entropy(logits[0, :-1].double(), chunk[1:], reduction="none")
         sums.index_add_(0, bucket, nll)
         counts.index_add_(0, bucket, torch.ones_like(bucket))
@@ -62,24 +65,28 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--window", type=int, default=2048)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--attention-window", type=int, help="Transformer: attend to at most the last N keys (analysis)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if not args.checkpoint.is_file():
         print(f"error: checkpoint not found: {args.checkpoint}", file=sys.stderr)
         return 2
-    if args.window < 2:
-        print("error: --window must be at least 2", file=sys.stderr)
+    if args.window < 2 or (args.attention_window is not None and args.attention_window < 1):
+        print("error: --window must be at least 2 and --attention-window at least 1", file=sys.stderr)
         return 2
     try:
         model, tok, _ = load_checkpoint(args.checkpoint)
+        if args.attention_window and model.config.family != "transformer":
+            raise ValueError("--attention-window applies to the Transformer only (Itera-Lite has no attention)")
         val = split_train_val(read_text(args.data / TRAIN_FILE))[1]
-        rows = nats_by_position(model, tok.encode(val), args.window)
+        rows = nats_by_position(model, tok.encode(val), args.window, attention_window=args.attention_window)
     except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "window": args.window, "rows": rows}, indent=2))
+        report = {"checkpoint": str(args.checkpoint), "window": args.window, "attention_window": args.attention_window}
+        print(json.dumps({**report, "rows": rows}, indent=2))
     else:
         print("| tokens seen | targets | nats/token |\n| --- | --- | --- |")
         for r in rows:

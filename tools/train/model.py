@@ -409,7 +409,8 @@ class Transformer(nn.Module):
     def set_sparse_moe(self, sparse: bool) -> None:
         pass
 
-    def forward(self, input_ids, state=None, attention_mask=None, position_ids=None):
+    def forward(self, input_ids, state=None, attention_mask=None, position_ids=None, attention_window=None):
+        """attention_window (analysis only, not exported): a query sees at most the last N keys."""
         b, t = input_ids.shape
         if state is None:
             state = self.initial_state(b)
@@ -422,6 +423,8 @@ class Transformer(nn.Module):
         kpos = torch.arange(past + t)
         qpos = torch.arange(t) + past
         allowed = (kpos[None, :] <= qpos[:, None])[None, None] & (attention_mask[:, None, None, :] > 0)
+        if attention_window is not None:
+            allowed = allowed & (qpos[:, None] - kpos[None, :] < attention_window)[None, None]
         bias = torch.where(allowed, torch.tensor(0.0), torch.tensor(torch.finfo(torch.float32).min))
         x = self.embed(input_ids)
         cos, sin = rotary_cos_sin(position_ids, self.rope_freq)  # once, shared by every layer

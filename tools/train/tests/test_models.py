@@ -111,3 +111,16 @@ def test_odd_head_size_is_refused_for_rotary_positions():
 
     with pytest.raises(ValueError, match="even"):
         build_model(TransformerConfig(d_model=18, n_heads=2))
+
+
+@torch.no_grad()
+def test_attention_window_limits_each_query_to_the_last_n_keys():
+    torch.manual_seed(0)
+    model = build_model(CONFIGS["test-transformer"](66)).eval()
+    ids = torch.randint(0, 66, (1, 30))
+    full, _ = model(ids)
+    assert (model(ids, attention_window=30)[0] - full).abs().max() == 0  # wider than the text: no change
+    # A window of 1: each token sees only itself, as if fed alone at its position.
+    alone = torch.cat([model(ids[:, j : j + 1], position_ids=torch.tensor([[j]]))[0] for j in range(30)], 1)
+    assert (model(ids, attention_window=1)[0] - alone).abs().max() < 1e-5
+    assert (model(ids, attention_window=8)[0] - full).abs().max() > 1e-3

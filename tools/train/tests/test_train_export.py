@@ -368,3 +368,15 @@ def test_context_profile_groups_every_target_of_the_full_windows_by_tokens_seen(
         context_profile.nats_by_position(model, ids[:100], 300)
     assert context_profile.main([str(checkpoints / "test-transformer" / "final.pt"), "--window", "1"]) == 2
     assert "--window" in capsys.readouterr().err
+
+
+def test_context_profile_attention_window_is_for_the_transformer_only(checkpoints, data_dir, capsys):
+    import context_profile
+
+    ssm = str(checkpoints / "test-ssm" / "final.pt")
+    args = ["--data", str(data_dir), "--window", "64", "--attention-window", "8"]
+    assert context_profile.main([ssm, *args]) == 2
+    assert "Transformer only" in capsys.readouterr().err
+    assert context_profile.main([str(checkpoints / "test-transformer" / "final.pt"), *args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["attention_window"] == 8 and out["rows"][0]["tokens_seen"] == "1-63"
