@@ -205,17 +205,15 @@ export async function generate(
   const fusedOrWhy = greedy && options.fusedDecode !== false ? await model.fusedDecoder() : null;
   const fused = fusedOrWhy instanceof FusedDecoder ? fusedOrWhy : null;
   const eos = options.ignoreEos ? [] : [...model.eosIds];
-  // Fused decoding: tokens already chosen by the loop, consumed one per row per round.
+  // Fused decoding: the tokens the loop chose (per row), taken one per row per round.
   let chunk: number[][] = [];
-  let chunkAt = 0;
+  let taken = 0;
   let chunkSize = 16;
   for (;;) {
+    const fromChunk = taken < (chunk[0]?.length ?? 0);
     for (let r = 0; r < prompts.length; r++) {
       if (stopReasons[r]) continue;
-      const id =
-        chunkAt < (chunk[0]?.length ?? 0)
-          ? chunk[r]![chunkAt]!
-          : samplers[r]!.next(lastLogits[r]!, contexts[r]!);
+      const id = fromChunk ? chunk[r]![taken]! : samplers[r]!.next(lastLogits[r]!, contexts[r]!);
       generated[r]!.push(id);
       contexts[r]!.push(id);
       if (ttftMs === 0) ttftMs = performance.now() - t0;
@@ -243,8 +241,7 @@ export async function generate(
       });
       break;
     }
-    if (chunkAt < (chunk[0]?.length ?? 0)) chunkAt++;
-    if (chunkAt < (chunk[0]?.length ?? 0)) continue;
+    if (fromChunk && ++taken < chunk[0]!.length) continue;
     // Finished rows keep feeding their last token; their outputs are ignored.
     const step = performance.now();
     if (fused) {
@@ -262,7 +259,7 @@ export async function generate(
       // The state has consumed every chosen token but the last, as after stepping.
       state = { ...state, length: state.length + steps, tensors: decoded.state };
       chunk = decoded.tokens;
-      chunkAt = 0;
+      taken = 0;
       continue;
     }
     result = await model.forward(
