@@ -1,4 +1,5 @@
-import { existsSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerRun } from "../src/cli/commands/run.js";
@@ -118,6 +119,27 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("Itera-Lite micro", () =
       repetitionPenalty: 1.3,
     });
     expect(penalised.decode).toBe("step");
+  });
+});
+
+describe.skipIf(!existsSync(join(micro, "model.onnx")))("when the loop cannot be built", () => {
+  it("decodes step by step and says why, rather than failing", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "itera-fused-"));
+    try {
+      cpSync(micro, dir, { recursive: true });
+      const model = await loadModel(dir, { threads: 1 });
+      // the graph file vanishes after loading: the loop (built on first use) cannot read it
+      rmSync(join(dir, "model.onnx"));
+      const g = await model.generate("ROMEO:", { maxTokens: 12, temperature: 0 });
+      expect(g.decode).toBe("step");
+      expect(g.ids).toHaveLength(12);
+      expect(await model.fusedDecoder()).toMatchObject({
+        unsupported: expect.stringMatching(/could not be built/),
+      });
+      await model.dispose();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

@@ -276,13 +276,16 @@ export class LanguageModel {
    * step instead.
    */
   fusedDecoder(): Promise<FusedDecoder | { unsupported: string }> {
-    this.fused ??= FusedDecoder.create(this.onnxPath, this.io, this.vocabSize, this.sessionOptions);
+    // A graph ONNX Runtime cannot run inside a Loop decodes step by step rather than failing.
+    this.fused ??= FusedDecoder.create(this.onnxPath, this.io, this.vocabSize, this.sessionOptions).catch(
+      (e: unknown) => ({ unsupported: `the decode loop could not be built: ${(e as Error).message}` }),
+    );
     return this.fused;
   }
 
   /** Free the native sessions. */
   async dispose(): Promise<void> {
-    const fused = await this.fused?.catch(() => undefined);
+    const fused = await this.fused;
     if (fused instanceof FusedDecoder) await fused.dispose();
     await this.session.release();
   }
