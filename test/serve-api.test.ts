@@ -17,6 +17,8 @@ import { metricValue, parseSse, postJson, readEvents } from "./serve-helpers.js"
  */
 const MODEL_DIR = join(import.meta.dirname, "..", "models", "itera-lite-micro");
 const PROMPT = "ROMEO:\nWhat say";
+/** max_tokens of a generation far longer than any test waits for (the servers that take it allow it). */
+const LONG = 1_000_000;
 const silent = pino({ level: "silent" });
 
 let model: LanguageModel;
@@ -40,11 +42,13 @@ async function start(
 }
 
 /** Start a long greedy stream that holds the model until `abort` is called; resolves after its first token. */
-async function holdModel(url: string): Promise<AbortController> {
+async function holdModel(url: string, maxTokens = 2000): Promise<AbortController> {
   const abort = new AbortController();
+  // Sampled, so decoded one call per token: greedy decoding of this model runs fused, and 2000
+  // greedy tokens would be over in a fraction of a second.
   const r = await postJson(
     `${url}/v1/generate`,
-    { prompt: PROMPT, max_tokens: 2000, temperature: 0, ignore_eos: true, stream: true },
+    { prompt: PROMPT, max_tokens: maxTokens, temperature: 1, seed: 1, ignore_eos: true, stream: true },
     { signal: abort.signal },
   );
   await readEvents(r, 1);
@@ -644,9 +648,12 @@ describe("one generation at a time", () => {
   });
 
   it("a full queue answers 503 with Retry-After; a client that leaves gives up its place or its generation", async () => {
-    const { server: s, base: url } = await start({ queue: { maxWaitMs: 600_000, maxWaiting: 1 } });
+    const { server: s, base: url } = await start({
+      queue: { maxWaitMs: 600_000, maxWaiting: 1 },
+      maxTokensLimit: LONG,
+    });
     try {
-      const runningAbort = await holdModel(url);
+      const runningAbort = await holdModel(url, LONG);
       // The second waits in the queue...
       const waitingAbort = new AbortController();
       const waiting = postJson(`${url}/v1/generate`, { prompt: "a" }, { signal: waitingAbort.signal }).catch(
@@ -664,12 +671,12 @@ describe("one generation at a time", () => {
       waitingAbort.abort();
       expect(await waiting).toBeInstanceOf(Error);
       await until(url, (q) => q.waiting === 0);
-      // The streaming client leaves: its generation stops long before its 2000 tokens.
+      // The streaming client leaves: its generation stops long before its tokens run out.
       runningAbort.abort();
       await idle(url);
       const m = await (await fetch(`${url}/metrics`)).text();
       expect(metricValue(m, "itera_generations_total", { outcome: "cancelled" })).toBe(1);
-      expect(metricValue(m, "itera_generated_tokens_total")).toBeLessThan(2000);
+      expect(metricValue(m, "itera_generated_tokens_total")).toBeLessThan(LONG);
       expect(metricValue(m, "itera_queue_rejected_total", { reason: "full" })).toBe(1);
       expect(metricValue(m, "itera_http_requests_total", { route: "/v1/generate", status_code: "499" })).toBe(
         2,
@@ -683,12 +690,12 @@ describe("one generation at a time", () => {
   });
 
   it("a client that leaves a JSON (non-streaming) request cancels its generation", async () => {
-    const { server: s, base: url } = await start();
+    const { server: s, base: url } = await start({ maxTokensLimit: LONG });
     try {
       const abort = new AbortController();
       const pending = postJson(
         `${url}/v1/generate`,
-        { prompt: PROMPT, max_tokens: 2000, temperature: 0, ignore_eos: true },
+        { prompt: PROMPT, max_tokens: LONG, temperature: 1, seed: 1, ignore_eos: true },
         { signal: abort.signal },
       ).catch((e: Error) => e);
       await until(url, (q) => q.generating);
@@ -697,18 +704,19 @@ describe("one generation at a time", () => {
       await idle(url);
       const m = await (await fetch(`${url}/metrics`)).text();
       expect(metricValue(m, "itera_generations_total", { outcome: "cancelled" })).toBe(1);
-      expect(metricValue(m, "itera_generated_tokens_total")).toBeLessThan(2000);
+      expect(metricValue(m, "itera_generated_tokens_total")).toBeLessThan(LONG);
     } finally {
       await s.close();
     }
   });
 
   it("closing the server ends the streams in progress with a 503 error event, and resolves", async () => {
-    const { server: s, base: url } = await start();
+    const { server: s, base: url } = await start({ maxTokensLimit: LONG });
     const r = await postJson(`${url}/v1/generate`, {
       prompt: PROMPT,
-      max_tokens: 2000,
-      temperature: 0,
+      max_tokens: LONG,
+      temperature: 1,
+      seed: 1,
       ignore_eos: true,
       stream: true,
     });
@@ -716,7 +724,7 @@ describe("one generation at a time", () => {
     await s.close();
     const events = parseSse(await r.text());
     expect(events.length).toBeGreaterThan(0);
-    expect(events.length).toBeLessThan(2000);
+    expect(events.length).toBeLessThan(LONG);
     expect(events.slice(0, -1).every((e) => e.event === "token")).toBe(true);
     expect(events.at(-1)!.event).toBe("error");
     expect(JSON.parse(events.at(-1)!.data)).toMatchObject({
@@ -725,9 +733,12 @@ describe("one generation at a time", () => {
   });
 
   it("a request that would wait longer than the limit gets 503 (limit 0: never wait)", async () => {
-    const { server: s, base: url } = await start({ queue: { maxWaitMs: 0, maxWaiting: 8 } });
+    const { server: s, base: url } = await start({
+      queue: { maxWaitMs: 0, maxWaiting: 8 },
+      maxTokensLimit: 1_000_000,
+    });
     try {
-      const abort = await holdModel(url);
+      const abort = await holdModel(url, 1_000_000);
       const refused = await postJson(`${url}/v1/completions`, { prompt: "a" });
       expect(refused.status).toBe(503);
       expect(refused.headers.get("retry-after")).toMatch(/^\d+$/);
