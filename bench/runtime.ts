@@ -205,7 +205,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
     // Greedy through generate(): a recurrent model decodes many steps per session.run.
     const greedySpeeds: number[] = [];
     let greedyMode = "step";
-    const greedyJsShare = 0;
+    let greedyJsShare = 0;
     const fused = await model.fusedDecoder();
     const fusedTimer = fused instanceof FusedDecoder ? instrument(fused.session) : timer;
     const greedyTokens = Math.max(n, Math.min(2048, args.decodeTokens * 8));
@@ -219,8 +219,11 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       );
       greedyMode = g.decode;
       // the first run builds the fused decoder: a warm-up, not measured
-      if (r > 0)
-        greedySpeeds.push((1000 * g.timings.tokenMs.length) / (g.timings.totalMs - g.timings.ttftMs));
+      if (r === 0) continue;
+      const wall = g.timings.totalMs - g.timings.ttftMs;
+      greedySpeeds.push((1000 * g.timings.tokenMs.length) / wall);
+      // fused: the loop session's calls; stepped: every session.run after the prefill
+      greedyJsShare = 1 - (fusedTimer === timer ? timer.runMs(true) : fusedTimer.runMs()) / wall;
     }
 
     // Kernel share of session.run, from an ONNX Runtime profile of one more decode run.

@@ -186,37 +186,36 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera run", () => {
 });
 
 describe("PyTorch fixtures (test/fixtures/runtime)", () => {
-  it("a recurrent export decodes fused to PyTorch's greedy tokens; a hybrid with attention steps", async () => {
-    const fixtures = fixtureModels();
-    const recurrent = await loadModel(join(fixtures, "recurrent"), { threads: 1 });
+  /** Greedy generation of a fixture's reference prompts: how it decoded and whether it matched PyTorch. */
+  const greedyOf = async (name: "recurrent" | "hybrid") => {
+    const dir = join(fixtureModels(), name);
+    const model = await loadModel(dir, { threads: 1 });
     try {
-      for (const ref of [
-        reference(join(fixtures, "recurrent")).first,
-        reference(join(fixtures, "recurrent")).second,
-      ]) {
-        const g = await recurrent.generate(ref.input_ids, {
+      const refs = reference(dir);
+      const out = [];
+      for (const ref of [refs.first, refs.second]) {
+        const g = await model.generate(ref.input_ids, {
           maxTokens: ref.greedy_ids.length,
           temperature: 0,
           ignoreEos: true,
         });
-        expect(g.decode).toBe("fused");
-        expect(g.ids).toEqual(ref.greedy_ids);
+        out.push({ decode: g.decode, ids: g.ids, expected: ref.greedy_ids });
       }
+      return out;
     } finally {
-      await recurrent.dispose();
+      await model.dispose();
     }
-    const hybrid = await loadModel(join(fixtures, "hybrid"), { threads: 1 });
-    try {
-      const ref = reference(join(fixtures, "hybrid")).first;
-      const g = await hybrid.generate(ref.input_ids, {
-        maxTokens: ref.greedy_ids.length,
-        temperature: 0,
-        ignoreEos: true,
-      });
-      expect(g.decode).toBe("step");
-      expect(g.ids).toEqual(ref.greedy_ids);
-    } finally {
-      await hybrid.dispose();
+  };
+
+  it("a recurrent export decodes fused to PyTorch's greedy tokens; a hybrid with attention steps", async () => {
+    for (const [name, mode] of [
+      ["recurrent", "fused"],
+      ["hybrid", "step"],
+    ] as const) {
+      for (const g of await greedyOf(name)) {
+        expect(g.decode).toBe(mode);
+        expect(g.ids).toEqual(g.expected);
+      }
     }
   });
 });

@@ -16,6 +16,8 @@ import { InferenceSession, Tensor } from "onnxruntime-node";
 import {
   attr,
   DataType,
+  Graph,
+  isExternal,
   loadModel as loadOnnx,
   makeNode,
   makeValueInfo,
@@ -41,10 +43,6 @@ export function fusedDecodeUnsupported(io: ModelIo): string | null {
   return null;
 }
 
-function valueInfo(g: GraphProto, name: string): ValueInfoProto | undefined {
-  return [...g.input, ...g.output].find((v) => v.name === name);
-}
-
 function renamed(v: ValueInfoProto, name: string): ValueInfoProto {
   return { ...v, name } as ValueInfoProto;
 }
@@ -59,9 +57,10 @@ function renamed(v: ValueInfoProto, name: string): ValueInfoProto {
  */
 export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
   const g = model.graph!;
+  const valueInfo = (name: string) => new Graph(g).valueInfo(name);
   const idsType = io.inputIds.type === "int32" ? DataType.INT32 : DataType.INT64;
   // logits [batch, 1, vocab] -> ids [batch, 1] in one ArgMax; other layouts through a Reshape
-  const logitsRank = valueInfo(g, io.logits)?.type?.tensorType?.shape?.dim?.length;
+  const logitsRank = valueInfo(io.logits)?.type?.tensorType?.shape?.dim?.length;
   const argmax =
     logitsRank === 3
       ? [
@@ -88,8 +87,8 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
     makeNode("ReduceMin", [`${P}done_out`], [`${P}all_done`], { attributes: [attr.int("keepdims", 0)] }),
     makeNode("Equal", [`${P}all_done`, `${P}zero`], [`${P}cond_out`]),
   ];
-  const stateInputs = io.states.map((s) => valueInfo(g, s.input)!);
-  const stateOutputs = io.states.map((s) => valueInfo(g, s.output)!);
+  const stateInputs = io.states.map((s) => valueInfo(s.input)!);
+  const stateOutputs = io.states.map((s) => valueInfo(s.output)!);
   const loopBody = {
     name: `${g.name ?? "model"}_decode_step`,
     node: body,
@@ -185,10 +184,12 @@ export class FusedDecoder {
   ): Promise<FusedDecoder | { unsupported: string }> {
     const why = fusedDecodeUnsupported(io);
     if (why) return { unsupported: why };
-    const model = await loadOnnx(onnxPath);
+    // Sized before any external data is read: a large model is refused without loading it twice.
+    let model = await loadOnnx(onnxPath, { externalData: "verify" });
     const bytes = model.graph!.initializer.reduce((n, t) => n + tensorByteSize(t), 0);
     if (bytes > FUSED_DECODE_MAX_BYTES)
       return { unsupported: "the weights are large: a step outweighs its call" };
+    if (model.graph!.initializer.some(isExternal)) model = await loadOnnx(onnxPath);
     const session = await InferenceSession.create(encodeModel(buildDecodeLoop(model, io)), {
       ...options,
       enableProfiling: false,
