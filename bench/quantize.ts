@@ -14,7 +14,7 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { appendFile } from "node:fs/promises";
 import { cpus, hostname, tmpdir } from "node:os";
-import { basename, join, resolve } from "node:path";
+import { basename, join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { parseTests, runBench } from "../src/bench/harness.js";
 import { runtimeEngine } from "../src/bench/runtime-engine.js";
@@ -40,7 +40,7 @@ if (models.length === 0) {
     .map((d) => join("models", d.name));
 }
 // Bundled into node_modules/.cache: find the datasets from the repository root (cwd), as the docs say.
-process.env.ITERA_DATASETS ??= resolve("..", "shared", "datasets");
+
 const version = (JSON.parse(readFileSync("package.json", "utf8")) as { version: string }).version;
 const hostCores = cpus().length;
 const modes: Mode[] = ["int8", "int8-wo", "int4"];

@@ -6,7 +6,7 @@ import { readModelJson } from "./json-file.js";
 
 export const evaluationSchema = z.looseObject({
   dataset: z.string().min(1),
-  /** Relative to the datasets folder (`../shared/datasets` by default). */
+  /** Relative to the datasets folder (the repository's `data/` by default, or ITERA_DATASETS). */
   file: z.string().min(1),
   split: z.string().min(1),
   /** How the text was windowed, in words, so that `itera eval` can reproduce the figure. */

@@ -10,11 +10,11 @@ import type { EvalOptions } from "./evaluate.js";
  * do ("last 10% of characters"), and the windowing method a card names.
  */
 
-/** ITERA_DATASETS, else `../shared/datasets` beside the repository (docs/model-folder.md). */
+/** ITERA_DATASETS, else the repository's own `data/` (docs/model-folder.md; tools/train/data.py reads the same). */
 export function datasetsDir(): string {
   if (process.env.ITERA_DATASETS) return resolve(process.env.ITERA_DATASETS);
   const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
-  return resolve(repoRoot, "..", "shared", "datasets");
+  return resolve(repoRoot, "data");
 }
 
 /**
@@ -72,7 +72,7 @@ export async function cardText(record: EvaluationRecord, dir = datasetsDir()): P
   } catch (e) {
     throw new IteraError(`cannot read the evaluation dataset ${record.file}`, {
       where: path,
-      fix: "set ITERA_DATASETS to the folder that holds the datasets (default ../shared/datasets)",
+      fix: "set ITERA_DATASETS to the folder that holds the datasets (default: the repository's data/)",
       cause: e,
     });
   }

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets"
+
+
+def datasets_dir() -> Path:
+    """ITERA_DATASETS, else the repository's own data/ (the same rule as src/runtime/eval-text.ts)."""
+    override = os.environ.get("ITERA_DATASETS")
+    return Path(override).resolve() if override else REPO / "data"
+
+
+DEFAULT_DATA_DIR = datasets_dir()
 TRAIN_FILE = "tinyshakespeare.txt"
 TRAIN_FRACTION = 0.9
 

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=/usr/bin/python3
 CK=tools/train/checkpoints
-DATA=${DATA:-../shared/datasets}
+DATA=${DATA:-${ITERA_DATASETS:-data}}
 one() { # checkpoint folder, model id, display name
   nice -n 5 "$PY" tools/train/export.py "$CK/$1/final.pt" "models/$2" --name "$3"
   nice -n 5 "$PY" tools/train/evaluate.py "$CK/$1/final.pt" "models/$2" --data "$DATA" > /dev/null

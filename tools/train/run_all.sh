@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=/usr/bin/python3
 CK=tools/train/checkpoints
-DATA=${DATA:-../shared/datasets}
+DATA=${DATA:-${ITERA_DATASETS:-data}}
 BIG=${BIG_SECONDS:-1200}
 SMALL=${SMALL_SECONDS:-480}
 run() { nice -n 5 "$PY" tools/train/train.py --data "$DATA" "$@"; }

@@ -64,9 +64,8 @@ def test_literal_unk_is_one_token_as_in_the_hugging_face_tokenizer(tmp_path):
 
 def test_committed_house_tokenizer_encodes_the_wikitext_slice_like_hugging_face():
     path = REPO / "models" / "itera-lite-tiny" / "tokenizer.json"
-    data = REPO.parent / "shared" / "datasets" / "wikitext-2" / "test.txt"
-    if not data.is_file():
-        pytest.skip(f"{data} not present")
+    data = REPO / "data" / "wikitext-2" / "test.txt"
+    assert data.is_file(), f"{data} is missing: the repository ships it (data/README.md)"
     text = data.read_text(encoding="utf-8")
     text = text[: int(len(text) * 0.1)]
     tok = CharTokenizer.load(path)
