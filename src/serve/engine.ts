@@ -1,6 +1,6 @@
 import { performance } from "node:perf_hooks";
 import type { GenerateOptions, LanguageModel, StopReason } from "../runtime/index.js";
-import { badRequest, unavailable } from "./errors.js";
+import { type ApiError, badRequest, unavailable } from "./errors.js";
 import type { ServeMetrics } from "./metrics.js";
 import { abortError, QueueRejected, type TurnQueue } from "./queue.js";
 
@@ -53,6 +53,9 @@ type ModelState =
 
 const round = (x: number) => Math.round(x * 100) / 100;
 
+/** Room for characters a tokenizer may drop (whitespace, accents) in the prompt's character bound. */
+const MERGE_ROOM = 4;
+
 export class Engine {
   private state: ModelState = { status: "loading", since: performance.now() };
 
@@ -98,24 +101,56 @@ export class Engine {
     throw unavailable(`the model failed to load: ${this.state.error.message}`, 60, "see the server's log");
   }
 
+  /** The most prompt tokens the model takes (a model bounded by its context needs a position to generate). */
+  private tokenLimit(model: LanguageModel): number {
+    return model.limitedContext ? model.contextLength - 1 : model.contextLength;
+  }
+
   /**
-   * Token ids of a prompt, refused with 400 before the request queues when it does not fit: longer
-   * than the context (a model bounded by its context also needs one position left to generate).
+   * The most characters a text prompt may have: one token stands for at most `charsPerToken`
+   * characters, so a longer text cannot fit the context whatever it encodes to. A tokenizer that can
+   * drop characters (whitespace splitting, stripping) gets MERGE_ROOM times the room, a server limit.
    */
-  promptIds(model: LanguageModel, prompt: string | readonly number[]): number[] {
-    const ids = typeof prompt === "string" ? model.tokenizer.encode(prompt, true) : [...prompt];
+  maxPromptChars(model: LanguageModel): number {
+    const t = model.tokenizer;
+    return this.tokenLimit(model) * t.charsPerToken * (t.exactCharBound ? 1 : MERGE_ROOM);
+  }
+
+  private tooLong(model: LanguageModel, tokens: number): ApiError {
+    const limit = this.tokenLimit(model);
+    return badRequest(
+      `the prompt has ${tokens} tokens; the model's context is ${model.contextLength}${
+        model.limitedContext ? ", leaving no room to generate" : ""
+      }`,
+      "body.prompt",
+      `shorten the prompt to at most ${limit} tokens`,
+    );
+  }
+
+  /**
+   * The checks that cost nothing, made before the request queues: a text prompt's length in
+   * characters against maxPromptChars (never tokenized when longer), token ids against the context
+   * and the vocabulary.
+   */
+  checkPrompt(model: LanguageModel, prompt: string | readonly number[]): void {
+    if (typeof prompt === "string") {
+      const max = this.maxPromptChars(model);
+      if (prompt.length > max) {
+        throw badRequest(
+          `the prompt has ${prompt.length} characters, more than the ${max} that can fit the model's context of ${model.contextLength} tokens`,
+          "body.prompt",
+          `shorten the prompt to at most ${max} characters (at most ${this.tokenLimit(model)} tokens)`,
+        );
+      }
+      return;
+    }
+    this.checkIds(model, prompt);
+  }
+
+  private checkIds(model: LanguageModel, ids: readonly number[]): void {
     if (ids.length === 0)
       throw badRequest("the prompt encodes to no tokens", "body.prompt", "give a non-empty prompt");
-    const limit = model.limitedContext ? model.contextLength - 1 : model.contextLength;
-    if (ids.length > limit) {
-      throw badRequest(
-        `the prompt has ${ids.length} tokens; the model's context is ${model.contextLength}${
-          model.limitedContext ? ", leaving no room to generate" : ""
-        }`,
-        "body.prompt",
-        `shorten the prompt to at most ${limit} tokens`,
-      );
-    }
+    if (ids.length > this.tokenLimit(model)) throw this.tooLong(model, ids.length);
     const bad = ids.find((id) => id >= model.vocabSize);
     if (bad !== undefined) {
       throw badRequest(
@@ -124,6 +159,23 @@ export class Engine {
         `use token ids below ${model.vocabSize} (from the model's tokenizer)`,
       );
     }
+  }
+
+  /**
+   * Token ids of a prompt that passed checkPrompt, refused with 400 when they do not fit. A text
+   * prompt is encoded in the request's turn, after a pause that lets the event loop answer what
+   * arrived meanwhile (health checks).
+   */
+  async promptIds(
+    model: LanguageModel,
+    prompt: string | readonly number[],
+    signal: AbortSignal,
+  ): Promise<number[]> {
+    if (typeof prompt !== "string") return [...prompt];
+    await new Promise((resolve) => setImmediate(resolve));
+    if (signal.aborted) throw abortError(signal);
+    const ids = model.tokenizer.encode(prompt, true);
+    this.checkIds(model, ids);
     return ids;
   }
 
@@ -139,18 +191,21 @@ export class Engine {
   ): Promise<GenerationResult> {
     const model = this.model();
     const { prompt, ...options } = request;
-    const ids = this.promptIds(model, prompt);
-    // The runtime's default (search.max_length minus the prompt, else 256), within the server's bound.
-    const maxLength = model.config.search?.max_length;
-    options.maxTokens ??= Math.min(
-      this.maxTokensLimit,
-      maxLength ? Math.max(1, maxLength - ids.length) : 256,
-    );
+    this.checkPrompt(model, prompt);
+    let ids: number[] = [];
     let generated = 0;
     let turnStart = 0;
     let firstTokenMs: number | undefined;
     try {
+      // Encoding waits for the turn: requests beyond --max-queue are refused before any costly work.
       const { value: gen, waitedMs } = await this.queue.run(async () => {
+        ids = await this.promptIds(model, prompt, signal);
+        // The runtime's default (search.max_length minus the prompt, else 256), within the server's bound.
+        const maxLength = model.config.search?.max_length;
+        options.maxTokens ??= Math.min(
+          this.maxTokensLimit,
+          maxLength ? Math.max(1, maxLength - ids.length) : 256,
+        );
         turnStart = performance.now();
         hooks.onStart?.();
         return model.generate(ids, options, (e) => {
