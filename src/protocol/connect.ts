@@ -62,6 +62,16 @@ export function clientOptions(
   };
 }
 
+export interface ConnectHooks {
+  /**
+   * Called with each new client before it connects, so that its listeners (or its `handleMessage`)
+   * see every packet, including the queued messages a persistent session delivers with the CONNACK.
+   */
+  onClient?: (client: MqttClient) => void;
+  /** Cancels the attempt: the pending client is ended and connectBroker rejects. */
+  signal?: AbortSignal;
+}
+
 /** The broker answered the login with "not authorized" / "bad user name or password": retrying will not help. */
 export class LoginRefusedError extends IteraError {}
 
@@ -78,22 +88,38 @@ function isAuthRefusal(e: unknown): boolean {
   return code === 4 || code === 5 || code === 134 || code === 135;
 }
 
-/** Wait for the first CONNACK of a fresh client, or its first error. */
-function firstConnect(client: MqttClient, timeoutMs: number): Promise<void> {
+class CancelledError extends Error {}
+
+/** Wait for the first CONNACK of a fresh client, its first error, or the caller's cancellation. */
+function firstConnect(client: MqttClient, timeoutMs: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => done(new NoAnswerError(`no answer within ${timeoutMs} ms`)), timeoutMs);
     const done = (err?: Error) => {
       clearTimeout(timer);
       client.off("connect", onConnect);
       client.off("error", onError);
+      signal?.removeEventListener("abort", onAbort);
       if (err) reject(err);
       else resolve();
     };
     const onConnect = () => done();
     const onError = (e: Error) => done(e);
+    const onAbort = () => done(new CancelledError("connection attempt cancelled"));
     client.once("connect", onConnect);
     client.once("error", onError);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener("abort", onAbort, { once: true });
   });
+}
+
+/**
+ * End a client for good. A client made with `manualConnect` clears its `disconnecting` flag once
+ * ended, so the socket's late `close` would schedule a reconnect: a zombie client that logs in
+ * again under the same client id (taking over the session and its queued messages).
+ */
+function endForGood(client: MqttClient, force: boolean, cb?: () => void): void {
+  client.options.reconnectPeriod = 0;
+  client.end(force, {}, cb);
 }
 
 /**
@@ -106,10 +132,12 @@ export async function connectBroker(
   broker: BrokerOptions,
   session: SessionOptions,
   prepare?: (client: MqttClient | undefined, options: IClientOptions) => void,
+  hooks: ConnectHooks = {},
 ): Promise<MqttClient> {
   const timeoutMs = session.connectTimeoutMs ?? 10_000;
   let lastError: unknown;
   for (const version of [5, 4] as const) {
+    if (hooks.signal?.aborted) break;
     const options = clientOptions(broker, session, version);
     prepare?.(undefined, options);
     let client: MqttClient;
@@ -122,20 +150,24 @@ export async function connectBroker(
       });
     }
     if (prepare) client.on("reconnect", () => prepare(client, client.options));
+    hooks.onClient?.(client);
     client.connect();
     try {
-      await firstConnect(client, timeoutMs);
+      await firstConnect(client, timeoutMs, hooks.signal);
       // Errors after the first connect (a broker going away) are handled by reconnecting.
       client.on("error", () => {});
       return client;
     } catch (e) {
       lastError = e;
-      client.end(true);
+      client.on("error", () => {}); // a late socket error of an abandoned attempt is not a crash
+      endForGood(client, true);
+      if (e instanceof CancelledError) break;
       // Some 3.1.1-only brokers close the connection instead of refusing MQTT 5: try 3.1.1 then too.
       if (version === 5 && (isProtocolRefusal(e) || e instanceof NoAnswerError)) continue;
       break;
     }
   }
+  if (hooks.signal?.aborted) throw new CancelledError("connection attempt cancelled");
   const msg = (lastError as Error | undefined)?.message ?? "unknown error";
   if (isAuthRefusal(lastError)) {
     throw new LoginRefusedError(`the broker refused the login: ${msg}`, {
@@ -163,6 +195,7 @@ export function publishAsync(
   );
 }
 
+/** Disconnect (DISCONNECT first unless forced) and never reconnect. */
 export function endAsync(client: MqttClient, force = false): Promise<void> {
-  return new Promise((resolve) => client.end(force, {}, () => resolve()));
+  return new Promise((resolve) => endForGood(client, force, () => resolve()));
 }
