@@ -3,6 +3,7 @@ import {
   chmod,
   lstat,
   mkdir,
+  open,
   readFile,
   readlink,
   rename,
@@ -11,9 +12,10 @@ import {
   statfs,
   symlink,
 } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { constants } from "node:fs";
+import { dirname, isAbsolute, join } from "node:path";
 import { IteraError } from "../errors.js";
-import { sha256File, tempPathFor, writeDirAtomic, writeFileAtomic } from "../util/fs.js";
+import { sha256File, tempPathFor, writeFileAtomic } from "../util/fs.js";
 import { type AgentConfig, renderAgentConfig } from "./agent-config.js";
 import { brokerNeedOfBundle, checkBroker } from "./broker-check.js";
 import { type VerifiedBundle, verifyLocally } from "./bundle.js";
@@ -47,6 +49,152 @@ async function rootfsArch(rootfs: string) {
     where: rootfs,
     fix: "give the mounted ROOT partition of the SD card (the one with /bin, /etc, /usr), not the boot partition",
   });
+}
+
+/** A symlink met on the way to a path on the card, for the error that names it. */
+interface Via {
+  link: string;
+  target: string;
+}
+
+function linkError(root: string, via: Via, why: string, fix: string): IteraError {
+  return new IteraError(
+    `the card's ${via.link} is a symlink to ${via.target}, which ${why}; nothing was written`,
+    { where: join(root, via.link), fix },
+  );
+}
+
+async function walkCard(
+  root: string,
+  hops: { n: number },
+  base: string[],
+  parts: string[],
+  followLast: boolean,
+  via?: Via,
+): Promise<string[]> {
+  const resolved = [...base];
+  const names = parts.filter((p) => p !== "" && p !== ".");
+  const shown = (...more: string[]) => `/${[...resolved, ...more].join("/")}`;
+  for (let i = 0; i < names.length; i++) {
+    const part = names[i]!;
+    const last = i === names.length - 1;
+    if (part === "..") {
+      // A chroot would stay at its root; on this machine the same link leads out of the card.
+      if (resolved.length === 0) {
+        throw linkError(
+          root,
+          via ?? { link: shown(), target: parts.join("/") },
+          "climbs above the card's root with '..'",
+          "make that link point inside the card (an absolute target such as /data/opt is read inside the card), then flash again",
+        );
+      }
+      resolved.pop();
+      continue;
+    }
+    const s = await lstat(join(root, ...resolved, part)).catch(() => undefined);
+    if (!s) {
+      if (via) {
+        throw linkError(
+          root,
+          via,
+          "is not on the card (the card's links are resolved inside it, as on the device)",
+          "make that link point at a folder on the card, or remove it, then flash again",
+        );
+      }
+      // Not there yet: the flash makes it, and what follows, as plain folders and files.
+      return [...resolved, ...names.slice(i)];
+    }
+    if (s.isSymbolicLink() && (!last || followLast)) {
+      if (++hops.n > 40) {
+        throw new IteraError(`too many levels of symlinks at the card's ${shown(part)}`, {
+          where: join(root, ...resolved, part),
+          fix: "remove the link loop on the card, then flash again",
+        });
+      }
+      const target = await readlink(join(root, ...resolved, part));
+      const inner = await walkCard(root, hops, isAbsolute(target) ? [] : resolved, target.split("/"), true, {
+        link: shown(part),
+        target,
+      });
+      resolved.splice(0, resolved.length, ...inner);
+      if (!last && !(await stat(join(root, ...resolved))).isDirectory()) {
+        throw new IteraError(`the card's ${shown()} (reached through a symlink) is not a folder`, {
+          where: join(root, ...resolved),
+          fix: "make it a folder (or a link to one on the card), then flash again",
+        });
+      }
+      continue;
+    }
+    if (!last && !s.isDirectory()) {
+      throw new IteraError(`the card's ${shown(part)} is not a folder`, {
+        where: join(root, ...resolved, part),
+        fix: "make it a folder (or a link to one on the card), then flash again",
+      });
+    }
+    resolved.push(part);
+  }
+  return resolved;
+}
+
+/**
+ * Where `path` (relative to the card's root) is on this machine, for the flash to write, link or
+ * remove it (it runs as root). Every symlink on the way is resolved inside the card, as a chroot or
+ * the booted device would (absolute targets from the card's root), so the result lies inside the
+ * card and has no symlink left in it. A link followed must lead to something that is on the card; one
+ * whose '..' climbs above the card's root is refused, not clamped: on this machine it leads out of
+ * the card, and a real image has none. The last component is followed only with `followLast`;
+ * otherwise it is what the flash replaces by rename (its own links: current, previous, the wants link).
+ */
+export async function cardPath(root: string, path: string, followLast = false): Promise<string> {
+  return join(root, ...(await walkCard(root, { n: 0 }, [], path.split("/"), followLast)));
+}
+
+/** Read a file only when it is a plain file: a symlink there is never followed out of the card. */
+async function readPlainFile(path: string): Promise<Buffer | undefined> {
+  const fh = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch(() => undefined);
+  if (!fh) return undefined;
+  try {
+    return (await fh.stat()).isFile() ? await fh.readFile() : undefined;
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * Every path the flash writes, links or removes, resolved on the card before anything is written.
+ * Followed when a link: the folders on the way, the release folder, the unit and agent.json (written
+ * through an in-card link, as on the device). Replaced when a link: current, previous, the wants link.
+ */
+async function writablePaths(root: string, version: string, writesConfig: boolean) {
+  const L = deviceLayout("");
+  return {
+    base: await cardPath(root, L.base, true),
+    release: await cardPath(root, `${L.releases}/${version}`, true),
+    current: await cardPath(root, L.current),
+    previous: await cardPath(root, L.previous),
+    // Only looked at when written: a card's own odd agent.json link is not the flash's business otherwise.
+    config: writesConfig ? await cardPath(root, L.configFile, true) : undefined,
+    unit: await cardPath(root, L.unit, true),
+    wantsLink: await cardPath(root, L.wantsLink),
+  };
+}
+
+/**
+ * Fill a release folder under a temp name beside it and move it into place only when complete. `dir`
+ * comes from cardPath: its parents hold no symlink, and rm removes a link there, never its target.
+ */
+async function replaceDir(dir: string, fill: (tmp: string) => Promise<void>): Promise<void> {
+  await mkdir(dirname(dir), { recursive: true });
+  const tmp = tempPathFor(dir);
+  await mkdir(tmp);
+  try {
+    await fill(tmp);
+    await rm(dir, { recursive: true, force: true });
+    await rename(tmp, dir);
+  } catch (e) {
+    await rm(tmp, { recursive: true, force: true });
+    throw e;
+  }
 }
 
 /** Replace a symlink atomically: create it under a temp name, then rename over the old one. */
@@ -87,18 +235,16 @@ async function writeVerified(
   const L = deviceLayout(o.rootfs);
   const report = newReport("rootfs", o.rootfs, bundle, o.dryRun === true, log.steps);
   const rootStat = await stat(o.rootfs).catch(() => undefined);
-  if (
-    !rootStat?.isDirectory() ||
-    !(await stat(join(o.rootfs, "etc")).catch(() => undefined))?.isDirectory()
-  ) {
+  const etc = rootStat?.isDirectory() ? await resolveInRoot(o.rootfs, "etc") : undefined;
+  if (!etc || !(await stat(etc)).isDirectory()) {
     throw new IteraError(`${o.rootfs} is not a mounted root file system (no etc/ folder)`, {
       where: o.rootfs,
       fix: "mount the SD card's root partition (e.g. mount /dev/sdX2 /mnt/rootfs) and give that folder",
     });
   }
-  await log.run(
+  const { paths } = await log.run(
     "check-rootfs",
-    "check the root file system's architecture, free space and the agent's broker",
+    "check the root file system's architecture, every path the flash writes, free space and the agent's broker",
     async () => {
       const elf = await rootfsArch(o.rootfs);
       if (elf.arch !== m.target.arch) {
@@ -121,7 +267,8 @@ async function writeVerified(
         : undefined;
       const deviceConfig = configOnCard ? await readFile(configOnCard, "utf8").catch(() => null) : null;
       const broker = checkBroker(brokerNeed, o.config, deviceConfig, onCard);
-      let dir = L.base;
+      const paths = await writablePaths(o.rootfs, m.version, o.config !== undefined);
+      let dir = paths.base;
       while (!(await stat(dir).catch(() => undefined))) dir = dirname(dir);
       const fs = await statfs(dir);
       const free = fs.bavail * fs.bsize;
@@ -132,11 +279,11 @@ async function writeVerified(
           { where: o.rootfs, fix: "free space on the card's root partition (or grow it), then flash again" },
         );
       }
-      return { ...elf, broker };
+      return { ...elf, broker, paths };
     },
     (c) => `${c.machine} (from /${c.probe}); broker: ${c.broker}`,
   );
-  const previousLink = await readlink(L.current).catch(() => null);
+  const previousLink = await readlink(paths.current).catch(() => null);
   report.previous = versionOfLink(previousLink);
   report.current = report.previous;
   const rel = join(L.releases, m.version);
@@ -157,7 +304,7 @@ async function writeVerified(
     "install",
     `copy the bundle to ${rel}`,
     async () => {
-      const existing = await readFile(join(rel, MANIFEST_FILE)).catch(() => undefined);
+      const existing = await readPlainFile(join(paths.release, MANIFEST_FILE));
       if (existing?.equals(await readFile(join(bundle.dir, MANIFEST_FILE)))) return "reused";
       if (existing && previousLink === releaseLinkTarget(m.version)) {
         throw new IteraError(`release ${m.version} is already on the card with different content`, {
@@ -165,7 +312,7 @@ async function writeVerified(
           fix: "give the new build its own version number",
         });
       }
-      await writeDirAtomic(rel, async (tmp) => {
+      await replaceDir(paths.release, async (tmp) => {
         for (const f of bundle.files) {
           const dest = join(tmp, f.name);
           await mkdir(dirname(dest), { recursive: true });
@@ -185,25 +332,26 @@ async function writeVerified(
     },
     (how) => (how === "reused" ? "identical release already there: reused" : "written and read back"),
   );
-  if (o.config) {
+  if (o.config && paths.config) {
     const cfg = o.config;
+    const configPath = paths.config;
     await log.run("config", `write ${L.configFile}`, () =>
-      writeFileAtomic(L.configFile, `${renderAgentConfig(cfg)}\n`),
+      writeFileAtomic(configPath, `${renderAgentConfig(cfg)}\n`),
     );
   }
   await log.run("switch", `point ${L.current} at releases/${m.version} (atomic rename)`, async () => {
     const target = releaseLinkTarget(m.version);
-    if (previousLink && previousLink !== target) await atomicSymlink(previousLink, L.previous);
-    await atomicSymlink(target, L.current);
+    if (previousLink && previousLink !== target) await atomicSymlink(previousLink, paths.previous);
+    await atomicSymlink(target, paths.current);
   });
   report.current = m.version;
   await log.run("unit", `install ${L.unit} and enable it (multi-user.target.wants link)`, async () => {
-    const unitSrc = join(rel, UNIT_NAME);
-    await writeFileAtomic(L.unit, await readFile(unitSrc));
-    await chmod(L.unit, 0o644);
-    const link = await lstat(L.wantsLink).catch(() => undefined);
-    if (!link?.isSymbolicLink() || (await readlink(L.wantsLink)) !== UNIT_LINK_TARGET) {
-      await atomicSymlink(UNIT_LINK_TARGET, L.wantsLink);
+    // From the verified bundle: a reused release on the card is only known by its manifest.
+    await writeFileAtomic(paths.unit, await readFile(join(bundle.dir, UNIT_NAME)));
+    await chmod(paths.unit, 0o644);
+    const link = await lstat(paths.wantsLink).catch(() => undefined);
+    if (!link?.isSymbolicLink() || (await readlink(paths.wantsLink)) !== UNIT_LINK_TARGET) {
+      await atomicSymlink(UNIT_LINK_TARGET, paths.wantsLink);
     }
   });
   report.result = "written-to-rootfs";
