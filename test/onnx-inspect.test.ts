@@ -30,7 +30,7 @@ const models = ["tiny_gpt.onnx", "contrib_ops.onnx", "external/mlp.onnx"] as con
 const expectedFile = (m: string) => join(dir, m.replace(/\.onnx$/, ".expected.json"));
 
 beforeAll(async () => {
-  dir = await buildFixtures("tiny_gpt", "contrib_ops", "external_data", "flops", "genai_ops");
+  dir = await buildFixtures("tiny_gpt", "contrib_ops", "external_data", "flops", "genai_ops", "gpt2_contrib");
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -218,6 +218,69 @@ describe("inspect: FLOPs", () => {
       expect(r.states.pairs.map((p) => p.output)).toEqual(["present.0.key", "present.0.value"]);
     },
   );
+
+  it.each([
+    [1, 1, 0],
+    [1, 3, 4],
+    [2, 2, 5],
+  ])(
+    "follows a GPT-2 export's EmbedLayerNormalization, Attention and SkipLayerNormalization like onnxruntime (batch %i, seq_len %i, past_seq_len %i)",
+    async (b, s, past) => {
+      const path = join(dir, "gpt2_contrib.onnx");
+      const session = await ort.InferenceSession.create(path, { logSeverityLevel: 3 });
+      const feeds: Record<string, ort.Tensor> = {
+        input_ids: new ort.Tensor("int32", new Int32Array(b * s).fill(3), [b, s]),
+        position_ids: new ort.Tensor(
+          "int32",
+          Int32Array.from({ length: b * s }, (_, i) => past + (i % s)),
+          [b, s],
+        ),
+        attention_mask: new ort.Tensor("float32", new Float32Array(b * (past + s)).fill(1), [b, past + s]),
+      };
+      for (const i of [0, 1])
+        feeds[`past_${i}`] = new ort.Tensor("float32", new Float32Array(2 * b * 4 * past * 8).fill(0.1), [
+          2,
+          b,
+          4,
+          past,
+          8,
+        ]);
+      const out = await session.run(feeds);
+      await session.release();
+      // the GPT-2 export's own dim names, given as the usual ones (aliases resolve both ways)
+      const r = await inspectPath(path, { batch_size: b, sequence_length: s, past_sequence_length: past });
+      const info = inferShapes(decodeModel(await readFile(path)).graph!, r.flops.dims);
+      for (const name of Object.keys(out)) expect(info.shapes.get(name), name).toEqual(out[name]!.dims);
+      expect(r.flops.unresolved).toEqual([]);
+      expect(r.flops.missingDims).toEqual([]);
+      // per layer: packed QKV 32x96 inside Attention, attention of 4 heads x 8 over past + s positions,
+      // proj 32x32, fc1 32x128, fc2 128x32; lm_head 32x64
+      const context = past + s;
+      expect(Object.fromEntries(r.flops.byOp.map((o) => [o.op, o.flops]))).toEqual({
+        MatMul: 2 * b * s * (2 * (32 * 32 + 32 * 128 + 128 * 32) + 32 * 64),
+        "com.microsoft.Attention": 2 * (2 * b * s * 32 * 96 + 4 * b * s * context * 32),
+        "com.microsoft.EmbedLayerNormalization": 0,
+      });
+      expect(r.flops.perToken).toBe(r.flops.total / (b * s));
+    },
+  );
+
+  it("knows the dim names exporters use: --dim seq_len=4 is sequence_length=4, and sums like 'past_sequence_length + 1'", async () => {
+    const path = join(dir, "gpt2_contrib.onnx");
+    const viaAlias = await inspectPath(path, { seq_len: 4, past_seq_len: 2 });
+    const viaName = await inspectPath(path, { sequence_length: 4, past_sequence_length: 2 });
+    expect(viaAlias.flops.total).toBe(viaName.flops.total);
+    expect(viaAlias.flops.dims.total_seq_len).toBe(6);
+    const model = decodeModel(await readFile(path));
+    const mask = model.graph!.input.find((i) => i.name === "attention_mask")!;
+    mask.type!.tensorType!.shape!.dim[1] = { dimParam: "past_sequence_length + sequence_length" };
+    const info = inferShapes(model.graph!, { batch_size: 2, sequence_length: 3, past_sequence_length: 5 });
+    expect(info.shapes.get("attention_mask")).toEqual([2, 8]);
+    mask.type!.tensorType!.shape!.dim[1] = { dimParam: "unknown_len + 1" };
+    const missing = inferShapes(model.graph!, { batch_size: 1 });
+    expect(missing.shapes.get("attention_mask")).toBeUndefined();
+    expect([...missing.missingDims]).toContain("unknown_len");
+  });
 
   it("reports a node that breaks its op's schema as unresolved instead of failing", async () => {
     const model = decodeModel(await readFile(join(dir, "flops.onnx")));

@@ -20,8 +20,9 @@
  *   Gather, com.microsoft GatherBlockQuantized: 0 (a lookup: it moves data, it does no arithmetic)
  * Everything else (elementwise ops, softmax, normalization, and so com.microsoft LinearAttentionGate,
  * QuickGelu, (Skip)SimplifiedLayerNormalization) is left out: for language models it is
- * a few percent of the total. The older com.microsoft Attention op is not counted, nor ops inside
- * If/Loop/Scan bodies. Nodes whose shapes
+ * a few percent of the total. com.microsoft Attention counts its packed QKV projection and the
+ * attention over the context; EmbedLayerNormalization is a lookup (0). Ops inside If/Loop/Scan bodies
+ * are not counted. Nodes whose shapes
  * cannot be inferred are listed as unresolved, never guessed.
  * "Per token" divides by the number of input ids (input_ids' elements; batch_size · sequence_length
  * when the graph has no input_ids): with the defaults (1, 1, past 0) it is the cost
@@ -194,6 +195,17 @@ export function nodeFlops(node: NodeProto, info: ShapeInfo): number | undefined 
       if (parsed.inputs.length === 1) return summed ? all : 0;
       return (summed ? 2 : parsed.inputs.length - 1) * all;
     }
+    case "Attention": {
+      // com.microsoft Attention (GPT-2/BERT exports): the packed QKV projection it contains, then
+      // Q·Kᵀ and the weighted sum of V over the context (the past plus this call's positions)
+      const x = shape(0);
+      const w = shape(1);
+      const present = info.shapes.get(node.output[1] ?? "");
+      if (x?.length !== 3 || w?.length !== 2 || out?.length !== 3) return undefined;
+      const [batch, seq, hidden] = out as [number, number, number];
+      const context = present?.length === 5 ? present[3]! : seq;
+      return 2 * batch * seq * w[0]! * w[1]! + 4 * batch * seq * context * hidden;
+    }
     case "GroupQueryAttention":
     case "MultiHeadAttention": {
       // Q·Kᵀ and the weighted sum of V over the whole context T, as the unfused MatMuls count.
@@ -220,6 +232,7 @@ export function nodeFlops(node: NodeProto, info: ShapeInfo): number | undefined 
     }
     case "Gather":
     case "GatherBlockQuantized":
+    case "EmbedLayerNormalization":
       return 0;
     default:
       return undefined;
@@ -239,31 +252,64 @@ const COUNTED = new Set([
   "GatherBlockQuantized",
   "GroupQueryAttention",
   "MultiHeadAttention",
+  "Attention",
+  "EmbedLayerNormalization",
   "MoE",
   "QMoE",
   "LinearAttention",
   "CausalConvWithState",
 ]);
 
-/** Dim names some exporters use for the usual ones (the house models' "batch", "sequence"). */
-const DIM_ALIASES: Readonly<Record<string, string>> = {
-  batch: "batch_size",
-  sequence: "sequence_length",
-  past_sequence: "past_sequence_length",
+/**
+ * Dim names exporters use for the usual ones: the house models' "batch"/"sequence", GPT-2's
+ * onnxruntime exports' "seq_len"/"past_seq_len"/"total_seq_len", Optimum's and onnxruntime-genai's
+ * "sequence_length"/"past_sequence_length"/"total_sequence_length".
+ */
+const DIM_ALIASES: Readonly<Record<string, readonly string[]>> = {
+  batch_size: ["batch", "batch_size"],
+  sequence_length: ["sequence", "seq_len", "seq_length", "sequence_length"],
+  past_sequence_length: [
+    "past_sequence",
+    "past_seq_len",
+    "past_seq_length",
+    "past_length",
+    "past_sequence_length",
+  ],
+  total_sequence_length: ["total_seq_len", "total_seq_length", "total_length", "total_sequence_length"],
 };
+
+/** The dims to infer with: the user's (under any alias), the defaults, and every alias of each. */
+export function resolveDims(userDims: Record<string, number>): Record<string, number> {
+  const dims: Record<string, number> = { ...userDims };
+  for (const [name, aliases] of Object.entries(DIM_ALIASES)) {
+    const given = aliases.find((a) => userDims[a] !== undefined);
+    if (given !== undefined && dims[name] === undefined) dims[name] = userDims[given]!;
+  }
+  for (const [name, value] of Object.entries(DEFAULT_DIMS)) dims[name] ??= value;
+  dims.total_sequence_length ??= dims.past_sequence_length! + dims.sequence_length!;
+  for (const [name, aliases] of Object.entries(DIM_ALIASES))
+    for (const a of aliases) if (dims[a] === undefined) dims[a] = dims[name]!;
+  return dims;
+}
 
 /** Estimate FLOPs for the given dim values (defaults: batch 1, sequence 1, empty cache). */
 export function estimateFlops(model: ModelProto, userDims: Record<string, number> = {}): FlopsReport {
-  const dims: Record<string, number> = { ...DEFAULT_DIMS, ...userDims };
-  if (dims.total_sequence_length === undefined)
-    dims.total_sequence_length = (dims.past_sequence_length ?? 0) + (dims.sequence_length ?? 1);
   const graph = model.graph!;
+  const all = resolveDims(userDims);
+  const info = inferShapes(graph, all);
+  // Report the dims the user gave, the defaults, and the aliases this graph actually uses.
   const used = new Set(
-    graph.input.flatMap((i) => i.type?.tensorType?.shape?.dim.map((d) => d.dimParam) ?? []),
+    graph.input.flatMap((i) => i.type?.tensorType?.shape?.dim.map((d) => d.dimParam ?? "") ?? []),
   );
-  for (const [alias, name] of Object.entries(DIM_ALIASES))
-    if (used.has(alias) && dims[alias] === undefined && dims[name] !== undefined) dims[alias] = dims[name]!;
-  const info = inferShapes(graph, dims);
+  const dims = Object.fromEntries(
+    Object.entries(all).filter(
+      ([k]) =>
+        userDims[k] !== undefined ||
+        DEFAULT_DIMS[k] !== undefined ||
+        k === "total_sequence_length" ||
+        used.has(k),
+    ),
+  );
   const byOp = new Map<string, { nodes: number; flops: number; dense: number }>();
   const unresolved: FlopsReport["unresolved"] = [];
   for (const node of graph.node) {

@@ -43,9 +43,9 @@ export function concreteShape(
   const out: Shape = [];
   for (const d of shape.dim) {
     if (d.dimParam) {
-      const v = dims[d.dimParam];
+      const v = dims[d.dimParam] ?? dimExpression(d.dimParam, dims, missing);
       if (v === undefined) {
-        missing?.add(d.dimParam);
+        if (!/[+-]/.test(d.dimParam)) missing?.add(d.dimParam);
         return undefined;
       }
       out.push(v);
@@ -53,6 +53,31 @@ export function concreteShape(
     else return undefined;
   }
   return out;
+}
+
+/**
+ * A dim written as a sum, as Optimum and onnxruntime exports write some ("past_sequence_length + 1",
+ * "total_seq_len - 1"): each term a dim name or an integer; a term without a value is reported missing.
+ */
+function dimExpression(
+  expr: string,
+  dims: Record<string, number>,
+  missing?: Set<string>,
+): number | undefined {
+  const terms = expr.match(/[+-]?\s*[^+\s-][^+-]*/g);
+  if (!terms || terms.length < 2) return undefined;
+  let total = 0;
+  for (const raw of terms) {
+    const sign = raw.trim().startsWith("-") ? -1 : 1;
+    const name = raw.replace(/^[+-]?\s*/, "").trim();
+    const v = /^\d+$/.test(name) ? Number(name) : dims[name];
+    if (v === undefined) {
+      missing?.add(name);
+      return undefined;
+    }
+    total += sign * v;
+  }
+  return total;
 }
 
 function isIntType(t: number | undefined): boolean {
@@ -359,6 +384,14 @@ function inferNode(
     case "MultiHeadAttention":
     case "Attention":
       return attentionShapes(op, node, s);
+    case "EmbedLayerNormalization": {
+      // output and embedding_sum [batch, sequence, hidden] (hidden from word_embedding), mask_index [batch]
+      const ids = x;
+      const hidden = s[2]?.[1];
+      if (ids?.length !== 2 || hidden === undefined) return { shapes: [], values: [] };
+      const h = [ids[0]!, ids[1]!, hidden];
+      return { shapes: [h, [ids[0]!], h], values: [] };
+    }
     case "SkipLayerNormalization":
     case "SkipSimplifiedLayerNormalization":
       // output, mean, inv_std_var, input_skip_bias_sum: the first and the last have the input's shape.
@@ -547,7 +580,11 @@ function attentionShapes(op: string, node: NodeProto, s: (Shape | undefined)[]):
   const [batch, seq, qHidden] = q as [number, number, number];
   if (op === "Attention") {
     const hidden = getAttrInts(node, "qkv_hidden_sizes")?.[2] ?? (s[1] ? s[1][1]! / 3 : undefined);
-    return { shapes: [hidden === undefined ? undefined : [batch, seq, hidden]], values: [] };
+    // the fused cache past [2, batch, heads, past, head] grows by this call's positions into present
+    const past = s[4];
+    const present: Shape | undefined =
+      past?.length === 5 ? [past[0]!, past[1]!, past[2]!, past[3]! + seq, past[4]!] : undefined;
+    return { shapes: [hidden === undefined ? undefined : [batch, seq, hidden], present], values: [] };
   }
   if (op === "MultiHeadAttention") {
     const v = s[2];
