@@ -83,6 +83,26 @@ export function firstTokenChars(tokenizer: TextTokenizer, text: string, first: n
   return Array.from(tokenizer.decode([first])).length || 1;
 }
 
+/**
+ * Refuse a sum of log-losses that is not a number: NaN (broken weights: non-finite logits) or
+ * +Infinity (a token the model gives probability 0). Checked per window, so a broken model fails
+ * at its first window rather than reporting NaN nats/token after the whole text.
+ */
+function checkNats(model: LanguageModel, nats: number, scored: number): void {
+  if (Number.isFinite(nats)) return;
+  throw new IteraError(
+    Number.isNaN(nats)
+      ? `the model ${model.dir} gives NaN log-probabilities within its first ${scored} tokens: its logits are not finite (NaN/Inf weights, or an overflow in a quantized layer)`
+      : `the model ${model.dir} gives a probability of 0 to a token of the text within its first ${scored} tokens: its loss is infinite`,
+    {
+      where: model.onnxPath,
+      fix: Number.isNaN(nats)
+        ? "re-export or re-quantize the model: no figure is reported for it"
+        : "check the model's weights and its output (a -Infinity logit): no figure is reported for it",
+    },
+  );
+}
+
 export async function evaluate(
   model: LanguageModel,
   text: string,
@@ -139,6 +159,7 @@ export async function evaluate(
       for (let j = 0; j + 1 < chunk.length; j++) nats += nll(out.logits, j * v, v, chunk[j + 1]!);
       scored += chunk.length - 1;
       pending = out.logits.slice((chunk.length - 1) * v, chunk.length * v);
+      checkNats(model, nats, scored);
       options.onProgress?.(scored, total);
     }
   } else {
@@ -153,6 +174,7 @@ export async function evaluate(
         scored++;
       }
       prevEnd = end;
+      checkNats(model, nats, scored);
       options.onProgress?.(scored, total);
       if (end === ids.length) break;
     }

@@ -136,6 +136,54 @@ function rowLogits(result: ForwardResult, row: number): Float32Array {
   return result.logits.subarray(start, start + vocab);
 }
 
+/**
+ * Refuse logits no token can be chosen from (NaN, +Infinity, or every one -Infinity): broken or
+ * overflowing weights would otherwise decode as a run of arbitrary tokens. One pass over the row,
+ * as cheap as its argmax.
+ */
+function checkLogits(model: LanguageModel, row: Float32Array, index: number): void {
+  let max = Number.NEGATIVE_INFINITY;
+  for (let i = 0; i < row.length; i++) {
+    const v = row[i]!;
+    // NaN fails every comparison: `v > max` keeps it out of max, `!(v < Infinity)` catches it.
+    if (!(v < Number.POSITIVE_INFINITY)) {
+      throw nonFinite(
+        model,
+        `gives ${Number.isNaN(v) ? "NaN" : "+Infinity"} logits for generated token ${index + 1}`,
+      );
+    }
+    if (v > max) max = v;
+  }
+  if (max === Number.NEGATIVE_INFINITY) {
+    throw nonFinite(model, `gives only -Infinity logits for generated token ${index + 1}`);
+  }
+}
+
+function nonFinite(model: LanguageModel, what: string): IteraError {
+  return new IteraError(
+    `the model ${model.dir} ${what}: its weights or arithmetic are broken (NaN/Inf initializers, an overflow in a quantized layer)`,
+    {
+      where: model.onnxPath,
+      fix: "re-export or re-quantize the model; `itera eval` on it measures whether its predictions are finite",
+    },
+  );
+}
+
+/** A fused chunk gives no logits: its carried state must stay finite instead (float32 states are checked). */
+function checkState(
+  model: LanguageModel,
+  tensors: Readonly<Record<string, { data: unknown }>>,
+  index: number,
+) {
+  for (const t of Object.values(tensors)) {
+    if (!(t.data instanceof Float32Array)) continue;
+    for (const v of t.data) {
+      if (!Number.isFinite(v))
+        throw nonFinite(model, `carries a non-finite state after generated token ${index}`);
+    }
+  }
+}
+
 export async function generate(
   model: LanguageModel,
   inputs: readonly GenerateInput[],
@@ -213,6 +261,7 @@ export async function generate(
     const fromChunk = taken < (chunk[0]?.length ?? 0);
     for (let r = 0; r < prompts.length; r++) {
       if (stopReasons[r]) continue;
+      if (!fromChunk) checkLogits(model, lastLogits[r]!, generated[r]!.length);
       const id = fromChunk ? chunk[r]![taken]! : samplers[r]!.next(lastLogits[r]!, contexts[r]!);
       generated[r]!.push(id);
       contexts[r]!.push(id);
@@ -252,6 +301,7 @@ export async function generate(
         Math.min(chunkSize, left),
         eos,
       );
+      checkState(model, decoded.state, generated[0]!.length);
       const steps = decoded.tokens[0]!.length;
       const perToken = (performance.now() - step) / steps;
       for (let i = 0; i < steps; i++) tokenMs.push(perToken);
