@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
+import { DataType, decodeModel, encodeModel, makeValueInfo } from "../src/onnx/index.js";
 import { evaluate, type LanguageModel, loadModel } from "../src/runtime/index.js";
 import { fixtureModels, type Reference, reference } from "./fixtures/runtime/models.js";
 
@@ -270,6 +271,21 @@ describe("bad input: one clear IteraError each", () => {
     const e = await loadError(join(fixtures, "unpaired"));
     expect(e.message).toMatch(/cannot pair the graph input\(s\) past_key_values\.0\.conv_state/);
     expect(e.where).toBe(join(fixtures, "unpaired", "model.onnx"));
+  });
+
+  it("a paged-attention graph: says what the layout is and how to export one that runs", async () => {
+    const dir = variant("gpt2-kv", {});
+    const path = join(dir, "model.onnx");
+    const model = decodeModel(readFileSync(path));
+    model.graph!.input.push(
+      makeValueInfo("block_table", DataType.INT32, ["batch_size", "max_blocks"]),
+      makeValueInfo("cumulative_sequence_lengths", DataType.INT32, ["batch_plus_one"]),
+    );
+    writeFileSync(path, encodeModel(model));
+    const e = await loadError(dir);
+    expect(e.message).toMatch(/uses paged attention \(input\(s\) block_table, cumulative_sequence_lengths\)/);
+    expect(e.fix).toMatch(/plain KV cache/);
+    expect(e.where).toBe(path);
   });
 
   it("a prompt longer than the context", async () => {

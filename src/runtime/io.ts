@@ -134,6 +134,20 @@ function emptyStateShape(
   return { shape, batchAxis, pastAxis };
 }
 
+/** Inputs of paged-attention exports (vLLM-style block tables): a layout of its own, not a state. */
+const PAGED_ATTENTION_INPUTS = new Set([
+  "block_table",
+  "block_tables",
+  "cumulative_sequence_lengths",
+  "cu_seqlens",
+  "cu_seqlens_q",
+  "cu_seqlens_k",
+  "slot_mapping",
+  "seqlens",
+  "context_lens",
+  "max_seqlen",
+]);
+
 export function analyseIo(session: InferenceSession, config: GenaiConfig, where: string): ModelIo {
   const dec = config.model.decoder;
   const names = { ...(dec.inputs ?? {}), ...(dec.outputs ?? {}) };
@@ -170,6 +184,16 @@ export function analyseIo(session: InferenceSession, config: GenaiConfig, where:
   const { pairs, unpaired } = pairStates(rest, session.outputNames);
   const paired = new Set(pairs.map((p) => p.input));
   const unknown = [...unpaired, ...rest.filter((n) => !paired.has(n) && !unpaired.includes(n))];
+  const paged = unknown.filter((n) => PAGED_ATTENTION_INPUTS.has(n));
+  if (paged.length > 0) {
+    throw new IteraError(
+      `the graph uses paged attention (input(s) ${paged.join(", ")}): its KV cache lives in blocks that a serving engine allocates and schedules, which this runtime does not do`,
+      {
+        where,
+        fix: "export the decoder with a plain KV cache (past_key_values.N.key/value -> present.N.key/value), e.g. onnxruntime-genai's model builder or Optimum's text-generation-with-past export without paged attention",
+      },
+    );
+  }
   if (unknown.length > 0) {
     throw new IteraError(`cannot pair the graph input(s) ${unknown.join(", ")} with a state output`, {
       where,
