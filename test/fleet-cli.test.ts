@@ -72,7 +72,7 @@ afterAll(async () => {
 });
 
 describe("itera broker + fleet simulate + fleet bench/watch/history", () => {
-  it("benchmarks the simulated fleet with INA219 energy figures and writes the report", async () => {
+  it("benchmarks the simulated fleet with simulated INA219 energy figures and writes the report", async () => {
     const out = join(dir, "report");
     const db = join(dir, "fleet.db");
     const r = itera(
@@ -119,7 +119,8 @@ describe("itera broker + fleet simulate + fleet bench/watch/history", () => {
     for (const row of outcome.rows) {
       expect(row.status).toBe("SUCCEEDED");
       expect(row.tg_tok_s).toBeGreaterThan(0);
-      expect(row.energy_method).toBe("ina219");
+      // fleet simulate tells each agent its INA219 is a simulator: never reported as a measurement.
+      expect(row.energy_method).toBe("ina219-simulated");
       expect(row.mj_per_token).toBeGreaterThan(0);
     }
     for (const f of ["report.md", "report.csv", "report.json", "results.json", "chart.svg"])
@@ -162,7 +163,9 @@ describe("itera broker + fleet simulate + fleet bench/watch/history", () => {
       m: { tok_s: number | null; method: string | null };
     }>;
     expect(telemetry.length).toBeGreaterThan(0);
-    expect(telemetry.every((t) => t.m.tok_s !== null && t.m.tok_s > 0 && t.m.method === "ina219")).toBe(true);
+    expect(
+      telemetry.every((t) => t.m.tok_s !== null && t.m.tok_s > 0 && t.m.method === "ina219-simulated"),
+    ).toBe(true);
   });
 
   it("refuses bad input with one clear error and a non-zero exit", () => {

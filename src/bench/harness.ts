@@ -130,13 +130,14 @@ async function energyOf(
   const figure = async (m: Meter) => {
     await m.sync(last);
     const w = sumWindows(windows.map(({ t0, t1 }) => integrateWindow(m.readings(), t0, t1)));
-    return energyFigures({
+    const f = energyFigures({
       method: m.method,
       window: w,
       tokens,
       idle_w: idle.get(m) ?? null,
       uncertainty: m.uncertainty,
     });
+    return m.simulated ? { ...f, simulated: true } : f;
   };
   let f = await figure(primary);
   const notes = healthNote(primary, healthBefore ?? emptyHealth());
@@ -175,6 +176,16 @@ async function measureIdle(meters: Meter[], seconds: number): Promise<Map<Meter,
  * repetitions, measuring speed, latency, resources and energy per test. Live progress on stderr.
  */
 export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<BenchResult[]> {
+  // Before the idle baseline and any load: a test beyond the context would run for minutes or
+  // exhaust memory (a recurrent model takes any length) before measuring anything meaningful.
+  const context = ctx.engine.contextLength;
+  const beyond = plan.tests.find((t) => context !== undefined && t.n > context);
+  if (beyond && context !== undefined) {
+    throw new IteraError(
+      `test ${beyond.kind}${beyond.n} needs ${beyond.n} positions; the model's context_length is ${context}`,
+      { where: "--tests", fix: `use tests of at most ${context} tokens for this model` },
+    );
+  }
   const meters = [ctx.meter, ctx.fallback].filter((m): m is Meter => m != null);
   if (meters.length > 0 && plan.idleS > 0 && !ctx.quiet) {
     process.stderr.write(`measuring the idle baseline for ${plan.idleS} s (stay idle)\n`);

@@ -7,6 +7,7 @@ import { z } from "zod";
 const nullableNumber = z.number().nullable();
 
 export const energyResultSchema = z.object({
+  /** DESIGN.md §6's methods; `<method>-simulated` when the meter read a simulator (then `simulated` is true). */
   method: z.string(),
   J: z.number(),
   mJ_per_token: nullableNumber,
@@ -22,6 +23,8 @@ export const energyResultSchema = z.object({
   uncertainty: z.string(),
   /** Fallbacks and data-quality remarks (bad lines, gaps, a lost sensor). */
   note: z.string().nullable(),
+  /** True when the readings came from a simulator, not this device (absent in older results: measured). */
+  simulated: z.boolean().optional(),
 });
 
 export const benchResultSchema = z.object({

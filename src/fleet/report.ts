@@ -86,8 +86,19 @@ function cells(r: ReportRow): Cell[] {
   ];
 }
 
+/** The energy methods in these rows that came from a simulated meter (`<method>-simulated`). */
+function simulatedMethods(rows: ReportRow[]): string[] {
+  return [...new Set(rows.map((r) => r.energy_method).filter((m) => m?.endsWith("-simulated")))] as string[];
+}
+
+/** Said wherever simulated energy figures appear, so nobody takes them for measurements. */
+function simulatedNote(methods: string[]): string {
+  return `simulated energy: ${methods.join(", ")} figures were read from a simulated meter (tools/ina219-sim), not measured on the device`;
+}
+
 export function renderMarkdown(o: FleetBenchOutcome): string {
   const rows = o.devices.map(reportRow);
+  const simulated = simulatedMethods(rows);
   const ok = rows.filter((r) => r.status === "SUCCEEDED").length;
   const failures = rows.filter((r) => r.details).map((r) => `- ${r.device}: ${r.status}: ${r.details}`);
   return [
@@ -100,6 +111,7 @@ export function renderMarkdown(o: FleetBenchOutcome): string {
     "",
     "tokens/s: mean over repetitions at the fastest thread count; TTFT and p95 from the generation test; " +
       "mJ/token and tokens/J with the method that measured them (empty: the device has no meter).",
+    ...(simulated.length > 0 ? ["", `**${simulatedNote(simulated)}.**`] : []),
     ...(failures.length > 0 ? ["", "## Not succeeded", "", ...failures] : []),
     "",
   ].join("\n");
@@ -122,20 +134,34 @@ const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replac
 /** Horizontal bar charts (tokens/s and mJ/token per device) as a self-contained SVG. */
 export function renderSvg(o: FleetBenchOutcome): string {
   const rows = o.devices.map(reportRow);
-  const panels: Array<{ title: string; values: Array<number | null>; color: string }> = [
+  const panels: Array<{
+    title: string;
+    values: Array<number | null>;
+    color: string;
+    suffix?: Array<string | null>;
+  }> = [
     {
       title: "generation tokens/s (higher is better)",
       values: rows.map((r) => r.tg_tok_s ?? r.pp_tok_s),
       color: "#3b7dd8",
     },
-    { title: "mJ per token (lower is better)", values: rows.map((r) => r.mj_per_token), color: "#d8703b" },
+    {
+      title: "mJ per token (lower is better)",
+      values: rows.map((r) => r.mj_per_token),
+      color: "#d8703b",
+      // Each energy figure names its method, so a simulated one says so on the chart too.
+      suffix: rows.map((r) => r.energy_method),
+    },
   ];
+  const simulated = simulatedMethods(rows);
   // The label column fits the longest "device (profile)" (about 7 px per character at 12 px sans-serif).
   const labels = rows.map((r) => `${r.device} (${r.profile})`);
   const label = Math.max(120, Math.ceil(Math.max(0, ...labels.map((l) => l.length)) * 7) + 12);
   const barMax = 360;
   const barH = 18;
-  const width = label + barMax + 90;
+  const suffixW = Math.max(0, ...rows.map((r) => (r.energy_method?.length ?? 0) + 3)) * 7;
+  const note = simulated.length > 0 ? simulatedNote(simulated) : "";
+  const width = Math.max(label + barMax + 90 + suffixW, note.length * 7 + 8);
   const panelH = 30 + rows.length * (barH + 6);
   const parts: string[] = [];
   panels.forEach((p, pi) => {
@@ -152,12 +178,17 @@ export function renderSvg(o: FleetBenchOutcome): string {
       }
       const w = max > 0 ? Math.max(1, (v / max) * barMax) : 1;
       parts.push(`<rect x="${label}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${p.color}"/>`);
+      const method = p.suffix?.[i];
       parts.push(
-        `<text x="${(label + w + 4).toFixed(1)}" y="${y + 13}">${v < 10 ? v.toFixed(3) : v.toFixed(1)}</text>`,
+        `<text x="${(label + w + 4).toFixed(1)}" y="${y + 13}">${v < 10 ? v.toFixed(3) : v.toFixed(1)}${method ? ` (${esc(method)})` : ""}</text>`,
       );
     });
   });
-  const height = panels.length * (panelH + 20);
+  if (simulated.length > 0) {
+    const y = panels.length * (panelH + 20) + 4;
+    parts.push(`<text x="4" y="${y}" fill="#b00" font-weight="bold">${esc(note)}</text>`);
+  }
+  const height = panels.length * (panelH + 20) + (simulated.length > 0 ? 16 : 0);
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
     `<rect width="100%" height="100%" fill="white"/>`,

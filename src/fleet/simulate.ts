@@ -114,7 +114,8 @@ export async function startSimulation(o: SimulateOptions): Promise<Simulation> {
         if (o.meter === "ina219") {
           const bridge = await startIna219(dir, profile);
           helpers.push(bridge.proc);
-          meterArgs.push("--meter", "ina219", "--port", bridge.port);
+          // Told, not guessed: the agent labels these figures ina219-simulated.
+          meterArgs.push("--meter", "ina219", "--port", bridge.port, "--simulated-meter");
         } else meterArgs.push("--meter", "tdp");
       }
       const args = [
@@ -147,10 +148,9 @@ export async function startSimulation(o: SimulateOptions): Promise<Simulation> {
       };
       const child = spawn(process.execPath, args, { stdio: ["ignore", "inherit", "inherit"], env });
       children.push(child);
-      devices.push({ device, profile: profile.name, meter: o.replay ? "replay" : o.meter, pid: child.pid });
-      log(
-        `started ${device} (profile ${profile.name}, meter ${o.replay ? "replay" : o.meter}, pid ${child.pid})`,
-      );
+      const meter = o.replay ? "replay" : o.meter === "ina219" ? "ina219-simulated" : o.meter;
+      devices.push({ device, profile: profile.name, meter, pid: child.pid });
+      log(`started ${device} (profile ${profile.name}, meter ${meter}, pid ${child.pid})`);
     }
   } catch (e) {
     for (const c of [...children, ...helpers]) c.kill("SIGTERM");

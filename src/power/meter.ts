@@ -1,7 +1,12 @@
 import type { MeterName } from "../profile/schema.js";
 
-/** How a figure was obtained (DESIGN.md §6); carried by every energy figure. */
-export type EnergyMethod = "ina219" | "pmic" | "rapl" | "tdp-estimate";
+/** How a real meter obtains a figure (DESIGN.md §6). */
+export type MeasuredMethod = "ina219" | "pmic" | "rapl" | "tdp-estimate";
+/**
+ * How a figure was obtained; carried by every energy figure. `<method>-simulated`: the meter read a
+ * simulator (e.g. tools/ina219-sim on a pty), never this device's power.
+ */
+export type EnergyMethod = MeasuredMethod | `${MeasuredMethod}-simulated`;
 
 /** An instantaneous power reading; `t_ms` is on the host's monotonic clock (performance.now()). */
 export interface PowerSample {
@@ -46,12 +51,39 @@ export interface Meter {
   readonly nominalRateHz: number;
   /** What the figures from this meter can and cannot claim. */
   readonly uncertainty: string;
+  /** True when the readings come from a simulator (the agent was told so; never guessed from data). */
+  readonly simulated?: boolean;
   start(): Promise<void>;
   stop(): Promise<void>;
   readings(): Readings;
   health(): MeterHealth;
   /** Resolve once a reading at or after `t_ms` exists (or the meter is lost / `timeoutMs` passes). */
   sync(t_ms: number, timeoutMs?: number): Promise<boolean>;
+}
+
+/** What a simulated meter's figures claim, in place of the real meter's accuracy. */
+export const SIMULATED_UNCERTAINTY =
+  "SIMULATED meter: the readings come from a simulator (e.g. tools/ina219-sim on a pseudo-terminal), " +
+  "not from measuring this device; the figures test the measuring path and say nothing about real energy use";
+
+/**
+ * The same meter, labelled simulated: method `<method>-simulated` and a text that says so, in every
+ * figure, row and message it feeds. For a meter whose source the caller knows to be a simulator.
+ */
+export function simulatedMeter(inner: Meter): Meter {
+  if (inner.simulated) return inner;
+  return {
+    name: inner.name,
+    method: `${inner.method as MeasuredMethod}-simulated`,
+    nominalRateHz: inner.nominalRateHz,
+    uncertainty: SIMULATED_UNCERTAINTY,
+    simulated: true,
+    start: () => inner.start(),
+    stop: () => inner.stop(),
+    readings: () => inner.readings(),
+    health: () => inner.health(),
+    sync: (t_ms, timeoutMs) => inner.sync(t_ms, timeoutMs),
+  };
 }
 
 export function emptyHealth(): MeterHealth {

@@ -3,7 +3,7 @@ import { IteraError } from "../errors.js";
 import { type MeterName, meterNames } from "../profile/schema.js";
 import type { DeviceProfile } from "../profile/schema.js";
 import { Ina219Meter, serialPort } from "./ina219/meter.js";
-import type { Meter } from "./meter.js";
+import { type Meter, simulatedMeter } from "./meter.js";
 import { PmicMeter } from "./pmic.js";
 import { RaplMeter } from "./rapl.js";
 import { TdpMeter, tdpOptionsFromProfile } from "./tdp.js";
@@ -15,6 +15,8 @@ export interface MeterOptions {
   /** ina219: serial port and baud rate. */
   port?: string;
   baud?: number;
+  /** ina219: the bridge on `port` is a simulator (tools/ina219-sim): its figures are labelled simulated. */
+  simulated?: boolean;
   /** rapl: root of the powercap tree (a fake one in tests). */
   raplRoot?: string;
   /** pmic: linear correction and the vcgencmd executable. */
@@ -45,11 +47,13 @@ async function findBridgePort(): Promise<string> {
 
 async function create(name: MeterName, o: MeterOptions): Promise<Meter> {
   switch (name) {
-    case "ina219":
-      return new Ina219Meter({
+    case "ina219": {
+      const meter = new Ina219Meter({
         port: o.port ?? (await findBridgePort()),
         ...(o.baud ? { baud: o.baud } : {}),
       });
+      return o.simulated ? simulatedMeter(meter) : meter;
+    }
     case "pmic":
       return new PmicMeter({
         ...(o.pmicScale !== undefined ? { scale: o.pmicScale } : {}),
@@ -77,6 +81,12 @@ async function create(name: MeterName, o: MeterOptions): Promise<Meter> {
  * rapl, then tdp) and falls back past each one that cannot start, logging why.
  */
 export async function openMeter(o: MeterOptions): Promise<{ meter: Meter; skipped: string[] }> {
+  if (o.simulated && o.meter !== "ina219" && o.meter !== "auto") {
+    throw new IteraError(`--simulated-meter labels a simulated INA219 bridge, not the ${o.meter} meter`, {
+      where: "--simulated-meter",
+      fix: "use it with --meter ina219 --port <the simulator's pty>, or leave it out",
+    });
+  }
   const order: MeterName[] = o.meter === "auto" ? (o.profile?.power.meters ?? ["rapl", "tdp"]) : [o.meter];
   const skipped: string[] = [];
   for (const name of order) {

@@ -45,7 +45,8 @@ export const birthSchema = z.looseObject({
 });
 export type BirthPayload = z.infer<typeof birthSchema>;
 
-export const energyMethods = ["ina219", "pmic", "rapl", "tdp-estimate"] as const;
+/** Every method an agent of this version reports; a simulated meter's figures say `-simulated`. */
+export const energyMethods = ["ina219", "pmic", "rapl", "tdp-estimate", "ina219-simulated"] as const;
 
 export const telemetrySchema = z.looseObject({
   v,
@@ -132,7 +133,15 @@ export const benchResultSchema = producedResultSchema
     ttft_ms: num.nullable(),
     latency_ms: z.looseObject({ p50: num, p95: num }),
     energy: energyResultSchema
-      .pick({ method: true, J: true, mJ_per_token: true, tokens_per_J: true, samples: true, rate_hz: true })
+      .pick({
+        method: true,
+        J: true,
+        mJ_per_token: true,
+        tokens_per_J: true,
+        samples: true,
+        rate_hz: true,
+        simulated: true,
+      })
       .loose()
       .nullable(),
     cpu_pct: num.nullable(),

@@ -28,6 +28,7 @@ interface AgentCliOptions extends BrokerCliOptions, ModelOptions {
   meter: string;
   port?: string;
   baud?: string;
+  simulatedMeter?: boolean;
   replay?: string;
 }
 
@@ -88,6 +89,10 @@ export function registerAgent(program: Command): void {
         .option("--port <tty>", "serial port of the INA219 bridge")
         .option("--baud <n>", "baud rate of the INA219 bridge")
         .option(
+          "--simulated-meter",
+          "the INA219 bridge on --port is a simulator (tools/ina219-sim): its figures say ina219-simulated",
+        )
+        .option(
           "--replay <file>",
           "load tests only: answer jobs with results recorded earlier (marked replayed_from)",
         ),
@@ -116,6 +121,7 @@ export function registerAgent(program: Command): void {
           profile: ctx.profile,
           ...(opts.port ? { port: opts.port } : {}),
           ...(opts.baud ? { baud: positive(opts.baud, "--baud", true) } : {}),
+          ...(opts.simulatedMeter ? { simulated: true } : {}),
           log: (m) => process.stderr.write(`${m}\n`),
         };
         meter = (await openMeter(mo)).meter;
