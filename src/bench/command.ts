@@ -25,6 +25,7 @@ export interface BenchOptions {
   port?: string;
   baud?: string;
   pmicScale?: string;
+  simulatedMeter?: boolean;
   pmicOffset?: string;
   fallbackTdp?: boolean;
   tdpScope?: string;
@@ -57,6 +58,10 @@ export function addBenchOptions(cmd: Command): Command {
     .option("--pmic-offset <w>", "pmic: offset of the linear correction, in W")
     .option("--fallback-tdp", "also run the tdp estimate, and use it for tests the meter did not cover")
     .option(
+    .option(
+      "--simulated-meter",
+      "ina219: the bridge on --port is a simulator (tools/ina219-sim): figures say ina219-simulated",
+    )
       "--tdp-scope <scope>",
       "tdp: CPU utilisation of the whole 'system' or of this 'process' (shared machines)",
       "system",
@@ -147,6 +152,7 @@ export async function benchCommand(
     });
     const text = `${renderResults(results, format)}\n`;
     if (o.save) await writeFileAtomic(o.save, text);
+        ...(o.simulatedMeter ? { simulated: true } : {}),
     process.stdout.write(text);
     return results;
   } finally {
