@@ -24,8 +24,8 @@ export interface BenchOptions {
   energy: boolean;
   port?: string;
   baud?: string;
-  pmicScale?: string;
   simulatedMeter?: boolean;
+  pmicScale?: string;
   pmicOffset?: string;
   fallbackTdp?: boolean;
   tdpScope?: string;
@@ -54,14 +54,14 @@ export function addBenchOptions(cmd: Command): Command {
     .option("--no-energy", "do not measure energy")
     .option("--port <path>", "ina219: serial port of the bridge (e.g. /dev/ttyACM0)")
     .option("--baud <rate>", "ina219: baud rate of the bridge", "115200")
-    .option("--pmic-scale <k>", "pmic: linear correction P = k × ΣV·I + offset")
-    .option("--pmic-offset <w>", "pmic: offset of the linear correction, in W")
-    .option("--fallback-tdp", "also run the tdp estimate, and use it for tests the meter did not cover")
-    .option(
     .option(
       "--simulated-meter",
       "ina219: the bridge on --port is a simulator (tools/ina219-sim): figures say ina219-simulated",
     )
+    .option("--pmic-scale <k>", "pmic: linear correction P = k × ΣV·I + offset")
+    .option("--pmic-offset <w>", "pmic: offset of the linear correction, in W")
+    .option("--fallback-tdp", "also run the tdp estimate, and use it for tests the meter did not cover")
+    .option(
       "--tdp-scope <scope>",
       "tdp: CPU utilisation of the whole 'system' or of this 'process' (shared machines)",
       "system",
@@ -130,6 +130,7 @@ export async function benchCommand(
         profile,
         ...(o.port ? { port: o.port } : {}),
         baud: positiveInt(o.baud ?? "115200", "--baud"),
+        ...(o.simulatedMeter ? { simulated: true } : {}),
         ...(o.pmicScale ? { pmicScale: Number(o.pmicScale) } : {}),
         ...(o.pmicOffset ? { pmicOffsetW: Number(o.pmicOffset) } : {}),
         tdpScope,
@@ -152,7 +153,6 @@ export async function benchCommand(
     });
     const text = `${renderResults(results, format)}\n`;
     if (o.save) await writeFileAtomic(o.save, text);
-        ...(o.simulatedMeter ? { simulated: true } : {}),
     process.stdout.write(text);
     return results;
   } finally {
