@@ -73,18 +73,28 @@ export function addBenchOptions(cmd: Command): Command {
     .option("--quiet", "no progress on stderr");
 }
 
-function positiveInt(value: string, flag: string, min = 1): number {
+/** Upper bounds of the plan's options: a device profile's (src/profile/schema.ts), idle at most 10 minutes. */
+const MAX = { repetitions: 1000, warmup: 100, minDurationS: 3600, idleS: 600 } as const;
+
+function positiveInt(value: string, flag: string, min = 1, max = Number.MAX_SAFE_INTEGER): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < min) {
-    throw new IteraError(`${flag} must be an integer ≥ ${min}, not '${value}'`, { where: flag });
+  if (!Number.isInteger(n) || n < min || n > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `≥ ${min}` : `from ${min} to ${max}`;
+    throw new IteraError(`${flag} must be an integer ${range}, not '${value}'`, {
+      where: flag,
+      fix: `give ${flag} a whole number ${range}`,
+    });
   }
   return n;
 }
 
-function nonNegative(value: string, flag: string): number {
+function nonNegative(value: string, flag: string, max: number): number {
   const n = Number(value);
-  if (!Number.isFinite(n) || n < 0)
-    throw new IteraError(`${flag} must be a number ≥ 0, not '${value}'`, { where: flag });
+  if (!Number.isFinite(n) || n < 0 || n > max)
+    throw new IteraError(`${flag} must be a number of seconds from 0 to ${max}, not '${value}'`, {
+      where: flag,
+      fix: `give ${flag} from 0 to ${max} (seconds)`,
+    });
   return n;
 }
 
@@ -98,10 +108,14 @@ export async function benchCommand(
   const plan = {
     tests: parseTests(o.tests ?? profile.bench.tests),
     threads: (o.threads ?? String(profile.threads)).split(",").map((t) => positiveInt(t.trim(), "--threads")),
-    repetitions: o.repetitions ? positiveInt(o.repetitions, "--repetitions") : profile.bench.repetitions,
-    warmup: o.warmup ? positiveInt(o.warmup, "--warmup", 0) : profile.bench.warmup,
-    minDurationS: o.minDuration ? nonNegative(o.minDuration, "--min-duration") : profile.bench.min_duration_s,
-    idleS: o.energy ? nonNegative(o.idle, "--idle") : 0,
+    repetitions: o.repetitions
+      ? positiveInt(o.repetitions, "--repetitions", 1, MAX.repetitions)
+      : profile.bench.repetitions,
+    warmup: o.warmup ? positiveInt(o.warmup, "--warmup", 0, MAX.warmup) : profile.bench.warmup,
+    minDurationS: o.minDuration
+      ? nonNegative(o.minDuration, "--min-duration", MAX.minDurationS)
+      : profile.bench.min_duration_s,
+    idleS: o.energy ? nonNegative(o.idle, "--idle", MAX.idleS) : 0,
   };
   if (o.energy && !(meterChoices as readonly string[]).includes(o.meter)) {
     throw new IteraError(`unknown meter '${o.meter}'`, {

@@ -20,5 +20,7 @@ export interface BenchEngine {
   readonly quant: string;
   /** e.g. "onnxruntime 1.30.0". */
   readonly runtime: string;
+  /** genai_config.json's context_length: no test may need more positions (unset: not checked). */
+  readonly contextLength?: number;
   load(threads: number): Promise<BenchModel>;
 }

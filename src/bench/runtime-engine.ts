@@ -1,5 +1,6 @@
 import { basename, resolve } from "node:path";
 import { loadModelCard } from "../model/card.js";
+import { loadGenaiConfig } from "../model/genai-config.js";
 import type { LanguageModel, State } from "../runtime/index.js";
 import type { BenchEngine, BenchModel } from "./engine.js";
 
@@ -63,10 +64,12 @@ export async function runtimeEngine(dir: string): Promise<BenchEngine> {
     import("../runtime/index.js"),
   ]);
   const card = await loadModelCard(resolve(dir));
+  const config = await loadGenaiConfig(resolve(dir));
   return {
     model: card?.id ?? basename(resolve(dir)),
     quant: card?.quantization.mode ?? "fp32",
     runtime: `onnxruntime ${env.versions.node ?? env.versions.common}`,
+    contextLength: config.model.context_length,
     load: async (threads) => new RuntimeBenchModel(await loadModel(dir, { threads })),
   };
 }
