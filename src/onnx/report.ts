@@ -30,6 +30,7 @@
  */
 import { pairStates, type StatePair } from "../model/state.js";
 import { getAttrInt, getAttrString } from "./attributes.js";
+import { type WeightPrecision, weightPrecision } from "./precision.js";
 import {
   einsumSizes,
   inferShapes,
@@ -70,6 +71,8 @@ export interface ModelReport {
     byDtype: { dtype: string; tensors: number; elements: number; bytes: number }[];
   };
   states: { pairs: StatePair[]; unpaired: string[] };
+  /** the weights' precision, from their dtypes and the quantized ops holding them */
+  precision: WeightPrecision;
   flops: FlopsReport;
   /** How many messages carry fields this library's schema does not name (kept as raw bytes). */
   messagesWithUnknownFields: number;
@@ -399,6 +402,7 @@ export function analyzeModel(model: ModelProto, dims: Record<string, number> = {
       bytes: dtypes.reduce((a, b) => a + b.bytes, 0),
       byDtype: dtypes,
     },
+    precision: weightPrecision(model),
     states: pairStates(
       inputs.map((i) => i.name),
       outputs.map((o) => o.name),

@@ -1,6 +1,7 @@
 import { stat } from "node:fs/promises";
 import { basename } from "node:path";
 import type { Command } from "commander";
+import { describePrecision } from "../../onnx/precision.js";
 import { IteraError } from "../../errors.js";
 import { locateModelFile } from "../../model/folder.js";
 import { externalRefs, modelFromBytes, readModelFile } from "../../onnx/index.js";
@@ -82,7 +83,7 @@ function render(r: Awaited<ReturnType<typeof inspectPath>>): string {
     );
   out.push(
     "",
-    `parameters: ${grouped(r.parameters.elements)} (${mib(r.parameters.bytes)})`,
+    `parameters: ${grouped(r.parameters.elements)} (${mib(r.parameters.bytes)}); precision: ${describePrecision(r.precision)}`,
     markdownTable(
       ["dtype", "tensors", "elements", "bytes"],
       r.parameters.byDtype.map((d) => [d.dtype, d.tensors, d.elements, d.bytes]),
