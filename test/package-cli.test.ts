@@ -1,5 +1,6 @@
+import { generateKeyPairSync } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -102,6 +103,79 @@ describe("itera verify", () => {
     expect(noKey.code).toBe(1);
     expect(noKey.stderr).toMatch(/cannot read the public key/);
   });
+
+  it("says plainly that the signer is not pinned when no --key is given, even for a re-signed bundle", async () => {
+    const pub = join(keys, "itera-signing.pub");
+    const dir = await fakeBundle("re-signed");
+    const plain = await cli("verify", dir);
+    expect(plain.code).toBe(0);
+    expect(plain.stdout).toMatch(
+      /^OK re-signed \(signature: valid, signer not pinned\)\n {2}the signer is not pinned: /,
+    );
+    expect((await cli("verify", dir, "--key", pub)).stdout).toBe(
+      "OK re-signed (signature: valid, by the trusted key)\n",
+    );
+    // An attacker changes a file, fixes its hash and signs with their own key.
+    const pwned = "#!/bin/sh\necho pwned\n";
+    await writeFile(join(dir, "itera-agent"), pwned);
+    const m = manifestSchema.parse(JSON.parse(await readFile(join(dir, "manifest.json"), "utf8")));
+    m.files["itera-agent"] = { sha256: sha256(pwned), bytes: Buffer.byteLength(pwned) };
+    const theirs = generateKeyPairSync("ed25519").privateKey.export({ type: "pkcs8", format: "pem" });
+    await writeFile(join(dir, "manifest.json"), JSON.stringify(signManifest(m, theirs.toString()), null, 2));
+    const r = await cli("verify", dir, "--json");
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      ok: true,
+      signature: "valid",
+      trusted_key: null,
+      problems: [expect.stringMatching(/^the signer is not pinned: .*pass --key/)],
+    });
+    const pinned = await cli("verify", dir, "--key", pub);
+    expect(pinned.code).toBe(3);
+    expect(pinned.stdout).toMatch(
+      /^FAILED re-signed \(signature: untrusted-key\)\n.*signed by a different key/,
+    );
+  });
+
+  it("refuses a --key that is not an Ed25519 public key, saying so (not 'signed by a different key')", async () => {
+    const dir = await fakeBundle("key-check");
+    const passwd = join(work, "passwd");
+    await writeFile(passwd, "root:x:0:0:root:/root:/bin/bash\n");
+    const ec = join(work, "ec.pub");
+    await writeFile(
+      ec,
+      generateKeyPairSync("ec", { namedCurve: "prime256v1" }).publicKey.export({
+        type: "spki",
+        format: "pem",
+      }),
+    );
+    const cases: [string, string][] = [
+      [passwd, `${passwd} is not an Ed25519 public key (neither a PEM public key nor base64 SPKI)`],
+      [ec, `${ec} is not an Ed25519 public key (it is a ec key)`],
+      [
+        join(keys, "itera-signing.key"),
+        `${join(keys, "itera-signing.key")} is a private key, not a public key`,
+      ],
+    ];
+    for (const [key, what] of cases) {
+      const r = await cli("verify", dir, "--key", key);
+      expect(r.code, key).toBe(1);
+      expect(r.stdout, key).toBe("");
+      expect(r.stderr, key).toContain(`error: ${what}\n  where: ${key}\n  fix:   give the`);
+      expect(r.stderr).not.toMatch(/different key/);
+    }
+  });
+
+  it("fails a bundle whose listed file is a symbolic link, even to a file with the right content", async () => {
+    const dir = await fakeBundle("linked-file");
+    const outside = join(work, "outside-readme.txt");
+    await writeFile(outside, "hello");
+    await rm(join(dir, "README.txt"));
+    await symlink(outside, join(dir, "README.txt"));
+    const r = await cli("verify", dir);
+    expect(r.code).toBe(3);
+    expect(r.stdout).toContain(`README.txt is a symbolic link (to ${outside}), not a file`);
+  });
 });
 
 describe("itera verify on an archive", () => {
@@ -119,6 +193,22 @@ describe("itera verify on an archive", () => {
     const junk = join(work, "junk.tar.gz");
     await writeFile(junk, "not gzip");
     expect((await cli("verify", junk)).stderr).toMatch(/cannot be extracted/);
+  });
+
+  it("refuses an archive whose only member is a symlink to a bundle folder on this machine", async () => {
+    const onHost = await fakeBundle("on-host");
+    expect((await cli("verify", onHost)).code).toBe(0);
+    const staging = join(work, "evil-staging");
+    await mkdir(staging);
+    await symlink(onHost, join(staging, "evil"));
+    const evil = join(work, "evil.tar.gz");
+    await run("tar", ["-czf", evil, "-C", staging, "evil"]);
+    const r = await cli("verify", evil);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toBe(
+      `error: the bundle archive's one entry, evil, is a symbolic link (to ${onHost}), not a bundle folder\n  where: ${evil}\n  fix:   pass the .tar.gz made by \`itera build\`\n`,
+    );
   });
 });
 

@@ -5,7 +5,7 @@ import { promisify } from "node:util";
 import { join, resolve } from "node:path";
 import { type Manifest, manifestSchema } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
-import { verifyBundle } from "../package/verify.js";
+import { readTrustedKeyFile, verifyBundle } from "../package/verify.js";
 import { sha256 } from "../util/fs.js";
 import { AGENT_FILE, MANIFEST_FILE, UNIT_NAME } from "./layout.js";
 import type { StepLog } from "./steps.js";
@@ -167,14 +167,7 @@ async function checkBundle(dir: string, trustedKey?: string): Promise<Omit<Verif
   };
 }
 
-/** Read a trusted public key file (PEM or base64 SPKI DER) for --key. */
-export async function readTrustedKey(path: string): Promise<string> {
-  try {
-    return (await readFile(path, "utf8")).trim();
-  } catch {
-    throw new IteraError(`cannot read the public key ${path}`, {
-      where: path,
-      fix: "give the signer's public key file (made by `itera keygen`)",
-    });
-  }
+/** Read a trusted public key file (PEM or base64 SPKI DER) for --key: an Ed25519 public key or refused. */
+export function readTrustedKey(path: string): Promise<string> {
+  return readTrustedKeyFile(path);
 }

@@ -1,5 +1,6 @@
 import { execFile } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { createPublicKey } from "node:crypto";
+import { lstat, mkdtemp, readdir, readFile, readlink, realpath, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative, sep } from "node:path";
 import { promisify } from "node:util";
@@ -31,8 +32,16 @@ export async function verifyBundle(dir: string, trustedKey?: string): Promise<Ve
   const manifest = await readManifest(manifestPath);
   const problems: string[] = [];
   const files: VerifyReport["files"] = [];
+  const realDir = await realpath(dir);
   for (const [file, want] of Object.entries(manifest.files)) {
     const path = join(dir, file);
+    const link = await linkOnTheWay(realDir, file);
+    if (link) {
+      // A link's target is outside what was signed (in an archive: anywhere on this machine).
+      files.push({ file, status: "changed" });
+      problems.push(`${file} ${link}, not a file: a bundle holds plain files only`);
+      continue;
+    }
     const st = await stat(path).catch(() => null);
     if (!st?.isFile()) {
       files.push({ file, status: "missing" });
@@ -84,9 +93,66 @@ export async function verifyBundle(dir: string, trustedKey?: string): Promise<Ve
     signature,
     trusted_key: trusted,
     files,
-    problems:
-      ok && signature === "absent" ? ["the manifest is not signed (integrity checked only)"] : problems,
+    problems: !ok
+      ? problems
+      : signature === "absent"
+        ? ["the manifest is not signed (integrity checked only)"]
+        : trusted === null
+          ? [NOT_PINNED]
+          : [],
   };
+}
+
+/** Said whenever a valid signature was checked with the manifest's own key only. */
+export const NOT_PINNED =
+  "the signer is not pinned: the signature was checked with the public key inside the manifest, which whoever re-signs the bundle can swap; pass --key with the signer's .pub to check who signed it";
+
+/** How `file` (relative to the real bundle folder) is a symbolic link or reached through one, if it is. */
+async function linkOnTheWay(realDir: string, file: string): Promise<string | undefined> {
+  const path = join(realDir, file);
+  const st = await lstat(path).catch(() => null);
+  if (st?.isSymbolicLink()) return `is a symbolic link (to ${await readlink(path)})`;
+  if (st && (await realpath(path)) !== path) return "is reached through a symbolic link";
+  return undefined;
+}
+
+/**
+ * Read a trusted public key file for --key: an Ed25519 public key as PEM (`itera keygen`'s .pub) or
+ * base64 SPKI DER. Anything else is refused here, so that a wrong file never reads as "signed by a
+ * different key".
+ */
+export async function readTrustedKeyFile(path: string): Promise<string> {
+  let text: string;
+  try {
+    text = (await readFile(path, "utf8")).trim();
+  } catch {
+    throw new IteraError(`cannot read the public key ${path}`, {
+      where: path,
+      fix: "give the signer's public key file: the .pub that `itera keygen` made",
+    });
+  }
+  if (text.includes("PRIVATE KEY")) {
+    throw new IteraError(`${path} is a private key, not a public key`, {
+      where: path,
+      fix: "give the .pub beside it (keep the .key secret: a verify never needs it)",
+    });
+  }
+  let type: string | undefined;
+  try {
+    const key = text.includes("BEGIN")
+      ? createPublicKey(text)
+      : createPublicKey({ key: Buffer.from(text, "base64"), format: "der", type: "spki" });
+    type = key.asymmetricKeyType;
+  } catch {
+    type = undefined;
+  }
+  if (type !== "ed25519") {
+    throw new IteraError(
+      `${path} is not an Ed25519 public key (${type ? `it is a ${type} key` : "neither a PEM public key nor base64 SPKI"})`,
+      { where: path, fix: "give the signer's public key file: the .pub that `itera keygen` made" },
+    );
+  }
+  return text;
 }
 
 /**
@@ -106,6 +172,16 @@ export async function verifyBundleArchive(archive: string, trustedKey?: string):
       });
     }
     const top = await readdir(tmp);
+    const only = top.length === 1 ? await lstat(join(tmp, top[0]!)) : undefined;
+    if (only && !only.isDirectory()) {
+      // A symlink here would have the host folder it names verified in the bundle's place.
+      throw new IteraError(
+        `the bundle archive's one entry, ${top[0]}, is ${
+          only.isSymbolicLink() ? `a symbolic link (to ${await readlink(join(tmp, top[0]!))})` : "a file"
+        }, not a bundle folder`,
+        { where: archive, fix: "pass the .tar.gz made by `itera build`" },
+      );
+    }
     if (top.length !== 1) {
       throw new IteraError(
         `the bundle archive holds ${top.length} top-level entries, not one bundle folder`,
@@ -122,6 +198,12 @@ export async function verifyBundleArchive(archive: string, trustedKey?: string):
 }
 
 async function readManifest(path: string): Promise<Manifest> {
+  if ((await lstat(path).catch(() => null))?.isSymbolicLink()) {
+    throw new IteraError("manifest.json is a symbolic link, not a file", {
+      where: path,
+      fix: "the bundle is damaged or was tampered with; build or download it again",
+    });
+  }
   let text: string;
   try {
     text = await readFile(path, "utf8");

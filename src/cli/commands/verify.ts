@@ -1,7 +1,6 @@
-import { readFile, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
 import type { Command } from "commander";
-import { IteraError } from "../../errors.js";
-import { verifyBundle, verifyBundleArchive } from "../../package/verify.js";
+import { readTrustedKeyFile, verifyBundle, verifyBundleArchive } from "../../package/verify.js";
 import { action, printJson } from "../run.js";
 
 export function registerVerify(program: Command): void {
@@ -14,21 +13,15 @@ export function registerVerify(program: Command): void {
     .option("--json", "machine-readable output")
     .action(
       action(async (bundle: string, opts: { key?: string; json?: boolean }) => {
-        let key: string | undefined;
-        if (opts.key !== undefined) {
-          key = await readFile(opts.key, "utf8").catch(() => {
-            throw new IteraError("cannot read the public key", {
-              where: opts.key,
-              fix: "pass the .pub file made by `itera keygen`",
-            });
-          });
-        }
+        const key = opts.key !== undefined ? await readTrustedKeyFile(opts.key) : undefined;
         const isArchive =
           /\.(tar\.gz|tgz)$/.test(bundle) && (await stat(bundle).catch(() => null))?.isFile() === true;
         const r = isArchive ? await verifyBundleArchive(bundle, key) : await verifyBundle(bundle, key);
         if (opts.json) printJson(r);
         else {
-          console.log(`${r.ok ? "OK" : "FAILED"} ${r.bundle_id} (signature: ${r.signature})`);
+          const signer =
+            r.signature !== "valid" ? "" : r.trusted_key ? ", by the trusted key" : ", signer not pinned";
+          console.log(`${r.ok ? "OK" : "FAILED"} ${r.bundle_id} (signature: ${r.signature}${signer})`);
           for (const p of r.problems) console.log(`  ${p}`);
         }
         if (!r.ok) process.exitCode = 3;
