@@ -28,9 +28,10 @@ import {
   readme,
   systemdUnit,
 } from "./bundle-files.js";
+import { checkModelRuns, type ModelCheck } from "./model-check.js";
 import { type ModelInput, readModelInput } from "./model-input.js";
 import { NODE_VERSION, nodeBinary } from "./node-binary.js";
-import { resolveQuantization } from "./quantization.js";
+import { type QuantizationDecision, resolveQuantization } from "./quantization.js";
 import { makeSeaExecutable } from "./sea.js";
 import { executableName, hostTarget, type Target, targetKey, targetOf } from "./target.js";
 
@@ -47,6 +48,10 @@ export interface BuildOptions {
   quant?: string;
   /** Allowed perplexity increase when quantizing here ("2%" default, "none"). */
   quantBudget?: string;
+  /** The quantizer's options when quantizing here (`itera quantize --exclude/--calib/--eval`). */
+  exclude?: string[];
+  calib?: string;
+  eval?: string;
   /** Path to an Ed25519 private key (PKCS#8 PEM) made by `itera keygen`. */
   sign?: string;
   out?: string;
@@ -72,6 +77,10 @@ export interface BuildResult {
   strip: string;
   /** What the build did to check that the executable starts. */
   self_check: string;
+  /** The model as given, run once before anything was written (and the embedded one, if quantized). */
+  model_check: ModelCheck;
+  /** The precision chosen, and the size and quality change the quantizer measured. */
+  quantization: QuantizationDecision;
   seconds: number;
 }
 
@@ -81,13 +90,20 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const target = targetOf(profile, opts.profile);
   const modelIn = await readModelInput(opts.model);
   const signingKey = opts.sign === undefined ? undefined : await readSigningKey(opts.sign);
-  const quant = await resolveQuantization(modelIn, profile, opts.quant, opts.quantBudget);
+  const quant = await resolveQuantization(modelIn, profile, opts.quant, {
+    budget: opts.quantBudget,
+    exclude: opts.exclude,
+    calib: opts.calib,
+    eval: opts.eval,
+  });
   const version = opts.version ?? modelIn.version;
   if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(version)) {
     throw new IteraError(`--version '${version}' cannot name a release folder`, {
       fix: "use letters, digits, '.', '_', '+' and '-' only",
     });
   }
+  // Cheap, and before any long work: the model must run here before it is quantized or packaged.
+  const modelCheck = await checkModelRuns(modelIn.dir);
   const bundleId = `${modelIn.id}-${version}-${profile.name}`;
   const outRoot = resolve(opts.out ?? "firmware-bundles");
   const dir = join(outRoot, bundleId);
@@ -101,17 +117,22 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
     arch: target.arch,
     exe,
     modelId: modelIn.id,
-    quant: quant.mode,
+    quant: "",
     serviceArgs: opts.serviceArgs ?? DEFAULT_SERVICE_ARGS,
   };
 
   const steps = progress(`build ${bundleId}`, 6, { quiet: opts.quiet === true });
   const work = await mkdtemp(join(tmpdir(), "itera-build-"));
   const tarTmp = tempPathFor(tarball);
-  let result: Omit<BuildResult, "seconds" | "self_check"> | undefined;
+  let result: Omit<BuildResult, "seconds" | "self_check" | "model_check" | "quantization"> | undefined;
+  let decision: QuantizationDecision | undefined;
   let selfCheck = "";
   try {
     const model = await quant.prepare(work, opts.quiet === true);
+    decision = model.decision;
+    facts.quant = decision.mode;
+    // The quantizer ran the new graph already; this also checks it with the tokenizer it ships with.
+    if (model.dir !== modelIn.dir) await checkModelRuns(model.dir);
     steps.update(1, "node binary");
     const node = await nodeBinary(target);
     steps.update(2, "agent script");
@@ -131,7 +152,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
       version,
       modelIn,
       model.card,
-      quant.mode,
+      decision.mode,
       profile,
       target,
       prepared,
@@ -192,7 +213,13 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const r = result!;
   r.sizes.tarball = (await stat(tarball)).size;
   steps.done(`${(r.sizes.executable / 1e6).toFixed(1)} MB executable`);
-  return { ...r, self_check: selfCheck, seconds: (Date.now() - started) / 1000 };
+  return {
+    ...r,
+    self_check: selfCheck,
+    model_check: modelCheck,
+    quantization: decision!,
+    seconds: (Date.now() - started) / 1000,
+  };
 }
 
 /**

@@ -5,7 +5,7 @@
  */
 import { progress } from "../util/progress.js";
 import type { TextQuality } from "./measure.js";
-import type { Precision, QuantizeOptions } from "./options.js";
+import type { AutoLowest, Precision, QuantizeOptions } from "./options.js";
 import type { LayerReport } from "./report.js";
 import { type BlockParams, precisionBytes, unsupportedReason } from "./rewrite.js";
 import { choosePrecisions, type LayerChoice } from "./select.js";
@@ -29,18 +29,43 @@ export interface AutoContext {
   quiet: boolean;
 }
 
-/** Candidate precisions, smallest first; fp32 (increase 0) is always the last resort. */
-const CANDIDATES: Precision[] = ["int4", "int8-wo"];
+/**
+ * Candidate precisions of a weight, smallest first, from the lowest asked for; fp32 (increase 0) is
+ * always the last resort. int8 (dynamic, int8 activations) exists only for MatMul/Gemm weights:
+ * embedding tables and MoE experts take the 8-bit weight-only form (plan.ts).
+ */
+export function candidatesFrom(lowest: AutoLowest, site: Site): Precision[] {
+  if (lowest === "int4") return ["int4", "int8-wo"];
+  return site.kind === "linear" ? ["int8", "int8-wo"] : ["int8-wo"];
+}
 
 /** Perplexity ratio 1 + b is a loss increase of ln(1 + b) nats per token. */
 export const budgetNats = (budget: number | null) => Math.log(1 + (budget ?? Number.POSITIVE_INFINITY));
 
 export async function chooseMixedPrecision(
   ctx: AutoContext,
-): Promise<{ choice: Map<string, Precision>; rounds: number }> {
+): Promise<{ choice: Map<string, Precision>; rounds: number; uniform: boolean }> {
   const { opts, params } = ctx;
   const free = ctx.sites.filter((s) => !ctx.fixed.has(s.name));
-  const candidates = (s: Site) => CANDIDATES.filter((p) => !unsupportedReason(s, p, params));
+  const candidates = (s: Site) =>
+    candidatesFrom(opts.lowest, s).filter((p) => !unsupportedReason(s, p, params));
+  // Every weight at its lowest precision is the smallest model there is: when it already fits the
+  // budget on the held-out text, no per-weight measurement can improve on it (one evaluation
+  // instead of one per weight and precision).
+  if (opts.budget !== null && free.length > 0) {
+    const lowest = new Map(ctx.fixed);
+    for (const s of free) lowest.set(s.name, candidates(s)[0] ?? "fp32");
+    const q = await ctx.quality(lowest, ctx.evalText);
+    if (Math.exp(q.nats_per_token - ctx.heldOutBaseline) - 1 <= opts.budget) {
+      for (const s of free) {
+        if (candidates(s).length === 0) {
+          ctx.layers.find((l) => l.name === s.name)!.note =
+            `kept fp32: ${unsupportedReason(s, "int8-wo", params)}`;
+        }
+      }
+      return { choice: lowest, rounds: 0, uniform: true };
+    }
+  }
   // Below this a weight's int4 increase is noise-level: its int8 form is not worth a measurement.
   const negligible = budgetNats(opts.budget ?? 0.02) / (20 * Math.max(1, free.length));
   const bar = progress(
@@ -86,9 +111,10 @@ export async function chooseMixedPrecision(
       ...ctx.fixed,
       ...choosePrecisions(choices, budgetNats(opts.budget) * factor).choice,
     ]);
-    if (opts.budget === null || rounds >= 4) return { choice, rounds };
+    if (opts.budget === null || rounds >= 4) return { choice, rounds, uniform: false };
     const q = await ctx.quality(choice, ctx.evalText);
-    if (Math.exp(q.nats_per_token - ctx.heldOutBaseline) - 1 <= opts.budget) return { choice, rounds };
+    if (Math.exp(q.nats_per_token - ctx.heldOutBaseline) - 1 <= opts.budget)
+      return { choice, rounds, uniform: false };
     factor /= 2;
   }
 }

@@ -27,13 +27,19 @@ import { writeDirAtomic } from "../util/fs.js";
 import { progress } from "../util/progress.js";
 import { chooseMixedPrecision } from "./auto.js";
 import { compareDecodeSpeed, compareLogits, promptLogits, textQuality, withModel } from "./measure.js";
-import type { Precision, QuantizeOptions } from "./options.js";
+import type { OptionNames, Precision, QuantizeOptions } from "./options.js";
 import { moeNote, presetPrecisions } from "./plan.js";
 import type { LayerReport, QuantizeReport, SizeBreakdown } from "./report.js";
 import { applyPrecisions } from "./rewrite.js";
 import { countQuantizedNodes, findSites } from "./sites.js";
 
 export type { QuantizeReport } from "./report.js";
+
+/**
+ * The quantizer made no model: nothing to quantize, every weight stayed fp32, or the result
+ * exceeded the budget. A build asked for the profile's default embeds the fp32 model instead.
+ */
+export class NotQuantized extends IteraError {}
 
 interface Texts {
   evalText: string;
@@ -44,13 +50,13 @@ interface Texts {
   methodText: string;
 }
 
-async function readText(path: string, what: string): Promise<string> {
+async function readText(path: string, what: string, names: OptionNames): Promise<string> {
   try {
     return await readFile(path, "utf8");
   } catch (e) {
     throw new IteraError(`cannot read the ${what} text`, {
       where: path,
-      fix: `give a readable UTF-8 text file with --${what === "held-out" ? "eval" : "calib"}`,
+      fix: `give a readable UTF-8 text file with ${what === "held-out" ? names.eval : names.calib}`,
       cause: e,
     });
   }
@@ -64,20 +70,20 @@ async function chooseTexts(dir: string, opts: QuantizeOptions): Promise<Texts> {
   let evalText: string;
   let evalSource: string;
   if (opts.evalFile) {
-    evalText = Array.from(await readText(opts.evalFile, "held-out"))
+    evalText = Array.from(await readText(opts.evalFile, "held-out", opts.names))
       .slice(-opts.evalChars)
       .join("");
     evalSource = `${opts.evalFile} (last ${opts.evalChars} characters)`;
   } else {
     const held = record
       ? await cardText(record)
-      : applySplit(await readText(defaultFile, "held-out"), "last 10%");
+      : applySplit(await readText(defaultFile, "held-out", opts.names), "last 10%");
     evalText = Array.from(held).slice(0, opts.evalChars).join("");
     evalSource = `${record?.file ?? "tinyshakespeare.txt"}, ${record?.split ?? "last 10% of characters"} (first ${opts.evalChars} characters)`;
   }
   // Calibration comes from the start of the file (the training part), never from the held-out text.
   const calibPath = opts.calibFile ?? defaultFile;
-  const calibText = Array.from(await readText(calibPath, "calibration"))
+  const calibText = Array.from(await readText(calibPath, "calibration", opts.names))
     .slice(0, opts.calibChars)
     .join("");
   const method = record ? methodFromCard(record) : {};
@@ -140,10 +146,10 @@ export async function quantizeFolder(
   if (out === src) {
     throw new IteraError("the output folder is the input folder", {
       where: out,
-      fix: "write the quantized model to a new folder with --out",
+      fix: `write the quantized model to a new folder with ${opts.names.out}`,
     });
   }
-  await checkWritableParent(out);
+  await checkWritableParent(out, opts.names);
   const config = await loadGenaiConfig(src);
   const onnxName = config.model.decoder.filename;
   const onnxPath = join(src, onnxName);
@@ -153,7 +159,7 @@ export async function quantizeFolder(
   const sites = findSites(graph);
   const alreadyQuantized = countQuantizedNodes(graph);
   if (sites.length === 0) {
-    throw new IteraError(
+    throw new NotQuantized(
       alreadyQuantized > 0
         ? `nothing left to quantize: the graph is already quantized (${alreadyQuantized} quantized nodes) and has no float MatMul/Gemm/Gather/MoE weights`
         : "nothing to quantize: the graph has no MatMul/Gemm with a constant 2-D float weight, no Gather on a constant float table and no com.microsoft.MoE with constant float experts",
@@ -162,10 +168,13 @@ export async function quantizeFolder(
   }
   for (const e of opts.exclude) {
     if (!sites.some((s) => s.name === e)) {
-      throw new IteraError(`--exclude names "${e}", which is not a quantizable node of the graph`, {
-        where: onnxPath,
-        fix: `quantizable nodes: ${sites.map((s) => s.name).join(", ")}`,
-      });
+      throw new IteraError(
+        `${opts.names.exclude} names "${e}", which is not a quantizable node of the graph`,
+        {
+          where: onnxPath,
+          fix: `quantizable nodes: ${sites.map((s) => s.name).join(", ")}`,
+        },
+      );
     }
   }
   const texts = await chooseTexts(src, opts);
@@ -238,6 +247,7 @@ export async function quantizeFolder(
         calibration: { source: texts.calibSource, chars: Array.from(texts.calibText).length },
         baseline_nats_per_token: baseline.nats_per_token,
         rounds: auto.rounds,
+        uniform: auto.uniform,
       };
     }
     for (const [i, l] of layers.entries()) {
@@ -248,11 +258,15 @@ export async function quantizeFolder(
     const counts: Partial<Record<Precision, number>> = {};
     for (const l of layers) counts[l.precision] = (counts[l.precision] ?? 0) + 1;
     if (layers.every((l) => l.precision === "fp32")) {
-      throw new IteraError(
+      const n = opts.names;
+      throw new NotQuantized(
         "no weight was quantized: every quantizable node is excluded, kept at fp32 or too sensitive",
         {
           where: onnxPath,
-          fix: opts.mode === "auto" ? "raise --budget, or choose a fixed --mode" : "exclude fewer nodes",
+          fix:
+            opts.mode === "auto"
+              ? `raise ${n.budget}, or choose a fixed precision with ${n.fixed}`
+              : `exclude fewer nodes (${n.exclude})`,
           exitCode: 2,
         },
       );
@@ -333,16 +347,20 @@ export async function quantizeFolder(
     } catch (e) {
       if (e instanceof BudgetExceeded) {
         const r = e.report;
-        throw new IteraError(
+        const n = opts.names;
+        throw new NotQuantized(
           `the quantized model exceeds the quality budget: perplexity +${pct(r.quality.perplexity_increase)} > +${pct(opts.budget ?? 0)} (bits/char ${r.quality.before.bits_per_char.toFixed(4)} -> ${r.quality.after.bits_per_char.toFixed(4)}); nothing was written`,
           {
             where: r.quality.text.source,
-            fix: "raise --budget, use --mode auto (mixed precision within the budget) or int8, or --exclude the most sensitive nodes",
+            fix:
+              opts.mode === "auto"
+                ? `raise ${n.budget}, or ${n.exclude} the most sensitive nodes (the report of a run with a larger ${n.budget} lists each node's sensitivity)`
+                : `raise ${n.budget}, use ${n.mixed} (mixed precision within the budget) or ${n.int8}, or ${n.exclude} the most sensitive nodes`,
             exitCode: 3,
           },
         );
       }
-      throw writeError(e, out);
+      throw writeError(e, out, opts.names);
     }
     steps.done();
     return report!;
@@ -362,22 +380,22 @@ function pct(x: number): string {
 }
 
 /** Fail before any work when the output's parent cannot hold a new folder. */
-async function checkWritableParent(out: string): Promise<void> {
+async function checkWritableParent(out: string, names: OptionNames): Promise<void> {
   const parent = dirname(out);
   try {
     await mkdir(parent, { recursive: true });
     await access(parent, constants.W_OK);
   } catch (e) {
-    throw writeError(e, out);
+    throw writeError(e, out, names);
   }
 }
 
-function writeError(e: unknown, out: string): unknown {
+function writeError(e: unknown, out: string, names: OptionNames): unknown {
   const code = (e as NodeJS.ErrnoException)?.code;
   if (code === "EACCES" || code === "EROFS" || code === "ENOTDIR" || code === "EPERM" || code === "EEXIST") {
     return new IteraError(`cannot write the output folder (${code})`, {
       where: out,
-      fix: "choose an --out path in a writable directory",
+      fix: `choose an ${names.out} path in a writable directory`,
       cause: e,
     });
   }

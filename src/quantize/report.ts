@@ -54,6 +54,12 @@ export interface QuantizeReport {
   };
   agreement: Agreement;
   speed: { decode_tokens: number; before_tokens_per_s: number; after_tokens_per_s: number; ratio: number };
-  auto?: { calibration: { source: string; chars: number }; baseline_nats_per_token: number; rounds: number };
+  auto?: {
+    calibration: { source: string; chars: number };
+    baseline_nats_per_token: number;
+    rounds: number;
+    /** every searched weight at the lowest precision fitted the budget: no per-weight search was run */
+    uniform?: boolean;
+  };
   seconds: number;
 }
