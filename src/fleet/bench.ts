@@ -11,6 +11,7 @@ import {
   terminalStatuses,
 } from "../protocol/schemas.js";
 import { jobTopic } from "../protocol/topics.js";
+import { acceptsAnonymous, anonymousWarning } from "./anonymous-probe.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
 import type { FleetStore } from "./store.js";
 
@@ -35,7 +36,10 @@ export type BenchEvent =
   | { type: "discovered"; devices: string[] }
   | { type: "sent"; device: string; execNo: number; resend: boolean }
   | { type: "status"; device: string; status: JobStatus; details: string | null }
-  | { type: "done"; device: string; status: JobStatus };
+  | { type: "done"; device: string; status: JobStatus }
+  /** A message refused (device or job other than its topic's) or a conflicting second result. */
+  | { type: "refused"; topic: string; reason: string }
+  | { type: "warning"; message: string };
 
 export interface DeviceOutcome {
   device: string;
@@ -58,9 +62,19 @@ export interface FleetBenchOutcome {
   startedMs: number;
   finishedMs: number;
   devices: DeviceOutcome[];
+  /** Whether the broker let an anonymous client connect (null: not probed, e.g. a stored older run). */
+  anonymousBroker?: boolean | null;
+  /** Things the reader of the report must know, e.g. that the broker accepts anonymous clients. */
+  warnings?: string[];
+  /** Messages not taken (at most 100): the topic and why. */
+  refused?: Array<{ topic: string; reason: string }>;
   stats: {
     messages: number;
     invalid: number;
+    /** Messages whose payload claims another device or job than their topic. */
+    refused?: number;
+    /** Second results for a device's job that differ from the first: neither is trusted. */
+    conflictingResults?: number;
     duplicateResults: number;
     duplicateTelemetry: number;
     resends: number;
@@ -121,6 +135,22 @@ async function benchWith(
     o.shareGroup ? { shareGroup: o.shareGroup } : {},
   );
   const emit = o.onEvent ?? (() => {});
+  const warnings: string[] = [];
+  const refused: Array<{ topic: string; reason: string }> = [];
+  const refuse = (topic: string, reason: string) => {
+    if (refused.length < 100) refused.push({ topic, reason });
+    emit({ type: "refused", topic, reason });
+  };
+  monitor.on("refused", refuse);
+  // Probed while the devices are discovered, so it costs no time.
+  const anonymous = acceptsAnonymous(o.broker).then((yes) => {
+    if (yes) {
+      const message = anonymousWarning(o.broker.url);
+      warnings.push(message);
+      emit({ type: "warning", message });
+    }
+    return yes;
+  });
   await monitor.subscribe();
 
   const chosen = await discover(monitor, o, deadline);
@@ -135,7 +165,10 @@ async function benchWith(
     deadlineMs: deadline,
   });
   const executions = new Map<string, DeviceOutcome>();
+  /** The accepted result message of each device, to tell a re-delivery from a different second result. */
+  const accepted = new Map<string, string>();
   let duplicateResults = 0;
+  let conflictingResults = 0;
   let resends = 0;
 
   const request = (execNo: number): string =>
@@ -183,6 +216,29 @@ async function benchWith(
   monitor.on("result", (device, r) => {
     const e = executions.get(device);
     if (!e || r.jobId !== jobId || r.execNo !== e.execNo) return;
+    const topic = jobTopic(o.fleet, device, jobId, "result");
+    const text = JSON.stringify({ status: r.status, results: r.results, error: r.error });
+    const first = accepted.get(device);
+    if (first === text) {
+      duplicateResults++; // QoS 1 re-delivery, or the device answering a re-sent job from its record
+      return;
+    }
+    if (first !== undefined) {
+      // A device answers one execution once; two different answers on its topic mean someone else
+      // can publish there. Which one is genuine cannot be known, so neither is kept.
+      conflictingResults++;
+      if (e.status === "FAILED" && e.results.length === 0 && e.details?.startsWith("conflicting")) return;
+      e.status = "FAILED";
+      e.results = [];
+      e.details =
+        "conflicting results: two different result messages arrived on this device's topic for the same job; " +
+        "neither is trusted (someone else can publish there: secure the broker, docs/fleet.md)";
+      o.store.removeResults(jobId, device, e.execNo);
+      o.store.setExecution(jobId, o.fleet, device, e.execNo, e.status, e.details);
+      refuse(topic, e.details);
+      return;
+    }
+    accepted.set(device, text);
     const fresh = o.store.addResults(jobId, o.fleet, device, r.execNo, r.results);
     if (!fresh || isTerminal(e.status)) {
       duplicateResults++;
@@ -224,6 +280,7 @@ async function benchWith(
     }),
   ]);
   clearTimeout(timer);
+  const anonymousBroker = await anonymous;
 
   for (const e of executions.values()) {
     if (!isTerminal(e.status)) {
@@ -246,9 +303,14 @@ async function benchWith(
     startedMs,
     finishedMs: Date.now(),
     devices: [...executions.values()],
+    anonymousBroker,
+    warnings,
+    refused,
     stats: {
       messages: monitor.stats.messages,
       invalid: monitor.stats.invalid,
+      refused: monitor.stats.refused,
+      conflictingResults,
       duplicateResults,
       duplicateTelemetry: monitor.stats.duplicateTelemetry,
       resends,

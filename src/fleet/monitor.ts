@@ -35,23 +35,28 @@ export interface MonitorEvents {
   status: [device: string, s: JobStatusPayload];
   result: [device: string, r: JobResultPayload];
   invalid: [topic: string, error: string];
+  /** A message refused because it claims another device or job than its topic (never stored). */
+  refused: [topic: string, reason: string];
 }
 
 export interface MonitorStats {
   messages: number;
   invalid: number;
+  refused: number;
   duplicateTelemetry: number;
 }
 
 /**
  * A coordinator's view of one fleet: devices (from retained state/birth), their telemetry, and job
  * status/result messages, each validated. Telemetry is de-duplicated by (device, bdSeq, seq) through
- * the store. With `shareGroup`, job results come through a shared subscription, so several
+ * the store. A telemetry, status or result message whose payload names another device (or job)
+ * than its topic is refused: on a broker with per-device ACLs the topic is what the device was
+ * allowed to publish to, so a payload claiming otherwise is forged or misrouted. With `shareGroup`, job results come through a shared subscription, so several
  * coordinators can split them on a broker that supports `$share` (MQTT 5, e.g. Mosquitto, EMQX, HiveMQ).
  */
 export class FleetMonitor extends EventEmitter<MonitorEvents> {
   readonly devices = new Map<string, DeviceView>();
-  readonly stats: MonitorStats = { messages: 0, invalid: 0, duplicateTelemetry: 0 };
+  readonly stats: MonitorStats = { messages: 0, invalid: 0, refused: 0, duplicateTelemetry: 0 };
   private readonly seenTelemetry = new Set<string>();
 
   constructor(
@@ -105,6 +110,10 @@ export class FleetMonitor extends EventEmitter<MonitorEvents> {
       this.stats.invalid++;
       this.emit("invalid", topic, error);
     };
+    const refuse = (reason: string) => {
+      this.stats.refused++;
+      this.emit("refused", topic, reason);
+    };
     switch (t.kind) {
       case "state": {
         const d = decode(stateSchema, payload);
@@ -152,6 +161,11 @@ export class FleetMonitor extends EventEmitter<MonitorEvents> {
           bad(d.error);
           return;
         }
+        const mismatch = claimsOther(d.value, t.device);
+        if (mismatch) {
+          refuse(mismatch);
+          return;
+        }
         const v = this.view(t.device);
         const key = `${t.device}\u0000${d.value.bdSeq}\u0000${d.value.seq}`;
         const fresh = this.store
@@ -170,6 +184,11 @@ export class FleetMonitor extends EventEmitter<MonitorEvents> {
           bad(d.error);
           return;
         }
+        const mismatch = claimsOther(d.value, t.device, t.jobId);
+        if (mismatch) {
+          refuse(mismatch);
+          return;
+        }
         this.emit("status", t.device, d.value);
         return;
       }
@@ -179,6 +198,19 @@ export class FleetMonitor extends EventEmitter<MonitorEvents> {
           bad(d.error);
           return;
         }
+        const mismatch =
+          claimsOther(d.value, t.device, t.jobId) ??
+          d.value.results
+            .map((r, i) =>
+              r.device === t.device
+                ? undefined
+                : `results.${i}.device is '${r.device}' but the topic is device '${t.device}'s`,
+            )
+            .find((m) => m !== undefined);
+        if (mismatch) {
+          refuse(mismatch);
+          return;
+        }
         this.emit("result", t.device, d.value);
         return;
       }
@@ -186,4 +218,20 @@ export class FleetMonitor extends EventEmitter<MonitorEvents> {
         return;
     }
   }
+}
+
+/**
+ * Why a payload does not belong to its topic: a `device` field (optional in the protocol) naming
+ * another device, or a `jobId` other than the topic's; undefined when it matches.
+ */
+function claimsOther(payload: object, device: string, jobId?: string): string | undefined {
+  const claimed = (payload as { device?: unknown }).device;
+  if (claimed !== undefined && claimed !== device) {
+    return `the payload's device is ${JSON.stringify(claimed)} but the topic is device '${device}'s`;
+  }
+  const job = (payload as { jobId?: unknown }).jobId;
+  if (jobId !== undefined && job !== jobId) {
+    return `the payload's jobId is ${JSON.stringify(job)} but the topic is job '${jobId}'`;
+  }
+  return undefined;
 }

@@ -99,6 +99,7 @@ export class FleetStore {
       result: this.db.prepare(
         "INSERT OR IGNORE INTO results (job_id, fleet, device, exec_no, idx, test, threads, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
       ),
+      removeResults: this.db.prepare("DELETE FROM results WHERE job_id = ? AND device = ? AND exec_no = ?"),
       telemetry: this.db.prepare(
         `INSERT OR IGNORE INTO telemetry (fleet, device, bd_seq, seq, ts, cpu_pct, temp_c, rss_mb, tok_s, mj_per_token,
            method, throttled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -162,6 +163,11 @@ export class FleetStore {
       });
     })();
     return fresh > 0 || results.length === 0;
+  }
+
+  /** Forget a job execution's results (two conflicting answers: neither is trusted). */
+  removeResults(jobId: string, device: string, execNo: number): void {
+    this.s.removeResults.run(jobId, device, execNo);
   }
 
   /** Store one telemetry message; false if it is a duplicate. */

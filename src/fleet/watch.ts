@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect.js";
 import { type Cell, markdownTable } from "../util/table.js";
+import { acceptsAnonymous, anonymousWarning } from "./anonymous-probe.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
 import type { FleetStore } from "./store.js";
 
@@ -11,6 +12,8 @@ export interface WatchOptions {
   fleet: string;
   mode: WatchMode;
   store?: FleetStore;
+  /** Where the anonymous-broker warning and refused messages also go (default: stderr). */
+  warn?: (text: string) => void;
   /** Stop after this long (default: until the signal aborts). */
   durationS?: number;
   signal?: AbortSignal;
@@ -97,13 +100,26 @@ export async function watchFleet(o: WatchOptions): Promise<void> {
     }),
   );
   monitor.on("invalid", (topic, error) => line({ type: "invalid", topic, error }));
+  const warn = o.warn ?? ((t: string) => process.stderr.write(t));
+  let banner = "";
+  monitor.on("refused", (topic, reason) => {
+    line({ type: "refused", topic, reason });
+    warn(`refused a message on ${topic}: ${reason}\n`);
+  });
   await monitor.subscribe();
+  if (await acceptsAnonymous(o.broker)) {
+    const message = anonymousWarning(o.broker.url);
+    line({ type: "warning", anonymousBroker: true, message });
+    warn(`\nWARNING: ${message}\n\n`);
+    // The redrawn table clears the screen, so it carries the warning itself.
+    banner = `WARNING: anonymous broker: anyone can publish as any device (see stderr)\n`;
+  }
 
   let redraw: NodeJS.Timeout | undefined;
   if (o.mode === "table") {
     const draw = () =>
       write(
-        `\x1b[H\x1b[2J${o.fleet}: ${monitor.devices.size} devices\n\n${renderDevices(monitor.devices.values())}\n`,
+        `\x1b[H\x1b[2J${banner}${o.fleet}: ${monitor.devices.size} devices\n\n${renderDevices(monitor.devices.values())}\n`,
       );
     draw();
     redraw = setInterval(draw, 1000);

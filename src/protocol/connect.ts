@@ -169,6 +169,14 @@ export async function connectBroker(
   }
   if (hooks.signal?.aborted) throw new CancelledError("connection attempt cancelled");
   const msg = (lastError as Error | undefined)?.message ?? "unknown error";
+  // 3.1.1 code 2 / MQTT 5 0x85: the client id is refused (a device's must be its user name).
+  const code = (lastError as { code?: unknown } | undefined)?.code;
+  if (code === 2 || code === 133) {
+    throw new LoginRefusedError(`the broker refused the client id: ${msg}`, {
+      where: broker.url,
+      fix: "a device logs in with its device id as user name (the broker binds the client id to it): make them equal",
+    });
+  }
   if (isAuthRefusal(lastError)) {
     throw new LoginRefusedError(`the broker refused the login: ${msg}`, {
       where: broker.url,

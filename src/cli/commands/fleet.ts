@@ -139,6 +139,10 @@ function registerBench(fleet: Command): void {
           bar?.update(++done, `${e.device} ${e.status}`);
         } else if (e.type === "sent" && e.resend) {
           process.stderr.write(`${e.device} came back: job sent again\n`);
+        } else if (e.type === "refused") {
+          process.stderr.write(`refused a message on ${e.topic}: ${e.reason}\n`);
+        } else if (e.type === "warning") {
+          process.stderr.write(`\nWARNING: ${e.message}\n\n`);
         }
       };
       try {
