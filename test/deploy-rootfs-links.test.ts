@@ -12,6 +12,7 @@ import {
 import { tmpdir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { registerFlash } from "../src/cli/commands/flash.js";
 import { agentConfigFromOptions } from "../src/deploy/agent-config.js";
 import { resolveInRoot } from "../src/deploy/elf.js";
 import { flashRootfs } from "../src/deploy/rootfs.js";
@@ -19,6 +20,7 @@ import { IteraError } from "../src/errors.js";
 import { sha256 } from "../src/util/fs.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
 import { listTree } from "./fixtures/deploy/tree.js";
+import { inProcessCli } from "./cli-helpers.js";
 
 /**
  * `itera flash --rootfs` on a card with hostile symlinks (issue #15): flash runs as root, so a link
@@ -263,5 +265,44 @@ describe("itera flash --rootfs never follows the card's links onto this machine"
     );
     expect(tree.filter((l) => l.includes(".tmp"))).toEqual([]);
     expect(await snapshot(host)).toEqual(hostBefore);
+  });
+});
+
+describe("itera flash --rootfs on a bad bundle or key", () => {
+  it("refuses a bundle file that is a symlink to this machine (its content would be copied onto the card)", async () => {
+    const b = await makeFixtureBundle(join(work, "linked"), { version: "0.3.0", signWith: keys.privatePem });
+    // The host file has exactly the content the manifest lists, so only the link gives it away.
+    const hostCopy = join(work, "README-copy.txt");
+    await copyFile(join(b, "README.txt"), hostCopy);
+    await rm(join(b, "README.txt"));
+    await symlink(hostCopy, join(b, "README.txt"));
+    const card = await makeCard("linked-bundle");
+    const before = await snapshot(card);
+    const e = await refusal(flashRootfs({ bundle: b, rootfs: card }));
+    expect(e.message).toBe(
+      `the bundle does not match its manifest (tampered or corrupted): README.txt is a symbolic link (to ${hostCopy}), not a file: a bundle holds plain files only`,
+    );
+    expect(await snapshot(card)).toEqual(before);
+  });
+
+  it("says a --key that is not an Ed25519 public key is not one, before touching the card", async () => {
+    const flash = inProcessCli(registerFlash);
+    const card = await makeCard("bad-key");
+    const before = await snapshot(card);
+    const r = await flash(
+      "flash",
+      bundle,
+      "--rootfs",
+      card,
+      "--key",
+      join(host, "etc/hostname"),
+      "--no-inventory",
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(
+      `error: ${join(host, "etc/hostname")} is not an Ed25519 public key (neither a PEM public key nor base64 SPKI)`,
+    );
+    expect(r.stderr).toMatch(/fix: {3}give the signer's public key file: the \.pub that `itera keygen` made/);
+    expect(await snapshot(card)).toEqual(before);
   });
 });
