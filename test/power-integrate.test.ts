@@ -136,4 +136,74 @@ describe("energyFigures", () => {
     expect(f.mJ_per_token).toBeNull();
     expect(f.complete).toBe(false);
   });
+
+  it("a window the readings miss (the sensor unplugged): no figure at all, never 0 J or a negative net", () => {
+    // Readings stopped at 1 s; the test ran from 2 s to 4 s: the INA219 unplugged before it.
+    const w = integratePower(
+      trace(every(0, 1000, 10), () => 3),
+      2000,
+      4000,
+    );
+    expect(w.joules).toBe(0);
+    const f = energyFigures({ method: "ina219", window: w, tokens: 128, idle_w: 3, uncertainty: "u" });
+    expect(f).toMatchObject({
+      J: null,
+      mJ_per_token: null,
+      tokens_per_J: null,
+      net_J: null,
+      net_mJ_per_token: null,
+      net_tokens_per_J: null,
+      idle_w: 3,
+      complete: false,
+    });
+    expect(f.withheld).toEqual([
+      "readings cover 0% of the test's 2.00 s: no energy figure for an incomplete window",
+    ]);
+    // Half covered: half the energy is no estimate of the whole either.
+    const half = energyFigures({
+      method: "ina219",
+      window: integratePower(
+        trace(every(0, 3000, 10), () => 3),
+        2000,
+        4000,
+      ),
+      tokens: 128,
+      uncertainty: "u",
+    });
+    expect(half.J).toBeNull();
+    expect(half.withheld[0]).toMatch(/^readings cover 50% of the test's 2\.00 s/);
+  });
+
+  it("a meter that reads no energy over a covered window: no figure", () => {
+    const w = integratePower(
+      trace(every(0, 2000, 10), () => 0),
+      0,
+      2000,
+    );
+    const f = energyFigures({ method: "ina219", window: w, tokens: 64, idle_w: 1, uncertainty: "u" });
+    expect(f.complete).toBe(true);
+    expect(f.J).toBeNull();
+    expect(f.mJ_per_token).toBeNull();
+    expect(f.net_J).toBeNull();
+    expect(f.withheld).toEqual(["the meter read 0 J over the test's 2.00 s: no energy figure"]);
+  });
+
+  it("a test not above the idle baseline: gross figures, no net ones, and why", () => {
+    const w = integratePower(
+      trace(every(0, 2000, 10), () => 2.5),
+      0,
+      2000,
+    );
+    const f = energyFigures({ method: "ina219", window: w, tokens: 100, idle_w: 2.6, uncertainty: "u" });
+    expect(f.J).toBeCloseTo(5, 9);
+    expect(f.mJ_per_token).toBeCloseTo(50, 9);
+    expect(f).toMatchObject({ net_J: null, net_mJ_per_token: null, net_tokens_per_J: null, idle_w: 2.6 });
+    expect(f.withheld).toEqual([
+      "the test's mean power 2.500 W is not above the idle baseline 2.600 W: no net figures",
+    ]);
+    // Above it: the net figures, nothing withheld.
+    const above = energyFigures({ method: "ina219", window: w, tokens: 100, idle_w: 2, uncertainty: "u" });
+    expect(above.net_J).toBeCloseTo(1, 9);
+    expect(above.withheld).toEqual([]);
+  });
 });

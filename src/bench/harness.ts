@@ -139,15 +139,20 @@ async function energyOf(
     });
     return m.simulated ? { ...f, simulated: true } : f;
   };
+  let source = primary;
   let f = await figure(primary);
   const notes = healthNote(primary, healthBefore ?? emptyHealth());
-  if (!f.complete && ctx.fallback) {
-    notes.push(`${primary.name} did not cover the test; fell back to ${ctx.fallback.method}`);
-    f = await figure(ctx.fallback);
-  } else if (!f.complete) {
-    notes.push("readings cover only part of the test: figures are incomplete");
+  // No valid figure from the meter (incomplete or no energy): the fallback's, saying why.
+  if (f.J === null && ctx.fallback) {
+    notes.push(`${primary.name}: ${f.withheld.join("; ")}; fell back to ${ctx.fallback.method}`);
+    source = ctx.fallback;
+    f = await figure(source);
   }
-  const { duration_s: _d, ...rest } = f;
+  notes.push(...f.withheld);
+  if (f.J !== null && idle.has(source) && idle.get(source) === null) {
+    notes.push("the idle baseline had no valid reading: no net figures");
+  }
+  const { duration_s: _d, withheld: _w, ...rest } = f;
   return { ...rest, note: notes.length > 0 ? notes.join("; ") : null };
 }
 
@@ -166,7 +171,7 @@ async function measureIdle(meters: Meter[], seconds: number): Promise<Map<Meter,
       tokens: 0,
       uncertainty: "",
     });
-    out.set(m, f.complete ? f.J / f.duration_s : null);
+    out.set(m, f.J === null ? null : f.J / f.duration_s);
   }
   return out;
 }

@@ -28,11 +28,11 @@ export function renderMarkdown(results: readonly BenchResult[]): string {
     `${fmt(r.latency_ms.p50, 2)} / ${fmt(r.latency_ms.p95, 2)}`,
     r.energy ? fmt(r.energy.mJ_per_token, 2) : "",
     r.energy ? fmt(r.energy.tokens_per_J, 2) : "",
-    r.energy ? `${r.energy.method}${r.energy.complete ? "" : " (incomplete)"}` : "",
+    r.energy ? `${r.energy.method}${energyFlag(r)}` : "",
     fmt(r.cpu_pct, 0),
     fmt(r.rss_mb, 0),
   ]);
-  return markdownTable(
+  const table = markdownTable(
     [
       "model",
       "quant",
@@ -49,6 +49,20 @@ export function renderMarkdown(results: readonly BenchResult[]): string {
     ],
     rows,
   );
+  // A blank energy cell is explained under the table, so "no figure" is never read as 0.
+  const why = results
+    .filter((r) => energyFlag(r) !== "")
+    .map((r) => `- t=${r.threads} ${r.test}: ${r.energy?.note ?? "no energy figure"}`);
+  return why.length > 0 ? `${table}\n\n${why.join("\n")}` : table;
+}
+
+/** Marks an energy cell whose figures are missing: no energy at all, or no net figures beside an idle baseline. */
+function energyFlag(r: BenchResult): string {
+  const e = r.energy;
+  if (!e) return "";
+  if (e.J === null) return e.complete ? " (no figure)" : " (incomplete: no figure)";
+  if (e.idle_w !== null && e.net_J === null) return " (no net figure)";
+  return "";
 }
 
 /** Every field flattened to dotted column names (tokens_per_s.mean, energy.J, ...). */

@@ -9,7 +9,8 @@ const nullableNumber = z.number().nullable();
 export const energyResultSchema = z.object({
   /** DESIGN.md §6's methods; `<method>-simulated` when the meter read a simulator (then `simulated` is true). */
   method: z.string(),
-  J: z.number(),
+  /** Null (with every figure from it) when the meter gave no valid energy for the test: `note` says why. */
+  J: nullableNumber,
   mJ_per_token: nullableNumber,
   tokens_per_J: nullableNumber,
   idle_w: nullableNumber,

@@ -1,4 +1,6 @@
+import { stat } from "node:fs/promises";
 import { basename, resolve } from "node:path";
+import { IteraError } from "../errors.js";
 import { loadModelCard } from "../model/card.js";
 import { loadGenaiConfig } from "../model/genai-config.js";
 import type { LanguageModel, State } from "../runtime/index.js";
@@ -63,6 +65,14 @@ export async function runtimeEngine(dir: string): Promise<BenchEngine> {
     import("onnxruntime-node"),
     import("../runtime/index.js"),
   ]);
+  // The folder and its genai_config.json are checked now, before a meter opens or idle is measured.
+  const info = await stat(resolve(dir)).catch(() => undefined);
+  if (!info?.isDirectory()) {
+    throw new IteraError(`model folder not found: ${dir}`, {
+      where: resolve(dir),
+      fix: "give the path of a model folder (genai_config.json, tokenizer.json, the .onnx file)",
+    });
+  }
   const card = await loadModelCard(resolve(dir));
   const config = await loadGenaiConfig(resolve(dir));
   return {

@@ -128,7 +128,8 @@ export function integrateWindow(r: Readings, t0: number, t1: number): WindowEner
 /** The energy figures of DESIGN.md §6/§7 for one measured window. */
 export interface EnergyFigures {
   method: string;
-  J: number;
+  /** Null, as every figure below, when the window has no valid energy: `withheld` says why. */
+  J: number | null;
   mJ_per_token: number | null;
   tokens_per_J: number | null;
   /** Idle baseline power, when one was measured; the net figures subtract idle_w × duration. */
@@ -142,6 +143,12 @@ export interface EnergyFigures {
   /** False when the readings did not cover the whole window (e.g. the sensor was unplugged). */
   complete: boolean;
   uncertainty: string;
+  /**
+   * Why figures are null though a meter ran: readings that miss part of the window or show no
+   * energy (no J and nothing derived from it), or a test not above the idle baseline (no net
+   * figures). Empty when every figure that could be computed is there.
+   */
+  withheld: string[];
 }
 
 /** Readings may start or end up to this share of the window (or 1 ms) away from its edges. */
@@ -156,11 +163,38 @@ export function energyFigures(opts: {
 }): EnergyFigures {
   const { window: w, tokens } = opts;
   const duration_s = w.window_ms / 1000;
-  const J = w.joules;
-  const perToken = (e: number) => (tokens > 0 ? (1000 * e) / tokens : null);
-  const perJoule = (e: number) => (e > 0 ? tokens / e : null);
+  const complete = w.window_ms - w.covered_ms <= Math.max(1, COVERAGE_TOLERANCE * w.window_ms);
+  const withheld: string[] = [];
+  // Part of a window is not an estimate of the whole, and a meter that saw no energy (a sensor
+  // unplugged, a counter that stopped) measured nothing: no figure rather than 0 or a lower bound.
+  let J: number | null = w.joules;
+  if (!complete) {
+    const pct = w.window_ms > 0 ? (100 * w.covered_ms) / w.window_ms : 0;
+    withheld.push(
+      `readings cover ${pct.toFixed(0)}% of the test's ${duration_s.toFixed(2)} s: no energy figure for an incomplete window`,
+    );
+    J = null;
+  } else if (!(w.joules > 0)) {
+    withheld.push(
+      `the meter read ${w.joules} J over the test's ${duration_s.toFixed(2)} s: no energy figure`,
+    );
+    J = null;
+  }
+  const perToken = (e: number | null) => (e !== null && tokens > 0 ? (1000 * e) / tokens : null);
+  const perJoule = (e: number | null) => (e !== null && e > 0 ? tokens / e : null);
   const idle = opts.idle_w ?? null;
-  const net = idle === null ? null : J - idle * duration_s;
+  let net: number | null = null;
+  if (J !== null && idle !== null) {
+    // Net of idle at or below zero is noise around the baseline (or a baseline measured under
+    // load): no energy can be attributed to the test.
+    const n = J - idle * duration_s;
+    if (n > 0) net = n;
+    else {
+      withheld.push(
+        `the test's mean power ${(J / duration_s).toFixed(3)} W is not above the idle baseline ${idle.toFixed(3)} W: no net figures`,
+      );
+    }
+  }
   return {
     method: opts.method,
     J,
@@ -168,12 +202,13 @@ export function energyFigures(opts: {
     tokens_per_J: perJoule(J),
     idle_w: idle,
     net_J: net,
-    net_mJ_per_token: net === null ? null : perToken(net),
-    net_tokens_per_J: net === null ? null : perJoule(net),
+    net_mJ_per_token: perToken(net),
+    net_tokens_per_J: perJoule(net),
     samples: w.samples,
     rate_hz: duration_s > 0 ? w.samples / duration_s : 0,
     duration_s,
-    complete: w.window_ms - w.covered_ms <= Math.max(1, COVERAGE_TOLERANCE * w.window_ms),
+    complete,
     uncertainty: opts.uncertainty,
+    withheld,
   };
 }
