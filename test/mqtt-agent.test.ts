@@ -224,6 +224,21 @@ describe("agent over a real Mosquitto", () => {
     expect(results(obs.messages, "dev-bad", "b4")[0]!.error).toMatch(/model 'other' is not on this device/);
     expect(results(obs.messages, "dev-bad", "b5")[0]!.error).toMatch(/differs from the topic/);
 
+    // More threads than 4 per core: refused as `--threads` is on the device's own commands.
+    const threads = {
+      v: 1,
+      jobId: "b7",
+      execNo: 1,
+      deadline: Date.now() + 60_000,
+      doc: { type: "benchmark", params: { ...params, threads: [1, 1024] } },
+    };
+    await obs.client.publishAsync(topic("b7"), JSON.stringify(threads), { qos: 1 });
+    await until(() => results(obs.messages, "dev-bad", "b7").length === 1, "b7");
+    expect(results(obs.messages, "dev-bad", "b7")[0]!.status).toBe("REJECTED");
+    expect(results(obs.messages, "dev-bad", "b7")[0]!.error).toMatch(
+      /^threads 1024: more than \d+ \(4 per core; this device has \d+ cores\)$/,
+    );
+
     // Still alive: a valid job afterwards succeeds.
     const ok = {
       v: 1,

@@ -15,7 +15,10 @@ export const deviceProfileSchema = z
     platform: z.enum(["linux", "win32"]),
     arch: z.enum(["arm64", "x64"]),
     cores: z.number().int().positive().max(1024),
+    /** Default intra-op threads; commands cap it at the host's cores (src/profile/threads.ts). */
     threads: z.number().int().positive().max(1024),
+    /** Where the non-power figures come from (the power figures' are in power.sources). */
+    sources: z.object({ threads: z.string().min(1) }).strict(),
     memory_mb: z.number().int().positive(),
     quantization: z.enum(quantizations),
     power: z

@@ -1,11 +1,13 @@
 import type { Command } from "commander";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { IteraError } from "../../errors.js";
+import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
+import { DEFAULT_TEMPERATURE, MAX_TOKENS_HELP, summaryLine, TEMPERATURE_HELP } from "../generation.js";
 import { action, printJson } from "../run.js";
 
 interface RunOptions extends ModelOptions {
   prompt: string;
-  maxTokens: string;
+  maxTokens?: string;
   temperature?: string;
   topK?: string;
   topP?: string;
@@ -14,26 +16,33 @@ interface RunOptions extends ModelOptions {
   json?: boolean;
 }
 
-/** `itera-agent run --prompt ...`: generate text with the bundle's model (greedy unless --temperature > 0). */
+/**
+ * `itera-agent run --prompt ...`: generate text with the bundle's model, decoded as `itera run` does
+ * (src/cli/generation.ts: greedy unless --temperature > 0, the model's max length, the same summary).
+ */
 export function registerRun(program: Command): void {
   addModelOptions(
     program
       .command("run")
       .description("generate text from a prompt with the model (streamed to stdout)")
       .requiredOption("--prompt <text>", "the prompt")
-      .option("--max-tokens <n>", "new tokens at most", "64")
-      .option("--temperature <t>", "sampling temperature; 0 = greedy (default)")
+      .option("--max-tokens <n>", MAX_TOKENS_HELP)
+      .option("--temperature <t>", TEMPERATURE_HELP)
       .option("--top-k <k>", "sample among the k most likely tokens")
       .option("--top-p <p>", "sample among the most likely tokens reaching probability p")
       .option("--seed <n>", "seed of the sampler")
-      .option("--threads <n>", "intra-op threads (default: the profile's)")
+      .option("--threads <n>", "intra-op threads (default: the profile's, at most this host's cores)")
       .option("--json", "print one JSON object (text, ids, timings) instead of streaming"),
   ).action(
     action(async (opts: RunOptions) => {
       const t0 = performance.now();
       const ctx = await agentContext(opts);
       const threads =
-        opts.threads === undefined ? ctx.profile.threads : positiveInt(opts.threads, "--threads");
+        opts.threads === undefined
+          ? defaultThreads(ctx.profile.threads, `profile '${ctx.profile.name}'`, stderrNote)
+          : checkThreads(positiveInt(opts.threads, "--threads"), "--threads");
+      const temperature =
+        opts.temperature === undefined ? DEFAULT_TEMPERATURE : number(opts.temperature, "--temperature");
       // Loaded here, not at start-up: onnxruntime's native library is only needed by commands that infer.
       const { loadModel } = await import("../../runtime/index.js");
       const model = await loadModel(ctx.modelDir, { threads });
@@ -41,8 +50,8 @@ export function registerRun(program: Command): void {
       const gen = await model.generate(
         opts.prompt,
         {
-          maxTokens: positiveInt(opts.maxTokens, "--max-tokens"),
-          temperature: opts.temperature === undefined ? 0 : number(opts.temperature, "--temperature"),
+          ...(opts.maxTokens === undefined ? {} : { maxTokens: positiveInt(opts.maxTokens, "--max-tokens") }),
+          temperature,
           ...(opts.topK === undefined ? {} : { topK: positiveInt(opts.topK, "--top-k") }),
           ...(opts.topP === undefined ? {} : { topP: number(opts.topP, "--top-p") }),
           ...(opts.seed === undefined ? {} : { seed: positiveInt(opts.seed, "--seed") }),
@@ -51,6 +60,7 @@ export function registerRun(program: Command): void {
       );
       if (!opts.json) {
         process.stdout.write("\n");
+        process.stderr.write(`${summaryLine(gen, { temperature, threads })}\n`);
         return;
       }
       printJson({

@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { z } from "zod";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { IteraError } from "../../errors.js";
+import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
 import { action } from "../run.js";
 
 interface ServeCliOptions extends ModelOptions {
@@ -107,7 +108,7 @@ export function registerServe(program: Command): void {
       )
       .option("--host <addr>", "address to listen on (0.0.0.0: every interface)", "127.0.0.1")
       .option("--port <n>", "TCP port (0: any free port, logged at start)", "8080")
-      .option("--threads <n>", "intra-op threads (default: the profile's)")
+      .option("--threads <n>", "intra-op threads (default: the profile's, at most this host's cores)")
       .option("--max-tokens-limit <n>", "largest max_tokens a request may ask for", "2048")
       .option(
         "--queue-timeout <s>",
@@ -129,7 +130,10 @@ export function registerServe(program: Command): void {
       const o = parseOptions(opts);
       const apiKey = await readApiKey(opts.apiKeyFile);
       const ctx = await agentContext(opts);
-      const threads = o["--threads"] ?? ctx.profile.threads;
+      const threads =
+        o["--threads"] === undefined
+          ? defaultThreads(ctx.profile.threads, `profile '${ctx.profile.name}'`, stderrNote)
+          : checkThreads(o["--threads"], "--threads");
       // Loaded here, not at start-up: the server and onnxruntime are only needed by this command.
       const [{ createServer, stderrLogger }, { loadModel }] = await Promise.all([
         import("../../serve/index.js"),

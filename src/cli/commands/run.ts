@@ -1,8 +1,11 @@
 import type { Command } from "commander";
 import { z } from "zod";
 import { IteraError } from "../../errors.js";
+import { loadGenaiConfig } from "../../model/genai-config.js";
 import { describeIssues } from "../../model/json-file.js";
+import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
 import { type Generation, loadModel } from "../../runtime/index.js";
+import { DEFAULT_TEMPERATURE, MAX_TOKENS_HELP, summaryLine, TEMPERATURE_HELP } from "../generation.js";
 import { action, collect, printJson } from "../run.js";
 
 const runOptions = z.object({
@@ -62,19 +65,34 @@ export function generationReport(g: Generation, tokenText: string[]) {
   };
 }
 
+/**
+ * `itera run` has no device profile: the model's own session_options.intra_op_num_threads, else 1
+ * (what the shipped profiles measured best for the house models), never more than this host's cores.
+ */
+async function runThreads(dir: string, requested: number | undefined): Promise<number> {
+  if (requested !== undefined) return checkThreads(requested, "--threads");
+  // An unreadable folder is reported by loadModel, with its own what/where/fix.
+  const config = await loadGenaiConfig(dir).catch(() => null);
+  const wanted = config?.model.decoder.session_options?.intra_op_num_threads || 1;
+  return defaultThreads(wanted, "the model's genai_config", stderrNote);
+}
+
 export function registerRun(program: Command): void {
   program
     .command("run")
     .description("generate text with a model folder (streams to stdout)")
     .argument("<model>", "model folder (genai_config.json, tokenizer.json, .onnx)")
     .option("-p, --prompt <text>", "prompt (repeat for a batch)", collect)
-    .option("-n, --max-tokens <n>", "new tokens at most")
-    .option("--temperature <t>", "sampling temperature; 0 = greedy (default: genai_config search)")
+    .option("-n, --max-tokens <n>", MAX_TOKENS_HELP)
+    .option("--temperature <t>", TEMPERATURE_HELP)
     .option("--top-k <k>", "keep the k most likely tokens (0 = all)")
     .option("--top-p <p>", "nucleus sampling: keep tokens up to cumulative probability p")
     .option("--repetition-penalty <r>", "> 1 discourages repeating context tokens")
     .option("--seed <n>", "PRNG seed (reproducible sampling)")
-    .option("--threads <n>", "ONNX Runtime intra-op threads")
+    .option(
+      "--threads <n>",
+      "ONNX Runtime intra-op threads (default: the model's intra_op_num_threads, else 1, at most this host's cores)",
+    )
     .option("--stop <s>", "stop when the text contains s (repeatable)", collect)
     .option("--ignore-eos", "keep generating past the end-of-text token")
     .option("--no-fused", "greedy decoding: one ONNX Runtime call per token, not many steps per call")
@@ -82,11 +100,13 @@ export function registerRun(program: Command): void {
     .action(
       action(async (dir: string, raw: unknown) => {
         const opts = parseOptions(runOptions, { prompt: [], ...(raw as object) });
-        const model = await loadModel(dir, opts.threads ? { threads: opts.threads } : {});
+        const threads = await runThreads(dir, opts.threads);
+        const model = await loadModel(dir, { threads });
         try {
+          const temperature = opts.temperature ?? DEFAULT_TEMPERATURE;
           const genOptions = {
             maxTokens: opts.maxTokens,
-            temperature: opts.temperature,
+            temperature,
             topK: opts.topK,
             topP: opts.topP,
             repetitionPenalty: opts.repetitionPenalty,
@@ -109,12 +129,7 @@ export function registerRun(program: Command): void {
             printJson({ model: model.dir, ...(single ? reports[0] : { batch: reports }) });
           } else if (single) {
             process.stdout.write("\n");
-            const g = results[0]!;
-            const decode = g.timings.tokenMs.reduce((a, b) => a + b, 0);
-            process.stderr.write(
-              `[${g.ids.length} tokens, stop: ${g.stopReason}, ttft ${g.timings.ttftMs.toFixed(1)} ms, ` +
-                `${g.timings.tokenMs.length ? ((1000 * g.timings.tokenMs.length) / decode).toFixed(1) : "-"} tokens/s (${g.decode} decode), seed ${g.seed}]\n`,
-            );
+            process.stderr.write(`${summaryLine(results[0]!, { temperature, threads })}\n`);
           } else {
             results.forEach((g, r) => {
               process.stdout.write(`--- ${r + 1} (${g.stopReason})\n${g.text}\n`);
