@@ -22,6 +22,7 @@ import {
   type StatePayload,
   terminalStatuses,
 } from "../protocol/schemas.js";
+import { hostCores, maxThreads, THREADS_PER_CORE } from "../profile/threads.js";
 import { deviceTopic, jobTopic, parseTopic } from "../protocol/topics.js";
 import { VERSION } from "../version.js";
 import { Outbox } from "./outbox.js";
@@ -271,6 +272,16 @@ export class Agent {
     if (!this.opts.models.some((m) => m.id === req.doc.params.model)) {
       const have = this.opts.models.map((m) => m.id).join(", ") || "none";
       this.record(req, "REJECTED", `model '${req.doc.params.model}' is not on this device (it has: ${have})`);
+      return;
+    }
+    // As `--threads` on the device's own commands: a count ONNX Runtime would spend minutes starting.
+    const tooMany = req.doc.params.threads.filter((n) => n > maxThreads());
+    if (tooMany.length > 0) {
+      this.record(
+        req,
+        "REJECTED",
+        `threads ${tooMany.join(", ")}: more than ${maxThreads()} (${THREADS_PER_CORE} per core; this device has ${hostCores()} cores)`,
+      );
       return;
     }
     this.record(req, "QUEUED", null);

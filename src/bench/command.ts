@@ -5,6 +5,7 @@ import type { Meter } from "../power/meter.js";
 import { meterChoices, openMeter } from "../power/open.js";
 import { TdpMeter, tdpOptionsFromProfile } from "../power/tdp.js";
 import type { DeviceProfile, MeterName } from "../profile/schema.js";
+import { checkThreads, defaultThreads, stderrNote } from "../profile/threads.js";
 import { writeFileAtomic } from "../util/fs.js";
 import { VERSION } from "../version.js";
 import { parseTests, runBench } from "./harness.js";
@@ -42,7 +43,10 @@ export function addBenchOptions(cmd: Command): Command {
       "--tests <list>",
       "tests: ppN (prefill N tokens) and tgN (generate N tokens), e.g. pp64,tg128 (default: the profile's)",
     )
-    .option("-t, --threads <list>", "thread counts to sweep, e.g. 1,2,4 (default: the profile's)")
+    .option(
+      "-t, --threads <list>",
+      "thread counts to sweep, e.g. 1,2,4 (default: the profile's, at most this host's cores)",
+    )
     .option("-r, --repetitions <n>", "measured repetitions per test (default: the profile's)")
     .option("--warmup <n>", "unmeasured runs before each test (default: the profile's)")
     .option(
@@ -107,7 +111,11 @@ export async function benchCommand(
   const format = o.json ? "json" : parseFormat(o.output);
   const plan = {
     tests: parseTests(o.tests ?? profile.bench.tests),
-    threads: (o.threads ?? String(profile.threads)).split(",").map((t) => positiveInt(t.trim(), "--threads")),
+    // A profile's count is capped at this host's cores (with a note); a given count is only bounded.
+    threads:
+      o.threads === undefined
+        ? [defaultThreads(profile.threads, `profile '${profile.name}'`, stderrNote)]
+        : o.threads.split(",").map((t) => checkThreads(positiveInt(t.trim(), "--threads"), "--threads")),
     repetitions: o.repetitions
       ? positiveInt(o.repetitions, "--repetitions", 1, MAX.repetitions)
       : profile.bench.repetitions,
