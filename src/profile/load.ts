@@ -62,12 +62,66 @@ export async function loadProfile(nameOrPath: string): Promise<DeviceProfile> {
 }
 
 export async function listProfileNames(): Promise<string[]> {
-  return (await readdir(profilesDir()))
+  const dir = profilesDir();
+  let files: string[];
+  try {
+    files = await readdir(dir);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new IteraError(
+      code === "ENOENT" || code === "ENOTDIR"
+        ? "the device profiles folder does not exist"
+        : `cannot read the device profiles folder (${code ?? (e as Error).message})`,
+      {
+        where: dir,
+        fix: process.env.ITERA_PROFILES_DIR
+          ? "point ITERA_PROFILES_DIR at a folder of profile .json files, or unset it to use the shipped ones"
+          : "restore device-profiles/ from the itera package (git checkout or a fresh install), or set ITERA_PROFILES_DIR to a folder of profile .json files",
+      },
+    );
+  }
+  return files
     .filter((f) => f.endsWith(".json"))
     .map((f) => basename(f, ".json"))
     .sort();
 }
 
+/** Every profile, or the first error: for callers that need the whole set to be valid. */
 export async function loadAllProfiles(): Promise<DeviceProfile[]> {
   return Promise.all((await listProfileNames()).map((n) => loadProfile(n)));
+}
+
+export interface ProfileScan {
+  profiles: DeviceProfile[];
+  /** One error per file that does not load: the file (where), the field and how to fix it. */
+  invalid: IteraError[];
+}
+
+/**
+ * Every profile file in profilesDir(), the valid ones loaded and each invalid one reported, so one
+ * bad file does not hide the others (`itera profiles`). A missing or empty folder is an error.
+ */
+export async function scanProfiles(): Promise<ProfileScan> {
+  const names = await listProfileNames();
+  if (names.length === 0) {
+    throw new IteraError("no device profiles (.json files) in the profiles folder", {
+      where: profilesDir(),
+      fix: "add profile .json files there (copy one from the itera package's device-profiles/)",
+    });
+  }
+  const loaded = await Promise.all(
+    names.map((n) =>
+      loadProfile(n).then(
+        (p): DeviceProfile | IteraError => p,
+        (e: unknown) => {
+          if (e instanceof IteraError) return e;
+          throw e;
+        },
+      ),
+    ),
+  );
+  return {
+    profiles: loaded.filter((p): p is DeviceProfile => !(p instanceof IteraError)),
+    invalid: loaded.filter((p): p is IteraError => p instanceof IteraError),
+  };
 }
