@@ -7,7 +7,9 @@ import { registerRun } from "../src/cli/commands/run.js";
 import { loadModel as loadOnnx, saveModel } from "../src/onnx/io.js";
 import { DataType, tensorToTyped, typedToTensor } from "../src/onnx/tensor.js";
 import type { TensorProto } from "../src/onnx/types.js";
+import { pino } from "pino";
 import { loadModel } from "../src/runtime/index.js";
+import { createServer } from "../src/serve/index.js";
 import { inProcessCli } from "./cli-helpers.js";
 
 /**
@@ -113,5 +115,34 @@ describe("itera eval", () => {
     expect(Number.isFinite((JSON.parse(clean.stdout) as { nats_per_token: number }).nats_per_token)).toBe(
       true,
     );
+  });
+});
+
+describe("itera-agent serve", () => {
+  it("NaN weights: a 500 naming the model file, as JSON and as a stream's error event", async () => {
+    const model = await loadModel(allNan, { threads: 1 });
+    const server = await createServer({ model, modelDir: allNan, logger: pino({ level: "silent" }) });
+    try {
+      const base = await server.listen("127.0.0.1", 0);
+      await server.ready;
+      const post = (stream: boolean) =>
+        fetch(`${base}/v1/generate`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ prompt: PROMPT, max_tokens: 8, stream }),
+        });
+      const json = await post(false);
+      expect(json.status).toBe(500);
+      const { error } = (await json.json()) as { error: { message: string; where: string } };
+      expect(error.message).toContain("gives NaN logits for generated token 1");
+      expect(error.where).toBe(join(allNan, "model.onnx"));
+      const stream = await (await post(true)).text();
+      expect(stream).toContain("event: error");
+      expect(stream).toContain("gives NaN logits");
+      expect(stream).not.toContain("event: token");
+    } finally {
+      await server.close();
+      await model.dispose();
+    }
   });
 });
