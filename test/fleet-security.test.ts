@@ -12,9 +12,10 @@ import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Agent } from "../src/agent/agent.js";
 import { IteraError } from "../src/errors.js";
-import { runFleetBench } from "../src/fleet/bench.js";
+import { type FleetBenchOutcome, runFleetBench } from "../src/fleet/bench.js";
 import { type EmbeddedBroker, startBroker } from "../src/fleet/broker.js";
 import { parsePasswordFile, setPassword, verifyPassword } from "../src/fleet/broker-auth.js";
+import { renderCsv, renderMarkdown, renderSvg } from "../src/fleet/report.js";
 import { FleetStore } from "../src/fleet/store.js";
 import { watchFleet } from "../src/fleet/watch.js";
 import { connectBroker, endAsync, LoginRefusedError } from "../src/protocol/connect.js";
@@ -461,5 +462,72 @@ describe("the CLI", () => {
     );
     expect(missing.status).not.toBe(0);
     expect(missing.stderr).toMatch(/cannot read the password file/);
+  });
+});
+
+describe("reports with device-supplied strings", () => {
+  const hostile = "<img src=x onerror=alert(1)>";
+  const result = JSON.parse(forgedResult("j-x", "dev|x")).results[0] as BenchResult;
+  const outcome: FleetBenchOutcome = {
+    jobId: "bench-x",
+    fleet: "lab",
+    model: "tiny`x`",
+    params: PARAMS,
+    startedMs: 0,
+    finishedMs: 1000,
+    devices: [
+      {
+        device: "dev-x",
+        profile: hostile,
+        quant: '=HYPERLINK("http://evil")',
+        execNo: 1,
+        status: "SUCCEEDED",
+        details: null,
+        sends: 1,
+        results: [
+          {
+            ...result,
+            quant: '=HYPERLINK("http://evil")',
+            energy: { method: "@SUM(A1)", J: 1, mJ_per_token: 2, tokens_per_J: 3, samples: 10, rate_hz: 10 },
+          } as BenchResult,
+        ],
+        tempC: null,
+        throttled: null,
+      },
+      {
+        device: "dev-y",
+        profile: "rpi4",
+        quant: null,
+        execNo: 1,
+        status: "FAILED",
+        details: "boom | </td><script>x()</script>\n# heading",
+        sends: 1,
+        results: [],
+        tempC: null,
+        throttled: null,
+      },
+    ],
+    stats: { messages: 0, invalid: 0, duplicateResults: 0, duplicateTelemetry: 0, resends: 0 },
+  };
+
+  it("report.md escapes every device string (no HTML, no broken table), report.csv neutralises formulas", () => {
+    const md = renderMarkdown(outcome);
+    expect(md).not.toMatch(/<img|<script|<\/td>/);
+    expect(md).toContain("&lt;img src=x onerror=alert(1)&gt;");
+    expect(md).not.toMatch(/^# heading/m);
+    // Every table line has exactly the header's number of cell separators (escaped pipes do not count).
+    const table = md.split("\n").filter((l) => l.startsWith("|"));
+    const seps = (l: string) => l.replace(/\\\|/g, "").split("|").length;
+    expect(new Set(table.map(seps)).size).toBe(1);
+    expect(table).toHaveLength(4);
+    // The model in a code span whose fence the backtick inside cannot close.
+    expect(md).toContain("model `` tiny`x` ``");
+
+    const csv = renderCsv(outcome);
+    const cells = csv.split("\n").flatMap((l) => l.split(","));
+    expect(cells.some((c) => /^"?[=@+]/.test(c))).toBe(false);
+    expect(csv).toContain(`"'=HYPERLINK(""http://evil"")"`);
+    expect(csv).toContain("'@SUM(A1)");
+    expect(renderSvg(outcome)).not.toContain("<img");
   });
 });

@@ -96,15 +96,50 @@ function simulatedNote(methods: string[]): string {
   return `simulated energy: ${methods.join(", ")} figures were read from a simulated meter (tools/ina219-sim), not measured on the device`;
 }
 
+/**
+ * Text for Markdown that stays text: no HTML (a profile named `<img src=x onerror=...>`), no table
+ * cell breaks or links, one line. Every device-supplied string in report.md goes through it.
+ */
+export function mdText(s: string): string {
+  return s
+    .replace(/[\r\n\t]+/g, " ")
+    .replace(/&/g, "&amp;")
+    .replace(/</g, "&lt;")
+    .replace(/>/g, "&gt;")
+    // `_` stays: ids and statuses (TIMED_OUT) are full of it, and emphasis is harmless.
+    .replace(/[\\`*[\]|~]/g, (c) => `\\${c}`);
+}
+
+/** An inline code span that no backtick inside can close early (CommonMark: a longer fence). */
+function mdCode(s: string): string {
+  const t = s.replace(/[\r\n]+/g, " ");
+  const longest = Math.max(0, ...(t.match(/`+/g) ?? []).map((run) => run.length));
+  const fence = "`".repeat(longest + 1);
+  return longest > 0 ? `${fence} ${t} ${fence}` : `${fence}${t}${fence}`;
+}
+
+function mdRow(r: ReportRow): ReportRow {
+  const t = (s: string | null) => (s === null ? null : mdText(s));
+  return {
+    ...r,
+    device: mdText(r.device),
+    profile: mdText(r.profile),
+    quant: t(r.quant),
+    status: mdText(r.status),
+    energy_method: t(r.energy_method),
+    details: t(r.details),
+  };
+}
+
 export function renderMarkdown(o: FleetBenchOutcome): string {
-  const rows = o.devices.map(reportRow);
+  const rows = o.devices.map(reportRow).map(mdRow);
   const simulated = simulatedMethods(rows);
   const ok = rows.filter((r) => r.status === "SUCCEEDED").length;
   const failures = rows.filter((r) => r.details).map((r) => `- ${r.device}: ${r.status}: ${r.details}`);
   return [
     `# Fleet benchmark ${o.jobId}`,
     "",
-    `fleet \`${o.fleet}\`, model \`${o.model}\`, tests ${o.params.tests.join(", ")}, threads ${o.params.threads.join(", ")}, ` +
+    `fleet ${mdCode(o.fleet)}, model ${mdCode(o.model)}, tests ${o.params.tests.join(", ")}, threads ${o.params.threads.join(", ")}, ` +
       `${o.params.repetitions} repetitions; ${ok}/${rows.length} devices succeeded in ${((o.finishedMs - o.startedMs) / 1000).toFixed(1)} s.`,
     "",
     markdownTable(headers, rows.map(cells)),

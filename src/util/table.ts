@@ -20,11 +20,16 @@ export function markdownTable(headers: string[], rows: Cell[][]): string {
   return [line(headers), sep, ...text.map((r) => line(headers.map((_, i) => r[i] ?? "")))].join("\n");
 }
 
-/** CSV with RFC 4180 quoting. */
+/**
+ * CSV with RFC 4180 quoting. A text cell starting with `=`, `+`, `-`, `@`, tab or CR gets a leading
+ * `'`, so a spreadsheet shows it instead of running it as a formula (CSV injection: the cells hold
+ * device-supplied strings); numbers are written as they are.
+ */
 export function csvTable(headers: string[], rows: Cell[][]): string {
   const q = (c: Cell) => {
-    const s = c === null || c === undefined ? "" : String(c);
-    return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+    const raw = c === null || c === undefined ? "" : String(c);
+    const s = typeof c === "string" && /^[=+\-@\t\r]/.test(raw) ? `'${raw}` : raw;
+    return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
   };
   return [headers.map(q).join(","), ...rows.map((r) => r.map(q).join(","))].join("\n");
 }
