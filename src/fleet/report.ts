@@ -101,12 +101,12 @@ function simulatedNote(methods: string[]): string {
  * cell breaks or links, one line. Every device-supplied string in report.md goes through it.
  */
 export function mdText(s: string): string {
+  // `_` stays: ids and statuses (TIMED_OUT) are full of it, and emphasis is harmless.
   return s
     .replace(/[\r\n\t]+/g, " ")
     .replace(/&/g, "&amp;")
     .replace(/</g, "&lt;")
     .replace(/>/g, "&gt;")
-    // `_` stays: ids and statuses (TIMED_OUT) are full of it, and emphasis is harmless.
     .replace(/[\\`*[\]|~]/g, (c) => `\\${c}`);
 }
 
