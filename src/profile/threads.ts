@@ -5,9 +5,9 @@ import { IteraError } from "../errors.js";
  * How many ONNX Runtime intra-op threads a command runs with. A default (the device profile's, a
  * model's genai_config) never exceeds this host's cores: a bundle built for a 12-core desktop that
  * runs on 2 cores would otherwise start 12 threads, and oversubscribed threads spin and slow every
- * step (time to first token 395 ms against 88 ms measured). A count the user asks for is honoured
+ * step (issue #14: time to first token 395 ms against 88 ms at 1 thread). A count the user asks for is honoured
  * up to THREADS_PER_CORE × cores (sweeping past the cores can be a deliberate measurement) and
- * refused beyond: ONNX Runtime starts every one of them (`--threads 1024` ran for over a minute).
+ * refused beyond: ONNX Runtime starts every one of them (`itera run --threads 1024` ran over 60 s).
  */
 export const THREADS_PER_CORE = 4;
 
@@ -40,7 +40,7 @@ export function checkThreads(n: number, flag: string, fix?: string): number {
         where: flag,
         fix:
           fix ??
-          `give at most ${maxThreads(cores)} (more threads than cores only slow a model down; the default follows the profile, capped at ${cores})`,
+          `give at most ${maxThreads(cores)} (threads beyond the cores compete for them; leave --threads out for the default, at most ${cores})`,
       },
     );
   }
@@ -58,19 +58,6 @@ export function defaultThreads(wanted: number, source: string, note: (line: stri
     `threads: ${source} asks for ${wanted}, this host has ${cores} cores: running ${cores} (--threads to choose)`,
   );
   return cores;
-}
-
-/** A thread count from an explicit option if given, else the capped default. */
-export function chooseThreads(o: {
-  requested: number | undefined;
-  flag: string;
-  wanted: number;
-  source: string;
-  note: (line: string) => void;
-}): number {
-  return o.requested !== undefined
-    ? checkThreads(o.requested, o.flag)
-    : defaultThreads(o.wanted, o.source, o.note);
 }
 
 /** A note on stderr (the commands' progress channel). */
