@@ -254,6 +254,104 @@ describe("itera broker with a password file and per-device rights (aedes)", () =
   });
 });
 
+/** The Mosquitto ACL of docs/fleet.md, line for line (the test checks the page still says so). */
+const MOSQUITTO_ACL = [
+  "user coordinator",
+  "topic read itera/v1/#",
+  "topic write itera/v1/+/+/jobs/+/request",
+  "",
+  "user telegraf",
+  "topic read itera/v1/+/+/telemetry",
+  "",
+  "# every other user is a device whose id is its user name: its own topics only",
+  "pattern write itera/v1/+/%u/state",
+  "pattern write itera/v1/+/%u/birth",
+  "pattern write itera/v1/+/%u/telemetry",
+  "pattern write itera/v1/+/%u/feedback",
+  "pattern write itera/v1/+/%u/jobs/+/status",
+  "pattern write itera/v1/+/%u/jobs/+/result",
+  "pattern read itera/v1/+/%u/jobs/+/request",
+];
+
+describe("Mosquitto with a password file and the ACL of docs/fleet.md", () => {
+  it("runs a fleet benchmark, and a device's forged result for another device never arrives", async () => {
+    const docs = await readFile("docs/fleet.md", "utf8");
+    for (const line of MOSQUITTO_ACL.filter((l) => l !== "")) expect(docs).toContain(line);
+    const mdir = await mkdtemp(join(tmpdir(), "itera-mosquitto-acl-"));
+    await chmod(mdir, 0o755); // Mosquitto started as root reads its files as its own user
+    const pw = join(mdir, "passwd");
+    for (const [u, p] of Object.entries(PW)) await setPassword(pw, u, p);
+    await chmod(pw, 0o644);
+    await writeFile(join(mdir, "acl"), `${MOSQUITTO_ACL.join("\n")}\n`, { mode: 0o644 });
+    const port = await freePort();
+    const conf = join(mdir, "mosquitto.conf");
+    await writeFile(
+      conf,
+      `listener ${port} 127.0.0.1\nallow_anonymous false\npassword_file ${pw}\nacl_file ${join(mdir, "acl")}\n`,
+    );
+    const proc = spawn("mosquitto", ["-c", conf], { stdio: "ignore" });
+    const agents: Agent[] = [];
+    const store = new FleetStore(":memory:");
+    try {
+      await waitForPort(port);
+      const url = `mqtt://127.0.0.1:${port}`;
+      const watcher = await connectBroker(
+        { url, username: "coordinator", password: PW.coordinator },
+        { clientId: "watcher", clean: true },
+      );
+      const seen: string[] = [];
+      watcher.on("message", (t) => seen.push(t));
+      await watcher.subscribeAsync("itera/v1/msq/+/jobs/+/result", { qos: 1 });
+      const rogue = await mqtt.connectAsync(url, {
+        protocolVersion: 4,
+        clientId: "dev-a",
+        username: "dev-a",
+        password: PW["dev-a"],
+        reconnectPeriod: 0,
+      });
+      await rogue.publishAsync(jobTopic("msq", "dev-b", "j-1", "result"), forgedResult("j-1", "dev-b"), {
+        qos: 1,
+      });
+      // Its own topic, after the forged one on the same connection: once this arrives, so would have the other.
+      await rogue.publishAsync(jobTopic("msq", "dev-a", "j-0", "result"), forgedResult("j-0", "dev-a"), {
+        qos: 1,
+      });
+      await until(() => seen.includes(jobTopic("msq", "dev-a", "j-0", "result")), "dev-a's own message");
+      expect(seen).not.toContain(jobTopic("msq", "dev-b", "j-1", "result"));
+      await rogue.endAsync();
+
+      for (const d of ["dev-a", "dev-b"] as const) {
+        const a = new Agent(
+          testAgentOptions(url, "msq", d, "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-")), {
+            broker: { url, username: d, password: PW[d] },
+          }),
+        );
+        a.start();
+        await a.connected;
+        agents.push(a);
+      }
+      const outcome = await runFleetBench({
+        broker: { url, username: "coordinator", password: PW.coordinator },
+        fleet: "msq",
+        devices: 2,
+        params: PARAMS,
+        timeoutS: 60,
+        store,
+      });
+      expect(outcome.devices.map((d) => [d.device, d.status])).toEqual([
+        ["dev-a", "SUCCEEDED"],
+        ["dev-b", "SUCCEEDED"],
+      ]);
+      expect(outcome.anonymousBroker).toBe(false);
+      await watcher.endAsync();
+    } finally {
+      for (const a of agents) await a.stop();
+      store.close();
+      proc.kill("SIGTERM");
+    }
+  });
+});
+
 describe("on an anonymous broker (aedes)", () => {
   let broker: EmbeddedBroker;
   beforeAll(async () => {
