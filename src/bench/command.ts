@@ -6,10 +6,12 @@ import { meterChoices, openMeter } from "../power/open.js";
 import { TdpMeter, tdpOptionsFromProfile } from "../power/tdp.js";
 import type { DeviceProfile, MeterName } from "../profile/schema.js";
 import { checkThreads, defaultThreads, stderrNote } from "../profile/threads.js";
+import { readFile } from "node:fs/promises";
 import { writeFileAtomic } from "../util/fs.js";
+import { checkOutputFile } from "../util/output.js";
 import { VERSION } from "../version.js";
 import { parseTests, runBench } from "./harness.js";
-import { parseFormat, renderResults } from "./render.js";
+import { isBenchOutput, parseFormat, renderResults } from "./render.js";
 import type { BenchResult } from "./result.js";
 import { runtimeEngine } from "./runtime-engine.js";
 
@@ -139,6 +141,17 @@ export async function benchCommand(
     });
   }
   const tdpScope: "system" | "process" = scope;
+  // Before the benchmark: a --save path that cannot take the results fails now, not after the run;
+  // an existing file is replaced only when it is an earlier benchmark output (src/util/output.ts).
+  const save =
+    o.save === undefined
+      ? undefined
+      : await checkOutputFile(o.save, {
+          command: "the benchmark",
+          option: "--save",
+          inputs: [modelDir],
+          owned: async (f) => isBenchOutput(await readFile(f, "utf8")),
+        });
   const engine = await runtimeEngine(modelDir);
   const log = (m: string) => {
     if (!o.quiet) process.stderr.write(`${m}\n`);
@@ -174,7 +187,7 @@ export async function benchCommand(
       quiet: o.quiet ?? false,
     });
     const text = `${renderResults(results, format)}\n`;
-    if (o.save) await writeFileAtomic(o.save, text);
+    if (save) await writeFileAtomic(save, text);
     process.stdout.write(text);
     return results;
   } finally {

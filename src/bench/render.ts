@@ -86,6 +86,38 @@ export function renderCsv(results: readonly BenchResult[]): string {
   );
 }
 
+/**
+ * Whether a file's text is a benchmark output in any of the formats (an md table with this header,
+ * csv with the result's columns, a json array or jsonl lines of results): `--save` replaces only such
+ * a file, never someone else's.
+ */
+export function isBenchOutput(text: string): boolean {
+  const first = text.split("\n", 1)[0] ?? "";
+  const mdHeader = renderMarkdown([]).split("\n", 1)[0]!;
+  const cells = (line: string) =>
+    line
+      .split("|")
+      .map((c) => c.trim())
+      .filter((c) => c !== "");
+  if (cells(first).join("|") === cells(mdHeader).join("|")) return true;
+  const csv = first.split(",");
+  if (["model", "test", "threads", "tokens_per_s.mean"].every((h) => csv.includes(h))) return true;
+  const isResult = (v: unknown) =>
+    typeof v === "object" && v !== null && "test" in v && "tokens_per_s" in v && "model" in v;
+  try {
+    const v: unknown = JSON.parse(text);
+    if (Array.isArray(v)) return v.every(isResult);
+  } catch {
+    // not one JSON value: maybe JSON lines
+  }
+  const lines = text.split("\n").filter((l) => l.trim() !== "");
+  try {
+    return lines.length > 0 && lines.every((l) => isResult(JSON.parse(l)));
+  } catch {
+    return false;
+  }
+}
+
 export function renderResults(results: readonly BenchResult[], format: BenchFormat): string {
   switch (format) {
     case "md":

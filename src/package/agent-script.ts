@@ -1,4 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build, type Plugin } from "esbuild";
@@ -100,7 +101,13 @@ export async function bundleAgentScript(outFile: string, version: string): Promi
       js: 'Object.defineProperty(globalThis, "__itera_import_meta_url", { configurable: true, get: () => require("node:url").pathToFileURL(__filename).href });',
     },
     metafile: true,
+    // Written here, not by esbuild's service process: a build interrupted meanwhile (SIGINT) removes
+    // its work folder, and a process we do not control must not write into it afterwards.
+    write: false,
   });
+  const file = result.outputFiles[0];
+  if (!file) throw new Error("esbuild produced no output file");
+  await writeFile(outFile, file.contents);
   const bytes = Object.values(result.metafile.outputs)[0]?.bytes ?? 0;
   return { bytes, warnings: result.warnings.map((w) => w.text) };
 }

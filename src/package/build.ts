@@ -1,15 +1,16 @@
-import { execFile } from "node:child_process";
 import { createPrivateKey, type KeyObject } from "node:crypto";
-import { chmod, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { renameSync } from "node:fs";
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { promisify } from "node:util";
 import { BUNDLE_INDEX_ASSET, type BundleIndex, type StoredAsset } from "../agent-host/bundle-index.js";
 import { canonicalJson, type Manifest, manifestSchema, signManifest } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
 import { loadProfile } from "../profile/load.js";
 import type { DeviceProfile } from "../profile/schema.js";
-import { sha256File, tempPathFor, writeDirAtomic } from "../util/fs.js";
+import { sha256File, tempPathFor } from "../util/fs.js";
+import { execTracked, removeOnInterrupt } from "../util/interrupt.js";
+import { checkOutputDir, checkOutputFile, type DirTarget, writeDirAtomic } from "../util/output.js";
 import { progress } from "../util/progress.js";
 import { VERSION } from "../version.js";
 import { bundleAgentScript, packageRoot } from "./agent-script.js";
@@ -40,7 +41,8 @@ import { executableName, hostTarget, type Target, targetKey, targetOf } from "./
  * (DESIGN.md §5) and a .tar.gz of it beside the folder. Inputs are all checked before the long
  * work starts; the folder is filled under a temp name and renamed into place only when complete.
  */
-const run = promisify(execFile);
+// Children are killed on SIGINT/SIGTERM, so none writes into the work folder after its cleanup.
+const run = execTracked;
 
 export interface BuildOptions {
   model: string;
@@ -55,6 +57,8 @@ export interface BuildOptions {
   /** Path to an Ed25519 private key (PKCS#8 PEM) made by `itera keygen`. */
   sign?: string;
   out?: string;
+  /** Write into a bundle folder that holds other files, replacing only the bundle's own files. */
+  force?: boolean;
   /** Overrides the model card's version in the bundle id and the release folder name. */
   version?: string;
   serviceArgs?: string;
@@ -108,6 +112,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const outRoot = resolve(opts.out ?? "firmware-bundles");
   const dir = join(outRoot, bundleId);
   const tarball = `${dir}.tar.gz`;
+  const outTarget = await checkOutputs(opts, bundleId, dir, tarball);
   const exe = executableName(target);
   const facts: BundleFacts = {
     bundleId,
@@ -124,6 +129,9 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const steps = progress(`build ${bundleId}`, 6, { quiet: opts.quiet === true });
   const work = await mkdtemp(join(tmpdir(), "itera-build-"));
   const tarTmp = tempPathFor(tarball);
+  // Interrupted (Ctrl-C, SIGTERM): the work folder and the archive's temp name go too.
+  const releaseWork = removeOnInterrupt(work);
+  const releaseTar = removeOnInterrupt(tarTmp);
   let result: Omit<BuildResult, "seconds" | "self_check" | "model_check" | "quantization"> | undefined;
   let decision: QuantizationDecision | undefined;
   let selfCheck = "";
@@ -164,7 +172,8 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
       prepared.length,
     );
     steps.update(4, "single executable");
-    await writeDirAtomic(dir, async (tmp) => {
+    // The archive moves in the same synchronous step as the folder: both or neither.
+    await writeDirAtomic({ ...outTarget, alsoSync: () => renameSync(tarTmp, tarball) }, async (tmp) => {
       await makeSeaExecutable({
         target,
         script,
@@ -203,12 +212,13 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
         strip: "tool" in node.strip ? node.strip.tool : `not stripped: ${node.strip.skipped}`,
       };
     });
-    await rename(tarTmp, tarball);
   } catch (e) {
     await rm(tarTmp, { force: true });
     throw e;
   } finally {
     await rm(work, { recursive: true, force: true });
+    releaseTar();
+    releaseWork();
   }
   const r = result!;
   r.sizes.tarball = (await stat(tarball)).size;
@@ -220,6 +230,54 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
     quantization: decision!,
     seconds: (Date.now() - started) / 1000,
   };
+}
+
+/**
+ * The bundle folder and its archive, checked before any long work (src/util/output.ts): never inside
+ * the model folder or over another input, never over files that are not an earlier bundle's. An
+ * earlier bundle is recognised by its manifest.json (bundle_id = the folder's name; its files are the
+ * bundle's own), an earlier archive by its first entry (the bundle folder).
+ */
+async function checkOutputs(
+  opts: BuildOptions,
+  bundleId: string,
+  dir: string,
+  tarball: string,
+): Promise<DirTarget> {
+  const spec = {
+    command: "itera build",
+    option: "--out",
+    inputs: [
+      opts.model,
+      ...(opts.sign ? [opts.sign] : []),
+      ...(opts.profile.endsWith(".json") ? [opts.profile] : []),
+    ],
+    force: opts.force === true,
+  };
+  const target = await checkOutputDir(dir, {
+    ...spec,
+    marker: false,
+    owned: (d) => bundleFiles(d, bundleId),
+  });
+  await checkOutputFile(tarball, {
+    ...spec,
+    owned: async (f) => {
+      const list = await run("tar", ["-tzf", f], { maxBuffer: 64 << 20 }).catch(() => undefined);
+      return list?.stdout.split("\n")[0]?.startsWith(`${bundleId}/`) === true;
+    },
+  });
+  return target;
+}
+
+/** The files of an earlier bundle `bundleId` in `dir` (its manifest's files and the manifest). */
+async function bundleFiles(dir: string, bundleId: string): Promise<string[] | undefined> {
+  try {
+    const m = manifestSchema.safeParse(JSON.parse(await readFile(join(dir, "manifest.json"), "utf8")));
+    if (!m.success || m.data.bundle_id !== bundleId) return undefined;
+    return [...Object.keys(m.data.files), "manifest.json"];
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -1,10 +1,9 @@
-import { execFile } from "node:child_process";
 import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { IteraError } from "../errors.js";
 import { sha256File, tempPathFor, writeFileAtomic } from "../util/fs.js";
+import { execTracked, removeOnInterrupt } from "../util/interrupt.js";
 import { hostTarget, type Target, type TargetKey, targetKey } from "./target.js";
 
 /**
@@ -13,7 +12,8 @@ import { hostTarget, type Target, type TargetKey, targetKey } from "./target.js"
  * user's cache folder and checked against the sha256 pinned here, then stripped with the target's
  * strip tool where one is installed.
  */
-const run = promisify(execFile);
+// Killed on SIGINT/SIGTERM; the temp names below are removed then too, so the cache keeps no half file.
+const run = execTracked;
 
 export const NODE_VERSION = "24.21.0";
 
@@ -66,6 +66,7 @@ export async function fetchNodeTarball(target: Target): Promise<string> {
     await mkdir(dir, { recursive: true });
     // npm pack into a private temp folder, then rename: two builds fetching at once never see half a file.
     const tmp = await mkdtemp(join(dir, `.fetch-${pkg.name}-`));
+    const release = removeOnInterrupt(tmp);
     try {
       await run("npm", ["pack", `${pkg.name}@${NODE_VERSION}`, "--pack-destination", tmp, "--silent"], {
         maxBuffer: 16 << 20,
@@ -81,6 +82,7 @@ export async function fetchNodeTarball(target: Target): Promise<string> {
       });
     } finally {
       await rm(tmp, { recursive: true, force: true });
+      release();
     }
   }
   const got = await sha256File(file);
@@ -128,6 +130,7 @@ export async function nodeBinary(target: Target): Promise<NodeBinary> {
     // Extract under a private name and rename: the folder only ever appears complete, and a build
     // running at the same time never sees it half-written or removed under it.
     const tmp = tempPathFor(dir);
+    const release = removeOnInterrupt(tmp);
     try {
       await mkdir(tmp, { recursive: true });
       await run("tar", ["-xzf", tarball, "-C", tmp, "--strip-components=2", pkg.member]);
@@ -137,6 +140,7 @@ export async function nodeBinary(target: Target): Promise<NodeBinary> {
       );
     } catch (e) {
       await rm(tmp, { recursive: true, force: true });
+      release();
       throw e;
     }
     try {
@@ -150,6 +154,8 @@ export async function nodeBinary(target: Target): Promise<NodeBinary> {
         await rm(dir, { recursive: true, force: true }); // a damaged copy: replace it
         await rename(tmp, dir);
       }
+    } finally {
+      release();
     }
   }
   const rawBytes = (await stat(raw)).size;
@@ -158,10 +164,12 @@ export async function nodeBinary(target: Target): Promise<NodeBinary> {
   const stripped = join(dir, `${base}.stripped`);
   if (!(await exists(stripped))) {
     const tmp = tempPathFor(stripped);
+    const release = removeOnInterrupt(tmp);
     try {
       await run(strip.tool, ["-o", tmp, raw]);
     } catch (e) {
       await rm(tmp, { force: true });
+      release();
       if ((e as NodeJS.ErrnoException).code === "ENOENT") {
         return { path: raw, rawBytes, bytes: rawBytes, strip: { skipped: `${strip.tool} is not installed` } };
       }
@@ -170,12 +178,14 @@ export async function nodeBinary(target: Target): Promise<NodeBinary> {
     // strip must keep the SEA fuse, or postject has nothing to flip.
     if (!(await readFile(tmp)).includes(SEA_FUSE)) {
       await rm(tmp, { force: true });
+      release();
       throw new IteraError(`${strip.tool} removed the SEA fuse from the Node binary`, {
         where: raw,
         fix: "report this; as a workaround delete the strip tool from PATH to embed the unstripped binary",
       });
     }
     await rename(tmp, stripped);
+    release();
   }
   return { path: stripped, rawBytes, bytes: (await stat(stripped)).size, strip };
 }

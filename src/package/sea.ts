@@ -1,9 +1,8 @@
-import { execFile } from "node:child_process";
 import { chmod, copyFile, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { inject } from "postject";
 import { IteraError } from "../errors.js";
+import { execTracked } from "../util/interrupt.js";
 import { hostNodeBinary, SEA_FUSE } from "./node-binary.js";
 import { hostTarget, type Target, targetKey } from "./target.js";
 
@@ -14,7 +13,8 @@ import { hostTarget, type Target, targetKey } from "./target.js";
  * (resource NODE_SEA_BLOB, flipping the fuse). The V8 code cache is host-specific, so it is only
  * used when the target is the build host.
  */
-const run = promisify(execFile);
+// Killed on SIGINT/SIGTERM, so the blob is never written after the build's work folder is removed.
+const run = execTracked;
 
 export interface SeaInput {
   target: Target;

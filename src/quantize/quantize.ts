@@ -3,10 +3,9 @@
  * mixed precision under a quality budget), rewrite the ONNX graph, measure before and after, and
  * write a complete model folder — or nothing at all when the result does not fit the budget.
  */
-import { constants } from "node:fs";
-import { access, cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { cp, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join, relative, resolve } from "node:path";
+import { join, relative, resolve } from "node:path";
 import { IteraError } from "../errors.js";
 import { loadModelCard } from "../model/card.js";
 import { loadGenaiConfig } from "../model/genai-config.js";
@@ -23,7 +22,8 @@ import {
 } from "../onnx/index.js";
 import type { EvalOptions } from "../runtime/evaluate.js";
 import { applySplit, cardText, datasetsDir, methodFromCard } from "../runtime/eval-text.js";
-import { writeDirAtomic } from "../util/fs.js";
+import { removeOnInterrupt } from "../util/interrupt.js";
+import { checkOutputDir, writeDirAtomic } from "../util/output.js";
 import { progress } from "../util/progress.js";
 import { chooseMixedPrecision } from "./auto.js";
 import { compareDecodeSpeed, compareLogits, promptLogits, textQuality, withModel } from "./measure.js";
@@ -126,6 +126,8 @@ async function copyFolder(src: string, dst: string, skip: Set<string>): Promise<
 
 export interface QuantizeUi {
   quiet?: boolean;
+  /** --force: write into a folder that holds other files, replacing only the quantizer's own. */
+  force?: boolean;
 }
 
 export async function quantizeFolder(
@@ -143,13 +145,13 @@ export async function quantizeFolder(
       fix: "give the path of a model folder (genai_config.json, tokenizer.json, the .onnx file)",
     });
   }
-  if (out === src) {
-    throw new IteraError("the output folder is the input folder", {
-      where: out,
-      fix: `write the quantized model to a new folder with ${opts.names.out}`,
-    });
-  }
-  await checkWritableParent(out, opts.names);
+  // Before any work: never the input, never someone else's files (src/util/output.ts).
+  const target = await checkOutputDir(out, {
+    command: "itera quantize",
+    option: opts.names.out,
+    inputs: [src],
+    force: ui.force,
+  });
   const config = await loadGenaiConfig(src);
   const onnxName = config.model.decoder.filename;
   const onnxPath = join(src, onnxName);
@@ -194,6 +196,7 @@ export async function quantizeFolder(
 
   // A scratch model folder for candidate graphs (auto mode's measurements), made on first use.
   let scratch: string | undefined;
+  let releaseScratch = () => {};
   try {
     const buildVariant = (choice: ReadonlyMap<string, Precision>) => {
       const m = decodeModel(originalBytes);
@@ -203,6 +206,7 @@ export async function quantizeFolder(
     const qualityOf = async (choice: ReadonlyMap<string, Precision>, text: string) => {
       if (scratch === undefined) {
         scratch = await mkdtemp(join(tmpdir(), "itera-quantize-"));
+        releaseScratch = removeOnInterrupt(scratch);
         await copyFolder(src, scratch, skip);
       }
       await writeFile(join(scratch, onnxName), encodeModel(buildVariant(choice)));
@@ -277,7 +281,7 @@ export async function quantizeFolder(
     const sizeBefore = sizeOf(original, await onnxFileBytes(onnxPath));
     let report: QuantizeReport | undefined;
     try {
-      await writeDirAtomic(out, async (tmp) => {
+      await writeDirAtomic(target, async (tmp) => {
         await copyFolder(src, tmp, skip);
         const bytes = sizeOf(finalModel, 0);
         const large = Object.values(bytes.by_dtype).reduce((a, b) => a + b, 0) > 1_500_000_000;
@@ -366,6 +370,7 @@ export async function quantizeFolder(
     return report!;
   } finally {
     if (scratch !== undefined) await rm(scratch, { recursive: true, force: true });
+    releaseScratch();
   }
 }
 
@@ -377,17 +382,6 @@ class BudgetExceeded extends Error {
 
 function pct(x: number): string {
   return `${(x * 100).toFixed(2)}%`;
-}
-
-/** Fail before any work when the output's parent cannot hold a new folder. */
-async function checkWritableParent(out: string, names: OptionNames): Promise<void> {
-  const parent = dirname(out);
-  try {
-    await mkdir(parent, { recursive: true });
-    await access(parent, constants.W_OK);
-  } catch (e) {
-    throw writeError(e, out, names);
-  }
 }
 
 function writeError(e: unknown, out: string, names: OptionNames): unknown {

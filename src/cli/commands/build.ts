@@ -15,6 +15,7 @@ interface BuildCliOptions {
   eval?: string;
   sign?: string;
   out: string;
+  force?: boolean;
   version?: string;
   serviceArgs?: string;
   json?: boolean;
@@ -48,6 +49,7 @@ export function registerBuild(program: Command): void {
     )
     .option("--sign <key>", "sign the manifest with this Ed25519 private key (itera keygen)")
     .option("--out <dir>", "output folder", "firmware-bundles")
+    .option("--force", "write into a bundle folder holding other files (replaces only its own)")
     .option("--version <v>", "release version (default: the model card's version)")
     .option(
       "--service-args <args>",
@@ -69,6 +71,7 @@ export function registerBuild(program: Command): void {
           eval: opts.eval,
           sign: opts.sign,
           out: opts.out,
+          force: opts.force === true,
           version: opts.version,
           serviceArgs: opts.serviceArgs,
         });

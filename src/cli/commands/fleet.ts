@@ -1,6 +1,6 @@
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
 import { type BenchEvent, type FleetBenchOutcome, runFleetBench, selectKeys } from "../../fleet/bench.js";
@@ -16,6 +16,7 @@ import {
   positive,
 } from "../../protocol/options.js";
 import { benchmarkParamsSchema } from "../../protocol/schemas.js";
+import { checkOutputDir, type DirTarget, writeDirAtomic } from "../../util/output.js";
 import { progress } from "../../util/progress.js";
 import { csvTable, markdownTable } from "../../util/table.js";
 import { action, collect, printJson } from "../run.js";
@@ -65,9 +66,32 @@ function openStore(path: string | undefined): FleetStore {
   return new FleetStore(path ?? defaultFleetDb());
 }
 
-/** Print a benchmark's report (markdown, or JSON with --json) and write the files with --out. */
-async function emitReport(outcome: FleetBenchOutcome, opts: { out?: string; json?: boolean }): Promise<void> {
-  const files = opts.out ? await writeReport(opts.out, outcome) : [];
+/**
+ * The --out folder, checked before any work (src/util/output.ts): new, empty, or an earlier report of
+ * itera fleet (its marker) and nothing else; never the history database or a folder holding it.
+ */
+async function reportTarget(opts: { out?: string; db?: string }): Promise<DirTarget | undefined> {
+  if (opts.out === undefined) return undefined;
+  return checkOutputDir(opts.out, {
+    command: "itera fleet",
+    option: "--out",
+    inputs: [opts.db ?? defaultFleetDb()],
+  });
+}
+
+/** Print a benchmark's report (markdown, or JSON with --json) and write the files into `out`. */
+async function emitReport(
+  outcome: FleetBenchOutcome,
+  opts: { json?: boolean },
+  out: DirTarget | undefined,
+): Promise<void> {
+  let files: string[] = [];
+  if (out) {
+    // Written as one folder: all five files or, on failure or Ctrl-C, none.
+    await writeDirAtomic(out, async (tmp) => {
+      files = (await writeReport(tmp, outcome)).map((f) => join(out.dir, basename(f)));
+    });
+  }
   if (opts.json) printJson({ ...outcome, rows: outcome.devices.map(reportRow), files });
   else {
     process.stdout.write(renderMarkdown(outcome));
@@ -126,6 +150,7 @@ function registerBench(fleet: Command): void {
       const timeoutS = positive(opts.timeout, "--timeout");
       const discoverS = opts.discover ? positive(opts.discover, "--discover") : undefined;
       const shareGroup = opts.shareGroup ? checkId(opts.shareGroup, "--share-group") : undefined;
+      const out = await reportTarget(opts);
       const store = openStore(opts.db);
       let bar: ReturnType<typeof progress> | undefined;
       let done = 0;
@@ -159,7 +184,7 @@ function registerBench(fleet: Command): void {
           onEvent,
         });
         bar?.done();
-        await emitReport(outcome, opts);
+        await emitReport(outcome, opts, out);
         if (outcome.devices.every((d) => d.status !== "SUCCEEDED")) process.exitCode = 2;
       } finally {
         store.close();
@@ -227,6 +252,7 @@ function registerReport(fleet: Command): void {
     .option("--json", "print the outcome as JSON")
     .action(
       action(async (opts: ReportCliOptions) => {
+        const out = await reportTarget(opts);
         const store = openStore(opts.db);
         try {
           const jobId = opts.job ?? store.lastRunId();
@@ -240,7 +266,7 @@ function registerReport(fleet: Command): void {
               },
             );
           }
-          await emitReport(outcome, opts);
+          await emitReport(outcome, opts, out);
         } finally {
           store.close();
         }

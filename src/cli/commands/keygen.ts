@@ -4,6 +4,7 @@ import { join, resolve } from "node:path";
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
 import { tempPathFor, writeFileAtomic } from "../../util/fs.js";
+import { checkOutputFile } from "../../util/output.js";
 import { action, printJson } from "../run.js";
 
 export function registerKeygen(program: Command): void {
@@ -28,6 +29,14 @@ export function registerKeygen(program: Command): void {
           throw new IteraError("a signing key already exists there", {
             where: priv,
             fix: "keep it (losing it means devices cannot verify new bundles), pass --out elsewhere, or --force",
+          });
+        }
+        // The same rule as every output (src/util/output.ts): no folder, no other file replaced.
+        for (const path of [priv, pub]) {
+          await checkOutputFile(path, {
+            command: "itera keygen",
+            option: "--out",
+            force: opts.force === true,
           });
         }
         const { privateKey, publicKey } = generateKeyPairSync("ed25519");

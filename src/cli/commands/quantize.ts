@@ -113,19 +113,21 @@ export function registerQuantize(program: Command): void {
     .option("--eval <file>", "held-out text (default: the model card's evaluation split)")
     .option("--calib-chars <n>", "characters of calibration text", "2000")
     .option("--eval-chars <n>", "characters of held-out text", "4000")
+    .option("--force", "write into a folder that holds other files (only the quantizer's own are replaced)")
     .option("--quiet", "no progress on stderr")
     .option("--json", "machine-readable report")
     .action(
       action(
         async (
           model: string,
-          raw: Record<string, unknown> & { out: string; json?: boolean; quiet?: boolean },
+          raw: Record<string, unknown> & { out: string; json?: boolean; quiet?: boolean; force?: boolean },
         ) => {
           if (!raw.out)
             throw new IteraError("--out is required", { fix: "give the output folder with --out DIR" });
           const opts = parseQuantizeOptions(raw);
           const report = await quantizeFolder(model, raw.out, opts, {
             quiet: raw.quiet === true || raw.json === true,
+            force: raw.force === true,
           });
           if (raw.json) return printJson(report);
           console.log(formatReport(report));
