@@ -94,7 +94,7 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera run and itera-age
       ...args,
     );
     expect(agent.stdout).toBe(host.stdout);
-    expect(host.stderr).toMatch(/step decode\), sampled at temperature 0\.8, seed 7, 1 thread\]\n$/);
-    expect(agent.stderr).toMatch(/step decode\), sampled at temperature 0\.8, seed 7, 1 thread\]\n$/);
+    expect(host.stderr).toMatch(/ decode\), sampled at temperature 0\.8, seed 7, 1 thread\]\n$/);
+    expect(agent.stderr).toMatch(/ decode\), sampled at temperature 0\.8, seed 7, 1 thread\]\n$/);
   });
 });
