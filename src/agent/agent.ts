@@ -41,6 +41,8 @@ export interface AgentOptions {
   profile: string;
   models: ModelRef[];
   stateDir: string;
+  /** The store of `stateDir`, when the caller opened it first (to fail on a bad folder early). */
+  store?: AgentStore;
   telemetryIntervalMs: number;
   runner: BenchmarkRunner;
   sessionExpiryS?: number;
@@ -72,6 +74,11 @@ export class Agent {
   private running = false;
   private current: AbortController | undefined;
   private stopping = false;
+  /** Cancels a connection attempt in progress and the wait between attempts, on stop. */
+  private readonly connectAbort = new AbortController();
+  private connecting: Promise<void> = Promise.resolve();
+  private pumping: Promise<void> = Promise.resolve();
+  private stopped: Promise<void> | undefined;
   private readonly log: (line: string) => void;
   private connectedOnce!: () => void;
   private failed!: (e: Error) => void;
@@ -81,7 +88,7 @@ export class Agent {
   readonly fatal: Promise<never>;
 
   constructor(private readonly opts: AgentOptions) {
-    this.store = new AgentStore(opts.stateDir);
+    this.store = opts.store ?? new AgentStore(opts.stateDir);
     this.outbox = new Outbox(this.store);
     this.log = opts.log ?? ((line) => process.stderr.write(`${line}\n`));
     this.connected = new Promise((resolve) => {
@@ -93,6 +100,12 @@ export class Agent {
     this.fatal.catch(() => {});
     this.sessionBdSeq = this.store.current("bdSeq") ?? 0;
     this.lastSeq = this.store.current("seq");
+    const reset = this.store.resetNow;
+    if (reset) {
+      this.log(
+        `agent ${opts.device}: the state database was corrupt (${reset.reason}); kept it as ${reset.kept_as} and started a fresh one (its unsent messages and job records are in the old file)`,
+      );
+    }
   }
 
   get client(): MqttClient | undefined {
@@ -118,7 +131,7 @@ export class Agent {
       if (job.request) this.queue.push(job.request);
     }
     this.telemetryTimer = setInterval(() => this.sendTelemetry(), this.opts.telemetryIntervalMs);
-    void this.connectLoop();
+    this.connecting = this.connectLoop();
     if (this.queue.length > 0) void this.pump();
   }
 
@@ -132,6 +145,7 @@ export class Agent {
 
   /** Before every connection attempt: a new bdSeq, persisted, and a Last Will that carries it. */
   private prepare = (_client: MqttClient | undefined, options: IClientOptions): void => {
+    if (this.stopping) return; // the store may be closed; this client is being ended anyway
     this.attemptBdSeq = this.store.next("bdSeq");
     options.will = {
       topic: this.topic("state"),
@@ -141,10 +155,29 @@ export class Agent {
     };
   };
 
+  /**
+   * Job requests are taken in `handleMessage`, set before the client connects: a persistent session's
+   * queued requests arrive right after the CONNACK, before connectBroker() returns. MQTT.js sends the
+   * PUBACK only after it, so a request is on disk (QUEUED) before the broker forgets it; while the
+   * agent stops, no PUBACK is sent and the broker keeps the request for the next session.
+   */
+  private readonly listen = (client: MqttClient): void => {
+    client.handleMessage = (packet, done) => {
+      if (this.stopping) {
+        done(new Error("agent stopping: the request stays at the broker"));
+        return;
+      }
+      const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload;
+      this.onMessage(packet.topic, payload);
+      done();
+    };
+  };
+
   private async connectLoop(): Promise<void> {
     while (!this.stopping) {
+      let client: MqttClient;
       try {
-        const client = await connectBroker(
+        client = await connectBroker(
           this.opts.broker,
           {
             clientId: this.opts.device,
@@ -153,33 +186,51 @@ export class Agent {
             reconnectPeriodMs: this.opts.reconnectPeriodMs ?? 1000,
           },
           this.prepare,
+          { onClient: this.listen, signal: this.connectAbort.signal },
         );
-        if (this.stopping) {
-          await endAsync(client, true);
-          return;
-        }
-        this.mqtt = client;
-        client.on("message", (topic, payload) => this.onMessage(topic, payload));
-        client.on("connect", () => void this.onConnected(client).catch(() => {}));
-        client.on("offline", () =>
-          this.log(`agent ${this.opts.device}: broker unreachable, buffering to disk`),
-        );
-        await this.onConnected(client);
-        this.outbox.attach(client);
-        this.connectedOnce();
-        return;
       } catch (e) {
+        if (this.stopping) return;
         if (e instanceof LoginRefusedError) {
           this.failed(e);
           return;
         }
         this.log(`agent ${this.opts.device}: ${(e as Error).message}; retrying`);
-        await new Promise((r) => setTimeout(r, this.opts.reconnectPeriodMs ?? 1000));
+        await new Promise<void>((resolve) => {
+          const signal = this.connectAbort.signal;
+          const wake = () => {
+            clearTimeout(timer);
+            signal.removeEventListener("abort", wake);
+            resolve();
+          };
+          const timer = setTimeout(wake, this.opts.reconnectPeriodMs ?? 1000);
+          signal.addEventListener("abort", wake, { once: true });
+        });
+        continue;
       }
+      if (this.stopping) {
+        await endAsync(client, true);
+        return;
+      }
+      // From here on the client reconnects by itself: never make a second one with the same id.
+      this.mqtt = client;
+      client.on("connect", () => void this.onConnected(client).catch(() => {}));
+      client.on("offline", () =>
+        this.log(`agent ${this.opts.device}: broker unreachable, buffering to disk`),
+      );
+      try {
+        await this.onConnected(client);
+      } catch (e) {
+        // Lost again before subscribing: the `connect` handler subscribes on the next connection.
+        this.log(`agent ${this.opts.device}: ${(e as Error).message}; retrying`);
+      }
+      this.outbox.attach(client);
+      this.connectedOnce();
+      return;
     }
   }
 
   private async onConnected(client: MqttClient): Promise<void> {
+    if (this.stopping) return;
     this.sessionBdSeq = this.attemptBdSeq;
     const birth: BirthPayload = {
       v: PROTOCOL_VERSION,
@@ -196,6 +247,9 @@ export class Agent {
       profile: this.opts.profile,
       models: this.opts.models,
     };
+    // Retained with the birth, so a coordinator sees it whenever it looks, not only at the event.
+    const reset = this.store.lastReset();
+    if (reset) birth.store_reset = { ...reset };
     // Retained announcements are re-sent on every connect, so they need no outbox.
     client.publish(this.topic("state"), this.statePayload("online", this.sessionBdSeq), {
       qos: 1,
@@ -330,14 +384,18 @@ export class Agent {
     }
   }
 
-  private async pump(): Promise<void> {
-    if (this.running) return;
+  /** Run queued jobs one at a time; the returned promise (also kept for stop()) ends when the queue is empty. */
+  private pump(): Promise<void> {
+    if (this.running) return this.pumping;
     this.running = true;
-    try {
-      while (this.queue.length > 0 && !this.stopping) await this.runJob(this.queue.shift()!);
-    } finally {
-      this.running = false;
-    }
+    this.pumping = (async () => {
+      try {
+        while (this.queue.length > 0 && !this.stopping) await this.runJob(this.queue.shift()!);
+      } finally {
+        this.running = false;
+      }
+    })();
+    return this.pumping;
   }
 
   private async runJob(req: JobRequest): Promise<void> {
@@ -380,11 +438,24 @@ export class Agent {
     return this.outbox.drained();
   }
 
-  /** Graceful stop: announce `offline` (so no Last Will fires), disconnect, close the store. */
-  async stop(): Promise<void> {
+  /**
+   * Graceful stop, in any connection state (connected, connecting, broker unreachable): cancel the
+   * connection attempt and the job, announce `offline` if connected (so no Last Will fires),
+   * disconnect, close the store. Unacknowledged messages and unfinished jobs stay on disk.
+   */
+  stop(): Promise<void> {
+    this.stopped ??= this.shutdown();
+    return this.stopped;
+  }
+
+  private async shutdown(): Promise<void> {
     this.stopping = true;
     clearInterval(this.telemetryTimer);
     this.current?.abort(new Error("agent stopping"));
+    this.connectAbort.abort();
+    await this.connecting;
+    // A runner that ignores the abort must not hold the stop; it finds the store closed and ends.
+    await Promise.race([this.pumping, new Promise((r) => setTimeout(r, 5000).unref())]);
     const client = this.mqtt;
     if (client?.connected) {
       await Promise.race([
@@ -403,11 +474,13 @@ export class Agent {
   /** Simulate a crash: drop the TCP connection without DISCONNECT (the broker sends the Last Will). */
   crash(): void {
     this.stopping = true;
+    this.stopped = Promise.resolve();
     clearInterval(this.telemetryTimer);
     this.current?.abort(new Error("agent crashed"));
+    this.connectAbort.abort();
     this.outbox.detach();
     this.mqtt?.stream.destroy();
-    this.mqtt?.end(true);
+    if (this.mqtt) void endAsync(this.mqtt, true);
     this.store.close();
   }
 }

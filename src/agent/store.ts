@@ -1,4 +1,4 @@
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, statSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { IteraError } from "../errors.js";
@@ -20,6 +20,71 @@ export interface JobRecord {
   result: JobResultPayload | null;
 }
 
+/** The agent found its `agent.db` unreadable at start-up, kept it aside and began a fresh one. */
+export interface StoreReset {
+  /** When (Unix epoch ms). */
+  ts: number;
+  /** What SQLite said about the old file. */
+  reason: string;
+  /** Where the old file is kept for inspection (`agent.db.corrupt-<time>`, with its -wal/-shm). */
+  kept_as: string;
+}
+
+/** Raised by the integrity check at open: the file is a database, but a damaged one. */
+class DamagedStoreError extends Error {}
+
+/** SQLite's "not a database" and "malformed" (better-sqlite3's `code`, node:sqlite's numeric `errcode`). */
+function isCorruption(e: unknown): boolean {
+  if (e instanceof DamagedStoreError) return true;
+  const { code, errcode } = e as { code?: unknown; errcode?: unknown };
+  if (typeof code === "string" && /^SQLITE_(NOTADB|CORRUPT)/.test(code)) return true;
+  return typeof errcode === "number" && [11, 26].includes(errcode & 0xff);
+}
+
+function openDatabase(path: string): Database.Database {
+  const db = new Database(path);
+  try {
+    db.pragma("journal_mode = WAL");
+    db.pragma("synchronous = NORMAL");
+    // A file with a valid header can still have damaged pages; find out now, not mid-job.
+    const check = db.pragma("quick_check") as Record<string, unknown>[];
+    const verdict = check.map((row) => String(Object.values(row)[0])).join("; ");
+    if (verdict !== "ok") throw new DamagedStoreError(`integrity check failed: ${verdict.slice(0, 300)}`);
+    db.exec(`
+      CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload TEXT NOT NULL, qos INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS jobs (
+        job_id TEXT NOT NULL, exec_no INTEGER NOT NULL, status TEXT NOT NULL, details TEXT,
+        request TEXT, result TEXT, updated_ms INTEGER NOT NULL, PRIMARY KEY (job_id, exec_no));
+      CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    `);
+    return db;
+  } catch (e) {
+    db.close();
+    throw e;
+  }
+}
+
+/** Rename the database and its WAL/shared-memory files (a stale WAL must not be replayed into a new file). */
+function setAside(path: string): string {
+  const keptAs = `${path}.corrupt-${new Date().toISOString().replace(/[:.]/g, "-")}`;
+  try {
+    for (const suffix of ["-wal", "-shm", ""]) {
+      if (existsSync(path + suffix)) renameSync(path + suffix, keptAs + suffix);
+    }
+  } catch (e) {
+    throw new IteraError(
+      `the agent state database is corrupt and cannot be moved aside: ${(e as Error).message}`,
+      {
+        where: path,
+        fix: "make the state folder writable by the agent, or move agent.db away by hand",
+      },
+    );
+  }
+  return keptAs;
+}
+
 /**
  * The agent's durable state in one SQLite file (`agent.db` in the state directory):
  * counters (bdSeq, telemetry seq), the outbox of messages not yet acknowledged by the broker, and
@@ -29,28 +94,47 @@ export interface JobRecord {
 export class AgentStore {
   private readonly db: Database.Database;
   private readonly stmts;
+  /** Set when this open found the old file corrupt and started a fresh one. */
+  readonly resetNow: StoreReset | undefined;
 
+  /**
+   * Opens (or creates) `<stateDir>/agent.db`. A corrupt file (not a database, or failing SQLite's
+   * quick_check) is renamed to `agent.db.corrupt-<time>` and a fresh store begins: the agent must
+   * come up rather than hang, and the old file stays for inspection. The event is kept in the new
+   * store (`lastReset()`), so the agent reports it.
+   */
   constructor(stateDir: string) {
     const path = join(stateDir, "agent.db");
-    try {
-      mkdirSync(stateDir, { recursive: true });
-      this.db = new Database(path);
-    } catch (e) {
-      throw new IteraError(`cannot open the agent state database: ${(e as Error).message}`, {
+    const cannotOpen = (e: unknown) =>
+      new IteraError(`cannot open the agent state database: ${(e as Error).message}`, {
         where: path,
-        fix: "pass a writable --state-dir",
+        fix: "pass a --state-dir the agent can create and write (a folder)",
+      });
+    if (existsSync(stateDir) && !statSync(stateDir).isDirectory()) {
+      throw new IteraError("the agent state directory is not a folder", {
+        where: stateDir,
+        fix: "pass a --state-dir that is a folder (or does not exist yet)",
       });
     }
-    this.db.pragma("journal_mode = WAL");
-    this.db.pragma("synchronous = NORMAL");
-    this.db.exec(`
-      CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-      CREATE TABLE IF NOT EXISTS outbox (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload TEXT NOT NULL, qos INTEGER NOT NULL);
-      CREATE TABLE IF NOT EXISTS jobs (
-        job_id TEXT NOT NULL, exec_no INTEGER NOT NULL, status TEXT NOT NULL, details TEXT,
-        request TEXT, result TEXT, updated_ms INTEGER NOT NULL, PRIMARY KEY (job_id, exec_no));
-    `);
+    let reset: StoreReset | undefined;
+    try {
+      mkdirSync(stateDir, { recursive: true });
+      try {
+        this.db = openDatabase(path);
+      } catch (e) {
+        if (!isCorruption(e)) throw e;
+        reset = { ts: Date.now(), reason: (e as Error).message, kept_as: setAside(path) };
+        this.db = openDatabase(path);
+      }
+    } catch (e) {
+      throw e instanceof IteraError ? e : cannotOpen(e);
+    }
+    this.resetNow = reset;
+    if (reset) {
+      this.db
+        .prepare("INSERT OR REPLACE INTO meta (name, value) VALUES ('store_reset', ?)")
+        .run(JSON.stringify(reset));
+    }
     this.stmts = {
       next: this.db.prepare(
         "INSERT INTO counters (name, value) VALUES (?, 0) ON CONFLICT(name) DO UPDATE SET value = value + 1 RETURNING value",
@@ -73,6 +157,14 @@ export class AgentStore {
         "SELECT * FROM jobs WHERE status IN ('QUEUED', 'IN_PROGRESS') ORDER BY updated_ms",
       ),
     };
+  }
+
+  /** The latest time this device's store was found corrupt and started afresh (undefined: never). */
+  lastReset(): StoreReset | undefined {
+    const row = this.db.prepare("SELECT value FROM meta WHERE name = 'store_reset'").get() as
+      | { value: string }
+      | undefined;
+    return row ? (JSON.parse(row.value) as StoreReset) : undefined;
   }
 
   /** Increment a persistent counter and return its new value (the first call returns 0). */

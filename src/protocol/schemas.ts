@@ -42,6 +42,12 @@ export const birthSchema = z.looseObject({
   }),
   profile: z.string().min(1),
   models: z.array(modelRefSchema),
+  /**
+   * The latest time the agent found its state database (agent.db) corrupt at start-up, kept it
+   * aside as `kept_as` and began a fresh one (its outbox, counters and job records were in the old
+   * file). Absent when that never happened; older agents never send it.
+   */
+  store_reset: z.looseObject({ ts, reason: z.string().max(2000), kept_as: z.string().max(2000) }).optional(),
 });
 export type BirthPayload = z.infer<typeof birthSchema>;
 

@@ -3,6 +3,7 @@ import { homedir, hostname } from "node:os";
 import { join } from "node:path";
 import type { Command } from "commander";
 import { Agent } from "../../agent/agent.js";
+import { AgentStore } from "../../agent/store.js";
 import { IteraError } from "../../errors.js";
 import { describeModel, modelBenchRunner } from "../../agent/bench-runner.js";
 import { type BenchmarkRunner, replayRunner } from "../../agent/runner.js";
@@ -31,6 +32,9 @@ interface AgentCliOptions extends BrokerCliOptions, ModelOptions {
   simulatedMeter?: boolean;
   replay?: string;
 }
+
+/** Longest --telemetry-interval: a day (Node's timers overflow past about 24.8 days anyway). */
+const MAX_TELEMETRY_INTERVAL_S = 86_400;
 
 /** systemd's StateDirectory= (STATE_DIRECTORY), else the XDG state folder. */
 function defaultStateDir(): string {
@@ -99,6 +103,26 @@ export function registerAgent(program: Command): void {
     ),
   ).action(
     action(async (opts: AgentCliOptions) => {
+      // Listened for from the start: a stop during start-up (model loading) is as clean as later.
+      let signalled = false;
+      const stopped = new Promise<void>((resolve) => {
+        const stop = () => {
+          signalled = true;
+          resolve();
+        };
+        process.once("SIGINT", stop);
+        process.once("SIGTERM", stop);
+      });
+      // Every option is checked before anything is opened, so a bad one exits at once (systemd restarts).
+      const telemetryS = positive(opts.telemetryInterval, "--telemetry-interval");
+      // Below 0.1 s it floods the outbox; Node's timers overflow past 2^31 ms and fire every millisecond.
+      if (telemetryS < 0.1 || telemetryS > MAX_TELEMETRY_INTERVAL_S) {
+        throw new IteraError(`invalid --telemetry-interval '${opts.telemetryInterval}': out of range`, {
+          where: "--telemetry-interval",
+          fix: `pass a number of seconds from 0.1 to ${MAX_TELEMETRY_INTERVAL_S}`,
+        });
+      }
+      const baud = opts.baud ? positive(opts.baud, "--baud", true) : undefined;
       if (!(meterChoices as readonly string[]).includes(opts.meter)) {
         throw new IteraError(`unknown meter '${opts.meter}'`, {
           where: "--meter",
@@ -109,43 +133,47 @@ export function registerAgent(program: Command): void {
       const broker = brokerOptions({ ...opts, broker: opts.broker ?? config?.broker });
       const device = checkId(opts.device ?? config?.device_id ?? hostname().split(".")[0]!, "--device");
       const fleet = checkId(opts.fleet ?? config?.fleet ?? "default", "--fleet");
-      const ctx = await agentContext(opts);
-      const model = await describeModel(ctx.modelDir);
+      // The store before the model and meter: a bad --state-dir fails in milliseconds.
+      const stateDir = opts.stateDir ?? defaultStateDir();
+      const store = new AgentStore(stateDir);
       let meter: Meter | null = null;
-      let runner: BenchmarkRunner;
-      if (opts.replay) {
-        runner = await replayRunner(opts.replay, device);
-      } else {
-        const mo: MeterOptions = {
-          meter: opts.meter as MeterOptions["meter"],
-          profile: ctx.profile,
-          ...(opts.port ? { port: opts.port } : {}),
-          ...(opts.baud ? { baud: positive(opts.baud, "--baud", true) } : {}),
-          ...(opts.simulatedMeter ? { simulated: true } : {}),
-          log: (m) => process.stderr.write(`${m}\n`),
-        };
-        meter = (await openMeter(mo)).meter;
-        runner = await modelBenchRunner({ modelDir: ctx.modelDir, profile: ctx.profile, device, meter });
-      }
-      const agent = new Agent({
-        broker,
-        fleet,
-        device,
-        profile: ctx.profile.name,
-        models: [model],
-        stateDir: opts.stateDir ?? defaultStateDir(),
-        telemetryIntervalMs: positive(opts.telemetryInterval, "--telemetry-interval") * 1000,
-        runner,
-      });
-      agent.start();
-      const stopped = new Promise<void>((resolve) => {
-        process.once("SIGINT", () => resolve());
-        process.once("SIGTERM", () => resolve());
-      });
+      let agent: Agent | undefined;
       try {
+        const ctx = await agentContext(opts);
+        const model = await describeModel(ctx.modelDir);
+        let runner: BenchmarkRunner;
+        if (opts.replay) {
+          runner = await replayRunner(opts.replay, device);
+        } else {
+          const mo: MeterOptions = {
+            meter: opts.meter as MeterOptions["meter"],
+            profile: ctx.profile,
+            ...(opts.port ? { port: opts.port } : {}),
+            ...(baud ? { baud } : {}),
+            ...(opts.simulatedMeter ? { simulated: true } : {}),
+            log: (m) => process.stderr.write(`${m}\n`),
+          };
+          meter = (await openMeter(mo)).meter;
+          runner = await modelBenchRunner({ modelDir: ctx.modelDir, profile: ctx.profile, device, meter });
+        }
+        agent = new Agent({
+          broker,
+          fleet,
+          device,
+          profile: ctx.profile.name,
+          models: [model],
+          stateDir,
+          store,
+          telemetryIntervalMs: telemetryS * 1000,
+          runner,
+        });
+        if (signalled) return;
+        agent.start();
         await Promise.race([stopped, agent.fatal]);
       } finally {
-        await agent.stop();
+        // Whatever failed, nothing may keep the process alive (a meter's poller, the store).
+        if (agent) await agent.stop();
+        else store.close();
         await meter?.stop();
       }
     }),
