@@ -15,6 +15,18 @@ describe("device profiles", () => {
     }
   });
 
+  it("every shipped profile says where its thread count comes from; a user's own profile need not", async () => {
+    for (const p of await loadAllProfiles()) expect(p.sources?.threads, p.name).toMatch(/\S{10,}/);
+    const { sources: _s, ...own } = await loadProfile("rpi4");
+    const dir = await mkdtemp(join(tmpdir(), "itera-profile-"));
+    try {
+      await writeFile(join(dir, "mine.json"), JSON.stringify({ ...own, name: "mine" }));
+      expect((await loadProfile(join(dir, "mine.json"))).threads).toBe(own.threads);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it("refuses an invalid profile naming the field", async () => {
     const good = await loadProfile("rpi4");
     const dir = await mkdtemp(join(tmpdir(), "itera-profile-"));

@@ -17,8 +17,14 @@ export const deviceProfileSchema = z
     cores: z.number().int().positive().max(1024),
     /** Default intra-op threads; commands cap it at the host's cores (src/profile/threads.ts). */
     threads: z.number().int().positive().max(1024),
-    /** Where the non-power figures come from (the power figures' are in power.sources). */
-    sources: z.object({ threads: z.string().min(1) }).strict(),
+    /**
+     * Where the non-power figures come from (the power figures' are in power.sources). Every shipped
+     * profile says it (test/profiles.test.ts); a user's own profile need not.
+     */
+    sources: z
+      .object({ threads: z.string().min(1).optional() })
+      .strict()
+      .optional(),
     memory_mb: z.number().int().positive(),
     quantization: z.enum(quantizations),
     power: z
