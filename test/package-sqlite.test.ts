@@ -1,4 +1,5 @@
-import { mkdtemp, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { build } from "esbuild";
@@ -33,7 +34,8 @@ try {
 } catch { rolledBack = true; }
 store.putJob({ jobId: "j1", execNo: 1, status: "IN_PROGRESS", details: null, request: null, result: null });
 console.log(JSON.stringify({ ...out, pending: store.pending(), size: store.outboxSize(), rolledBack,
-  job: store.getJob("j1", 1), unfinished: store.unfinishedJobs().length, journal: process.versions.node }));
+  job: store.getJob("j1", 1), unfinished: store.unfinishedJobs().length, journal: process.versions.node,
+  reset: store.resetNow ?? null }));
 store.close();
 `,
   );
@@ -72,5 +74,19 @@ describe("better-sqlite3 on node:sqlite in bundles", () => {
     expect(second.bdSeq).toBe(1);
     expect(second.seq).toEqual([2, 3]);
     expect(second.size).toBe(2);
+    expect(second.reset).toBe(null);
+  });
+
+  it("keeps a corrupt agent.db aside and starts a fresh store (node:sqlite's error codes)", async () => {
+    const state = join(work, "corrupt");
+    await mkdir(state);
+    const garbage = randomBytes(16 * 1024);
+    await writeFile(join(state, "agent.db"), garbage);
+    const out = JSON.parse((await run(node, [script, state])).stdout);
+    expect(out.reset.reason).toMatch(/not a database/);
+    expect(out.reset.kept_as).toMatch(/agent\.db\.corrupt-/);
+    expect((await readFile(out.reset.kept_as)).equals(garbage)).toBe(true);
+    expect(out.bdSeq).toBe(0);
+    expect(out.size).toBe(1);
   });
 });
