@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import type { BenchEngine } from "../src/bench/engine.js";
 import { runBench } from "../src/bench/harness.js";
 import { benchResultSchema } from "../src/bench/result.js";
@@ -39,13 +39,22 @@ const plan = {
 };
 const ctxBase = { profile: "laptop-x64-4c", device: "test-host", agentVersion: "test", quiet: true };
 
-/** The runtime engine, with the sensor unplugged after the idle baseline, before the first test. */
-async function unplugBeforeTests(sim: SimPty): Promise<BenchEngine> {
+/**
+ * The runtime engine, with the sensor unplugged after the idle baseline, before the first test:
+ * the test starts once the meter has noticed (the port's close arrives asynchronously).
+ */
+async function unplugBeforeTests(sim: SimPty, meter: Ina219Meter): Promise<BenchEngine> {
   const engine = await runtimeEngine(model);
   return {
     ...engine,
     load: async (threads) => {
       await sim.stop();
+      await vi.waitFor(
+        () => {
+          if (!meter.health().lost) throw new Error("the meter has not noticed yet");
+        },
+        { timeout: 30_000, interval: 20 },
+      );
       return engine.load(threads);
     },
   };
@@ -57,7 +66,7 @@ describe("the INA219 unplugged between the idle baseline and the test", () => {
     const meter = new Ina219Meter({ port: sim.port });
     try {
       await meter.start();
-      const [r] = await runBench(plan, { ...ctxBase, engine: await unplugBeforeTests(sim), meter });
+      const [r] = await runBench(plan, { ...ctxBase, engine: await unplugBeforeTests(sim, meter), meter });
       expect(benchResultSchema.parse(r)).toEqual(r);
       const e = r!.energy!;
       // Before: J 0, mJ_per_token 0 and net_J = −idle × duration.
@@ -92,7 +101,12 @@ describe("the INA219 unplugged between the idle baseline and the test", () => {
     try {
       await meter.start();
       await fallback.start();
-      const [r] = await runBench(plan, { ...ctxBase, engine: await unplugBeforeTests(sim), meter, fallback });
+      const [r] = await runBench(plan, {
+        ...ctxBase,
+        engine: await unplugBeforeTests(sim, meter),
+        meter,
+        fallback,
+      });
       const e = r!.energy!;
       expect(e.method).toBe("tdp-estimate");
       expect(e.complete).toBe(true);
