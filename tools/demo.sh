@@ -47,7 +47,10 @@ fleet_stop() {
   rm -rf "$fleet_dir"
 }
 trap fleet_stop EXIT
-itera broker --port 0 --json >"$fleet_dir/broker.json" &
+trap 'exit 143' TERM INT # so that a stopped demo still runs fleet_stop
+# Background jobs run node itself, not the itera function: $! must be the pid that fleet_stop kills
+# (a function runs in a subshell whose kill would leave node running).
+node "$repo/dist/cli/itera.js" broker --port 0 --json >"$fleet_dir/broker.json" &
 fleet_pids+=($!)
 for _ in $(seq 200); do
   grep -q '"url"' "$fleet_dir/broker.json" 2>/dev/null && break
@@ -55,7 +58,7 @@ for _ in $(seq 200); do
   sleep 0.1
 done
 fleet_url=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).url)' "$fleet_dir/broker.json")
-itera fleet simulate --devices 3 --broker "$fleet_url" --fleet demo --model models/itera-lite-micro \
+node "$repo/dist/cli/itera.js" fleet simulate --devices 3 --broker "$fleet_url" --fleet demo --model models/itera-lite-micro \
   --state-dir "$fleet_dir/agents" --telemetry-interval 1 &
 fleet_pids+=($!)
 # The database keeps every demo run (history); the report folder shows the latest.
@@ -65,7 +68,7 @@ itera fleet bench --broker "$fleet_url" --fleet demo --devices 3 --model itera-l
 echo "-- live telemetry for 3 s: each device's latest tokens/s and mJ/token, with the method that measured it"
 itera fleet watch --broker "$fleet_url" --fleet demo --duration 3 --db "$out/fleet.db"
 fleet_stop
-trap - EXIT
+trap - EXIT TERM INT
 
 itera_cmd="node $(q "$repo/dist/cli/itera.js")"
 cat <<EOF
