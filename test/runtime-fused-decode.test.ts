@@ -78,12 +78,13 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("Itera-Lite micro", () =
   it("ends the loop early once every row has produced an end token", async () => {
     const fused = (await model.fusedDecoder()) as FusedDecoder;
     const state = model.newState(1).tensors;
-    const free = await fused.run([5], state, 40, []);
+    const run = (eos: number[]) => fused.run({ ids: [5], state, length: 0, padding: [0], steps: 40, eos });
+    const free = await run([]);
     expect(free.tokens[0]).toHaveLength(40);
     // pretend the 7th greedy token ends the text: the loop must stop right after producing it
     const end = free.tokens[0]![6]!;
     const first = free.tokens[0]!.indexOf(end);
-    const stopped = await fused.run([5], state, 40, [end]);
+    const stopped = await run([end]);
     expect(stopped.tokens[0]).toEqual(free.tokens[0]!.slice(0, first + 1));
   });
 
@@ -104,21 +105,30 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("Itera-Lite micro", () =
       const out = await session.run(feeds);
       const tokens = Array.from(out["itera.loop.tokens"]!.data as BigInt64Array, Number);
       const fused = (await model.fusedDecoder()) as FusedDecoder;
-      expect(tokens).toEqual((await fused.run([5], state, 30, [])).tokens[0]);
+      const chunk = await fused.run({ ids: [5], state, length: 0, padding: [0], steps: 30, eos: [] });
+      expect(tokens).toEqual(chunk.tokens[0]);
     } finally {
       await session.release();
     }
   });
 
-  it("steps when sampling or penalising repetitions", async () => {
+  it("fuses sampling and repetition penalties too (their tokens: runtime-fused-sampling.test.ts)", async () => {
     const sampled = await model.generate("ROMEO:", { maxTokens: 20, temperature: 0.8, seed: 3 });
-    expect(sampled.decode).toBe("step");
+    expect(sampled.decode).toBe("fused");
     const penalised = await model.generate("ROMEO:", {
       maxTokens: 20,
       temperature: 0,
       repetitionPenalty: 1.3,
     });
-    expect(penalised.decode).toBe("step");
+    expect(penalised.decode).toBe("fused");
+    const stepped = await model.generate("ROMEO:", {
+      maxTokens: 20,
+      temperature: 0.8,
+      seed: 3,
+      fusedDecode: false,
+    });
+    expect(stepped.decode).toBe("step");
+    expect(stepped.ids).toEqual(sampled.ids);
   });
 });
 
@@ -144,13 +154,20 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("when the loop cannot be
 });
 
 describe.skipIf(!existsSync(join(transformer, "model.onnx")))("a KV-cache model", () => {
-  it("decodes step by step and says why", async () => {
+  it("decodes fused (the cache grows inside the loop) to the tokens of stepping", async () => {
     const model = await loadModel(transformer, { threads: 1 });
     try {
-      expect(fusedDecodeUnsupported(model.io)).toMatch(/KV cache|attention mask/);
-      expect(await model.fusedDecoder()).toEqual({ unsupported: fusedDecodeUnsupported(model.io) });
-      const g = await model.generate("ROMEO:", { maxTokens: 10, temperature: 0 });
-      expect(g.decode).toBe("step");
+      expect(fusedDecodeUnsupported(model.io)).toBeNull();
+      const options = { maxTokens: 120, temperature: 0, ignoreEos: true };
+      const prompts = ["ROMEO:", "JULIET:\nO Romeo"];
+      const fused = await model.generateBatch(prompts, options);
+      const step = await model.generateBatch(prompts, { ...options, fusedDecode: false });
+      for (let r = 0; r < prompts.length; r++) {
+        expect(fused[r]!.decode).toBe("fused");
+        expect(step[r]!.decode).toBe("step");
+        expect(fused[r]!.ids).toEqual(step[r]!.ids);
+        expect(fused[r]!.ids).toHaveLength(120);
+      }
     } finally {
       await model.dispose();
     }
@@ -207,13 +224,10 @@ describe("PyTorch fixtures (test/fixtures/runtime)", () => {
     }
   };
 
-  it("a recurrent export decodes fused to PyTorch's greedy tokens; a hybrid with attention steps", async () => {
-    for (const [name, mode] of [
-      ["recurrent", "fused"],
-      ["hybrid", "step"],
-    ] as const) {
+  it("a recurrent export and a hybrid with attention decode fused to PyTorch's greedy tokens", async () => {
+    for (const name of ["recurrent", "hybrid"] as const) {
       for (const g of await greedyOf(name)) {
-        expect(g.decode).toBe(mode);
+        expect(g.decode).toBe("fused");
         expect(g.ids).toEqual(g.expected);
       }
     }

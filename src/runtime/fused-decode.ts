@@ -1,21 +1,25 @@
 /**
- * Fused greedy decoding: many greedy steps in one `session.run`.
+ * Fused decoding: many decode steps in one `session.run`.
  *
- * A small recurrent model's decode step is cheaper than the call that runs it: the Node binding
- * converts every state tensor in and out (~5 µs each) and ONNX Runtime sets up the run. For such
- * models this module wraps the model's own graph in an ONNX `Loop` whose body is the graph plus
- * ArgMax: the state stays inside ONNX Runtime between steps and one call returns up to K tokens.
- * The arithmetic is the model's own, so the tokens are exactly those of stepping it one call at a
- * time with greedy choice (the tests check this).
+ * A small model's decode step is cheaper than the call that runs it: the Node binding converts every
+ * state tensor in and out (~5 µs each, and a whole KV cache copied out of every call) and ONNX
+ * Runtime sets up the run. This module wraps the model's own graph in an ONNX `Loop` whose body is
+ * the graph plus the choice of the next token: the state stays inside ONNX Runtime between steps
+ * and one call returns up to K tokens. The choice is greedy (ArgMax) or sampled, with the same
+ * arithmetic as src/runtime/sampling.ts in float64 (repetition penalty -> temperature -> top-k ->
+ * top-p -> a draw with uniform numbers made by the caller's seeded generator), so the tokens are
+ * those of stepping one call per token (the tests check this).
  *
- * Applies to graphs whose only inputs are the token ids and fixed-shape states (recurrent/conv state,
- * no KV cache, attention mask or positions) and whose weights fit comfortably in memory twice (the
- * loop is a second ONNX Runtime session); anything else decodes step by step.
+ * Applies to graphs whose inputs are token ids, states (fixed-shape recurrent/conv state or KV
+ * caches that grow inside the loop), and optionally attention_mask and position_ids (extended by
+ * one position per step inside the loop), whose weights fit comfortably in memory twice (each loop
+ * is a second ONNX Runtime session); anything else decodes step by step.
  */
 import { InferenceSession, Tensor } from "onnxruntime-node";
 import {
   attr,
   DataType,
+  encodeModel,
   Graph,
   isExternal,
   loadModel as loadOnnx,
@@ -23,22 +27,44 @@ import {
   makeValueInfo,
   tensorByteSize,
   typedToTensor,
-  encodeModel,
 } from "../onnx/index.js";
-import type { GraphProto, ModelProto, NodeProto, ValueInfoProto } from "../onnx/types.js";
-import type { ModelIo } from "./io.js";
+import type { AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto } from "../onnx/types.js";
+import type { ModelIo, TensorType } from "./io.js";
 import { intTensor } from "./tensors.js";
 
 /** Above this many bytes of weights the per-call overhead no longer matters: keep one session. */
 export const FUSED_DECODE_MAX_BYTES = 64 * 1024 * 1024;
 
+/**
+ * Top-p values above this decode step by step: the loop finds the cut as the first cumulative
+ * share >= p, which float64 rounding (at most ~2 x vocab x 2^-53) guarantees to exist only below it.
+ */
+export const FUSED_TOP_P_MAX = 1 - 2 ** -30;
+
+/** Vocabularies above this sample step by step: the draw's bound on rounding (see FUSED_TOP_P_MAX) fails. */
+export const FUSED_SAMPLING_MAX_VOCAB = 2 ** 20;
+
 const P = "itera.loop."; // prefix of every name this module adds, away from the model's own names
+
+/** What the loop body does after the model's step. */
+export interface LoopFeatures {
+  /** Draw from the distribution (temperature > 0) rather than take the ArgMax. */
+  sample: boolean;
+  /** Apply a repetition penalty to tokens seen so far (a seen-token mask carried through the loop). */
+  penalty: boolean;
+  /** Cut the distribution to top-p (only when sampling). */
+  topP: boolean;
+}
+
+export const GREEDY: LoopFeatures = { sample: false, penalty: false, topP: false };
+
+export function featureKey(f: LoopFeatures): string {
+  return `${f.sample ? "sample" : "greedy"}${f.penalty ? "+penalty" : ""}${f.sample && f.topP ? "+top-p" : ""}`;
+}
 
 /** Why a model decodes step by step, or null when the fused loop applies. */
 export function fusedDecodeUnsupported(io: ModelIo): string | null {
   if (io.states.length === 0) return "the graph carries no state";
-  if (io.hasKvCache) return "the graph has a KV cache";
-  if (io.attentionMask || io.positionIds) return "the graph takes an attention mask or position ids";
   if (io.fixedSequence !== null && io.fixedSequence !== 1) return "the graph takes a fixed number of tokens";
   return null;
 }
@@ -47,46 +73,146 @@ function renamed(v: ValueInfoProto, name: string): ValueInfoProto {
   return { ...v, name } as ValueInfoProto;
 }
 
+const onnxInt = (t: TensorType) => (t === "int32" ? DataType.INT32 : DataType.INT64);
+
+function opsetOf(model: ModelProto): number {
+  const v = model.opsetImport.find((o) => !o.domain)?.version;
+  return v === undefined ? 0 : Number(v);
+}
+
 /**
  * The decode loop around `model` (edited in place and returned):
  *   inputs  steps (int64 scalar), ids [batch, 1], eos_table [vocab] (int32: 1 for an end id),
- *           done [batch, 1] (int32), states...
- *   outputs ids [batch, 1], done, states..., tokens [steps run, batch, 1]
- * Each iteration feeds the ids, takes the ArgMax of the logits as the next ids, marks rows that
- * produced an end id as done, and stops early once every row is done.
+ *           done [batch, 1] (int32: 1 for a row that already ended),
+ *           attention_mask [batch, past + 1] and ones [batch, 1] (if the graph takes a mask),
+ *           position_ids [batch, 1] (if the graph takes them), seen [batch, vocab] (bool, penalty),
+ *           temperature, top_k [1], top_p, uniforms [steps, batch, 1] (sampling), penalty (penalty),
+ *           states...
+ *   outputs states..., tokens [steps run, batch, 1]
+ * Each iteration feeds the ids, chooses the next ids from the logits, marks rows that produced an
+ * end id as done, extends mask and positions by one, and stops early once every row is done.
  */
-export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
+export function buildDecodeLoop(model: ModelProto, io: ModelIo, features: LoopFeatures = GREEDY): ModelProto {
   const g = model.graph!;
   const valueInfo = (name: string) => new Graph(g).valueInfo(name);
-  const idsType = io.inputIds.type === "int32" ? DataType.INT32 : DataType.INT64;
-  // logits [batch, 1, vocab] -> ids [batch, 1] in one ArgMax; other layouts through a Reshape
+  const idsType = onnxInt(io.inputIds.type);
+  const sample = features.sample;
+  const topP = sample && features.topP;
+  const node = (op: string, inputs: string[], outputs: string[], attributes: AttributeProto[] = []) =>
+    makeNode(op, inputs, outputs, { attributes });
+  const axisLast = [attr.int("axis", -1), attr.int("keepdims", 1)];
+  const body: NodeProto[] = [...g.node];
+  // logits [batch, 1, vocab] -> ids [batch, 1] in one ArgMax; other layouts and the sampling
+  // arithmetic work on rows [batch, vocab].
   const logitsRank = valueInfo(io.logits)?.type?.tensorType?.shape?.dim?.length;
-  const argmax =
-    logitsRank === 3
-      ? [
-          makeNode("ArgMax", [io.logits], [`${P}next64`], {
-            attributes: [attr.int("axis", -1), attr.int("keepdims", 0)],
-          }),
-        ]
-      : [
-          makeNode("ArgMax", [io.logits], [`${P}argmax`], {
-            attributes: [attr.int("axis", -1), attr.int("keepdims", 1)],
-          }),
-          makeNode("Reshape", [`${P}argmax`, `${P}column`], [`${P}next64`]),
-        ];
-  const body: NodeProto[] = [
-    ...g.node,
-    ...argmax,
-    idsType === DataType.INT32
-      ? makeNode("Cast", [`${P}next64`], [`${P}next`], { attributes: [attr.int("to", DataType.INT32)] })
-      : makeNode("Identity", [`${P}next64`], [`${P}next`]),
-    makeNode("Identity", [`${P}next`], [`${P}scan`]),
+  const needRows = sample || features.penalty || logitsRank !== 3;
+  if (needRows) body.push(node("Reshape", [io.logits, `${P}rows_shape`], [`${P}rows`]));
+  let scores = `${P}rows`;
+  if (features.penalty) {
+    // As sampling.ts: seen logits divided (positive) or multiplied (negative) by the penalty in
+    // float64, then rounded to float32 as a Float32Array stores them.
+    body.push(
+      node("Cast", [`${P}rows`], [`${P}rows64`], [attr.int("to", DataType.DOUBLE)]),
+      node("Greater", [`${P}rows`, `${P}zero_f`], [`${P}positive`]),
+      node("Div", [`${P}rows64`, `${P}penalty`], [`${P}divided`]),
+      node("Mul", [`${P}rows64`, `${P}penalty`], [`${P}multiplied`]),
+      node("Where", [`${P}positive`, `${P}divided`, `${P}multiplied`], [`${P}penalised64`]),
+      node("Cast", [`${P}penalised64`], [`${P}penalised`], [attr.int("to", DataType.FLOAT)]),
+      node("Where", [`${P}seen_in`, `${P}penalised`, `${P}rows`], [`${P}scores`]),
+    );
+    scores = `${P}scores`;
+  }
+  if (!sample) {
+    body.push(
+      needRows
+        ? node("ArgMax", [scores], [`${P}next64`], axisLast)
+        : node("ArgMax", [io.logits], [`${P}next64`], [attr.int("axis", -1), attr.int("keepdims", 0)]),
+    );
+  } else {
+    // As samplingDistribution + drawFrom, op for op in float64: TopK orders like topKIndices (ties:
+    // lower id first), sums are sequential (CumSum), the cut and the draw are first crossings.
+    const at1 = [attr.int("axis", 1)];
+    body.push(
+      node("TopK", [scores, `${P}top_k`], [`${P}top_values`, `${P}top_ids`], [attr.int("axis", -1)]),
+      node("Cast", [`${P}top_values`], [`${P}values64`], [attr.int("to", DataType.DOUBLE)]),
+      node("Div", [`${P}values64`, `${P}temperature`], [`${P}scaled`]),
+      node("Gather", [`${P}scaled`, `${P}first`], [`${P}top`], at1),
+      node("Sub", [`${P}scaled`, `${P}top`], [`${P}shifted`]),
+      node("Exp", [`${P}shifted`], [`${P}weights`]),
+      node("CumSum", [`${P}weights`, `${P}axis1`], [`${P}cum_weights`]),
+    );
+    if (topP) {
+      body.push(
+        node("Gather", [`${P}cum_weights`, `${P}last`], [`${P}total`], at1),
+        node("Div", [`${P}weights`, `${P}total`], [`${P}shares`]),
+        node("CumSum", [`${P}shares`, `${P}axis1`], [`${P}cum_shares`]),
+        // the first position whose cumulative share reaches p is the last one kept
+        node("Less", [`${P}cum_shares`, `${P}top_p`], [`${P}short`]),
+        node("Cast", [`${P}short`], [`${P}short32`], [attr.int("to", DataType.INT32)]),
+        node("ArgMin", [`${P}short32`], [`${P}last_kept`], axisLast),
+        node("GatherElements", [`${P}cum_weights`, `${P}last_kept`], [`${P}kept_total`], at1),
+      );
+    } else {
+      body.push(node("Gather", [`${P}cum_weights`, `${P}last`], [`${P}kept_total`], at1));
+    }
+    body.push(
+      node("Div", [`${P}weights`, `${P}kept_total`], [`${P}probs`]),
+      node("CumSum", [`${P}probs`, `${P}axis1`], [`${P}cum_probs`]),
+      node("Gather", [`${P}uniforms`, `${P}iter`], [`${P}u`], [attr.int("axis", 0)]),
+      // the first position whose cumulative probability exceeds u
+      node("Less", [`${P}u`, `${P}cum_probs`], [`${P}below`]),
+      node("Cast", [`${P}below`], [`${P}below32`], [attr.int("to", DataType.INT32)]),
+      node("ArgMax", [`${P}below32`], [`${P}pick`], axisLast),
+      node("GatherElements", [`${P}top_ids`, `${P}pick`], [`${P}next64`], at1),
+    );
+  }
+  // int64 ids feed the next step as they are (one node less per step)
+  const next = idsType === DataType.INT32 ? `${P}next` : `${P}next64`;
+  if (idsType === DataType.INT32)
+    body.push(node("Cast", [`${P}next64`], [next], [attr.int("to", DataType.INT32)]));
+  body.push(
+    node("Identity", [next], [`${P}scan`]),
     // done' = done | eos_table[next]; continue while some row is not done
-    makeNode("Gather", [`${P}eos_table`, `${P}next64`], [`${P}ended`]),
-    makeNode("Max", [`${P}done_in`, `${P}ended`], [`${P}done_out`]),
-    makeNode("ReduceMin", [`${P}done_out`], [`${P}all_done`], { attributes: [attr.int("keepdims", 0)] }),
-    makeNode("Equal", [`${P}all_done`, `${P}zero`], [`${P}cond_out`]),
-  ];
+    node("Gather", [`${P}eos_table`, `${P}next64`], [`${P}ended`]),
+    node("Max", [`${P}done_in`, `${P}ended`], [`${P}done_out`]),
+    node("ReduceMin", [`${P}done_out`], [`${P}all_done`], [attr.int("keepdims", 0)]),
+    node("Equal", [`${P}all_done`, `${P}zero`], [`${P}cond_out`]),
+  );
+
+  // Loop-carried values besides ids, done and the states: mask, positions, seen tokens.
+  const carried: { input: ValueInfoProto; output: ValueInfoProto; outer: ValueInfoProto }[] = [];
+  const mask = io.attentionMask;
+  if (mask) {
+    const t = onnxInt(mask.type);
+    body.push(node("Concat", [mask.name, `${P}ones`], [`${P}mask_out`], [attr.int("axis", 1)]));
+    carried.push({
+      input: makeValueInfo(mask.name, t, ["batch", "total"]),
+      output: makeValueInfo(`${P}mask_out`, t, ["batch", "total_next"]),
+      outer: makeValueInfo(`${P}in.mask`, t, ["batch", "total"]),
+    });
+  }
+  const pos = io.positionIds;
+  if (pos) {
+    const t = onnxInt(pos.type);
+    body.push(node("Add", [pos.name, `${P}one_pos`], [`${P}pos_out`]));
+    carried.push({
+      input: makeValueInfo(pos.name, t, ["batch", 1]),
+      output: makeValueInfo(`${P}pos_out`, t, ["batch", 1]),
+      outer: makeValueInfo(`${P}in.pos`, t, ["batch", 1]),
+    });
+  }
+  if (features.penalty) {
+    body.push(
+      node("Equal", [`${P}vocab_ids`, `${P}next64`], [`${P}chosen`]),
+      node("Or", [`${P}seen_in`, `${P}chosen`], [`${P}seen_out`]),
+    );
+    carried.push({
+      input: makeValueInfo(`${P}seen_in`, DataType.BOOL, ["batch", "vocab"]),
+      output: makeValueInfo(`${P}seen_out`, DataType.BOOL, ["batch", "vocab"]),
+      outer: makeValueInfo(`${P}in.seen`, DataType.BOOL, ["batch", "vocab"]),
+    });
+  }
+
   const stateInputs = io.states.map((s) => valueInfo(s.input)!);
   const stateOutputs = io.states.map((s) => valueInfo(s.output)!);
   const loopBody = {
@@ -98,12 +224,14 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
       makeValueInfo(`${P}cond_in`, DataType.BOOL, []),
       makeValueInfo(io.inputIds.name, idsType, ["batch", 1]),
       makeValueInfo(`${P}done_in`, DataType.INT32, ["batch", 1]),
+      ...carried.map((c) => c.input),
       ...stateInputs,
     ],
     output: [
       makeValueInfo(`${P}cond_out`, DataType.BOOL, []),
-      makeValueInfo(`${P}next`, idsType, ["batch", 1]),
+      makeValueInfo(next, idsType, ["batch", 1]),
       makeValueInfo(`${P}done_out`, DataType.INT32, ["batch", 1]),
+      ...carried.map((c) => c.output),
       ...stateOutputs,
       makeValueInfo(`${P}scan`, idsType, ["batch", 1]),
     ],
@@ -113,29 +241,72 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
   const outer = (name: string) => `${P}in.${name}`;
   const loop = makeNode(
     "Loop",
-    [`${P}steps`, `${P}true`, outer("ids"), outer("done"), ...io.states.map((s) => outer(s.input))],
-    [`${P}out.ids`, `${P}out.done`, ...io.states.map((s) => `${P}out.${s.output}`), `${P}tokens`],
+    [
+      `${P}steps`,
+      `${P}true`,
+      outer("ids"),
+      outer("done"),
+      ...carried.map((c) => c.outer.name!),
+      ...io.states.map((s) => outer(s.input)),
+    ],
+    [
+      `${P}out.ids`,
+      `${P}out.done`,
+      ...carried.map((c) => `${P}out.${c.outer.name}`),
+      ...io.states.map((s) => `${P}out.${s.output}`),
+      `${P}tokens`,
+    ],
     { attributes: [attr.graph("body", loopBody)] },
   );
+  const inputs: ValueInfoProto[] = [
+    makeValueInfo(`${P}steps`, DataType.INT64, []),
+    makeValueInfo(outer("ids"), idsType, ["batch", 1]),
+    makeValueInfo(`${P}eos_table`, DataType.INT32, ["vocab"]),
+    makeValueInfo(outer("done"), DataType.INT32, ["batch", 1]),
+    ...carried.map((c) => c.outer),
+  ];
+  if (mask) inputs.push(makeValueInfo(`${P}ones`, onnxInt(mask.type), ["batch", 1]));
+  if (features.penalty) {
+    inputs.push(
+      makeValueInfo(`${P}penalty`, DataType.DOUBLE, []),
+      makeValueInfo(`${P}vocab_ids`, DataType.INT64, ["vocab"]),
+    );
+  }
+  if (sample) {
+    inputs.push(
+      makeValueInfo(`${P}temperature`, DataType.DOUBLE, []),
+      makeValueInfo(`${P}top_k`, DataType.INT64, [1]),
+      makeValueInfo(`${P}uniforms`, DataType.DOUBLE, ["steps", "batch", 1]),
+    );
+    if (topP) inputs.push(makeValueInfo(`${P}top_p`, DataType.DOUBLE, []));
+  }
+  inputs.push(...stateInputs.map((v) => renamed(v, outer(v.name!))));
   model.graph = {
     ...g,
     node: [loop],
     initializer: [
       ...g.initializer,
       typedToTensor(`${P}true`, [], Uint8Array.of(1), DataType.BOOL),
-      ...(logitsRank === 3 ? [] : [typedToTensor(`${P}column`, [2], BigInt64Array.of(-1n, 1n))]),
       typedToTensor(`${P}zero`, [], Int32Array.of(0)),
+      ...(needRows ? [typedToTensor(`${P}rows_shape`, [2], BigInt64Array.of(0n, -1n))] : []),
+      ...(features.penalty ? [typedToTensor(`${P}zero_f`, [], Float32Array.of(0))] : []),
+      ...(sample
+        ? [
+            typedToTensor(`${P}first`, [1], BigInt64Array.of(0n)),
+            typedToTensor(`${P}last`, [1], BigInt64Array.of(-1n)),
+            typedToTensor(`${P}axis1`, [], BigInt64Array.of(1n)),
+          ]
+        : []),
+      ...(pos
+        ? [
+            pos.type === "int32"
+              ? typedToTensor(`${P}one_pos`, [], Int32Array.of(1))
+              : typedToTensor(`${P}one_pos`, [], BigInt64Array.of(1n)),
+          ]
+        : []),
     ],
-    input: [
-      makeValueInfo(`${P}steps`, DataType.INT64, []),
-      makeValueInfo(outer("ids"), idsType, ["batch", 1]),
-      makeValueInfo(`${P}eos_table`, DataType.INT32, ["vocab"]),
-      makeValueInfo(outer("done"), DataType.INT32, ["batch", 1]),
-      ...stateInputs.map((v) => renamed(v, outer(v.name!))),
-    ],
+    input: inputs,
     output: [
-      makeValueInfo(`${P}out.ids`, idsType, ["batch", 1]),
-      makeValueInfo(`${P}out.done`, DataType.INT32, ["batch", 1]),
       ...stateOutputs.map((v) => renamed(v, `${P}out.${v.name}`)),
       makeValueInfo(`${P}tokens`, idsType, ["steps", "batch", 1]),
     ],
@@ -145,21 +316,59 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo): ModelProto {
 }
 
 export interface DecodeChunk {
-  /** tokens[row][i]: the greedy token of step i (rows that ended keep producing tokens: ignore them). */
+  /** tokens[row][i]: the token chosen at step i (rows that ended keep producing tokens: ignore them). */
   tokens: number[][];
   /** State tensors (by state input name) after feeding the input ids and all but the last token. */
   state: Record<string, Tensor>;
 }
 
+/** Sampling settings of a fused call (sampling.ts semantics). */
+export interface LoopSampling {
+  temperature: number;
+  /** 0 = the whole vocabulary. */
+  topK: number;
+  topP: number;
+  repetitionPenalty: number;
+  /** uniforms[i * batch + row]: the draw of step i for the row (from the row's seeded generator). */
+  uniforms?: Float64Array;
+  /** The tokens each row has seen (prompt and generated), for the repetition penalty. */
+  contexts?: readonly (readonly number[])[];
+}
+
+export interface LoopRun {
+  /** The last token of each row, not yet fed. */
+  ids: readonly number[];
+  /** State tensors by input name, after `length` positions (`padding[row]` of them left padding). */
+  state: Readonly<Record<string, Tensor>>;
+  length: number;
+  padding: readonly number[];
+  steps: number;
+  /** End ids: a row that produces one is done; the call returns early once every row is. */
+  eos: readonly number[];
+  /** Rows that already ended (they count as done from the start). */
+  ended?: readonly boolean[];
+  sampling?: LoopSampling;
+}
+
+/** The features of the loop that decodes with these settings (temperature <= 0: greedy). */
+export function loopFeatures(
+  s: Pick<LoopSampling, "temperature" | "topP" | "repetitionPenalty">,
+): LoopFeatures {
+  const sample = s.temperature > 0;
+  return { sample, penalty: s.repetitionPenalty !== 1, topP: sample && s.topP < 1 };
+}
+
 /** A second ONNX Runtime session that runs the decode loop of a model. */
 export class FusedDecoder {
   private eosTables = new Map<string, Tensor>();
+  private vocabIds: Tensor | undefined;
 
   private constructor(
     /** The loop's session (public for benchmarks that time session.run). */
     readonly session: InferenceSession,
     private readonly io: ModelIo,
     private readonly vocab: number,
+    readonly features: LoopFeatures,
   ) {}
 
   /** 1 at each end id, 0 elsewhere: one Gather in the loop tells whether a token ends its row. */
@@ -175,54 +384,104 @@ export class FusedDecoder {
     return table;
   }
 
-  /** Build the loop from the model file; null (with the reason) when the model does not qualify. */
+  /** Build the loop from the model file; why not, when the model does not qualify. */
   static async create(
     onnxPath: string,
     io: ModelIo,
     vocab: number,
     options: InferenceSession.SessionOptions,
+    features: LoopFeatures = GREEDY,
   ): Promise<FusedDecoder | { unsupported: string }> {
     const why = fusedDecodeUnsupported(io);
     if (why) return { unsupported: why };
+    if ((features.sample || features.penalty) && vocab > FUSED_SAMPLING_MAX_VOCAB)
+      return { unsupported: `the vocabulary is larger than ${FUSED_SAMPLING_MAX_VOCAB} tokens` };
     // Sized before any external data is read: a large model is refused without loading it twice.
     let model = await loadOnnx(onnxPath, { externalData: "verify" });
     const bytes = model.graph!.initializer.reduce((n, t) => n + tensorByteSize(t), 0);
     if (bytes > FUSED_DECODE_MAX_BYTES)
       return { unsupported: "the weights are large: a step outweighs its call" };
+    // CumSum (opset 11) carries the sampling arithmetic.
+    if ((features.sample || features.penalty) && opsetOf(model) < 11)
+      return {
+        unsupported: `the graph's opset ${opsetOf(model)} is below 11 (CumSum, TopK with k as input)`,
+      };
     if (model.graph!.initializer.some(isExternal)) model = await loadOnnx(onnxPath);
-    const session = await InferenceSession.create(encodeModel(buildDecodeLoop(model, io)), {
+    const session = await InferenceSession.create(encodeModel(buildDecodeLoop(model, io, features)), {
       ...options,
       enableProfiling: false,
     });
-    return new FusedDecoder(session, io, vocab);
+    return new FusedDecoder(session, io, vocab, features);
   }
 
   /**
-   * Greedy-decode up to `steps` tokens per row after `ids` (the last token of each row, not yet fed),
-   * stopping early once every row has produced one of `eos` (pass [] to never stop early).
+   * Decode up to `steps` tokens per row after `ids`, stopping early once every row has produced one
+   * of `eos` (pass [] to never stop early).
    */
-  async run(
-    ids: readonly number[],
-    state: Readonly<Record<string, Tensor>>,
-    steps: number,
-    eos: readonly number[],
-  ): Promise<DecodeChunk> {
-    const batch = ids.length;
+  async run(r: LoopRun): Promise<DecodeChunk> {
+    const batch = r.ids.length;
+    const { io, features } = this;
     const feeds: Record<string, Tensor> = {
-      [`${P}steps`]: new Tensor("int64", BigInt64Array.of(BigInt(steps)), []),
-      [`${P}in.ids`]: intTensor(this.io.inputIds.type, ids, [batch, 1]),
-      [`${P}eos_table`]: this.eosTable(eos),
-      [`${P}in.done`]: new Tensor("int32", new Int32Array(batch), [batch, 1]),
+      [`${P}steps`]: new Tensor("int64", BigInt64Array.of(BigInt(r.steps)), []),
+      [`${P}in.ids`]: intTensor(io.inputIds.type, r.ids, [batch, 1]),
+      [`${P}eos_table`]: this.eosTable(r.eos),
+      [`${P}in.done`]: new Tensor(
+        "int32",
+        Int32Array.from(r.ids, (_, i) => (r.ended?.[i] ? 1 : 0)),
+        [batch, 1],
+      ),
     };
-    for (const s of this.io.states) feeds[`${P}in.${s.input}`] = state[s.input]!;
+    if (io.attentionMask) {
+      // as LanguageModel.run feeds it: ones, but zeros over each row's left padding
+      const total = r.length + 1;
+      const mask = new Array<number>(batch * total).fill(1);
+      r.padding.forEach((pad, row) => mask.fill(0, row * total, row * total + pad));
+      feeds[`${P}in.mask`] = intTensor(io.attentionMask.type, mask, [batch, total]);
+      feeds[`${P}ones`] = intTensor(io.attentionMask.type, new Array<number>(batch).fill(1), [batch, 1]);
+    }
+    if (io.positionIds) {
+      feeds[`${P}in.pos`] = intTensor(
+        io.positionIds.type,
+        r.padding.map((pad) => r.length - pad),
+        [batch, 1],
+      );
+    }
+    const s = r.sampling;
+    if (features.sample || features.penalty) {
+      if (!s) throw new Error(`the ${featureKey(features)} decode loop needs sampling settings`);
+      if (features.penalty) {
+        const seen = new Uint8Array(batch * this.vocab);
+        s.contexts?.forEach((ids, row) => {
+          for (const id of ids) if (id >= 0 && id < this.vocab) seen[row * this.vocab + id] = 1;
+        });
+        feeds[`${P}in.seen`] = new Tensor("bool", seen, [batch, this.vocab]);
+        feeds[`${P}penalty`] = new Tensor("float64", Float64Array.of(s.repetitionPenalty), []);
+        this.vocabIds ??= new Tensor(
+          "int64",
+          BigInt64Array.from({ length: this.vocab }, (_, i) => BigInt(i)),
+          [this.vocab],
+        );
+        feeds[`${P}vocab_ids`] = this.vocabIds;
+      }
+      if (features.sample) {
+        const k = s.topK > 0 && s.topK < this.vocab ? s.topK : this.vocab;
+        feeds[`${P}temperature`] = new Tensor("float64", Float64Array.of(s.temperature), []);
+        feeds[`${P}top_k`] = new Tensor("int64", BigInt64Array.of(BigInt(k)), [1]);
+        const uniforms = s.uniforms ?? new Float64Array(r.steps * batch);
+        if (uniforms.length !== r.steps * batch) throw new Error("one uniform per step and row");
+        feeds[`${P}uniforms`] = new Tensor("float64", uniforms, [r.steps, batch, 1]);
+        if (features.topP) feeds[`${P}top_p`] = new Tensor("float64", Float64Array.of(s.topP), []);
+      }
+    }
+    for (const st of io.states) feeds[`${P}in.${st.input}`] = r.state[st.input]!;
     const out = await this.session.run(feeds);
     const next: Record<string, Tensor> = {};
-    for (const s of this.io.states) next[s.input] = out[`${P}out.${s.output}`] as Tensor;
+    for (const st of io.states) next[st.input] = out[`${P}out.${st.output}`] as Tensor;
     const flat = out[`${P}tokens`] as Tensor;
     const run = flat.dims[0]!;
     const data = flat.data as BigInt64Array | Int32Array;
-    const tokens = Array.from({ length: batch }, (_, r) =>
-      Array.from({ length: run }, (_, i) => Number(data[i * batch + r]!)),
+    const tokens = Array.from({ length: batch }, (_, row) =>
+      Array.from({ length: run }, (_, i) => Number(data[i * batch + row]!)),
     );
     return { tokens, state: next };
   }

@@ -1,6 +1,6 @@
 import { performance } from "node:perf_hooks";
 import { IteraError } from "../errors.js";
-import { FusedDecoder } from "./fused-decode.js";
+import { FUSED_TOP_P_MAX, FusedDecoder, loopFeatures } from "./fused-decode.js";
 import type { ForwardResult, LanguageModel, State } from "./model.js";
 import { Sampler, type SamplingOptions } from "./sampling.js";
 import type { TextStream } from "./tokenizer.js";
@@ -26,13 +26,13 @@ export interface GenerateOptions extends SamplingOptions {
   /** Add the tokenizer's special tokens (BOS, ...) to string prompts (default true). */
   addSpecialTokens?: boolean;
   /**
-   * Greedy decoding of a recurrent model runs many steps per ONNX Runtime call (fused-decode.ts);
-   * false steps one call per token. Sampling and repetition penalties always step.
+   * Decoding runs many steps per ONNX Runtime call where the model allows it (fused-decode.ts:
+   * greedy or sampled, recurrent state or KV cache); false steps one call per token.
    */
   fusedDecode?: boolean;
 }
 
-/** How the tokens after the first were decoded: many greedy steps per call, or one call per token. */
+/** How the tokens after the first were decoded: many steps per call (greedy or sampled), or one call per token. */
 export type DecodeMode = "fused" | "step";
 
 /** Wall time a fused call aims at, so that streamed text still arrives in small pieces. */
@@ -169,17 +169,30 @@ function nonFinite(model: LanguageModel, what: string): IteraError {
   );
 }
 
-/** A fused chunk gives no logits: its carried state must stay finite instead (float32 states are checked). */
+/**
+ * A fused chunk gives no logits: its carried state must stay finite instead (float32 states are
+ * checked; of a KV cache only the positions the chunk added, from `from` on).
+ */
 function checkState(
   model: LanguageModel,
-  tensors: Readonly<Record<string, { data: unknown }>>,
+  tensors: Readonly<Record<string, { data: unknown; dims: readonly number[] }>>,
   index: number,
+  from: number,
 ) {
-  for (const t of Object.values(tensors)) {
+  for (const slot of model.io.states) {
+    const t = tensors[slot.input]!;
     if (!(t.data instanceof Float32Array)) continue;
-    for (const v of t.data) {
-      if (!Number.isFinite(v))
-        throw nonFinite(model, `carries a non-finite state after generated token ${index}`);
+    const axis = slot.pastAxis ?? 0;
+    const outer = t.dims.slice(0, axis).reduce((a, b) => a * b, 1);
+    const length = t.dims[axis]!;
+    const inner = t.dims.slice(axis + 1).reduce((a, b) => a * b, 1);
+    const start = slot.pastAxis === null ? 0 : from;
+    for (let o = 0; o < outer; o++) {
+      const end = (o * length + length) * inner;
+      for (let i = (o * length + start) * inner; i < end; i++) {
+        if (!Number.isFinite(t.data[i]!))
+          throw nonFinite(model, `carries a non-finite state after generated token ${index}`);
+      }
     }
   }
 }
@@ -249,8 +262,16 @@ export async function generate(
   const tokenMs: number[] = [];
   let ttftMs = 0;
   let state = result.state;
-  const greedy = samplers.every((s) => s.greedy) && sampling.repetitionPenalty === 1;
-  const fusedOrWhy = greedy && options.fusedDecode !== false ? await model.fusedDecoder() : null;
+  const loopSampling = {
+    temperature: sampling.temperature!,
+    topK: sampling.topK!,
+    topP: sampling.topP!,
+    repetitionPenalty: sampling.repetitionPenalty!,
+  };
+  const features = loopFeatures(loopSampling);
+  // a top-p within rounding of 1 has no first crossing the loop could find (fused-decode.ts)
+  const fusable = options.fusedDecode !== false && !(features.topP && loopSampling.topP > FUSED_TOP_P_MAX);
+  const fusedOrWhy = fusable ? await model.fusedDecoder(features) : null;
   const fused = fusedOrWhy instanceof FusedDecoder ? fusedOrWhy : null;
   const eos = options.ignoreEos ? [] : [...model.eosIds];
   // Fused decoding: the tokens the loop chose (per row), taken one per row per round.
@@ -280,6 +301,8 @@ export async function generate(
       onToken?.({ row: r, index, id, text: text + tail });
     }
     if (stopReasons.every((s) => s)) break;
+    if (fromChunk && ++taken < chunk[0]!.length) continue;
+    // Before the next call (a chunk's state is already past its tokens): room for one more position?
     if (model.limitedContext && state.length + 1 > model.contextLength) {
       stopReasons.forEach((s, r) => {
         if (!s) {
@@ -290,24 +313,39 @@ export async function generate(
       });
       break;
     }
-    if (fromChunk && ++taken < chunk[0]!.length) continue;
     // Finished rows keep feeding their last token; their outputs are ignored.
     const step = performance.now();
     if (fused) {
-      const left = maxTokens - Math.min(...generated.filter((_, r) => !stopReasons[r]).map((g) => g.length));
-      const decoded = await fused.run(
-        generated.map((g) => g[g.length - 1]!),
-        state.tensors,
-        Math.min(chunkSize, left),
+      let steps = maxTokens - Math.min(...generated.filter((_, r) => !stopReasons[r]).map((g) => g.length));
+      steps = Math.min(steps, chunkSize);
+      if (model.limitedContext) steps = Math.min(steps, model.contextLength - state.length);
+      // Each active row's generator draws what stepping would draw for these steps, in order; a row
+      // that ends inside the chunk never samples again, so what it drew past its end is unused.
+      let uniforms: Float64Array | undefined;
+      if (features.sample) {
+        uniforms = new Float64Array(steps * prompts.length);
+        for (let r = 0; r < prompts.length; r++) {
+          if (stopReasons[r]) continue;
+          for (let i = 0; i < steps; i++) uniforms[i * prompts.length + r] = samplers[r]!.uniform();
+        }
+      }
+      const decoded = await fused.run({
+        ids: generated.map((g) => g[g.length - 1]!),
+        state: state.tensors,
+        length: state.length,
+        padding: state.padding,
+        steps,
         eos,
-      );
-      checkState(model, decoded.state, generated[0]!.length);
-      const steps = decoded.tokens[0]!.length;
-      const perToken = (performance.now() - step) / steps;
-      for (let i = 0; i < steps; i++) tokenMs.push(perToken);
+        ended: stopReasons.map((s) => s !== undefined),
+        sampling: { ...loopSampling, uniforms, contexts: features.penalty ? contexts : undefined },
+      });
+      checkState(model, decoded.state, generated[0]!.length, state.length);
+      const ran = decoded.tokens[0]!.length;
+      const perToken = (performance.now() - step) / ran;
+      for (let i = 0; i < ran; i++) tokenMs.push(perToken);
       chunkSize = Math.max(1, Math.min(FUSED_MAX_CHUNK, Math.round(FUSED_CHUNK_MS / perToken)));
       // The state has consumed every chosen token but the last, as after stepping.
-      state = { ...state, length: state.length + steps, tensors: decoded.state };
+      state = { ...state, length: state.length + ran, tensors: decoded.state };
       chunk = decoded.tokens;
       taken = 0;
       continue;

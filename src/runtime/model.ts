@@ -12,7 +12,7 @@ import {
   generate,
   type TokenEvent,
 } from "./generate.js";
-import { FusedDecoder } from "./fused-decode.js";
+import { FusedDecoder, featureKey, GREEDY, type LoopFeatures } from "./fused-decode.js";
 import { analyseIo, type ModelIo } from "./io.js";
 import { asFloat32, intTensor, stackRows, zeros } from "./tensors.js";
 import { loadTokenizer, type TextTokenizer } from "./tokenizer.js";
@@ -269,24 +269,37 @@ export class LanguageModel {
     return generate(this, prompts, options, onToken);
   }
 
-  private fused: Promise<FusedDecoder | { unsupported: string }> | undefined;
+  private fused = new Map<string, Promise<FusedDecoder | { unsupported: string }>>();
 
   /**
-   * The fused greedy decoder (fused-decode.ts), built on first use, or why the model decodes step by
-   * step instead.
+   * The fused decoder (fused-decode.ts) for these loop features (default: greedy), built on first
+   * use, or why the model decodes step by step instead.
    */
-  fusedDecoder(): Promise<FusedDecoder | { unsupported: string }> {
-    // A graph ONNX Runtime cannot run inside a Loop decodes step by step rather than failing.
-    this.fused ??= FusedDecoder.create(this.onnxPath, this.io, this.vocabSize, this.sessionOptions).catch(
-      (e: unknown) => ({ unsupported: `the decode loop could not be built: ${(e as Error).message}` }),
-    );
-    return this.fused;
+  fusedDecoder(features: LoopFeatures = GREEDY): Promise<FusedDecoder | { unsupported: string }> {
+    const key = featureKey(features);
+    let fused = this.fused.get(key);
+    if (!fused) {
+      // A graph ONNX Runtime cannot run inside a Loop decodes step by step rather than failing.
+      fused = FusedDecoder.create(
+        this.onnxPath,
+        this.io,
+        this.vocabSize,
+        this.sessionOptions,
+        features,
+      ).catch((e: unknown) => ({
+        unsupported: `the decode loop could not be built: ${(e as Error).message}`,
+      }));
+      this.fused.set(key, fused);
+    }
+    return fused;
   }
 
   /** Free the native sessions. */
   async dispose(): Promise<void> {
-    const fused = await this.fused;
-    if (fused instanceof FusedDecoder) await fused.dispose();
+    for (const loop of this.fused.values()) {
+      const fused = await loop;
+      if (fused instanceof FusedDecoder) await fused.dispose();
+    }
     await this.session.release();
   }
 }

@@ -125,6 +125,11 @@ export class Sampler {
     this.rng = createRng(this.seed);
   }
 
+  /** The generator's next uniform number: what `next` draws with (fused decoding draws ahead). */
+  uniform(): number {
+    return this.rng();
+  }
+
   get greedy(): boolean {
     return (this.options.temperature ?? 0) <= 0;
   }
