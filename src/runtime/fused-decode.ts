@@ -435,7 +435,7 @@ export class FusedDecoder {
       // as LanguageModel.run feeds it: ones, but zeros over each row's left padding
       const total = r.length + 1;
       const mask = new Array<number>(batch * total).fill(1);
-      r.padding.forEach((pad, row) => mask.fill(0, row * total, row * total + pad));
+      for (const [row, pad] of r.padding.entries()) mask.fill(0, row * total, row * total + pad);
       feeds[`${P}in.mask`] = intTensor(io.attentionMask.type, mask, [batch, total]);
       feeds[`${P}ones`] = intTensor(io.attentionMask.type, new Array<number>(batch).fill(1), [batch, 1]);
     }
