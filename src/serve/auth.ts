@@ -15,7 +15,8 @@ const digest = (s: string) => createHash("sha256").update(s).digest();
 export function requireApiKey(app: FastifyInstance, key: string): void {
   const expected = digest(key);
   app.addHook("onRequest", (request, reply, done) => {
-    if (PUBLIC_PATHS.has(request.url.split("?")[0]!)) return done();
+    // A CORS preflight carries no credentials by design (the CORS hook answers it before this one).
+    if (request.method === "OPTIONS" || PUBLIC_PATHS.has(request.url.split("?")[0]!)) return done();
     const header = request.headers.authorization ?? "";
     const m = /^Bearer\s+(.+)$/i.exec(header);
     if (m && timingSafeEqual(digest(m[1]!.trim()), expected)) return done();

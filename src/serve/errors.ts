@@ -15,6 +15,7 @@ export type ApiErrorType =
   | "not_found_error"
   | "method_not_allowed_error"
   | "unavailable_error"
+  | "rate_limit_error"
   | "request_cancelled"
   | "server_error";
 

@@ -4,6 +4,7 @@
  */
 export { ApiError, type ApiErrorBody } from "./errors.js";
 export { Engine, type GenerationRequest, type GenerationResult } from "./engine.js";
+export { defaultRateLimit, type HttpPolicy } from "./http-policy.js";
 export { ServeMetrics } from "./metrics.js";
 export { Cancelled, QueueRejected, TurnQueue } from "./queue.js";
 export {

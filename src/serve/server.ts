@@ -11,6 +11,7 @@ import { requireApiKey } from "./auth.js";
 import type { ServeContext } from "./context.js";
 import { Engine } from "./engine.js";
 import { installErrorHandlers, unavailable } from "./errors.js";
+import { type HttpPolicy, registerHttpPolicy } from "./http-policy.js";
 import { ServeMetrics } from "./metrics.js";
 import { type QueueLimits, TurnQueue } from "./queue.js";
 import { completionsRoutes, modelsRoutes } from "./routes/openai.js";
@@ -26,7 +27,7 @@ import { zodValidatorCompiler } from "./validation.js";
  * logs on stderr, Prometheus metrics. The server listens at once and loads the model in the
  * background: /healthz answers 503 until the model is ready.
  */
-export interface ServeOptions {
+export interface ServeOptions extends HttpPolicy {
   /** A loaded model (the caller keeps ownership), or a loader (the server disposes what it loads). */
   model: LanguageModel | (() => Promise<LanguageModel>);
   /** The model folder (its identity and card are read before the model is loaded). */
@@ -102,6 +103,8 @@ export async function createServer(options: ServeOptions): Promise<Server> {
   // JSON only: a text/plain body is a 415 that says to send JSON, not a confusing type error.
   app.removeContentTypeParser("text/plain");
   app.setValidatorCompiler(zodValidatorCompiler(fieldHelp(maxTokensLimit)));
+  // Before the route table and the key: CORS's own preflight route is not an endpoint to list.
+  await registerHttpPolicy(app, options);
   const routes = new Map<string, string[]>();
   app.addHook("onRoute", (r) => {
     const methods = Array.isArray(r.method) ? r.method : [r.method];

@@ -4,7 +4,7 @@ import { z } from "zod";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { IteraError } from "../../errors.js";
 import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
-import { action } from "../run.js";
+import { action, collect } from "../run.js";
 
 interface ServeCliOptions extends ModelOptions {
   host: string;
@@ -15,6 +15,10 @@ interface ServeCliOptions extends ModelOptions {
   maxQueue: string;
   logLevel: string;
   apiKeyFile?: string;
+  rateLimit?: string;
+  rateWindow: string;
+  corsOrigin?: string[];
+  compression: boolean;
 }
 
 const wholeNumber = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
@@ -27,6 +31,11 @@ const optionsSchema = z.object({
   "--queue-timeout": z.coerce.number().min(0).max(86_400),
   "--max-queue": wholeNumber(0, 10_000),
   "--log-level": z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]),
+  "--rate-limit": wholeNumber(0, 1_000_000).optional(),
+  "--rate-window": z.coerce.number().gt(0).max(86_400),
+  "--cors-origin": z
+    .array(z.string().regex(/^https?:\/\/[^/\s]+$/, "an origin is scheme://host[:port], no path"))
+    .optional(),
 });
 
 function parseOptions(opts: ServeCliOptions): z.infer<typeof optionsSchema> {
@@ -37,6 +46,9 @@ function parseOptions(opts: ServeCliOptions): z.infer<typeof optionsSchema> {
     "--queue-timeout": opts.queueTimeout,
     "--max-queue": opts.maxQueue,
     "--log-level": opts.logLevel,
+    "--rate-limit": opts.rateLimit,
+    "--rate-window": opts.rateWindow,
+    "--cors-origin": opts.corsOrigin,
   });
   if (r.success) return r.data;
   const issue = r.error.issues[0]!;
@@ -124,7 +136,18 @@ export function registerServe(program: Command): void {
       .option(
         "--api-key-file <file>",
         "require `Authorization: Bearer <key>` on every request but /healthz, the key read from this file (or set ITERA_API_KEY)",
-      ),
+      )
+      .option(
+        "--rate-limit <n>",
+        "requests per client address per --rate-window, then 429 (0: off; default: off on a loopback --host, else 120)",
+      )
+      .option("--rate-window <s>", "the rate limit's window in seconds", "60")
+      .option(
+        "--cors-origin <origin>",
+        "let browsers on this origin call the API (CORS; repeat for more; default: none)",
+        collect,
+      )
+      .option("--no-compression", "do not compress answers (gzip/brotli for clients that accept it)"),
   ).action(
     action(async (opts: ServeCliOptions) => {
       const o = parseOptions(opts);
@@ -135,10 +158,11 @@ export function registerServe(program: Command): void {
           ? defaultThreads(ctx.profile.threads, `profile '${ctx.profile.name}'`, stderrNote)
           : checkThreads(o["--threads"], "--threads");
       // Loaded here, not at start-up: the server and onnxruntime are only needed by this command.
-      const [{ createServer, stderrLogger }, { loadModel }] = await Promise.all([
+      const [{ createServer, stderrLogger, defaultRateLimit }, { loadModel }] = await Promise.all([
         import("../../serve/index.js"),
         import("../../runtime/index.js"),
       ]);
+      const rateLimit = o["--rate-limit"] ?? defaultRateLimit(opts.host);
       const server = await createServer({
         model: () => loadModel(ctx.modelDir, { threads }),
         modelDir: ctx.modelDir,
@@ -150,6 +174,9 @@ export function registerServe(program: Command): void {
         queue: { maxWaitMs: o["--queue-timeout"] * 1000, maxWaiting: o["--max-queue"] },
         logger: stderrLogger(o["--log-level"]),
         ...(apiKey !== undefined && { apiKey }),
+        ...(rateLimit > 0 && { rateLimit: { max: rateLimit, windowMs: o["--rate-window"] * 1000 } }),
+        corsOrigins: o["--cors-origin"] ?? [],
+        compression: opts.compression,
       });
       let onSignal: (signal: NodeJS.Signals) => void = () => {};
       const stopped = new Promise<void>((resolve) => {
