@@ -108,28 +108,51 @@ describe("itera build refuses bad input before building", () => {
 });
 
 describe("--quant", () => {
-  it("auto keeps an already quantized folder as it is", async () => {
+  it("auto keeps an already quantized folder as it is, and refuses quantizer options for it", async () => {
     out = "";
     const dir = await quantizedCopy("int8");
-    const plan = await resolveQuantization(await readModelInput(dir), await loadProfile("rpi4"), "auto");
-    expect(plan.mode).toBe("int8");
-    expect((await plan.prepare(work)).dir).toBe(dir);
+    const input = await readModelInput(dir);
+    const plan = await resolveQuantization(input, await loadProfile("rpi4"), "auto");
+    expect(plan.quantizes).toBe(false);
+    const made = await plan.prepare(work);
+    expect(made.dir).toBe(dir);
+    expect(made.decision).toMatchObject({ mode: "int8", how: "as-is" });
+    await expect(
+      resolveQuantization(input, await loadProfile("rpi4"), "auto", { exclude: ["x"], budget: "1%" }),
+    ).rejects.toThrow(/--quant-budget, --exclude only apply when the build quantizes/);
   });
 
-  it("quantizes an fp32 folder to the profile's default (int8 for laptop-x64-4c) with the quantizer", async () => {
+  it("--quant int8 is int8 on every weight, refused over the budget; the profile's default never is", {
+    timeout: 300_000,
+  }, async () => {
     out = "";
     const input = await readModelInput(model.dir);
     const laptop = await loadProfile("laptop-x64-4c");
-    // The fixture's weights are random: int8 costs it more than the default 2 % budget, and the
-    // quantizer refuses, leaving nothing in the work folder.
-    const strict = await resolveQuantization(input, laptop, undefined);
+    // The fixture's weights are random: int8 costs it more than the default 2 % budget. Asked for
+    // explicitly, the quantizer refuses and leaves nothing in the work folder.
+    const strict = await resolveQuantization(input, laptop, "int8");
     const refusedIn = await mkdtemp(join(work, "q-"));
-    await expect(strict.prepare(refusedIn, true)).rejects.toThrow(/exceeds the quality budget/);
+    const e = await strict.prepare(refusedIn, true).catch((x: unknown) => x as IteraError);
+    expect(e).toBeInstanceOf(IteraError);
+    expect(e.message).toMatch(/exceeds the quality budget/);
+    expect(e.fix).toMatch(/raise --quant-budget, use --quant auto .* or --quant int8, or --exclude/);
     expect(await readdir(refusedIn)).toEqual([]);
-    const plan = await resolveQuantization(input, laptop, undefined, "none");
-    expect(plan.mode).toBe("int8");
+    // The profile's default (int8 is the laptop's lowest precision) stays within the budget: mixed
+    // precision, or the fp32 model with the reason when no weight fits.
+    // Short texts keep the per-weight search of this random-weight model quick.
+    const text = join(work, "short.txt");
+    await writeFile(text, "ROMEO: But soft, what light through yonder window breaks?\n".repeat(12));
+    const byDefault = await resolveQuantization(input, laptop, undefined, { calib: text, eval: text });
+    const d = (await byDefault.prepare(await mkdtemp(join(work, "q-")), true)).decision;
+    expect(d.requested).toBe("the profile's default (laptop-x64-4c: int8)");
+    if (d.how === "quantized") expect(d.measured!.perplexity_increase).toBeLessThanOrEqual(0.02);
+    else
+      expect(d).toMatchObject({ how: "fp32-fallback", mode: "fp32", note: expect.stringMatching(/budget/) });
+    // With no budget, int8 everywhere (embedding tables 8-bit weight-only).
+    const plan = await resolveQuantization(input, laptop, "int8", { budget: "none" });
     const q = await plan.prepare(await mkdtemp(join(work, "q-")), true);
     expect(q.dir).not.toBe(model.dir);
+    expect(q.decision.mode).toMatch(/^int8(\+int8-wo)?$/);
     expect(q.card?.quantization).toMatchObject({ mode: "int8" });
     const before = (await stat(join(model.dir, "model.onnx"))).size;
     expect((await stat(join(q.dir, "model.onnx"))).size).toBeLessThan(before * 0.7);

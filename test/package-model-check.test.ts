@@ -142,7 +142,7 @@ describe("--version (issue #15)", () => {
     expect(bad.code).toBe(1);
     expect(bad.stdout).not.toContain(VERSION);
     expect(bad.stderr).toMatch(/--version 'no\/such' cannot name a release folder/);
-    // Before the subcommand or after it, in any order with the other options.
+    // After build's other options too.
     const after = await itera("build", "--model", model.dir, "--profile", "rpi4", "--version", "no/such");
     expect(after.stderr).toMatch(/--version 'no\/such' cannot name a release folder/);
   });

@@ -223,8 +223,8 @@ function quantizerPlan(
   };
 }
 
-/** "int4", or the precisions of a mixed model smallest first: "int4+int8-wo+fp32". */
+/** "int4", or the precisions of a mixed model, smallest first (by bytes per weight): "int4+int8-wo+fp32". */
 function mixName(counts: QuantizeReport["counts"]): string {
-  const order = ["int4", "int8-wo", "int8", "fp16", "fp32"] as const;
+  const order = ["int4", "int8", "int8-wo", "fp16", "fp32"] as const;
   return order.filter((p) => (counts[p] ?? 0) > 0).join("+");
 }

@@ -65,7 +65,7 @@ async function scoreWindow(
       "the graph returns logits for the last position only, so it cannot be evaluated in windows",
       {
         where: model.onnxPath,
-        fix: "evaluate with --window 1, or export logits for every position",
+        fix: "evaluate with `itera eval --window 1`, or export logits for every position",
       },
     );
   }
@@ -119,14 +119,14 @@ export async function evaluate(
   if (method === "carry" && model.limitedContext && ids.length > model.contextLength) {
     throw new IteraError(
       `carrying the state across ${ids.length} tokens exceeds the context of ${model.contextLength} of a model with a KV cache or position ids`,
-      { fix: "use the sliding method (--method sliding)" },
+      { fix: "use the sliding method (`itera eval --method sliding`)" },
     );
   }
   const bound = model.limitedContext ? model.contextLength : Number.POSITIVE_INFINITY;
   const window = options.window ?? Math.min(method === "sliding" ? model.contextLength : 512, bound);
   if (!Number.isInteger(window) || window < 1) {
     throw new IteraError(`window must be a positive integer, not ${options.window}`, {
-      fix: "pass --window N",
+      fix: "give a window of at least 1 token (`itera eval --window N`)",
     });
   }
   // A window asked for explicitly (or by a model card) is never silently shrunk: that would measure
@@ -136,7 +136,7 @@ export async function evaluate(
       `a window of ${window} tokens exceeds the model's context length of ${model.contextLength}`,
       {
         where: join(model.dir, "genai_config.json"),
-        fix: `evaluate with --window ${model.contextLength} or less (a model card's method must fit context_length)`,
+        fix: `evaluate with \`itera eval --window ${model.contextLength}\` or less (a model card's method must fit context_length)`,
       },
     );
   }
