@@ -17,7 +17,13 @@ export interface BenchModel {
 export interface BenchEngine {
   /** The model's id (model card) or folder name. */
   readonly model: string;
+  /** The weights' precision read from the graph (src/onnx/precision.ts), e.g. "int4", "fp16", "mixed". */
   readonly quant: string;
+  /**
+   * Whether the model folder has a tokenizer.json. The tests' prompts are synthetic token ids either
+   * way (deterministic, inside the vocabulary, never an end-of-text id): false says no text was possible.
+   */
+  readonly tokenizer?: boolean;
   /** e.g. "onnxruntime 1.30.0". */
   readonly runtime: string;
   /** genai_config.json's context_length: no test may need more positions (unset: not checked). */

@@ -261,6 +261,7 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
           ...resources,
           agent_version: ctx.agentVersion,
           runtime: ctx.engine.runtime,
+          ...(ctx.engine.tokenizer === undefined ? {} : { tokenizer: ctx.engine.tokenizer }),
           timestamp: new Date().toISOString(),
         };
         results.push(result);

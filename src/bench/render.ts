@@ -53,6 +53,11 @@ export function renderMarkdown(results: readonly BenchResult[]): string {
   const why = results
     .filter((r) => energyFlag(r) !== "")
     .map((r) => `- t=${r.threads} ${r.test}: ${r.energy?.note ?? "no energy figure"}`);
+  if (results.some((r) => r.tokenizer === false)) {
+    why.push(
+      "- no tokenizer.json: the prompts are synthetic token ids (deterministic, inside the vocabulary)",
+    );
+  }
   return why.length > 0 ? `${table}\n\n${why.join("\n")}` : table;
 }
 

@@ -50,6 +50,8 @@ export const benchResultSchema = z.object({
   throttled: z.boolean().nullable(),
   agent_version: z.string(),
   runtime: z.string(),
+  /** False: the model folder has no tokenizer.json (the prompts are synthetic token ids in every case). */
+  tokenizer: z.boolean().optional(),
   timestamp: z.string(),
 });
 

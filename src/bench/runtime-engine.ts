@@ -1,8 +1,11 @@
 import { stat } from "node:fs/promises";
-import { basename, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { IteraError } from "../errors.js";
 import { loadModelCard } from "../model/card.js";
+import { locateModelFile } from "../model/folder.js";
 import { loadGenaiConfig } from "../model/genai-config.js";
+import { loadModel as loadOnnx } from "../onnx/index.js";
+import { weightPrecision } from "../onnx/precision.js";
 import type { LanguageModel, State } from "../runtime/index.js";
 import type { BenchEngine, BenchModel } from "./engine.js";
 
@@ -75,9 +78,17 @@ export async function runtimeEngine(dir: string): Promise<BenchEngine> {
   }
   const card = await loadModelCard(resolve(dir));
   const config = await loadGenaiConfig(resolve(dir));
+  // The precision the weights are stored in, read from the graph: a card may not say (or be wrong).
+  const { onnxPath } = await locateModelFile(resolve(dir));
+  const precision = weightPrecision(await loadOnnx(onnxPath, { externalData: "verify" }));
+  const tokenizer = await stat(join(resolve(dir), "tokenizer.json")).then(
+    () => true,
+    () => false,
+  );
   return {
     model: card?.id ?? basename(resolve(dir)),
-    quant: card?.quantization.mode ?? "fp32",
+    quant: precision.label === "unknown" ? (card?.quantization.mode ?? "unknown") : precision.label,
+    tokenizer,
     runtime: `onnxruntime ${env.versions.node ?? env.versions.common}`,
     contextLength: config.model.context_length,
     load: async (threads) => new RuntimeBenchModel(await loadModel(dir, { threads })),

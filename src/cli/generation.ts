@@ -1,4 +1,5 @@
-import type { Generation } from "../runtime/index.js";
+import { IteraError } from "../errors.js";
+import type { Generation, TextTokenizer } from "../runtime/index.js";
 
 /**
  * What `itera run` and `itera-agent run` share, so that the same model, prompt and defaults give the
@@ -31,4 +32,39 @@ export function summaryLine(g: Generation, o: { temperature: number; threads?: n
     `${rate} tokens/s (${g.decode} decode), ${how}` +
     `${o.threads === undefined ? "" : `, ${o.threads} thread${o.threads === 1 ? "" : "s"}`}]`
   );
+}
+
+/** The help text of --ids on both commands. */
+export const IDS_HELP =
+  "the prompt as token ids (1,2,3 or space-separated) instead of text: for a model without tokenizer.json";
+
+/** Token ids given as text: comma- and/or whitespace-separated non-negative integers. */
+export function parseIds(text: string, where: string): number[] {
+  const parts = text.split(/[\s,]+/).filter((p) => p !== "");
+  const ids = parts.map(Number);
+  const bad = parts.find((p, i) => !/^\d+$/.test(p) || !Number.isSafeInteger(ids[i]));
+  if (bad !== undefined || ids.length === 0) {
+    throw new IteraError(
+      bad === undefined ? "no token ids given" : `'${bad}' is not a token id (a whole number from 0)`,
+      { where, fix: "give token ids as whole numbers separated by commas or spaces, e.g. 1,2,3" },
+    );
+  }
+  return ids;
+}
+
+/**
+ * What to say on stderr about the ids a generation's text could not spell out: every one when the
+ * folder has no tokenizer.json, else those beyond a tokenizer smaller than the model's logits; both
+ * are written `<id:N>` in the text, never as "".
+ */
+export function undecodableNote(
+  tokenizer: TextTokenizer,
+  ids: readonly number[],
+  modelVocab: number,
+): string | null {
+  if (!tokenizer.present) return "note: the model folder has no tokenizer.json: tokens are written as <id:N>";
+  const beyond = [...new Set(tokenizer.undecodable(ids))];
+  if (beyond.length === 0) return null;
+  const listed = beyond.slice(0, 8).join(", ") + (beyond.length > 8 ? ", ..." : "");
+  return `warning: token id(s) ${listed} are beyond the tokenizer's ${tokenizer.vocabSize} entries (the model has ${modelVocab}): written as <id:N>`;
 }

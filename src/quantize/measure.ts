@@ -16,6 +16,25 @@ export const AGREEMENT_PROMPTS = [
   "KING RICHARD III:\nNow is the winter of our discontent",
 ];
 
+/**
+ * The prompts as token ids: encoded by the model's tokenizer, or for a folder without tokenizer.json
+ * the same number of fixed id sequences (deterministic, spread over the vocabulary, no end-of-text id).
+ */
+export function promptIdLists(
+  model: LanguageModel,
+  prompts: readonly string[] = AGREEMENT_PROMPTS,
+): number[][] {
+  if (model.tokenizer.present) return prompts.map((p) => model.tokenizer.encode(p, false));
+  return prompts.map((p, i) => {
+    const ids: number[] = [];
+    for (let j = 0; ids.length < Math.min(p.length, 24); j++) {
+      const id = (1 + (i + 1) * 7919 + j * 104729) % model.vocabSize;
+      if (!model.eosIds.has(id)) ids.push(id);
+    }
+    return ids;
+  });
+}
+
 export interface TextQuality {
   tokens: number;
   nats_per_token: number;
@@ -50,8 +69,7 @@ export async function promptLogits(
   prompts = AGREEMENT_PROMPTS,
 ): Promise<Float32Array[][]> {
   const out: Float32Array[][] = [];
-  for (const p of prompts) {
-    const ids = model.tokenizer.encode(p, false);
+  for (const ids of promptIdLists(model, prompts)) {
     const r = await model.forward([ids], model.newState(1));
     const rows: Float32Array[] = [];
     for (let i = 0; i < r.positions; i++) rows.push(r.logits.slice(i * r.vocab, (i + 1) * r.vocab));
@@ -87,7 +105,7 @@ export interface DecodeSpeed {
 
 /** Greedy decode speed over `tokens` decode steps (after a short warm-up), from the runtime's per-step timings. */
 export async function decodeSpeed(model: LanguageModel, tokens = 64): Promise<DecodeSpeed> {
-  const prompt = AGREEMENT_PROMPTS[0]!;
+  const prompt = promptIdLists(model, [AGREEMENT_PROMPTS[0]!])[0]!;
   await model.generate(prompt, { maxTokens: 8, temperature: 0, ignoreEos: true });
   const g = await model.generate(prompt, { maxTokens: tokens, temperature: 0, ignoreEos: true });
   const ms = g.timings.tokenMs.reduce((s, x) => s + x, 0);

@@ -5,7 +5,7 @@
  */
 import { cp, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join, relative, resolve } from "node:path";
+import { basename, join, relative, resolve } from "node:path";
 import { IteraError } from "../errors.js";
 import { loadModelCard } from "../model/card.js";
 import { loadGenaiConfig } from "../model/genai-config.js";
@@ -20,6 +20,8 @@ import {
   saveModel,
   tensorByteSize,
 } from "../onnx/index.js";
+import { describePrecision, weightPrecision } from "../onnx/precision.js";
+import { analyzeModel } from "../onnx/report.js";
 import type { EvalOptions } from "../runtime/evaluate.js";
 import { applySplit, cardText, datasetsDir, methodFromCard } from "../runtime/eval-text.js";
 import { removeOnInterrupt } from "../util/interrupt.js";
@@ -30,7 +32,7 @@ import { compareDecodeSpeed, compareLogits, promptLogits, textQuality, withModel
 import type { OptionNames, Precision, QuantizeOptions } from "./options.js";
 import { moeNote, presetPrecisions } from "./plan.js";
 import type { LayerReport, QuantizeReport, SizeBreakdown } from "./report.js";
-import { applyPrecisions } from "./rewrite.js";
+import { applyPrecisions, floatStoredWeights, restoreFp16Weights } from "./rewrite.js";
 import { countQuantizedNodes, findSites } from "./sites.js";
 
 export type { QuantizeReport } from "./report.js";
@@ -42,12 +44,15 @@ export type { QuantizeReport } from "./report.js";
 export class NotQuantized extends IteraError {}
 
 interface Texts {
-  evalText: string;
+  /** null: quality is not measured (`unmeasured` says why) */
+  evalText: string | null;
   evalSource: string;
-  calibText: string;
+  /** auto mode's calibration text (null in the other modes, which need none) */
+  calibText: string | null;
   calibSource: string;
   method: Pick<EvalOptions, "method" | "window" | "stride">;
   methodText: string;
+  unmeasured: string | null;
 }
 
 async function readText(path: string, what: string, names: OptionNames): Promise<string> {
@@ -62,11 +67,42 @@ async function readText(path: string, what: string, names: OptionNames): Promise
   }
 }
 
-/** The held-out text (budget and report) and the calibration text (auto's sensitivities). */
-async function chooseTexts(dir: string, opts: QuantizeOptions): Promise<Texts> {
+/**
+ * The held-out text (budget and report) and the calibration text (auto's sensitivities): `--eval` /
+ * `--calib`, else the model card's evaluation dataset. A model with neither gets no text: the
+ * weight-only and int8 modes need none (quality is then not measured, and said so), auto refuses.
+ */
+async function chooseTexts(dir: string, opts: QuantizeOptions, hasTokenizer: boolean): Promise<Texts> {
   const card = await loadModelCard(dir);
   const record = card?.evaluation[0];
-  const defaultFile = join(datasetsDir(), record?.file ?? "tinyshakespeare.txt");
+  const n = opts.names;
+  const given = opts.evalFile ? n.eval : opts.calibFile ? n.calib : undefined;
+  if (!hasTokenizer && given) {
+    throw new IteraError(
+      `${given} needs the model's tokenizer.json to turn the text into tokens, and the model folder has none`,
+      {
+        where: join(dir, "tokenizer.json"),
+        fix: `leave out ${given} (quality is then not measured), or add the model's tokenizer.json`,
+      },
+    );
+  }
+  const method = record ? methodFromCard(record) : {};
+  const methodText =
+    record?.method ?? "the runtime's default for the model (state carried, or sliding windows)";
+  if (!hasTokenizer || (!opts.evalFile && !record)) {
+    return {
+      evalText: null,
+      evalSource: "",
+      calibText: null,
+      calibSource: "",
+      method,
+      methodText,
+      unmeasured: hasTokenizer
+        ? `no held-out text: give one with ${n.eval} FILE (the model has no itera.json evaluation dataset)`
+        : "the model folder has no tokenizer.json, so no text can be scored",
+    };
+  }
+  const defaultFile = record ? join(datasetsDir(), record.file) : opts.evalFile!;
   let evalText: string;
   let evalSource: string;
   if (opts.evalFile) {
@@ -79,21 +115,25 @@ async function chooseTexts(dir: string, opts: QuantizeOptions): Promise<Texts> {
       ? await cardText(record)
       : applySplit(await readText(defaultFile, "held-out", opts.names), "last 10%");
     evalText = Array.from(held).slice(0, opts.evalChars).join("");
-    evalSource = `${record?.file ?? "tinyshakespeare.txt"}, ${record?.split ?? "last 10% of characters"} (first ${opts.evalChars} characters)`;
+    evalSource = `${record?.file}, ${record?.split} (first ${opts.evalChars} characters)`;
   }
-  // Calibration comes from the start of the file (the training part), never from the held-out text.
+  // Calibration comes from the start of the file (the training part), never from the held-out text;
+  // only auto mode measures on it.
   const calibPath = opts.calibFile ?? defaultFile;
-  const calibText = Array.from(await readText(calibPath, "calibration", opts.names))
-    .slice(0, opts.calibChars)
-    .join("");
-  const method = record ? methodFromCard(record) : {};
+  const calibText =
+    opts.mode === "auto"
+      ? Array.from(await readText(calibPath, "calibration", opts.names))
+          .slice(0, opts.calibChars)
+          .join("")
+      : null;
   return {
     evalText,
     evalSource,
     calibText,
-    calibSource: `${opts.calibFile ?? record?.file ?? "tinyshakespeare.txt"} (first ${opts.calibChars} characters)`,
+    calibSource: `${opts.calibFile ?? record?.file ?? opts.evalFile} (first ${opts.calibChars} characters)`,
     method,
-    methodText: record?.method ?? "the runtime's default for the model (state carried, or sliding windows)",
+    methodText,
+    unmeasured: null,
   };
 }
 
@@ -156,6 +196,21 @@ export async function quantizeFolder(
   const onnxName = config.model.decoder.filename;
   const onnxPath = join(src, onnxName);
   const original = await loadOnnx(onnxPath);
+  const precisionBefore = weightPrecision(original);
+  if (opts.mode === "fp16" && precisionBefore.label === "fp16") {
+    throw new NotQuantized(
+      `the model is already fp16 (${describePrecision(precisionBefore)}): --mode fp16 has nothing to do, nothing was written`,
+      {
+        where: onnxPath,
+        fix: `use the model as it is, or choose int8 or int4 with ${opts.names.fixed}`,
+        exitCode: 4,
+      },
+    );
+  }
+  const sizeBefore = sizeOf(original, await onnxFileBytes(onnxPath));
+  // fp16/bf16 weights stored behind a Cast to float are read as float (and stored back as fp16 when
+  // they stay unquantized); weights used in fp16 directly are quantized behind Casts (rewrite.ts).
+  const storedAsFp16 = floatStoredWeights(original);
   const originalBytes = encodeModel(original);
   const graph = new Graph(original.graph!);
   const sites = findSites(graph);
@@ -179,7 +234,24 @@ export async function quantizeFolder(
       );
     }
   }
-  const texts = await chooseTexts(src, opts);
+  const hasTokenizer = await stat(join(src, "tokenizer.json")).then(
+    () => true,
+    () => false,
+  );
+  const texts = await chooseTexts(src, opts, hasTokenizer);
+  if (opts.mode === "auto" && (texts.evalText === null || texts.calibText === null)) {
+    const n = opts.names;
+    throw new NotQuantized(
+      `${n.mixed} chooses each weight's precision by its measured loss, which needs a text: ${texts.unmeasured}`,
+      {
+        where: src,
+        fix: hasTokenizer
+          ? `give a held-out text with ${n.eval} FILE (calibration then comes from its start), or choose a fixed precision with ${n.fixed}`
+          : `choose a fixed precision with ${n.fixed} (int8 or int4 need no text), or add the model's tokenizer.json`,
+        exitCode: 1,
+      },
+    );
+  }
   const srcRefs = await externalRefs(await loadOnnx(onnxPath, { externalData: "verify" }), onnxPath);
   const skip = new Set([onnxName, ...srcRefs.map((r) => relative(src, r.file))]);
   const params = {
@@ -201,6 +273,7 @@ export async function quantizeFolder(
     const buildVariant = (choice: ReadonlyMap<string, Precision>) => {
       const m = decodeModel(originalBytes);
       applyPrecisions(m, findSites(new Graph(m.graph!)), choice, params);
+      restoreFp16Weights(m, storedAsFp16);
       return m;
     };
     const qualityOf = async (choice: ReadonlyMap<string, Precision>, text: string) => {
@@ -226,29 +299,31 @@ export async function quantizeFolder(
     let autoInfo: QuantizeReport["auto"];
     const steps = progress("quantize", 4, { quiet: ui.quiet });
     steps.update(0, "measuring the float model");
+    const evalText = texts.evalText;
     const before = await withModel(src, async (m) => ({
-      quality: await textQuality(m, texts.evalText, texts.method),
+      quality: evalText === null ? null : await textQuality(m, evalText, texts.method),
       logits: await promptLogits(m),
     }));
 
     if (opts.mode === "auto") {
-      const baseline = await withModel(src, (m) => textQuality(m, texts.calibText, texts.method));
+      const calibText = texts.calibText!;
+      const baseline = await withModel(src, (m) => textQuality(m, calibText, texts.method));
       const auto = await chooseMixedPrecision({
         sites,
         fixed,
         layers,
         opts,
         params,
-        calibText: texts.calibText,
-        evalText: texts.evalText,
+        calibText,
+        evalText: evalText!,
         calibBaseline: baseline.nats_per_token,
-        heldOutBaseline: before.quality.nats_per_token,
+        heldOutBaseline: before.quality!.nats_per_token,
         quality: qualityOf,
         quiet: ui.quiet === true,
       });
       choice = auto.choice;
       autoInfo = {
-        calibration: { source: texts.calibSource, chars: Array.from(texts.calibText).length },
+        calibration: { source: texts.calibSource, chars: Array.from(calibText).length },
         baseline_nats_per_token: baseline.nats_per_token,
         rounds: auto.rounds,
         uniform: auto.uniform,
@@ -278,7 +353,6 @@ export async function quantizeFolder(
 
     steps.update(1, "rewriting the graph");
     const finalModel = buildVariant(choice);
-    const sizeBefore = sizeOf(original, await onnxFileBytes(onnxPath));
     let report: QuantizeReport | undefined;
     try {
       await writeDirAtomic(target, async (tmp) => {
@@ -288,13 +362,18 @@ export async function quantizeFolder(
         await saveModel(join(tmp, onnxName), finalModel, large ? { externalData: {} } : {});
         steps.update(2, "measuring the quantized model");
         const after = await withModel(tmp, async (m) => ({
-          quality: await textQuality(m, texts.evalText, texts.method),
+          quality: evalText === null ? null : await textQuality(m, evalText, texts.method),
           logits: await promptLogits(m),
         }));
         steps.update(3, "decode speed, float and quantized alternating");
         const speed = await compareDecodeSpeed(src, tmp);
         const sizeAfter = sizeOf(finalModel, await onnxFileBytes(join(tmp, onnxName)));
-        const increase = relativeIncrease(before.quality.nats_per_token, after.quality.nats_per_token);
+        const measured =
+          before.quality && after.quality ? { before: before.quality, after: after.quality } : null;
+        const increase = measured
+          ? relativeIncrease(measured.before.nats_per_token, measured.after.nats_per_token)
+          : 0;
+        // Without a text there is nothing to hold the budget against: the report says so instead.
         const within = opts.budget === null || increase <= opts.budget;
         report = {
           schema: "itera.quantization/v1",
@@ -323,18 +402,22 @@ export async function quantizeFolder(
             after: sizeAfter,
             compression_ratio: sizeBefore.file_bytes / sizeAfter.file_bytes,
           },
-          quality: {
-            text: {
-              source: texts.evalSource,
-              chars: Array.from(texts.evalText).length,
-              method: texts.methodText,
-            },
-            before: before.quality,
-            after: after.quality,
-            perplexity_increase: increase,
-            bits_per_char_increase: after.quality.bits_per_char / before.quality.bits_per_char - 1,
-            within_budget: within,
-          },
+          precision: describePrecision(weightPrecision(finalModel)),
+          quality: measured
+            ? {
+                text: {
+                  source: texts.evalSource,
+                  chars: Array.from(evalText!).length,
+                  method: texts.methodText,
+                },
+                before: measured.before,
+                after: measured.after,
+                perplexity_increase: increase,
+                bits_per_char_increase: measured.after.bits_per_char / measured.before.bits_per_char - 1,
+                within_budget: within,
+              }
+            : null,
+          ...(measured ? {} : { quality_not_measured: texts.unmeasured! }),
           agreement: compareLogits(before.logits, after.logits),
           speed: {
             decode_tokens: speed.b.tokens,
@@ -346,16 +429,17 @@ export async function quantizeFolder(
           seconds: (Date.now() - t0) / 1000,
         };
         if (!within) throw new BudgetExceeded(report);
-        await updateCard(tmp, report);
+        await updateCard(tmp, report, finalModel, original, src, config);
       });
     } catch (e) {
       if (e instanceof BudgetExceeded) {
         const r = e.report;
+        const q = r.quality!;
         const n = opts.names;
         throw new NotQuantized(
-          `the quantized model exceeds the quality budget: perplexity +${pct(r.quality.perplexity_increase)} > +${pct(opts.budget ?? 0)} (bits/char ${r.quality.before.bits_per_char.toFixed(4)} -> ${r.quality.after.bits_per_char.toFixed(4)}); nothing was written`,
+          `the quantized model exceeds the quality budget: perplexity +${pct(q.perplexity_increase)} > +${pct(opts.budget ?? 0)} (bits/char ${q.before.bits_per_char.toFixed(4)} -> ${q.after.bits_per_char.toFixed(4)}); nothing was written`,
           {
-            where: r.quality.text.source,
+            where: q.text.source,
             fix:
               opts.mode === "auto"
                 ? `raise ${n.budget}, or ${n.exclude} the most sensitive nodes (the report of a run with a larger ${n.budget} lists each node's sensitivity)`
@@ -396,22 +480,60 @@ function writeError(e: unknown, out: string, names: OptionNames): unknown {
   return e;
 }
 
-/** Record the quantization in the output's model card (itera.json), when the model has one. */
-async function updateCard(dir: string, report: QuantizeReport): Promise<void> {
+/**
+ * Record the quantization in the output's model card (itera.json); a folder without one gets a card
+ * made from its genai_config.json and graph. `mode` is the precision read from the written graph.
+ */
+async function updateCard(
+  dir: string,
+  report: QuantizeReport,
+  written: ModelProto,
+  original: ModelProto,
+  src: string,
+  config: Awaited<ReturnType<typeof loadGenaiConfig>>,
+): Promise<void> {
   const path = join(dir, "itera.json");
   const text = await readFile(path, "utf8").catch(() => undefined);
-  if (text === undefined) return;
-  const card = JSON.parse(text) as Record<string, unknown>;
+  const card = (text === undefined ? newCard(original, src, config) : JSON.parse(text)) as Record<
+    string,
+    unknown
+  >;
+  const precision = weightPrecision(written);
   card.quantization = {
-    mode: report.mode,
+    mode: precision.label,
+    precision: describePrecision(precision),
+    requested_mode: report.mode,
     settings: report.settings,
     counts: report.counts,
     layers: report.layers.map((l) => ({ name: l.name, precision: l.precision })),
     size: report.size,
     quality: report.quality,
+    ...(report.quality_not_measured ? { quality_not_measured: report.quality_not_measured } : {}),
     agreement: report.agreement,
     speed: report.speed,
     ...(report.auto ? { auto: report.auto } : {}),
   };
   await writeFile(path, `${JSON.stringify(card, null, 2)}\n`);
+}
+
+/** A card for a folder that had none (docs/model-folder.md): what the config and the graph say. */
+function newCard(
+  original: ModelProto,
+  src: string,
+  config: Awaited<ReturnType<typeof loadGenaiConfig>>,
+): Record<string, unknown> {
+  const r = analyzeModel(original);
+  return {
+    schema: "itera.model/v1",
+    id: basename(src),
+    name: basename(src),
+    version: "0.0.0",
+    architecture: { family: config.model.type },
+    parameters: Math.max(1, r.parameters.elements),
+    flops_per_token: r.flops.perToken,
+    quantization: { mode: "fp32" },
+    tokenizer: { type: "unknown", vocab_size: config.model.vocab_size },
+    evaluation: [],
+    note: "written by itera quantize: the source folder had no itera.json",
+  };
 }

@@ -44,6 +44,9 @@ export interface QuantizeReport {
   layers: LayerReport[];
   counts: Partial<Record<Precision, number>>;
   size: { before: SizeBreakdown; after: SizeBreakdown; compression_ratio: number };
+  /** the written graph's precision (src/onnx/precision.ts), e.g. "int4 (95% of weights; fp32 5%)" */
+  precision: string;
+  /** null: not measured (no held-out text or no tokenizer): `quality_not_measured` says why */
   quality: {
     text: { source: string; chars: number; method: string };
     before: TextQuality;
@@ -51,7 +54,8 @@ export interface QuantizeReport {
     perplexity_increase: number;
     bits_per_char_increase: number;
     within_budget: boolean;
-  };
+  } | null;
+  quality_not_measured?: string;
   agreement: Agreement;
   speed: { decode_tokens: number; before_tokens_per_s: number; after_tokens_per_s: number; ratio: number };
   auto?: {

@@ -9,6 +9,7 @@ import {
   attr,
   DataType,
   ensureOpset,
+  getAttrInt,
   Graph,
   makeNode,
   type ModelProto,
@@ -30,7 +31,7 @@ import {
   type TensorType,
 } from "./patterns.js";
 import { expertMatrices, type QmoeLayout, qmoeBytes, qmoeLayout } from "./moe.js";
-import { linearWeights, type Site } from "./sites.js";
+import { floatValues, linearWeights, type Site } from "./sites.js";
 
 const tensorTypes: Record<TensorType, number> = {
   float32: DataType.FLOAT,
@@ -165,49 +166,73 @@ function replacementFor(
       params.searchClipping === true,
     );
   }
+  // A weight used in fp16/bf16 directly: the quantized op runs in float32 between two Casts.
+  const half = site.halfType;
+  const output = half === undefined ? node.output[0]! : `${uniq}/float_out`;
+  const castBack = (r: Replacement): Replacement => {
+    if (half === undefined) return r;
+    const cast = (name: string, input: string, out: string, to: number): NodeSpec => ({
+      name,
+      opType: "Cast",
+      domain: "",
+      inputs: [input],
+      outputs: [out],
+      attributes: { to },
+    });
+    const nodes = [...r.nodes, cast(`${uniq}/cast_out`, output, node.output[0]!, half)];
+    if (site.kind === "linear")
+      nodes.unshift(cast(`${uniq}/cast_in`, node.input[0]!, `${uniq}/float_in`, DataType.FLOAT));
+    return { nodes, initializers: r.initializers };
+  };
   if (site.kind === "embedding") {
-    const table = tensorToTyped(g.initializer(site.weightName)!) as Float32Array;
-    return gatherBlockQuantized(
-      {
-        name: uniq,
-        indices: node.input[1]!,
-        output: node.output[0]!,
-        table,
-        rows: site.dims[0]!,
-        cols: site.dims[1]!,
-      },
-      {
-        bits: precision === "int4" ? 4 : 8,
-        blockSize: params.blockSize,
-        symmetric: params.symmetric,
-        searchClipping: params.searchClipping === true,
-      },
+    const table = floatValues(g.initializer(site.weightName)!);
+    return castBack(
+      gatherBlockQuantized(
+        {
+          name: uniq,
+          indices: node.input[1]!,
+          output,
+          table,
+          rows: site.dims[0]!,
+          cols: site.dims[1]!,
+        },
+        {
+          bits: precision === "int4" ? 4 : 8,
+          blockSize: params.blockSize,
+          symmetric: params.symmetric,
+          searchClipping: params.searchClipping === true,
+        },
+      ),
     );
   }
   const { weight, bias } = linearWeights(g, site);
   const linear = {
     name: uniq,
-    input: node.input[0]!,
-    output: node.output[0]!,
+    input: half === undefined ? node.input[0]! : `${uniq}/float_in`,
+    output,
     weight,
     k: site.dims[0]!,
     n: site.dims[1]!,
     ...(bias ? { bias } : {}),
   };
   if (precision === "int8") {
-    return int8DynamicMatMul(linear, {
-      perChannel: params.perChannel,
-      reduceRange: params.reduceRange,
-      symmetric: params.int8Symmetric,
-    });
+    return castBack(
+      int8DynamicMatMul(linear, {
+        perChannel: params.perChannel,
+        reduceRange: params.reduceRange,
+        symmetric: params.int8Symmetric,
+      }),
+    );
   }
-  return matMulNBits(linear, {
-    bits: precision === "int4" ? 4 : 8,
-    blockSize: params.blockSize,
-    symmetric: params.symmetric,
-    searchClipping: params.searchClipping === true,
-    accuracyLevel: params.accuracyLevel,
-  });
+  return castBack(
+    matMulNBits(linear, {
+      bits: precision === "int4" ? 4 : 8,
+      blockSize: params.blockSize,
+      symmetric: params.symmetric,
+      searchClipping: params.searchClipping === true,
+      accuracyLevel: params.accuracyLevel,
+    }),
+  );
 }
 
 export interface Applied {
@@ -249,7 +274,8 @@ export function applyPrecisions(
     // The weight itself becomes float16; a Cast restores float32 under the original name.
     for (const name of site.weightNames) {
       const t = g.initializer(name);
-      if (!t || fp16Done.has(name)) continue;
+      // a weight already in half precision stays as it is
+      if (!t || fp16Done.has(name) || t.dataType !== DataType.FLOAT) continue;
       const r = fp16Weight(name, tensorToTyped(t) as Float32Array, t.dims.map(Number));
       g.removeInitializer(name);
       for (const i of r.initializers) g.addInitializer(toTensor(i));
@@ -261,4 +287,45 @@ export function applyPrecisions(
   if (contrib) ensureOpset(model, "com.microsoft", 1);
   g.topologicalSort();
   return applied;
+}
+
+/**
+ * fp16/bf16 weights stored behind a `Cast` to float (itera's own fp16 output, bf16 exports for CPUs):
+ * each becomes a float32 initializer under the Cast's output name, so that the quantizer finds and
+ * reads it like any float weight. Returns the names of those that were float16 (restoreFp16Weights
+ * stores them as float16 again when they stay unquantized). Rewrites `model` in place.
+ */
+export function floatStoredWeights(model: ModelProto): Set<string> {
+  const g = new Graph(model.graph!);
+  const outputs = new Set(model.graph!.output.map((o) => o.name ?? ""));
+  const fp16 = new Set<string>();
+  for (const node of [...g.nodes]) {
+    if (node.opType !== "Cast" || (node.domain ?? "") !== "") continue;
+    if (getAttrInt(node, "to", 0) !== DataType.FLOAT || outputs.has(node.output[0] ?? "")) continue;
+    const t = g.initializer(node.input[0] ?? "");
+    if (!t || (t.dataType !== DataType.FLOAT16 && t.dataType !== DataType.BFLOAT16) || t.dims.length < 2)
+      continue;
+    const name = node.output[0]!;
+    g.addInitializer(typedToTensor(name, t.dims.map(Number), floatValues(t), DataType.FLOAT));
+    g.removeNode(node);
+    if (t.dataType === DataType.FLOAT16) fp16.add(name);
+  }
+  g.removeDeadInitializers();
+  return fp16;
+}
+
+/** Store the float32 weights named here (fp16 in the source, left unquantized) as float16 again. */
+export function restoreFp16Weights(model: ModelProto, names: ReadonlySet<string>): void {
+  const g = new Graph(model.graph!);
+  let changed = false;
+  for (const name of names) {
+    const t = g.initializer(name);
+    if (!t || t.dataType !== DataType.FLOAT) continue;
+    const r = fp16Weight(name, tensorToTyped(t) as Float32Array, t.dims.map(Number));
+    g.removeInitializer(name);
+    for (const i of r.initializers) g.addInitializer(toTensor(i));
+    for (const n of r.nodes) g.addNode(toNode(n), 0);
+    changed = true;
+  }
+  if (changed) g.topologicalSort();
 }

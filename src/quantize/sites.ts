@@ -14,6 +14,7 @@ import {
   type NodeProto,
   type TensorProto,
   tensorToTyped,
+  float16ToFloat32,
 } from "../onnx/index.js";
 import { transpose } from "./linear.js";
 import { expertMatrices, type MoeShape } from "./moe.js";
@@ -37,6 +38,23 @@ export interface Site {
   moe?: MoeShape;
   /** float32 bytes of the weights */
   bytes: number;
+  /**
+   * linear/embedding: the weight's element type when it is used as float16/bfloat16 directly (the
+   * activations are too): the quantized form then runs in float32 between Casts.
+   */
+  halfType?: number;
+}
+
+/** A float initializer's values as float32 (float16 and bfloat16 widened exactly). */
+export function floatValues(t: TensorProto): Float32Array {
+  const v = tensorToTyped(t);
+  if (t.dataType === DataType.FLOAT16) return float16ToFloat32(v as Uint16Array);
+  if (t.dataType === DataType.BFLOAT16) {
+    const bits = new Uint32Array(v.length);
+    for (let i = 0; i < v.length; i++) bits[i] = (v as Uint16Array)[i]! << 16;
+    return new Float32Array(bits.buffer);
+  }
+  return v as Float32Array;
 }
 
 /** Ops that mean a graph (or part of it) is quantized already. */
@@ -55,9 +73,17 @@ export const QUANTIZED_OPS = new Set([
   "QMoE",
 ]);
 
+const HALF_TYPES = new Set<number>([DataType.FLOAT16, DataType.BFLOAT16]);
+
 function floatMatrix(t: TensorProto | undefined): [number, number] | undefined {
-  if (!t || t.dataType !== DataType.FLOAT || t.dims.length !== 2) return undefined;
+  if (!t || (t.dataType !== DataType.FLOAT && !HALF_TYPES.has(t.dataType ?? 0)) || t.dims.length !== 2)
+    return undefined;
   return [Number(t.dims[0]), Number(t.dims[1])];
+}
+
+/** The element type of a half-precision weight (fp16/bf16 models), or undefined for float32. */
+function halfType(t: TensorProto | undefined): { halfType?: number } {
+  return t && HALF_TYPES.has(t.dataType ?? 0) ? { halfType: t.dataType! } : {};
 }
 
 export function nodeLabel(node: NodeProto, index: number): string {
@@ -103,6 +129,7 @@ export function findSites(g: Graph): Site[] {
         weightName,
         weightNames: [weightName],
         bytes: dims[0] * dims[1] * 4,
+        ...halfType(g.initializer(weightName)),
       });
     } else if (op === "Gather" && getAttrInt(node, "axis", 0) === 0) {
       const weightName = node.input[0] ?? "";
@@ -117,6 +144,7 @@ export function findSites(g: Graph): Site[] {
         weightName,
         weightNames: [weightName],
         bytes: dims[0] * dims[1] * 4,
+        ...halfType(g.initializer(weightName)),
       });
     }
   });
@@ -191,7 +219,7 @@ function gemmBias(g: Graph, node: NodeProto, weightDims: [number, number]): Floa
 export function linearWeights(g: Graph, site: Site): { weight: Float32Array; bias?: Float32Array } {
   const node = site.node;
   const [k, n] = site.dims as [number, number];
-  const raw = tensorToTyped(g.initializer(site.weightName)!) as Float32Array;
+  const raw = floatValues(g.initializer(site.weightName)!);
   if (node.opType !== "Gemm") return { weight: raw };
   let weight = getAttrInt(node, "transB", 0) !== 0 ? transpose(raw, n, k) : raw;
   const alpha = getAttrFloat(node, "alpha", 1);

@@ -3,9 +3,16 @@ import { join } from "node:path";
 import { Tokenizer } from "@huggingface/tokenizers";
 import { IteraError } from "../errors.js";
 
-/** tokenizer.json (Hugging Face format) through @huggingface/tokenizers, with the few calls the runtime needs. */
+/** How an id the tokenizer cannot decode (beyond its vocabulary, or no tokenizer at all) is written. */
+export const idText = (id: number): string => `<id:${id}>`;
+
+/**
+ * tokenizer.json (Hugging Face format) through @huggingface/tokenizers, with the few calls the runtime
+ * needs. A folder without tokenizer.json (most third-party exports) gets one with no vocabulary: it
+ * takes token ids only, and writes every id as `<id:N>`.
+ */
 export class TextTokenizer {
-  /** One more than the largest token id, added tokens included. */
+  /** One more than the largest token id, added tokens included (0 without tokenizer.json). */
   readonly vocabSize: number;
 
   /**
@@ -22,33 +29,77 @@ export class TextTokenizer {
   readonly exactCharBound: boolean;
 
   constructor(
-    readonly tokenizer: Tokenizer,
+    /** undefined: the folder has no tokenizer.json */
+    readonly tokenizer: Tokenizer | undefined,
     readonly path: string,
     /** tokenizer.json and tokenizer_config.json as parsed, for the character bound. */
     json?: { tokenizer: unknown; config: unknown },
   ) {
     let max = -1;
     let chars = 2;
-    for (const [text, id] of tokenizer.get_vocab(true)) {
+    for (const [text, id] of tokenizer?.get_vocab(true) ?? []) {
       if (id > max) max = id;
       if (text.length > chars) chars = text.length;
     }
     this.vocabSize = max + 1;
     this.charsPerToken = chars;
-    this.exactCharBound = json !== undefined && !mayMergeCharacters(json.tokenizer, json.config);
+    this.exactCharBound =
+      tokenizer !== undefined && json !== undefined && !mayMergeCharacters(json.tokenizer, json.config);
+  }
+
+  /** A folder's stand-in when it has no tokenizer.json: ids only. */
+  static missing(path: string): TextTokenizer {
+    return new TextTokenizer(undefined, path);
+  }
+
+  /** Whether the folder has a tokenizer.json (else only token ids can be given). */
+  get present(): boolean {
+    return this.tokenizer !== undefined;
   }
 
   encode(text: string, addSpecialTokens = true): number[] {
+    if (!this.tokenizer) {
+      throw new IteraError(
+        "the model folder has no tokenizer.json, so a text cannot be turned into token ids",
+        {
+          where: this.path,
+          fix: "give token ids instead of text, or add the model's tokenizer.json (Hugging Face tokenizers format)",
+        },
+      );
+    }
     return this.tokenizer.encode(text, { add_special_tokens: addSpecialTokens }).ids;
   }
 
-  /** Exact text of the ids (no clean-up of spaces, so that concatenated pieces equal the whole). */
+  /** The ids this tokenizer cannot decode (beyond its vocabulary): written as `<id:N>`, never as "". */
+  undecodable(ids: readonly number[]): number[] {
+    return ids.filter((id) => id >= this.vocabSize);
+  }
+
+  /**
+   * Exact text of the ids (no clean-up of spaces, so that concatenated pieces equal the whole); an id
+   * beyond the vocabulary (a tokenizer smaller than the model's logits, or none) is written `<id:N>`.
+   */
   decode(ids: readonly number[], skipSpecialTokens = true): string {
     if (ids.length === 0) return "";
-    return this.tokenizer.decode([...ids], {
-      skip_special_tokens: skipSpecialTokens,
-      clean_up_tokenization_spaces: false,
-    });
+    let text = "";
+    let run: number[] = [];
+    const flush = () => {
+      if (run.length === 0 || !this.tokenizer) return;
+      text += this.tokenizer.decode(run, {
+        skip_special_tokens: skipSpecialTokens,
+        clean_up_tokenization_spaces: false,
+      });
+      run = [];
+    };
+    for (const id of ids) {
+      if (id < this.vocabSize) run.push(id);
+      else {
+        flush();
+        text += idText(id);
+      }
+    }
+    flush();
+    return text;
   }
 
   /** A decoder that turns a stream of ids into text deltas (see TextStream). */
@@ -122,7 +173,10 @@ function mayMergeCharacters(tokenizer: unknown, config: unknown): boolean {
   return merging(t.normalizer) || merging(t.pre_tokenizer);
 }
 
-/** Load `<dir>/tokenizer.json` (and tokenizer_config.json when present). */
+/**
+ * Load `<dir>/tokenizer.json` (and tokenizer_config.json when present); a folder without one gets
+ * TextTokenizer.missing (token ids only): most third-party exports ship none.
+ */
 export async function loadTokenizer(dir: string): Promise<TextTokenizer> {
   const path = join(dir, "tokenizer.json");
   let json: unknown;
@@ -130,12 +184,12 @@ export async function loadTokenizer(dir: string): Promise<TextTokenizer> {
     json = JSON.parse(await readFile(path, "utf8"));
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new IteraError(
-      code === "ENOENT"
-        ? "the model folder has no tokenizer.json"
-        : `cannot read tokenizer.json: ${(e as Error).message}`,
-      { where: path, fix: "add the model's tokenizer.json (Hugging Face tokenizers format)", cause: e },
-    );
+    if (code === "ENOENT") return TextTokenizer.missing(path);
+    throw new IteraError(`cannot read tokenizer.json: ${(e as Error).message}`, {
+      where: path,
+      fix: "repair or remove the model's tokenizer.json (Hugging Face tokenizers format)",
+      cause: e,
+    });
   }
   let config: unknown = {};
   try {

@@ -2,11 +2,20 @@ import type { Command } from "commander";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { IteraError } from "../../errors.js";
 import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
-import { DEFAULT_TEMPERATURE, MAX_TOKENS_HELP, summaryLine, TEMPERATURE_HELP } from "../generation.js";
+import {
+  DEFAULT_TEMPERATURE,
+  IDS_HELP,
+  MAX_TOKENS_HELP,
+  parseIds,
+  summaryLine,
+  TEMPERATURE_HELP,
+  undecodableNote,
+} from "../generation.js";
 import { action, printJson } from "../run.js";
 
 interface RunOptions extends ModelOptions {
-  prompt: string;
+  prompt?: string;
+  ids?: string;
   maxTokens?: string;
   temperature?: string;
   topK?: string;
@@ -25,7 +34,8 @@ export function registerRun(program: Command): void {
     program
       .command("run")
       .description("generate text from a prompt with the model (streamed to stdout)")
-      .requiredOption("--prompt <text>", "the prompt")
+      .option("--prompt <text>", "the prompt")
+      .option("--ids <ids>", IDS_HELP)
       .option("--max-tokens <n>", MAX_TOKENS_HELP)
       .option("--temperature <t>", TEMPERATURE_HELP)
       .option("--top-k <k>", "sample among the k most likely tokens")
@@ -36,6 +46,15 @@ export function registerRun(program: Command): void {
   ).action(
     action(async (opts: RunOptions) => {
       const t0 = performance.now();
+      if ((opts.prompt === undefined) === (opts.ids === undefined)) {
+        throw new IteraError(
+          opts.prompt === undefined ? "no prompt given" : "both --prompt and --ids given",
+          {
+            fix: "give either a prompt with --prompt TEXT or token ids with --ids 1,2,3",
+          },
+        );
+      }
+      const input = opts.ids === undefined ? opts.prompt! : parseIds(opts.ids, "--ids");
       const ctx = await agentContext(opts);
       const threads =
         opts.threads === undefined
@@ -47,8 +66,14 @@ export function registerRun(program: Command): void {
       const { loadModel } = await import("../../runtime/index.js");
       const model = await loadModel(ctx.modelDir, { threads });
       const loadMs = performance.now() - t0;
+      if (typeof input === "string" && !model.tokenizer.present) {
+        throw new IteraError("the model has no tokenizer.json, so a text prompt cannot be encoded", {
+          where: model.tokenizer.path,
+          fix: `give the prompt as token ids: itera-agent run --ids 1,2,3 (ids below ${model.vocabSize})`,
+        });
+      }
       const gen = await model.generate(
-        opts.prompt,
+        input,
         {
           ...(opts.maxTokens === undefined ? {} : { maxTokens: positiveInt(opts.maxTokens, "--max-tokens") }),
           temperature,
@@ -58,8 +83,10 @@ export function registerRun(program: Command): void {
         },
         opts.json ? undefined : (e) => process.stdout.write(e.text),
       );
+      const note = undecodableNote(model.tokenizer, gen.ids, model.vocabSize);
       if (!opts.json) {
         process.stdout.write("\n");
+        if (note) process.stderr.write(`${note}\n`);
         process.stderr.write(`${summaryLine(gen, { temperature, threads })}\n`);
         return;
       }
@@ -68,8 +95,9 @@ export function registerRun(program: Command): void {
         bundle: ctx.manifest?.bundle_id ?? null,
         profile: ctx.profile.name,
         threads,
-        prompt: opts.prompt,
+        prompt: opts.prompt ?? null,
         text: gen.text,
+        note,
         prompt_ids: gen.promptIds,
         ids: gen.ids,
         stop_reason: gen.stopReason,

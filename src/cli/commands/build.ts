@@ -107,5 +107,13 @@ export function describeQuantization(d: QuantizationDecision): string {
   if (!m) return head;
   const budget =
     m.budget_perplexity_increase === null ? "no budget" : `budget ${pct(m.budget_perplexity_increase)}`;
+  const size = `ONNX ${(m.onnx_bytes_before / 1e6).toFixed(3)} -> ${(m.onnx_bytes_after / 1e6).toFixed(3)} MB (${m.compression_ratio.toFixed(2)}x smaller)`;
+  if (
+    m.bits_per_char_before === null ||
+    m.bits_per_char_after === null ||
+    m.bits_per_char_increase === null ||
+    m.perplexity_increase === null
+  )
+    return `${head}: ${size}, quality ${m.held_out}`;
   return `${head}: ONNX ${(m.onnx_bytes_before / 1e6).toFixed(3)} -> ${(m.onnx_bytes_after / 1e6).toFixed(3)} MB (${m.compression_ratio.toFixed(2)}x smaller), bits/char ${m.bits_per_char_before.toFixed(4)} -> ${m.bits_per_char_after.toFixed(4)} (${pct(m.bits_per_char_increase)}), perplexity ${pct(m.perplexity_increase)} (${budget}) on ${m.held_out}`;
 }

@@ -3,15 +3,23 @@ import { join, resolve } from "node:path";
 import type { Command } from "commander";
 import { z } from "zod";
 import { IteraError } from "../../errors.js";
-import { type EvalResult, evaluate, type LanguageModel, loadModel } from "../../runtime/index.js";
+import {
+  type EvalResult,
+  evaluate,
+  evaluateIds,
+  type LanguageModel,
+  loadModel,
+} from "../../runtime/index.js";
 import { applySplit, cardText, datasetsDir, methodFromCard } from "../../runtime/eval-text.js";
 import { type Progress, progress } from "../../util/progress.js";
 import { markdownTable } from "../../util/table.js";
+import { parseIds } from "../generation.js";
 import { action, printJson } from "../run.js";
 import { parseOptions } from "./run.js";
 
 const evalOptions = z.object({
   text: z.string().min(1).optional(),
+  ids: z.string().min(1).optional(),
   split: z.string().optional(),
   maxChars: z.coerce.number().int().positive().optional(),
   window: z.coerce.number().int().positive().optional(),
@@ -39,13 +47,18 @@ async function runOne(model: LanguageModel, text: string, label: string, opts: P
   return result;
 }
 
-function row(label: string, r: EvalResult, reported?: number) {
+function row(
+  label: string,
+  r: Omit<EvalResult, "chars" | "bits_per_char"> & { bits_per_char?: number },
+  reported?: number,
+) {
   return [
     label,
     r.method + (r.stride ? ` ${r.window}/${r.stride}` : ` ${r.window}`),
     r.tokens,
     r.nats_per_token.toFixed(4),
-    r.bits_per_char.toFixed(4),
+    // token ids have no characters: no bits/char
+    r.bits_per_char === undefined ? "" : r.bits_per_char.toFixed(4),
     r.perplexity.toFixed(3),
     reported === undefined ? "" : reported.toFixed(4),
     reported === undefined ? "" : (r.nats_per_token - reported).toExponential(2),
@@ -73,6 +86,10 @@ export function registerEval(program: Command): void {
     )
     .argument("<model>", "model folder")
     .option("--text <file>", "text file to evaluate (default: each evaluation in itera.json)")
+    .option(
+      "--ids <file>",
+      "evaluate token ids instead of text (whitespace- or comma-separated; for a model without tokenizer.json)",
+    )
     .option("--split <words>", "part of --text: 'last 10% of characters', 'first 90% of characters', 'all'")
     .option("--max-chars <n>", "evaluate only the first n characters")
     .option("--window <n>", "tokens per call (carry) or per window (sliding)")
@@ -87,6 +104,43 @@ export function registerEval(program: Command): void {
         const model = await loadModel(dir, opts.threads ? { threads: opts.threads } : {});
         try {
           const clip = (t: string) => (opts.maxChars ? Array.from(t).slice(0, opts.maxChars).join("") : t);
+          if (opts.ids) {
+            if (opts.text || opts.split || opts.maxChars) {
+              throw new IteraError(
+                "--ids takes the ids as they are: --text, --split and --max-chars do not apply",
+                {
+                  fix: "give either --ids FILE or --text FILE",
+                },
+              );
+            }
+            const path = resolve(opts.ids);
+            const content = await readFile(path, "utf8").catch((e) => {
+              throw new IteraError(`cannot read the ids file (${(e as NodeJS.ErrnoException).code})`, {
+                where: path,
+                fix: "give an existing file of token ids with --ids",
+              });
+            });
+            let bar: Progress | undefined;
+            const result = await evaluateIds(model, parseIds(content, path), {
+              method: opts.method,
+              window: opts.window,
+              stride: opts.stride,
+              onProgress: (done, total) => {
+                bar ??= progress(`eval ${opts.ids}`, total);
+                bar.update(done, "tokens");
+              },
+            });
+            bar?.done(`tokens, ${result.nats_per_token.toFixed(4)} nats/token`);
+            if (opts.json) return printJson({ model: model.dir, ids: path, bits_per_char: null, ...result });
+            console.log(markdownTable(header, [row(opts.ids, result)]));
+            return;
+          }
+          if (!model.tokenizer.present) {
+            throw new IteraError("the model folder has no tokenizer.json, so a text cannot be evaluated", {
+              where: model.tokenizer.path,
+              fix: `give the text as token ids: itera eval ${dir} --ids FILE (ids separated by spaces or commas)`,
+            });
+          }
           if (opts.text) {
             const path = resolve(opts.text);
             const content = await readFile(path, "utf8").catch((e) => {

@@ -27,18 +27,22 @@ export function formatReport(r: QuantizeReport): string {
         `${r.size.compression_ratio.toFixed(2)}x smaller`,
       ],
       ["weights by dtype", dtypes(r.size.before), dtypes(r.size.after), ""],
-      [
-        "bits/char",
-        q.before.bits_per_char.toFixed(4),
-        q.after.bits_per_char.toFixed(4),
-        pct(q.bits_per_char_increase),
-      ],
-      [
-        "perplexity",
-        q.before.perplexity.toFixed(4),
-        q.after.perplexity.toFixed(4),
-        pct(q.perplexity_increase),
-      ],
+      ...(q
+        ? [
+            [
+              "bits/char",
+              q.before.bits_per_char.toFixed(4),
+              q.after.bits_per_char.toFixed(4),
+              pct(q.bits_per_char_increase),
+            ],
+            [
+              "perplexity",
+              q.before.perplexity.toFixed(4),
+              q.after.perplexity.toFixed(4),
+              pct(q.perplexity_increase),
+            ],
+          ]
+        : [["bits/char, perplexity", "not measured", "not measured", ""]]),
       [
         "decode tokens/s",
         r.speed.before_tokens_per_s.toFixed(1),
@@ -72,10 +76,14 @@ export function formatReport(r: QuantizeReport): string {
   const budget =
     r.settings.budget_perplexity_increase === null
       ? "no budget"
-      : `budget perplexity +${(r.settings.budget_perplexity_increase * 100).toFixed(2)}%: within`;
+      : q
+        ? `budget perplexity +${(r.settings.budget_perplexity_increase * 100).toFixed(2)}%: within`
+        : "budget not checked";
   return [
-    `quantized (${r.mode}) ${r.source} in ${r.seconds.toFixed(1)} s; ${budget}`,
-    `held-out text: ${q.text.source}, ${q.text.chars} characters`,
+    `quantized (${r.mode}) ${r.source} in ${r.seconds.toFixed(1)} s: ${r.precision}; ${budget}`,
+    q
+      ? `held-out text: ${q.text.source}, ${q.text.chars} characters`
+      : `quality NOT measured: ${r.quality_not_measured}`,
     "",
     summary,
     "",

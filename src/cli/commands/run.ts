@@ -5,11 +5,20 @@ import { loadGenaiConfig } from "../../model/genai-config.js";
 import { describeIssues } from "../../model/json-file.js";
 import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
 import { type Generation, loadModel } from "../../runtime/index.js";
-import { DEFAULT_TEMPERATURE, MAX_TOKENS_HELP, summaryLine, TEMPERATURE_HELP } from "../generation.js";
+import {
+  DEFAULT_TEMPERATURE,
+  IDS_HELP,
+  MAX_TOKENS_HELP,
+  parseIds,
+  summaryLine,
+  TEMPERATURE_HELP,
+  undecodableNote,
+} from "../generation.js";
 import { action, collect, printJson } from "../run.js";
 
 const runOptions = z.object({
-  prompt: z.array(z.string()).min(1, "give at least one --prompt"),
+  prompt: z.array(z.string()),
+  ids: z.array(z.string()),
   maxTokens: z.coerce.number().int().positive().optional(),
   temperature: z.coerce.number().nonnegative().optional(),
   topK: z.coerce.number().int().nonnegative().optional(),
@@ -83,6 +92,7 @@ export function registerRun(program: Command): void {
     .description("generate text with a model folder (streams to stdout)")
     .argument("<model>", "model folder (genai_config.json, tokenizer.json, .onnx)")
     .option("-p, --prompt <text>", "prompt (repeat for a batch)", collect)
+    .option("--ids <ids>", `${IDS_HELP} (repeat for a batch)`, collect)
     .option("-n, --max-tokens <n>", MAX_TOKENS_HELP)
     .option("--temperature <t>", TEMPERATURE_HELP)
     .option("--top-k <k>", "keep the k most likely tokens (0 = all)")
@@ -99,10 +109,25 @@ export function registerRun(program: Command): void {
     .option("--json", "machine-readable output: tokens, timings, stop reason")
     .action(
       action(async (dir: string, raw: unknown) => {
-        const opts = parseOptions(runOptions, { prompt: [], ...(raw as object) });
+        const opts = parseOptions(runOptions, { prompt: [], ids: [], ...(raw as object) });
+        if (opts.prompt.length === 0 && opts.ids.length === 0) {
+          throw new IteraError("no prompt given", {
+            fix: "give a prompt with --prompt TEXT, or token ids with --ids 1,2,3",
+          });
+        }
+        const inputs = [...opts.prompt, ...opts.ids.map((t) => parseIds(t, "--ids"))];
         const threads = await runThreads(dir, opts.threads);
         const model = await loadModel(dir, { threads });
         try {
+          if (opts.prompt.length > 0 && !model.tokenizer.present) {
+            throw new IteraError(
+              "the model folder has no tokenizer.json, so a text prompt cannot be encoded",
+              {
+                where: model.tokenizer.path,
+                fix: `give the prompt as token ids: itera run ${dir} --ids 1,2,3 (ids below ${model.vocabSize})`,
+              },
+            );
+          }
           const temperature = opts.temperature ?? DEFAULT_TEMPERATURE;
           const genOptions = {
             maxTokens: opts.maxTokens,
@@ -115,25 +140,34 @@ export function registerRun(program: Command): void {
             ignoreEos: opts.ignoreEos,
             fusedDecode: opts.fused,
           };
-          const single = opts.prompt.length === 1;
-          const pieces: string[][] = opts.prompt.map(() => []);
-          const results = await model.generateBatch(opts.prompt, genOptions, (e) => {
+          const single = inputs.length === 1;
+          const pieces: string[][] = inputs.map(() => []);
+          const results = await model.generateBatch(inputs, genOptions, (e) => {
             pieces[e.row]![e.index] = (pieces[e.row]![e.index] ?? "") + e.text;
             if (single && !opts.json) process.stdout.write(e.text);
           });
           if (opts.json) {
             const reports = results.map((g, r) => ({
-              prompt: opts.prompt[r],
+              prompt: typeof inputs[r] === "string" ? inputs[r] : null,
               ...generationReport(g, pieces[r]!),
+              note: undecodableNote(model.tokenizer, g.ids, model.vocabSize),
             }));
             printJson({ model: model.dir, ...(single ? reports[0] : { batch: reports }) });
           } else if (single) {
             process.stdout.write("\n");
+            const note = undecodableNote(model.tokenizer, results[0]!.ids, model.vocabSize);
+            if (note) process.stderr.write(`${note}\n`);
             process.stderr.write(`${summaryLine(results[0]!, { temperature, threads })}\n`);
           } else {
             results.forEach((g, r) => {
               process.stdout.write(`--- ${r + 1} (${g.stopReason})\n${g.text}\n`);
             });
+            const note = undecodableNote(
+              model.tokenizer,
+              results.flatMap((g) => g.ids),
+              model.vocabSize,
+            );
+            if (note) process.stderr.write(`${note}\n`);
           }
         } finally {
           await model.dispose();
