@@ -57,10 +57,11 @@ export interface QuantizationDecision {
     onnx_bytes_before: number;
     onnx_bytes_after: number;
     compression_ratio: number;
-    bits_per_char_before: number;
-    bits_per_char_after: number;
-    bits_per_char_increase: number;
-    perplexity_increase: number;
+    /** null: not measured (no held-out text or no tokenizer; `held_out` says why) */
+    bits_per_char_before: number | null;
+    bits_per_char_after: number | null;
+    bits_per_char_increase: number | null;
+    perplexity_increase: number | null;
     budget_perplexity_increase: number | null;
     held_out: string;
     seconds: number;
@@ -209,12 +210,14 @@ function quantizerPlan(
             onnx_bytes_before: report.size.before.file_bytes,
             onnx_bytes_after: report.size.after.file_bytes,
             compression_ratio: report.size.compression_ratio,
-            bits_per_char_before: report.quality.before.bits_per_char,
-            bits_per_char_after: report.quality.after.bits_per_char,
-            bits_per_char_increase: report.quality.bits_per_char_increase,
-            perplexity_increase: report.quality.perplexity_increase,
+            bits_per_char_before: report.quality?.before.bits_per_char ?? null,
+            bits_per_char_after: report.quality?.after.bits_per_char ?? null,
+            bits_per_char_increase: report.quality?.bits_per_char_increase ?? null,
+            perplexity_increase: report.quality?.perplexity_increase ?? null,
             budget_perplexity_increase: report.settings.budget_perplexity_increase,
-            held_out: `${report.quality.text.source}`,
+            held_out: report.quality
+              ? report.quality.text.source
+              : `not measured: ${report.quality_not_measured}`,
             seconds: report.seconds,
           },
         },

@@ -54,22 +54,38 @@ function nll(logits: Float32Array, offset: number, vocab: number, target: number
   return Math.log(sum) + max - logits[offset + target]!;
 }
 
+/** Models whose graph returned the last position's logits only: their windows are stepped. */
+const lastPositionOnly = new WeakSet<LanguageModel>();
+
 async function scoreWindow(
   model: LanguageModel,
   ids: readonly number[],
   state: State,
 ): Promise<{ logits: Float32Array; vocab: number; state: State }> {
-  const result = await model.forward([ids], state);
-  if (result.positions !== ids.length) {
-    throw new IteraError(
-      "the graph returns logits for the last position only, so it cannot be evaluated in windows",
-      {
-        where: model.onnxPath,
-        fix: "evaluate with `itera eval --window 1`, or export logits for every position",
-      },
-    );
+  const result = lastPositionOnly.has(model) ? undefined : await model.forward([ids], state);
+  if (result && result.positions === ids.length) {
+    return { logits: result.logits, vocab: result.vocab, state: result.state };
   }
-  return { logits: result.logits, vocab: result.vocab, state: result.state };
+  if (!result || result.positions === 1) {
+    // The graph returns the last position's logits only: one token per call from the same state
+    // gives every position's (the same figures, one call per token).
+    lastPositionOnly.add(model);
+    let current = state;
+    let logits: Float32Array | undefined;
+    let vocab = 0;
+    for (let t = 0; t < ids.length; t++) {
+      const step = await model.forward([[ids[t]!]], current);
+      vocab = step.vocab;
+      logits ??= new Float32Array(ids.length * vocab);
+      logits.set(step.logits.subarray(0, vocab), t * vocab);
+      current = step.state;
+    }
+    return { logits: logits!, vocab, state: current };
+  }
+  throw new IteraError(
+    `the graph returns logits for ${result.positions} of the ${ids.length} positions fed, so it cannot be evaluated`,
+    { where: model.onnxPath, fix: "export logits for every position (or for the last one only)" },
+  );
 }
 
 /**
@@ -78,7 +94,7 @@ async function scoreWindow(
  * one (an unknown character's <unk> decodes to nothing).
  */
 export function firstTokenChars(tokenizer: TextTokenizer, text: string, first: number): number {
-  const added = tokenizer.tokenizer.get_added_tokens_decoder().get(first)?.content;
+  const added = tokenizer.tokenizer?.get_added_tokens_decoder().get(first)?.content;
   if (added && text.startsWith(added)) return Array.from(added).length;
   return Array.from(tokenizer.decode([first])).length || 1;
 }
@@ -103,6 +119,9 @@ function checkNats(model: LanguageModel, nats: number, scored: number): void {
   );
 }
 
+/** What evaluating token ids gives: no characters, so no bits/char. */
+export type IdsEvalResult = Omit<EvalResult, "chars" | "bits_per_char">;
+
 export async function evaluate(
   model: LanguageModel,
   text: string,
@@ -110,9 +129,29 @@ export async function evaluate(
 ): Promise<EvalResult> {
   const t0 = performance.now();
   const ids = model.tokenizer.encode(text, options.addSpecialTokens ?? false);
+  const r = await evaluateIds(model, ids, options, t0);
+  const chars = Array.from(text).length - firstTokenChars(model.tokenizer, text, ids[0]!);
+  const nats = r.nats_per_token * r.tokens;
+  return { ...r, chars, bits_per_char: nats / Math.LN2 / chars };
+}
+
+/** nats/token and perplexity over token ids (a model without tokenizer.json: `itera eval --ids FILE`). */
+export async function evaluateIds(
+  model: LanguageModel,
+  ids: readonly number[],
+  options: EvalOptions = {},
+  t0 = performance.now(),
+): Promise<IdsEvalResult> {
+  const bad = ids.find((id) => !Number.isInteger(id) || id < 0 || id >= model.vocabSize);
+  if (bad !== undefined) {
+    throw new IteraError(`token id ${bad} is outside the model's vocabulary of ${model.vocabSize}`, {
+      where: model.dir,
+      fix: `give ids from 0 to ${model.vocabSize - 1}`,
+    });
+  }
   if (ids.length < 2) {
-    throw new IteraError(`the text has ${ids.length} token(s); evaluation needs at least 2`, {
-      fix: "give a longer text",
+    throw new IteraError(`the input has ${ids.length} token(s); evaluation needs at least 2`, {
+      fix: "give a longer text (or more token ids)",
     });
   }
   const method: EvalMethod = options.method ?? (model.io.hasKvCache ? "sliding" : "carry");
@@ -180,16 +219,13 @@ export async function evaluate(
     }
   }
 
-  const chars = Array.from(text).length - firstTokenChars(model.tokenizer, text, ids[0]!);
   const seconds = (performance.now() - t0) / 1000;
   return {
     method,
     window,
     stride: method === "sliding" ? (options.stride ?? Math.max(1, Math.floor(window / 2))) : null,
     tokens: scored,
-    chars,
     nats_per_token: nats / scored,
-    bits_per_char: nats / Math.LN2 / chars,
     perplexity: Math.exp(nats / scored),
     seconds,
     tokens_per_s: scored / seconds,
