@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { benchResultSchema } from "../src/bench/result.js";
 import { registerAgentBench } from "../src/cli/agent-commands/bench.js";
+import { registerAgentMeters } from "../src/cli/agent-commands/meters.js";
 import { IteraError } from "../src/errors.js";
 import { openMeter } from "../src/power/open.js";
 import { benchResultSchema as wireResultSchema } from "../src/protocol/schemas.js";
@@ -12,7 +13,11 @@ import { fixtureModels } from "./fixtures/runtime/models.js";
 import { startSim } from "./power-sim-helper.js";
 
 /** A meter the caller knows to be a simulator is labelled simulated in every figure it feeds. */
-const cli = inProcessCli((program) => registerAgentBench(program.command("agent-cli")));
+const cli = inProcessCli((program) => {
+  const agent = program.command("agent-cli");
+  registerAgentBench(agent);
+  registerAgentMeters(agent);
+});
 
 let model: string;
 let dir: string;
@@ -81,6 +86,36 @@ describe("--simulated-meter", () => {
       expect(r.code).toBe(0);
       expect(r.stdout).toMatch(/\| ina219-simulated +\|/);
       expect(r.stdout).not.toMatch(/\| ina219 +\|/);
+    } finally {
+      await sim.stop();
+    }
+  });
+
+  it("itera-agent meters probes the simulator as ina219-simulated", async () => {
+    const sim = await startSim(dir, "probe", ["--format", "json", "--trace", "0:2.5", "--rate", "100"]);
+    try {
+      const r = await cli(
+        "agent-cli",
+        "meters",
+        "--profile",
+        "rpi5",
+        "--port",
+        sim.port,
+        "--simulated-meter",
+        "--json",
+      );
+      expect(r.code).toBe(0);
+      const probes = JSON.parse(r.stdout) as {
+        meter: string;
+        available: boolean;
+        method: string;
+        detail: string;
+      }[];
+      expect(probes.find((p) => p.meter === "ina219")).toMatchObject({
+        available: true,
+        method: "ina219-simulated",
+        detail: expect.stringMatching(/^SIMULATED meter/),
+      });
     } finally {
       await sim.stop();
     }

@@ -8,6 +8,7 @@ import { action, printJson } from "../run.js";
 interface MetersOptions extends ModelOptions {
   port?: string;
   baud: string;
+  simulatedMeter?: boolean;
   json?: boolean;
 }
 
@@ -19,6 +20,7 @@ export function registerAgentMeters(program: Command): void {
       .description("list the power meters and whether each can measure on this device (and why not)")
       .option("--port <path>", "ina219: serial port of the bridge")
       .option("--baud <rate>", "ina219: baud rate", "115200")
+      .option("--simulated-meter", "ina219: the bridge on --port is a simulator (tools/ina219-sim)")
       .option("--json", "machine-readable output"),
   ).action(
     action(async (opts: MetersOptions) => {
@@ -31,6 +33,7 @@ export function registerAgentMeters(program: Command): void {
         profile,
         ...(opts.port ? { port: opts.port } : {}),
         baud: Number(opts.baud),
+        ...(opts.simulatedMeter ? { simulated: true } : {}),
       });
       if (opts.json) return printJson(probes);
       console.log(
