@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { Command } from "commander";
 import { VERSION } from "../version.js";
-import { agentCommands } from "./agent-commands/index.js";
+import { agentCommands, commandsFor } from "./agent-commands/index.js";
 
 // No top-level await: this file is also bundled into CommonJS for the single executable.
 async function main(): Promise<void> {
@@ -11,7 +11,8 @@ async function main(): Promise<void> {
     .version(VERSION)
     .showHelpAfterError();
 
-  for (const register of agentCommands) register(program);
+  // Only the command at hand is loaded: each one's dependencies cost start-up time and memory.
+  for (const name of commandsFor(process.argv.slice(2))) (await agentCommands[name]!())(program);
 
   await program.parseAsync(process.argv);
 }
