@@ -5,8 +5,12 @@ import { IteraError } from "../errors.js";
 import { BUNDLE_INDEX_ASSET, type BundleIndex, bundleIndexSchema, type StoredAsset } from "./bundle-index.js";
 
 /**
- * The assets embedded in a bundle's executable (Node single executable application), checked
- * against `bundle.json` before anything uses them: a changed byte in any asset stops the agent.
+ * The assets embedded in a bundle's executable (Node single executable application). `bundle.json`
+ * is read first and is the root of trust; every other asset is checked against it when it is read
+ * from the executable (`assetContent`): its stored bytes and its decoded content, each by sha256. A
+ * changed byte in an asset that is read stops the agent (exit 3). The model and native files are read
+ * only when they are extracted (src/agent-host/extract.ts), so a warm start hashes none of them: the
+ * whole executable's sha256 is what `itera verify`, install.sh and `itera flash` check.
  * Outside a bundle (dev mode) `inBundle()` is false and nothing here is used.
  */
 interface SeaApi {
@@ -52,10 +56,7 @@ function rawAsset(key: string): Buffer {
 
 let index: BundleIndex | undefined;
 
-/**
- * The bundle index, after checking that every embedded asset's stored bytes match their sha256.
- * Runs once per process; any mismatch is an IteraError and the agent does not start.
- */
+/** The bundle index (`bundle.json`, parsed and validated; once per process). Hashes no other asset. */
 export function bundleIndex(): BundleIndex {
   if (index) return index;
   const text = rawAsset(BUNDLE_INDEX_ASSET).toString("utf8");
@@ -70,18 +71,14 @@ export function bundleIndex(): BundleIndex {
     const issue = r.error.issues[0]!;
     throw tampered(BUNDLE_INDEX_ASSET, `field '${issue.path.join(".")}': ${issue.message}`);
   }
-  for (const [key, asset] of Object.entries(r.data.assets)) {
-    const stored = rawAsset(key);
-    const got = createHash("sha256").update(stored).digest("hex");
-    if (stored.length !== asset.stored_bytes || got !== asset.stored_sha256) {
-      throw tampered(key, `sha256 ${got}, expected ${asset.stored_sha256}`);
-    }
-  }
   index = r.data;
   return index;
 }
 
-/** The content of an embedded asset (decompressed), checked against its sha256. */
+/**
+ * The content of an embedded asset (decompressed): its stored bytes checked against their sha256
+ * (hashed in place, on a view of the executable's memory) and the decoded content against its own.
+ */
 export function assetContent(key: string): Buffer {
   const entry = bundleIndex().assets[key];
   if (!entry) {
@@ -90,7 +87,12 @@ export function assetContent(key: string): Buffer {
       fix: "rebuild the bundle with `itera build`",
     });
   }
-  return decodeAsset(key, rawAsset(key), entry);
+  const stored = rawAsset(key);
+  const got = createHash("sha256").update(stored).digest("hex");
+  if (stored.length !== entry.stored_bytes || got !== entry.stored_sha256) {
+    throw tampered(key, `sha256 ${got}, expected ${entry.stored_sha256}`);
+  }
+  return decodeAsset(key, stored, entry);
 }
 
 /** Decode stored asset bytes and check the result's sha256 (exported for the builder's self-check). */

@@ -29,8 +29,11 @@ import { assetContent, bundleIndex } from "./embedded.js";
  *
  * Every file is checked against its sha256 as it is decoded; the folder is written under a temp
  * name and renamed into place, so two first runs racing each other both end with one complete
- * folder (the loser of the rename removes its copy and uses the winner's). Later runs only check
- * that each file is there with its size: the embedded bytes are re-hashed at every start anyway.
+ * folder (the loser of the rename removes its copy and uses the winner's). The `.complete` marker
+ * holds the key, i.e. the hashes the files were checked against: later runs check that marker and
+ * each file's size, and hash nothing (the files were checked when written, into a cache root the
+ * agent creates mode 700). Hashing them at every start cost time and, for the embedded copies, their
+ * pages in memory; the executable itself is checked whole by `itera verify`, install.sh and flash.
  */
 export interface ExtractedBundle {
   dir: string;

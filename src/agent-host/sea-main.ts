@@ -2,9 +2,10 @@ import { IteraError } from "../errors.js";
 import { bundleIndex, inBundle } from "./embedded.js";
 
 /**
- * Entry point of the single executable (src/package/agent-script.ts bundles from here): check every
- * embedded asset against bundle.json before any code that uses them is even loaded, so a tampered
- * executable stops with one clear message and exit code 3; then run the agent CLI.
+ * Entry point of the single executable (src/package/agent-script.ts bundles from here): read and
+ * validate bundle.json, the root of trust, before anything else (a damaged one stops with one clear
+ * message and exit code 3); every other asset is checked against it when it is read
+ * (src/agent-host/embedded.ts). Then run the agent CLI, which loads only the command at hand.
  */
 try {
   if (inBundle()) bundleIndex();

@@ -33,7 +33,7 @@ import { checkModelRuns, type ModelCheck } from "./model-check.js";
 import { type ModelInput, readModelInput } from "./model-input.js";
 import { NODE_VERSION, nodeBinary } from "./node-binary.js";
 import { type QuantizationDecision, resolveQuantization } from "./quantization.js";
-import { makeSeaExecutable } from "./sea.js";
+import { makeSeaExecutable, v8HeapFlags } from "./sea.js";
 import { executableName, hostTarget, type Target, targetKey, targetOf } from "./target.js";
 
 /**
@@ -181,6 +181,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
         nodeBinary: node.path,
         out: join(tmp, exe),
         workDir: work,
+        execArgv: v8HeapFlags(profile.memory_mb),
       });
       selfCheck = await startCheck(join(tmp, exe), target, work);
       steps.update(5, "bundle files");
@@ -281,24 +282,27 @@ async function bundleFiles(dir: string, bundleId: string): Promise<string[] | un
 }
 
 /**
- * When the target is the build host, start the new executable once (`--version`: every embedded
- * asset is checked, the native add-ons are extracted and loaded, the CLI starts), with a private
- * cache folder, so that a bundle that cannot start is never written.
+ * When the target is the build host, start the new executable once (`run`, one token: every
+ * embedded asset is checked as it is extracted, the native add-ons are loaded, the model generates;
+ * `--version` loads none of that), with a private cache folder, so that a bundle that cannot start
+ * is never written.
  */
 async function startCheck(exe: string, target: Target, work: string): Promise<string> {
   if (targetKey(target) !== hostTarget().key) return `skipped: ${targetKey(target)} cannot run on this host`;
   try {
-    const { stdout } = await run(exe, ["--version"], {
+    const args = ["run", "--prompt", "The ", "--max-tokens", "1", "--threads", "1", "--json"];
+    const { stdout } = await run(exe, args, {
       env: { PATH: process.env.PATH, HOME: work, ITERA_AGENT_CACHE: join(work, "start-check-cache") },
     });
-    if (stdout.trim() !== VERSION) throw new Error(`printed '${stdout.trim()}', expected ${VERSION}`);
+    const ids = (JSON.parse(stdout) as { ids?: unknown }).ids;
+    if (!Array.isArray(ids)) throw new Error(`printed no generated ids: ${stdout.slice(0, 200)}`);
   } catch (e) {
     throw new IteraError("the built executable does not start", {
       where: exe,
       fix: `this is a bug in itera build; its output: ${(e as { stderr?: string }).stderr || (e as Error).message}`,
     });
   }
-  return "started (--version) on the build host";
+  return "generated a token (run --max-tokens 1) on the build host";
 }
 
 /**

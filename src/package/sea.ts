@@ -26,6 +26,20 @@ export interface SeaInput {
   nodeBinary: string;
   out: string;
   workDir: string;
+  /** Node/V8 options the executable always starts with (sea-config `execArgv`, Node >= 24). */
+  execArgv?: string[];
+}
+
+/**
+ * V8 heap limits for a device with this much memory, or none where memory does not matter (V8's
+ * defaults collect less often). On a 512 MB Pi Zero 2 W the young generation's default semi-spaces
+ * (up to 16 MB each) and an old space sized for the build of V8, not the board, are what made the
+ * agent's heap grow during `bench` (docs/packaging.md, "Memory and start-up": 166 -> 150 MB peak
+ * on the same run, speed unchanged). The old space gets a quarter of the device's memory.
+ */
+export function v8HeapFlags(memoryMb: number): string[] {
+  if (memoryMb > 2048) return [];
+  return [`--max-old-space-size=${Math.max(64, Math.floor(memoryMb / 4))}`, "--max-semi-space-size=1"];
 }
 
 export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: number }> {
@@ -41,6 +55,7 @@ export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: n
       useSnapshot: false,
       useCodeCache: sameAsHost,
       assets: input.assets,
+      ...(input.execArgv?.length ? { execArgv: input.execArgv } : {}),
     }),
   );
   const node = await hostNodeBinary();
