@@ -17,7 +17,7 @@ import { join, relative } from "node:path";
 import { performance } from "node:perf_hooks";
 import type { InferenceSession } from "onnxruntime-node";
 import { env } from "onnxruntime-node";
-import { FusedDecoder } from "../src/runtime/fused-decode.js";
+import { FusedDecoder, loopFeatures } from "../src/runtime/fused-decode.js";
 import { type LanguageModel, loadModel, type State } from "../src/runtime/index.js";
 import { argmax } from "../src/runtime/sampling.js";
 import { markdownTable } from "../src/util/table.js";
@@ -115,8 +115,13 @@ interface Row {
   prefillStepped: number;
   decode: number;
   jsShare: number;
-  /** Decode through generate(): sampling (temperature, top-k) and streaming text included. */
+  /** Sampled decode through generate() (temperature, top-k, the card's top-p; streamed text). */
   generate: number;
+  generateMode: string;
+  /** The same sampling stepped one call per token. */
+  generateStep: number;
+  /** Median over runs of sampled / greedy tokens/s, each pair measured back to back. */
+  sampledVsGreedy: number;
   generateJsShare: number;
   /** Greedy decode through generate(): many steps per call where the model allows it (fused-decode.ts). */
   greedy: number;
@@ -185,45 +190,59 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       jsShare = 1 - timer.runMs() / wall;
     }
 
-    // The same through generate(): sampling with top-k and streamed text deltas.
-    const generateSpeeds: number[] = [];
-    let generateJsShare = 0;
-    for (let r = 0; r < args.repetitions; r++) {
-      timer.reset();
-      const g = await model.generate(
-        ids.slice(0, 8),
-        { maxTokens: n + 1, ignoreEos: true, temperature: 0.8, topK: 20, seed: r },
-        () => {},
-      );
-      // From the first token to the end: every decode call with its sampling and streaming.
-      const wall = g.timings.totalMs - g.timings.ttftMs;
-      generateSpeeds.push((1000 * g.timings.tokenMs.length) / wall);
-      // The first session.run is the prefill: the decode part is everything after it.
-      generateJsShare = 1 - timer.runMs(true) / wall;
-    }
-
-    // Greedy through generate(): a recurrent model decodes many steps per session.run.
+    // Through generate(), interleaved run by run so that load from other jobs falls on all alike:
+    // greedy, sampled (temperature 0.8, top-k 40, the card's top-p, seeded) fused where the model
+    // allows it (fused-decode.ts), and the same sampling stepped one call per token (fusedDecode: false).
     const greedySpeeds: number[] = [];
+    const sampledSpeeds: number[] = [];
+    const sampledStepSpeeds: number[] = [];
     let greedyMode = "step";
+    let sampledMode = "step";
     let greedyJsShare = 0;
-    const fused = await model.fusedDecoder();
-    const fusedTimer = fused instanceof FusedDecoder ? instrument(fused.session) : timer;
-    const greedyTokens = Math.max(n, Math.min(2048, args.decodeTokens * 8));
+    let generateJsShare = 0;
+    const sampling = { temperature: 0.8, topK: 40 };
+    const search = model.config.search ?? {};
+    const sampledLoop = await model.fusedDecoder(
+      loopFeatures({
+        ...sampling,
+        topP: search.top_p ?? 1,
+        repetitionPenalty: search.repetition_penalty ?? 1,
+      }),
+    );
+    const greedyLoop = await model.fusedDecoder();
+    const greedyTimer = greedyLoop instanceof FusedDecoder ? instrument(greedyLoop.session) : timer;
+    const sampledTimer = sampledLoop instanceof FusedDecoder ? instrument(sampledLoop.session) : timer;
+    const generated = model.limitedContext ? n + 1 : Math.max(n, Math.min(2048, args.decodeTokens * 8));
+    const rate = (g: { timings: { tokenMs: number[]; totalMs: number; ttftMs: number } }) =>
+      (1000 * g.timings.tokenMs.length) / (g.timings.totalMs - g.timings.ttftMs);
+    // JavaScript share of the decode: wall time from the first token to the end, less the loop's
+    // calls (fused) or every session.run after the prefill (stepped)
+    const decodeJsShare = (g: { timings: { totalMs: number; ttftMs: number } }, t: typeof timer) =>
+      1 - (t === timer ? timer.runMs(true) : t.runMs()) / (g.timings.totalMs - g.timings.ttftMs);
     for (let r = 0; r <= args.repetitions; r++) {
+      const common = { maxTokens: generated, ignoreEos: true };
       timer.reset();
-      fusedTimer.reset();
-      const g = await model.generate(
+      greedyTimer.reset();
+      const greedy = await model.generate(ids.slice(0, 8), { ...common, temperature: 0 }, () => {});
+      const greedyShare = decodeJsShare(greedy, greedyTimer);
+      timer.reset();
+      sampledTimer.reset();
+      const sampled = await model.generate(ids.slice(0, 8), { ...common, ...sampling, seed: r }, () => {});
+      const sampledShare = decodeJsShare(sampled, sampledTimer);
+      const stepped = await model.generate(
         ids.slice(0, 8),
-        { maxTokens: model.limitedContext ? n + 1 : greedyTokens, ignoreEos: true, temperature: 0 },
+        { ...common, ...sampling, seed: r, fusedDecode: false },
         () => {},
       );
-      greedyMode = g.decode;
-      // the first run builds the fused decoder: a warm-up, not measured
+      greedyMode = greedy.decode;
+      sampledMode = sampled.decode;
+      // the first round builds the loop sessions: a warm-up, not measured
       if (r === 0) continue;
-      const wall = g.timings.totalMs - g.timings.ttftMs;
-      greedySpeeds.push((1000 * g.timings.tokenMs.length) / wall);
-      // fused: the loop session's calls; stepped: every session.run after the prefill
-      greedyJsShare = 1 - (fusedTimer === timer ? timer.runMs(true) : fusedTimer.runMs()) / wall;
+      greedySpeeds.push(rate(greedy));
+      sampledSpeeds.push(rate(sampled));
+      sampledStepSpeeds.push(rate(stepped));
+      greedyJsShare = greedyShare;
+      generateJsShare = sampledShare;
     }
 
     // Kernel share of session.run, from an ONNX Runtime profile of one more decode run.
@@ -252,7 +271,10 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       prefillStepped: median(stepped),
       decode: median(decodeSpeeds),
       jsShare,
-      generate: median(generateSpeeds),
+      generate: median(sampledSpeeds),
+      generateMode: sampledMode,
+      generateStep: median(sampledStepSpeeds),
+      sampledVsGreedy: median(sampledSpeeds.map((x, i) => x / greedySpeeds[i]!)),
       generateJsShare,
       greedy: median(greedySpeeds),
       greedyMode,
@@ -276,33 +298,42 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
     }
     // Fill a state to each context first, then time decoding from every context in interleaved
     // rounds, so that load from other jobs falls on all contexts alike (median per context).
-    const filled: { c: number; state: State; first: number }[] = [];
+    const filled: { c: number; state: State; first: number; fill: number[] }[] = [];
     for (const c of contexts) {
       if (model.limitedContext && c + 64 > model.contextLength) continue;
       const fill = promptIds(model, c);
       let s = model.newState(1);
       if (model.io.fixedSequence === null) s = (await model.forward([fill], s)).state;
       else for (const id of fill) s = (await model.forward([[id]], s)).state;
-      filled.push({ c, state: s, first: fill[0]! });
+      filled.push({ c, state: s, first: fill[0]!, fill });
     }
     // a recurrent state does not grow: longer runs, so that each one outlasts the timer's noise
     const tokens = model.limitedContext ? 64 : 256;
     const speeds: number[][] = filled.map(() => []);
+    // the same tokens greedy through generate() after a prompt of c tokens: fused where it applies
+    const generateSpeeds: number[][] = filled.map(() => []);
+    let generateMode = "step";
     for (let r = 0; r < Math.max(9, args.repetitions); r++) {
       for (const [i, f] of filled.entries()) {
         const t = performance.now();
         await decode(model, f.state, tokens, [f.first]);
         speeds[i]!.push((1000 * tokens) / (performance.now() - t));
+        const g = await model.generate(f.fill, { maxTokens: tokens + 1, ignoreEos: true, temperature: 0 });
+        generateSpeeds[i]!.push(rate(g));
+        generateMode = g.decode;
       }
     }
+    let generateBase: number | undefined;
     for (const c of contexts) {
       const i = filled.findIndex((f) => f.c === c);
       if (i < 0) {
-        extra.push([name, String(threads), String(c), "beyond context", "1", "", ""]);
+        extra.push([name, String(threads), String(c), "beyond context", "1", "", "", "", ""]);
         continue;
       }
       const speed = median(speeds[i]!);
       base ??= speed;
+      const viaGenerate = median(generateSpeeds[i]!);
+      generateBase ??= viaGenerate;
       extra.push([
         name,
         String(threads),
@@ -310,6 +341,8 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
         speed.toFixed(0),
         "1",
         `${(speed / base).toFixed(2)}x`,
+        `${viaGenerate.toFixed(0)} (${generateMode})`,
+        `${(viaGenerate / generateBase).toFixed(2)}x`,
         "",
       ]);
     }
@@ -343,6 +376,8 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
         stepped.toFixed(0),
         String(b),
         "",
+        "",
+        "",
         `${greedyRate.toFixed(0)} (${g.decode})`,
       ]);
     }
@@ -373,11 +408,12 @@ async function main() {
     `Machine: ${cpu}, ${cpus().length} logical CPUs; Node ${process.version}; onnxruntime-node ${env.versions?.node ?? "?"}; ` +
       `load average ${loadStart} at the start, ${loadavg()[0]!.toFixed(1)} at the end (other jobs share the CPUs: absolute figures ` +
       "move with the load, ratios within a run less so).",
-    `Command: \`${command}\` (built with esbuild as in the file's header). Medians of ${args.repetitions} runs; greedy; fp32.`,
+    `Command: \`${command}\` (built with esbuild as in the file's header). Medians of ${args.repetitions} runs; fp32.`,
     "",
     "Prefill of a prompt in one call versus one token per call (same run); single-stream decode as a bare forward loop " +
-      "(greedy) and through generate() (temperature 0.8, top-k 20, streamed text), and greedy through generate() " +
-      "(`fused`: many greedy steps per session.run, src/runtime/fused-decode.ts; `step`: one call per token); where a decode step's time goes " +
+      "(greedy); through generate() greedy and sampled (temperature 0.8, top-k 40, the card's top-p 0.95, seeded; streamed text), " +
+      "interleaved run by run (`fused`: many steps per session.run, src/runtime/fused-decode.ts; `step`: one call per token), " +
+      "the same sampling stepped (`fusedDecode: false`), and sampled / greedy as the median of back-to-back pairs; where a decode step's time goes " +
       "(JavaScript outside session.run; ONNX Runtime kernels as a share of session.run, from its profiler — the rest of " +
       "session.run is ONNX Runtime's per-node framework work and the Node binding):",
     "",
@@ -391,10 +427,12 @@ async function main() {
         "one-call / stepped",
         "decode tok/s",
         "JS outside session.run",
-        "generate() tok/s",
-        "JS outside session.run (generate)",
         "greedy generate() tok/s",
         "JS outside session.run (greedy)",
+        "sampled generate() tok/s",
+        "JS outside session.run (sampled)",
+        "sampled, stepped tok/s",
+        "sampled / greedy",
         "kernels / session.run",
         "kernels per step",
       ],
@@ -407,21 +445,34 @@ async function main() {
         r.prefillOneCall === null ? "n/a" : `${(r.prefillOneCall / r.prefillStepped).toFixed(2)}x`,
         r.decode.toFixed(0),
         pct(r.jsShare),
-        r.generate.toFixed(0),
-        pct(r.generateJsShare),
         `${r.greedy.toFixed(0)} (${r.greedyMode})`,
         pct(r.greedyJsShare),
+        `${r.generate.toFixed(0)} (${r.generateMode})`,
+        pct(r.generateJsShare),
+        r.generateStep.toFixed(0),
+        `${r.sampledVsGreedy.toFixed(2)}x`,
         r.kernelShare === null ? "n/a" : pct(r.kernelShare),
         r.nodesPerRun ?? "n/a",
       ]),
     ),
     "",
     "Decode tokens/s after the state holds `context` tokens (batch 1; 64 tokens per run for KV-cache models, 256 for " +
-      "recurrent ones; median of at least 9 runs, the contexts interleaved run by run), " +
+      "recurrent ones; median of at least 9 runs, the contexts interleaved run by run): a bare forward loop (one call per token) " +
+      "and greedy generate() after a prompt of `context` tokens (fused where it applies; its time from the first token on), " +
       "and aggregate decode tokens/s of batches (64 steps after an 8-token prompt; greedy generate(): 256 tokens per stream):",
     "",
     markdownTable(
-      ["model", "threads", "context", "decode tok/s", "batch", "vs first context", "greedy generate() tok/s"],
+      [
+        "model",
+        "threads",
+        "context",
+        "decode tok/s",
+        "batch",
+        "vs first context",
+        "greedy generate() tok/s after context",
+        "vs first context (generate)",
+        "greedy generate() tok/s",
+      ],
       extra,
     ),
     "",
