@@ -8,8 +8,6 @@ import {
   publishAsync,
 } from "../protocol/connect.js";
 import {
-  type BenchResult,
-  benchResultSchema,
   type BirthPayload,
   decode,
   type JobRequest,
@@ -22,10 +20,11 @@ import {
   type StatePayload,
   terminalStatuses,
 } from "../protocol/schemas.js";
-import { hostCores, maxThreads, THREADS_PER_CORE } from "../profile/threads.js";
 import { deviceTopic, jobTopic, parseTopic } from "../protocol/topics.js";
 import { VERSION } from "../version.js";
 import { Outbox } from "./outbox.js";
+import { benchmarkExecutor } from "./jobs/benchmark.js";
+import type { AnyExecutor, JobContext } from "./jobs/types.js";
 import type { BenchmarkRunner } from "./runner.js";
 import { type JobRecord, AgentStore } from "./store.js";
 import { TelemetrySampler } from "./telemetry.js";
@@ -44,7 +43,10 @@ export interface AgentOptions {
   /** The store of `stateDir`, when the caller opened it first (to fail on a bad folder early). */
   store?: AgentStore;
   telemetryIntervalMs: number;
-  runner: BenchmarkRunner;
+  /** Runs `benchmark` jobs (shorthand for its executor in `executors`). */
+  runner?: BenchmarkRunner;
+  /** One executor per job type this device accepts (src/agent/jobs/); other types are REJECTED. */
+  executors?: AnyExecutor[];
   sessionExpiryS?: number;
   reconnectPeriodMs?: number;
   /**
@@ -73,6 +75,14 @@ export class Agent {
   private readonly queue: JobRequest[] = [];
   private running = false;
   private current: AbortController | undefined;
+  private currentJob: { jobId: string; executor: AnyExecutor } | undefined;
+  private readonly executors = new Map<string, AnyExecutor>();
+  private readonly reconnectListeners = new Set<() => void>();
+  private onlineWaiters: Array<() => void> = [];
+  private isOnline = false;
+  private restartWith!: (reason: string) => void;
+  /** Resolves when a job asks for the process to end and be started again by its supervisor. */
+  readonly restartRequested: Promise<string>;
   private stopping = false;
   /** Cancels a connection attempt in progress and the wait between attempts, on stop. */
   private readonly connectAbort = new AbortController();
@@ -98,6 +108,18 @@ export class Agent {
       this.failed = reject;
     });
     this.fatal.catch(() => {});
+    this.restartRequested = new Promise((resolve) => {
+      this.restartWith = resolve;
+    });
+    if (opts.runner) {
+      const bench = benchmarkExecutor({
+        runner: opts.runner,
+        models: opts.models,
+        onResults: (r) => this.sampler.noteResults(r),
+      });
+      this.executors.set(bench.type, bench);
+    }
+    for (const e of opts.executors ?? []) this.executors.set(e.type, e);
     this.sessionBdSeq = this.store.current("bdSeq") ?? 0;
     this.lastSeq = this.store.current("seq");
     const reset = this.store.resetNow;
@@ -214,9 +236,10 @@ export class Agent {
       // From here on the client reconnects by itself: never make a second one with the same id.
       this.mqtt = client;
       client.on("connect", () => void this.onConnected(client).catch(() => {}));
-      client.on("offline", () =>
-        this.log(`agent ${this.opts.device}: broker unreachable, buffering to disk`),
-      );
+      client.on("offline", () => {
+        this.isOnline = false;
+        this.log(`agent ${this.opts.device}: broker unreachable, buffering to disk`);
+      });
       try {
         await this.onConnected(client);
       } catch (e) {
@@ -259,7 +282,16 @@ export class Agent {
     this.log(
       `agent ${this.opts.device}: online (bdSeq ${this.sessionBdSeq}, MQTT ${client.options.protocolVersion})`,
     );
-    await client.subscribeAsync(jobTopic(this.opts.fleet, this.opts.device, "+", "request"), { qos: 1 });
+    await client.subscribeAsync(
+      [
+        jobTopic(this.opts.fleet, this.opts.device, "+", "request"),
+        jobTopic(this.opts.fleet, this.opts.device, "+", "chunk"),
+      ],
+      { qos: 1 },
+    );
+    this.isOnline = true;
+    for (const w of this.onlineWaiters.splice(0)) w();
+    for (const l of this.reconnectListeners) l();
   }
 
   sendTelemetry(): void {
@@ -271,6 +303,8 @@ export class Agent {
       if (dropped > 0)
         this.log(`agent ${this.opts.device}: outbox full (${max}): dropped the ${dropped} oldest telemetry`);
     }
+    // Feedback that `itera-agent serve` stored in this state folder leaves with the telemetry (docs/fleet.md).
+    this.store.queueFeedback(deviceTopic(this.opts.fleet, this.opts.device, "feedback"));
     const seq = this.store.next("seq");
     this.lastSeq = seq;
     this.outbox.publish(this.topic("telemetry"), {
@@ -293,6 +327,12 @@ export class Agent {
 
   private handleRequest(topic: string, payload: Buffer): void {
     const t = parseTopic(topic);
+    if (t?.kind === "chunk" && t.device === this.opts.device && t.fleet === this.opts.fleet) {
+      // Only the running job takes its chunks; others are dropped (the device asks for what it lacks).
+      const job = this.currentJob;
+      if (job && job.jobId === t.jobId) job.executor.onMessage?.("chunk", payload, t.jobId);
+      return;
+    }
     if (t?.kind !== "request" || t.device !== this.opts.device || t.fleet !== this.opts.fleet) {
       this.log(`agent ${this.opts.device}: ignoring message on ${topic}`);
       return;
@@ -323,19 +363,15 @@ export class Agent {
       this.record(req, "TIMED_OUT", "the deadline passed before the job started");
       return;
     }
-    if (!this.opts.models.some((m) => m.id === req.doc.params.model)) {
-      const have = this.opts.models.map((m) => m.id).join(", ") || "none";
-      this.record(req, "REJECTED", `model '${req.doc.params.model}' is not on this device (it has: ${have})`);
+    const executor = this.executors.get(req.doc.type);
+    if (!executor) {
+      const have = [...this.executors.keys()].join(", ") || "none";
+      this.record(req, "REJECTED", `this device does not run '${req.doc.type}' jobs (it runs: ${have})`);
       return;
     }
-    // As `--threads` on the device's own commands: a count ONNX Runtime would spend minutes starting.
-    const tooMany = req.doc.params.threads.filter((n) => n > maxThreads());
-    if (tooMany.length > 0) {
-      this.record(
-        req,
-        "REJECTED",
-        `threads ${tooMany.join(", ")}: more than ${maxThreads()} (${THREADS_PER_CORE} per core; this device has ${hostCores()} cores)`,
-      );
+    const refusal = executor.validate(req.doc);
+    if (refusal !== undefined) {
+      this.record(req, "REJECTED", refusal);
       return;
     }
     this.record(req, "QUEUED", null);
@@ -344,14 +380,16 @@ export class Agent {
   }
 
   /** Record a job's new status durably, then publish it (and the result, once terminal). */
-  private record(
-    req: JobRequest,
-    status: JobStatus,
-    details: string | null,
-    results: BenchResult[] = [],
-  ): void {
+  private record(req: JobRequest, status: JobStatus, details: string | null, results: object[] = []): void {
     const result: JobResultPayload | null = terminalStatuses.has(status)
-      ? { v: PROTOCOL_VERSION, jobId: req.jobId, execNo: req.execNo, status, results, error: details }
+      ? {
+          v: PROTOCOL_VERSION,
+          jobId: req.jobId,
+          execNo: req.execNo,
+          status,
+          results: results as JobResultPayload["results"],
+          error: details,
+        }
       : null;
     const job: JobRecord = { jobId: req.jobId, execNo: req.execNo, status, details, request: req, result };
     this.store.transaction(() => {
@@ -405,32 +443,54 @@ export class Agent {
       return;
     }
     this.record(req, "IN_PROGRESS", null);
+    const executor = this.executors.get(req.doc.type);
+    if (!executor) {
+      // Recorded by an agent that ran this type; this one (another release) does not.
+      this.record(req, "FAILED", `this agent does not run '${req.doc.type}' jobs`);
+      return;
+    }
     const ac = new AbortController();
     this.current = ac;
+    this.currentJob = { jobId: req.jobId, executor };
     const timer = setTimeout(() => ac.abort(new Error("deadline")), left);
     try {
-      const results = await this.opts.runner(
-        req.doc.params,
-        (done, total, note) =>
-          this.announce(req.jobId, req.execNo, "IN_PROGRESS", `${done}/${total}${note ? ` ${note}` : ""}`),
+      const end = await executor.run(
+        req.doc,
+        (details: string) => this.announce(req.jobId, req.execNo, "IN_PROGRESS", details),
         ac.signal,
+        this.jobContext(req),
       );
-      const checked = results.map((r, i) => {
-        const c = benchResultSchema.safeParse(r);
-        if (!c.success)
-          throw new Error(`benchmark result ${i + 1} is malformed: ${c.error.issues[0]?.message}`);
-        return c.data;
-      });
-      this.sampler.noteResults(checked);
-      this.record(req, "SUCCEEDED", null, checked);
+      if (this.stopping) return;
+      this.record(req, end.status, end.error ?? null, end.results);
     } catch (e) {
       if (this.stopping) return; // stays IN_PROGRESS on disk: it runs again after the restart
-      if (ac.signal.aborted) this.record(req, "TIMED_OUT", "the deadline passed while the benchmark ran");
+      if (ac.signal.aborted)
+        this.record(req, "TIMED_OUT", `the deadline passed while the ${req.doc.type} job ran`);
       else this.record(req, "FAILED", (e as Error).message);
     } finally {
       clearTimeout(timer);
       this.current = undefined;
+      this.currentJob = undefined;
+      this.reconnectListeners.clear();
     }
+  }
+
+  private jobContext(req: JobRequest): JobContext {
+    const { fleet, device } = this.opts;
+    return {
+      jobId: req.jobId,
+      execNo: req.execNo,
+      device,
+      publish: (kind, payload) => this.outbox.publish(jobTopic(fleet, device, req.jobId, kind), payload),
+      online: () =>
+        this.isOnline ? Promise.resolve() : new Promise<void>((r) => this.onlineWaiters.push(r)),
+      // Forgotten when the job ends (runJob clears them; one job runs at a time).
+      onReconnect: (l) => this.reconnectListeners.add(l),
+      restart: (reason) => {
+        this.log(`agent ${device}: restarting: ${reason}`);
+        this.restartWith(reason);
+      },
+    };
   }
 
   /** Resolves once every message published so far has been acknowledged by the broker. */

@@ -5,12 +5,10 @@ import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect
 import {
   type BenchmarkParams,
   type BenchResult,
-  type JobRequest,
+  benchResultSchema,
   type JobStatus,
-  PROTOCOL_VERSION,
-  terminalStatuses,
 } from "../protocol/schemas.js";
-import { jobTopic } from "../protocol/topics.js";
+import { dispatch } from "./dispatch.js";
 import { acceptsAnonymous, anonymousWarning } from "./anonymous-probe.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
 import type { FleetStore } from "./store.js";
@@ -81,7 +79,7 @@ export interface FleetBenchOutcome {
   };
 }
 
-function matches(view: DeviceView, select: Record<string, string> | undefined): boolean {
+export function matches(view: DeviceView, select: Record<string, string> | undefined): boolean {
   if (!select) return true;
   const b = view.birth;
   if (!b) return false;
@@ -98,10 +96,9 @@ function matches(view: DeviceView, select: Record<string, string> | undefined): 
 export const selectKeys = ["profile", "arch", "platform", "model", "device"];
 
 /**
- * Benchmark a fleet (DESIGN.md §8): discover online devices from retained birth/state, send each a
- * benchmark job, follow every execution, re-send to a device that comes back with a new session
- * before its job finished, stop at the deadline, and return one outcome per device. Results are
- * de-duplicated by (jobId, device, execNo) and stored with telemetry in the fleet database.
+ * Benchmark a fleet (DESIGN.md §8): discover online devices from retained birth/state, hand the
+ * benchmark job to `dispatch` (sending, re-sending, deadline, de-duplication: src/fleet/dispatch.ts),
+ * and return one outcome per device with its results, stored with telemetry in the fleet database.
  */
 export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchOutcome> {
   const startedMs = Date.now();
@@ -158,142 +155,55 @@ async function benchWith(
 
   o.store.addRun({
     jobId,
+    type: "benchmark",
     fleet: o.fleet,
     model: o.params.model,
     params: o.params,
     startedMs,
     deadlineMs: deadline,
   });
-  const executions = new Map<string, DeviceOutcome>();
-  /** The accepted result message of each device, to tell a re-delivery from a different second result. */
-  const accepted = new Map<string, string>();
-  let duplicateResults = 0;
-  let conflictingResults = 0;
-  let resends = 0;
-
-  const request = (execNo: number): string =>
-    JSON.stringify({
-      v: PROTOCOL_VERSION,
-      jobId,
-      execNo,
-      deadline,
-      doc: { type: "benchmark", params: o.params },
-    } satisfies JobRequest);
-
-  const send = (device: string, resend: boolean) => {
-    const e = executions.get(device)!;
-    e.sends++;
-    client.publish(jobTopic(o.fleet, device, jobId, "request"), request(e.execNo), { qos: 1 });
-    emit({ type: "sent", device, execNo: e.execNo, resend });
-  };
-
-  let finish!: () => void;
-  const allDone = new Promise<void>((resolve) => {
-    finish = resolve;
+  const { executions, stats } = await dispatch<BenchResult>({
+    client,
+    monitor,
+    fleet: o.fleet,
+    store: o.store,
+    jobId,
+    doc: { type: "benchmark", params: o.params },
+    deadline,
+    devices: chosen,
+    parseResult: (r) => {
+      const p = benchResultSchema.safeParse(r);
+      return p.success
+        ? { ok: true, value: p.data }
+        : { ok: false, error: p.error.issues[0]?.message ?? "invalid" };
+    },
+    storeResults: (device, execNo, results) => o.store.addResults(jobId, o.fleet, device, execNo, results),
+    removeResults: (device, execNo) => o.store.removeResults(jobId, device, execNo),
+    onEvent: (e) => {
+      if (e.type === "refused") refuse(e.topic, e.reason);
+      else emit(e);
+    },
   });
-  const checkDone = () => {
-    if ([...executions.values()].every((e) => isTerminal(e.status))) finish();
-  };
-
-  monitor.on("birth", (view) => {
-    const e = executions.get(view.device);
-    if (!e || e.sends === 0 || isTerminal(e.status)) return;
-    // The device came back with a new session before finishing: send the job again. A device that
-    // still has it answers with its recorded status (idempotent by jobId + execNo) and never re-runs it.
-    resends++;
-    send(view.device, true);
-  });
-  monitor.on("status", (device, s) => {
-    const e = executions.get(device);
-    if (!e || s.jobId !== jobId || s.execNo !== e.execNo) return;
-    if (isTerminal(e.status)) return;
-    if (isTerminal(s.status)) return; // the result message carries the terminal outcome
-    e.status = s.status;
-    e.details = s.details;
-    o.store.setExecution(jobId, o.fleet, device, e.execNo, s.status, s.details);
-    emit({ type: "status", device, status: s.status, details: s.details });
-  });
-  monitor.on("result", (device, r) => {
-    const e = executions.get(device);
-    if (!e || r.jobId !== jobId || r.execNo !== e.execNo) return;
-    const topic = jobTopic(o.fleet, device, jobId, "result");
-    const text = JSON.stringify({ status: r.status, results: r.results, error: r.error });
-    const first = accepted.get(device);
-    if (first === text) {
-      duplicateResults++; // QoS 1 re-delivery, or the device answering a re-sent job from its record
-      return;
-    }
-    if (first !== undefined) {
-      // A device answers one execution once; two different answers on its topic mean someone else
-      // can publish there. Which one is genuine cannot be known, so neither is kept.
-      conflictingResults++;
-      if (e.status === "FAILED" && e.results.length === 0 && e.details?.startsWith("conflicting")) return;
-      e.status = "FAILED";
-      e.results = [];
-      e.details =
-        "conflicting results: two different result messages arrived on this device's topic for the same job; " +
-        "neither is trusted (someone else can publish there: secure the broker, docs/fleet.md)";
-      o.store.removeResults(jobId, device, e.execNo);
-      o.store.setExecution(jobId, o.fleet, device, e.execNo, e.status, e.details);
-      refuse(topic, e.details);
-      return;
-    }
-    accepted.set(device, text);
-    const fresh = o.store.addResults(jobId, o.fleet, device, r.execNo, r.results);
-    if (!fresh || isTerminal(e.status)) {
-      duplicateResults++;
-      return;
-    }
-    e.status = r.status;
-    e.details = r.error;
-    e.results = r.results;
-    o.store.setExecution(jobId, o.fleet, device, e.execNo, r.status, r.error);
-    emit({ type: "done", device, status: r.status });
-    checkDone();
-  });
-
-  for (const device of chosen) {
-    const view = monitor.devices.get(device)!;
-    executions.set(device, {
-      device,
-      profile: view.birth?.profile ?? "?",
-      quant: view.birth?.models.find((m) => m.id === o.params.model)?.quant ?? null,
-      execNo: 1,
-      status: "SENT",
-      details: null,
-      sends: 0,
-      results: [],
-      tempC: null,
-      throttled: null,
-    });
-    o.store.setExecution(jobId, o.fleet, device, 1, "QUEUED", "sent");
-    send(device, false);
-  }
-
-  // The agents enforce the deadline themselves and answer TIMED_OUT; the grace lets that answer arrive.
-  const graceMs = 3000;
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    allDone,
-    new Promise<void>((r) => {
-      timer = setTimeout(r, Math.max(0, deadline - Date.now()) + graceMs);
-    }),
-  ]);
-  clearTimeout(timer);
   const anonymousBroker = await anonymous;
 
+  const devices: DeviceOutcome[] = [];
   for (const e of executions.values()) {
-    if (!isTerminal(e.status)) {
-      const state = monitor.devices.get(e.device)?.state ?? "unknown";
-      e.details = `no result before the deadline (last status ${e.status}, device ${state})`;
-      e.status = "TIMED_OUT";
-      o.store.setExecution(jobId, o.fleet, e.device, e.execNo, "TIMED_OUT", e.details);
-    }
-    const t = monitor.devices.get(e.device)?.telemetry;
+    const view = monitor.devices.get(e.device);
+    const t = view?.telemetry;
     const temps = e.results.map((r) => r.temp_c_max).filter((x): x is number => x !== null);
-    e.tempC = temps.length > 0 ? Math.max(...temps) : (t?.m.temp_c ?? null);
     const throttles = e.results.map((r) => r.throttled).filter((x): x is boolean => x !== null);
-    e.throttled = throttles.length > 0 ? throttles.some(Boolean) : (t?.m.throttled ?? null);
+    devices.push({
+      device: e.device,
+      profile: view?.birth?.profile ?? "?",
+      quant: view?.birth?.models.find((m) => m.id === o.params.model)?.quant ?? null,
+      execNo: e.execNo,
+      status: e.status,
+      details: e.details,
+      sends: e.sends,
+      results: e.results,
+      tempC: temps.length > 0 ? Math.max(...temps) : (t?.m.temp_c ?? null),
+      throttled: throttles.length > 0 ? throttles.some(Boolean) : (t?.m.throttled ?? null),
+    });
   }
   const outcome: FleetBenchOutcome = {
     jobId,
@@ -302,18 +212,18 @@ async function benchWith(
     params: o.params,
     startedMs,
     finishedMs: Date.now(),
-    devices: [...executions.values()],
+    devices,
     anonymousBroker,
     warnings,
     refused,
     stats: {
       messages: monitor.stats.messages,
-      invalid: monitor.stats.invalid,
+      invalid: monitor.stats.invalid + stats.invalidResults,
       refused: monitor.stats.refused,
-      conflictingResults,
-      duplicateResults,
+      conflictingResults: stats.conflictingResults,
+      duplicateResults: stats.duplicateResults,
       duplicateTelemetry: monitor.stats.duplicateTelemetry,
-      resends,
+      resends: stats.resends,
     },
   };
   o.store.finishRun(outcome);
@@ -321,7 +231,11 @@ async function benchWith(
 }
 
 /** Wait for retained births/states; returns the chosen online devices, sorted by id. */
-async function discover(monitor: FleetMonitor, o: FleetBenchOptions, deadline: number): Promise<string[]> {
+export async function discover(
+  monitor: FleetMonitor,
+  o: Pick<FleetBenchOptions, "fleet" | "devices" | "select" | "discoverS" | "broker">,
+  deadline: number,
+): Promise<string[]> {
   const windowEnd = Math.min(deadline, Date.now() + (o.discoverS ?? (o.devices ? 30 : 2)) * 1000);
   const eligible = () =>
     [...monitor.devices.values()]
@@ -341,8 +255,4 @@ async function discover(monitor: FleetMonitor, o: FleetBenchOptions, deadline: n
     });
   }
   return o.devices ? found.slice(0, o.devices) : found;
-}
-
-function isTerminal(s: JobStatus | "SENT"): boolean {
-  return s !== "SENT" && terminalStatuses.has(s);
 }

@@ -3,7 +3,7 @@ import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { IteraError } from "../errors.js";
-import type { BenchResult, JobStatus, TelemetryPayload } from "../protocol/schemas.js";
+import type { BenchResult, JobStatus, JobType, TelemetryPayload, UpdateResult } from "../protocol/schemas.js";
 import type { FleetBenchOutcome } from "./bench.js";
 
 /** Where fleet history lives unless --db says otherwise. */
@@ -14,6 +14,8 @@ export function defaultFleetDb(): string {
 
 export interface RunRecord {
   jobId: string;
+  /** The job's type (`benchmark`, `update`); runs stored before jobs had types are benchmarks. */
+  type?: JobType;
   fleet: string;
   model: string;
   params: unknown;
@@ -78,18 +80,28 @@ export class FleetStore {
         method TEXT, throttled INTEGER, PRIMARY KEY (fleet, device, bd_seq, seq));
       CREATE INDEX IF NOT EXISTS telemetry_ts ON telemetry (ts);
     `);
-    // Databases written before runs kept their outcome: add the column.
+    // Databases written before runs kept their outcome, or before jobs had types: add the columns
+    // (every run stored before types is a benchmark).
     const runColumns = this.db.prepare("PRAGMA table_info(runs)").all() as Array<{ name: string }>;
     if (!runColumns.some((c) => c.name === "summary"))
       this.db.exec("ALTER TABLE runs ADD COLUMN summary TEXT");
+    if (!runColumns.some((c) => c.name === "type"))
+      this.db.exec("ALTER TABLE runs ADD COLUMN type TEXT NOT NULL DEFAULT 'benchmark'");
+    // Per-type results: benchmarks in `results`, updates here (one row per device and execution).
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS update_results (
+        job_id TEXT NOT NULL, fleet TEXT NOT NULL, device TEXT NOT NULL, exec_no INTEGER NOT NULL,
+        from_version TEXT, to_version TEXT NOT NULL, running TEXT NOT NULL, rolled_back INTEGER NOT NULL,
+        reason TEXT, result TEXT NOT NULL, PRIMARY KEY (job_id, device, exec_no));
+    `);
     this.s = {
       run: this.db.prepare(
-        "INSERT OR IGNORE INTO runs (job_id, fleet, model, params, started_ms, deadline_ms) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO runs (job_id, type, fleet, model, params, started_ms, deadline_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
       ),
       finish: this.db.prepare("UPDATE runs SET finished_ms = ?, summary = ? WHERE job_id = ?"),
       summary: this.db.prepare("SELECT summary FROM runs WHERE job_id = ?"),
       lastRun: this.db.prepare(
-        "SELECT job_id FROM runs WHERE summary IS NOT NULL ORDER BY started_ms DESC LIMIT 1",
+        "SELECT job_id FROM runs WHERE summary IS NOT NULL AND type = ? ORDER BY started_ms DESC LIMIT 1",
       ),
       exec: this.db.prepare(
         `INSERT INTO executions (job_id, fleet, device, exec_no, status, details, updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -108,7 +120,74 @@ export class FleetStore {
   }
 
   addRun(r: RunRecord): void {
-    this.s.run.run(r.jobId, r.fleet, r.model, JSON.stringify(r.params), r.startedMs, r.deadlineMs);
+    this.s.run.run(
+      r.jobId,
+      r.type ?? "benchmark",
+      r.fleet,
+      r.model,
+      JSON.stringify(r.params),
+      r.startedMs,
+      r.deadlineMs,
+    );
+  }
+
+  /** Keep a finished job's outcome of any type as JSON (an update's report); see finishRun for benchmarks. */
+  finishJob(jobId: string, finishedMs: number, summary: object): void {
+    this.s.finish.run(finishedMs, JSON.stringify(summary), jobId);
+  }
+
+  /** A finished job's stored outcome as JSON (any type). */
+  jobSummary(jobId: string): unknown {
+    const row = this.s.summary.get(jobId) as { summary: string | null } | undefined;
+    return row?.summary ? (JSON.parse(row.summary) as unknown) : undefined;
+  }
+
+  /** Store an update job's result for one device; false when stored before (a duplicate). */
+  addUpdateResult(jobId: string, fleet: string, device: string, execNo: number, r: UpdateResult): boolean {
+    return (
+      this.db
+        .prepare(
+          `INSERT OR IGNORE INTO update_results (job_id, fleet, device, exec_no, from_version, to_version, running,
+             rolled_back, reason, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        )
+        .run(
+          jobId,
+          fleet,
+          device,
+          execNo,
+          r.from,
+          r.to,
+          r.running,
+          r.rolled_back ? 1 : 0,
+          r.reason,
+          JSON.stringify(r),
+        ).changes > 0
+    );
+  }
+
+  removeUpdateResults(jobId: string, device: string, execNo: number): void {
+    this.db
+      .prepare("DELETE FROM update_results WHERE job_id = ? AND device = ? AND exec_no = ?")
+      .run(jobId, device, execNo);
+  }
+
+  /** Stored update results, oldest job first. */
+  updateResults(
+    filter: { jobId?: string; device?: string } = {},
+  ): Array<{ jobId: string; device: string; execNo: number; result: UpdateResult }> {
+    const { where, args } = whereClause(filter, { jobId: "job_id", device: "device" });
+    return (
+      this.db
+        .prepare(
+          `SELECT job_id, device, exec_no, result FROM update_results ${where} ORDER BY job_id, device`,
+        )
+        .all(...args) as Array<{ job_id: string; device: string; exec_no: number; result: string }>
+    ).map((r) => ({
+      jobId: r.job_id,
+      device: r.device,
+      execNo: r.exec_no,
+      result: JSON.parse(r.result) as UpdateResult,
+    }));
   }
 
   /** Mark a run finished and keep its outcome (without the results, which have their own table). */
@@ -129,9 +208,9 @@ export class FleetStore {
     return o;
   }
 
-  /** The id of the latest finished run. */
-  lastRunId(): string | undefined {
-    return (this.s.lastRun.get() as { job_id: string } | undefined)?.job_id;
+  /** The id of the latest finished run of a type (default: benchmarks, what `fleet report` renders). */
+  lastRunId(type: JobType = "benchmark"): string | undefined {
+    return (this.s.lastRun.get(type) as { job_id: string } | undefined)?.job_id;
   }
 
   setExecution(
@@ -242,6 +321,7 @@ export class FleetStore {
   runs(): Array<RunRecord & { finishedMs: number | null }> {
     const rows = this.db.prepare("SELECT * FROM runs ORDER BY started_ms").all() as Array<{
       job_id: string;
+      type: JobType;
       fleet: string;
       model: string;
       params: string;
@@ -251,6 +331,7 @@ export class FleetStore {
     }>;
     return rows.map((r) => ({
       jobId: r.job_id,
+      type: r.type,
       fleet: r.fleet,
       model: r.model,
       params: JSON.parse(r.params) as unknown,

@@ -86,14 +86,85 @@ export const benchmarkParamsSchema = z.strictObject({
 });
 export type BenchmarkParams = z.infer<typeof benchmarkParamsSchema>;
 
+/** Raw bytes of one update chunk (its base64 text fits a chunk message well under MAX_PAYLOAD_BYTES). */
+export const UPDATE_CHUNK_BYTES = 96 * 1024;
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, "64 lower-case hex digits");
+
+/**
+ * Parameters of an `update` job (`itera fleet update`): a whole bundle whose payload (its files, in
+ * the manifest's sorted order, concatenated) travels in chunks on `jobs/{jobId}/chunk`. The signed
+ * manifest rides in the request; the device checks it, the payload's sha256 and every file against it.
+ */
+export const updateParamsSchema = z.strictObject({
+  /** The bundle's manifest.json as it was signed (checked by the device with src/bundle/manifest.ts). */
+  manifest: z.record(z.string(), z.unknown()),
+  payload_sha256: sha256Hex,
+  payload_bytes: z
+    .number()
+    .int()
+    .positive()
+    .max(4 * 2 ** 30),
+  chunk_bytes: z.number().int().positive().max(UPDATE_CHUNK_BYTES),
+  chunks: z
+    .number()
+    .int()
+    .positive()
+    .max(2 ** 20),
+  /** How long the new release has to come back online before the device rolls back by itself. */
+  health_timeout_s: z.number().positive().max(3600),
+});
+export type UpdateParams = z.infer<typeof updateParamsSchema>;
+
+/** A job's document: one member per job type, keyed on `type` (each type has an executor on the agent). */
+export const jobDocSchema = z.discriminatedUnion("type", [
+  z.strictObject({ type: z.literal("benchmark"), params: benchmarkParamsSchema }),
+  z.strictObject({ type: z.literal("update"), params: updateParamsSchema }),
+]);
+export type JobDoc = z.infer<typeof jobDocSchema>;
+export type JobType = JobDoc["type"];
+
 export const jobRequestSchema = z.looseObject({
   v,
   jobId: idSchema,
   execNo: z.number().int().positive(),
   deadline: ts,
-  doc: z.strictObject({ type: z.literal("benchmark"), params: benchmarkParamsSchema }),
+  doc: jobDocSchema,
 });
 export type JobRequest = z.infer<typeof jobRequestSchema>;
+
+/** Device -> coordinator (`jobs/{jobId}/need`): the chunks of an update it still lacks (ranges, ends inclusive). */
+export const chunkNeedSchema = z.looseObject({
+  v,
+  jobId: idSchema,
+  execNo: z.number().int().positive(),
+  missing: z.array(z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()])).max(4096),
+  ts,
+});
+export type ChunkNeed = z.infer<typeof chunkNeedSchema>;
+
+/** Coordinator -> device (`jobs/{jobId}/chunk`): one chunk of an update's payload with its sha256. */
+export const chunkSchema = z.looseObject({
+  v,
+  jobId: idSchema,
+  index: z.number().int().nonnegative(),
+  sha256: sha256Hex,
+  data: z.string().max(Math.ceil(UPDATE_CHUNK_BYTES / 3) * 4 + 4),
+});
+export type ChunkPayload = z.infer<typeof chunkSchema>;
+
+/** What an update job reports (one element of `results`). */
+export const updateResultSchema = z.looseObject({
+  device: z.string(),
+  from: z.string().nullable(),
+  to: z.string(),
+  /** The version running when the job ended (the new one, or the previous after a rollback). */
+  running: z.string(),
+  rolled_back: z.boolean(),
+  bytes: z.number().int().nonnegative(),
+  chunks_refused: z.number().int().nonnegative(),
+  reason: z.string().max(4000).nullable(),
+});
+export type UpdateResult = z.infer<typeof updateResultSchema>;
 
 export const jobStatuses = ["QUEUED", "IN_PROGRESS", "SUCCEEDED", "FAILED", "TIMED_OUT", "REJECTED"] as const;
 export type JobStatus = (typeof jobStatuses)[number];
@@ -161,7 +232,8 @@ export const jobResultSchema = z.looseObject({
   jobId: idSchema,
   execNo: z.number().int().nonnegative(),
   status: z.enum(jobStatuses),
-  results: z.array(benchResultSchema).max(256),
+  /** Per job type (benchmarkResult, updateResultSchema): the coordinator checks them by the job's type. */
+  results: z.array(z.record(z.string(), z.unknown())).max(256),
   error: z.string().max(4000).nullable(),
 });
 export type JobResultPayload = z.infer<typeof jobResultSchema>;

@@ -16,7 +16,9 @@ export function deviceTopic(fleet: string, device: string, kind: DeviceTopicKind
   return `${PREFIX}/${fleet}/${device}/${kind}`;
 }
 
-export type JobTopicKind = "request" | "status" | "result";
+/** `need` (device: chunks it lacks) and `chunk` (coordinator: one chunk) carry an update's payload. */
+export type JobTopicKind = "request" | "status" | "result" | "need" | "chunk";
+const jobKinds: ReadonlySet<string> = new Set(["request", "status", "result", "need", "chunk"]);
 
 export function jobTopic(fleet: string, device: string, jobId: string, kind: JobTopicKind): string {
   return `${PREFIX}/${fleet}/${device}/jobs/${jobId}/${kind}`;
@@ -24,9 +26,7 @@ export function jobTopic(fleet: string, device: string, jobId: string, kind: Job
 
 /** Wildcard subscriptions a coordinator uses for a whole fleet. */
 export function fleetFilter(fleet: string, kind: DeviceTopicKind | JobTopicKind): string {
-  return kind === "request" || kind === "status" || kind === "result"
-    ? `${PREFIX}/${fleet}/+/jobs/+/${kind}`
-    : `${PREFIX}/${fleet}/+/${kind}`;
+  return jobKinds.has(kind) ? `${PREFIX}/${fleet}/+/jobs/+/${kind}` : `${PREFIX}/${fleet}/+/${kind}`;
 }
 
 /** A shared subscription (MQTT 5 `$share`): brokers hand each message to one member of the group. */
@@ -53,9 +53,10 @@ export function parseTopic(topic: string): ParsedTopic | undefined {
     a === "jobs" &&
     jobId &&
     idSchema.safeParse(jobId).success &&
-    (kind === "request" || kind === "status" || kind === "result")
+    kind !== undefined &&
+    jobKinds.has(kind)
   ) {
-    return { fleet, device, kind, jobId };
+    return { fleet, device, kind: kind as JobTopicKind, jobId };
   }
   return undefined;
 }
