@@ -10,16 +10,35 @@
  * An option after "itera <other command>" in a fix belongs to that command and is checked there.
  */
 import { readFileSync } from "node:fs";
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { Command } from "commander";
 import ts from "typescript";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { commands } from "../src/cli/commands/index.js";
+import { registerBuild } from "../src/cli/commands/build.js";
+import { registerEval } from "../src/cli/commands/eval.js";
+import { registerInspect } from "../src/cli/commands/inspect.js";
+import { registerKeygen } from "../src/cli/commands/keygen.js";
+import { registerProfiles } from "../src/cli/commands/profiles.js";
+import { registerQuantize } from "../src/cli/commands/quantize.js";
+import { registerRun } from "../src/cli/commands/run.js";
+import { registerVerify } from "../src/cli/commands/verify.js";
+import { datasetsDir } from "../src/runtime/eval-text.js";
 import { fixtureModel } from "./package-helpers.js";
 import { inProcessCli } from "./cli-helpers.js";
 
+// The two commands checked, and those their fixes may send the user to ("itera eval --window N").
+const commands = [
+  registerBuild,
+  registerQuantize,
+  registerEval,
+  registerRun,
+  registerInspect,
+  registerKeygen,
+  registerVerify,
+  registerProfiles,
+];
 const program = new Command();
 for (const register of commands) register(program);
 
@@ -168,6 +187,20 @@ describe("fix texts printed by the error paths of itera build and itera quantize
   });
   afterAll(() => rm(work, { recursive: true, force: true }));
 
+  /** The first 4,000 characters of tinyshakespeare's last 10 % (the fixture has no model card). */
+  async function heldOut(): Promise<string> {
+    const file = join(work, "held-out.txt");
+    const text = Array.from(await readFile(join(datasetsDir(), "tinyshakespeare.txt"), "utf8"));
+    await writeFile(
+      file,
+      text
+        .slice(Math.floor(text.length * 0.9))
+        .slice(0, 4000)
+        .join(""),
+    );
+    return file;
+  }
+
   /** Run a command that must fail; returns its fix text after checking each option it names. */
   async function fixOf(command: string, ...args: string[]): Promise<string> {
     const r = await cli(command, ...args, "--json");
@@ -186,11 +219,31 @@ describe("fix texts printed by the error paths of itera build and itera quantize
     texts.push(await fixOf("build", ...common, "--quant", "int3"));
     texts.push(await fixOf("build", ...common, "--quant", "int8", "--quant-budget", "lots"));
     texts.push(await fixOf("build", ...common, "--quant", "int8", "--exclude", "no_such_node"));
-    texts.push(await fixOf("build", ...common, "--quant", "int8", "--calib", join(work, "none.txt")));
+    texts.push(
+      await fixOf(
+        "build",
+        ...common,
+        "--quant",
+        "auto",
+        "--eval",
+        await heldOut(),
+        "--calib",
+        join(work, "none.txt"),
+      ),
+    );
     texts.push(await fixOf("build", ...common, "--quant", "int8", "--eval", join(work, "none.txt")));
     texts.push(await fixOf("build", ...common, "--quant", "fp32", "--exclude", "x"));
-    // The fixture's random weights cost int8 more than 0.01 %: the budget error.
-    const over = await fixOf("build", ...common, "--quant", "int8", "--quant-budget", "0.01%");
+    // The fixture's random weights cost int8 more than 0.01 % on this text: the budget error.
+    const over = await fixOf(
+      "build",
+      ...common,
+      "--quant",
+      "int8",
+      "--quant-budget",
+      "0.01%",
+      "--eval",
+      await heldOut(),
+    );
     expect(over).toMatch(/raise --quant-budget, use --quant auto .* or --quant int8, or --exclude/);
     texts.push(over);
     expect(texts.join("\n")).toMatch(/--quant-budget/);
@@ -209,7 +262,16 @@ describe("fix texts printed by the error paths of itera build and itera quantize
       await fixOf("quantize", model.dir, "--out", out, "--calib", join(work, "none.txt"), "--mode", "auto"),
     );
     texts.push(await fixOf("quantize", model.dir, "--out", out, "--eval", join(work, "none.txt")));
-    const over = await fixOf("quantize", model.dir, "--out", out, "--budget", "0.01%", "--eval", text);
+    const over = await fixOf(
+      "quantize",
+      model.dir,
+      "--out",
+      out,
+      "--budget",
+      "0.01%",
+      "--eval",
+      await heldOut(),
+    );
     expect(over).toMatch(/raise --budget, use --mode auto .* or --mode int8, or --exclude/);
     texts.push(over);
     expect(texts.join("\n")).not.toMatch(/--quant/);

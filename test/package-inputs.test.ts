@@ -12,6 +12,7 @@ import { readModelInput } from "../src/package/model-input.js";
 import { fetchNodeTarball, nodeBinary } from "../src/package/node-binary.js";
 import { resolveQuantization } from "../src/package/quantization.js";
 import { verifyBundle } from "../src/package/verify.js";
+import { datasetsDir } from "../src/runtime/eval-text.js";
 import { detectHardware, type Hardware, rankProfiles } from "../src/profile/detect.js";
 import { loadAllProfiles, loadProfile } from "../src/profile/load.js";
 import { fixtureModel, removeTempDirs } from "./package-helpers.js";
@@ -130,7 +131,18 @@ describe("--quant", () => {
     const laptop = await loadProfile("laptop-x64-4c");
     // The fixture's weights are random: int8 costs it more than the default 2 % budget. Asked for
     // explicitly, the quantizer refuses and leaves nothing in the work folder.
-    const strict = await resolveQuantization(input, laptop, "int8");
+    // The fixture has no model card: the held-out text is given, as the quantizer's default for a
+    // card-less model once was (the first 4,000 characters of tinyshakespeare's last 10 %).
+    const heldOut = join(work, "held-out.txt");
+    const shakespeare = Array.from(await readFile(join(datasetsDir(), "tinyshakespeare.txt"), "utf8"));
+    await writeFile(
+      heldOut,
+      shakespeare
+        .slice(Math.floor(shakespeare.length * 0.9))
+        .slice(0, 4000)
+        .join(""),
+    );
+    const strict = await resolveQuantization(input, laptop, "int8", { eval: heldOut });
     const refusedIn = await mkdtemp(join(work, "q-"));
     const e = await strict.prepare(refusedIn, true).catch((x: unknown) => x as IteraError);
     expect(e).toBeInstanceOf(IteraError);
