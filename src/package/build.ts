@@ -29,7 +29,8 @@ import {
   readme,
   systemdUnit,
 } from "./bundle-files.js";
-import { checkModelRuns, type ModelCheck } from "./model-check.js";
+import { loadGenaiConfig } from "../model/genai-config.js";
+import { checkModelRuns, firstPromptId, type ModelCheck } from "./model-check.js";
 import { type ModelInput, readModelInput } from "./model-input.js";
 import { NODE_VERSION, nodeBinary } from "./node-binary.js";
 import { type QuantizationDecision, resolveQuantization } from "./quantization.js";
@@ -183,7 +184,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
         workDir: work,
         execArgv: v8HeapFlags(profile.memory_mb),
       });
-      selfCheck = await startCheck(join(tmp, exe), target, work);
+      selfCheck = await startCheck(join(tmp, exe), target, work, model.dir);
       steps.update(5, "bundle files");
       const names = await writeBundleFiles(tmp, facts);
       const files: Manifest["files"] = {};
@@ -287,10 +288,14 @@ async function bundleFiles(dir: string, bundleId: string): Promise<string[] | un
  * `--version` loads none of that), with a private cache folder, so that a bundle that cannot start
  * is never written.
  */
-async function startCheck(exe: string, target: Target, work: string): Promise<string> {
+async function startCheck(exe: string, target: Target, work: string, modelDir: string): Promise<string> {
   if (targetKey(target) !== hostTarget().key) return `skipped: ${targetKey(target)} cannot run on this host`;
   try {
-    const args = ["run", "--prompt", "The ", "--max-tokens", "1", "--threads", "1", "--json"];
+    // A model without tokenizer.json takes token ids only: the check gives it one id (checkModelRuns's).
+    const prompt = (await stat(join(modelDir, "tokenizer.json")).catch(() => undefined))
+      ? ["--prompt", "The "]
+      : ["--ids", String(firstPromptId(await loadGenaiConfig(modelDir)))];
+    const args = ["run", ...prompt, "--max-tokens", "1", "--threads", "1", "--json"];
     const { stdout } = await run(exe, args, {
       env: { PATH: process.env.PATH, HOME: work, ITERA_AGENT_CACHE: join(work, "start-check-cache") },
     });

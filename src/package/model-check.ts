@@ -1,5 +1,6 @@
 import { join } from "node:path";
 import { IteraError } from "../errors.js";
+import { eosTokenIds, type GenaiConfig } from "../model/genai-config.js";
 import { loadModel } from "../runtime/index.js";
 
 /**
@@ -19,6 +20,14 @@ export interface ModelCheck {
 }
 
 const PROMPT = "The ";
+
+/** The prompt of a model without tokenizer.json (token ids only): the first id that is not end-of-text. */
+export function firstPromptId(config: GenaiConfig): number {
+  const eos = new Set(eosTokenIds(config));
+  let id = 0;
+  while (eos.has(id)) id++;
+  return id;
+}
 
 export async function checkModelRuns(dir: string): Promise<ModelCheck> {
   const refuse = (what: string, where: string, fix: string, cause?: unknown) =>
@@ -41,7 +50,8 @@ export async function checkModelRuns(dir: string): Promise<ModelCheck> {
     const tokenizerPath = join(dir, "tokenizer.json");
     let ids: number[];
     try {
-      ids = model.tokenizer.encode(PROMPT);
+      // Without tokenizer.json (ids only) the check feeds one id: the first that is not end-of-text.
+      ids = model.tokenizer.present ? model.tokenizer.encode(PROMPT) : [firstPromptId(model.config)];
     } catch (e) {
       throw refuse(
         `the tokenizer cannot encode '${PROMPT}' (${(e as Error).message})`,
@@ -98,7 +108,8 @@ export async function checkModelRuns(dir: string): Promise<ModelCheck> {
     return {
       prompt_tokens: ids.length,
       token,
-      text: token < tokenizerVocab ? model.tokenizer.decode([token], false) : "",
+      // `<id:N>` for an id the tokenizer cannot decode (or when there is none)
+      text: model.tokenizer.decode([token], false),
       tokenizer_vocab: tokenizerVocab,
       logits: r.vocab,
     };

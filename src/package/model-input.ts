@@ -32,12 +32,13 @@ export async function readModelInput(dirArg: string): Promise<ModelInput> {
   for (const file of ["tokenizer.json", config.model.decoder.filename]) {
     const ok = await stat(join(dir, file)).then(
       (s) => s.isFile() && s.size > 0,
-      () => false,
+      // tokenizer.json is optional (a model without one takes token ids: `itera-agent run --ids`)
+      () => file === "tokenizer.json",
     );
     if (!ok) {
       throw new IteraError(`incomplete model folder: ${file} is missing or empty`, {
         where: join(dir, file),
-        fix: "a model folder needs genai_config.json, tokenizer.json and the ONNX file named in the config",
+        fix: "a model folder needs genai_config.json and the ONNX file named in the config, and a non-empty tokenizer.json if it has one",
       });
     }
   }

@@ -49,6 +49,9 @@ function halfToFloat(h: number): number {
 export function asFloat32(t: Tensor): Float32Array {
   if (t.type === "float32") return t.data as Float32Array;
   if (t.type === "float16") {
+    // Node 24 (the bundles' runtime) has Float16Array, and onnxruntime-node gives float16 tensors
+    // as one: values, not bit patterns.
+    if (!(t.data instanceof Uint16Array)) return Float32Array.from(t.data as ArrayLike<number>);
     const src = t.data as Uint16Array;
     const out = new Float32Array(src.length);
     for (let i = 0; i < src.length; i++) out[i] = halfToFloat(src[i]!);
@@ -69,7 +72,16 @@ export function stackRows(rows: readonly Tensor[], batchAxis: number, pastAxis: 
   const axis = pastAxis ?? dims.length - 1;
   const maxLen = Math.max(...rows.map((r) => r.dims[axis]!));
   const outDims = dims.map((d, i) => (i === batchAxis ? rows.length : i === axis ? maxLen : d));
-  const out = zeros(first.type as TensorType, outDims);
+  let out = zeros(first.type as TensorType, outDims);
+  if (out.data.constructor !== first.data.constructor) {
+    // float16 states as Float16Array (Node 24): stack them in the same array type.
+    const Same = first.data.constructor as new (n: number) => AnyArray;
+    out = new Tensor(
+      first.type as "float16",
+      Same === Uint16Array ? out.data : new Same(out.data.length),
+      outDims,
+    );
+  }
   const outData = out.data as AnyArray;
   const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
   // Outer axes are those before `axis`; the batch axis is one of them (batch comes before the past axis).
