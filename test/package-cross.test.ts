@@ -85,6 +85,19 @@ describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
     expect(out.ids).toEqual(hostIds);
     expect(out.ids).toEqual(house.greedyIds);
   });
+
+  it("starts with the V8 heap limits of its profile's 1 GB (sea-config execArgv)", async () => {
+    const { env } = await deviceEnv();
+    const { stdout } = await run(qemuRunner, [join(arm.dir, "itera-agent"), "info", "--json"], {
+      env: { ...env, PATH: `${env.PATH}:/usr/bin:/bin` },
+      maxBuffer: 1 << 20,
+    });
+    const info = JSON.parse(stdout);
+    expect(info.agent.exec_argv).toEqual(["--max-old-space-size=256", "--max-semi-space-size=1"]);
+    // V8 adds the young generation to the old space's limit.
+    expect(info.agent.heap_limit_mb).toBeGreaterThanOrEqual(256);
+    expect(info.agent.heap_limit_mb).toBeLessThan(300);
+  });
 });
 
 describe("win32-x64 bundle", () => {

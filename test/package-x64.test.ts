@@ -104,6 +104,8 @@ describe("laptop-x64-4c bundle", () => {
     const info = JSON.parse(stdout);
     const manifest = JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8"));
     expect(info.agent).toMatchObject({ mode: "bundle", node: "v24.21.0" });
+    // 8 GB: memory does not matter, V8's own heap limits (src/package/sea.ts, v8HeapFlags).
+    expect(info.agent.exec_argv).toEqual([]);
     expect(info.manifest.bundle_id).toBe(manifest.bundle_id);
     // bundle.json is the index itself: every other asset is listed in it.
     const { "bundle.json": index, ...assets } = manifest.assets;
@@ -131,6 +133,18 @@ describe("laptop-x64-4c bundle", () => {
       "onnxruntime_binding.node",
       "serialport.node",
     ]);
+  });
+
+  it("--version loads no command: nothing is extracted and no add-on is loaded", async () => {
+    const { env, cache } = await deviceEnv();
+    const { stdout } = await run(exe, ["--version"], { env });
+    expect(stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    // The serialport and onnxruntime shims extract the bundle when loaded: neither was.
+    expect(await readdir(cache).catch(() => [])).toEqual([]);
+    // Only the named command is registered, yet help still lists every one.
+    const help = (await run(exe, ["--help"], { env })).stdout;
+    for (const c of ["info", "run", "agent", "bench", "meters", "serve"])
+      expect(help).toMatch(new RegExp(`\\n  ${c} `));
   });
 
   it("two first runs racing each other both work and leave one complete extraction", async () => {
@@ -316,6 +330,58 @@ describe("laptop-x64-4c bundle", () => {
       run("sh", [join(copy, "install.sh")], { env: { ...process.env, ROOT: root } }),
     ).rejects.toThrow(/do not match their checksums/);
     expect(await readdir(root)).toEqual([]);
+  });
+
+  it("a warm start hashes no model byte (its checked extraction is used); the profile is checked at every start", async () => {
+    const copy = await copyBundle("tampered-warm", false);
+    const { env, cache } = await deviceEnv();
+    const args = ["run", "--prompt", model.prompt, "--max-tokens", String(model.greedyIds.length), "--json"];
+    // Extracted (and checked) while the executable is intact.
+    expect(
+      (JSON.parse((await run(join(copy, "itera-agent"), args, { env })).stdout) as RunJson).cold_start,
+    ).toBe(true);
+    const bin = await readFile(join(copy, "itera-agent"));
+    const flip = async (original: Buffer): Promise<void> => {
+      const at = bin.indexOf(original);
+      expect(at).toBeGreaterThan(0);
+      const pos = at + Math.floor(original.length / 2);
+      bin[pos] = bin[pos]! ^ 0xff;
+      await writeFile(join(copy, "itera-agent"), bin);
+    };
+    await flip(await readFile(join(model.dir, "genai_config.json")));
+    // Warm: the model comes from the folder checked when it was written, as docs/packaging.md says.
+    const warm = JSON.parse((await run(join(copy, "itera-agent"), args, { env })).stdout) as RunJson;
+    expect(warm.cold_start).toBe(false);
+    expect(warm.ids).toEqual(model.greedyIds);
+    // Cold (a new device, or the cache cleared): the changed byte is found as the model is extracted.
+    await rm(cache, { recursive: true, force: true });
+    const cold = (await run(join(copy, "itera-agent"), args, { env }).catch((e: unknown) => e)) as {
+      code: number;
+      stderr: string;
+    };
+    expect(cold.code).toBe(3);
+    expect(cold.stderr).toMatch(/embedded asset 'model\/genai_config\.json' does not match the bundle/);
+    expect(await readdir(cache)).toEqual([]); // nothing half-extracted is left to be trusted later
+
+    // The profile is read from the executable at every start, and checked each time.
+    const profile = JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8")).assets[
+      "profile.json"
+    ];
+    expect(profile.encoding).toBe("identity");
+    const fresh = await copyBundle("tampered-profile", false);
+    const { env: env2 } = await deviceEnv();
+    await run(join(fresh, "itera-agent"), args, { env: env2 }); // warm from here on
+    const exe2 = await readFile(join(fresh, "itera-agent"));
+    const at = exe2.indexOf(Buffer.from('"name": "laptop-x64-4c"'));
+    expect(at).toBeGreaterThan(0);
+    exe2[at + 10] = exe2[at + 10]! ^ 0x01;
+    await writeFile(join(fresh, "itera-agent"), exe2);
+    const err = (await run(join(fresh, "itera-agent"), args, { env: env2 }).catch((e: unknown) => e)) as {
+      code: number;
+      stderr: string;
+    };
+    expect(err.code).toBe(3);
+    expect(err.stderr).toMatch(/embedded asset 'profile\.json' does not match the bundle/);
   });
 
   it("install.sh installs under ROOT in releases/<version> and points current at it", async () => {

@@ -307,7 +307,7 @@ async function startCheck(exe: string, target: Target, work: string, modelDir: s
       fix: `this is a bug in itera build; its output: ${(e as { stderr?: string }).stderr || (e as Error).message}`,
     });
   }
-  return "generated a token (run --max-tokens 1) on the build host";
+  return "started on the build host and generated a token (run --max-tokens 1)";
 }
 
 /**

@@ -1,3 +1,4 @@
+import { getHeapStatistics } from "node:v8";
 import type { Command } from "commander";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { probeMeters } from "../../power/open.js";
@@ -20,7 +21,15 @@ export function registerInfo(program: Command): void {
       const ctx = await agentContext(opts);
       const [hardware, meters] = await Promise.all([detectHardware(), probeMeters({ profile: ctx.profile })]);
       const info = {
-        agent: { version: VERSION, node: process.version, mode: ctx.mode, executable: process.execPath },
+        agent: {
+          version: VERSION,
+          node: process.version,
+          mode: ctx.mode,
+          executable: process.execPath,
+          // The V8 heap limits a bundle starts with (from its profile's memory_mb, src/package/sea.ts).
+          exec_argv: process.execArgv,
+          heap_limit_mb: Math.round(getHeapStatistics().heap_size_limit / 2 ** 20),
+        },
         manifest: ctx.manifest,
         profile: ctx.profile,
         model_dir: ctx.modelDir,
@@ -31,7 +40,7 @@ export function registerInfo(program: Command): void {
       if (opts.json) return printJson(info);
       const m = ctx.manifest;
       const lines = [
-        `itera-agent ${VERSION} (node ${process.version}, ${ctx.mode} mode)`,
+        `itera-agent ${VERSION} (node ${process.version}, ${ctx.mode} mode, heap limit ${info.agent.heap_limit_mb} MB)`,
         m
           ? `bundle     ${m.bundle_id}: model ${m.model.id} ${m.model.quant}, built ${m.build.built_at}`
           : `model      ${ctx.modelDir} (dev mode: no bundle manifest)`,
