@@ -9,6 +9,9 @@ import { IteraError } from "../errors.js";
  *   opt/itera/.staging/<key>/       where an upload lands before it is verified and moved into releases/
  *   etc/systemd/system/itera-agent.service (+ multi-user.target.wants/ link when enabled)
  *   etc/itera/agent.json            the agent's fleet, broker and device id
+ *   opt/itera/update-pending        an over-the-air update waiting for its health check (key=value lines)
+ *   opt/itera/update-outcome        what the update guard did (a rollback), for the agent to report
+ *   opt/itera/update-guard          the rollback guard its supervisor runs before each start (sh)
  */
 export const UNIT_NAME = "itera-agent.service";
 export const AGENT_FILE = "itera-agent";
@@ -25,6 +28,9 @@ export interface DeviceLayout {
   unit: string;
   wantsLink: string;
   configFile: string;
+  updatePending: string;
+  updateOutcome: string;
+  updateGuard: string;
 }
 
 export function deviceLayout(prefix: string): DeviceLayout {
@@ -40,6 +46,9 @@ export function deviceLayout(prefix: string): DeviceLayout {
     unit: p("etc/systemd/system", UNIT_NAME),
     wantsLink: p("etc/systemd/system/multi-user.target.wants", UNIT_NAME),
     configFile: p("etc/itera/agent.json"),
+    updatePending: p("opt/itera/update-pending"),
+    updateOutcome: p("opt/itera/update-outcome"),
+    updateGuard: p("opt/itera/update-guard"),
   };
 }
 

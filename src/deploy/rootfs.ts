@@ -198,7 +198,7 @@ async function replaceDir(dir: string, fill: (tmp: string) => Promise<void>): Pr
 }
 
 /** Replace a symlink atomically: create it under a temp name, then rename over the old one. */
-async function atomicSymlink(target: string, linkPath: string): Promise<void> {
+export async function atomicSymlink(target: string, linkPath: string): Promise<void> {
   await mkdir(dirname(linkPath), { recursive: true });
   const tmp = tempPathFor(linkPath);
   await symlink(target, tmp);

@@ -6,6 +6,8 @@ import { Agent } from "../../agent/agent.js";
 import { AgentStore } from "../../agent/store.js";
 import { IteraError } from "../../errors.js";
 import { describeModel, modelBenchRunner } from "../../agent/bench-runner.js";
+import { RESTART_EXIT_CODE } from "../../agent/jobs/types.js";
+import { updateExecutor } from "../../agent/jobs/update.js";
 import { type BenchmarkRunner, replayRunner } from "../../agent/runner.js";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { type AgentConfig, agentConfigSchema } from "../../deploy/agent-config.js";
@@ -31,6 +33,8 @@ interface AgentCliOptions extends BrokerCliOptions, ModelOptions {
   baud?: string;
   simulatedMeter?: boolean;
   replay?: string;
+  installRoot: string;
+  trustedKey?: string;
 }
 
 /** Longest --telemetry-interval: a day (Node's timers overflow past about 24.8 days anyway). */
@@ -97,6 +101,15 @@ export function registerAgent(program: Command): void {
           "the INA219 bridge on --port is a simulator (tools/ina219-sim): its figures say ina219-simulated",
         )
         .option(
+          "--install-root <dir>",
+          "where update jobs install releases (opt/itera/releases, current, previous under it)",
+          "/",
+        )
+        .option(
+          "--trusted-key <file>",
+          "Ed25519 public key (.pub) an update's bundle must be signed by (without it: any valid signature)",
+        )
+        .option(
           "--replay <file>",
           "load tests only: answer jobs with results recorded earlier (marked replayed_from)",
         ),
@@ -135,6 +148,9 @@ export function registerAgent(program: Command): void {
       const fleet = checkId(opts.fleet ?? config?.fleet ?? "default", "--fleet");
       // The store before the model and meter: a bad --state-dir fails in milliseconds.
       const stateDir = opts.stateDir ?? defaultStateDir();
+      const trustedKey = opts.trustedKey
+        ? await (await import("../../package/verify.js")).readTrustedKeyFile(opts.trustedKey)
+        : undefined;
       const store = new AgentStore(stateDir);
       let meter: Meter | null = null;
       let agent: Agent | undefined;
@@ -166,10 +182,19 @@ export function registerAgent(program: Command): void {
           store,
           telemetryIntervalMs: telemetryS * 1000,
           runner,
+          executors: [
+            updateExecutor({ installRoot: opts.installRoot, device, ...(trustedKey ? { trustedKey } : {}) }),
+          ],
         });
         if (signalled) return;
         agent.start();
-        await Promise.race([stopped, agent.fatal]);
+        const restart = await Promise.race([
+          stopped.then(() => undefined),
+          agent.fatal,
+          agent.restartRequested,
+        ]);
+        // An update switched `current`: exit with the code its supervisor restarts on (docs/fleet.md).
+        if (restart !== undefined) process.exitCode = RESTART_EXIT_CODE;
       } finally {
         // Whatever failed, nothing may keep the process alive (a meter's poller, the store).
         if (agent) await agent.stop();

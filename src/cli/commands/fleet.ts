@@ -6,6 +6,7 @@ import { IteraError } from "../../errors.js";
 import { type BenchEvent, type FleetBenchOutcome, runFleetBench, selectKeys } from "../../fleet/bench.js";
 import { renderMarkdown, reportRow, writeReport } from "../../fleet/report.js";
 import { startSimulation } from "../../fleet/simulate.js";
+import { registerFleetUpdate } from "./fleet-update.js";
 import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
 import { type WatchMode, watchFleet } from "../../fleet/watch.js";
 import {
@@ -448,4 +449,5 @@ export function registerFleet(program: Command): void {
   registerHistory(fleet);
   registerReport(fleet);
   registerSimulate(fleet);
+  registerFleetUpdate(fleet);
 }
