@@ -14,6 +14,7 @@ import { join, resolve } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { flashRootfs } from "../src/deploy/rootfs.js";
+import { mayPublish } from "../src/fleet/broker-auth.js";
 import type { FleetUpdateOutcome } from "../src/fleet/update.js";
 import { prepareUpdate } from "../src/fleet/update.js";
 import { FleetStore } from "../src/fleet/store.js";
@@ -366,4 +367,17 @@ describe("itera fleet update over a real Mosquitto", () => {
     }
     expect(await release("dev-c")).toBe("releases/1.1.0");
   }, 120_000);
+});
+
+describe("rights of the update topics on the embedded broker", () => {
+  it("lets only the coordinator publish chunks, and a device ask only for its own", () => {
+    const policy = { coordinators: new Set(["coordinator"]), readers: new Set<string>() };
+    const chunk = jobTopic(FLEET, "dev-a", "update-1", "chunk");
+    const need = jobTopic(FLEET, "dev-a", "update-1", "need");
+    expect(mayPublish("coordinator", chunk, policy)).toBe(true);
+    expect(mayPublish("dev-a", chunk, policy)).toBe(false);
+    expect(mayPublish("dev-b", chunk, policy)).toBe(false);
+    expect(mayPublish("dev-a", need, policy)).toBe(true);
+    expect(mayPublish("dev-b", need, policy)).toBe(false);
+  });
 });

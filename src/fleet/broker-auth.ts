@@ -143,9 +143,10 @@ export function mayPublish(user: string, topic: string, policy: AccessPolicy): b
   const t = parseTopic(topic);
   if (!t) return false;
   const role = roleOf(user, policy);
-  if (role === "coordinator") return t.kind === "request";
+  // Job requests and an update's chunks come from the coordinator only; `need` from the device.
+  if (role === "coordinator") return t.kind === "request" || t.kind === "chunk";
   if (role === "reader") return false;
-  return t.device === user && t.kind !== "request";
+  return t.device === user && t.kind !== "request" && t.kind !== "chunk";
 }
 
 /** Whether `user` may subscribe to `filter` (wildcards allowed). */
