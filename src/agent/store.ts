@@ -2,7 +2,8 @@ import { existsSync, mkdirSync, renameSync, statSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { IteraError } from "../errors.js";
-import type { JobRequest, JobResultPayload, JobStatus } from "../protocol/schemas.js";
+import type { FeedbackMessage } from "../protocol/feedback.js";
+import type { JobRequest, JobResultPayload, JobStatus, ModelRef } from "../protocol/schemas.js";
 
 export interface OutboxRow {
   id: number;
@@ -44,6 +45,8 @@ function isCorruption(e: unknown): boolean {
 function openDatabase(path: string): Database.Database {
   const db = new Database(path);
   try {
+    // `itera-agent serve` writes generations and feedback into the same file: wait for its lock.
+    db.pragma("busy_timeout = 5000");
     db.pragma("journal_mode = WAL");
     db.pragma("synchronous = NORMAL");
     // A file with a valid header can still have damaged pages; find out now, not mid-job.
@@ -58,6 +61,12 @@ function openDatabase(path: string): Database.Database {
         job_id TEXT NOT NULL, exec_no INTEGER NOT NULL, status TEXT NOT NULL, details TEXT,
         request TEXT, result TEXT, updated_ms INTEGER NOT NULL, PRIMARY KEY (job_id, exec_no));
       CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS generations (
+        id TEXT PRIMARY KEY, ts INTEGER NOT NULL, model TEXT NOT NULL, prompt TEXT NOT NULL, text TEXT NOT NULL);
+      CREATE INDEX IF NOT EXISTS generations_ts ON generations (ts);
+      CREATE TABLE IF NOT EXISTS feedback (
+        generation_id TEXT PRIMARY KEY, ts INTEGER NOT NULL, rating INTEGER NOT NULL, correction TEXT,
+        comment TEXT NOT NULL, queued INTEGER NOT NULL DEFAULT 0);
     `);
     return db;
   } catch (e) {
@@ -96,6 +105,7 @@ export class AgentStore {
   private readonly stmts;
   /** Set when this open found the old file corrupt and started a fresh one. */
   readonly resetNow: StoreReset | undefined;
+  private recorded = 0;
 
   /**
    * Opens (or creates) `<stateDir>/agent.db`. A corrupt file (not a database, or failing SQLite's
@@ -220,6 +230,84 @@ export class AgentStore {
     return (this.stmts.unfinished.all() as JobRow[]).map(toJob);
   }
 
+  /** A generation `itera-agent serve` answered, kept so that feedback on it can be checked and sent. */
+  recordGeneration(g: StoredGeneration): void {
+    this.db
+      .prepare("INSERT OR REPLACE INTO generations (id, ts, model, prompt, text) VALUES (?, ?, ?, ?, ?)")
+      .run(g.id, g.ts, JSON.stringify(g.model), g.prompt, g.text);
+    // Bounded: the newest KEEP_GENERATIONS, plus any that has feedback (checked every 100th time).
+    if (++this.recorded % 100 === 0) {
+      this.db
+        .prepare(
+          `DELETE FROM generations WHERE id NOT IN (SELECT generation_id FROM feedback)
+           AND ts < (SELECT ts FROM generations ORDER BY ts DESC LIMIT 1 OFFSET ?)`,
+        )
+        .run(KEEP_GENERATIONS);
+    }
+  }
+
+  generation(id: string): StoredGeneration | undefined {
+    const row = this.db.prepare("SELECT * FROM generations WHERE id = ?").get(id) as
+      | { id: string; ts: number; model: string; prompt: string; text: string }
+      | undefined;
+    return row ? { ...row, model: JSON.parse(row.model) as ModelRef } : undefined;
+  }
+
+  /** Store feedback on a generation; a second rating of the same generation replaces the first. */
+  putFeedback(f: StoredFeedback): void {
+    this.db
+      .prepare(
+        `INSERT OR REPLACE INTO feedback (generation_id, ts, rating, correction, comment, queued)
+         VALUES (?, ?, ?, ?, ?, 0)`,
+      )
+      .run(f.generationId, f.ts, f.rating, f.correction, f.comment);
+  }
+
+  /**
+   * Move the feedback not yet sent into the outbox as `feedback` messages on `topic`, in one
+   * transaction (a crash leaves each either unsent or in the outbox); returns how many.
+   */
+  queueFeedback(topic: string): number {
+    const rows = this.db
+      .prepare(
+        `SELECT f.generation_id, f.ts, f.rating, f.correction, f.comment, g.ts AS generated_ts, g.model,
+           g.prompt, g.text FROM feedback f JOIN generations g ON g.id = f.generation_id
+         WHERE f.queued = 0 ORDER BY f.ts`,
+      )
+      .all() as Array<{
+      generation_id: string;
+      ts: number;
+      rating: number;
+      correction: string | null;
+      comment: string;
+      generated_ts: number;
+      model: string;
+      prompt: string;
+      text: string;
+    }>;
+    if (rows.length === 0) return 0;
+    const mark = this.db.prepare("UPDATE feedback SET queued = 1 WHERE generation_id = ? AND ts = ?");
+    this.transaction(() => {
+      for (const r of rows) {
+        const message: FeedbackMessage = {
+          v: 1,
+          ts: r.ts,
+          requestId: r.generation_id,
+          rating: r.rating,
+          comment: r.comment,
+          model: JSON.parse(r.model) as ModelRef,
+          prompt: r.prompt,
+          text: r.text,
+          correction: r.correction,
+          generated_ts: r.generated_ts,
+        };
+        this.enqueue(topic, JSON.stringify(message), 1);
+        mark.run(r.generation_id, r.ts);
+      }
+    });
+    return rows.length;
+  }
+
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn)();
   }
@@ -227,6 +315,26 @@ export class AgentStore {
   close(): void {
     this.db.close();
   }
+}
+
+/** Generations kept for feedback (older ones without feedback are removed). */
+export const KEEP_GENERATIONS = 10_000;
+
+export interface StoredGeneration {
+  /** `gen-<uuid>` (/v1/generate) or `cmpl-<uuid>` (/v1/completions). */
+  id: string;
+  ts: number;
+  model: ModelRef;
+  prompt: string;
+  text: string;
+}
+
+export interface StoredFeedback {
+  generationId: string;
+  ts: number;
+  rating: 1 | -1;
+  correction: string | null;
+  comment: string;
 }
 
 interface JobRow {

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect.js";
 import { type Cell, markdownTable } from "../util/table.js";
 import { acceptsAnonymous, anonymousWarning } from "./anonymous-probe.js";
+import { collectFeedback, FeedbackHistory, type RetrainPolicy } from "./feedback.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
 import type { FleetStore } from "./store.js";
 
@@ -12,6 +13,10 @@ export interface WatchOptions {
   fleet: string;
   mode: WatchMode;
   store?: FleetStore;
+  /** The retraining trigger for the feedback stored in `store` (default: 50 negatives in 7 days). */
+  retrain?: RetrainPolicy;
+  /** A fixed MQTT client id: a persistent session, so the broker keeps feedback while watch is away. */
+  clientId?: string;
   /** Where the anonymous-broker warning and refused messages also go (default: stderr). */
   warn?: (text: string) => void;
   /** Stop after this long (default: until the signal aborts). */
@@ -65,8 +70,8 @@ export function renderDevices(devices: Iterable<DeviceView>): string {
 export async function watchFleet(o: WatchOptions): Promise<void> {
   const write = o.write ?? ((t: string) => process.stdout.write(t));
   const client = await connectBroker(o.broker, {
-    clientId: `itera-watch-${randomBytes(4).toString("hex")}`,
-    clean: true,
+    clientId: o.clientId ?? `itera-watch-${randomBytes(4).toString("hex")}`,
+    clean: o.clientId === undefined,
   });
   const monitor = new FleetMonitor(client, o.fleet, o.store);
   const line = (obj: Record<string, unknown>) => {
@@ -107,6 +112,28 @@ export async function watchFleet(o: WatchOptions): Promise<void> {
     warn(`refused a message on ${topic}: ${reason}\n`);
   });
   await monitor.subscribe();
+  // With a database, watch is also the fleet's feedback collector and retraining trigger.
+  const feedback = o.store ? new FeedbackHistory(o.store.path, o.retrain) : undefined;
+  if (feedback) {
+    await collectFeedback(client, o.fleet, feedback, {
+      feedback: (device, m, stored) =>
+        line({
+          type: "feedback",
+          device,
+          generation: m.requestId,
+          rating: m.rating,
+          model: m.model.id,
+          stored,
+        }),
+      retraining: (e) => {
+        line({ type: "retraining_requested", ...e });
+        warn(
+          `retraining requested for ${e.model.id} (${e.model.sha256.slice(0, 12)}): ${e.negatives} negative ratings\n`,
+        );
+      },
+      invalid: (topic, error) => line({ type: "invalid", topic, error }),
+    });
+  }
   if (await acceptsAnonymous(o.broker)) {
     const message = anonymousWarning(o.broker.url);
     line({ type: "warning", anonymousBroker: true, message });
@@ -137,4 +164,5 @@ export async function watchFleet(o: WatchOptions): Promise<void> {
   });
   clearInterval(redraw);
   await endAsync(client);
+  feedback?.close();
 }

@@ -1,6 +1,7 @@
 import type { FastifyReply } from "fastify";
 import type { ModelRef } from "../protocol/schemas.js";
 import type { Engine } from "./engine.js";
+import type { FeedbackStore } from "./feedback.js";
 import type { ServeMetrics } from "./metrics.js";
 import { Cancelled, type QueueLimits } from "./queue.js";
 import type { ServeOptions } from "./server.js";
@@ -22,6 +23,8 @@ export interface ServeContext {
    * as the reason (the clients are still there to read it).
    */
   active: Set<AbortController>;
+  /** Generations and their feedback (the agent's store); absent: feedback is off. */
+  feedback?: FeedbackStore;
 }
 
 /**

@@ -11,6 +11,7 @@ import { requireApiKey } from "./auth.js";
 import type { ServeContext } from "./context.js";
 import { Engine } from "./engine.js";
 import { installErrorHandlers, unavailable } from "./errors.js";
+import { type FeedbackStore, feedbackFieldHelp, feedbackRoutes } from "./feedback.js";
 import { type HttpPolicy, registerHttpPolicy } from "./http-policy.js";
 import { ServeMetrics } from "./metrics.js";
 import { type QueueLimits, TurnQueue } from "./queue.js";
@@ -48,6 +49,8 @@ export interface ServeOptions extends HttpPolicy {
   apiKey?: string;
   /** Largest request body in bytes (default 1 MiB). */
   bodyLimit?: number;
+  /** Where generations and their feedback are kept (the agent's store); none: /v1/feedback is off. */
+  feedback?: FeedbackStore;
 }
 
 export const DEFAULT_MAX_TOKENS_LIMIT = 2048;
@@ -92,6 +95,7 @@ export async function createServer(options: ServeOptions): Promise<Server> {
     heartbeatMs: options.heartbeatMs ?? 15_000,
     options,
     active: new Set(),
+    ...(options.feedback && { feedback: options.feedback }),
   };
 
   const app = Fastify({
@@ -102,7 +106,7 @@ export async function createServer(options: ServeOptions): Promise<Server> {
   });
   // JSON only: a text/plain body is a 415 that says to send JSON, not a confusing type error.
   app.removeContentTypeParser("text/plain");
-  app.setValidatorCompiler(zodValidatorCompiler(fieldHelp(maxTokensLimit)));
+  app.setValidatorCompiler(zodValidatorCompiler({ ...fieldHelp(maxTokensLimit), ...feedbackFieldHelp }));
   // Before the route table and the key: CORS's own preflight route is not an endpoint to list.
   await registerHttpPolicy(app, options);
   const routes = new Map<string, string[]>();
@@ -132,6 +136,7 @@ export async function createServer(options: ServeOptions): Promise<Server> {
     generateRoutes,
     modelsRoutes,
     completionsRoutes,
+    feedbackRoutes,
     metricsRoutes,
   ]) {
     register(app, ctx);

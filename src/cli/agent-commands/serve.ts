@@ -19,6 +19,8 @@ interface ServeCliOptions extends ModelOptions {
   rateWindow: string;
   corsOrigin?: string[];
   compression: boolean;
+  stateDir?: string;
+  feedback: boolean;
 }
 
 const wholeNumber = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
@@ -79,6 +81,15 @@ async function readApiKey(file: string | undefined): Promise<string | undefined>
     });
   }
   return key;
+}
+
+/** The agent's store in its state folder (shared with `itera-agent agent`, docs/fleet.md). */
+async function openFeedbackStore(dir: string | undefined) {
+  const [{ AgentStore }, { defaultStateDir }] = await Promise.all([
+    import("../../agent/store.js"),
+    import("../../agent/state-dir.js"),
+  ]);
+  return new AgentStore(dir ?? defaultStateDir());
 }
 
 /** Why listen() failed, said for the user. */
@@ -147,12 +158,19 @@ export function registerServe(program: Command): void {
         "let browsers on this origin call the API (CORS; repeat for more; default: none)",
         collect,
       )
-      .option("--no-compression", "do not compress answers (gzip/brotli for clients that accept it)"),
+      .option("--no-compression", "do not compress answers (gzip/brotli for clients that accept it)")
+      .option(
+        "--state-dir <dir>",
+        "the agent's state folder: generations and their feedback are kept in its agent.db, and the agent sends the feedback (default: the agent's)",
+      )
+      .option("--no-feedback", "do not record generations; POST /v1/feedback answers 404"),
   ).action(
     action(async (opts: ServeCliOptions) => {
       const o = parseOptions(opts);
       const apiKey = await readApiKey(opts.apiKeyFile);
       const ctx = await agentContext(opts);
+      // The agent's store, opened before the model: a bad --state-dir fails at once.
+      const store = opts.feedback ? await openFeedbackStore(opts.stateDir) : undefined;
       const threads =
         o["--threads"] === undefined
           ? defaultThreads(ctx.profile.threads, `profile '${ctx.profile.name}'`, stderrNote)
@@ -177,6 +195,7 @@ export function registerServe(program: Command): void {
         ...(rateLimit > 0 && { rateLimit: { max: rateLimit, windowMs: o["--rate-window"] * 1000 } }),
         corsOrigins: o["--cors-origin"] ?? [],
         compression: opts.compression,
+        ...(store && { feedback: store }),
       });
       let onSignal: (signal: NodeJS.Signals) => void = () => {};
       const stopped = new Promise<void>((resolve) => {
@@ -197,6 +216,7 @@ export function registerServe(program: Command): void {
         process.off("SIGINT", onSignal);
         process.off("SIGTERM", onSignal);
         await server.close();
+        store?.close();
         server.app.log.info("stopped");
       }
     }),

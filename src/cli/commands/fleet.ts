@@ -5,6 +5,7 @@ import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
 import { type BenchEvent, type FleetBenchOutcome, runFleetBench, selectKeys } from "../../fleet/bench.js";
 import { renderMarkdown, reportRow, writeReport } from "../../fleet/report.js";
+import { printEvents, registerFleetFeedback, retrainPolicy } from "./fleet-feedback.js";
 import { startSimulation } from "../../fleet/simulate.js";
 import { registerFleetUpdate } from "./fleet-update.js";
 import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
@@ -198,6 +199,9 @@ interface WatchCliOptions extends BrokerCliOptions {
   fleet: string;
   duration?: string;
   db?: string;
+  clientId?: string;
+  retrainThreshold?: string;
+  retrainWindow?: string;
   json?: boolean;
 }
 
@@ -208,7 +212,17 @@ function registerWatch(fleet: Command): void {
       .description("show live device state and telemetry (table on a terminal, lines otherwise)")
       .requiredOption("--fleet <name>", "fleet name")
       .option("--duration <s>", "stop after this many seconds (default: until Ctrl-C)")
-      .option("--db <path>", "store telemetry in this fleet database")
+      .option("--db <path>", "store telemetry and the devices' feedback in this fleet database")
+      .option(
+        "--client-id <id>",
+        "a fixed MQTT client id: a persistent session (the broker keeps feedback while watch is away)",
+      )
+      .option(
+        "--retrain-threshold <n>",
+        "negative ratings of one model version that request a retraining (with --db)",
+        "50",
+      )
+      .option("--retrain-window <hours>", "within this many hours", "168")
       .option("--json", "print one JSON object per event (JSON lines)"),
   ).action(
     action(async (opts: WatchCliOptions) => {
@@ -223,7 +237,8 @@ function registerWatch(fleet: Command): void {
           broker: brokerOptions(opts),
           fleet: checkId(opts.fleet, "--fleet"),
           mode,
-          ...(store ? { store } : {}),
+          ...(store ? { store, retrain: retrainPolicy(opts.retrainThreshold, opts.retrainWindow) } : {}),
+          ...(opts.clientId ? { clientId: opts.clientId } : {}),
           ...(opts.duration ? { durationS: positive(opts.duration, "--duration") } : {}),
           signal: ac.signal,
         });
@@ -281,6 +296,7 @@ interface HistoryCliOptions {
   job?: string;
   device?: string;
   fleet?: string;
+  events?: boolean;
   json?: boolean;
   csv?: boolean;
 }
@@ -291,6 +307,7 @@ function registerHistory(fleet: Command): void {
     .description("query the stored fleet history: results (default), runs or telemetry")
     .option("--db <path>", `fleet history database (default ${defaultFleetDb()})`)
     .option("--telemetry", "telemetry instead of benchmark results")
+    .option("--events", "the coordinator's events (retraining requested) instead of benchmark results")
     .option("--job <id>", "only this benchmark run")
     .option("--device <id>", "only this device")
     .option("--fleet <name>", "only this fleet")
@@ -298,6 +315,8 @@ function registerHistory(fleet: Command): void {
     .option("--csv", "CSV")
     .action(
       action(async (opts: HistoryCliOptions) => {
+        if (opts.events)
+          return printEvents(opts.db, opts.fleet, opts.json ? "json" : opts.csv ? "csv" : "md");
         const store = openStore(opts.db);
         try {
           const filter = {
@@ -447,6 +466,7 @@ export function registerFleet(program: Command): void {
   registerBench(fleet);
   registerWatch(fleet);
   registerHistory(fleet);
+  registerFleetFeedback(fleet);
   registerReport(fleet);
   registerSimulate(fleet);
   registerFleetUpdate(fleet);

@@ -1,6 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { type ServeContext, requestSignal } from "../context.js";
 import type { GenerationRequest, GenerationResult } from "../engine.js";
+import { newGenerationId, recordGeneration } from "../feedback.js";
 import { type GenerateBody, generateBodySchema, stopList } from "../schemas.js";
 import { streamGeneration } from "../streaming.js";
 
@@ -27,7 +28,14 @@ export function generateRoutes(app: FastifyInstance, ctx: ServeContext): void {
         ...(body.ignore_eos !== undefined && { ignoreEos: body.ignore_eos }),
       };
       const signal = requestSignal(ctx, reply);
-      const answer = (r: GenerationResult) => ({
+      // The id names this generation in POST /v1/feedback.
+      const id = newGenerationId();
+      const answer = (r: GenerationResult) => {
+        recordGeneration(ctx, id, body.prompt, r);
+        return answerBody(r);
+      };
+      const answerBody = (r: GenerationResult) => ({
+        id,
         model: ctx.model.id,
         text: r.text,
         tokens: r.ids,

@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import type { StopReason } from "../../runtime/index.js";
 import { type ServeContext, requestSignal } from "../context.js";
 import type { GenerationRequest, GenerationResult } from "../engine.js";
+import { recordGeneration } from "../feedback.js";
 import { type CompletionsBody, completionsBodySchema, stopList } from "../schemas.js";
 import { streamGeneration } from "../streaming.js";
 
@@ -71,18 +72,22 @@ export function completionsRoutes(app: FastifyInstance, ctx: ServeContext): void
       });
       if (!body.stream) {
         const r = await ctx.engine.run("completions", generation, signal);
+        recordGeneration(ctx, head.id, generation.prompt, r);
         return { ...head, choices: [choice(r.text, finishReason(r.stopReason))], usage: usage(r) };
       }
       return streamGeneration(ctx, request, reply, "completions", generation, signal, {
         token: (d) => (d.text ? { data: { ...head, choices: [choice(d.text, null)] } } : undefined),
-        done: (r) => [
-          { data: { ...head, choices: [choice("", finishReason(r.stopReason))] } },
-          // OpenAI's stream_options.include_usage: one more chunk, with no choices and the usage.
-          ...(body.stream_options?.include_usage
-            ? [{ data: { ...head, choices: [], usage: usage(r) } }]
-            : []),
-          { data: "[DONE]" },
-        ],
+        done: (r) => {
+          recordGeneration(ctx, head.id, generation.prompt, r);
+          return [
+            { data: { ...head, choices: [choice("", finishReason(r.stopReason))] } },
+            // OpenAI's stream_options.include_usage: one more chunk, with no choices and the usage.
+            ...(body.stream_options?.include_usage
+              ? [{ data: { ...head, choices: [], usage: usage(r) } }]
+              : []),
+            { data: "[DONE]" },
+          ];
+        },
         error: (e) => ({ data: e }),
       });
     },
