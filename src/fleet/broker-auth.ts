@@ -2,6 +2,7 @@ import { createHash, pbkdf2, randomBytes, timingSafeEqual } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import { promisify } from "node:util";
 import { IteraError } from "../errors.js";
+import { isRetrainingTopic } from "../protocol/feedback.js";
 import { idSchema, parseTopic } from "../protocol/topics.js";
 
 const pbkdf2Async = promisify(pbkdf2);
@@ -140,6 +141,8 @@ export function roleOf(user: string, policy: AccessPolicy): Role {
 
 /** Whether `user` may publish to `topic` (a concrete topic, no wildcards). */
 export function mayPublish(user: string, topic: string, policy: AccessPolicy): boolean {
+  // The coordinator's retraining request is a fleet-level topic, not a device's.
+  if (isRetrainingTopic(topic)) return roleOf(user, policy) === "coordinator";
   const t = parseTopic(topic);
   if (!t) return false;
   const role = roleOf(user, policy);
