@@ -1,0 +1,193 @@
+/**
+ * The on-device agent's footprint (issue #18): peak RSS and wall time of a bundle's `itera-agent`
+ * per command (`--version`, `info`, `run --max-tokens 16`, a short `bench`), for one or more
+ * executables measured interleaved (run i of every executable before run i+1 of any, the order
+ * rotated), so that a busy machine loads them alike.
+ *
+ * Peak RSS is the kernel's: `/usr/bin/time -f %M` (ru_maxrss of the child) where installed, else
+ * VmHWM polled from /proc/<pid>/status every 2 ms. Wall time is from spawn to exit.
+ *
+ * Run (from the repository root):
+ *   npx esbuild bench/agent-footprint.ts --bundle --platform=node --format=esm --packages=external \
+ *     --outfile=node_modules/.cache/itera-bench/agent-footprint.mjs && \
+ *   node node_modules/.cache/itera-bench/agent-footprint.mjs [--exe LABEL=PATH ...] [--build LABEL] \
+ *     [--build-memory MB] [--model models/itera-lite-micro] [--profile desktop-x64-12c] [--runs 5] \
+ *     [--append docs/benchmarks.md]
+ * `--build LABEL` builds a bundle of --model for --profile with this working tree first (and measures
+ * it as LABEL; `--build-memory MB` also builds it for the profile with memory_mb MB, which sets the
+ * V8 heap limits); `--exe` takes bundles built earlier (e.g. from an older commit) to compare against.
+ */
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { appendFile, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { cpus, loadavg, tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { performance } from "node:perf_hooks";
+
+const argv = process.argv.slice(2);
+const opt = (name: string, dflt: string): string =>
+  argv.includes(name) ? (argv[argv.indexOf(name) + 1] ?? dflt) : dflt;
+const all = (name: string): string[] => argv.flatMap((a, i) => (a === name ? [argv[i + 1] ?? ""] : []));
+
+// --- measurement ------------------------------------------------------------------------------------
+const timeBin = existsSync("/usr/bin/time") ? "/usr/bin/time" : null;
+
+interface Sample {
+  rssMb: number;
+  /** Peak of RssAnon (heaps, malloc; not the executable's and libraries' file pages), polled. */
+  anonMb: number;
+  wallMs: number;
+}
+
+/**
+ * Run a command and measure it: peak RSS from /usr/bin/time (ru_maxrss) where installed, else
+ * VmHWM; the anonymous part (RssAnon, what file pages do not explain) polled every 2 ms.
+ */
+async function measure(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<Sample> {
+  const t0 = performance.now();
+  const child = timeBin
+    ? spawn(timeBin, ["-f", "itera-footprint %M", cmd, ...args], { env, stdio: ["ignore", "ignore", "pipe"] })
+    : spawn(cmd, args, { env, stdio: ["ignore", "ignore", "pipe"] });
+  let hwm = 0;
+  let anon = 0;
+  const timer = setInterval(() => {
+    try {
+      // Under /usr/bin/time the measured process is its only child.
+      const pid = timeBin
+        ? readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, "utf8").trim()
+        : String(child.pid);
+      if (!pid) return;
+      const status = readFileSync(`/proc/${pid}/status`, "utf8");
+      hwm = Math.max(hwm, Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0));
+      anon = Math.max(anon, Number(/RssAnon:\s+(\d+)/.exec(status)?.[1] ?? 0));
+    } catch {
+      // exited between polls
+    }
+  }, 2);
+  let err = "";
+  child.stderr.on("data", (d: Buffer) => {
+    err += d.toString();
+  });
+  const code = await new Promise<number | null>((r) => child.on("close", r));
+  const wallMs = performance.now() - t0;
+  clearInterval(timer);
+  if (code !== 0) throw new Error(`${cmd} ${args.join(" ")} exited ${code}: ${err.slice(-2000)}`);
+  const kb = timeBin ? Number(/itera-footprint (\d+)/.exec(err)?.[1]) : hwm;
+  return { rssMb: kb / 1024, anonMb: anon / 1024, wallMs };
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const fmt = (xs: number[], digits: number): string =>
+  `${median(xs).toFixed(digits)} (${Math.min(...xs).toFixed(digits)}-${Math.max(...xs).toFixed(digits)})`;
+
+const runs = Number(opt("--runs", "5"));
+const modelDir = resolve(opt("--model", "models/itera-lite-micro"));
+const profile = opt("--profile", "desktop-x64-12c");
+const append = argv.includes("--append") ? opt("--append", "") : undefined;
+const work = await mkdtemp(join(tmpdir(), "itera-bench-footprint-"));
+const exes: { label: string; path: string }[] = all("--exe").map((e) => {
+  const at = e.indexOf("=");
+  return { label: e.slice(0, at), path: resolve(e.slice(at + 1)) };
+});
+const loadStart = loadavg()[0]!.toFixed(1);
+
+if (argv.includes("--build")) {
+  process.env.ITERA_VERSION ??= (
+    JSON.parse(readFileSync("package.json", "utf8")) as { version: string }
+  ).version;
+  process.env.ITERA_PROFILES_DIR ??= resolve("device-profiles");
+  const { buildBundle } = await import("../src/package/build.js");
+  const label = opt("--build", "this tree");
+  const built = await buildBundle({ model: modelDir, profile, out: join(work, "out"), quiet: true });
+  exes.push({ label, path: join(built.dir, "itera-agent") });
+  // The same bundle as a device with this little memory gets it (the V8 heap limits of src/package/sea.ts).
+  if (argv.includes("--build-memory")) {
+    const mb = Number(opt("--build-memory", "512"));
+    const { loadProfile } = await import("../src/profile/load.js");
+    const { detect: _d, ...rest } = await loadProfile(profile);
+    const file = join(work, `${profile}-${mb}mb.json`);
+    await writeFile(file, JSON.stringify({ ...rest, name: `${profile}-${mb}mb`, memory_mb: mb }));
+    const small = await buildBundle({ model: modelDir, profile: file, out: join(work, "out"), quiet: true });
+    exes.push({ label: `${label}, memory_mb ${mb}`, path: join(small.dir, "itera-agent") });
+  }
+}
+if (exes.length === 0) throw new Error("nothing to measure: give --exe LABEL=PATH or --build LABEL");
+
+const commands: { name: string; args: string[] }[] = [
+  { name: "--version", args: ["--version"] },
+  { name: "info --json", args: ["info", "--json"] },
+  {
+    name: "run --max-tokens 16",
+    args: ["run", "--prompt", "ROMEO:", "--max-tokens", "16", "--threads", "1"],
+  },
+  {
+    name: "bench pp16,tg16 -r 1 --idle 0",
+    args: [
+      "bench",
+      "--tests",
+      "pp16,tg16",
+      "-t",
+      "1",
+      "-r",
+      "1",
+      "--warmup",
+      "0",
+      "--min-duration",
+      "0",
+      "--idle",
+      "0",
+    ],
+  },
+];
+
+const lines: string[] = [];
+const say = (l = ""): void => {
+  console.log(l);
+  lines.push(l);
+};
+
+// Each executable gets its own cache folder, warmed once (the extraction is the cold start's cost,
+// measured by bench/package.ts): every figure below is a warm start, as on a device after the first.
+const envOf = (i: number): NodeJS.ProcessEnv => ({
+  PATH: "/usr/bin:/bin",
+  HOME: work,
+  ITERA_AGENT_CACHE: join(work, `cache-${i}`),
+  LANG: "C",
+});
+for (const [i, e] of exes.entries())
+  await measure(e.path, ["run", "--prompt", "a", "--max-tokens", "1"], envOf(i));
+
+const samples = new Map<string, Sample[]>();
+for (let r = 0; r < runs; r++) {
+  for (const c of commands) {
+    for (let k = 0; k < exes.length; k++) {
+      const i = (k + r) % exes.length; // rotate who goes first
+      const s = await measure(exes[i]!.path, c.args, envOf(i));
+      const key = `${c.name}\u0000${i}`;
+      samples.set(key, [...(samples.get(key) ?? []), s]);
+    }
+  }
+}
+
+say(`## Agent footprint per command (bench/agent-footprint.ts) — ${new Date().toISOString().slice(0, 16)}Z`);
+say();
+say(
+  `Model ${modelDir.split("/").pop()}, profile ${profile}; ${cpus().length} × ${cpus()[0]?.model.trim()}, load average ${loadStart} at start and ${loadavg()[0]!.toFixed(1)} at the end; ${runs} warm runs each, interleaved; median (min-max). Peak RSS: ${timeBin ? "/usr/bin/time %M" : "VmHWM polled"}.`,
+);
+say();
+say(`| command | ${exes.map((e) => `${e.label}: peak RSS MB | anon MB | wall s`).join(" | ")} |`);
+say(`| --- | ${exes.map(() => "--- | --- | ---").join(" | ")} |`);
+for (const c of commands) {
+  const cells = exes.map((_, i) => {
+    const s = samples.get(`${c.name}\u0000${i}`)!;
+    const col = (f: (x: Sample) => number, digits: number) => fmt(s.map(f), digits);
+    return `${col((x) => x.rssMb, 1)} | ${col((x) => x.anonMb, 1)} | ${col((x) => x.wallMs / 1000, 2)}`;
+  });
+  say(`| \`${c.name}\` | ${cells.join(" | ")} |`);
+}
+
+if (append) await appendFile(append, `\n${lines.join("\n")}\n`);
+await rm(work, { recursive: true, force: true });
