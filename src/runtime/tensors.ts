@@ -3,6 +3,12 @@ import type { TensorType } from "./io.js";
 
 /** Small tensor helpers for the runtime: integer inputs, zero states, batch merging, float16 reading. */
 
+// Node 24 (the bundles' runtime) has Float16Array: onnxruntime-common then keeps float16 tensors in
+// it, which onnxruntime-node's binding cannot read ("not enough space: expected 32, got 0" for any
+// non-empty float16 input, e.g. an fp16 KV cache). Without it float16 stays in Uint16Array, as on
+// Node 20. Done here, before the runtime builds its first tensor (the type check runs once).
+if ("Float16Array" in globalThis) delete (globalThis as { Float16Array?: unknown }).Float16Array;
+
 /** An int64/int32 tensor; typed arrays of the right type are used as they are (no copy). */
 export function intTensor(
   type: TensorType,
@@ -72,16 +78,7 @@ export function stackRows(rows: readonly Tensor[], batchAxis: number, pastAxis: 
   const axis = pastAxis ?? dims.length - 1;
   const maxLen = Math.max(...rows.map((r) => r.dims[axis]!));
   const outDims = dims.map((d, i) => (i === batchAxis ? rows.length : i === axis ? maxLen : d));
-  let out = zeros(first.type as TensorType, outDims);
-  if (out.data.constructor !== first.data.constructor) {
-    // float16 states as Float16Array (Node 24): stack them in the same array type.
-    const Same = first.data.constructor as new (n: number) => AnyArray;
-    out = new Tensor(
-      first.type as "float16",
-      Same === Uint16Array ? out.data : new Same(out.data.length),
-      outDims,
-    );
-  }
+  const out = zeros(first.type as TensorType, outDims);
   const outData = out.data as AnyArray;
   const inner = dims.slice(axis + 1).reduce((a, b) => a * b, 1);
   // Outer axes are those before `axis`; the batch axis is one of them (batch comes before the past axis).
