@@ -10,6 +10,8 @@ import { readFile } from "node:fs/promises";
 import { writeFileAtomic } from "../util/fs.js";
 import { checkOutputFile } from "../util/output.js";
 import { VERSION } from "../version.js";
+import { renderBenchHtml } from "../report/bench-page.js";
+import { isIteraPage } from "../report/html.js";
 import { parseTests, runBench } from "./harness.js";
 import { isBenchOutput, parseFormat, renderResults } from "./render.js";
 import type { BenchResult } from "./result.js";
@@ -35,6 +37,7 @@ export interface BenchOptions {
   output: string;
   json?: boolean;
   save?: string;
+  html?: string;
   device?: string;
   quiet?: boolean;
 }
@@ -75,6 +78,7 @@ export function addBenchOptions(cmd: Command): Command {
     .option("-o, --output <format>", "md, csv, json or jsonl", "md")
     .option("--json", "same as --output json")
     .option("--save <file>", "also write the output to this file (atomically)")
+    .option("--html <file>", "also write a self-contained HTML report (charts, conditions) to this file")
     .option("--device <name>", "device name in the results (default: the host name)")
     .option("--quiet", "no progress on stderr");
 }
@@ -152,6 +156,15 @@ export async function benchCommand(
           inputs: [modelDir],
           owned: async (f) => isBenchOutput(await readFile(f, "utf8")),
         });
+  const html =
+    o.html === undefined
+      ? undefined
+      : await checkOutputFile(o.html, {
+          command: "the benchmark",
+          option: "--html",
+          inputs: [modelDir, ...(save ? [save] : [])],
+          owned: async (f) => isIteraPage(await readFile(f, "utf8")),
+        });
   const engine = await runtimeEngine(modelDir);
   const log = (m: string) => {
     if (!o.quiet) process.stderr.write(`${m}\n`);
@@ -188,6 +201,10 @@ export async function benchCommand(
     });
     const text = `${renderResults(results, format)}\n`;
     if (save) await writeFileAtomic(save, text);
+    if (html) {
+      const run = { label: o.device ?? hostname(), results };
+      await writeFileAtomic(html, renderBenchHtml([run], { version: VERSION, generated: new Date() }));
+    }
     process.stdout.write(text);
     return results;
   } finally {

@@ -1,5 +1,6 @@
 import type { Register } from "../run.js";
 import { registerBench } from "./bench.js";
+import { registerBenchReport } from "./bench-report.js";
 import { registerBroker } from "./broker.js";
 import { registerBuild } from "./build.js";
 import { registerDevices } from "./devices.js";
@@ -17,4 +18,4 @@ import { registerVerify } from "./verify.js";
  * Every `itera` subcommand, one module each under src/cli/commands/.
  * Add a command by writing its module and listing its register function here.
  */
-export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify, registerFlash, registerDevices, registerRun, registerEval, registerBroker, registerFleet, registerBench, registerInspect, registerQuantize];
+export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify, registerFlash, registerDevices, registerRun, registerEval, registerBroker, registerFleet, registerBench, registerBenchReport, registerInspect, registerQuantize];
