@@ -99,7 +99,7 @@ export class FleetStore {
         "INSERT OR IGNORE INTO runs (job_id, type, fleet, model, params, started_ms, deadline_ms) VALUES (?, ?, ?, ?, ?, ?, ?)",
       ),
       finish: this.db.prepare("UPDATE runs SET finished_ms = ?, summary = ? WHERE job_id = ?"),
-      summary: this.db.prepare("SELECT summary FROM runs WHERE job_id = ?"),
+      summary: this.db.prepare("SELECT summary, type FROM runs WHERE job_id = ?"),
       lastRun: this.db.prepare(
         "SELECT job_id FROM runs WHERE summary IS NOT NULL AND type = ? ORDER BY started_ms DESC LIMIT 1",
       ),
@@ -198,8 +198,9 @@ export class FleetStore {
 
   /** A finished run's outcome as `itera fleet bench` returned it, results included; undefined if unknown. */
   outcome(jobId: string): FleetBenchOutcome | undefined {
-    const row = this.s.summary.get(jobId) as { summary: string | null } | undefined;
-    if (!row?.summary) return undefined;
+    const row = this.s.summary.get(jobId) as { summary: string | null; type: JobType } | undefined;
+    // Another job type's summary (an update's report) is not a benchmark outcome.
+    if (!row?.summary || row.type !== "benchmark") return undefined;
     const o = JSON.parse(row.summary) as FleetBenchOutcome;
     const results = this.results({ jobId });
     for (const d of o.devices) {
