@@ -12,6 +12,7 @@ import { promisify } from "node:util";
 import Database from "better-sqlite3";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { mayPublish } from "../src/fleet/broker-auth.js";
 import { FeedbackHistory } from "../src/fleet/feedback.js";
 import type { FeedbackMessage, RetrainingEvent } from "../src/protocol/feedback.js";
 import { retrainingTopic } from "../src/protocol/feedback.js";
@@ -327,6 +328,11 @@ describe("the retraining trigger", () => {
       pipeline.subscribe(retrainingTopic("tr"), { qos: 1 });
     });
     expect(got).toEqual(events[0]);
+    // On a broker with logins, only a coordinator may publish it (itera broker's rights, as the Mosquitto ACL).
+    const policy = { coordinators: new Set(["coordinator"]), readers: new Set(["telegraf"]) };
+    expect(mayPublish("coordinator", retrainingTopic("tr"), policy)).toBe(true);
+    expect(mayPublish("dev-9", retrainingTopic("tr"), policy)).toBe(false);
+    expect(mayPublish("telegraf", retrainingTopic("tr"), policy)).toBe(false);
     const table = (await run(process.execPath, [ITERA, "fleet", "history", "--db", db, "--events"])).stdout;
     expect(table).toContain("retraining_requested");
     await device.endAsync();
