@@ -1,6 +1,6 @@
 import { createPrivateKey, type KeyObject } from "node:crypto";
 import { renameSync } from "node:fs";
-import { chmod, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { BUNDLE_INDEX_ASSET, type BundleIndex, type StoredAsset } from "../agent-host/bundle-index.js";
@@ -9,7 +9,7 @@ import { IteraError } from "../errors.js";
 import { loadProfile } from "../profile/load.js";
 import type { DeviceProfile } from "../profile/schema.js";
 import { sha256File, tempPathFor } from "../util/fs.js";
-import { execTracked, removeOnInterrupt } from "../util/interrupt.js";
+import { execTracked, removeOnInterrupt, tempDirRemovedOnInterrupt } from "../util/interrupt.js";
 import { checkOutputDir, checkOutputFile, type DirTarget, writeDirAtomic } from "../util/output.js";
 import { progress } from "../util/progress.js";
 import { VERSION } from "../version.js";
@@ -128,10 +128,9 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   };
 
   const steps = progress(`build ${bundleId}`, 6, { quiet: opts.quiet === true });
-  const work = await mkdtemp(join(tmpdir(), "itera-build-"));
-  const tarTmp = tempPathFor(tarball);
   // Interrupted (Ctrl-C, SIGTERM): the work folder and the archive's temp name go too.
-  const releaseWork = removeOnInterrupt(work);
+  const { path: work, release: releaseWork } = tempDirRemovedOnInterrupt(join(tmpdir(), "itera-build-"));
+  const tarTmp = tempPathFor(tarball);
   const releaseTar = removeOnInterrupt(tarTmp);
   let result: Omit<BuildResult, "seconds" | "self_check" | "model_check" | "quantization"> | undefined;
   let decision: QuantizationDecision | undefined;

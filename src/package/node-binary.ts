@@ -1,9 +1,9 @@
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { IteraError } from "../errors.js";
 import { sha256File, tempPathFor, writeFileAtomic } from "../util/fs.js";
-import { execTracked, removeOnInterrupt } from "../util/interrupt.js";
+import { execTracked, removeOnInterrupt, tempDirRemovedOnInterrupt } from "../util/interrupt.js";
 import { hostTarget, type Target, type TargetKey, targetKey } from "./target.js";
 
 /**
@@ -65,8 +65,7 @@ export async function fetchNodeTarball(target: Target): Promise<string> {
   if (!(await exists(file))) {
     await mkdir(dir, { recursive: true });
     // npm pack into a private temp folder, then rename: two builds fetching at once never see half a file.
-    const tmp = await mkdtemp(join(dir, `.fetch-${pkg.name}-`));
-    const release = removeOnInterrupt(tmp);
+    const { path: tmp, release } = tempDirRemovedOnInterrupt(join(dir, `.fetch-${pkg.name}-`));
     try {
       await run("npm", ["pack", `${pkg.name}@${NODE_VERSION}`, "--pack-destination", tmp, "--silent"], {
         maxBuffer: 16 << 20,

@@ -3,7 +3,7 @@
  * mixed precision under a quality budget), rewrite the ONNX graph, measure before and after, and
  * write a complete model folder — or nothing at all when the result does not fit the budget.
  */
-import { cp, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { cp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join, relative, resolve } from "node:path";
 import { IteraError } from "../errors.js";
@@ -24,7 +24,7 @@ import { describePrecision, weightPrecision } from "../onnx/precision.js";
 import { analyzeModel } from "../onnx/report.js";
 import type { EvalOptions } from "../runtime/evaluate.js";
 import { applySplit, cardText, datasetsDir, methodFromCard } from "../runtime/eval-text.js";
-import { removeOnInterrupt } from "../util/interrupt.js";
+import { tempDirRemovedOnInterrupt } from "../util/interrupt.js";
 import { checkOutputDir, writeDirAtomic } from "../util/output.js";
 import { progress } from "../util/progress.js";
 import { chooseMixedPrecision } from "./auto.js";
@@ -278,8 +278,9 @@ export async function quantizeFolder(
     };
     const qualityOf = async (choice: ReadonlyMap<string, Precision>, text: string) => {
       if (scratch === undefined) {
-        scratch = await mkdtemp(join(tmpdir(), "itera-quantize-"));
-        releaseScratch = removeOnInterrupt(scratch);
+        ({ path: scratch, release: releaseScratch } = tempDirRemovedOnInterrupt(
+          join(tmpdir(), "itera-quantize-"),
+        ));
         await copyFolder(src, scratch, skip);
       }
       await writeFile(join(scratch, onnxName), encodeModel(buildVariant(choice)));

@@ -9,7 +9,7 @@
  * blocks clean up).
  */
 import { type ChildProcess, type ExecFileOptions, execFile } from "node:child_process";
-import { rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 
 const SIGNALS = ["SIGINT", "SIGTERM"] as const;
 type Sig = (typeof SIGNALS)[number];
@@ -84,6 +84,25 @@ export function onInterrupt(fn: () => void): () => void {
 /** Remove `path` (a file or a whole folder) if the process is interrupted before release. */
 export function removeOnInterrupt(path: string): () => void {
   return onInterrupt(() => rmSync(path, { recursive: true, force: true }));
+}
+
+/**
+ * `mkdtemp` that cannot leak: the cleanup is registered (and the handler installed) before the
+ * folder exists, and the folder is made synchronously, so no signal can land between its creation
+ * and its registration. `release` when the folder is gone (or kept on purpose).
+ */
+export function tempDirRemovedOnInterrupt(prefix: string): { path: string; release: () => void } {
+  let path: string | undefined;
+  const release = onInterrupt(() => {
+    if (path !== undefined) rmSync(path, { recursive: true, force: true });
+  });
+  try {
+    path = mkdtempSync(prefix);
+  } catch (e) {
+    release();
+    throw e;
+  }
+  return { path, release };
 }
 
 /** True once SIGINT/SIGTERM started the cleanup: work still running is being abandoned. */

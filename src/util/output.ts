@@ -373,10 +373,18 @@ export async function writeDirAtomic(
   fill: (tmpDir: string) => Promise<void>,
 ): Promise<void> {
   const parent = dirname(target.dir);
-  const created = await mkdir(parent, { recursive: true });
+  // Registered before anything exists, and made synchronously: no signal lands in between.
+  let created: string | undefined;
   const releaseParents = onInterrupt(() => removeEmptyParents(parent, created));
   const tmp = tempPathFor(target.dir);
   const releaseTmp = removeOnInterrupt(tmp);
+  try {
+    created = mkdirSync(parent, { recursive: true });
+  } catch (e) {
+    releaseTmp();
+    releaseParents();
+    throw e;
+  }
   try {
     await mkdir(tmp);
     await fill(tmp);
