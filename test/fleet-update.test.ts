@@ -279,6 +279,53 @@ describe("itera fleet update over a real Mosquitto", () => {
     }
   }, 300_000);
 
+  it("stops after --max-failures: a device that fails after a healthy canary keeps the rest from being sent anything", async () => {
+    const b = await bundle("1.4.0", launcher("1.4.0"));
+    // dev-b cannot stage anything (a file where its staging folder goes: a broken disk, say).
+    const blocker = join(roots.get("dev-b")!, "opt/itera/.staging");
+    await writeFile(blocker, "not a folder\n");
+    try {
+      const r = await itera([
+        "fleet",
+        "update",
+        "--broker",
+        broker.url,
+        "--fleet",
+        FLEET,
+        "--bundle",
+        b,
+        "--canary",
+        "1",
+        "--max-failures",
+        "1",
+        "--health-timeout",
+        "60",
+        "--timeout",
+        "120",
+        "--db",
+        join(dir, "fleet.db"),
+        "--json",
+      ]);
+      expect(r.code, r.stderr).toBe(4);
+      const out = JSON.parse(r.stdout) as FleetUpdateOutcome;
+      expect(out.result).toBe("stopped");
+      expect(out.reason).toMatch(/1 device\(s\) failed \(--max-failures 1\)/);
+      expect(out.devices.map((d) => [d.device, d.status, d.running])).toEqual([
+        ["dev-a", "SUCCEEDED", "1.4.0"],
+        ["dev-b", "FAILED", "1.1.0"],
+        ["dev-c", "SKIPPED", "1.1.0"],
+      ]);
+      expect(await release("dev-a")).toBe("releases/1.4.0");
+      expect(await release("dev-b")).toBe("releases/1.1.0");
+      expect(await release("dev-c")).toBe("releases/1.1.0");
+      expect(messages.some((m) => m.topic.startsWith(`itera/v1/${FLEET}/dev-c/jobs/${out.jobId}/`))).toBe(
+        false,
+      );
+    } finally {
+      await rm(blocker, { force: true });
+    }
+  }, 300_000);
+
   it("refuses a tampered chunk, asks for it again, and installs nothing from a payload that does not match", async () => {
     const b = await bundle("1.3.0", launcher("1.3.0"), 150_000);
     const { params, payload } = await prepareUpdate(b, 60);
