@@ -3,6 +3,7 @@ import { writeFileAtomic } from "../util/fs.js";
 import { type Cell, csvTable, markdownTable } from "../util/table.js";
 import type { BenchResult } from "../protocol/schemas.js";
 import type { DeviceOutcome, FleetBenchOutcome } from "./bench.js";
+import { fleetTitle, renderFleetHtml } from "../report/fleet-page.js";
 
 /** One report row per device (the issue's columns); null where the device could not measure it. */
 export interface ReportRow {
@@ -196,11 +197,14 @@ export function renderSvg(o: FleetBenchOutcome): string {
   const barH = 18;
   const suffixW = Math.max(0, ...rows.map((r) => (r.energy_method?.length ?? 0) + 3)) * 7;
   const note = simulated.length > 0 ? simulatedNote(simulated) : "";
-  const width = Math.max(label + barMax + 90 + suffixW, note.length * 7 + 8);
+  // The chart says what it shows (job, model, date) in a heading above the panels.
+  const chartTitle = fleetTitle(o);
+  const top = 30;
+  const width = Math.max(label + barMax + 90 + suffixW, note.length * 7 + 8, chartTitle.length * 8 + 8);
   const panelH = 30 + rows.length * (barH + 6);
   const parts: string[] = [];
   panels.forEach((p, pi) => {
-    const y0 = pi * (panelH + 20);
+    const y0 = top + pi * (panelH + 20);
     const max = Math.max(0, ...p.values.map((v) => v ?? 0));
     parts.push(`<text x="4" y="${y0 + 18}" font-weight="bold">${esc(p.title)}</text>`);
     rows.forEach((_row, i) => {
@@ -220,20 +224,22 @@ export function renderSvg(o: FleetBenchOutcome): string {
     });
   });
   if (simulated.length > 0) {
-    const y = panels.length * (panelH + 20) + 4;
+    const y = top + panels.length * (panelH + 20) + 4;
     parts.push(`<text x="4" y="${y}" fill="#b00" font-weight="bold">${esc(note)}</text>`);
   }
-  const height = panels.length * (panelH + 20) + (simulated.length > 0 ? 16 : 0);
+  const height = top + panels.length * (panelH + 20) + (simulated.length > 0 ? 16 : 0);
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    `<title>${esc(chartTitle)}</title>`,
     `<rect width="100%" height="100%" fill="white"/>`,
+    `<text x="4" y="20" font-size="15" font-weight="bold">${esc(chartTitle)}</text>`,
     ...parts,
     "</svg>",
     "",
   ].join("\n");
 }
 
-/** Write report.md, report.csv, report.json, results.json (raw §7 results) and chart.svg into `dir`. */
+/** Write report.md, report.csv, report.json, results.json (raw §7 results), chart.svg and report.html into `dir`. */
 export async function writeReport(dir: string, o: FleetBenchOutcome): Promise<string[]> {
   const files: Array<[string, string]> = [
     ["report.md", renderMarkdown(o)],
@@ -248,6 +254,7 @@ export async function writeReport(dir: string, o: FleetBenchOutcome): Promise<st
       )}\n`,
     ],
     ["chart.svg", renderSvg(o)],
+    ["report.html", renderFleetHtml(o)],
   ];
   for (const [name, text] of files) await writeFileAtomic(join(dir, name), text);
   return files.map(([name]) => join(dir, name));

@@ -98,6 +98,8 @@ export interface Bar {
   note?: string | null;
   /** A simulated figure: hatched colour and the note in red. */
   simulated?: boolean;
+  /** This bar's colour (e.g. its group's), else the chart's. */
+  color?: string;
 }
 
 const PALETTE = ["#3b7dd8", "#d8703b", "#3ba55c", "#9b59b6", "#c0392b", "#16a085", "#7f8c8d"];
@@ -135,7 +137,7 @@ export function barChart(o: { title: string; bars: readonly Bar[]; color?: strin
     if (b.value !== null && Number.isFinite(b.value)) {
       const w = Math.max(1, scale(b.value));
       parts.push(
-        `<rect x="${labelW}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${fill}"${b.simulated ? ' fill-opacity="0.45" stroke="#b00" stroke-dasharray="3 2"' : ""}/>`,
+        `<rect x="${labelW}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${b.color ?? fill}"${b.simulated ? ' fill-opacity="0.45" stroke="#b00" stroke-dasharray="3 2"' : ""}/>`,
       );
       end = labelW + w;
       if (b.err && b.err > 0) {
