@@ -11,6 +11,7 @@ import { IteraError } from "../src/errors.js";
 import { loadModel as loadOnnx } from "../src/onnx/index.js";
 import { parseQuantizeOptions } from "../src/quantize/options.js";
 import { type QuantizeReport, quantizeFolder } from "../src/quantize/quantize.js";
+import { OUTPUT_MARKER } from "../src/util/output.js";
 import { datasetsDir } from "../src/runtime/eval-text.js";
 import { loadModel } from "../src/runtime/index.js";
 import { toyModelCard } from "./model-card-fixture.js";
@@ -77,7 +78,11 @@ describe("fixed modes", () => {
     it(`${mode} on ${fixture}: a full model folder that onnxruntime loads and generates with`, async () => {
       const out = join(work, `out-${mode}-${fixture}`);
       const report = await quantizeFolder(model(fixture), out, options({ mode }), { quiet: true });
-      expect((await readdir(out)).sort()).toEqual((await readdir(model(fixture))).sort());
+      // the source's files, and a card (itera.json) made for a folder that had none
+      // ... and the marker that makes it recognisable as this command's output (src/util/output.ts)
+      expect((await readdir(out)).sort()).toEqual(
+        [...(await readdir(model(fixture))), "itera.json", OUTPUT_MARKER].sort(),
+      );
       expect(await readFile(join(out, "tokenizer.json"), "utf8")).toBe(
         await readFile(join(model(fixture), "tokenizer.json"), "utf8"),
       );
@@ -159,7 +164,8 @@ describe("quality budget", () => {
     );
     expect(e.fix).toMatch(/--mode auto/);
     expect(await stat(out).catch(() => undefined)).toBeUndefined();
-    expect(await readdir(join(work, "over-budget"))).toEqual([]); // no temp folder left behind
+    // no temp folder left behind, nor the parent folder the quantizer made for the output
+    expect(await stat(join(work, "over-budget")).catch(() => undefined)).toBeUndefined();
   });
 
   it("auto: every weight at int4 when that fits the budget, else a per-weight search", async () => {
