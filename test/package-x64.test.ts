@@ -264,7 +264,20 @@ describe("laptop-x64-4c bundle", () => {
         body: JSON.stringify({ prompt: model.prompt, max_tokens: model.greedyIds.length, temperature: 0 }),
       });
       expect(res.status).toBe(200);
-      expect(((await res.json()) as { tokens: number[] }).tokens).toEqual(model.greedyIds);
+      const answer = (await res.json()) as { tokens: number[]; id: string };
+      expect(answer.tokens).toEqual(model.greedyIds);
+      // The HTTP plugins and the feedback store (agent.db on Node 24's SQLite) work in the bundle too.
+      const feedback = await fetch(`http://127.0.0.1:${port}/v1/feedback`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ generation_id: answer.id, rating: 1 }),
+      });
+      expect(feedback.status).toBe(201);
+      const metrics = await fetch(`http://127.0.0.1:${port}/metrics`, {
+        headers: { "accept-encoding": "gzip" },
+      });
+      expect(metrics.headers.get("content-encoding")).toBe("gzip");
+      expect(await metrics.text()).toContain("itera_generations_total");
     } finally {
       server.kill("SIGTERM");
       await new Promise((r) => server.once("exit", r));
