@@ -461,3 +461,13 @@ function existingAncestor(path: string): string {
 }
 
 export { RESTART_EXIT_CODE };
+
+/**
+ * Called once the agent is online: an update marker naming this very version means this release came
+ * up healthy, whatever became of its job (its deadline may have passed during the restart), so the
+ * guard must not roll it back at some later start.
+ */
+export async function settleHealthyUpdate(installRoot: string): Promise<void> {
+  const L = deviceLayout(installRoot);
+  if (readKeyValues(L.updatePending)?.to === VERSION) await rm(L.updatePending, { force: true });
+}

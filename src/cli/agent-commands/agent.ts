@@ -7,7 +7,7 @@ import { AgentStore } from "../../agent/store.js";
 import { IteraError } from "../../errors.js";
 import { describeModel, modelBenchRunner } from "../../agent/bench-runner.js";
 import { RESTART_EXIT_CODE } from "../../agent/jobs/types.js";
-import { updateExecutor } from "../../agent/jobs/update.js";
+import { settleHealthyUpdate, updateExecutor } from "../../agent/jobs/update.js";
 import { type BenchmarkRunner, replayRunner } from "../../agent/runner.js";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { type AgentConfig, agentConfigSchema } from "../../deploy/agent-config.js";
@@ -188,6 +188,7 @@ export function registerAgent(program: Command): void {
         });
         if (signalled) return;
         agent.start();
+        void agent.connected.then(() => settleHealthyUpdate(opts.installRoot)).catch(() => {});
         const restart = await Promise.race([
           stopped.then(() => undefined),
           agent.fatal,
