@@ -35,8 +35,11 @@ afterAll(async () => {
 });
 
 const model = (name: string) => join(work, "models", name);
+// The fixtures have no itera.json: the held-out text (and auto's calibration, its start) is given.
+const TEXT = resolve("data/tinyshakespeare.txt");
 const options = (o: Record<string, unknown>) =>
   parseQuantizeOptions({
+    eval: TEXT,
     blockSize: "32",
     accuracyLevel: "0",
     evalChars: "600",
