@@ -38,6 +38,11 @@ export type DecodeMode = "fused" | "step";
 /** Wall time a fused call aims at, so that streamed text still arrives in small pieces. */
 const FUSED_CHUNK_MS = 20;
 const FUSED_MAX_CHUNK = 256;
+/**
+ * Steps per call at least, for a KV-cache model: each call copies the whole cache out of ONNX
+ * Runtime, as each step stepped would; a few steps per call at long contexts would save nothing.
+ */
+const FUSED_MIN_KV_CHUNK = 16;
 
 export type StopReason = "eos" | "stop" | "max_tokens" | "context";
 
@@ -343,7 +348,8 @@ export async function generate(
       const ran = decoded.tokens[0]!.length;
       const perToken = (performance.now() - step) / ran;
       for (let i = 0; i < ran; i++) tokenMs.push(perToken);
-      chunkSize = Math.max(1, Math.min(FUSED_MAX_CHUNK, Math.round(FUSED_CHUNK_MS / perToken)));
+      const least = model.io.hasKvCache ? FUSED_MIN_KV_CHUNK : 1;
+      chunkSize = Math.max(least, Math.min(FUSED_MAX_CHUNK, Math.round(FUSED_CHUNK_MS / perToken)));
       // The state has consumed every chosen token but the last, as after stepping.
       state = { ...state, length: state.length + ran, tensors: decoded.state };
       chunk = decoded.tokens;
