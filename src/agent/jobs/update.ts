@@ -174,7 +174,13 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
           status: "FAILED",
           error: `rolled back to ${outcome.running}: ${outcome.reason}`,
           results: [
-            result(doc, { from: outcome.running ?? null, rolled_back: true, reason: outcome.reason ?? null }),
+            result(doc, {
+              from: outcome.running ?? null,
+              rolled_back: true,
+              // Installed only once complete: the whole payload had arrived.
+              bytes: doc.params.payload_bytes,
+              reason: outcome.reason ?? null,
+            }),
           ],
         };
       }
@@ -194,7 +200,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       progress("verifying the payload against the signed manifest");
       const release = await layOut(doc, m);
       progress(`installing release ${m.version}`);
-      const from = await install(release, m, doc, ctx);
+      const from = await install(release, m, doc, ctx, refused);
       progress(`restarting into ${m.version}`);
       log(
         `agent ${o.device}: update ${from} -> ${m.version} installed (${bytes} bytes, ${refused} chunks refused); restarting`,
@@ -374,6 +380,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     m: Manifest,
     doc: DocOf<"update">,
     ctx: JobContext,
+    refused: number,
   ): Promise<string> {
     const { atomicSymlink } = await import("../../deploy/rootfs.js");
     const target = releaseLinkTarget(m.version);
@@ -400,6 +407,8 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       `previous=${currentLink}`,
       `deadline=${deadline}`,
       "attempts=0",
+      // Reported by the new release, which did not see the transfer.
+      `chunks_refused=${refused}`,
       `max_attempts=${o.maxAttempts ?? 3}`,
       "",
     ].join("\n");
@@ -449,7 +458,13 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     await rm(L.staging, { recursive: true, force: true });
     return {
       status: "SUCCEEDED",
-      results: [result(doc, { from: pending.from ?? null, bytes: doc.params.payload_bytes })],
+      results: [
+        result(doc, {
+          from: pending.from ?? null,
+          bytes: doc.params.payload_bytes,
+          chunks_refused: Number(pending.chunks_refused ?? 0),
+        }),
+      ],
     };
   }
 }
