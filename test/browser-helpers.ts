@@ -1,6 +1,6 @@
 import { execFile } from "node:child_process";
 import { readFile } from "node:fs/promises";
-import { createServer, type Server } from "node:http";
+import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 
 /**
@@ -33,12 +33,23 @@ function isChromiumService(url: string): boolean {
 export async function openInBrowser(
   files: Record<string, string>,
   page: string,
-  { budgetMs = 2000, direct }: { budgetMs?: number; direct?: string } = {},
+  { budgetMs = 2000, direct, forward }: { budgetMs?: number; direct?: string; forward?: string } = {},
 ): Promise<BrowserResult> {
   const requests: string[] = [];
   const proxy: Server = createServer((req, res) => {
     if (!isChromiumService(req.url ?? "")) requests.push(req.url ?? "");
     const u = new URL(req.url ?? "/", "http://report.test");
+    // A live server under test (`forward`: its origin) is reached through the proxy, streams included.
+    if (forward && u.origin === forward) {
+      const up = request(u, { method: req.method, headers: req.headers }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      up.on("error", () => res.destroy());
+      res.on("close", () => up.destroy());
+      req.pipe(up);
+      return;
+    }
     const name = decodeURIComponent(u.pathname.slice(1));
     if (u.host === "report.test" && files[name] !== undefined) {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8" });

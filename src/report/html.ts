@@ -57,12 +57,18 @@ export function isIteraPage(text: string): boolean {
 }
 
 /** A whole page: `body` is HTML already escaped by the caller; `script` runs after it. */
-export function htmlPage(o: { title: string; body: string; script?: string }): string {
+export function htmlPage(o: {
+  title: string;
+  body: string;
+  script?: string;
+  /** A live page's one allowed connection (e.g. `'self'` for its event stream); none otherwise. */
+  connect?: string;
+}): string {
   return [
     "<!doctype html>",
     '<html lang="en"><head><meta charset="utf-8">',
     GENERATOR_META,
-    `<meta http-equiv="Content-Security-Policy" content="${PAGE_CSP}">`,
+    `<meta http-equiv="Content-Security-Policy" content="${PAGE_CSP}${o.connect ? `; connect-src ${o.connect}` : ""}">`,
     '<meta name="viewport" content="width=device-width,initial-scale=1">',
     `<title>${escapeHtml(o.title)}</title>`,
     `<style>${STYLE}</style>`,

@@ -8,6 +8,7 @@ import { renderMarkdown, reportRow, writeReport } from "../../fleet/report.js";
 import { printEvents, registerFleetFeedback, retrainPolicy } from "./fleet-feedback.js";
 import { startSimulation } from "../../fleet/simulate.js";
 import { registerFleetUpdate } from "./fleet-update.js";
+import { registerFleetDashboard } from "./fleet-dashboard.js";
 import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
 import { type WatchMode, watchFleet } from "../../fleet/watch.js";
 import {
@@ -470,4 +471,5 @@ export function registerFleet(program: Command): void {
   registerReport(fleet);
   registerSimulate(fleet);
   registerFleetUpdate(fleet);
+  registerFleetDashboard(fleet);
 }

@@ -1,0 +1,88 @@
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Agent } from "../src/agent/agent.js";
+import { runDashboard } from "../src/fleet/dashboard.js";
+import { countTags } from "./browser-helpers.js";
+import { Mosquitto, testAgentOptions } from "./mqtt-helpers.js";
+
+/** `itera fleet dashboard` against a real Mosquitto and agents, its page run by headless Chromium. */
+const HOSTILE = "<img src=x onerror=document.title='pwned'>";
+
+let broker: Mosquitto;
+let dir: string;
+const agents: Agent[] = [];
+const ac = new AbortController();
+let url: string;
+let done: Promise<void>;
+beforeAll(async () => {
+  broker = await Mosquitto.create();
+  dir = await mkdtemp(join(tmpdir(), "itera-dashboard-"));
+  for (const [i, p] of ["rpi5", HOSTILE].entries()) {
+    const agent = new Agent(
+      testAgentOptions(broker.url, "fd", `dev-${i}`, p, await mkdtemp(join(dir, "a-"))),
+    );
+    agents.push(agent);
+    agent.start();
+    await agent.connected;
+  }
+  const listening = new Promise<string>((resolve, reject) => {
+    done = runDashboard({
+      broker: { url: broker.url },
+      fleet: "fd",
+      host: "127.0.0.1",
+      port: 0,
+      token: "s3cret",
+      signal: ac.signal,
+      onListening: resolve,
+    });
+    done.catch(reject);
+  });
+  url = await listening;
+}, 60_000);
+afterAll(async () => {
+  ac.abort();
+  await done;
+  for (const a of agents) await a.stop().catch(() => {});
+  await broker.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("itera fleet dashboard", () => {
+  it("refuses the page and the stream without the token", async () => {
+    expect((await fetch(`${url}/`)).status).toBe(401);
+    expect((await fetch(`${url}/events?token=wrong`)).status).toBe(401);
+    expect((await fetch(`${url}/events`, { headers: { authorization: "Bearer s3cret" } })).status).toBe(200);
+  });
+
+  it("streams a snapshot of every device (state, version, profile) as Server-Sent Events", async () => {
+    const res = await fetch(`${url}/events?token=s3cret`);
+    expect(res.headers.get("content-type")).toBe("text/event-stream");
+    const reader = res.body!.getReader();
+    let text = "";
+    while (!text.includes("\n\n")) text += new TextDecoder().decode((await reader.read()).value);
+    await reader.cancel();
+    const [event, data] = text.split("\n");
+    expect(event).toBe("event: snapshot");
+    const devices = JSON.parse(data!.slice(6)) as Array<{
+      device: string;
+      state: string;
+      profile: string;
+      version: string;
+    }>;
+    expect(devices.map((d) => [d.device, d.state, d.profile])).toEqual([
+      ["dev-0", "online", "rpi5"],
+      ["dev-1", "online", HOSTILE],
+    ]);
+    expect(devices.every((d) => typeof d.version === "string" && d.version !== "")).toBe(true);
+  });
+
+  it("serves a self-contained page that allows only its own event stream", async () => {
+    const html = await (await fetch(`${url}/?token=s3cret`)).text();
+    expect(html).toContain("default-src 'none'");
+    expect(html).toContain("connect-src 'self'");
+    expect(html).toContain('new EventSource("events"+q)');
+    expect(countTags(html.replace(/<script[\s\S]*?<\/script>/g, ""), "img")).toBe(0);
+  });
+});
