@@ -30,7 +30,7 @@ import {
 } from "../onnx/index.js";
 import type { AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto } from "../onnx/types.js";
 import type { ModelIo, TensorType } from "./io.js";
-import { intTensor } from "./tensors.js";
+import { intTensor, zeros } from "./tensors.js";
 
 /** Above this many bytes of weights the per-call overhead no longer matters: keep one session. */
 export const FUSED_DECODE_MAX_BYTES = 64 * 1024 * 1024;
@@ -411,7 +411,34 @@ export class FusedDecoder {
       ...options,
       enableProfiling: false,
     });
-    return new FusedDecoder(session, io, vocab, features);
+    const decoder = new FusedDecoder(session, io, vocab, features);
+    // Two steps from an empty state, once: a graph whose ops fail inside the loop only when run
+    // (shapes that do not grow as the loop grows them, ...) decodes step by step instead of failing
+    // mid-generation.
+    try {
+      const state: Record<string, Tensor> = {};
+      for (const st of io.states) state[st.input] = zeros(st.type, st.emptyShape);
+      await decoder.run({
+        ids: [0],
+        state,
+        length: 0,
+        padding: [0],
+        steps: 2,
+        eos: [],
+        sampling: {
+          temperature: 1,
+          topK: 0,
+          topP: 0.5,
+          repetitionPenalty: 1.5,
+          uniforms: Float64Array.of(0.5, 0.5),
+          contexts: [[0]],
+        },
+      });
+    } catch (e) {
+      await session.release();
+      return { unsupported: `the decode loop fails in ONNX Runtime: ${(e as Error).message}` };
+    }
+    return decoder;
   }
 
   /**
