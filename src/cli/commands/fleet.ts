@@ -125,7 +125,7 @@ function registerBench(fleet: Command): void {
       )
       .option("--timeout <s>", "deadline for the whole run, seconds", "300")
       .option("--discover <s>", "how long to wait for devices to announce themselves, seconds")
-      .option("--out <dir>", "write report.md/.csv/.json, results.json and chart.svg here")
+      .option("--out <dir>", "write report.md/.csv/.json/.html, results.json and chart.svg here")
       .option("--db <path>", `fleet history database (default ${defaultFleetDb()})`)
       .option("--share-group <name>", "receive results through a $share group (several coordinators)")
       .option("--json", "print the whole outcome as JSON"),
@@ -265,7 +265,7 @@ function registerReport(fleet: Command): void {
     .description("render the report of a stored fleet benchmark again (default: the latest)")
     .option("--db <path>", `fleet history database (default ${defaultFleetDb()})`)
     .option("--job <id>", "the benchmark run (jobId; see `itera fleet history`)")
-    .option("--out <dir>", "write report.md/.csv/.json, results.json and chart.svg here")
+    .option("--out <dir>", "write report.md/.csv/.json/.html, results.json and chart.svg here")
     .option("--json", "print the outcome as JSON")
     .action(
       action(async (opts: ReportCliOptions) => {
