@@ -237,12 +237,26 @@ describe("bad input: one clear IteraError each", () => {
     expect(e.where).toBe(join(dir, "itera.json"));
   });
 
-  it("a missing tokenizer.json", async () => {
+  it("a missing tokenizer.json: the model loads for token ids, and a text prompt is one clear error", async () => {
     const dir = variant("gpt2-kv", {});
     rmSync(join(dir, "tokenizer.json"));
-    const e = await loadError(dir);
-    expect(e.message).toMatch(/no tokenizer\.json/);
-    expect(e.where).toBe(join(dir, "tokenizer.json"));
+    const m = await loadModel(dir, { threads: 1 });
+    try {
+      const e = await m.generate("ROMEO").then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      expect(e).toBeInstanceOf(IteraError);
+      expect((e as IteraError).message).toMatch(
+        /no tokenizer\.json, so a text cannot be turned into token ids/,
+      );
+      expect((e as IteraError).where).toBe(join(dir, "tokenizer.json"));
+      const ids = kvRef.first.input_ids;
+      const g = await m.generate(ids, { maxTokens: 4 });
+      expect(g.ids).toHaveLength(4);
+    } finally {
+      await m.dispose();
+    }
   });
 
   it("a tokenizer whose vocabulary does not fit the model", async () => {

@@ -29,8 +29,13 @@ After=network-online.target
 
 [Service]
 Type=simple
+# Over-the-air updates (itera fleet update, docs/fleet.md): the agent exits 75 to be restarted into a
+# new release, and the guard (written by the first update; "-": absent until then) rolls a release
+# back that does not come up healthy.
+ExecStartPre=-${DEFAULT_PREFIX}/update-guard ${DEFAULT_PREFIX}
 ExecStart=${DEFAULT_PREFIX}/current/${f.exe} ${f.serviceArgs}
 Restart=on-failure
+RestartForceExitStatus=75
 RestartSec=5
 # The native libraries and the model are extracted here on first start (see docs/packaging.md).
 CacheDirectory=itera-agent
