@@ -18,4 +18,19 @@ import { registerVerify } from "./verify.js";
  * Every `itera` subcommand, one module each under src/cli/commands/.
  * Add a command by writing its module and listing its register function here.
  */
-export const commands: Register[] = [registerProfiles, registerBuild, registerKeygen, registerVerify, registerFlash, registerDevices, registerRun, registerEval, registerBroker, registerFleet, registerBench, registerBenchReport, registerInspect, registerQuantize];
+export const commands: Register[] = [
+  registerProfiles,
+  registerBuild,
+  registerKeygen,
+  registerVerify,
+  registerFlash,
+  registerDevices,
+  registerRun,
+  registerEval,
+  registerBroker,
+  registerFleet,
+  registerBench,
+  registerBenchReport,
+  registerInspect,
+  registerQuantize,
+];
