@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import mqtt from "mqtt";
 import type { BrokerOptions } from "../protocol/connect.js";
+import type { FleetMonitor } from "./monitor.js";
 
 /**
  * Whether the broker accepts a client without any credentials (no user name, password or client
@@ -48,4 +49,44 @@ export function anonymousWarning(url: string): string {
     "topics, so a forged job result cannot be told from a genuine one; run it with a password file and " +
     "per-device ACL (`itera broker --password-file FILE`, or Mosquitto: docs/fleet.md)"
   );
+}
+
+/** What a coordinator run learns about the broker's trust: the warnings and the refused messages. */
+export interface TrustWatch {
+  warnings: string[];
+  refused: Array<{ topic: string; reason: string }>;
+  /** Record a refused message (the first 100 are kept) and report it. */
+  refuse(topic: string, reason: string): void;
+  /** Whether the broker accepted an anonymous client (probed once, in the background). */
+  anonymous: Promise<boolean>;
+}
+
+type TrustEvent = { type: "refused"; topic: string; reason: string } | { type: "warning"; message: string };
+
+/**
+ * Watch a run's trust, as `fleet bench` and `fleet update` both do: the monitor's refused messages
+ * are kept and reported, and the anonymous probe runs while devices are discovered (so it costs no
+ * time); a broker that accepts anonymous clients adds a warning.
+ */
+export function watchTrust(
+  monitor: FleetMonitor,
+  broker: BrokerOptions,
+  emit: (e: TrustEvent) => void,
+): TrustWatch {
+  const warnings: string[] = [];
+  const refused: Array<{ topic: string; reason: string }> = [];
+  const refuse = (topic: string, reason: string) => {
+    if (refused.length < 100) refused.push({ topic, reason });
+    emit({ type: "refused", topic, reason });
+  };
+  monitor.on("refused", refuse);
+  const anonymous = acceptsAnonymous(broker).then((yes) => {
+    if (yes) {
+      const message = anonymousWarning(broker.url);
+      warnings.push(message);
+      emit({ type: "warning", message });
+    }
+    return yes;
+  });
+  return { warnings, refused, refuse, anonymous };
 }

@@ -9,7 +9,7 @@ import {
   type JobStatus,
 } from "../protocol/schemas.js";
 import { dispatch } from "./dispatch.js";
-import { acceptsAnonymous, anonymousWarning } from "./anonymous-probe.js";
+import { watchTrust } from "./anonymous-probe.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
 import type { FleetStore } from "./store.js";
 
@@ -132,22 +132,7 @@ async function benchWith(
     o.shareGroup ? { shareGroup: o.shareGroup } : {},
   );
   const emit = o.onEvent ?? (() => {});
-  const warnings: string[] = [];
-  const refused: Array<{ topic: string; reason: string }> = [];
-  const refuse = (topic: string, reason: string) => {
-    if (refused.length < 100) refused.push({ topic, reason });
-    emit({ type: "refused", topic, reason });
-  };
-  monitor.on("refused", refuse);
-  // Probed while the devices are discovered, so it costs no time.
-  const anonymous = acceptsAnonymous(o.broker).then((yes) => {
-    if (yes) {
-      const message = anonymousWarning(o.broker.url);
-      warnings.push(message);
-      emit({ type: "warning", message });
-    }
-    return yes;
-  });
+  const { warnings, refused, refuse, anonymous } = watchTrust(monitor, o.broker, emit);
   await monitor.subscribe();
 
   const chosen = await discover(monitor, o, deadline);

@@ -16,7 +16,7 @@ import {
   updateResultSchema,
 } from "../protocol/schemas.js";
 import { fleetFilter, jobTopic, parseTopic } from "../protocol/topics.js";
-import { acceptsAnonymous, anonymousWarning } from "./anonymous-probe.js";
+import { watchTrust } from "./anonymous-probe.js";
 import { discover } from "./bench.js";
 import { dispatch, type DispatchEvent } from "./dispatch.js";
 import { FleetMonitor } from "./monitor.js";
@@ -148,21 +148,7 @@ async function updateWith(
   const m = params.manifest as { version: string; bundle_id: string; model: { id: string } };
   const emit = o.onEvent ?? (() => {});
   const monitor = new FleetMonitor(client, o.fleet, o.store);
-  const warnings: string[] = [];
-  const refused: Array<{ topic: string; reason: string }> = [];
-  const refuse = (topic: string, reason: string) => {
-    if (refused.length < 100) refused.push({ topic, reason });
-    emit({ type: "refused", topic, reason });
-  };
-  monitor.on("refused", refuse);
-  const anonymous = acceptsAnonymous(o.broker).then((yes) => {
-    if (yes) {
-      const message = anonymousWarning(o.broker.url);
-      warnings.push(message);
-      emit({ type: "warning", message });
-    }
-    return yes;
-  });
+  const { warnings, refused, refuse, anonymous } = watchTrust(monitor, o.broker, emit);
 
   // Chunks go only to devices this run sent the job to, for this job, as many as they ask for.
   const active = new Set<string>();
