@@ -1,4 +1,5 @@
-import { readFile } from "node:fs/promises";
+import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
@@ -7,12 +8,14 @@ import {
   decodeModel,
   describePrecision,
   makeNode,
+  encodeModel,
   makeValueInfo,
   type NodeProto,
   type TensorProto,
   typedToTensor,
   weightPrecision,
 } from "../src/onnx/index.js";
+import { readModelInput } from "../src/package/model-input.js";
 import { contribModel } from "./fixtures/onnx/contrib-model.js";
 
 /** The precision label comes from the graph: the weights' dtypes and the quantized ops holding them. */
@@ -89,5 +92,27 @@ describe("weight precision from the graph", () => {
       .flatMap((n) => [2, 4, 6].map((i) => inits.get(n.input[i] ?? "")))
       .reduce((a, t) => a + (t ? t.dims.reduce((x, d) => x * Number(d), 1) : 0), 0);
     expect(p.byPrecision[0]!.elements).toBeGreaterThan(expertElements);
+  });
+});
+
+describe("itera build's reading of a folder without a card", () => {
+  it("takes the precision from the graph, not fp32", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "itera-precision-"));
+    try {
+      await copyFile(join("models", "itera-lite-micro", "genai_config.json"), join(dir, "genai_config.json"));
+      const f16 = model(
+        [gather, makeNode("MatMul", ["e", "head"], ["logits"])],
+        [
+          table("f16", 50, 64),
+          { ...typedToTensor("head", [64, 50], new Uint16Array(64 * 50)), dataType: DataType.FLOAT16 },
+        ],
+      );
+      await writeFile(join(dir, "model.onnx"), encodeModel(f16));
+      expect((await readModelInput(dir)).quant).toBe("fp16");
+      await copyFile(join("models", "itera-lite-micro", "model.onnx"), join(dir, "model.onnx"));
+      expect((await readModelInput(dir)).quant).toBe("fp32");
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
