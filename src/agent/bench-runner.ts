@@ -3,6 +3,7 @@ import { runtimeEngine } from "../bench/runtime-engine.js";
 import { parseTests, runBench } from "../bench/harness.js";
 import { loadModelCard } from "../model/card.js";
 import { loadGenaiConfig } from "../model/genai-config.js";
+import { fileWeightPrecision } from "../onnx/precision.js";
 import type { Meter } from "../power/meter.js";
 import type { DeviceProfile } from "../profile/schema.js";
 import type { ModelRef } from "../protocol/schemas.js";
@@ -10,15 +11,16 @@ import { sha256File } from "../util/fs.js";
 import { VERSION } from "../version.js";
 import type { BenchmarkRunner } from "./runner.js";
 
-/** What the agent announces about its model in the birth message: id, sha256 of the ONNX file, quantization. */
+/** What the agent announces about its model in the birth message: id, sha256 of the ONNX file, quantization (the card's, else the graph's). */
 export async function describeModel(modelDir: string): Promise<ModelRef> {
   const dir = resolve(modelDir);
   const card = await loadModelCard(dir);
   const config = await loadGenaiConfig(dir);
+  const onnx = join(dir, config.model.decoder.filename);
   return {
     id: card?.id ?? basename(dir),
-    sha256: await sha256File(join(dir, config.model.decoder.filename)),
-    quant: card?.quantization.mode ?? "fp32",
+    sha256: await sha256File(onnx),
+    quant: card?.quantization.mode ?? (await fileWeightPrecision(onnx)),
   };
 }
 

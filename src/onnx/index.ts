@@ -65,6 +65,11 @@ export {
   type ModelReport,
   nodeFlops,
 } from "./report.js";
-export { describePrecision, type WeightPrecision, weightPrecision } from "./precision.js";
+export {
+  describePrecision,
+  fileWeightPrecision,
+  type WeightPrecision,
+  weightPrecision,
+} from "./precision.js";
 export { inferShapes, type Shape, type ShapeInfo } from "./shapes.js";
 export type * from "./types.js";

@@ -6,6 +6,8 @@
  * "mixed" with the shares.
  */
 import { getAttrInt } from "./attributes.js";
+import { decodeModel } from "./codec.js";
+import { readModelFile } from "./io.js";
 import { DataType, elementCount } from "./tensor.js";
 import type { GraphProto, ModelProto, NodeProto, TensorProto } from "./types.js";
 
@@ -56,6 +58,15 @@ export function weightPrecision(model: ModelProto): WeightPrecision {
   const top = byPrecision[0];
   const label = !top ? "unknown" : top.share >= DOMINANT_SHARE ? top.precision : "mixed";
   return { label, byPrecision };
+}
+
+/**
+ * The precision label of an .onnx file, for a model folder whose card does not say: only the graph's
+ * structure is read (external weights stay on disk); "fp32" when it holds no weights it can name.
+ */
+export async function fileWeightPrecision(onnxPath: string): Promise<string> {
+  const label = weightPrecision(decodeModel(await readModelFile(onnxPath))).label;
+  return label === "unknown" ? "fp32" : label;
 }
 
 /** "int4 (91% of weights; fp32 9%)", "fp32", "mixed (int4 60%, int8 30%, fp32 10%)". */

@@ -3,7 +3,7 @@ import { basename, join, resolve } from "node:path";
 import { IteraError } from "../errors.js";
 import { loadModelCard, type ModelCard } from "../model/card.js";
 import { loadGenaiConfig } from "../model/genai-config.js";
-import { decodeModel, readModelFile, weightPrecision } from "../onnx/index.js";
+import { fileWeightPrecision } from "../onnx/index.js";
 
 /** A model folder checked for what a bundle needs: config, tokenizer and the decoder graph. */
 export interface ModelInput {
@@ -57,16 +57,7 @@ export async function readModelInput(dirArg: string): Promise<ModelInput> {
       });
     }
   }
-  const quant = card?.quantization.mode ?? (await graphPrecision(join(dir, config.model.decoder.filename)));
+  const quant =
+    card?.quantization.mode ?? (await fileWeightPrecision(join(dir, config.model.decoder.filename)));
   return { dir, id, version, quant, card };
-}
-
-/**
- * A folder without a card's quantization: its precision read from the graph (src/onnx/precision.ts),
- * so that an fp16 or int4 folder made elsewhere is not taken for fp32. Only the graph's structure is
- * read (external weights stay on disk).
- */
-async function graphPrecision(onnxPath: string): Promise<string> {
-  const label = weightPrecision(decodeModel(await readModelFile(onnxPath))).label;
-  return label === "unknown" ? "fp32" : label;
 }
