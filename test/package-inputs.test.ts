@@ -58,9 +58,10 @@ describe("itera build refuses bad input before building", () => {
   it("an incomplete model folder", async () => {
     const dir = join(work, "incomplete");
     await cp(model.dir, dir, { recursive: true });
-    await rm(join(dir, "tokenizer.json"));
+    // tokenizer.json is optional (a model without one takes token ids); the graph is not
+    await rm(join(dir, "model.onnx"));
     const e = await buildError({ model: dir });
-    expect(e.message).toMatch(/incomplete model folder: tokenizer\.json is missing/);
+    expect(e.message).toMatch(/incomplete model folder: model\.onnx is missing/);
     const missing = await buildError({ model: join(work, "nothing-here") });
     expect(missing.message).toMatch(/does not exist/);
   });
