@@ -128,15 +128,18 @@ export async function resolveQuantization(
     };
   };
 
+  // fp16/bf16 folders (read from the graph: src/onnx/precision.ts) quantize like fp32 ones.
+  const float = FLOAT_PRECISIONS.has(model.quant);
   if (asked === "auto") {
     // The folder's own quantization wins: a quantized folder is not quantized again.
-    if (model.quant !== "fp32") return asIs("the model folder is already quantized");
+    if (!float) return asIs("the model folder is already quantized");
     const lowest = profileLowest(profile);
     if (lowest === undefined) return asIs(`the profile ${profile.name} keeps fp32`);
     return quantizerPlan(model, { mode: "auto", lowest }, requestedText, q);
   }
   if (asked === model.quant) return asIs();
-  if (model.quant !== "fp32") {
+  if (asked === "fp32" && float) return asIs(`the model folder is ${model.quant}: embedded as it is`);
+  if (!float) {
     throw new IteraError(`the model folder is already ${model.quant}; it cannot become ${asked}`, {
       where: model.dir,
       fix: `pass --quant ${model.quant} (or auto), or build from the fp32 folder`,
@@ -144,6 +147,9 @@ export async function resolveQuantization(
   }
   return quantizerPlan(model, { mode: asked as "int8" | "int4" }, requestedText, q);
 }
+
+/** Precisions the quantizer starts from: weights it reads as float. */
+const FLOAT_PRECISIONS = new Set(["fp32", "fp16", "bf16"]);
 
 function quantizerPlan(
   model: ModelInput,
