@@ -57,7 +57,10 @@ export async function readModelInput(dirArg: string): Promise<ModelInput> {
       });
     }
   }
+  // A graph that cannot even be decoded is refused with its reason by the build's model check
+  // (src/package/model-check.ts), which runs before the precision matters.
   const quant =
-    card?.quantization.mode ?? (await fileWeightPrecision(join(dir, config.model.decoder.filename)));
+    card?.quantization.mode ??
+    (await fileWeightPrecision(join(dir, config.model.decoder.filename)).catch(() => "fp32"));
   return { dir, id, version, quant, card };
 }
