@@ -302,6 +302,33 @@ describe("interrupted (SIGINT/SIGTERM): nothing left behind", { timeout: 600_000
     expect(await exists(out)).toBe(false);
   });
 
+  it("itera verify of a .tar.gz, SIGINT while it is unpacked: its temp folder is removed", async () => {
+    const tmp = await privateTmp("int-verify-tmp");
+    // A folder whose 256 MB of zeros pack to a small archive but take a while to unpack and hash.
+    const bundle = join(work, "big-bundle");
+    await mkdir(bundle);
+    await writeFile(join(bundle, "manifest.json"), "{}");
+    await writeFile(join(bundle, "itera-agent"), Buffer.alloc(256 << 20));
+    const archive = join(work, "big-bundle.tar.gz");
+    await new Promise<void>((done, fail) =>
+      execFile("tar", ["-czf", archive, "-C", work, "big-bundle"], (e) => (e ? fail(e) : done())),
+    );
+    await rm(bundle, { recursive: true });
+    const child = spawn(process.execPath, [CLI, "verify", archive], {
+      cwd: work,
+      env: { ...process.env, TMPDIR: tmp },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const r = await interruptWhen(
+      child,
+      async () => (await readdir(tmp)).some((f) => f.startsWith("itera-verify-")),
+      "SIGINT",
+    );
+    expect(r.signal ?? r.code, r.output).toBe(r.signal ? "SIGINT" : 130);
+    expect(await leftovers(tmp)).toEqual([]);
+    await rm(archive, { force: true });
+  });
+
   const startQuantize = (out: string, tmp: string, mode: string) =>
     spawn(process.execPath, [CLI, "quantize", micro, "--out", out, "--mode", mode, "--quiet"], {
       cwd: work,

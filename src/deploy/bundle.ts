@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
+import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { promisify } from "node:util";
 import { join, resolve } from "node:path";
@@ -7,6 +7,7 @@ import { type Manifest, manifestSchema } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
 import { readTrustedKeyFile, verifyBundle } from "../package/verify.js";
 import { sha256 } from "../util/fs.js";
+import { tempDirRemovedOnInterrupt } from "../util/interrupt.js";
 import { AGENT_FILE, MANIFEST_FILE, UNIT_NAME } from "./layout.js";
 import type { StepLog } from "./steps.js";
 
@@ -35,21 +36,23 @@ const SAFE_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]*(\/[A-Za-z0-9_][A-Za-z0-9._-]*)*$
  * Resolve BUNDLE: the folder itself, or a .tar.gz (DESIGN.md §5): the folder beside it when there is
  * one, else the archive unpacked into a temp folder (its one top-level folder is the bundle).
  */
-async function openBundle(path: string): Promise<{ dir: string; temp?: string }> {
+async function openBundle(path: string): Promise<{ dir: string; temp?: string; release?: () => void }> {
   const abs = resolve(path);
   const archive = abs.endsWith(".tar.gz");
   const dir = archive ? abs.slice(0, -".tar.gz".length) : abs;
   if ((await stat(dir).catch(() => undefined))?.isDirectory()) return { dir };
   if (archive && (await stat(abs).catch(() => undefined))?.isFile()) {
-    const temp = await mkdtemp(join(tmpdir(), "itera-bundle-"));
+    // Removed on Ctrl-C too (src/util/interrupt.ts), and by dispose() when the flash is done.
+    const { path: temp, release } = tempDirRemovedOnInterrupt(join(tmpdir(), "itera-bundle-"));
     try {
       // GNU tar drops leading '/' and refuses '..' members, so the archive stays inside temp.
       await run("tar", ["-xzf", abs, "-C", temp, "--no-same-owner"]);
       const top = await readdir(temp, { withFileTypes: true });
       if (top.length !== 1 || !top[0]!.isDirectory()) throw new Error("not one top-level folder");
-      return { dir: join(temp, top[0]!.name), temp };
+      return { dir: join(temp, top[0]!.name), temp, release };
     } catch (e) {
       await rm(temp, { recursive: true, force: true });
+      release();
       throw new IteraError(`cannot unpack the bundle archive: ${(e as Error).message.split("\n")[0]}`, {
         where: abs,
         fix: "give the .tar.gz made by `itera build` (one folder inside), or the bundle folder",
@@ -83,9 +86,10 @@ export function verifyLocally(log: StepLog, path: string, trustedKey?: string): 
  * and what a flash needs on top: a signature at all, a Linux target, names safe as device paths.
  */
 export async function loadVerifiedBundle(path: string, trustedKey?: string): Promise<VerifiedBundle> {
-  const { dir, temp } = await openBundle(path);
+  const { dir, temp, release } = await openBundle(path);
   const dispose = async () => {
     if (temp) await rm(temp, { recursive: true, force: true });
+    release?.();
   };
   try {
     return { ...(await checkBundle(dir, trustedKey)), dispose };

@@ -1,12 +1,13 @@
 import { execFile } from "node:child_process";
 import { createPublicKey } from "node:crypto";
-import { lstat, mkdtemp, readdir, readFile, readlink, realpath, rm, stat } from "node:fs/promises";
+import { lstat, readdir, readFile, readlink, realpath, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative, sep } from "node:path";
 import { promisify } from "node:util";
 import { type Manifest, manifestSchema, verifyManifestSignature } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
 import { sha256File } from "../util/fs.js";
+import { tempDirRemovedOnInterrupt } from "../util/interrupt.js";
 
 const run = promisify(execFile);
 
@@ -160,7 +161,8 @@ export async function readTrustedKeyFile(path: string): Promise<string> {
  * folder, which is extracted to a temp folder, verified as a folder, and removed again.
  */
 export async function verifyBundleArchive(archive: string, trustedKey?: string): Promise<VerifyReport> {
-  const tmp = await mkdtemp(join(tmpdir(), "itera-verify-"));
+  // Removed on Ctrl-C too (src/util/interrupt.ts): an unpacked bundle is tens of MB.
+  const { path: tmp, release } = tempDirRemovedOnInterrupt(join(tmpdir(), "itera-verify-"));
   try {
     try {
       // GNU tar refuses member names with '..' and strips leading '/': nothing lands outside tmp.
@@ -194,6 +196,7 @@ export async function verifyBundleArchive(archive: string, trustedKey?: string):
     return await verifyBundle(join(tmp, top[0]!), trustedKey);
   } finally {
     await rm(tmp, { recursive: true, force: true });
+    release();
   }
 }
 
