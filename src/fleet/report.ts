@@ -53,7 +53,8 @@ export function reportRow(d: DeviceOutcome): ReportRow {
   };
 }
 
-const headers = [
+/** The columns of a fleet report's table (md, csv and the HTML page). */
+export const REPORT_HEADERS = [
   "device",
   "profile",
   "quant",
@@ -69,7 +70,8 @@ const headers = [
   "throttled",
 ];
 
-function cells(r: ReportRow): Cell[] {
+/** One device's row of the report's table, in REPORT_HEADERS' order. */
+export function reportCells(r: ReportRow): Cell[] {
   return [
     r.device,
     r.profile,
@@ -143,7 +145,7 @@ export function renderMarkdown(o: FleetBenchOutcome): string {
     `fleet ${mdCode(o.fleet)}, model ${mdCode(o.model)}, tests ${o.params.tests.join(", ")}, threads ${o.params.threads.join(", ")}, ` +
       `${o.params.repetitions} repetitions; ${ok}/${rows.length} devices succeeded in ${((o.finishedMs - o.startedMs) / 1000).toFixed(1)} s.`,
     "",
-    markdownTable(headers, rows.map(cells)),
+    markdownTable(REPORT_HEADERS, rows.map(reportCells)),
     "",
     "tokens/s: mean over repetitions at the fastest thread count; TTFT and p95 from the generation test; " +
       "mJ/token and tokens/J with the method that measured them (empty: the device has no meter).",
@@ -156,8 +158,8 @@ export function renderMarkdown(o: FleetBenchOutcome): string {
 export function renderCsv(o: FleetBenchOutcome): string {
   const rows = o.devices.map(reportRow);
   return `${csvTable(
-    [...headers, "details"],
-    rows.map((r) => [...cells(r), r.details]),
+    [...REPORT_HEADERS, "details"],
+    rows.map((r) => [...reportCells(r), r.details]),
   )}\n`;
 }
 

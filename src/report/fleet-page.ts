@@ -1,5 +1,5 @@
 import type { FleetBenchOutcome } from "../fleet/bench.js";
-import { type ReportRow, reportRow } from "../fleet/report.js";
+import { REPORT_HEADERS, type ReportRow, reportCells, reportRow } from "../fleet/report.js";
 import { type Bar, barChart, color, escapeHtml, htmlPage, htmlTable } from "./html.js";
 
 /** A device's group in the charts: its profile, and its model variant (precision) when known. */
@@ -73,38 +73,9 @@ export function renderFleetHtml(o: FleetBenchOutcome): string {
   body.push("</div>", "<h2>Devices</h2>");
   body.push(
     htmlTable(
-      [
-        "device",
-        "profile",
-        "quant",
-        "status",
-        "pp tok/s",
-        "tg tok/s",
-        "TTFT ms",
-        "p95 ms",
-        "mJ/token",
-        "method",
-        "tokens/J",
-        "temp °C",
-        "throttled",
-        "details",
-      ],
-      ordered.map((r) => [
-        r.device,
-        r.profile,
-        r.quant,
-        r.status,
-        r.pp_tok_s,
-        r.tg_tok_s,
-        r.ttft_ms,
-        r.p95_ms,
-        r.mj_per_token,
-        r.energy_method ? `${r.energy_method}${isSimulated(r) ? " (simulated)" : ""}` : null,
-        r.tokens_per_j,
-        r.temp_c,
-        r.throttled === null ? null : r.throttled ? "yes" : "no",
-        r.details,
-      ]),
+      [...REPORT_HEADERS, "details"],
+      // the method names a simulated meter itself ("ina219-simulated")
+      ordered.map((r) => [...reportCells(r), r.details]),
       ' id="devices"',
     ),
   );

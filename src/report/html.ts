@@ -5,6 +5,8 @@
  * request, so a report opens offline and a hostile device string cannot call out.
  */
 
+import type { Cell } from "../util/table.js";
+
 /** Forbids every request; only inline styles/scripts and data: images run. */
 export const PAGE_CSP =
   "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:";
@@ -83,11 +85,13 @@ export function htmlPage(o: {
 /** A table: headers and cells are plain strings (escaped here); numeric cells right-aligned. */
 export function htmlTable(
   headers: readonly string[],
-  rows: ReadonlyArray<ReadonlyArray<string | number | null>>,
+  rows: ReadonlyArray<ReadonlyArray<Cell>>,
   attrs = "",
 ): string {
-  const cell = (c: string | number | null) =>
-    typeof c === "number" ? `<td class="n">${num(c)}</td>` : `<td>${escapeHtml(c ?? "–")}</td>`;
+  const cell = (c: Cell) =>
+    typeof c === "number"
+      ? `<td class="n">${num(c)}</td>`
+      : `<td>${escapeHtml(c == null ? "–" : String(c))}</td>`;
   return [
     `<table class="sortable"${attrs}><thead><tr>${headers.map((h) => `<th>${escapeHtml(h)}</th>`).join("")}</tr></thead><tbody>`,
     ...rows.map((r) => `<tr>${r.map(cell).join("")}</tr>`),
