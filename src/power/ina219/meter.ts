@@ -52,6 +52,9 @@ function unprintableShare(bytes: Buffer): number {
  * An INA219 read through a serial bridge (Arduino, Pico, or any sketch printing one of the formats of
  * lines.ts). Samples are timestamped with the device's clock when lines carry one, mapped to the host's.
  */
+/** Silence after which a bridge that has sent data counts as lost (it sends many lines a second). */
+const SILENCE_MS = 5000;
+
 export class Ina219Meter implements Meter {
   readonly name = "ina219" as const;
   readonly method = "ina219" as const;
@@ -65,6 +68,7 @@ export class Ina219Meter implements Meter {
   private firstBytes = Buffer.alloc(0);
   private bytesSeen = 0;
   private lost: { at_ms: number; reason: string } | undefined;
+  private lastDataMs: number | undefined;
   private stopping = false;
   private readonly baud: number;
 
@@ -173,6 +177,7 @@ export class Ina219Meter implements Meter {
 
   private onData(chunk: Buffer): void {
     const recv = nowMs();
+    this.lastDataMs = recv;
     this.bytesSeen += chunk.length;
     if (this.firstBytes.length < 4096)
       this.firstBytes = Buffer.concat([this.firstBytes, chunk]).subarray(0, 4096);
@@ -204,6 +209,19 @@ export class Ina219Meter implements Meter {
   }
 
   health(): MeterHealth {
+    // A bridge that stops sending is lost too, even while its port stays open (a USB adapter left
+    // plugged in, a pty whose close has not been delivered yet).
+    if (
+      !this.lost &&
+      !this.stopping &&
+      this.lastDataMs !== undefined &&
+      nowMs() - this.lastDataMs > SILENCE_MS
+    ) {
+      this.lost = {
+        at_ms: this.lastDataMs + SILENCE_MS,
+        reason: `no data from the bridge on ${this.opts.port} for ${SILENCE_MS / 1000} s (unplugged or reset)`,
+      };
+    }
     return { ...this.decoder.stats, ...(this.lost ? { lost: this.lost } : {}) };
   }
 
