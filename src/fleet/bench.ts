@@ -241,3 +241,20 @@ export async function discover(
   }
   return o.devices ? found.slice(0, o.devices) : found;
 }
+
+/** `--select key=value ...`: the devices a fleet command targets (shared by bench and update). */
+export function parseSelect(pairs: string[] | undefined): Record<string, string> | undefined {
+  if (!pairs || pairs.length === 0) return undefined;
+  const out: Record<string, string> = {};
+  for (const p of pairs) {
+    const m = /^([a-z]+)=(.+)$/.exec(p);
+    if (!m || !selectKeys.includes(m[1]!)) {
+      throw new IteraError(`invalid --select '${p}'`, {
+        where: "--select",
+        fix: `use key=value with key one of ${selectKeys.join(", ")} (e.g. --select profile=rpi4)`,
+      });
+    }
+    out[m[1]!] = m[2]!;
+  }
+  return out;
+}

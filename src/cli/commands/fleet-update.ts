@@ -1,7 +1,6 @@
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "commander";
-import { IteraError } from "../../errors.js";
 import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
 import { parseCanary, renderUpdateMarkdown, runFleetUpdate, type UpdateEvent } from "../../fleet/update.js";
 import { readTrustedKeyFile } from "../../package/verify.js";
@@ -14,7 +13,7 @@ import {
 } from "../../protocol/options.js";
 import { checkOutputDir, writeDirAtomic } from "../../util/output.js";
 import { action, collect, printJson } from "../run.js";
-import { selectKeys } from "../../fleet/bench.js";
+import { parseSelect } from "../../fleet/bench.js";
 
 interface UpdateCliOptions extends BrokerCliOptions {
   fleet: string;
@@ -29,22 +28,6 @@ interface UpdateCliOptions extends BrokerCliOptions {
   out?: string;
   db?: string;
   json?: boolean;
-}
-
-function parseSelect(pairs: string[] | undefined): Record<string, string> | undefined {
-  if (!pairs || pairs.length === 0) return undefined;
-  const out: Record<string, string> = {};
-  for (const p of pairs) {
-    const m = /^([a-z]+)=(.+)$/.exec(p);
-    if (!m || !selectKeys.includes(m[1]!)) {
-      throw new IteraError(`invalid --select '${p}'`, {
-        where: "--select",
-        fix: `use key=value with key one of ${selectKeys.join(", ")} (e.g. --select profile=rpi4)`,
-      });
-    }
-    out[m[1]!] = m[2]!;
-  }
-  return out;
 }
 
 /** Exit status when the update did not reach every selected device (canary failed, or stopped). */

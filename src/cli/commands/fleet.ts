@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
-import { type BenchEvent, type FleetBenchOutcome, runFleetBench, selectKeys } from "../../fleet/bench.js";
+import { type BenchEvent, type FleetBenchOutcome, parseSelect, runFleetBench } from "../../fleet/bench.js";
 import { renderMarkdown, reportRow, writeReport } from "../../fleet/report.js";
 import { printEvents, registerFleetFeedback, retrainPolicy } from "./fleet-feedback.js";
 import { startSimulation } from "../../fleet/simulate.js";
@@ -47,22 +47,6 @@ function list(value: string): string[] {
     .split(",")
     .map((s) => s.trim())
     .filter((s) => s !== "");
-}
-
-function parseSelect(pairs: string[] | undefined): Record<string, string> | undefined {
-  if (!pairs || pairs.length === 0) return undefined;
-  const out: Record<string, string> = {};
-  for (const p of pairs) {
-    const m = /^([a-z]+)=(.+)$/.exec(p);
-    if (!m || !selectKeys.includes(m[1]!)) {
-      throw new IteraError(`invalid --select '${p}'`, {
-        where: "--select",
-        fix: `use key=value with key one of ${selectKeys.join(", ")} (e.g. --select profile=rpi4)`,
-      });
-    }
-    out[m[1]!] = m[2]!;
-  }
-  return out;
 }
 
 function openStore(path: string | undefined): FleetStore {
