@@ -6,7 +6,7 @@ PY := /usr/bin/python3
 .PHONY: setup build test test-py models finetune demo lint format clean
 
 node_modules/.installed: package.json package-lock.json
-	npm ci --no-audit --no-fund
+	NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --no-audit --no-fund
 	@touch $@
 
 setup: node_modules/.installed
