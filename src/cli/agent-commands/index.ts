@@ -13,6 +13,7 @@ export const agentCommands: Record<string, () => Promise<Register>> = {
   bench: async () => (await import("./bench.js")).registerAgentBench,
   meters: async () => (await import("./meters.js")).registerAgentMeters,
   serve: async () => (await import("./serve.js")).registerServe,
+  tune: async () => (await import("./tune.js")).registerAgentTune,
 };
 
 /**

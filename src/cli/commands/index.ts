@@ -12,6 +12,7 @@ import { registerKeygen } from "./keygen.js";
 import { registerProfiles } from "./profiles.js";
 import { registerQuantize } from "./quantize.js";
 import { registerRun } from "./run.js";
+import { registerTune } from "./tune.js";
 import { registerVerify } from "./verify.js";
 
 /**
@@ -33,4 +34,5 @@ export const commands: Register[] = [
   registerBenchReport,
   registerInspect,
   registerQuantize,
+  registerTune,
 ];
