@@ -47,7 +47,7 @@ async function unplugBeforeTests(sim: SimPty, meter: Ina219Meter): Promise<Bench
   const engine = await runtimeEngine(model);
   return {
     ...engine,
-    load: async (threads) => {
+    load: async (threads, settings) => {
       await sim.stop();
       await vi.waitFor(
         () => {
@@ -55,7 +55,7 @@ async function unplugBeforeTests(sim: SimPty, meter: Ina219Meter): Promise<Bench
         },
         { timeout: 30_000, interval: 20 },
       );
-      return engine.load(threads);
+      return engine.load(threads, settings);
     },
   };
 }

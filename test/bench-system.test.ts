@@ -65,15 +65,20 @@ describe("resource monitor on fake sysfs trees", () => {
 
 describe("runBench with a scripted model", () => {
   /** A model whose calls take no real work: the harness's bookkeeping is checked exactly. */
-  function scripted(calls: string[]): BenchEngine {
+  function scripted(calls: string[], onToken?: () => void): BenchEngine {
     const model: BenchModel = {
       maxPositions: 64,
       prefill: async (n) => {
         calls.push(`pp${n}`);
       },
-      startGeneration: () => calls.push("start"),
-      decodeOne: async () => {
-        calls.push("tok");
+      generate: async (n, signal) => {
+        calls.push("start");
+        for (let i = 0; i < n; i++) {
+          signal?.throwIfAborted();
+          calls.push("tok");
+          onToken?.();
+        }
+        return { ttftMs: 1, tokenMs: new Array<number>(n - 1).fill(1), decode: "step" };
       },
       close: async () => {
         calls.push("close");
@@ -83,6 +88,7 @@ describe("runBench with a scripted model", () => {
       model: "m",
       quant: "int8",
       runtime: "r",
+      decodePath: async (s) => (s.decode === "fused" ? "fused" : "step"),
       load: async (t) => {
         calls.push(`load t=${t}`);
         return model;
@@ -138,22 +144,9 @@ describe("runBench with a scripted model", () => {
   it("an abort (a job's deadline) stops before the next token with the signal's reason; the model is closed", async () => {
     const calls: string[] = [];
     const ac = new AbortController();
-    const engine = scripted(calls);
-    const load = engine.load;
-    const aborting: BenchEngine = {
-      ...engine,
-      load: async (t) => {
-        const m = await load(t);
-        return {
-          ...m,
-          maxPositions: m.maxPositions,
-          decodeOne: async () => {
-            await m.decodeOne();
-            if (calls.filter((c) => c === "tok").length === 4) ac.abort(new Error("deadline"));
-          },
-        };
-      },
-    };
+    const aborting = scripted(calls, () => {
+      if (calls.filter((c) => c === "tok").length === 4) ac.abort(new Error("deadline"));
+    });
     await expect(
       runBench(
         { tests: [{ kind: "tg", n: 3 }], threads: [1], repetitions: 5, warmup: 0, minDurationS: 0, idleS: 0 },

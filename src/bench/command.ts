@@ -12,6 +12,7 @@ import { checkOutputFile } from "../util/output.js";
 import { VERSION } from "../version.js";
 import { renderBenchHtml } from "../report/bench-page.js";
 import { isIteraPage } from "../report/html.js";
+import { BENCH_SAMPLING, type DecodeChoice, decodeChoices } from "./engine.js";
 import { parseTests, runBench } from "./harness.js";
 import { isBenchOutput, parseFormat, renderResults } from "./render.js";
 import type { BenchResult } from "./result.js";
@@ -40,6 +41,8 @@ export interface BenchOptions {
   html?: string;
   device?: string;
   quiet?: boolean;
+  decode: string;
+  sample?: boolean;
 }
 
 export function addBenchOptions(cmd: Command): Command {
@@ -57,6 +60,15 @@ export function addBenchOptions(cmd: Command): Command {
     .option(
       "--min-duration <s>",
       "each repetition repeats its test for at least this long (default: the profile's)",
+    )
+    .option(
+      "--decode <path>",
+      "tg tests: auto (as generate() decodes: fused where the model fuses), fused (many steps per call) or step (one call per token)",
+      "auto",
+    )
+    .option(
+      "--sample",
+      `tg tests sample (temperature ${BENCH_SAMPLING.temperature}, top-k ${BENCH_SAMPLING.topK}, seed ${BENCH_SAMPLING.seed}) instead of greedy`,
     )
     .option("--idle <s>", "seconds of idle measured first, for net energy figures (0: none)", "2")
     .option("--meter <name>", `power meter: ${meterChoices.join(", ")}`, "auto")
@@ -108,6 +120,14 @@ function nonNegative(value: string, flag: string, max: number): number {
   return n;
 }
 
+export function parseDecode(value: string): DecodeChoice {
+  if ((decodeChoices as readonly string[]).includes(value)) return value as DecodeChoice;
+  throw new IteraError(`unknown decode path '${value}'`, {
+    where: "--decode",
+    fix: `use one of: ${decodeChoices.join(", ")}`,
+  });
+}
+
 /** Benchmark a model folder under a profile; prints the results on stdout and returns them. */
 export async function benchCommand(
   modelDir: string,
@@ -130,6 +150,8 @@ export async function benchCommand(
       ? nonNegative(o.minDuration, "--min-duration", MAX.minDurationS)
       : profile.bench.min_duration_s,
     idleS: o.energy ? nonNegative(o.idle, "--idle", MAX.idleS) : 0,
+    decode: parseDecode(o.decode),
+    sampling: o.sample ? BENCH_SAMPLING : null,
   };
   if (o.energy && !(meterChoices as readonly string[]).includes(o.meter)) {
     throw new IteraError(`unknown meter '${o.meter}'`, {

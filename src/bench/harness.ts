@@ -2,12 +2,22 @@ import { IteraError } from "../errors.js";
 import { energyFigures, integrateWindow, type WindowEnergy } from "../power/integrate.js";
 import { emptyHealth, type Meter, type MeterHealth } from "../power/meter.js";
 import { progress } from "../util/progress.js";
-import type { BenchEngine, BenchModel } from "./engine.js";
+import type {
+  BenchEngine,
+  BenchModel,
+  BenchSampling,
+  DecodeChoice,
+  DecodePath,
+  DecodeSettings,
+} from "./engine.js";
 import type { BenchResult, EnergyResult } from "./result.js";
 import { percentile, mean, stdev } from "./stats.js";
 import { ResourceMonitor, type SystemPaths } from "./system.js";
 
-/** `pp N`: process a prompt of N tokens; `tg N`: generate N tokens one by one (as llama-bench). */
+/**
+ * `pp N`: process a prompt of N tokens; `tg N`: generate N tokens after a one-token prompt, through
+ * the runtime's generate() (fused or step, as the plan's decode says).
+ */
 export interface BenchTest {
   kind: "pp" | "tg";
   n: number;
@@ -39,6 +49,10 @@ export interface BenchPlan {
   minDurationS: number;
   /** Seconds of idle measured before the tests for the net figures (0: none). */
   idleS: number;
+  /** How tg tests decode (default auto: what generate() does for the model, fused where it fuses). */
+  decode?: DecodeChoice;
+  /** Seeded sampling for tg tests (default null: greedy). */
+  sampling?: BenchSampling | null;
 }
 
 export interface BenchContext {
@@ -64,8 +78,10 @@ interface Run {
   tokens: number;
   /** Time to the first token of this run. */
   ttftMs: number;
-  /** pp: the run's prefill time; tg: each token's time. */
+  /** pp: the run's prefill time; tg: each token's time (a fused call's time divided by its tokens). */
   latenciesMs: number[];
+  /** tg: the path the generation took. */
+  decode?: DecodePath;
 }
 
 async function runOnce(model: BenchModel, test: BenchTest, signal?: AbortSignal): Promise<Run> {
@@ -76,15 +92,15 @@ async function runOnce(model: BenchModel, test: BenchTest, signal?: AbortSignal)
     const dt = performance.now() - t0;
     return { tokens: test.n, ttftMs: dt, latenciesMs: [dt] };
   }
-  model.startGeneration();
-  const lat: number[] = [];
-  for (let i = 0; i < test.n; i++) {
-    signal?.throwIfAborted();
-    const t0 = performance.now();
-    await model.decodeOne();
-    lat.push(performance.now() - t0);
+  const g = await model.generate(test.n, signal);
+  return { tokens: test.n, ttftMs: g.ttftMs, latenciesMs: [g.ttftMs, ...g.tokenMs], decode: g.decode };
+}
+
+/** A row says one decode path: a generation that took another than the one found up front is a bug, not a figure. */
+function checkDecode(run: Run, expected: DecodePath): void {
+  if (run.decode !== undefined && run.decode !== expected) {
+    throw new Error(`a tg test decoded ${run.decode}, not ${expected} as the model's decode path said`);
   }
-  return { tokens: test.n, ttftMs: lat[0]!, latenciesMs: lat };
 }
 
 function sumWindows(ws: WindowEnergy[]): WindowEnergy {
@@ -191,6 +207,14 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
       { where: "--tests", fix: `use tests of at most ${context} tokens for this model` },
     );
   }
+  // Before the idle baseline too: a forced fused path the model cannot take is refused at once.
+  const settings: DecodeSettings = { decode: plan.decode ?? "auto", sampling: plan.sampling ?? null };
+  const decode = await ctx.engine.decodePath(settings);
+  const sampling = settings.sampling && {
+    temperature: settings.sampling.temperature,
+    top_k: settings.sampling.topK,
+    seed: settings.sampling.seed,
+  };
   const meters = [ctx.meter, ctx.fallback].filter((m): m is Meter => m != null);
   if (meters.length > 0 && plan.idleS > 0 && !ctx.quiet) {
     process.stderr.write(`measuring the idle baseline for ${plan.idleS} s (stay idle)\n`);
@@ -201,7 +225,7 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
   let done = 0;
   const results: BenchResult[] = [];
   for (const threads of plan.threads) {
-    const model = await ctx.engine.load(threads);
+    const model = await ctx.engine.load(threads, settings);
     try {
       for (const test of plan.tests) {
         if (model.maxPositions !== null && test.n > model.maxPositions) {
@@ -215,7 +239,7 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
         }
         const label = `t=${threads} ${test.kind}${test.n}`;
         for (let w = 0; w < plan.warmup; w++) {
-          await runOnce(model, test, ctx.signal);
+          checkDecode(await runOnce(model, test, ctx.signal), decode);
           bar.update(++done, `${label} warm-up`);
         }
         const healthBefore = ctx.meter?.health() ?? null;
@@ -231,6 +255,7 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
           let tokens = 0;
           do {
             const run = await runOnce(model, test, ctx.signal);
+            checkDecode(run, decode);
             if (tokens === 0) ttft.push(run.ttftMs);
             tokens += run.tokens;
             latencies.push(...run.latenciesMs);
@@ -250,6 +275,8 @@ export async function runBench(plan: BenchPlan, ctx: BenchContext): Promise<Benc
           device: ctx.device,
           threads,
           test: `${test.kind} ${test.n}`,
+          decode,
+          sampling,
           repetitions: plan.repetitions,
           warmup: plan.warmup,
           tokens: tokensAll,

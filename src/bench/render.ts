@@ -1,6 +1,6 @@
 import { IteraError } from "../errors.js";
 import { type Cell, csvTable, markdownTable } from "../util/table.js";
-import type { BenchResult } from "./result.js";
+import { type BenchResult, decodeLabel } from "./result.js";
 
 export const benchFormats = ["md", "csv", "json", "jsonl"] as const;
 export type BenchFormat = (typeof benchFormats)[number];
@@ -23,6 +23,7 @@ export function renderMarkdown(results: readonly BenchResult[]): string {
     r.quant,
     r.threads,
     r.test,
+    decodeLabel(r),
     `${fmt(r.tokens_per_s.mean, 2)} ± ${fmt(r.tokens_per_s.stdev, 2)}`,
     fmt(r.ttft_ms, 1),
     `${fmt(r.latency_ms.p50, 2)} / ${fmt(r.latency_ms.p95, 2)}`,
@@ -38,6 +39,7 @@ export function renderMarkdown(results: readonly BenchResult[]): string {
       "quant",
       "threads",
       "test",
+      "decode",
       "t/s",
       "ttft ms",
       "lat p50/p95 ms",
@@ -104,7 +106,9 @@ export function isBenchOutput(text: string): boolean {
       .split("|")
       .map((c) => c.trim())
       .filter((c) => c !== "");
-  if (cells(first).join("|") === cells(mdHeader).join("|")) return true;
+  // tables saved before the decode column are ours too
+  const before = cells(mdHeader).filter((c) => c !== "decode");
+  if ([cells(mdHeader), before].some((h) => cells(first).join("|") === h.join("|"))) return true;
   const csv = first.split(",");
   if (["model", "test", "threads", "tokens_per_s.mean"].every((h) => csv.includes(h))) return true;
   const isResult = (v: unknown) =>

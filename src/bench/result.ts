@@ -35,6 +35,17 @@ export const benchResultSchema = z.object({
   device: z.string(),
   threads: z.number().int().positive(),
   test: z.string().regex(/^(pp|tg) \d+$/),
+  /**
+   * How the run's tg tests decoded (pp rows carry the run's path; their prefill is one call either
+   * way): fused = many steps per ONNX Runtime call, step = one call per token. Older results have
+   * none: they stepped (decodePathOf reads them so).
+   */
+  decode: z.enum(["fused", "step"]).optional(),
+  /** The seeded sampling of the tg tests; null or absent: greedy. */
+  sampling: z
+    .object({ temperature: z.number(), top_k: z.number().int().nonnegative(), seed: z.number().int() })
+    .nullable()
+    .optional(),
   repetitions: z.number().int().positive(),
   warmup: z.number().int().nonnegative(),
   /** Tokens processed over all repetitions (a repetition repeats its test until the minimum duration); energy per token divides by it. */
@@ -57,3 +68,16 @@ export const benchResultSchema = z.object({
 
 export type EnergyResult = z.infer<typeof energyResultSchema>;
 export type BenchResult = z.infer<typeof benchResultSchema>;
+
+/** The decode path of a result: results from before the field existed stepped one call per token. */
+export function decodePathOf(r: Pick<BenchResult, "decode">): "fused" | "step" {
+  return r.decode ?? "step";
+}
+
+/** How a result decoded, in words for tables: `fused`, `step`, `fused, sampled (T 0.8, top-k 40, seed 1)`. */
+export function decodeLabel(r: Pick<BenchResult, "decode" | "sampling">): string {
+  const s = r.sampling;
+  return s
+    ? `${decodePathOf(r)}, sampled (T ${s.temperature}, top-k ${s.top_k}, seed ${s.seed})`
+    : decodePathOf(r);
+}

@@ -6,8 +6,8 @@ import { locateModelFile } from "../model/folder.js";
 import { loadGenaiConfig } from "../model/genai-config.js";
 import { loadModel as loadOnnx } from "../onnx/index.js";
 import { weightPrecision } from "../onnx/precision.js";
-import type { LanguageModel, State } from "../runtime/index.js";
-import type { BenchEngine, BenchModel } from "./engine.js";
+import type { GenerateOptions, LanguageModel } from "../runtime/index.js";
+import type { BenchEngine, BenchModel, DecodePath, DecodeSettings, GenerationRun } from "./engine.js";
 
 /** Index of the largest of the last position's logits. */
 function argmaxLast(logits: Float32Array, vocab: number): number {
@@ -27,12 +27,27 @@ function promptIds(n: number, model: LanguageModel): number[] {
   return ids;
 }
 
+/** The options generate() decodes a tg test with: explicit, so that a config's `search` defaults change nothing. */
+function generateOptions(n: number, settings: DecodeSettings): GenerateOptions {
+  const s = settings.sampling;
+  return {
+    maxTokens: n,
+    ignoreEos: true,
+    temperature: s?.temperature ?? 0,
+    topK: s?.topK ?? 0,
+    topP: 1,
+    repetitionPenalty: 1,
+    seed: s?.seed ?? 0,
+    // auto and fused: fused where the model fuses, as generate() does by default
+    fusedDecode: settings.decode !== "step",
+  };
+}
+
 class RuntimeBenchModel implements BenchModel {
-  private state: State;
-  private next = 1;
-  constructor(private readonly lm: LanguageModel) {
-    this.state = lm.newState(1);
-  }
+  constructor(
+    private readonly lm: LanguageModel,
+    private readonly settings: DecodeSettings,
+  ) {}
 
   get maxPositions(): number | null {
     return this.lm.limitedContext ? this.lm.contextLength : null;
@@ -40,23 +55,55 @@ class RuntimeBenchModel implements BenchModel {
 
   async prefill(n: number): Promise<void> {
     const out = await this.lm.forward([promptIds(n, this.lm)], this.lm.newState(1));
-    this.next = argmaxLast(out.logits, out.vocab);
+    // the first new token is chosen, as after any prompt
+    argmaxLast(out.logits, out.vocab);
   }
 
-  startGeneration(): void {
-    this.state = this.lm.newState(1);
-    this.next = promptIds(1, this.lm)[0]!;
-  }
-
-  async decodeOne(): Promise<void> {
-    const out = await this.lm.forward([[this.next]], this.state);
-    this.state = out.state;
-    this.next = argmaxLast(out.logits, out.vocab);
+  async generate(n: number, signal?: AbortSignal): Promise<GenerationRun> {
+    const g = await this.lm.generate(promptIds(1, this.lm), generateOptions(n, this.settings), () =>
+      signal?.throwIfAborted(),
+    );
+    if (g.ids.length !== n) {
+      throw new IteraError(`the model generated ${g.ids.length} of ${n} tokens (${g.stopReason})`, {
+        where: this.lm.dir,
+        fix: `use tg tests of fewer tokens for this model`,
+      });
+    }
+    if (this.settings.decode === "fused" && g.decode !== "fused") {
+      throw new IteraError(`${this.lm.dir} decoded step by step although --decode fused was asked`, {
+        where: this.lm.onnxPath,
+        fix: "use --decode auto (fused where the model fuses) or --decode step",
+      });
+    }
+    return { ttftMs: g.timings.ttftMs, tokenMs: g.timings.tokenMs, decode: g.decode };
   }
 
   close(): Promise<void> {
     return this.lm.dispose();
   }
+}
+
+/**
+ * The path generate() takes for this model with these settings: fused when the runtime builds a
+ * decode loop for the sampling's loop features (src/runtime/fused-decode.ts), else step.
+ */
+async function generationPath(lm: LanguageModel, settings: DecodeSettings): Promise<DecodePath> {
+  if (settings.decode === "step") return "step";
+  const { FusedDecoder, loopFeatures } = await import("../runtime/fused-decode.js");
+  const features = loopFeatures({
+    temperature: settings.sampling?.temperature ?? 0,
+    topP: 1,
+    repetitionPenalty: 1,
+  });
+  const fused = await lm.fusedDecoder(features);
+  if (fused instanceof FusedDecoder) return "fused";
+  if (settings.decode === "fused") {
+    throw new IteraError(`${lm.dir} cannot decode fused: ${fused.unsupported}`, {
+      where: "--decode fused",
+      fix: "use --decode step (one call per token) or --decode auto (fused where the model fuses)",
+    });
+  }
+  return "step";
 }
 
 /**
@@ -91,6 +138,15 @@ export async function runtimeEngine(dir: string): Promise<BenchEngine> {
     tokenizer,
     runtime: `onnxruntime ${env.versions.node ?? env.versions.common}`,
     contextLength: config.model.context_length,
-    load: async (threads) => new RuntimeBenchModel(await loadModel(dir, { threads })),
+    decodePath: async (settings) => {
+      if (settings.decode === "step") return "step";
+      const lm = await loadModel(dir, { threads: 1 });
+      try {
+        return await generationPath(lm, settings);
+      } finally {
+        await lm.dispose();
+      }
+    },
+    load: async (threads, settings) => new RuntimeBenchModel(await loadModel(dir, { threads }), settings),
   };
 }

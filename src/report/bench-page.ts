@@ -1,17 +1,10 @@
-import type { BenchResult } from "../bench/result.js";
+import { type BenchResult, decodeLabel } from "../bench/result.js";
 import { type Bar, barChart, color, escapeHtml, htmlPage, htmlTable, num } from "./html.js";
 
 /** One benchmark run in a report: its results (one per test × thread count) and a name for it. */
 export interface BenchRun {
   label: string;
   results: readonly BenchResult[];
-}
-
-/** The decode path when a result carries one (newer results may say how tokens were generated). */
-function decodePath(r: BenchResult): string | null {
-  const x = r as BenchResult & { decode?: unknown; decode_path?: unknown };
-  const v = x.decode_path ?? x.decode;
-  return typeof v === "string" ? v : v && typeof v === "object" ? JSON.stringify(v) : null;
 }
 
 const uniq = (xs: ReadonlyArray<string | null>): string =>
@@ -57,7 +50,6 @@ export function renderBenchHtml(
   const title =
     o.title ??
     `Benchmark of ${uniq(all.map((r) => r.model))} on ${uniq(all.map((r) => r.device))} (${uniq(all.map((r) => r.profile))})`;
-  const hasDecode = all.some((r) => decodePath(r) !== null);
   const simulated = [...new Set(all.filter(isSimulated).map((r) => r.energy!.method))];
   const body: string[] = [`<h1>${escapeHtml(title)}</h1>`];
   body.push(
@@ -78,7 +70,7 @@ export function renderBenchHtml(
         "profile",
         "model",
         "precision",
-        ...(hasDecode ? ["decode path"] : []),
+        "decode path",
         "runtime",
         "date",
         "version",
@@ -94,7 +86,7 @@ export function renderBenchHtml(
           uniq(rs.map((r) => r.profile)),
           uniq(rs.map((r) => r.model)),
           uniq(rs.map((r) => r.quant)),
-          ...(hasDecode ? [uniq(rs.map(decodePath))] : []),
+          uniq(rs.map(decodeLabel)),
           uniq(rs.map((r) => r.runtime)),
           dates.length > 0
             ? `${dates[0]}${dates.length > 1 && dates.at(-1) !== dates[0] ? ` – ${dates.at(-1)}` : ""}`
@@ -188,6 +180,7 @@ export function renderBenchHtml(
         ...(runs.length > 1 ? ["run"] : []),
         "test",
         "threads",
+        "decode",
         "tokens/s",
         "± stdev",
         "TTFT ms",
@@ -209,6 +202,7 @@ export function renderBenchHtml(
           ...(runs.length > 1 ? [run.label] : []),
           r.test,
           String(r.threads),
+          decodeLabel(r),
           r.tokens_per_s.mean,
           r.tokens_per_s.stdev,
           r.ttft_ms,
