@@ -7,7 +7,7 @@ import { runFleetBench } from "../src/fleet/bench.js";
 import { FleetStore } from "../src/fleet/store.js";
 import { reportRow, writeReport } from "../src/fleet/report.js";
 import { num } from "../src/report/html.js";
-import { countTags, openInBrowser } from "./browser-helpers.js";
+import { countTags, drawnCharts, expectCleanPage, TestBrowser } from "./browser-helpers.js";
 import { Mosquitto, testAgentOptions } from "./mqtt-helpers.js";
 
 /** report.html of a real fleet benchmark (Mosquitto, three agents), opened in headless Chromium. */
@@ -49,8 +49,35 @@ describe("fleet report.html", () => {
     expect(files.map((f) => f.split("/").at(-1))).toContain("report.html");
 
     const html = await readFile(join(dir, "report", "report.html"), "utf8");
-    const { dom, requests } = await openInBrowser({ "report.html": html }, "report.html");
-    expect(requests).toEqual(["http://report.test/report.html"]);
+    const browser = await TestBrowser.launch();
+    let dom: string;
+    try {
+      const { page, log } = await browser.openHtml(html);
+      expectCleanPage(log);
+      expect(log.requests).toEqual(["http://report.test/page.html"]);
+      dom = await page.content();
+      // Seven charts, each with one bar per device (grouped: the hostile profile's dev-1 first), drawn
+      // with the figures of the outcome the report was made of (null: the device measured none).
+      const rows = ["dev-1", "dev-0", "dev-2"].map((id) =>
+        reportRow(outcome.devices.find((d) => d.device === id)!),
+      );
+      const charts = await drawnCharts(page);
+      const values: Array<(r: ReturnType<typeof reportRow>) => number | null> = [
+        (r) => r.tg_tok_s,
+        (r) => r.pp_tok_s,
+        (r) => r.ttft_ms,
+        (r) => r.p95_ms,
+        (r) => r.mj_per_token,
+        (r) => r.tokens_per_j,
+        (r) => r.temp_c,
+      ];
+      expect(charts).toHaveLength(values.length);
+      charts.forEach((c, i) => {
+        expect(c.bars.map((b) => b.value)).toEqual(rows.map(values[i]!));
+      });
+    } finally {
+      await browser.close();
+    }
     expect(dom).toContain('data-ready="1"');
     expect(countTags(dom, "img")).toBe(0);
     expect(dom).not.toContain("<title>pwned</title>");

@@ -135,14 +135,19 @@ export function barChart(o: { title: string; bars: readonly Bar[]; color?: strin
   const max = Math.max(0, ...o.bars.map((b) => (b.value ?? 0) + (b.err ?? 0)));
   const scale = (v: number) => (max > 0 ? (v / max) * barMax : 0);
   const parts = [
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12" role="img">`,
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12" role="img" class="chart">`,
     `<title>${escapeHtml(o.title)}</title>`,
     `<rect width="100%" height="100%" fill="white"/>`,
     `<text x="4" y="16" font-weight="bold" class="chart-title">${escapeHtml(o.title)}</text>`,
   ];
   o.bars.forEach((b, i) => {
     const y = 28 + i * (barH + 6);
-    parts.push(`<text x="4" y="${y + 12}">${escapeHtml(b.label)}</text>`);
+    // One group per bar, with its value as data (empty: no figure), so a test reads what was drawn.
+    const value = b.value !== null && Number.isFinite(b.value) ? String(b.value) : "";
+    parts.push(
+      `<g class="bar" data-value="${value}">`,
+      `<text x="4" y="${y + 12}" class="bar-label">${escapeHtml(b.label)}</text>`,
+    );
     let end = labelW;
     if (b.value !== null && Number.isFinite(b.value)) {
       const w = Math.max(1, scale(b.value));
@@ -163,6 +168,7 @@ export function barChart(o: { title: string; bars: readonly Bar[]; color?: strin
     const fillText = b.value === null ? "#888" : b.simulated ? "#b00" : "#222";
     parts.push(
       `<text x="${(end + 6).toFixed(1)}" y="${y + 12}" fill="${fillText}" class="bar-value">${escapeHtml(texts[i]!)}</text>`,
+      "</g>",
     );
   });
   parts.push("</svg>");
