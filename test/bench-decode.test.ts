@@ -9,6 +9,8 @@ import { type BenchResult, benchResultSchema, decodePathOf } from "../src/bench/
 import { registerAgentBench } from "../src/cli/agent-commands/bench.js";
 import { readSavedRun, registerBenchReport } from "../src/cli/commands/bench-report.js";
 import { registerBench } from "../src/cli/commands/bench.js";
+import { REPORT_HEADERS, reportCells, reportRow } from "../src/fleet/report.js";
+import { benchResultSchema as wireResultSchema } from "../src/protocol/schemas.js";
 import { inProcessCli } from "./cli-helpers.js";
 
 /**
@@ -214,6 +216,26 @@ describe("results saved before the decode field", () => {
     const results = page.slice(page.indexOf('id="results"'));
     expect(results).toMatch(/<td>old<\/td><td>tg 8<\/td><td>1<\/td><td>step<\/td>/);
     expect(results).toMatch(/<td>new<\/td><td>tg 8<\/td><td>1<\/td><td>fused<\/td>/);
+  });
+
+  it("the fleet report's tg decode column: a device's fused result through the wire schema, an older agent's as step", () => {
+    const device = (name: string, result: object) => ({
+      device: name,
+      profile: "rpi5",
+      quant: "fp32",
+      execNo: 1,
+      status: "SUCCEEDED" as const,
+      details: null,
+      sends: 1,
+      results: [wireResultSchema.parse(result)],
+      tempC: null,
+      throttled: null,
+    });
+    const at = REPORT_HEADERS.indexOf("tg decode");
+    expect(at).toBeGreaterThan(0);
+    expect(reportCells(reportRow(device("new", { ...old, decode: "fused" })))[at]).toBe("fused");
+    expect(reportCells(reportRow(device("old", old)))[at]).toBe("step");
+    expect(reportRow(device("pp-only", { ...old, test: "pp 8" })).tg_decode).toBeNull();
   });
 
   it("a markdown table saved before the decode column is still ours to replace with --save", () => {

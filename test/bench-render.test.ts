@@ -72,7 +72,7 @@ describe("tests and formats", () => {
   it("renders md (llama-bench style), csv (flattened), json and jsonl", () => {
     const rs = [result(), result({ test: "pp 64", energy: null, temp_c_max: null })];
     const md = renderResults(rs, "md").split("\n");
-    expect(md[0]).toMatch(/^\| model +\| quant +\| threads \| test +\| t\/s/);
+    expect(md[0]).toMatch(/^\| model +\| quant +\| threads \| test +\| decode +\| t\/s/);
     expect(md[2]).toContain("120.50 ± 2.25");
     expect(md[2]).toContain("50.00");
     expect(md).toHaveLength(4);

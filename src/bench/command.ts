@@ -41,7 +41,7 @@ export interface BenchOptions {
   html?: string;
   device?: string;
   quiet?: boolean;
-  decode: string;
+  decode?: string;
   sample?: boolean;
 }
 
@@ -150,7 +150,7 @@ export async function benchCommand(
       ? nonNegative(o.minDuration, "--min-duration", MAX.minDurationS)
       : profile.bench.min_duration_s,
     idleS: o.energy ? nonNegative(o.idle, "--idle", MAX.idleS) : 0,
-    decode: parseDecode(o.decode),
+    decode: parseDecode(o.decode ?? "auto"),
     sampling: o.sample ? BENCH_SAMPLING : null,
   };
   if (o.energy && !(meterChoices as readonly string[]).includes(o.meter)) {

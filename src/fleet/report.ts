@@ -13,6 +13,8 @@ export interface ReportRow {
   status: string;
   pp_tok_s: number | null;
   tg_tok_s: number | null;
+  /** How the tg test decoded (fused: many steps per call; step: one call per token); null without one. */
+  tg_decode: "fused" | "step" | null;
   ttft_ms: number | null;
   p95_ms: number | null;
   mj_per_token: number | null;
@@ -31,6 +33,12 @@ const best = (results: BenchResult[]) =>
     undefined,
   );
 
+/** A device's word on its decode path, read leniently: agents from before the field stepped. */
+function decodeOf(r: BenchResult): "fused" | "step" | null {
+  const d = (r as { decode?: unknown }).decode;
+  return d === undefined ? "step" : d === "fused" || d === "step" ? d : null;
+}
+
 export function reportRow(d: DeviceOutcome): ReportRow {
   const pp = best(pick(d.results, "pp"));
   const tg = best(pick(d.results, "tg"));
@@ -42,6 +50,7 @@ export function reportRow(d: DeviceOutcome): ReportRow {
     status: d.status,
     pp_tok_s: pp?.tokens_per_s.mean ?? null,
     tg_tok_s: tg?.tokens_per_s.mean ?? null,
+    tg_decode: tg ? decodeOf(tg) : null,
     ttft_ms: (tg ?? pp)?.ttft_ms ?? null,
     p95_ms: gen?.latency_ms.p95 ?? null,
     mj_per_token: gen?.energy?.mJ_per_token ?? null,
@@ -61,6 +70,7 @@ export const REPORT_HEADERS = [
   "status",
   "pp tok/s",
   "tg tok/s",
+  "tg decode",
   "TTFT ms",
   "p95 ms",
   "mJ/token",
@@ -79,6 +89,7 @@ export function reportCells(r: ReportRow): Cell[] {
     r.status,
     r.pp_tok_s,
     r.tg_tok_s,
+    r.tg_decode,
     r.ttft_ms,
     r.p95_ms,
     r.mj_per_token,
