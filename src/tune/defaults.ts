@@ -1,6 +1,7 @@
 import { join } from "node:path";
-import { locateModelFile } from "../model/folder.js";
-import { fileWeightPrecision } from "../onnx/precision.js";
+import { defaultStateDir } from "../agent/state-dir.js";
+import type { DeviceProfile } from "../profile/schema.js";
+import { defaultThreads, stderrNote } from "../profile/threads.js";
 import { pickRow } from "./pick.js";
 import { type GridRow, type Objective, otherHost, readTuned, TUNED_FILE } from "./tuned-file.js";
 
@@ -25,8 +26,12 @@ export async function tunedThreads(
       note(`tuned: ${file} ignored: ${other} (run itera tune on this host)`);
       return undefined;
     }
-    const { onnxPath } = await locateModelFile(modelDir);
-    const precision = await fileWeightPrecision(onnxPath);
+    // Loaded only when a tuning applies: the ONNX codec is not for every agent start.
+    const [{ locateModelFile }, { fileWeightPrecision }] = await Promise.all([
+      import("../model/folder.js"),
+      import("../onnx/precision.js"),
+    ]);
+    const precision = await fileWeightPrecision((await locateModelFile(modelDir)).onnxPath);
     const rows = tuned.grid.filter((r) => r.precision === precision);
     if (rows.length === 0) {
       note(
@@ -58,4 +63,20 @@ export function agentTunedFiles(stateDir: string, modelDir: string): string[] {
 function rowFor(rows: GridRow[], objective: Objective, tolerance: number): GridRow {
   const energy = rows.some((r) => r.mJ_per_token !== null);
   return pickRow(rows, objective === "energy" && !energy ? "speed" : objective, tolerance);
+}
+
+/**
+ * The threads of `itera-agent run`, `bench` and `serve` when no --threads is given: the tuning in the
+ * agent's state folder (`itera-agent tune`), else the bundle's (`itera build --tuned`), else the
+ * profile's count capped at this host's cores.
+ */
+export async function agentDefaultThreads(
+  ctx: { modelDir: string; profile: DeviceProfile },
+  stateDir: string | undefined,
+): Promise<number> {
+  const files = agentTunedFiles(stateDir ?? defaultStateDir(), ctx.modelDir);
+  return (
+    (await tunedThreads(files, ctx.modelDir, stderrNote)) ??
+    defaultThreads(ctx.profile.threads, `profile '${ctx.profile.name}'`, stderrNote)
+  );
 }

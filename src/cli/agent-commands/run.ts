@@ -1,7 +1,7 @@
 import type { Command } from "commander";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { IteraError } from "../../errors.js";
-import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
+import { checkThreads } from "../../profile/threads.js";
 import {
   DEFAULT_TEMPERATURE,
   IDS_HELP,
@@ -11,6 +11,7 @@ import {
   TEMPERATURE_HELP,
   undecodableNote,
 } from "../generation.js";
+import { agentDefaultThreads } from "../../tune/defaults.js";
 import { action, printJson } from "../run.js";
 
 interface RunOptions extends ModelOptions {
@@ -41,7 +42,10 @@ export function registerRun(program: Command): void {
       .option("--top-k <k>", "sample among the k most likely tokens")
       .option("--top-p <p>", "sample among the most likely tokens reaching probability p")
       .option("--seed <n>", "seed of the sampler")
-      .option("--threads <n>", "intra-op threads (default: the profile's, at most this host's cores)")
+      .option(
+        "--threads <n>",
+        "intra-op threads (default: tuned.json's (itera-agent tune, itera build --tuned), else the profile's, at most this host's cores)",
+      )
       .option("--json", "print one JSON object (text, ids, timings) instead of streaming"),
   ).action(
     action(async (opts: RunOptions) => {
@@ -58,7 +62,7 @@ export function registerRun(program: Command): void {
       const ctx = await agentContext(opts);
       const threads =
         opts.threads === undefined
-          ? defaultThreads(ctx.profile.threads, `profile '${ctx.profile.name}'`, stderrNote)
+          ? await agentDefaultThreads(ctx, undefined)
           : checkThreads(positiveInt(opts.threads, "--threads"), "--threads");
       const temperature =
         opts.temperature === undefined ? DEFAULT_TEMPERATURE : number(opts.temperature, "--temperature");

@@ -3,7 +3,8 @@ import type { Command } from "commander";
 import { z } from "zod";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { IteraError } from "../../errors.js";
-import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
+import { checkThreads } from "../../profile/threads.js";
+import { agentDefaultThreads } from "../../tune/defaults.js";
 import { action, collect } from "../run.js";
 
 interface ServeCliOptions extends ModelOptions {
@@ -131,7 +132,10 @@ export function registerServe(program: Command): void {
       )
       .option("--host <addr>", "address to listen on (0.0.0.0: every interface)", "127.0.0.1")
       .option("--port <n>", "TCP port (0: any free port, logged at start)", "8080")
-      .option("--threads <n>", "intra-op threads (default: the profile's, at most this host's cores)")
+      .option(
+        "--threads <n>",
+        "intra-op threads (default: tuned.json's (itera-agent tune, itera build --tuned), else the profile's, at most this host's cores)",
+      )
       .option("--max-tokens-limit <n>", "largest max_tokens a request may ask for", "2048")
       .option(
         "--queue-timeout <s>",
@@ -173,7 +177,7 @@ export function registerServe(program: Command): void {
       const store = opts.feedback ? await openFeedbackStore(opts.stateDir) : undefined;
       const threads =
         o["--threads"] === undefined
-          ? defaultThreads(ctx.profile.threads, `profile '${ctx.profile.name}'`, stderrNote)
+          ? await agentDefaultThreads(ctx, opts.stateDir)
           : checkThreads(o["--threads"], "--threads");
       // Loaded here, not at start-up: the server and onnxruntime are only needed by this command.
       const [{ createServer, stderrLogger, defaultRateLimit }, { loadModel }] = await Promise.all([

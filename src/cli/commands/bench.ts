@@ -4,6 +4,8 @@ import { IteraError } from "../../errors.js";
 import { detectHardware, rankProfiles } from "../../profile/detect.js";
 import { loadAllProfiles, loadProfile } from "../../profile/load.js";
 import type { DeviceProfile } from "../../profile/schema.js";
+import { stderrNote } from "../../profile/threads.js";
+import { modelTunedFile, tunedThreads } from "../../tune/defaults.js";
 import { action } from "../run.js";
 
 /** The named profile, else the one that best fits this host (as `itera profiles --detect`). */
@@ -33,7 +35,9 @@ export function registerBench(program: Command): void {
       .option("--profile <name>", "device profile for power figures and bench defaults (default: detected)"),
   ).action(
     action(async (model: string, opts: BenchOptions & { profile?: string }) => {
-      await benchCommand(model, await hostProfile(opts.profile, opts.quiet === true), opts);
+      const profile = await hostProfile(opts.profile, opts.quiet === true);
+      const tuned = opts.threads ?? (await tunedThreads([modelTunedFile(model)], model, stderrNote));
+      await benchCommand(model, profile, { ...opts, threads: tuned?.toString() });
     }),
   );
 }

@@ -5,6 +5,7 @@ import { loadGenaiConfig } from "../../model/genai-config.js";
 import { describeIssues } from "../../model/json-file.js";
 import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
 import { type Generation, loadModel } from "../../runtime/index.js";
+import { modelTunedFile, tunedThreads } from "../../tune/defaults.js";
 import {
   DEFAULT_TEMPERATURE,
   IDS_HELP,
@@ -80,6 +81,8 @@ export function generationReport(g: Generation, tokenText: string[]) {
  */
 async function runThreads(dir: string, requested: number | undefined): Promise<number> {
   if (requested !== undefined) return checkThreads(requested, "--threads");
+  const tuned = await tunedThreads([modelTunedFile(dir)], dir, stderrNote);
+  if (tuned !== undefined) return tuned;
   // An unreadable folder is reported by loadModel, with its own what/where/fix.
   const config = await loadGenaiConfig(dir).catch(() => null);
   const wanted = config?.model.decoder.session_options?.intra_op_num_threads || 1;
@@ -101,7 +104,7 @@ export function registerRun(program: Command): void {
     .option("--seed <n>", "PRNG seed (reproducible sampling)")
     .option(
       "--threads <n>",
-      "ONNX Runtime intra-op threads (default: the model's intra_op_num_threads, else 1, at most this host's cores)",
+      "ONNX Runtime intra-op threads (default: the model folder's tuned.json, else its intra_op_num_threads, else 1, at most this host's cores)",
     )
     .option("--stop <s>", "stop when the text contains s (repeatable)", collect)
     .option("--ignore-eos", "keep generating past the end-of-text token")
