@@ -1,0 +1,197 @@
+import { existsSync } from "node:fs";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { registerAgentTune } from "../src/cli/agent-commands/tune.js";
+import { registerTune } from "../src/cli/commands/tune.js";
+import { type GridRow, tunedSchema } from "../src/tune/tuned-file.js";
+import { inProcessCli } from "./cli-helpers.js";
+
+/**
+ * `itera tune` on real ONNX Runtime sessions of Itera-Lite micro, small grids and few tokens: the grid
+ * has every candidate, and the pick follows the objective from the figures it printed (no timing
+ * threshold: whatever this machine measured, the chosen row must be the best one of them).
+ */
+const cli = inProcessCli((program) => {
+  registerTune(program);
+  registerAgentTune(program.command("agent-cli"));
+});
+
+const micro = join(import.meta.dirname, "..", "models", "itera-lite-micro");
+const small = ["--test", "tg8", "--rounds", "2", "--min-duration", "0.2", "--quiet"];
+
+let dir: string;
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "itera-tune-test-"));
+});
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+const tunesLeft = async () =>
+  (await readdir(tmpdir())).filter((n) => n.startsWith("itera-tune-") && !dir.endsWith(n));
+
+describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
+  it("measures every precision × threads candidate and picks the lowest mJ/token for --objective energy", async () => {
+    const before = await tunesLeft();
+    const out = join(dir, "energy.json");
+    const r = await cli(
+      "tune",
+      micro,
+      "--profile",
+      "laptop-x64-4c",
+      "--threads",
+      "1,2",
+      "--out",
+      out,
+      "--json",
+      ...small,
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const { written, ...doc } = JSON.parse(r.stdout) as { written: string };
+    expect(written).toBe(out);
+    const printed = tunedSchema.parse(doc);
+    const onDisk = tunedSchema.parse(JSON.parse(await readFile(out, "utf8")));
+    expect(onDisk).toEqual(printed);
+    // laptop-x64-4c allows int8: the fp32 folder's own precision and the quantized one, each at 1 and 2 threads.
+    expect(printed.grid.map((g) => `${g.precision}/${g.threads}`).sort()).toEqual([
+      "fp32/1",
+      "fp32/2",
+      "int8/1",
+      "int8/2",
+    ]);
+    for (const g of printed.grid) {
+      expect(g.tokens_per_s.samples).toHaveLength(2);
+      expect(g.mJ_per_token?.samples).toHaveLength(2);
+    }
+    expect(printed.energy?.method).toBe("tdp-estimate");
+    const lowest = Math.min(...printed.grid.map((g) => g.mJ_per_token!.median));
+    const chosen = row(printed.grid, printed.pick);
+    expect(chosen.mJ_per_token!.median).toBe(lowest);
+    // The quantized candidate's temp folder is gone.
+    expect(await tunesLeft()).toEqual(before);
+  });
+
+  it("prints the grid with the pick marked; --objective speed --tolerance 0 picks the most tokens/s", async () => {
+    const out = join(dir, "speed.json");
+    const r = await cli(
+      "tune",
+      micro,
+      "--profile",
+      "laptop-x64-4c",
+      "--precisions",
+      "fp32",
+      "--threads",
+      "1,2",
+      "--objective",
+      "speed",
+      "--tolerance",
+      "0",
+      "--out",
+      out,
+      ...small,
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const t = tunedSchema.parse(JSON.parse(await readFile(out, "utf8")));
+    const fastest = Math.max(...t.grid.map((g) => g.tokens_per_s.median));
+    expect(row(t.grid, t.pick).tokens_per_s.median).toBe(fastest);
+    const marked = r.stdout.split("\n").filter((l) => l.includes("◀ pick"));
+    expect(marked).toHaveLength(1);
+    expect(marked[0]).toMatch(new RegExp(`^\\| fp32 +\\| +${t.pick.threads} \\|`));
+    expect(r.stdout).toMatch(/mJ\/token \(tdp-estimate\)/);
+    expect(r.stdout).toMatch(/energy: tdp-estimate: model estimate, not a measurement/);
+  });
+
+  it("refuses an existing --out unless --force, before measuring anything", async () => {
+    const out = join(dir, "mine.json");
+    await writeFile(out, "my notes\n");
+    const r = await cli(
+      "tune",
+      micro,
+      "--profile",
+      "laptop-x64-4c",
+      "--precisions",
+      "fp32",
+      "--threads",
+      "1",
+      "--out",
+      out,
+      ...small,
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/--out exists .* not overwritten/);
+    expect(r.stderr).toMatch(/--force/);
+    expect(await readFile(out, "utf8")).toBe("my notes\n");
+    const forced = await cli(
+      "tune",
+      micro,
+      "--profile",
+      "laptop-x64-4c",
+      "--precisions",
+      "fp32",
+      "--threads",
+      "1",
+      "--out",
+      out,
+      "--force",
+      "--objective",
+      "speed",
+      ...small,
+    );
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(tunedSchema.parse(JSON.parse(await readFile(out, "utf8"))).pick).toEqual({
+      precision: "fp32",
+      threads: 1,
+    });
+  });
+
+  it("refuses a precision the profile does not allow, naming the ones it does", async () => {
+    const r = await cli(
+      "tune",
+      micro,
+      "--profile",
+      "laptop-x64-4c",
+      "--precisions",
+      "int4",
+      "--out",
+      join(dir, "x.json"),
+      ...small,
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/int4: not a precision profile 'laptop-x64-4c' allows/);
+    expect(r.stderr).toMatch(/give some of: fp32, int8/);
+    expect(existsSync(join(dir, "x.json"))).toBe(false);
+  });
+
+  it("itera-agent tune writes tuned.json into the agent's state folder", async () => {
+    const state = join(dir, "state");
+    const r = await cli(
+      "agent-cli",
+      "tune",
+      "--model",
+      micro,
+      "--profile",
+      "embedded-arm64-2c",
+      "--state-dir",
+      state,
+      "--precisions",
+      "fp32",
+      "--threads",
+      "1",
+      "--objective",
+      "speed",
+      ...small,
+    );
+    expect(r.code, r.stderr).toBe(0);
+    const t = tunedSchema.parse(JSON.parse(await readFile(join(state, "tuned.json"), "utf8")));
+    expect(t.profile).toBe("embedded-arm64-2c");
+    expect(r.stdout).toContain(`written: ${join(state, "tuned.json")}`);
+  });
+});
+
+function row(grid: GridRow[], pick: { precision: string; threads: number }): GridRow {
+  const r = grid.find((g) => g.precision === pick.precision && g.threads === pick.threads);
+  if (!r) throw new Error("the pick is not in the grid");
+  return r;
+}
