@@ -4,8 +4,10 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_DECODE } from "../src/bench/engine.js";
 import { isBenchOutput } from "../src/bench/render.js";
 import { type BenchResult, benchResultSchema, decodePathOf } from "../src/bench/result.js";
+import { runtimeEngine } from "../src/bench/runtime-engine.js";
 import { registerAgentBench } from "../src/cli/agent-commands/bench.js";
 import { readSavedRun, registerBenchReport } from "../src/cli/commands/bench-report.js";
 import { registerBench } from "../src/cli/commands/bench.js";
@@ -116,6 +118,18 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("the recurrent house mod
     expect((await readSavedRun(save))[0]).toMatchObject({ decode: "fused", sampling: { top_k: 40 } });
     const page = await readFile(html, "utf8");
     expect(page).toContain("fused, sampled (T 0.8, top-k 40, seed 1)");
+  });
+
+  it("a job's deadline stops a generation between tokens with the signal's reason", async () => {
+    const model = await (await runtimeEngine(micro)).load(1, DEFAULT_DECODE);
+    try {
+      const ac = new AbortController();
+      ac.abort(new Error("deadline"));
+      await expect(model.generate(32, ac.signal)).rejects.toThrow("deadline");
+      expect((await model.generate(4)).decode).toBe("fused");
+    } finally {
+      await model.close();
+    }
   });
 
   it("itera-agent bench takes --decode too", async () => {
