@@ -6,14 +6,11 @@
  * development agent (dist/cli/itera-agent.js on the house micro model) with that release's version
  * (ITERA_VERSION), so a restart into a new release really runs a new process reporting a new version.
  */
-import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, readFile, readlink, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import mqtt, { type MqttClient } from "mqtt";
+import { readFile, readlink, rm, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { flashRootfs } from "../src/deploy/rootfs.js";
 import { mayPublish } from "../src/fleet/broker-auth.js";
 import type { FleetUpdateOutcome } from "../src/fleet/update.js";
 import { prepareUpdate } from "../src/fleet/update.js";
@@ -21,180 +18,37 @@ import { FleetStore } from "../src/fleet/store.js";
 import { PROTOCOL_VERSION } from "../src/protocol/schemas.js";
 import { jobTopic } from "../src/protocol/topics.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
-import { Mosquitto, until } from "./mqtt-helpers.js";
+import { brokenLauncher, InstalledFleet, itera, launcher } from "./fleet-update-helpers.js";
+import { until } from "./mqtt-helpers.js";
 
-const AGENT = resolve("dist/cli/itera-agent.js");
-const ITERA = resolve("dist/cli/itera.js");
-const MODEL = resolve("models/itera-lite-micro");
 const FLEET = "ota";
 const DEVICES = ["dev-a", "dev-b", "dev-c"];
 
-let broker: Mosquitto;
-let dir: string;
-let keys: { privatePem: string; publicPem: string };
-let pub: string;
-const roots = new Map<string, string>();
-const supervisors: ChildProcess[] = [];
-let observer: MqttClient;
-const births = new Map<string, string>();
-const messages: Array<{ topic: string; json: unknown }> = [];
-
-/** The test-only launcher a release ships as its executable (see the header). */
-function launcher(version: string): string {
-  return [
-    "#!/bin/sh",
-    `# test-only launcher: the development agent, reporting version ${version}`,
-    `ITERA_VERSION=${version} exec "${process.execPath}" "${AGENT}" "$@" --model "${MODEL}" --profile rpi4 --meter tdp`,
-    "",
-  ].join("\n");
-}
-
-/** A release whose agent cannot start (as one whose model fails to load). */
-function brokenLauncher(version: string): string {
-  return `#!/bin/sh\necho "itera-agent ${version}: cannot load the model" >&2\nexit 1\n`;
-}
-
-async function bundle(version: string, agent: string, pad = 0): Promise<string> {
-  const extra: Record<string, string> = { "itera-agent": agent };
-  // Enough bytes for several chunks (96 KiB each).
-  if (pad > 0)
-    extra["pad.txt"] = createHash("sha256")
-      .update(version)
-      .digest("hex")
-      .repeat(Math.ceil(pad / 64));
-  return makeFixtureBundle(join(dir, "bundles", version), {
-    version,
-    signWith: keys.privatePem,
-    profile: "rpi4",
-    extraFiles: extra,
-  });
-}
-
-/** Like systemd's Restart=always, with the update guard as ExecStartPre. */
-const SUPERVISOR = `#!/bin/sh
-base="$1"; shift
-while :; do
-  [ -x "$base/update-guard" ] && "$base/update-guard" "$base"
-  "$base/current/itera-agent" "$@"
-  echo "agent exited $?" >&2
-  sleep 0.3
-done
-`;
-
-function startSupervisor(device: string): void {
-  const root = roots.get(device)!;
-  const proc = spawn(
-    "sh",
-    [
-      join(dir, "supervisor.sh"),
-      join(root, "opt/itera"),
-      "agent",
-      "--broker",
-      broker.url,
-      "--fleet",
-      FLEET,
-      "--device",
-      device,
-      "--state-dir",
-      join(root, "var/lib/itera-agent"),
-      "--install-root",
-      root,
-      "--trusted-key",
-      pub,
-      "--telemetry-interval",
-      "30",
-    ],
-    { detached: true, stdio: ["ignore", "ignore", "pipe"] },
-  );
-  let err = "";
-  proc.stderr!.on("data", (d: Buffer) => {
-    err = (err + d.toString()).slice(-20_000);
-  });
-  (proc as ChildProcess & { log: () => string }).log = () => err;
-  supervisors.push(proc);
-  process.once("exit", () => {
-    try {
-      process.kill(-proc.pid!, "SIGKILL");
-    } catch {}
-  });
-}
-
-function itera(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((res) => {
-    execFile(process.execPath, [ITERA, ...args], { maxBuffer: 16 * 2 ** 20 }, (e, stdout, stderr) =>
-      res({ code: e ? ((e as { code?: number }).code ?? 1) : 0, stdout, stderr }),
-    );
-  });
-}
-
-/** The stderr of a device's supervisor and its agents. */
-const log = (device: string) =>
-  (supervisors[DEVICES.indexOf(device)] as ChildProcess & { log: () => string }).log();
-
-const release = (device: string) => readlink(join(roots.get(device)!, "opt/itera/current"));
+let f: InstalledFleet;
 
 beforeAll(async () => {
-  broker = await Mosquitto.create();
-  dir = await mkdtemp(join(tmpdir(), "itera-fleet-update-"));
-  keys = signingKeys();
-  pub = join(dir, "signer.pub");
-  await writeFile(pub, keys.publicPem);
-  await writeFile(join(dir, "supervisor.sh"), SUPERVISOR);
-  const first = await bundle("1.0.0", launcher("1.0.0"));
-  for (const d of DEVICES) {
-    // A device root as an SD card would hold it: etc/ and a real ELF /bin/sh for the architecture.
-    const root = join(dir, "roots", d);
-    await mkdir(join(root, "etc"), { recursive: true });
-    await mkdir(join(root, "bin"), { recursive: true });
-    await copyFile("/bin/sh", join(root, "bin/sh"));
-    await flashRootfs({ bundle: first, rootfs: root, trustedKey: keys.publicPem });
-    roots.set(d, root);
-  }
-  observer = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
-  observer.on("message", (topic, payload) => {
-    let json: unknown = null;
-    try {
-      json = JSON.parse(payload.toString());
-    } catch {}
-    messages.push({ topic, json });
-    const m = /^itera\/v1\/ota\/([^/]+)\/birth$/.exec(topic);
-    if (m) births.set(m[1]!, (json as { agent: { version: string } }).agent.version);
-  });
-  await observer.subscribeAsync(`itera/v1/${FLEET}/#`, { qos: 1 });
-  for (const d of DEVICES) startSupervisor(d);
-  await until(
-    () => DEVICES.every((d) => births.get(d) === "1.0.0"),
-    "every device online with 1.0.0",
-    90_000,
-  );
+  f = await InstalledFleet.create(FLEET, DEVICES);
 }, 180_000);
 
 afterAll(async () => {
-  for (const p of supervisors) {
-    try {
-      process.kill(-p.pid!, "SIGTERM");
-    } catch {}
-  }
-  observer?.end(true);
-  await broker?.stop();
-  await rm(dir, { recursive: true, force: true });
+  await f?.close();
 });
 
 describe("itera fleet update over a real Mosquitto", () => {
   it("updates every device, canary first, and each comes back reporting the new version", async () => {
-    const b = await bundle("1.1.0", launcher("1.1.0"), 200_000);
-    const db = join(dir, "fleet.db");
+    const b = await f.bundle("1.1.0", launcher("1.1.0"), 200_000);
+    const db = join(f.dir, "fleet.db");
     const r = await itera([
       "fleet",
       "update",
       "--broker",
-      broker.url,
+      f.broker.url,
       "--fleet",
       FLEET,
       "--bundle",
       b,
       "--trusted-key",
-      pub,
+      f.pub,
       "--canary",
       "1",
       "--health-timeout",
@@ -205,7 +59,7 @@ describe("itera fleet update over a real Mosquitto", () => {
       db,
       "--json",
       "--out",
-      join(dir, "report-good"),
+      join(f.dir, "report-good"),
     ]);
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as FleetUpdateOutcome;
@@ -219,13 +73,15 @@ describe("itera fleet update over a real Mosquitto", () => {
         running: "1.1.0",
         rolledBack: false,
       });
-      expect(births.get(d.device)).toBe("1.1.0");
-      expect(await release(d.device)).toBe("releases/1.1.0");
-      expect(await readlink(join(roots.get(d.device)!, "opt/itera/previous"))).toBe("releases/1.0.0");
+      expect(f.version(d.device)).toBe("1.1.0");
+      expect(await f.release(d.device)).toBe("releases/1.1.0");
+      expect(await readlink(join(f.roots.get(d.device)!, "opt/itera/previous"))).toBe("releases/1.0.0");
     }
     expect(out.devices.find((d) => d.device === "dev-a")!.wave).toBe(0);
     expect(r.stderr).toMatch(/canary dev-a/);
-    expect(await readFile(join(dir, "report-good", "report.md"), "utf8")).toMatch(/result: \*\*updated\*\*/);
+    expect(await readFile(join(f.dir, "report-good", "report.md"), "utf8")).toMatch(
+      /result: \*\*updated\*\*/,
+    );
     const store = new FleetStore(db);
     try {
       expect(store.runs().find((x) => x.jobId === out.jobId)?.type).toBe("update");
@@ -240,12 +96,12 @@ describe("itera fleet update over a real Mosquitto", () => {
   }, 300_000);
 
   it("rolls the canary back when the new release fails its health check, and touches no other device", async () => {
-    const b = await bundle("1.2.0", brokenLauncher("1.2.0"));
+    const b = await f.bundle("1.2.0", brokenLauncher("1.2.0"));
     const r = await itera([
       "fleet",
       "update",
       "--broker",
-      broker.url,
+      f.broker.url,
       "--fleet",
       FLEET,
       "--bundle",
@@ -257,7 +113,7 @@ describe("itera fleet update over a real Mosquitto", () => {
       "--timeout",
       "120",
       "--db",
-      join(dir, "fleet.db"),
+      join(f.dir, "fleet.db"),
       "--json",
     ]);
     expect(r.code, r.stderr).toBe(4);
@@ -266,30 +122,30 @@ describe("itera fleet update over a real Mosquitto", () => {
     expect(out.reason).toMatch(/dev-a: FAILED.*rolled back to 1\.1\.0/);
     const a = out.devices.find((d) => d.device === "dev-a")!;
     expect(a).toMatchObject({ status: "FAILED", rolledBack: true, running: "1.1.0" });
-    expect(await release("dev-a")).toBe("releases/1.1.0");
-    await until(() => births.get("dev-a") === "1.1.0", "dev-a back online on 1.1.0", 30_000);
+    expect(await f.release("dev-a")).toBe("releases/1.1.0");
+    await until(() => f.version("dev-a") === "1.1.0", "dev-a back online on 1.1.0", 30_000);
     for (const d of ["dev-b", "dev-c"]) {
       expect(out.devices.find((x) => x.device === d)).toMatchObject({ status: "SKIPPED", chunksSent: 0 });
-      expect(await release(d)).toBe("releases/1.1.0");
-      expect(await stat(join(roots.get(d)!, "opt/itera/releases/1.2.0")).catch(() => null)).toBeNull();
-      expect(await stat(join(roots.get(d)!, "opt/itera/.staging")).catch(() => null)).toBeNull();
-      expect(messages.some((m) => m.topic.startsWith(`itera/v1/${FLEET}/${d}/jobs/${out.jobId}/`))).toBe(
+      expect(await f.release(d)).toBe("releases/1.1.0");
+      expect(await stat(join(f.roots.get(d)!, "opt/itera/releases/1.2.0")).catch(() => null)).toBeNull();
+      expect(await stat(join(f.roots.get(d)!, "opt/itera/.staging")).catch(() => null)).toBeNull();
+      expect(f.messages.some((m) => m.topic.startsWith(`itera/v1/${FLEET}/${d}/jobs/${out.jobId}/`))).toBe(
         false,
       );
     }
   }, 300_000);
 
   it("stops after --max-failures: a device that fails after a healthy canary keeps the rest from being sent anything", async () => {
-    const b = await bundle("1.4.0", launcher("1.4.0"));
+    const b = await f.bundle("1.4.0", launcher("1.4.0"));
     // dev-b cannot stage anything (a file where its staging folder goes: a broken disk, say).
-    const blocker = join(roots.get("dev-b")!, "opt/itera/.staging");
+    const blocker = join(f.roots.get("dev-b")!, "opt/itera/.staging");
     await writeFile(blocker, "not a folder\n");
     try {
       const r = await itera([
         "fleet",
         "update",
         "--broker",
-        broker.url,
+        f.broker.url,
         "--fleet",
         FLEET,
         "--bundle",
@@ -303,7 +159,7 @@ describe("itera fleet update over a real Mosquitto", () => {
         "--timeout",
         "120",
         "--db",
-        join(dir, "fleet.db"),
+        join(f.dir, "fleet.db"),
         "--json",
       ]);
       expect(r.code, r.stderr).toBe(4);
@@ -315,10 +171,10 @@ describe("itera fleet update over a real Mosquitto", () => {
         ["dev-b", "FAILED", "1.1.0"],
         ["dev-c", "SKIPPED", "1.1.0"],
       ]);
-      expect(await release("dev-a")).toBe("releases/1.4.0");
-      expect(await release("dev-b")).toBe("releases/1.1.0");
-      expect(await release("dev-c")).toBe("releases/1.1.0");
-      expect(messages.some((m) => m.topic.startsWith(`itera/v1/${FLEET}/dev-c/jobs/${out.jobId}/`))).toBe(
+      expect(await f.release("dev-a")).toBe("releases/1.4.0");
+      expect(await f.release("dev-b")).toBe("releases/1.1.0");
+      expect(await f.release("dev-c")).toBe("releases/1.1.0");
+      expect(f.messages.some((m) => m.topic.startsWith(`itera/v1/${FLEET}/dev-c/jobs/${out.jobId}/`))).toBe(
         false,
       );
     } finally {
@@ -327,10 +183,10 @@ describe("itera fleet update over a real Mosquitto", () => {
   }, 300_000);
 
   it("refuses a tampered chunk, asks for it again, and installs nothing from a payload that does not match", async () => {
-    const b = await bundle("1.3.0", launcher("1.3.0"), 150_000);
+    const b = await f.bundle("1.3.0", launcher("1.3.0"), 150_000);
     const { params, payload } = await prepareUpdate(b, 60);
     const jobId = "update-tamper-1";
-    const coord = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
+    const coord = await mqtt.connectAsync(f.broker.url, { protocolVersion: 5 });
     const needs: Array<Array<[number, number]>> = [];
     coord.on("message", (topic, raw) => {
       if (topic === jobTopic(FLEET, "dev-b", jobId, "need")) needs.push(JSON.parse(raw.toString()).missing);
@@ -360,8 +216,8 @@ describe("itera fleet update over a real Mosquitto", () => {
       expect(params.chunks).toBe(2);
       await chunk(1, payload.subarray(params.chunk_bytes));
       const before = needs.length;
-      await broker.stop();
-      await broker.start();
+      await f.broker.stop();
+      await f.broker.start();
       await until(() => needs.length > before, "dev-b asks again after the reconnect", 30_000);
       expect(needs.slice(before)).toContainEqual([[0, 0]]);
       expect(needs.slice(before).flat()).not.toContainEqual([1, 1]);
@@ -372,7 +228,7 @@ describe("itera fleet update over a real Mosquitto", () => {
       const asked = needs.length;
       await chunk(0, bad0, createHash("sha256").update(good0).digest("hex"));
       await until(
-        () => /refused a chunk of update update-tamper-1: chunk 0 has/.test(log("dev-b")),
+        () => /refused a chunk of update update-tamper-1: chunk 0 has/.test(f.log("dev-b")),
         "refusal",
         30_000,
       );
@@ -384,12 +240,14 @@ describe("itera fleet update over a real Mosquitto", () => {
       // A forger who also recomputes the chunk's sha256: the whole payload's sha256 catches it.
       await chunk(0, bad0);
       const resultTopic = jobTopic(FLEET, "dev-b", jobId, "result");
-      await until(() => messages.some((m) => m.topic === resultTopic), "dev-b's result", 30_000);
-      const res = messages.find((m) => m.topic === resultTopic)!.json as { status: string; error: string };
+      await until(() => f.messages.some((m) => m.topic === resultTopic), "dev-b's result", 30_000);
+      const res = f.messages.find((m) => m.topic === resultTopic)!.json as { status: string; error: string };
       expect(res.status).toBe("FAILED");
       expect(res.error).toMatch(/assembled payload has sha256 .* nothing was installed/);
-      expect(await release("dev-b")).toBe("releases/1.1.0");
-      expect(await stat(join(roots.get("dev-b")!, "opt/itera/releases/1.3.0")).catch(() => null)).toBeNull();
+      expect(await f.release("dev-b")).toBe("releases/1.1.0");
+      expect(
+        await stat(join(f.roots.get("dev-b")!, "opt/itera/releases/1.3.0")).catch(() => null),
+      ).toBeNull();
     } finally {
       coord.end(true);
     }
@@ -397,12 +255,12 @@ describe("itera fleet update over a real Mosquitto", () => {
 
   it("refuses a bundle for another architecture and one signed by another key, with the reason", async () => {
     const other = signingKeys();
-    const foreign = await makeFixtureBundle(join(dir, "bundles", "arch"), {
+    const foreign = await makeFixtureBundle(join(f.dir, "bundles", "arch"), {
       version: "2.0.0",
-      signWith: keys.privatePem,
+      signWith: f.keys.privatePem,
       arch: process.arch === "x64" ? "arm64" : "x64",
     });
-    const stranger = await makeFixtureBundle(join(dir, "bundles", "stranger"), {
+    const stranger = await makeFixtureBundle(join(f.dir, "bundles", "stranger"), {
       version: "2.0.1",
       signWith: other.privatePem,
     });
@@ -413,7 +271,7 @@ describe("itera fleet update over a real Mosquitto", () => {
       const { params } = await prepareUpdate(b, 60);
       const jobId = `update-refuse-${params.payload_sha256.slice(0, 8)}`;
       const topic = jobTopic(FLEET, "dev-c", jobId, "result");
-      observer.publish(
+      f.observerClient.publish(
         jobTopic(FLEET, "dev-c", jobId, "request"),
         JSON.stringify({
           v: PROTOCOL_VERSION,
@@ -424,12 +282,12 @@ describe("itera fleet update over a real Mosquitto", () => {
         }),
         { qos: 1 },
       );
-      await until(() => messages.some((m) => m.topic === topic), `dev-c answers ${jobId}`, 30_000);
-      const res = messages.find((m) => m.topic === topic)!.json as { status: string; error: string };
+      await until(() => f.messages.some((m) => m.topic === topic), `dev-c answers ${jobId}`, 30_000);
+      const res = f.messages.find((m) => m.topic === topic)!.json as { status: string; error: string };
       expect(res.status).toBe("REJECTED");
       expect(res.error).toMatch(why);
     }
-    expect(await release("dev-c")).toBe("releases/1.1.0");
+    expect(await f.release("dev-c")).toBe("releases/1.1.0");
   }, 120_000);
 });
 

@@ -39,6 +39,8 @@ export interface AgentOptions {
   device: string;
   profile: string;
   models: ModelRef[];
+  /** The A/B variant of the running release (recorded when it was installed), announced in birth and telemetry. */
+  variant?: string;
   stateDir: string;
   /** The store of `stateDir`, when the caller opened it first (to fail on a bad folder early). */
   store?: AgentStore;
@@ -269,6 +271,7 @@ export class Agent {
       },
       profile: this.opts.profile,
       models: this.opts.models,
+      ...(this.opts.variant ? { variant: this.opts.variant } : {}),
     };
     // Retained with the birth, so a coordinator sees it whenever it looks, not only at the event.
     const reset = this.store.lastReset();
@@ -313,6 +316,7 @@ export class Agent {
       bdSeq: this.sessionBdSeq,
       seq,
       m: this.sampler.sample(),
+      ...(this.opts.variant ? { variant: this.opts.variant } : {}),
     });
   }
 

@@ -215,16 +215,21 @@ async function benchWith(
   return outcome;
 }
 
-/** Wait for retained births/states; returns the chosen online devices, sorted by id. */
+/**
+ * Wait for retained births/states; returns the chosen devices, sorted by id: online ones, or with
+ * `includeOffline` every device whose retained birth matches (an update waits for those to come back).
+ */
 export async function discover(
   monitor: FleetMonitor,
-  o: Pick<FleetBenchOptions, "fleet" | "devices" | "select" | "discoverS" | "broker">,
+  o: Pick<FleetBenchOptions, "fleet" | "devices" | "select" | "discoverS" | "broker"> & {
+    includeOffline?: boolean;
+  },
   deadline: number,
 ): Promise<string[]> {
   const windowEnd = Math.min(deadline, Date.now() + (o.discoverS ?? (o.devices ? 30 : 2)) * 1000);
   const eligible = () =>
     [...monitor.devices.values()]
-      .filter((v) => v.state === "online" && v.birth && matches(v, o.select))
+      .filter((v) => (o.includeOffline || v.state === "online") && v.birth && matches(v, o.select))
       .map((v) => v.device)
       .sort();
   while (Date.now() < windowEnd) {

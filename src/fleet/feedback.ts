@@ -9,7 +9,13 @@ import {
   type RetrainingEvent,
   retrainingTopic,
 } from "../protocol/feedback.js";
-import { decode, type ModelRef, PROTOCOL_VERSION } from "../protocol/schemas.js";
+import {
+  type BirthPayload,
+  birthSchema,
+  decode,
+  type ModelRef,
+  PROTOCOL_VERSION,
+} from "../protocol/schemas.js";
 import { fleetFilter, parseTopic } from "../protocol/topics.js";
 
 /**
@@ -41,12 +47,19 @@ export interface StoredFleetFeedback {
   text: string;
   correction: string | null;
   comment: string;
+  /** The device's A/B variant when it made the generation (from its births; null: none announced). */
+  variant: string | null;
+  /** The device's release version then (null: no birth seen before the rating). */
+  agent_version: string | null;
 }
 
 export interface FeedbackFilter {
   fleet?: string;
   model?: string;
-  /** A quantization (`int8`) or the beginning of the model's sha256 (at least 6 hex digits). */
+  /**
+   * An A/B variant's name (`itera fleet update --variant`), `release <version>` (devices without
+   * one), a quantization (`int8`), or the beginning of the model's sha256 (at least 6 hex digits).
+   */
   variant?: string;
 }
 
@@ -64,6 +77,8 @@ interface FeedbackRow {
   text: string;
   correction: string | null;
   comment: string;
+  variant: string | null;
+  agent_version: string | null;
 }
 
 /** Feedback and events in the fleet database (the same file as `FleetStore`, tables of their own). */
@@ -90,7 +105,16 @@ export class FeedbackHistory {
         CREATE TABLE IF NOT EXISTS feedback_events (
           id INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, fleet TEXT NOT NULL, event TEXT NOT NULL,
           model_id TEXT NOT NULL, model_sha256 TEXT NOT NULL, until_ts INTEGER NOT NULL, payload TEXT NOT NULL);
+        CREATE TABLE IF NOT EXISTS device_variants (
+          fleet TEXT NOT NULL, device TEXT NOT NULL, since_ts INTEGER NOT NULL, variant TEXT,
+          agent_version TEXT NOT NULL, PRIMARY KEY (fleet, device, since_ts));
       `);
+      // Databases written before A/B variants: ratings stored then have none.
+      const columns = this.db.prepare("PRAGMA table_info(feedback)").all() as Array<{ name: string }>;
+      if (!columns.some((c) => c.name === "variant"))
+        this.db.exec(
+          "ALTER TABLE feedback ADD COLUMN variant TEXT; ALTER TABLE feedback ADD COLUMN agent_version TEXT",
+        );
     } catch (e) {
       throw new IteraError(`cannot open the fleet database: ${(e as Error).message}`, {
         where: path,
@@ -105,11 +129,13 @@ export class FeedbackHistory {
    */
   add(fleet: string, device: string, m: FeedbackMessage): { stored: boolean; event?: RetrainingEvent } {
     return this.db.transaction(() => {
+      const at = this.variantAt(fleet, device, m.generated_ts);
       const stored =
         this.db
           .prepare(
             `INSERT INTO feedback (fleet, device, generation_id, ts, generated_ts, rating, model_id, model_sha256,
-               quant, prompt, text, correction, comment, received_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               quant, prompt, text, correction, comment, received_ms, variant, agent_version)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (fleet, device, generation_id) DO UPDATE SET ts = excluded.ts, rating = excluded.rating,
                correction = excluded.correction, comment = excluded.comment, received_ms = excluded.received_ms
              WHERE excluded.ts > feedback.ts`,
@@ -129,11 +155,51 @@ export class FeedbackHistory {
             m.correction,
             m.comment,
             Date.now(),
+            at?.variant ?? null,
+            at?.agent_version ?? null,
           ).changes > 0;
       if (!stored || m.rating >= 0) return { stored };
       const event = this.check(fleet, m.model, m.ts);
       return event ? { stored, event } : { stored };
     })();
+  }
+
+  /**
+   * Remember a device's variant and release from its birth (a row each time they change), so that a
+   * rating is counted for the variant the device ran when it generated, even if it arrives later.
+   */
+  noteBirth(fleet: string, device: string, birth: BirthPayload): void {
+    const last = this.variantAt(fleet, device, Number.MAX_SAFE_INTEGER);
+    if (last && last.variant === (birth.variant ?? null) && last.agent_version === birth.agent.version)
+      return;
+    this.db
+      .prepare(
+        "INSERT OR IGNORE INTO device_variants (fleet, device, since_ts, variant, agent_version) VALUES (?, ?, ?, ?, ?)",
+      )
+      .run(fleet, device, birth.ts, birth.variant ?? null, birth.agent.version);
+  }
+
+  /** The variant and release a device announced last before `ts` (its clock), else its first known. */
+  private variantAt(
+    fleet: string,
+    device: string,
+    ts: number,
+  ): { variant: string | null; agent_version: string } | undefined {
+    const q = (sql: string, ...args: Array<string | number>) =>
+      this.db.prepare(sql).get(...args) as { variant: string | null; agent_version: string } | undefined;
+    return (
+      q(
+        "SELECT variant, agent_version FROM device_variants WHERE fleet = ? AND device = ? AND since_ts <= ? ORDER BY since_ts DESC LIMIT 1",
+        fleet,
+        device,
+        ts,
+      ) ??
+      q(
+        "SELECT variant, agent_version FROM device_variants WHERE fleet = ? AND device = ? ORDER BY since_ts LIMIT 1",
+        fleet,
+        device,
+      )
+    );
   }
 
   /** The policy on one model version, as of a negative rating at `ts`. */
@@ -182,8 +248,10 @@ export class FeedbackHistory {
       args.push(filter.model);
     }
     if (filter.variant) {
-      parts.push("(quant = ? OR (length(?) >= 6 AND substr(model_sha256, 1, length(?)) = lower(?)))");
-      args.push(filter.variant, filter.variant, filter.variant, filter.variant);
+      parts.push(
+        "(variant = ? OR (variant IS NULL AND 'release ' || agent_version = ?) OR quant = ? OR (length(?) >= 6 AND substr(model_sha256, 1, length(?)) = lower(?)))",
+      );
+      args.push(...Array<string>(6).fill(filter.variant));
     }
     const where = parts.length > 0 ? `WHERE ${parts.join(" AND ")}` : "";
     const rows = this.db
@@ -201,6 +269,8 @@ export class FeedbackHistory {
       text: r.text,
       correction: r.correction,
       comment: r.comment,
+      variant: r.variant,
+      agent_version: r.agent_version,
     }));
   }
 
@@ -236,6 +306,11 @@ export async function collectFeedback(
 ): Promise<void> {
   client.on("message", (topic, payload) => {
     const t = parseTopic(topic);
+    if (t?.kind === "birth" && t.fleet === fleet && payload.byteLength > 0) {
+      const b = decode(birthSchema, payload);
+      if (b.ok) history.noteBirth(fleet, t.device, b.value);
+      return;
+    }
     if (t?.kind !== "feedback" || t.fleet !== fleet || payload.byteLength === 0) return;
     const d = decode(feedbackMessageSchema, payload);
     if (!d.ok) {
@@ -249,5 +324,6 @@ export async function collectFeedback(
       on.retraining?.(event);
     }
   });
-  await client.subscribeAsync(fleetFilter(fleet, "feedback"), { qos: 1 });
+  // Births too: each rating is counted for the variant its device announced (A/B variants).
+  await client.subscribeAsync([fleetFilter(fleet, "feedback"), fleetFilter(fleet, "birth")], { qos: 1 });
 }

@@ -20,6 +20,7 @@ import { watchTrust } from "./anonymous-probe.js";
 import { discover } from "./bench.js";
 import { dispatch, type DispatchEvent } from "./dispatch.js";
 import { FleetMonitor } from "./monitor.js";
+import { splitDevices } from "./variants.js";
 import type { FleetStore } from "./store.js";
 
 export interface FleetUpdateOptions {
@@ -39,6 +40,18 @@ export interface FleetUpdateOptions {
   /** Deadline of each wave (transfer, install, restart and health check), seconds. */
   timeoutS: number;
   discoverS?: number;
+  /**
+   * An A/B variant: the release is installed as this variant on `splitPercent` % of the selected
+   * devices (chosen by splitDevices, the same ones on every run); the others keep what they run.
+   */
+  variant?: string;
+  splitPercent?: number;
+  /**
+   * After the last wave, how long the devices that were offline when their wave came (sent the job,
+   * queued by the broker for their persistent session) have to come back and update; later they are
+   * reported as not updated. Default 60 s.
+   */
+  offlineWaitS?: number;
   store: FleetStore;
   clientId?: string;
   onEvent?: (e: UpdateEvent) => void;
@@ -46,23 +59,32 @@ export interface FleetUpdateOptions {
 
 export type UpdateEvent =
   | DispatchEvent
-  | { type: "discovered"; devices: string[]; canary: string[] }
+  | { type: "discovered"; devices: string[]; canary: string[]; kept: string[] }
   | { type: "wave"; wave: number; devices: string[] }
+  /** Devices offline when their wave came: they get the job at the end (queued for their session). */
+  | { type: "deferred"; wave: number; devices: string[] }
+  | { type: "waiting"; devices: string[]; seconds: number }
   | { type: "chunks"; device: string; count: number }
   | { type: "warning"; message: string };
 
 export interface UpdateDeviceOutcome {
   device: string;
   profile: string;
-  /** 0: the canary wave; then 1, 2, ... */
+  /** 0: the canary wave; then 1, 2, ...; null: not sent (see status). */
   wave: number | null;
   from: string | null;
-  status: JobStatus | "SENT" | "SKIPPED";
+  /**
+   * SKIPPED: not sent (the run stopped first, or not in the --split: it keeps its variant);
+   * OFFLINE: offline from its wave to the rollout's end, not updated.
+   */
+  status: JobStatus | "SENT" | "SKIPPED" | "OFFLINE";
   details: string | null;
   /** The version the device runs at the end (from its result, else its latest birth). */
   running: string | null;
   rolledBack: boolean;
   chunksSent: number;
+  /** The A/B variant it runs at the end (null: none; grouped by its version then). */
+  variant: string | null;
 }
 
 export interface FleetUpdateOutcome {
@@ -72,10 +94,17 @@ export interface FleetUpdateOutcome {
   version: string;
   startedMs: number;
   finishedMs: number;
-  /** updated: every device; canary-failed: a canary failed, no other device was touched; stopped: --max-failures reached. */
-  result: "updated" | "canary-failed" | "stopped";
+  /**
+   * updated: every device sent the update; canary-failed: a canary failed, no other device was
+   * touched; stopped: --max-failures reached; incomplete: devices offline until the end were not updated.
+   */
+  result: "updated" | "canary-failed" | "stopped" | "incomplete";
   reason: string | null;
   canary: string[];
+  /** With --variant: its name, the split, and the selected devices that keep what they run. */
+  variant: string | null;
+  splitPercent: number | null;
+  kept: string[];
   devices: UpdateDeviceOutcome[];
   anonymousBroker: boolean;
   warnings: string[];
@@ -185,14 +214,30 @@ async function updateWith(
   await monitor.subscribe();
   await client.subscribeAsync(fleetFilter(o.fleet, "need"), { qos: 1 });
 
-  const chosen = await discover(monitor, o, Date.now() + Math.max(o.timeoutS, 1) * 1000);
+  const selected = await discover(
+    monitor,
+    { ...o, includeOffline: true },
+    Date.now() + Math.max(o.timeoutS, 1) * 1000,
+  );
+  const chosen = o.variant ? splitDevices(selected, o.variant, o.splitPercent ?? 100) : selected;
+  const kept = selected.filter((d) => !chosen.includes(d));
+  const isOnline = (d: string) => monitor.devices.get(d)?.state === "online";
+  // The canary must be able to answer now: online devices first (each group sorted by id).
+  const ordered = [...chosen.filter(isOnline), ...chosen.filter((d) => !isOnline(d))];
+  if (!ordered.some(isOnline)) {
+    throw new IteraError(`no device to update in fleet '${o.fleet}' is online`, {
+      where: `${o.broker.url} itera/v1/${o.fleet}/+/state (${ordered.map((d) => `${d} ${monitor.devices.get(d)?.state}`).join(", ")})`,
+      fix: "start the devices' agents (a canary must be online), or check --fleet, --select and --split",
+    });
+  }
   const canarySize =
     "count" in o.canary
-      ? Math.min(chosen.length, Math.max(1, o.canary.count))
-      : Math.min(chosen.length, Math.max(1, Math.ceil((chosen.length * o.canary.percent) / 100)));
-  const canary = chosen.slice(0, canarySize);
-  emit({ type: "discovered", devices: chosen, canary });
-  const fromVersion = new Map(chosen.map((d) => [d, monitor.devices.get(d)?.birth?.agent.version ?? null]));
+      ? Math.min(ordered.length, Math.max(1, o.canary.count))
+      : Math.min(ordered.length, Math.max(1, Math.ceil((ordered.length * o.canary.percent) / 100)));
+  const canary = ordered.slice(0, canarySize);
+  emit({ type: "discovered", devices: ordered, canary, kept });
+  const variantOf = (d: string) => monitor.devices.get(d)?.birth?.variant ?? null;
+  const fromVersion = new Map(selected.map((d) => [d, monitor.devices.get(d)?.birth?.agent.version ?? null]));
   o.store.addRun({
     jobId,
     type: "update",
@@ -205,13 +250,14 @@ async function updateWith(
       version: m.version,
       canary,
       max_failures: o.maxFailures,
+      ...(o.variant ? { split_percent: o.splitPercent ?? 100, kept } : {}),
     },
     startedMs,
     deadlineMs: startedMs + o.timeoutS * 1000,
   });
 
   const outcomes = new Map<string, UpdateDeviceOutcome>(
-    chosen.map((d) => [
+    selected.map((d) => [
       d,
       {
         device: d,
@@ -219,21 +265,25 @@ async function updateWith(
         wave: null,
         from: fromVersion.get(d) ?? null,
         status: "SKIPPED",
-        details: null,
+        details: kept.includes(d)
+          ? `not in --split ${o.splitPercent}%: keeps ${variantOf(d) ? `variant ${variantOf(d)}` : "its release"} (${fromVersion.get(d) ?? "?"})`
+          : null,
         running: fromVersion.get(d) ?? null,
         rolledBack: false,
         chunksSent: 0,
+        variant: variantOf(d),
       },
     ]),
   );
   const waves: string[][] = [canary];
-  for (let i = canarySize; i < chosen.length; i += canarySize) waves.push(chosen.slice(i, i + canarySize));
+  for (let i = canarySize; i < ordered.length; i += canarySize) waves.push(ordered.slice(i, i + canarySize));
   let failures = 0;
   let result: FleetUpdateOutcome["result"] = "updated";
   let reason: string | null = null;
   let resends = 0;
-  for (const [wave, devices] of waves.entries()) {
-    emit({ type: "wave", wave, devices });
+  const deferred: string[] = [];
+  const offlineSince = new Map<string, number>();
+  const runWave = async (wave: number, devices: string[], timeoutS: number) => {
     for (const d of devices) active.add(d);
     const { executions, stats } = await dispatch<UpdateResult>({
       client,
@@ -242,7 +292,7 @@ async function updateWith(
       store: o.store,
       jobId,
       doc: { type: "update", params },
-      deadline: Date.now() + o.timeoutS * 1000,
+      deadline: Date.now() + timeoutS * 1000,
       devices,
       parseResult: (r) => {
         const p = updateResultSchema.safeParse(r);
@@ -253,15 +303,21 @@ async function updateWith(
       storeResults: (device, execNo, results) =>
         results.every((r) => o.store.addUpdateResult(jobId, o.fleet, device, execNo, r)),
       removeResults: (device, execNo) => o.store.removeUpdateResults(jobId, device, execNo),
-      // Healthy: the device says so AND its new session's birth names the new version.
+      // Healthy: the device says so AND its new session's birth names the new version (and variant).
       judge: (view, r) => {
         if (r.status !== "SUCCEEDED") return undefined;
         const born = view?.birth?.agent.version;
-        if (r.results[0]?.running === m.version && born === m.version && view?.state === "online")
+        const bornVariant = view?.birth?.variant;
+        if (
+          r.results[0]?.running === m.version &&
+          born === m.version &&
+          view?.state === "online" &&
+          (params.variant === undefined || bornVariant === params.variant)
+        )
           return undefined;
         return {
           status: "FAILED",
-          details: `health check: the device reported success but is ${view?.state ?? "unknown"} with version ${born ?? "unknown"} in its birth, not ${m.version}`,
+          details: `health check: the device reported success but is ${view?.state ?? "unknown"} with version ${born ?? "unknown"}${params.variant ? ` and variant ${bornVariant ?? "none"}` : ""} in its birth, not ${m.version}${params.variant ? ` as ${params.variant}` : ""}`,
         };
       },
       onEvent: (e) => (e.type === "refused" ? refuse(e.topic, e.reason) : emit(e)),
@@ -275,10 +331,25 @@ async function updateWith(
       out.details = e.details;
       out.rolledBack = r?.rolled_back ?? false;
       out.running = r?.running ?? monitor.devices.get(e.device)?.birth?.agent.version ?? out.running;
+      out.variant = r ? (r.variant ?? null) : variantOf(e.device);
       out.chunksSent = chunksSent.get(e.device) ?? 0;
-      if (e.status !== "SUCCEEDED") failures++;
     }
-    const failed = [...executions.values()].filter((e) => e.status !== "SUCCEEDED");
+    return [...executions.values()];
+  };
+  for (const [wave, all] of waves.entries()) {
+    // A device offline when its wave comes does not hold up the others: it is sent the job after
+    // the last wave (its persistent session keeps it) and has until --offline-wait to come back.
+    const devices = all.filter(isOnline);
+    const away = all.filter((d) => !isOnline(d));
+    if (away.length > 0) {
+      for (const d of away) offlineSince.set(d, monitor.devices.get(d)?.lastSeenMs ?? Date.now());
+      deferred.push(...away);
+      emit({ type: "deferred", wave, devices: away });
+    }
+    if (devices.length === 0) continue;
+    emit({ type: "wave", wave, devices });
+    const failed = (await runWave(wave, devices, o.timeoutS)).filter((e) => e.status !== "SUCCEEDED");
+    failures += failed.length;
     if (wave === 0 && failed.length > 0) {
       result = "canary-failed";
       reason = `canary ${failed.map((e) => `${e.device}: ${e.status}${e.details ? ` (${e.details})` : ""}`).join("; ")}; no other device was sent the update`;
@@ -290,8 +361,40 @@ async function updateWith(
       break;
     }
   }
+  if (result === "updated" && deferred.length > 0) {
+    const waitS = o.offlineWaitS ?? 60;
+    emit({ type: "waiting", devices: deferred, seconds: waitS });
+    const ends = await runWave(waves.length, deferred, waitS);
+    const missing: string[] = [];
+    for (const e of ends) {
+      if (e.status === "SUCCEEDED") continue;
+      const out = outcomes.get(e.device)!;
+      // Never answered and never came back: not updated, for that reason (not a failed update).
+      if (e.status === "TIMED_OUT" && !isOnline(e.device)) {
+        const since = offlineSince.get(e.device);
+        out.status = "OFFLINE";
+        out.details = `not updated: ${monitor.devices.get(e.device)?.state ?? "offline"} since ${since ? new Date(since).toISOString() : "the rollout began"} until the rollout ended (--offline-wait ${waitS} s); run the update again once it is back (its queued job is past its deadline and will be refused)`;
+        missing.push(e.device);
+      } else failures++;
+    }
+    const failedLate = ends.filter((e) => e.status !== "SUCCEEDED" && !missing.includes(e.device));
+    if (missing.length > 0 || failedLate.length > 0) {
+      result = failedLate.length > 0 && failures >= o.maxFailures ? "stopped" : "incomplete";
+      reason = [
+        missing.length > 0 ? `not updated (offline until the end): ${missing.join(", ")}` : "",
+        failedLate.length > 0
+          ? `failed after coming back: ${failedLate.map((e) => `${e.device}: ${e.status}`).join(", ")}`
+          : "",
+      ]
+        .filter(Boolean)
+        .join("; ");
+    }
+  }
   for (const out of outcomes.values()) {
-    if (out.status === "SKIPPED") out.details = "not sent: the update stopped before this device's wave";
+    if (out.status === "SKIPPED" && !kept.includes(out.device))
+      out.details = deferred.includes(out.device)
+        ? `not sent: offline when its wave came, and the update stopped before the end`
+        : "not sent: the update stopped before this device's wave";
   }
   const outcome: FleetUpdateOutcome = {
     jobId,
@@ -303,6 +406,9 @@ async function updateWith(
     result,
     reason,
     canary,
+    variant: o.variant ?? null,
+    splitPercent: o.variant ? (o.splitPercent ?? 100) : null,
+    kept,
     devices: [...outcomes.values()],
     anonymousBroker: await anonymous,
     warnings,
@@ -327,12 +433,17 @@ export function renderUpdateMarkdown(u: FleetUpdateOutcome): string {
     `fleet ${u.fleet}, bundle ${u.bundleId} (version ${u.version}), ${u.stats.payloadBytes} bytes in ${u.stats.chunks} chunks`,
     `result: **${u.result}**${u.reason ? `: ${u.reason}` : ""}`,
     `canary: ${u.canary.join(", ")}`,
+    ...(u.variant
+      ? [
+          `variant **${u.variant}** on ${u.splitPercent}% of the selected devices; ${u.kept.length > 0 ? `keeping what they run: ${u.kept.join(", ")}` : "none kept"}`,
+        ]
+      : []),
     "",
-    "| device | profile | wave | from | status | running | rolled back | chunks sent | details |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| device | profile | wave | from | status | running | variant | rolled back | chunks sent | details |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ...u.devices.map(
       (d) =>
-        `| ${d.device} | ${d.profile} | ${d.wave === null ? "-" : d.wave === 0 ? "canary" : d.wave} | ${d.from ?? "?"} | ${d.status} | ${d.running ?? "?"} | ${d.rolledBack ? "yes" : "no"} | ${d.chunksSent} | ${(d.details ?? "").replace(/\|/g, "\\|")} |`,
+        `| ${d.device} | ${d.profile} | ${d.wave === null ? "-" : d.wave === 0 ? "canary" : d.wave} | ${d.from ?? "?"} | ${d.status} | ${d.running ?? "?"} | ${d.variant ?? "-"} | ${d.rolledBack ? "yes" : "no"} | ${d.chunksSent} | ${(d.details ?? "").replace(/\|/g, "\\|")} |`,
     ),
     "",
   ];

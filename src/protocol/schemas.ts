@@ -28,6 +28,12 @@ export const modelRefSchema = z.looseObject({
 });
 export type ModelRef = z.infer<typeof modelRefSchema>;
 
+/**
+ * An A/B variant's name (`itera fleet update --variant NAME`): recorded by the device with the release
+ * it installed, announced in its birth and telemetry. A device without one is grouped by its version.
+ */
+export const variantSchema = idSchema;
+
 export const birthSchema = z.looseObject({
   v,
   bdSeq,
@@ -48,6 +54,8 @@ export const birthSchema = z.looseObject({
    * file). Absent when that never happened; older agents never send it.
    */
   store_reset: z.looseObject({ ts, reason: z.string().max(2000), kept_as: z.string().max(2000) }).optional(),
+  /** The A/B variant of the running release (absent: installed without one; older agents never send it). */
+  variant: variantSchema.optional(),
 });
 export type BirthPayload = z.infer<typeof birthSchema>;
 
@@ -68,6 +76,8 @@ export const telemetrySchema = z.looseObject({
     method: z.string().nullable(),
     throttled: z.boolean().nullable(),
   }),
+  /** As the birth's: the A/B variant of the running release, so telemetry is grouped by it. */
+  variant: variantSchema.optional(),
 });
 export type TelemetryPayload = z.infer<typeof telemetrySchema>;
 
@@ -112,6 +122,8 @@ export const updateParamsSchema = z.strictObject({
     .max(2 ** 20),
   /** How long the new release has to come back online before the device rolls back by itself. */
   health_timeout_s: z.number().positive().max(3600),
+  /** The A/B variant this release is installed as (`--variant`); older agents REJECT the unknown field. */
+  variant: variantSchema.optional(),
 });
 export type UpdateParams = z.infer<typeof updateParamsSchema>;
 
@@ -163,6 +175,8 @@ export const updateResultSchema = z.looseObject({
   bytes: z.number().int().nonnegative(),
   chunks_refused: z.number().int().nonnegative(),
   reason: z.string().max(4000).nullable(),
+  /** The variant of the release running at the end (absent: none). */
+  variant: variantSchema.optional(),
 });
 export type UpdateResult = z.infer<typeof updateResultSchema>;
 

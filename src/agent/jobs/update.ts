@@ -13,7 +13,13 @@ import { chmod, mkdir, readFile, readlink, rename, rm, writeFile } from "node:fs
 import { dirname, join } from "node:path";
 import { type Manifest, manifestSchema, verifyManifestSignature } from "../../bundle/manifest.js";
 import { AGENT_FILE, deviceLayout, MANIFEST_FILE, releaseLinkTarget } from "../../deploy/layout.js";
-import { chunkSchema, decode, PROTOCOL_VERSION, type UpdateResult } from "../../protocol/schemas.js";
+import {
+  chunkSchema,
+  decode,
+  PROTOCOL_VERSION,
+  type UpdateResult,
+  variantSchema,
+} from "../../protocol/schemas.js";
 import { VERSION } from "../../version.js";
 import { type DocOf, type JobContext, type JobEnd, type JobExecutor, RESTART_EXIT_CODE } from "./types.js";
 
@@ -134,17 +140,21 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
   const log = o.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   let onChunk: ((payload: Buffer) => void) | undefined;
 
-  const result = (doc: DocOf<"update">, r: Partial<UpdateResult>): UpdateResult => ({
-    device: o.device,
-    from: null,
-    to: String((doc.params.manifest as { version?: unknown }).version),
-    running: VERSION,
-    rolled_back: false,
-    bytes: 0,
-    chunks_refused: 0,
-    reason: null,
-    ...r,
-  });
+  const result = (doc: DocOf<"update">, r: Partial<UpdateResult>): UpdateResult => {
+    const out: UpdateResult = {
+      device: o.device,
+      from: null,
+      to: String((doc.params.manifest as { version?: unknown }).version),
+      running: VERSION,
+      rolled_back: false,
+      bytes: 0,
+      chunks_refused: 0,
+      reason: null,
+      ...r,
+    };
+    const variant = installedVariant(o.installRoot, out.running);
+    return variant ? { ...out, variant } : out;
+  };
 
   return {
     type: "update",
@@ -157,6 +167,12 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       }
       if (!existsSync(L.current)) {
         return `no release is installed under ${L.base} (no current link): install one with \`itera flash\` first, so that an update has something to roll back to`;
+      }
+      const version = String((p.manifest as { version?: unknown }).version);
+      const variant = installedVariant(o.installRoot, version);
+      if (version === VERSION && p.variant !== undefined && p.variant !== variant) {
+        // A variant is bound to its release: the same build cannot be two variants at once.
+        return `release ${version} already runs here${variant ? ` as variant '${variant}'` : " without a variant"}; give variant '${p.variant}' a build with its own version`;
       }
       return spaceProblem(p.payload_bytes);
     },
@@ -394,6 +410,8 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     await mkdir(L.releases, { recursive: true });
     await rm(rel, { recursive: true, force: true });
     await rename(bundle, rel);
+    // The variant beside the release, not in it (its files are exactly the signed manifest's).
+    await recordVariant(o.installRoot, m.version, doc.params.variant);
     await rm(dirname(bundle), { recursive: true, force: true });
     // The guard and its marker first: from the switch on, a release that fails is rolled back.
     await writeFile(`${L.updateGuard}.tmp`, UPDATE_GUARD, { mode: 0o755 });
@@ -467,6 +485,32 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       ],
     };
   }
+}
+
+/** Where the A/B variant of an installed release is kept: `opt/itera/variants/<version>`, outside the release. */
+function variantFile(installRoot: string, version: string): string {
+  return join(deviceLayout(installRoot).base, "variants", version);
+}
+
+/** The A/B variant a release was installed as (`itera fleet update --variant`), or undefined. */
+export function installedVariant(installRoot: string, version = VERSION): string | undefined {
+  try {
+    const name = readFileSync(variantFile(installRoot, version), "utf8").trim();
+    return variantSchema.safeParse(name).success ? name : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function recordVariant(installRoot: string, version: string, variant: string | undefined) {
+  const file = variantFile(installRoot, version);
+  if (variant === undefined) {
+    await rm(file, { force: true });
+    return;
+  }
+  await mkdir(dirname(file), { recursive: true });
+  await writeFile(`${file}.tmp`, `${variant}\n`);
+  await rename(`${file}.tmp`, file);
 }
 
 function existingAncestor(path: string): string {

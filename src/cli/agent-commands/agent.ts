@@ -7,7 +7,7 @@ import { AgentStore } from "../../agent/store.js";
 import { IteraError } from "../../errors.js";
 import { describeModel, modelBenchRunner } from "../../agent/bench-runner.js";
 import { RESTART_EXIT_CODE } from "../../agent/jobs/types.js";
-import { settleHealthyUpdate, updateExecutor } from "../../agent/jobs/update.js";
+import { installedVariant, settleHealthyUpdate, updateExecutor } from "../../agent/jobs/update.js";
 import { type BenchmarkRunner, replayRunner } from "../../agent/runner.js";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { type AgentConfig, agentConfigSchema } from "../../deploy/agent-config.js";
@@ -178,6 +178,8 @@ export function registerAgent(program: Command): void {
           device,
           profile: ctx.profile.name,
           models: [model],
+          // The A/B variant its release was installed as (itera fleet update --variant).
+          ...((v) => (v ? { variant: v } : {}))(installedVariant(opts.installRoot)),
           stateDir,
           store,
           telemetryIntervalMs: telemetryS * 1000,

@@ -8,6 +8,7 @@ import {
   type StoredFleetFeedback,
 } from "../../fleet/feedback.js";
 import { defaultFleetDb } from "../../fleet/store.js";
+import { compareRates, variantLabel, wilson } from "../../fleet/variants.js";
 import { positive } from "../../protocol/options.js";
 import { csvTable, markdownTable } from "../../util/table.js";
 import { action, printJson } from "../run.js";
@@ -61,6 +62,70 @@ export function summarize(rows: readonly StoredFleetFeedback[]): VersionSummary[
   }
   return [...byVersion.values()];
 }
+
+/** One A/B variant's ratings: the positive rate among rated (+/−) generations with its 95 % Wilson interval. */
+export interface VariantSummary {
+  variant: string;
+  devices: number;
+  ratings: number;
+  positive: number;
+  negative: number;
+  corrections: number;
+  /** positive / (positive + negative); null with no +/− rating. */
+  positive_rate: number | null;
+  negative_rate: number | null;
+  positive_ci95: { low: number; high: number } | null;
+}
+
+/** Ratings per variant (variantLabel: the variant's name, else `release <version>`), side by side. */
+export function summarizeVariants(rows: readonly StoredFleetFeedback[]): {
+  variants: VariantSummary[];
+  comparison: string;
+} {
+  const by = new Map<string, VariantSummary & { deviceSet: Set<string> }>();
+  for (const r of rows) {
+    const label = variantLabel(r.variant, r.agent_version);
+    let s = by.get(label);
+    if (!s) {
+      s = {
+        variant: label,
+        devices: 0,
+        ratings: 0,
+        positive: 0,
+        negative: 0,
+        corrections: 0,
+        positive_rate: null,
+        negative_rate: null,
+        positive_ci95: null,
+        deviceSet: new Set(),
+      };
+      by.set(label, s);
+    }
+    s.deviceSet.add(`${r.fleet}/${r.device}`);
+    s.ratings++;
+    if (r.rating > 0) s.positive++;
+    if (r.rating < 0) s.negative++;
+    if (r.correction !== null) s.corrections++;
+  }
+  const variants = [...by.values()]
+    .sort((a, b) => a.variant.localeCompare(b.variant))
+    .map(({ deviceSet, ...s }) => {
+      const rated = s.positive + s.negative;
+      return {
+        ...s,
+        devices: deviceSet.size,
+        positive_rate: rated > 0 ? s.positive / rated : null,
+        negative_rate: rated > 0 ? s.negative / rated : null,
+        positive_ci95: wilson(s.positive, rated),
+      };
+    });
+  const comparison = compareRates(
+    variants.map((v) => ({ label: v.variant, positive: v.positive, rated: v.positive + v.negative })),
+  );
+  return { variants, comparison };
+}
+
+const pct = (x: number | null) => (x === null ? null : `${(100 * x).toFixed(1)} %`);
 
 /** --retrain-threshold and --retrain-window (hours) of `itera fleet watch`. */
 export function retrainPolicy(threshold: string | undefined, windowH: string | undefined): RetrainPolicy {
@@ -124,7 +189,7 @@ export function registerFleetFeedback(fleet: Command): void {
     .option("--model <id>", "only this model")
     .option(
       "--variant <v>",
-      "only this variant: a quantization (int8) or the start of the ONNX sha256 (6+ hex digits)",
+      "only this variant: an A/B variant's name (itera fleet update --variant), 'release <version>', a quantization (int8) or the start of the ONNX sha256 (6+ hex digits)",
     )
     .option(
       "--export <file.jsonl>",
@@ -155,8 +220,15 @@ export function registerFleetFeedback(fleet: Command): void {
           }
         }
         const summary = summarize(rows);
+        const { variants, comparison } = summarizeVariants(rows);
         if (opts.json) {
-          printJson({ summary, feedback: rows, ...(opts.export && { exported: opts.export }) });
+          printJson({
+            summary,
+            variants,
+            comparison,
+            feedback: rows,
+            ...(opts.export && { exported: opts.export }),
+          });
           return;
         }
         const headers = ["fleet", "model", "quant", "sha256", "ratings", "+1", "-1", "corrections"];
@@ -174,6 +246,33 @@ export function registerFleetFeedback(fleet: Command): void {
               s.corrections,
             ]),
           )}\n`,
+        );
+        // A/B variants side by side: the positive rate with its 95 % interval, and whether they differ.
+        process.stdout.write(
+          `\n${markdownTable(
+            [
+              "variant",
+              "devices",
+              "ratings",
+              "+1",
+              "-1",
+              "positive rate",
+              "95 % interval",
+              "negative rate",
+              "corrections",
+            ],
+            variants.map((v) => [
+              v.variant,
+              v.devices,
+              v.ratings,
+              v.positive,
+              v.negative,
+              pct(v.positive_rate),
+              v.positive_ci95 ? `${pct(v.positive_ci95.low)} – ${pct(v.positive_ci95.high)}` : null,
+              pct(v.negative_rate),
+              v.corrections,
+            ]),
+          )}\n\n${comparison}\n`,
         );
         if (opts.export) process.stderr.write(`wrote ${rows.length} ratings to ${opts.export}\n`);
       }),

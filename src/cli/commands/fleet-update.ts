@@ -12,6 +12,8 @@ import {
   positive,
 } from "../../protocol/options.js";
 import { checkOutputDir, writeDirAtomic } from "../../util/output.js";
+import { IteraError } from "../../errors.js";
+import { parseSplit } from "../../fleet/variants.js";
 import { action, collect, printJson } from "../run.js";
 import { parseSelect } from "../../fleet/bench.js";
 
@@ -25,6 +27,9 @@ interface UpdateCliOptions extends BrokerCliOptions {
   healthTimeout: string;
   timeout: string;
   discover?: string;
+  variant?: string;
+  split?: string;
+  offlineWait: string;
   out?: string;
   db?: string;
   json?: boolean;
@@ -54,6 +59,19 @@ export function registerFleetUpdate(fleet: Command): void {
       .option("--health-timeout <s>", "how long a device's new release has to come back online", "60")
       .option("--timeout <s>", "deadline of each wave (transfer, install, restart, health), seconds", "600")
       .option("--discover <s>", "how long to wait for devices to announce themselves, seconds")
+      .option(
+        "--variant <name>",
+        "install the bundle as this A/B variant (announced by the devices, reported per variant)",
+      )
+      .option(
+        "--split <p%>",
+        "with --variant: the share of the selected devices that gets it (the same ones on every run)",
+      )
+      .option(
+        "--offline-wait <s>",
+        "after the last wave, how long devices that were offline have to come back and update",
+        "60",
+      )
       .option("--out <dir>", "write report.md and report.json here")
       .option("--db <path>", `fleet history database (default ${defaultFleetDb()})`)
       .option("--json", "print the whole outcome as JSON"),
@@ -65,6 +83,15 @@ export function registerFleetUpdate(fleet: Command): void {
       const healthTimeoutS = positive(opts.healthTimeout, "--health-timeout");
       const timeoutS = positive(opts.timeout, "--timeout");
       const discoverS = opts.discover ? positive(opts.discover, "--discover") : undefined;
+      const offlineWaitS = positive(opts.offlineWait, "--offline-wait");
+      const variant = opts.variant === undefined ? undefined : checkId(opts.variant, "--variant");
+      if (opts.split !== undefined && variant === undefined) {
+        throw new IteraError("--split needs --variant", {
+          where: "--split",
+          fix: "name the variant the split devices get with --variant NAME (e.g. --variant int4 --split 50%)",
+        });
+      }
+      const splitPercent = opts.split === undefined ? undefined : parseSplit(opts.split);
       const select = parseSelect(opts.select);
       const broker = brokerOptions(opts);
       const trustedKey = opts.trustedKey ? await readTrustedKeyFile(opts.trustedKey) : undefined;
@@ -79,7 +106,13 @@ export function registerFleetUpdate(fleet: Command): void {
       const say = (line: string) => process.stderr.write(`${line}\n`);
       const onEvent = (e: UpdateEvent) => {
         if (e.type === "discovered")
-          say(`update: ${e.devices.length} devices, canary ${e.canary.join(", ")}`);
+          say(
+            `update: ${e.devices.length} devices, canary ${e.canary.join(", ")}${e.kept.length > 0 ? `; not in the split (keep what they run): ${e.kept.join(", ")}` : ""}`,
+          );
+        else if (e.type === "deferred")
+          say(`update: offline, sent after the last wave: ${e.devices.join(", ")}`);
+        else if (e.type === "waiting")
+          say(`update: waiting up to ${e.seconds} s for devices that were offline: ${e.devices.join(", ")}`);
         else if (e.type === "wave")
           say(`update: ${e.wave === 0 ? "canary" : `wave ${e.wave}`}: ${e.devices.join(", ")}`);
         else if (e.type === "status") say(`${e.device}: ${e.status}${e.details ? ` ${e.details}` : ""}`);
@@ -101,6 +134,9 @@ export function registerFleetUpdate(fleet: Command): void {
           healthTimeoutS,
           timeoutS,
           ...(discoverS ? { discoverS } : {}),
+          ...(variant ? { variant } : {}),
+          ...(splitPercent ? { splitPercent } : {}),
+          offlineWaitS,
           store,
           onEvent,
         });
