@@ -50,6 +50,9 @@ export interface DeviceOutcome {
   results: BenchResult[];
   tempC: number | null;
   throttled: boolean | null;
+  /** Its A/B variant and release version from its birth (absent in runs stored before variants). */
+  variant?: string | null;
+  version?: string | null;
 }
 
 export interface FleetBenchOutcome {
@@ -188,6 +191,8 @@ async function benchWith(
       results: e.results,
       tempC: temps.length > 0 ? Math.max(...temps) : (t?.m.temp_c ?? null),
       throttled: throttles.length > 0 ? throttles.some(Boolean) : (t?.m.throttled ?? null),
+      variant: view?.birth?.variant ?? null,
+      version: view?.birth?.agent.version ?? null,
     });
   }
   const outcome: FleetBenchOutcome = {

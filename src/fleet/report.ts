@@ -4,12 +4,15 @@ import { type Cell, csvTable, markdownTable } from "../util/table.js";
 import type { BenchResult } from "../protocol/schemas.js";
 import type { DeviceOutcome, FleetBenchOutcome } from "./bench.js";
 import { fleetTitle, renderFleetHtml } from "../report/fleet-page.js";
+import { variantLabel } from "./variants.js";
 
 /** One report row per device (the issue's columns); null where the device could not measure it. */
 export interface ReportRow {
   device: string;
   profile: string;
   quant: string | null;
+  /** Its A/B variant, or `release <version>` (src/fleet/variants.ts). */
+  variant: string;
   status: string;
   pp_tok_s: number | null;
   tg_tok_s: number | null;
@@ -47,6 +50,7 @@ export function reportRow(d: DeviceOutcome): ReportRow {
     device: d.device,
     profile: d.profile,
     quant: gen?.quant ?? d.quant,
+    variant: variantLabel(d.variant, d.version),
     status: d.status,
     pp_tok_s: pp?.tokens_per_s.mean ?? null,
     tg_tok_s: tg?.tokens_per_s.mean ?? null,
@@ -67,6 +71,7 @@ export const REPORT_HEADERS = [
   "device",
   "profile",
   "quant",
+  "variant",
   "status",
   "pp tok/s",
   "tg tok/s",
@@ -86,6 +91,7 @@ export function reportCells(r: ReportRow): Cell[] {
     r.device,
     r.profile,
     r.quant,
+    r.variant,
     r.status,
     r.pp_tok_s,
     r.tg_tok_s,
@@ -97,6 +103,67 @@ export function reportCells(r: ReportRow): Cell[] {
     r.tokens_per_j,
     r.temp_c,
     r.throttled === null ? null : r.throttled ? "yes" : "no",
+  ];
+}
+
+/** One A/B variant's devices side by side with the others: means over its succeeded devices. */
+export interface VariantRow {
+  variant: string;
+  devices: number;
+  succeeded: number;
+  pp_tok_s: number | null;
+  tg_tok_s: number | null;
+  mj_per_token: number | null;
+  tokens_per_j: number | null;
+  energy_methods: string[];
+}
+
+const mean = (xs: Array<number | null>) => {
+  const v = xs.filter((x): x is number => x !== null);
+  return v.length > 0 ? v.reduce((a, b) => a + b, 0) / v.length : null;
+};
+
+/** The report's rows grouped by variant (each device's group: variantLabel). */
+export function variantRows(o: FleetBenchOutcome): VariantRow[] {
+  const rows = o.devices.map(reportRow);
+  return [...new Set(rows.map((r) => r.variant))].sort().map((variant) => {
+    const all = rows.filter((r) => r.variant === variant);
+    const ok = all.filter((r) => r.status === "SUCCEEDED");
+    return {
+      variant,
+      devices: all.length,
+      succeeded: ok.length,
+      pp_tok_s: mean(ok.map((r) => r.pp_tok_s)),
+      tg_tok_s: mean(ok.map((r) => r.tg_tok_s)),
+      mj_per_token: mean(ok.map((r) => r.mj_per_token)),
+      tokens_per_j: mean(ok.map((r) => r.tokens_per_j)),
+      energy_methods: [...new Set(ok.map((r) => r.energy_method).filter((m): m is string => m !== null))],
+    };
+  });
+}
+
+/** The columns of the per-variant table (md and the HTML page). */
+export const VARIANT_HEADERS = [
+  "variant",
+  "devices",
+  "succeeded",
+  "pp tok/s",
+  "tg tok/s",
+  "mJ/token",
+  "tokens/J",
+  "method",
+];
+
+export function variantCells(v: VariantRow): Cell[] {
+  return [
+    v.variant,
+    v.devices,
+    v.succeeded,
+    v.pp_tok_s,
+    v.tg_tok_s,
+    v.mj_per_token,
+    v.tokens_per_j,
+    v.energy_methods.join(", ") || null,
   ];
 }
 
@@ -139,6 +206,7 @@ function mdRow(r: ReportRow): ReportRow {
     device: mdText(r.device),
     profile: mdText(r.profile),
     quant: t(r.quant),
+    variant: mdText(r.variant),
     status: mdText(r.status),
     energy_method: t(r.energy_method),
     details: t(r.details),
@@ -158,6 +226,15 @@ export function renderMarkdown(o: FleetBenchOutcome): string {
     "",
     markdownTable(REPORT_HEADERS, rows.map(reportCells)),
     "",
+    "## Per variant",
+    "",
+    markdownTable(
+      VARIANT_HEADERS,
+      variantRows(o).map((v) => variantCells({ ...v, variant: mdText(v.variant) })),
+    ),
+    "",
+    "A device's variant is the one its release was installed as (`itera fleet update --variant`), else `release <version>`; figures are means over its succeeded devices.",
+    "",
     "tokens/s: mean over repetitions at the fastest thread count; TTFT and p95 from the generation test; " +
       "mJ/token and tokens/J with the method that measured them (empty: the device has no meter).",
     ...(simulated.length > 0 ? ["", `**${simulatedNote(simulated)}.**`] : []),
@@ -175,7 +252,7 @@ export function renderCsv(o: FleetBenchOutcome): string {
 }
 
 export function renderJson(o: FleetBenchOutcome): string {
-  return `${JSON.stringify({ ...o, rows: o.devices.map(reportRow) }, null, 2)}\n`;
+  return `${JSON.stringify({ ...o, rows: o.devices.map(reportRow), variants: variantRows(o) }, null, 2)}\n`;
 }
 
 const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");

@@ -1,5 +1,13 @@
 import type { FleetBenchOutcome } from "../fleet/bench.js";
-import { REPORT_HEADERS, type ReportRow, reportCells, reportRow } from "../fleet/report.js";
+import {
+  REPORT_HEADERS,
+  type ReportRow,
+  reportCells,
+  reportRow,
+  VARIANT_HEADERS,
+  variantCells,
+  variantRows,
+} from "../fleet/report.js";
 import { type Bar, barChart, color, escapeHtml, htmlPage, htmlTable } from "./html.js";
 
 /** A device's group in the charts: its profile, and its model variant (precision) when known. */
@@ -81,6 +89,11 @@ export function renderFleetHtml(o: FleetBenchOutcome): string {
   );
   body.push(
     '<p class="muted">tokens/s: mean over repetitions at the fastest thread count; TTFT and p95 from the generation test; mJ/token and tokens/J with the method that measured them.</p>',
+  );
+  // A/B variants side by side (itera fleet update --variant; a device without one: its release).
+  body.push(
+    "<h2>Per variant</h2>",
+    htmlTable(VARIANT_HEADERS, variantRows(o).map(variantCells), ' id="variants"'),
   );
   return htmlPage({ title, body: body.join("\n") });
 }
