@@ -34,7 +34,7 @@ function findPackageRoot(): string {
 export const packageRoot = findPackageRoot();
 
 /** Source when the repository is there (tests, dev), compiled output otherwise. */
-function sourceFile(rel: string): string {
+export function sourceFile(rel: string): string {
   const ts = join(packageRoot, "src", `${rel}.ts`);
   if (existsSync(ts)) return ts;
   const js = join(packageRoot, "dist", `${rel}.js`);
