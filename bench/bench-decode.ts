@@ -1,0 +1,138 @@
+/**
+ * `itera bench`'s tg test per decode path: greedy fused, sampled fused (`--sample`), greedy step and
+ * sampled step, through the benchmark harness (src/bench) exactly as `itera bench --decode ...
+ * [--sample]` runs them, at one thread. The paths are interleaved round by round so that a shared
+ * machine's load falls on all of them alike; ratios are medians of the per-round ratios.
+ *
+ * Run (from the repository root):
+ *   npx esbuild bench/bench-decode.ts --bundle --platform=node --format=esm --packages=external \
+ *     --outfile=node_modules/.cache/itera-bench/bench-decode.mjs && \
+ *   nice -n 10 node node_modules/.cache/itera-bench/bench-decode.mjs [--rounds 7] [--tokens 128] \
+ *     [--append docs/benchmarks.md] [model dirs...]
+ * Without model dirs: models/itera-lite-micro, models/itera-lite-tiny, models/transformer-tiny.
+ */
+import { appendFile } from "node:fs/promises";
+import { cpus, loadavg } from "node:os";
+import { env } from "onnxruntime-node";
+import { BENCH_SAMPLING, type BenchSampling, type DecodeChoice } from "../src/bench/engine.js";
+import { runBench } from "../src/bench/harness.js";
+import { runtimeEngine } from "../src/bench/runtime-engine.js";
+import { markdownTable } from "../src/util/table.js";
+
+interface Path {
+  name: string;
+  decode: DecodeChoice;
+  sampling: BenchSampling | null;
+}
+
+const PATHS: Path[] = [
+  { name: "greedy fused", decode: "fused", sampling: null },
+  { name: "sampled fused", decode: "fused", sampling: BENCH_SAMPLING },
+  { name: "greedy step", decode: "step", sampling: null },
+  { name: "sampled step", decode: "step", sampling: BENCH_SAMPLING },
+];
+
+function parseArgs(argv: string[]) {
+  const args = {
+    models: [] as string[],
+    rounds: 7,
+    tokens: 128,
+    minDurationS: 1,
+    append: undefined as string | undefined,
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--rounds") args.rounds = Number(argv[++i]);
+    else if (a === "--tokens") args.tokens = Number(argv[++i]);
+    else if (a === "--min-duration") args.minDurationS = Number(argv[++i]);
+    else if (a === "--append") args.append = argv[++i];
+    else args.models.push(a);
+  }
+  if (args.models.length === 0)
+    args.models = ["models/itera-lite-micro", "models/itera-lite-tiny", "models/transformer-tiny"];
+  return args;
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+const fmt = (x: number) => x.toLocaleString("en-US", { maximumFractionDigits: 0 });
+const ratio = (x: number) => `${x.toFixed(2)}x`;
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const started = new Date();
+  const loadBefore = loadavg()[0]!;
+  // tokens/s and p50 per-token latency per model and path, one entry per round
+  const tps = new Map<string, number[]>();
+  const p50 = new Map<string, number[]>();
+  const key = (model: string, path: Path) => `${model}\u0000${path.name}`;
+  const engines = await Promise.all(args.models.map((m) => runtimeEngine(m)));
+  for (let round = 0; round < args.rounds; round++) {
+    for (const [m, engine] of engines.entries()) {
+      for (const path of PATHS) {
+        const [r] = await runBench(
+          {
+            tests: [{ kind: "tg", n: args.tokens }],
+            threads: [1],
+            repetitions: 1,
+            warmup: 1,
+            minDurationS: args.minDurationS,
+            idleS: 0,
+            decode: path.decode,
+            sampling: path.sampling,
+          },
+          { engine, meter: null, profile: "-", device: "-", agentVersion: "bench", quiet: true },
+        );
+        const k = key(args.models[m]!, path);
+        tps.set(k, [...(tps.get(k) ?? []), r!.tokens_per_s.mean]);
+        p50.set(k, [...(p50.get(k) ?? []), r!.latency_ms.p50]);
+      }
+      process.stderr.write(`round ${round + 1}/${args.rounds} ${args.models[m]}\n`);
+    }
+  }
+  const perRound = (model: string, a: Path, b: Path) =>
+    median(tps.get(key(model, a))!.map((x, i) => x / tps.get(key(model, b))![i]!));
+  const [greedyFused, sampledFused, greedyStep, sampledStep] = PATHS as [Path, Path, Path, Path];
+  const rows = args.models.map((model) => [
+    model.replace(/^models\//, ""),
+    ...PATHS.map((p) => fmt(median(tps.get(key(model, p))!))),
+    median(p50.get(key(model, greedyFused))!).toFixed(3),
+    median(p50.get(key(model, greedyStep))!).toFixed(3),
+    ratio(perRound(model, sampledFused, greedyFused)),
+    ratio(perRound(model, greedyFused, greedyStep)),
+    ratio(perRound(model, sampledFused, sampledStep)),
+  ]);
+  const table = markdownTable(
+    [
+      "model",
+      ...PATHS.map((p) => `${p.name} tok/s`),
+      "p50 ms/token greedy fused",
+      "p50 ms/token greedy step",
+      "sampled / greedy (fused)",
+      "fused / step (greedy)",
+      "fused / step (sampled)",
+    ],
+    rows,
+  );
+  const cpu = cpus();
+  const text = [
+    `## \`itera bench\` per decode path (bench/bench-decode.ts) — ${started.toISOString().slice(0, 16)}Z`,
+    "",
+    `Machine: ${cpu[0]?.model.trim()}, ${cpu.length} logical CPUs, load average ${loadBefore.toFixed(1)} at the start and ${loadavg()[0]!.toFixed(1)} at the end;`,
+    `Node ${process.version}; onnxruntime-node ${env.versions.node ?? env.versions.common}; fp32; 1 thread.`,
+    `Command: \`nice -n 10 node node_modules/.cache/itera-bench/bench-decode.mjs --rounds ${args.rounds} --tokens ${args.tokens} --min-duration ${args.minDurationS} ${args.models.join(" ")}\``,
+    `(built with esbuild as in the file's header). Each round runs, per model, the harness's tg${args.tokens} test`,
+    `(one warm-up, one repetition of at least ${args.minDurationS} s) as \`itera bench -t 1 --decode fused|step [--sample]\` does, the four paths`,
+    `back to back; sampled = temperature ${BENCH_SAMPLING.temperature}, top-k ${BENCH_SAMPLING.topK}, seed ${BENCH_SAMPLING.seed}. Medians of ${args.rounds} rounds; ratios are medians of the per-round ratios.`,
+    "",
+    table,
+    "",
+  ].join("\n");
+  process.stdout.write(`${text}\n`);
+  if (args.append) await appendFile(args.append, `\n${text}`);
+}
+
+await main();
