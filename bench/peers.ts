@@ -13,14 +13,13 @@
  *     [--json] [--append docs/benchmarks.md] [model dirs...]
  * Without model dirs: models/itera-lite-micro, models/itera-lite-tiny, models/transformer-tiny.
  */
-import { rmSync, statSync } from "node:fs";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { appendFile, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { basename, join } from "node:path";
 import { getLlama, type LlamaContextSequence, LlamaLogLevel, type Token } from "node-llama-cpp";
 import { env as ortEnv } from "onnxruntime-node";
 import { type LanguageModel, loadModel } from "../src/runtime/index.js";
-import { tempDirRemovedOnInterrupt } from "../src/util/interrupt.js";
 import { markdownTable } from "../src/util/table.js";
 import { encodeGguf, type TensorType } from "./peers/gguf-writer.js";
 import {
@@ -83,6 +82,28 @@ function parseArgs(argv: string[]): Args {
     );
   }
   return args;
+}
+
+/**
+ * A temp folder removed on SIGINT/SIGTERM. Not src/util/interrupt.ts: node-llama-cpp's imports
+ * register signal-exit's listener, and that module stands aside for another listener (so the
+ * process would ignore the signal); this bench owns its signals instead.
+ */
+function tempDirRemovedOnSignal(prefix: string): { path: string; release: () => void } {
+  const path = mkdtempSync(prefix);
+  const onSignal = (sig: NodeJS.Signals) => {
+    rmSync(path, { recursive: true, force: true });
+    process.exit(sig === "SIGINT" ? 130 : 143);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  return {
+    path,
+    release: () => {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+    },
+  };
 }
 
 const median = (xs: readonly number[]) => {
@@ -190,7 +211,7 @@ async function main() {
   const args = parseArgs(process.argv.slice(2));
   const loadStart = loadavg()[0]!;
   const started = new Date();
-  const temp = tempDirRemovedOnInterrupt(join(tmpdir(), "itera-peers-"));
+  const temp = tempDirRemovedOnSignal(join(tmpdir(), "itera-peers-"));
   const disposers: (() => Promise<void>)[] = [];
   try {
     const llama = await getLlama({
@@ -394,7 +415,7 @@ function renderReport(
         s.ffn,
         k(s.houseParameters),
         k(s.llamaParameters),
-        (s.houseFlopsPerToken / 1e6).toFixed(2),
+        s.houseFlopsPerToken === null ? "n/a" : (s.houseFlopsPerToken / 1e6).toFixed(2),
         (s.llamaFlopsPerToken / 1e6).toFixed(2),
         `${s.ggufBytes.f32} / ${s.ggufBytes.q8_0}`,
       ]),

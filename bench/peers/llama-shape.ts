@@ -32,8 +32,8 @@ export interface LlamaShape {
   contextLength: number;
   /** float parameters of the house model's ONNX graph */
   houseParameters: number;
-  /** the house model's FLOPs per decoded token at position 0 (MoE: the experts it runs), from `itera inspect`'s rules */
-  houseFlopsPerToken: number;
+  /** the house model's FLOPs per decoded token at position 0 (MoE: the experts it runs), from `itera inspect`'s rules; null where its shapes do not resolve */
+  houseFlopsPerToken: number | null;
 }
 
 /** llama's parameters: embedding (tied head), per layer q/k/v/o, gate/up/down and two norms, the final norm. */
@@ -57,7 +57,8 @@ export function llamaFlopsPerToken(s: LlamaShape): number {
 export async function llamaShapeOf(dir: string, name: string): Promise<LlamaShape> {
   const config = await loadGenaiConfig(dir);
   const decoder = config.model.decoder;
-  const report = analyzeModel(await loadOnnx(join(dir, decoder.filename ?? "model.onnx")));
+  // one token after an empty cache: a KV-cache graph's total length is then 1
+  const report = analyzeModel(await loadOnnx(join(dir, decoder.filename)), { total_sequence: 1 });
   const houseParameters = report.parameters.byDtype
     .filter((d) => d.dtype.startsWith("float") || d.dtype === "bfloat16")
     .reduce((a, d) => a + d.elements, 0);
@@ -83,7 +84,14 @@ export async function llamaShapeOf(dir: string, name: string): Promise<LlamaShap
     Q8_0_BLOCK,
     Q8_0_BLOCK * Math.round((houseParameters - withoutFfn) / (3 * hidden * base.layers) / Q8_0_BLOCK),
   );
-  return { name, ...base, ffn, houseParameters, houseFlopsPerToken: report.flops.perToken };
+  const flopsKnown = report.flops.unresolved.length === 0 && report.flops.missingDims.length === 0;
+  return {
+    name,
+    ...base,
+    ffn,
+    houseParameters,
+    houseFlopsPerToken: flopsKnown ? report.flops.perToken : null,
+  };
 }
 
 /** Normal draws (Box-Muller over the seeded PRNG) scaled by `std`: weights of no meaning but realistic size. */
