@@ -15,6 +15,7 @@ import {
 } from "../protocol/schemas.js";
 import { fleetFilter, parseTopic, sharedFilter } from "../protocol/topics.js";
 import type { FleetStore } from "./store.js";
+import { variantLabel } from "./variants.js";
 
 export interface DeviceView {
   device: string;
@@ -169,7 +170,7 @@ export class FleetMonitor extends EventEmitter<MonitorEvents> {
         const v = this.view(t.device);
         const key = `${t.device}\u0000${d.value.bdSeq}\u0000${d.value.seq}`;
         const fresh = this.store
-          ? this.store.addTelemetry(this.fleet, t.device, d.value)
+          ? this.store.addTelemetry(this.fleet, t.device, d.value, telemetryVariant(v, d.value))
           : !this.seenTelemetry.has(key) && Boolean(this.seenTelemetry.add(key));
         if (!fresh) this.stats.duplicateTelemetry++;
         if (fresh) v.telemetryCount++;
@@ -234,4 +235,13 @@ function claimsOther(payload: object, device: string, jobId?: string): string | 
     return `the payload's jobId is ${JSON.stringify(job)} but the topic is job '${jobId}'`;
   }
   return undefined;
+}
+
+/**
+ * A telemetry message's variant label: the one it names, else (a release without a variant) the
+ * version of its session's birth; null when that birth is not known (telemetry of an older session).
+ */
+function telemetryVariant(v: DeviceView, t: TelemetryPayload): string | null {
+  if (t.variant) return t.variant;
+  return v.birth?.bdSeq === t.bdSeq ? variantLabel(v.birth.variant, v.birth.agent.version) : null;
 }

@@ -38,6 +38,20 @@ export interface StoredTelemetry {
   seq: number;
   ts: number;
   m: TelemetryPayload["m"];
+  /** The device's A/B variant, else `release <version>` (null: telemetry stored before variants). */
+  variant: string | null;
+}
+
+/** Telemetry of one A/B variant's devices, summed up (`itera fleet history --telemetry --by-variant`). */
+export interface VariantTelemetry {
+  variant: string | null;
+  devices: number;
+  messages: number;
+  cpu_pct: number | null;
+  tok_s: number | null;
+  mj_per_token: number | null;
+  temp_c_max: number | null;
+  methods: string[];
 }
 
 /**
@@ -87,6 +101,10 @@ export class FleetStore {
       this.db.exec("ALTER TABLE runs ADD COLUMN summary TEXT");
     if (!runColumns.some((c) => c.name === "type"))
       this.db.exec("ALTER TABLE runs ADD COLUMN type TEXT NOT NULL DEFAULT 'benchmark'");
+    // Telemetry stored before A/B variants has none.
+    const telemetryColumns = this.db.prepare("PRAGMA table_info(telemetry)").all() as Array<{ name: string }>;
+    if (!telemetryColumns.some((c) => c.name === "variant"))
+      this.db.exec("ALTER TABLE telemetry ADD COLUMN variant TEXT");
     // Per-type results: benchmarks in `results`, updates here (one row per device and execution).
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS update_results (
@@ -114,7 +132,7 @@ export class FleetStore {
       removeResults: this.db.prepare("DELETE FROM results WHERE job_id = ? AND device = ? AND exec_no = ?"),
       telemetry: this.db.prepare(
         `INSERT OR IGNORE INTO telemetry (fleet, device, bd_seq, seq, ts, cpu_pct, temp_c, rss_mb, tok_s, mj_per_token,
-           method, throttled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           method, throttled, variant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       ),
     };
   }
@@ -250,8 +268,8 @@ export class FleetStore {
     this.s.removeResults.run(jobId, device, execNo);
   }
 
-  /** Store one telemetry message; false if it is a duplicate. */
-  addTelemetry(fleet: string, device: string, t: TelemetryPayload): boolean {
+  /** Store one telemetry message (with its device's variant label); false if it is a duplicate. */
+  addTelemetry(fleet: string, device: string, t: TelemetryPayload, variant: string | null = null): boolean {
     const m = t.m;
     return (
       this.s.telemetry.run(
@@ -267,6 +285,7 @@ export class FleetStore {
         m.mj_per_token,
         m.method,
         m.throttled === null ? null : m.throttled ? 1 : 0,
+        variant,
       ).changes > 0
     );
   }
@@ -316,7 +335,25 @@ export class FleetStore {
         method: r.method as string | null,
         throttled: r.throttled === null ? null : r.throttled === 1,
       },
+      variant: (r.variant as string | null) ?? null,
     }));
+  }
+
+  /** Telemetry per variant, side by side: means of what the devices reported (nulls left out). */
+  telemetryByVariant(filter: { fleet?: string; device?: string; sinceMs?: number } = {}): VariantTelemetry[] {
+    const { where, args } = whereClause(
+      { fleet: filter.fleet, device: filter.device, since: filter.sinceMs },
+      { fleet: "fleet", device: "device", since: "ts" },
+    );
+    const rows = this.db
+      .prepare(
+        `SELECT variant, COUNT(DISTINCT fleet || '/' || device) AS devices, COUNT(*) AS messages, AVG(cpu_pct) AS cpu_pct,
+           AVG(tok_s) AS tok_s, AVG(mj_per_token) AS mj_per_token, MAX(temp_c) AS temp_c_max,
+           GROUP_CONCAT(DISTINCT method) AS methods
+         FROM telemetry ${where} GROUP BY variant ORDER BY variant`,
+      )
+      .all(...args) as Array<Omit<VariantTelemetry, "methods"> & { methods: string | null }>;
+    return rows.map((r) => ({ ...r, methods: r.methods ? r.methods.split(",") : [] }));
   }
 
   runs(): Array<RunRecord & { finishedMs: number | null }> {

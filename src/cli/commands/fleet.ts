@@ -278,6 +278,7 @@ function registerReport(fleet: Command): void {
 interface HistoryCliOptions {
   db?: string;
   telemetry?: boolean;
+  byVariant?: boolean;
   job?: string;
   device?: string;
   fleet?: string;
@@ -292,6 +293,10 @@ function registerHistory(fleet: Command): void {
     .description("query the stored fleet history: results (default), runs or telemetry")
     .option("--db <path>", `fleet history database (default ${defaultFleetDb()})`)
     .option("--telemetry", "telemetry instead of benchmark results")
+    .option(
+      "--by-variant",
+      "with --telemetry: one row per A/B variant (means of tok/s, mJ/token, CPU), side by side",
+    )
     .option("--events", "the coordinator's events (retraining requested) instead of benchmark results")
     .option("--job <id>", "only this benchmark run")
     .option("--device <id>", "only this device")
@@ -311,7 +316,30 @@ function registerHistory(fleet: Command): void {
           let headers: string[];
           let rows: Array<Array<string | number | boolean | null>>;
           let json: unknown;
-          if (opts.telemetry) {
+          if (opts.telemetry && opts.byVariant) {
+            const t = store.telemetryByVariant(filter);
+            json = t;
+            headers = [
+              "variant",
+              "devices",
+              "messages",
+              "cpu_pct",
+              "tok_s",
+              "mj_per_token",
+              "temp_c_max",
+              "method",
+            ];
+            rows = t.map((x) => [
+              x.variant ?? "unknown",
+              x.devices,
+              x.messages,
+              x.cpu_pct,
+              x.tok_s,
+              x.mj_per_token,
+              x.temp_c_max,
+              x.methods.join(", ") || null,
+            ]);
+          } else if (opts.telemetry) {
             const t = store.telemetry(filter);
             json = t;
             headers = [
@@ -327,6 +355,7 @@ function registerHistory(fleet: Command): void {
               "mj_per_token",
               "method",
               "throttled",
+              "variant",
             ];
             rows = t.map((x) => [
               x.fleet,
@@ -341,6 +370,7 @@ function registerHistory(fleet: Command): void {
               x.m.mj_per_token,
               x.m.method,
               x.m.throttled,
+              x.variant,
             ]);
           } else {
             const r = store.results({ ...filter, ...(opts.job ? { jobId: opts.job } : {}) });
