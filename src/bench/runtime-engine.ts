@@ -106,6 +106,21 @@ async function generationPath(lm: LanguageModel, settings: DecodeSettings): Prom
   return "step";
 }
 
+/** The decode path of the model at `dir`, from a model loaded for the question and freed. */
+async function probePath(
+  dir: string,
+  settings: DecodeSettings,
+  load: (dir: string, o: { threads: number }) => Promise<LanguageModel>,
+): Promise<DecodePath> {
+  if (settings.decode === "step") return "step";
+  const lm = await load(dir, { threads: 1 });
+  try {
+    return await generationPath(lm, settings);
+  } finally {
+    await lm.dispose();
+  }
+}
+
 /**
  * The runtime (src/runtime) behind the benchmark interface, for a model folder. ONNX Runtime is
  * imported here, when a benchmark starts, so that every other agent command starts without it.
@@ -132,20 +147,22 @@ export async function runtimeEngine(dir: string): Promise<BenchEngine> {
     () => true,
     () => false,
   );
+  const paths = new Map<string, Promise<DecodePath>>();
   return {
     model: card?.id ?? basename(resolve(dir)),
     quant: precision.label === "unknown" ? (card?.quantization.mode ?? "unknown") : precision.label,
     tokenizer,
     runtime: `onnxruntime ${env.versions.node ?? env.versions.common}`,
     contextLength: config.model.context_length,
-    decodePath: async (settings) => {
-      if (settings.decode === "step") return "step";
-      const lm = await loadModel(dir, { threads: 1 });
-      try {
-        return await generationPath(lm, settings);
-      } finally {
-        await lm.dispose();
+    decodePath: (settings) => {
+      // One probe per kind of loop: a harness called many times (bench/, itera tune) loads it once.
+      const key = `${settings.decode}/${settings.sampling ? "sampled" : "greedy"}`;
+      let path = paths.get(key);
+      if (!path) {
+        path = probePath(dir, settings, loadModel);
+        paths.set(key, path);
       }
+      return path;
     },
     load: async (threads, settings) => new RuntimeBenchModel(await loadModel(dir, { threads }), settings),
   };
