@@ -41,6 +41,7 @@ export interface BenchOptions {
   html?: string;
   device?: string;
   quiet?: boolean;
+  /** Unset: not given (auto, unless a caller such as a tuned default fills it in). */
   decode?: string;
   sample?: boolean;
 }
@@ -63,8 +64,7 @@ export function addBenchOptions(cmd: Command): Command {
     )
     .option(
       "--decode <path>",
-      "tg tests: auto (as generate() decodes: fused where the model fuses), fused (many steps per call) or step (one call per token)",
-      "auto",
+      "tg tests: auto (as generate() decodes: fused where the model fuses), fused (many steps per call) or step (one call per token) (default: auto)",
     )
     .option(
       "--sample",
