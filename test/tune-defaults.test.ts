@@ -113,6 +113,25 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("tuned.json as the defau
     expect(run.stderr).toContain("threads 2 from");
   });
 
+  it("a tuned step decode path is run's and bench's default; --decode given to bench wins", async () => {
+    const stepped = tuning({
+      grid: [
+        { ...rowOf("fp32", 1, 900, 3), decode: "step" },
+        { ...rowOf("fp32", 1, 800, 4), decode: "fused" },
+      ],
+      pick: { precision: "fp32", threads: 1, decode: "step" },
+    });
+    await writeTuned(join(model, "tuned.json"), stepped);
+    const run = await cli("run", model, "-p", "ROMEO:", "-n", "3");
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toContain("threads 1, step decode from");
+    expect(run.stderr).toMatch(/\(step decode\)/);
+    const bench = await cli("bench", model, "--profile", "laptop-x64-4c", ...quickBench);
+    expect((JSON.parse(bench.stdout) as { decode: string }[]).map((r) => r.decode)).toEqual(["step"]);
+    const fused = await cli("bench", model, "--profile", "laptop-x64-4c", "--decode", "fused", ...quickBench);
+    expect((JSON.parse(fused.stdout) as { decode: string }[]).map((r) => r.decode)).toEqual(["fused"]);
+  });
+
   it("a tuned.json measured on another CPU is ignored with a note, not used", async () => {
     const other = tuning({ host: { ...hostFacts(), cpu_model: "Imaginary CPU 9000" } });
     await writeTuned(join(model, "tuned.json"), other);

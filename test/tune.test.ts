@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerAgentTune } from "../src/cli/agent-commands/tune.js";
 import { registerTune } from "../src/cli/commands/tune.js";
-import { type GridRow, tunedSchema } from "../src/tune/tuned-file.js";
+import { type Choice, type GridRow, sameCandidate, tunedSchema } from "../src/tune/tuned-file.js";
 import { inProcessCli } from "./cli-helpers.js";
 
 /**
@@ -43,6 +43,8 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
       "laptop-x64-4c",
       "--threads",
       "1,2",
+      "--decode",
+      "step",
       "--out",
       out,
       "--json",
@@ -55,11 +57,11 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
     const onDisk = tunedSchema.parse(JSON.parse(await readFile(out, "utf8")));
     expect(onDisk).toEqual(printed);
     // laptop-x64-4c allows int8: the fp32 folder's own precision and the quantized one, each at 1 and 2 threads.
-    expect(printed.grid.map((g) => `${g.precision}/${g.threads}`).sort()).toEqual([
-      "fp32/1",
-      "fp32/2",
-      "int8/1",
-      "int8/2",
+    expect(printed.grid.map((g) => `${g.precision}/${g.threads}/${g.decode}`).sort()).toEqual([
+      "fp32/1/step",
+      "fp32/2/step",
+      "int8/1/step",
+      "int8/2/step",
     ]);
     for (const g of printed.grid) {
       expect(g.tokens_per_s.samples).toHaveLength(2);
@@ -73,7 +75,7 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
     expect(await tunesLeft()).toEqual(before);
   });
 
-  it("prints the grid with the pick marked; --objective speed --tolerance 0 picks the most tokens/s", async () => {
+  it("measures both decode paths; --objective speed --tolerance 0 picks the most tokens/s, marked in the table", async () => {
     const out = join(dir, "speed.json");
     const r = await cli(
       "tune",
@@ -94,11 +96,17 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
     );
     expect(r.code, r.stderr).toBe(0);
     const t = tunedSchema.parse(JSON.parse(await readFile(out, "utf8")));
+    expect(t.grid.map((g) => `${g.threads}/${g.decode}`).sort()).toEqual([
+      "1/fused",
+      "1/step",
+      "2/fused",
+      "2/step",
+    ]);
     const fastest = Math.max(...t.grid.map((g) => g.tokens_per_s.median));
     expect(row(t.grid, t.pick).tokens_per_s.median).toBe(fastest);
     const marked = r.stdout.split("\n").filter((l) => l.includes("◀ pick"));
     expect(marked).toHaveLength(1);
-    expect(marked[0]).toMatch(new RegExp(`^\\| fp32 +\\| +${t.pick.threads} \\|`));
+    expect(marked[0]).toMatch(new RegExp(`^\\| fp32 +\\| +${t.pick.threads} \\| ${t.pick.decode} +\\|`));
     expect(r.stdout).toMatch(/mJ\/token \(tdp-estimate\)/);
     expect(r.stdout).toMatch(/energy: tdp-estimate: model estimate, not a measurement/);
   });
@@ -140,7 +148,7 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
       ...small,
     );
     expect(forced.code, forced.stderr).toBe(0);
-    expect(tunedSchema.parse(JSON.parse(await readFile(out, "utf8"))).pick).toEqual({
+    expect(tunedSchema.parse(JSON.parse(await readFile(out, "utf8"))).pick).toMatchObject({
       precision: "fp32",
       threads: 1,
     });
@@ -190,8 +198,8 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
   });
 });
 
-function row(grid: GridRow[], pick: { precision: string; threads: number }): GridRow {
-  const r = grid.find((g) => g.precision === pick.precision && g.threads === pick.threads);
+function row(grid: GridRow[], pick: Choice): GridRow {
+  const r = grid.find((g) => sameCandidate(g, pick));
   if (!r) throw new Error("the pick is not in the grid");
   return r;
 }

@@ -1,7 +1,9 @@
+import type { DecodePath } from "../bench/engine.js";
 import { IteraError } from "../errors.js";
 import { profileLowest } from "../package/quantization.js";
 import type { DeviceProfile } from "../profile/schema.js";
 import { checkThreads, hostCores } from "../profile/threads.js";
+import { decodePaths } from "./tuned-file.js";
 
 /**
  * What `itera tune` measures: thread counts 1..min(host cores, profile cores) (more threads than cores
@@ -58,4 +60,24 @@ export function precisionCandidates(
     );
   }
   return list;
+}
+
+/** `--decode fused,step`: the tg decode paths to measure. */
+export function decodeCandidates(given: string): DecodePath[] {
+  const list = [
+    ...new Set(
+      given
+        .split(",")
+        .map((d) => d.trim())
+        .filter(Boolean),
+    ),
+  ];
+  const bad = list.find((d) => !(decodePaths as readonly string[]).includes(d));
+  if (bad !== undefined || list.length === 0) {
+    throw new IteraError(`--decode ${bad ?? "(empty)"} is not a decode path`, {
+      where: "--decode",
+      fix: `give some of: ${decodePaths.join(", ")}`,
+    });
+  }
+  return list as DecodePath[];
 }

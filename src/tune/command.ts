@@ -15,7 +15,7 @@ import { writeFileAtomic } from "../util/fs.js";
 import { tempDirRemovedOnInterrupt } from "../util/interrupt.js";
 import { checkOutputFile } from "../util/output.js";
 import { VERSION } from "../version.js";
-import { precisionCandidates, threadCandidates } from "./candidates.js";
+import { decodeCandidates, precisionCandidates, threadCandidates } from "./candidates.js";
 import { candidatesOf, measureGrid } from "./measure.js";
 import { pickRow } from "./pick.js";
 import { renderTuned } from "./render.js";
@@ -32,6 +32,7 @@ export interface TuneOptions {
   rounds: string;
   minDuration: string;
   tolerance: string;
+  decode: string;
   meter: string;
   energy: boolean;
   port?: string;
@@ -57,6 +58,11 @@ export function addTuneOptions(cmd: Command, outHelp: string): Command {
     .option("--rounds <n>", "interleaved rounds; each candidate's figure is the median of its rounds", "3")
     .option("--min-duration <s>", "each measurement repeats its test for at least this long", "1")
     .option("--tolerance <pct>", "speed: candidates within this of the fastest count as as fast", "5%")
+    .option(
+      "--decode <list>",
+      "tg tests: decode paths to measure, fused (many steps per call) and/or step (one call per token)",
+      "fused,step",
+    )
     .option("--meter <name>", `power meter: ${meterChoices.join(", ")}`, "auto")
     .option("--no-energy", "do not measure energy (then --objective speed)")
     .option("--port <path>", "ina219: serial port of the bridge")
@@ -127,6 +133,7 @@ export async function tuneCommand(
     });
   }
   const threads = threadCandidates(profile, o.threads);
+  const decodes = test.kind === "tg" ? decodeCandidates(o.decode) : null;
   const { onnxPath } = await locateModelFile(resolve(modelDir));
   const out = await checkOutputFile(where.out, {
     command: "itera tune",
@@ -170,8 +177,12 @@ export async function tuneCommand(
       }));
       log(`energy: ${meter.method} (${meter.uncertainty})`);
     }
-    const candidates = await candidatesOf(variants, threads, async (dir) =>
-      dir === modelDir ? engine : runtimeEngine(dir),
+    const candidates = await candidatesOf(
+      variants,
+      threads,
+      decodes,
+      async (dir) => (dir === modelDir ? engine : runtimeEngine(dir)),
+      log,
     );
     log(
       `tune: ${candidates.length} candidates (${precisions.length - skipped.length} precisions × ${threads.length} thread counts), ${p.rounds} rounds`,
@@ -194,7 +205,11 @@ export async function tuneCommand(
       energy: meter ? { method: meter.method, uncertainty: meter.uncertainty } : null,
       skipped,
       grid,
-      pick: { precision: pick.precision, threads: pick.threads },
+      pick: {
+        precision: pick.precision,
+        threads: pick.threads,
+        ...(pick.decode === undefined ? {} : { decode: pick.decode }),
+      },
       itera_version: VERSION,
       runtime: engine.runtime,
       measured_at: new Date().toISOString(),

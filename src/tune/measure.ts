@@ -1,4 +1,5 @@
-import type { BenchEngine } from "../bench/engine.js";
+import type { BenchEngine, DecodePath } from "../bench/engine.js";
+import { IteraError } from "../errors.js";
 import { type BenchTest, runBench } from "../bench/harness.js";
 import { percentile } from "../bench/stats.js";
 import type { Meter } from "../power/meter.js";
@@ -22,20 +23,44 @@ export interface MeasurePlan {
 export interface Candidate {
   precision: string;
   threads: number;
+  /** tg tests: the decode path forced for this candidate. */
+  decode?: DecodePath;
   engine: BenchEngine;
 }
 
+/**
+ * Every precision × threads (× decode path for tg tests: step, and fused where the model's decode
+ * loop builds and runs; `decodes` narrows them).
+ */
 export async function candidatesOf(
   variants: readonly Variant[],
   threads: readonly number[],
+  decodes: readonly DecodePath[] | null,
   engineOf: (dir: string) => Promise<BenchEngine>,
+  log: (line: string) => void,
 ): Promise<Candidate[]> {
   const out: Candidate[] = [];
   for (const v of variants) {
     const engine = await engineOf(v.dir);
-    for (const t of threads) out.push({ precision: v.precision, threads: t, engine });
+    const paths: (DecodePath | undefined)[] = [];
+    for (const d of decodes ?? [undefined]) {
+      if (d === undefined || (await fuses(engine, d, v.precision, log))) paths.push(d);
+    }
+    for (const t of threads)
+      for (const d of paths) out.push({ precision: v.precision, threads: t, decode: d, engine });
   }
   return out;
+}
+
+/** Whether the engine decodes by `path` (fused needs a decode loop that builds for the model). */
+async function fuses(engine: BenchEngine, path: DecodePath, precision: string, log: (l: string) => void) {
+  try {
+    return (await engine.decodePath({ decode: path, sampling: null })) === path;
+  } catch (e) {
+    if (!(e instanceof IteraError)) throw e;
+    log(`tune: ${precision} has no ${path} decode: ${e.message}`);
+    return false;
+  }
 }
 
 export async function measureGrid(
@@ -60,6 +85,7 @@ export async function measureGrid(
           warmup: 1,
           minDurationS: plan.minDurationS,
           idleS: 0,
+          ...(c.decode === undefined ? {} : { decode: c.decode }),
         },
         { ...ctx, engine: c.engine, quiet: true },
       );
@@ -69,7 +95,7 @@ export async function measureGrid(
       else mj[i]!.push(e);
       bar.update(
         ++done,
-        `round ${round + 1}: ${c.precision} t=${c.threads} ${r!.tokens_per_s.mean.toFixed(0)} t/s`,
+        `round ${round + 1}: ${c.precision} t=${c.threads}${c.decode ? ` ${c.decode}` : ""} ${r!.tokens_per_s.mean.toFixed(0)} t/s`,
       );
     }
   }
@@ -78,6 +104,7 @@ export async function measureGrid(
   return candidates.map((c, i) => ({
     precision: c.precision,
     threads: c.threads,
+    ...(c.decode === undefined ? {} : { decode: c.decode }),
     tokens_per_s: summary(tps[i]!),
     // A candidate with a round the meter did not cover has no energy figure: medians of a part mislead.
     mJ_per_token: energyMissing[i] || mj[i]!.length === 0 ? null : summary(mj[i]!),

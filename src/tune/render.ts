@@ -1,14 +1,15 @@
 import { markdownTable } from "../util/table.js";
-import type { Tuned } from "./tuned-file.js";
+import { sameCandidate, type Tuned } from "./tuned-file.js";
 
 /** The grid as a table on stdout, the pick marked, then why it was picked and how energy was measured. */
 export function renderTuned(t: Tuned, written: string): string {
   const rows = t.grid.map((r) => {
-    const picked = r.precision === t.pick.precision && r.threads === t.pick.threads;
+    const picked = sameCandidate(r, t.pick);
     const s = r.tokens_per_s.samples;
     return [
       r.precision,
       r.threads,
+      r.decode ?? "",
       r.tokens_per_s.median,
       `${Math.min(...s).toFixed(0)}–${Math.max(...s).toFixed(0)}`,
       r.mJ_per_token === null ? "n/a" : r.mJ_per_token.median,
@@ -19,9 +20,9 @@ export function renderTuned(t: Tuned, written: string): string {
   const lines = [
     `itera tune: ${t.model}, profile ${t.profile}, ${t.test}, median of ${t.rounds} interleaved rounds, on ${t.host.cpu_model} (${t.host.cores} cores)`,
     "",
-    markdownTable(["precision", "threads", "tokens/s", "range", energyHeader, "pick"], rows),
+    markdownTable(["precision", "threads", "decode", "tokens/s", "range", energyHeader, "pick"], rows),
     "",
-    `pick: ${t.pick.precision}, ${t.pick.threads} thread${t.pick.threads === 1 ? "" : "s"} (${why(t)})`,
+    `pick: ${t.pick.precision}, ${t.pick.threads} thread${t.pick.threads === 1 ? "" : "s"}${t.pick.decode ? `, ${t.pick.decode} decode` : ""} (${why(t)})`,
   ];
   if (t.energy) lines.push(`energy: ${t.energy.method}: ${t.energy.uncertainty}`);
   else lines.push("energy: not measured");

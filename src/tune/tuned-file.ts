@@ -12,6 +12,7 @@ export const TUNED_FILE = "tuned.json";
 export const TUNED_SCHEMA = "itera.tuned/v1";
 
 export const objectives = ["speed", "energy"] as const;
+export const decodePaths = ["fused", "step"] as const;
 export type Objective = (typeof objectives)[number];
 
 const median = z.object({ median: z.number().nonnegative(), samples: z.array(z.number().nonnegative()) });
@@ -20,6 +21,8 @@ export const gridRowSchema = z
   .object({
     precision: z.string().min(1),
     threads: z.number().int().positive(),
+    /** tg tests: one ONNX Runtime call per token (step) or many (fused); absent for pp tests. */
+    decode: z.enum(decodePaths).optional(),
     tokens_per_s: median,
     /** Null when the meter gave no valid figure for this candidate (or energy was not measured). */
     mJ_per_token: median.nullable(),
@@ -50,18 +53,34 @@ export const tunedSchema = z
     energy: z.object({ method: z.string(), uncertainty: z.string() }).strict().nullable(),
     skipped: z.array(z.object({ precision: z.string(), reason: z.string() }).strict()),
     grid: z.array(gridRowSchema).min(1),
-    pick: z.object({ precision: z.string(), threads: z.number().int().positive() }).strict(),
+    pick: z
+      .object({
+        precision: z.string(),
+        threads: z.number().int().positive(),
+        decode: z.enum(decodePaths).optional(),
+      })
+      .strict(),
     itera_version: z.string(),
     runtime: z.string(),
     measured_at: z.string(),
   })
   .strict()
-  .refine((t) => t.grid.some((r) => r.precision === t.pick.precision && r.threads === t.pick.threads), {
+  .refine((t) => t.grid.some((r) => sameCandidate(r, t.pick)), {
     message: "the pick is not a row of the grid",
     path: ["pick"],
   });
 
 export type Tuned = z.infer<typeof tunedSchema>;
+export interface Choice {
+  precision: string;
+  threads: number;
+  decode?: (typeof decodePaths)[number] | undefined;
+}
+
+/** Whether a grid row is the candidate `c` (precision, threads and decode path). */
+export function sameCandidate(r: Choice, c: Choice): boolean {
+  return r.precision === c.precision && r.threads === c.threads && r.decode === c.decode;
+}
 export type GridRow = z.infer<typeof gridRowSchema>;
 export type HostFacts = z.infer<typeof hostFactsSchema>;
 

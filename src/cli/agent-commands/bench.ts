@@ -1,7 +1,8 @@
 import type { Command } from "commander";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { addBenchOptions, type BenchOptions, benchCommand } from "../../bench/command.js";
-import { agentDefaultThreads } from "../../tune/defaults.js";
+import { defaultStateDir } from "../../agent/state-dir.js";
+import { agentTunedFiles, withTunedBench } from "../../tune/defaults.js";
 import { action } from "../run.js";
 
 /** `itera-agent bench`: benchmark the bundle's model on this device with its profile's meters. */
@@ -15,8 +16,8 @@ export function registerAgentBench(program: Command): void {
   ).action(
     action(async (opts: BenchOptions & ModelOptions) => {
       const ctx = await agentContext(opts);
-      const threads = opts.threads ?? String(await agentDefaultThreads(ctx, undefined));
-      await benchCommand(ctx.modelDir, ctx.profile, { ...opts, threads });
+      const tuned = agentTunedFiles(defaultStateDir(), ctx.modelDir);
+      await benchCommand(ctx.modelDir, ctx.profile, await withTunedBench(opts, tuned, ctx.modelDir));
     }),
   );
 }

@@ -4,8 +4,7 @@ import { IteraError } from "../../errors.js";
 import { detectHardware, rankProfiles } from "../../profile/detect.js";
 import { loadAllProfiles, loadProfile } from "../../profile/load.js";
 import type { DeviceProfile } from "../../profile/schema.js";
-import { stderrNote } from "../../profile/threads.js";
-import { modelTunedFile, tunedThreads } from "../../tune/defaults.js";
+import { modelTunedFile, withTunedBench } from "../../tune/defaults.js";
 import { action } from "../run.js";
 
 /** The named profile, else the one that best fits this host (as `itera profiles --detect`). */
@@ -36,8 +35,7 @@ export function registerBench(program: Command): void {
   ).action(
     action(async (model: string, opts: BenchOptions & { profile?: string }) => {
       const profile = await hostProfile(opts.profile, opts.quiet === true);
-      const tuned = opts.threads ?? (await tunedThreads([modelTunedFile(model)], model, stderrNote));
-      await benchCommand(model, profile, { ...opts, threads: tuned?.toString() });
+      await benchCommand(model, profile, await withTunedBench(opts, [modelTunedFile(model)], model));
     }),
   );
 }

@@ -5,7 +5,7 @@ import { loadGenaiConfig } from "../../model/genai-config.js";
 import { describeIssues } from "../../model/json-file.js";
 import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.js";
 import { type Generation, loadModel } from "../../runtime/index.js";
-import { modelTunedFile, tunedThreads } from "../../tune/defaults.js";
+import { modelTunedFile, tunedChoice } from "../../tune/defaults.js";
 import {
   DEFAULT_TEMPERATURE,
   IDS_HELP,
@@ -81,8 +81,6 @@ export function generationReport(g: Generation, tokenText: string[]) {
  */
 async function runThreads(dir: string, requested: number | undefined): Promise<number> {
   if (requested !== undefined) return checkThreads(requested, "--threads");
-  const tuned = await tunedThreads([modelTunedFile(dir)], dir, stderrNote);
-  if (tuned !== undefined) return tuned;
   // An unreadable folder is reported by loadModel, with its own what/where/fix.
   const config = await loadGenaiConfig(dir).catch(() => null);
   const wanted = config?.model.decoder.session_options?.intra_op_num_threads || 1;
@@ -119,7 +117,10 @@ export function registerRun(program: Command): void {
           });
         }
         const inputs = [...opts.prompt, ...opts.ids.map((t) => parseIds(t, "--ids"))];
-        const threads = await runThreads(dir, opts.threads);
+        // The model folder's tuned.json (itera tune) sets threads and decode path unless --threads is given.
+        const tuned =
+          opts.threads === undefined ? await tunedChoice([modelTunedFile(dir)], dir, stderrNote) : undefined;
+        const threads = tuned?.threads ?? (await runThreads(dir, opts.threads));
         const model = await loadModel(dir, { threads });
         try {
           if (opts.prompt.length > 0 && !model.tokenizer.present) {
@@ -141,7 +142,7 @@ export function registerRun(program: Command): void {
             seed: opts.seed,
             stop: opts.stop,
             ignoreEos: opts.ignoreEos,
-            fusedDecode: opts.fused,
+            fusedDecode: opts.fused !== false && tuned?.decode !== "step",
           };
           const single = inputs.length === 1;
           const pieces: string[][] = inputs.map(() => []);
