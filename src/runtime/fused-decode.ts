@@ -30,6 +30,7 @@ import {
 } from "../onnx/index.js";
 import type { AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto } from "../onnx/types.js";
 import type { ModelIo, TensorType } from "./io.js";
+import { type SplitKv, splitKvAttention } from "./kv-split.js";
 import { intTensor, zeros } from "./tensors.js";
 
 /** Above this many bytes of weights the per-call overhead no longer matters: keep one session. */
@@ -92,7 +93,12 @@ function opsetOf(model: ModelProto): number {
  * Each iteration feeds the ids, chooses the next ids from the logits, marks rows that produced an
  * end id as done, extends mask and positions by one, and stops early once every row is done.
  */
-export function buildDecodeLoop(model: ModelProto, io: ModelIo, features: LoopFeatures = GREEDY): ModelProto {
+export function buildDecodeLoop(
+  model: ModelProto,
+  io: ModelIo,
+  features: LoopFeatures = GREEDY,
+  split?: SplitKv,
+): ModelProto {
   const g = model.graph!;
   const valueInfo = (name: string) => new Graph(g).valueInfo(name);
   const idsType = onnxInt(io.inputIds.type);
@@ -239,6 +245,37 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo, features: LoopFe
   } as unknown as GraphProto;
 
   const outer = (name: string) => `${P}in.${name}`;
+  // A split cache (kv-split.ts): the loop carries each call's own positions from empty, the body
+  // reads the prefix from here, and prefix and chunk are joined once after the loop.
+  const splitSlots = new Set(split?.slots.map((s) => s.input));
+  const before: NodeProto[] = [];
+  const after: NodeProto[] = [];
+  if (split) {
+    before.push(
+      node("Shape", [outer(split.slots[0]!.input)], [`${P}prefix_shape`]),
+      node("Slice", [`${P}prefix_shape`, `${P}two`, `${P}three`], [split.prefixLength]),
+      node(
+        "Concat",
+        [`${P}zero1`, `${P}zero1`, split.prefixLength, `${P}zero1`],
+        [split.prefixOffset],
+        [attr.int("axis", 0)],
+      ),
+    );
+    for (const s of split.slots) {
+      before.push(
+        node("Slice", [outer(s.input), `${P}zero1`, `${P}zero1`, `${P}two`], [`${P}empty.${s.input}`]),
+      );
+      before.push(node("Identity", [outer(s.input)], [split.prefix(s)]));
+      after.push(
+        node(
+          "Concat",
+          [outer(s.input), `${P}chunk.${s.output}`],
+          [`${P}out.${s.output}`],
+          [attr.int("axis", 2)],
+        ),
+      );
+    }
+  }
   const loop = makeNode(
     "Loop",
     [
@@ -247,13 +284,13 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo, features: LoopFe
       outer("ids"),
       outer("done"),
       ...carried.map((c) => c.outer.name!),
-      ...io.states.map((s) => outer(s.input)),
+      ...io.states.map((s) => (splitSlots.has(s.input) ? `${P}empty.${s.input}` : outer(s.input))),
     ],
     [
       `${P}out.ids`,
       `${P}out.done`,
       ...carried.map((c) => `${P}out.${c.outer.name}`),
-      ...io.states.map((s) => `${P}out.${s.output}`),
+      ...io.states.map((s) => (splitSlots.has(s.input) ? `${P}chunk.${s.output}` : `${P}out.${s.output}`)),
       `${P}tokens`,
     ],
     { attributes: [attr.graph("body", loopBody)] },
@@ -283,9 +320,16 @@ export function buildDecodeLoop(model: ModelProto, io: ModelIo, features: LoopFe
   inputs.push(...stateInputs.map((v) => renamed(v, outer(v.name!))));
   model.graph = {
     ...g,
-    node: [loop],
+    node: [...before, loop, ...after],
     initializer: [
       ...g.initializer,
+      ...(split
+        ? [
+            typedToTensor(`${P}zero1`, [1], BigInt64Array.of(0n)),
+            typedToTensor(`${P}two`, [1], BigInt64Array.of(2n)),
+            typedToTensor(`${P}three`, [1], BigInt64Array.of(3n)),
+          ]
+        : []),
       typedToTensor(`${P}true`, [], Uint8Array.of(1), DataType.BOOL),
       typedToTensor(`${P}zero`, [], Int32Array.of(0)),
       ...(needRows ? [typedToTensor(`${P}rows_shape`, [2], BigInt64Array.of(0n, -1n))] : []),
@@ -358,6 +402,12 @@ export function loopFeatures(
   return { sample, penalty: s.repetitionPenalty !== 1, topP: sample && s.topP < 1 };
 }
 
+/**
+ * How a loop carries KV caches: "split" into prefix and chunk (kv-split.ts), the graph's own Concat
+ * of the whole cache every step (with the reason the split does not apply), or "none" (no KV cache).
+ */
+export type KvCacheMode = "split" | "none" | { concat: string };
+
 /** A second ONNX Runtime session that runs the decode loop of a model. */
 export class FusedDecoder {
   private eosTables = new Map<string, Tensor>();
@@ -369,6 +419,8 @@ export class FusedDecoder {
     private readonly io: ModelIo,
     private readonly vocab: number,
     readonly features: LoopFeatures,
+    /** How the loop carries KV caches: split (no per-step copy of the prefix), or plain Concat and why. */
+    readonly kvCache: KvCacheMode,
   ) {}
 
   /** 1 at each end id, 0 elsewhere: one Gather in the loop tells whether a token ends its row. */
@@ -391,6 +443,8 @@ export class FusedDecoder {
     vocab: number,
     options: InferenceSession.SessionOptions,
     features: LoopFeatures = GREEDY,
+    /** Split KV caches into prefix and chunk where the attention allows (kv-split.ts); false: plain Concat. */
+    splitKv = true,
   ): Promise<FusedDecoder | { unsupported: string }> {
     const why = fusedDecodeUnsupported(io);
     if (why) return { unsupported: why };
@@ -407,11 +461,18 @@ export class FusedDecoder {
         unsupported: `the graph's opset ${opsetOf(model)} is below 11 (CumSum, TopK with k as input)`,
       };
     if (model.graph!.initializer.some(isExternal)) model = await loadOnnx(onnxPath);
-    const session = await InferenceSession.create(encodeModel(buildDecodeLoop(model, io, features)), {
+    const split = io.hasKvCache && splitKv ? splitKvAttention(model, io) : undefined;
+    const kvCache: KvCacheMode = !io.hasKvCache
+      ? "none"
+      : split && !("unsupported" in split)
+        ? "split"
+        : { concat: split?.unsupported ?? "the split cache was turned off" };
+    const plan = split && !("unsupported" in split) ? split : undefined;
+    const session = await InferenceSession.create(encodeModel(buildDecodeLoop(model, io, features, plan)), {
       ...options,
       enableProfiling: false,
     });
-    const decoder = new FusedDecoder(session, io, vocab, features);
+    const decoder = new FusedDecoder(session, io, vocab, features, kvCache);
     // Two steps from an empty state, once: a graph whose ops fail inside the loop only when run
     // (shapes that do not grow as the loop grows them, ...) decodes step by step instead of failing
     // mid-generation.
