@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Agent } from "../src/agent/agent.js";
 import { runDashboard } from "../src/fleet/dashboard.js";
 import { countTags } from "./browser-helpers.js";
@@ -27,6 +27,10 @@ beforeAll(async () => {
     agent.start();
     await agent.connected;
   }
+  let connected!: () => void;
+  const brokerUp = new Promise<void>((r) => {
+    connected = r;
+  });
   const listening = new Promise<string>((resolve, reject) => {
     done = runDashboard({
       broker: { url: broker.url },
@@ -36,10 +40,13 @@ beforeAll(async () => {
       token: "s3cret",
       signal: ac.signal,
       onListening: resolve,
+      onBroker: (b) => b.state === "connected" && connected(),
     });
     done.catch(reject);
   });
   url = await listening;
+  // The page is served before the broker connection is up; the stream's snapshot needs it.
+  await brokerUp;
 }, 60_000);
 afterAll(async () => {
   ac.abort();
@@ -57,20 +64,24 @@ describe("itera fleet dashboard", () => {
   });
 
   it("streams a snapshot of every device (state, version, profile) as Server-Sent Events", async () => {
-    const res = await fetch(`${url}/events?token=s3cret`);
-    expect(res.headers.get("content-type")).toBe("text/event-stream");
-    const reader = res.body!.getReader();
-    let text = "";
-    while (!text.includes("\n\n")) text += new TextDecoder().decode((await reader.read()).value);
-    await reader.cancel();
-    const [event, data] = text.split("\n");
-    expect(event).toBe("event: snapshot");
-    const devices = JSON.parse(data!.slice(6)) as Array<{
-      device: string;
-      state: string;
-      profile: string;
-      version: string;
-    }>;
+    type Device = { device: string; state: string; profile: string; version: string };
+    const snapshot = async (): Promise<Device[]> => {
+      const res = await fetch(`${url}/events?token=s3cret`);
+      expect(res.headers.get("content-type")).toBe("text/event-stream");
+      const reader = res.body!.getReader();
+      let text = "";
+      while (!text.includes("\n\n")) text += new TextDecoder().decode((await reader.read()).value);
+      await reader.cancel();
+      const [event, data] = text.split("\n");
+      expect(event).toBe("event: snapshot");
+      return JSON.parse(data!.slice(6)) as Device[];
+    };
+    // The retained births arrive just after the subscription: ask again until both are in.
+    let devices = await snapshot();
+    await vi.waitFor(async () => {
+      devices = await snapshot();
+      expect(devices).toHaveLength(2);
+    }, 20_000);
     expect(devices.map((d) => [d.device, d.state, d.profile])).toEqual([
       ["dev-0", "online", "rpi5"],
       ["dev-1", "online", HOSTILE],

@@ -1,7 +1,16 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import Fastify, { type FastifyReply, type FastifyRequest } from "fastify";
+import type { MqttClient } from "mqtt";
 import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect.js";
-import { dashboardPage } from "../report/dashboard-page.js";
+import {
+  type DashboardBroker,
+  type DashboardJob,
+  dashboardPage,
+  missingReportPage,
+} from "../report/dashboard-page.js";
+import { renderFleetHtml } from "../report/fleet-page.js";
+import type { FleetBenchOutcome } from "./bench.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
 import type { FleetStore } from "./store.js";
 
@@ -33,6 +42,32 @@ export function dashboardDevice(v: DeviceView): DashboardDevice {
   };
 }
 
+/** A finished benchmark of the fleet as its history row shows it, with the link to its report. */
+export function dashboardJob(o: FleetBenchOutcome): DashboardJob {
+  const methods = o.devices.flatMap((d) => d.results.map((r) => r.energy?.method ?? ""));
+  return {
+    jobId: o.jobId,
+    model: o.model,
+    startedMs: o.startedMs,
+    finishedMs: o.finishedMs,
+    devices: o.devices.length,
+    succeeded: o.devices.filter((d) => d.status === "SUCCEEDED").length,
+    simulated: methods.some((m) => m.endsWith("-simulated")),
+    report: `jobs/${encodeURIComponent(o.jobId)}/report.html`,
+  };
+}
+
+/** The broker's address as shown on the page and the terminal: never its password. */
+export function shownBrokerUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString().replace(/\/$/, "");
+  } catch {
+    return url;
+  }
+}
+
 export interface DashboardOptions {
   broker: BrokerOptions;
   fleet: string;
@@ -40,10 +75,19 @@ export interface DashboardOptions {
   port: number;
   /** When set, the page and its event stream need `?token=` (or `Authorization: Bearer`). */
   token?: string;
+  /** Telemetry is stored here (--db). */
   store?: FleetStore;
+  /** The fleet history whose finished benchmarks the page lists, each with its report page. */
+  history?: FleetStore;
+  /** How often the history is read again for new finished benchmarks (another process writes it). */
+  historyPollMs?: number;
+  /** How long to wait between attempts while the broker cannot be reached. */
+  retryMs?: number;
   signal: AbortSignal;
   /** Called with the page's address once the server listens. */
   onListening?: (url: string) => void;
+  /** Called when the broker connection changes (connected, unreachable). */
+  onBroker?: (b: DashboardBroker) => void;
 }
 
 function tokenOk(req: FastifyRequest, token: string | undefined): boolean {
@@ -56,33 +100,107 @@ function tokenOk(req: FastifyRequest, token: string | undefined): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
-/** `itera fleet dashboard`: a live page of a fleet's devices, updated by Server-Sent Events, until the signal aborts. */
+/**
+ * `itera fleet dashboard`: a live page of a fleet's devices and finished benchmarks, updated by
+ * Server-Sent Events, until the signal aborts. The page is served at once; a broker that cannot be
+ * reached is shown on it (and retried) instead of leaving the page blank.
+ */
 export async function runDashboard(o: DashboardOptions): Promise<void> {
-  const client = await connectBroker(o.broker, {
-    clientId: `itera-dashboard-${randomBytes(4).toString("hex")}`,
-    clean: true,
-  });
-  const monitor = new FleetMonitor(client, o.fleet, o.store, { results: false });
   const streams = new Set<FastifyReply>();
   const send = (event: string, data: unknown) => {
     const text = `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
     for (const r of streams) r.raw.write(text);
   };
-  const update = (v: DeviceView) => send("device", dashboardDevice(v));
-  monitor.on("birth", update);
-  monitor.on("state", update);
-  monitor.on("telemetry", (v) => update(v));
-  await monitor.subscribe();
+  let broker: DashboardBroker = { state: "connecting", url: shownBrokerUrl(o.broker.url), error: null };
+  const setBroker = (state: DashboardBroker["state"], error: string | null) => {
+    if (broker.state === state && broker.error === error) return;
+    broker = { ...broker, state, error };
+    send("broker", broker);
+    o.onBroker?.(broker);
+  };
 
-  const app = Fastify({ logger: false });
+  // Finished benchmarks, newest first; an outcome never changes once finished, so each is read once.
+  const outcomes = new Map<string, DashboardJob>();
+  let jobs: DashboardJob[] = [];
+  const readJobs = () => {
+    if (!o.history) return;
+    let finished: ReturnType<FleetStore["runs"]>;
+    try {
+      finished = o.history.runs();
+    } catch {
+      return; // busy or being migrated by another process: read again on the next poll
+    }
+    finished = finished
+      .filter((r) => r.fleet === o.fleet && (r.type ?? "benchmark") === "benchmark" && r.finishedMs !== null)
+      .reverse()
+      .slice(0, 50);
+    for (const r of finished) {
+      if (outcomes.has(r.jobId)) continue;
+      const outcome = o.history.outcome(r.jobId);
+      if (outcome) outcomes.set(r.jobId, dashboardJob(outcome));
+    }
+    const next = finished.flatMap((r) => outcomes.get(r.jobId) ?? []);
+    if (JSON.stringify(next) !== JSON.stringify(jobs)) {
+      jobs = next;
+      send("jobs", jobs);
+    }
+  };
+  readJobs();
+
+  let client: MqttClient | undefined;
+  let monitor: FleetMonitor | undefined;
+  const connect = async () => {
+    while (!o.signal.aborted && !client) {
+      try {
+        client = await connectBroker(
+          o.broker,
+          {
+            clientId: `itera-dashboard-${randomBytes(4).toString("hex")}`,
+            clean: true,
+            connectTimeoutMs: 5000,
+          },
+          undefined,
+          { signal: o.signal },
+        );
+      } catch (e) {
+        if (o.signal.aborted) return;
+        setBroker("unreachable", (e as Error).message);
+        await sleep(o.retryMs ?? 5000, undefined, { signal: o.signal }).catch(() => {});
+      }
+    }
+    if (!client) return;
+    // The client reconnects by itself; the page says when it is cut off.
+    client.on("connect", () => setBroker("connected", null));
+    client.on("offline", () => setBroker("unreachable", "connection lost; reconnecting"));
+    monitor = new FleetMonitor(client, o.fleet, o.store, { results: false });
+    const update = (v: DeviceView) => send("device", dashboardDevice(v));
+    monitor.on("birth", update);
+    monitor.on("state", update);
+    monitor.on("telemetry", (v) => update(v));
+    await monitor.subscribe();
+    setBroker("connected", null);
+  };
+
+  // On shutdown every connection goes, a browser's kept-alive ones too (else close() waits for them).
+  const app = Fastify({ logger: false, forceCloseConnections: true });
   const denied = (reply: FastifyReply) =>
     reply.code(401).type("text/plain").send("a valid ?token= is required (itera fleet dashboard --token)");
+  const html = (reply: FastifyReply, page: string) =>
+    reply.type("text/html; charset=utf-8").header("cache-control", "no-store").send(page);
   app.get("/", async (req, reply) => {
     if (!tokenOk(req, o.token)) return denied(reply);
-    return reply
-      .type("text/html; charset=utf-8")
-      .header("cache-control", "no-store")
-      .send(dashboardPage({ fleet: o.fleet }));
+    return html(reply, dashboardPage({ fleet: o.fleet, broker, jobs }));
+  });
+  app.get<{ Params: { id: string } }>("/jobs/:id/report.html", async (req, reply) => {
+    if (!tokenOk(req, o.token)) return denied(reply);
+    const outcome = o.history?.outcome(req.params.id);
+    if (!outcome || outcome.fleet !== o.fleet) {
+      return html(
+        reply.code(404),
+        missingReportPage({ fleet: o.fleet, jobId: req.params.id, db: o.history?.path }),
+      );
+    }
+    return html(reply, renderFleetHtml(outcome));
   });
   app.get("/events", (req, reply) => {
     if (!tokenOk(req, o.token)) return denied(reply);
@@ -92,9 +210,10 @@ export async function runDashboard(o: DashboardOptions): Promise<void> {
       "cache-control": "no-store",
       connection: "keep-alive",
     });
-    reply.raw.write(
-      `event: snapshot\ndata: ${JSON.stringify([...monitor.devices.values()].map(dashboardDevice))}\n\n`,
-    );
+    const devices = monitor ? [...monitor.devices.values()].map(dashboardDevice) : [];
+    reply.raw.write(`event: snapshot\ndata: ${JSON.stringify(devices)}\n\n`);
+    reply.raw.write(`event: broker\ndata: ${JSON.stringify(broker)}\n\n`);
+    reply.raw.write(`event: jobs\ndata: ${JSON.stringify(jobs)}\n\n`);
     streams.add(reply);
     req.raw.on("close", () => streams.delete(reply));
   });
@@ -102,17 +221,23 @@ export async function runDashboard(o: DashboardOptions): Promise<void> {
   const ping = setInterval(() => {
     for (const r of streams) r.raw.write(": ping\n\n");
   }, 15_000);
+  const poll = setInterval(readJobs, o.historyPollMs ?? 2000);
+  let connecting: Promise<void> | undefined;
   try {
     const address = await app.listen({ host: o.host, port: o.port });
     o.onListening?.(address);
+    // A refused subscription is shown like an unreachable broker: the page says what went wrong.
+    connecting = connect().catch((e: Error) => setBroker("unreachable", e.message));
     await new Promise<void>((resolve) => {
       if (o.signal.aborted) resolve();
       else o.signal.addEventListener("abort", () => resolve(), { once: true });
     });
   } finally {
     clearInterval(ping);
+    clearInterval(poll);
     for (const r of streams) r.raw.end();
     await app.close();
-    await endAsync(client);
+    await connecting?.catch(() => {});
+    if (client) await endAsync(client);
   }
 }

@@ -1,8 +1,9 @@
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
 import { runDashboard } from "../../fleet/dashboard.js";
-import { FleetStore } from "../../fleet/store.js";
+import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
 import { addBrokerOptions, type BrokerCliOptions, brokerOptions, checkId } from "../../protocol/options.js";
+import { brokerText } from "../../report/dashboard-page.js";
 import { action } from "../run.js";
 
 interface DashboardCliOptions extends BrokerCliOptions {
@@ -19,7 +20,7 @@ export function registerFleetDashboard(fleet: Command): void {
     fleet
       .command("dashboard")
       .description(
-        "serve a live page of the fleet's devices (state, version, temperature, tokens/s, mJ/token)",
+        "serve a live page of the fleet's devices (state, version, temperature, tokens/s, mJ/token) and finished benchmarks",
       )
       .requiredOption("--fleet <name>", "fleet name")
       .option("--port <n>", "HTTP port (0: any free port)", "8090")
@@ -28,7 +29,10 @@ export function registerFleetDashboard(fleet: Command): void {
         "address to listen on (0.0.0.0: every interface; then pass --token)",
         "127.0.0.1",
       )
-      .option("--db <path>", "also store the telemetry in this fleet database")
+      .option(
+        "--db <path>",
+        `fleet history database whose finished benchmarks are listed with their reports; given, telemetry is stored in it too (default ${defaultFleetDb()}, read only for the list)`,
+      )
       .option(
         "--token <secret>",
         "require ?token=SECRET (or Authorization: Bearer) for the page and its stream",
@@ -42,7 +46,7 @@ export function registerFleetDashboard(fleet: Command): void {
           fix: "give --port e.g. 8090",
         });
       }
-      const store = opts.db ? new FleetStore(opts.db) : undefined;
+      const history = new FleetStore(opts.db ?? defaultFleetDb());
       const ac = new AbortController();
       const stop = () => ac.abort();
       process.once("SIGINT", stop);
@@ -54,15 +58,18 @@ export function registerFleetDashboard(fleet: Command): void {
           host: opts.host,
           port,
           ...(opts.token ? { token: opts.token } : {}),
-          ...(store ? { store } : {}),
+          history,
+          ...(opts.db ? { store: history } : {}),
           signal: ac.signal,
           onListening: (url) =>
             process.stderr.write(`dashboard: ${url}/${opts.token ? "?token=..." : ""} (Ctrl-C to stop)\n`),
+          // Each change of the broker connection, so a dashboard without devices says why.
+          onBroker: (b) => process.stderr.write(`dashboard: ${brokerText(b)}\n`),
         });
       } finally {
         process.off("SIGINT", stop);
         process.off("SIGTERM", stop);
-        store?.close();
+        history.close();
       }
     }),
   );

@@ -1,0 +1,255 @@
+/**
+ * `itera fleet dashboard` in a real browser (Debian's Chromium over puppeteer-core), end to end with
+ * the CLI as a user runs it: a real Mosquitto, `itera fleet simulate` (agent processes with simulated
+ * INA219 meters), the dashboard, and `itera fleet bench` whose finished job must show up in the
+ * page's history with a working link to its report. Also: the access token, an unknown report, and a
+ * broker that cannot be reached (then comes up). Waits poll the page; nothing asserts on time.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { drawnCharts, expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
+import { Mosquitto, until } from "./mqtt-helpers.js";
+
+const CLI = resolve("dist/cli/itera.js");
+const MODEL = resolve("models/itera-lite-micro");
+const TOKEN = "s3cret";
+/** Where the test saves its screenshots when asked (docs/img: `ITERA_SCREENSHOTS=docs/img`). */
+const SHOTS = process.env.ITERA_SCREENSHOTS;
+
+/** A long-running `itera` command whose stderr is collected. */
+function start(args: string[]): { proc: ChildProcess; stderr: () => string } {
+  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  let err = "";
+  proc.stderr!.on("data", (d: Buffer) => {
+    err += d.toString();
+  });
+  proc.stdout!.resume();
+  return { proc, stderr: () => err };
+}
+
+/** Run an `itera` command to its end. */
+function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((done) => {
+    const proc = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    proc.stdout!.on("data", (d: Buffer) => {
+      stdout += d.toString();
+    });
+    proc.stderr!.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    proc.once("exit", (code) => done({ code, stdout, stderr }));
+  });
+}
+
+async function stop(p: ChildProcess | undefined): Promise<void> {
+  if (!p || p.exitCode !== null || p.signalCode !== null) return;
+  await new Promise<void>((r) => {
+    p.once("exit", () => r());
+    p.kill("SIGTERM");
+  });
+}
+
+/** Start a dashboard and wait for the address it prints. */
+async function dashboard(args: string[]): Promise<{ proc: ChildProcess; stderr: () => string; url: string }> {
+  const d = start(["fleet", "dashboard", "--port", "0", ...args]);
+  await until(() => /dashboard: (http:\/\/\S+?)\//.test(d.stderr()), "the dashboard's address", 60_000);
+  return { ...d, url: d.stderr().match(/dashboard: (http:\/\/\S+?)\//)![1]! };
+}
+
+let dir: string;
+let broker: Mosquitto;
+let browser: TestBrowser;
+let sim: ReturnType<typeof start>;
+let dash: Awaited<ReturnType<typeof dashboard>>;
+const others: ChildProcess[] = [];
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), "itera-dashboard-web-"));
+  broker = await Mosquitto.create();
+  sim = start([
+    "fleet",
+    "simulate",
+    "--devices",
+    "2",
+    "--broker",
+    broker.url,
+    "--fleet",
+    "web",
+    "--model",
+    MODEL,
+    "--state-dir",
+    join(dir, "agents"),
+    "--telemetry-interval",
+    "0.5",
+    "--profiles",
+    "rpi4,laptop-x64-4c",
+  ]);
+  dash = await dashboard([
+    "--broker",
+    broker.url,
+    "--fleet",
+    "web",
+    "--db",
+    join(dir, "fleet.db"),
+    "--token",
+    TOKEN,
+  ]);
+  browser = await TestBrowser.launch();
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  for (const p of [dash?.proc, sim?.proc, ...others]) await stop(p);
+  await broker?.stop();
+  await rm(dir, { recursive: true, force: true });
+});
+
+describe("itera fleet dashboard in Chromium", () => {
+  it("shows the simulated devices, then a finished fleet bench in its history with a working report link", async () => {
+    const { page, log } = await browser.open(`${dash.url}/?token=${TOKEN}`);
+    expect(await page.title()).toBe("Fleet web: live dashboard");
+    // Both agents appear (they start while the page is open; generous wait on a busy machine).
+    await waitOnPage(page, () => document.querySelectorAll("#devices tbody tr").length === 2, 90_000);
+    const devices = await page.$$eval("#devices tbody tr", (rows) =>
+      rows.map((r) => [...r.querySelectorAll("td")].slice(0, 4).map((td) => td.textContent)),
+    );
+    expect(devices.map((d) => [d[0], d[1], d[3]])).toEqual([
+      ["sim-01-laptop-x64-4c", "online", "laptop-x64-4c"],
+      ["sim-02-rpi4", "online", "rpi4"],
+    ]);
+    expect(await page.$eval("#broker", (e) => e.textContent)).toBe(`broker connected: ${broker.url}`);
+    expect(await page.$eval("#no-jobs", (e) => e.hidden)).toBe(false);
+
+    const bench = await run([
+      "fleet",
+      "bench",
+      "--broker",
+      broker.url,
+      "--fleet",
+      "web",
+      "--devices",
+      "2",
+      "--model",
+      "itera-lite-micro",
+      "--tests",
+      "pp8,tg8",
+      "--repetitions",
+      "1",
+      "--warmup",
+      "0",
+      "--min-duration",
+      "0",
+      "--timeout",
+      "120",
+      "--db",
+      join(dir, "fleet.db"),
+      "--json",
+    ]);
+    expect(bench.stderr).not.toMatch(/internal error/);
+    expect(bench.code).toBe(0);
+    const jobId = (JSON.parse(bench.stdout) as { jobId: string }).jobId;
+
+    // The finished job appears in the history (the dashboard reads the database the bench wrote).
+    await waitOnPage(page, () => document.querySelectorAll("#jobs tbody tr").length === 1, 60_000);
+    const job = await page.$eval("#jobs tbody tr", (tr) => ({
+      id: (tr as HTMLElement).dataset.job,
+      cells: [...tr.querySelectorAll("td")].map((td) => td.textContent),
+      href: tr.querySelector("a")!.href,
+    }));
+    expect(job.id).toBe(jobId);
+    expect(job.cells[0]).toBe(jobId);
+    expect(job.cells[1]).toBe("itera-lite-micro");
+    expect(job.cells[3]).toBe("2/2");
+    // Simulated meters are said to be simulated on the page itself.
+    expect(job.cells[4]).toBe("simulated meter");
+    expect(await page.$eval("#simulated", (e) => e.hidden)).toBe(false);
+    expect(job.href).toBe(`${dash.url}/jobs/${jobId}/report.html?token=${TOKEN}`);
+    // After a benchmark the agents' telemetry carries their (simulated) energy figures.
+    await waitOnPage(
+      page,
+      () =>
+        [...document.querySelectorAll("#devices tbody tr td:last-child")].filter((td) =>
+          /ina219-simulated/.test(td.textContent ?? ""),
+        ).length === 2,
+      60_000,
+    );
+    if (SHOTS) {
+      await mkdir(SHOTS, { recursive: true });
+      await page.screenshot({ path: join(SHOTS, "fleet-dashboard.png") });
+    }
+
+    // The link opens the job's report: not blank, no error, a chart per metric with both devices.
+    const report = await browser.open(job.href);
+    expect(report.status).toBe(200);
+    expect(await report.page.title()).toMatch(new RegExp(`^Fleet benchmark ${jobId}: itera-lite-micro`));
+    const charts = await drawnCharts(report.page);
+    expect(charts).toHaveLength(7);
+    expect(charts.every((c) => c.bars.length === 2)).toBe(true);
+    expect(charts[0]!.bars.every((b) => b.value !== null && b.value > 0)).toBe(true);
+    expect(await report.page.$eval("#simulated", (e) => e.textContent)).toMatch(
+      /^simulated energy: ina219-simulated/,
+    );
+    expectCleanPage(report.log);
+    if (SHOTS) await report.page.screenshot({ path: join(SHOTS, "fleet-report.png"), fullPage: true });
+    await report.page.close();
+
+    expectCleanPage(log);
+    expect(log.requests.every((u) => u.startsWith(dash.url))).toBe(true);
+    await page.close();
+  }, 300_000);
+
+  it("refuses the page without the token and says why; an unknown report is a clear page, not a blank one", async () => {
+    for (const u of [`${dash.url}/`, `${dash.url}/?token=wrong`]) {
+      const { page, status } = await browser.open(u);
+      expect(status).toBe(401);
+      expect(await page.$eval("body", (b) => b.textContent)).toMatch(/a valid \?token= is required/);
+      await page.close();
+    }
+    const { page, status } = await browser.open(`${dash.url}/jobs/bench-nope/report.html?token=${TOKEN}`);
+    expect(status).toBe(404);
+    expect(await page.$eval("#error", (e) => e.textContent)).toBe(
+      `no finished benchmark 'bench-nope' of fleet web in the fleet database ${join(dir, "fleet.db")}`,
+    );
+    // The way back keeps the token.
+    expect(await page.$eval("#back", (a) => (a as HTMLAnchorElement).href)).toBe(
+      `${dash.url}/?token=${TOKEN}`,
+    );
+    await page.close();
+  }, 60_000);
+
+  it("a broker that cannot be reached: the page and the terminal say so, and both recover when it comes up", async () => {
+    const later = await Mosquitto.create();
+    await later.stop();
+    const d = await dashboard(["--broker", later.url, "--fleet", "web", "--db", join(dir, "other.db")]);
+    others.push(d.proc);
+    try {
+      await until(
+        () => d.stderr().includes(`broker unreachable: ${later.url}`),
+        "the terminal's message",
+        60_000,
+      );
+      const { page, log } = await browser.open(`${d.url}/`);
+      await waitOnPage(page, () => document.getElementById("broker")?.dataset.state === "unreachable");
+      expect(await page.$eval("#broker", (e) => e.textContent)).toMatch(
+        new RegExp(
+          `^broker unreachable: ${later.url} \\(cannot connect to the MQTT broker: .*ECONNREFUSED.*\\); retrying$`,
+        ),
+      );
+      expect(await page.$eval("#count", (e) => e.textContent)).toBe("0");
+      await later.start();
+      await waitOnPage(page, () => document.getElementById("broker")?.dataset.state === "connected", 60_000);
+      expect(await page.$eval("#broker", (e) => e.textContent)).toBe(`broker connected: ${later.url}`);
+      expect(d.stderr()).toContain(`dashboard: broker connected: ${later.url}`);
+      expectCleanPage(log);
+      await page.close();
+    } finally {
+      await stop(d.proc);
+      await later.stop();
+    }
+  }, 120_000);
+});
