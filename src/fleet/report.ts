@@ -75,7 +75,6 @@ export const REPORT_HEADERS = [
   "status",
   "pp tok/s",
   "tg tok/s",
-  "tg decode",
   "TTFT ms",
   "p95 ms",
   "mJ/token",
@@ -83,6 +82,8 @@ export const REPORT_HEADERS = [
   "tokens/J",
   "temp °C",
   "throttled",
+  // last, so that readers of the columns before it (scripts on report.csv) find them where they were
+  "tg decode",
 ];
 
 /** One device's row of the report's table, in REPORT_HEADERS' order. */
@@ -95,7 +96,6 @@ export function reportCells(r: ReportRow): Cell[] {
     r.status,
     r.pp_tok_s,
     r.tg_tok_s,
-    r.tg_decode,
     r.ttft_ms,
     r.p95_ms,
     r.mj_per_token,
@@ -103,6 +103,7 @@ export function reportCells(r: ReportRow): Cell[] {
     r.tokens_per_j,
     r.temp_c,
     r.throttled === null ? null : r.throttled ? "yes" : "no",
+    r.tg_decode,
   ];
 }
 
