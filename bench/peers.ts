@@ -112,13 +112,34 @@ const median = (xs: readonly number[]) => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
+interface RunResult {
+  /** decode tokens/s after the first generated token, by the wall clock */
+  tokensPerSecond: number;
+  /**
+   * the same steps per second of this process's CPU time (all its threads): less moved by other
+   * jobs on a shared machine than the wall clock, but it counts spinning threads as work
+   */
+  tokensPerCpuSecond: number;
+  /** how it decoded */
+  mode: string;
+  /** whether the time limit cut it short */
+  cut: boolean;
+}
+
+/** CPU seconds this process has used (user + system, every thread). */
+const cpuSeconds = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
+
+const ENGINES = ["itera", "itera-step", "llama.cpp-f32", "llama.cpp-q8_0"] as const;
+
 /** One way of decoding one model at one thread count: a generation of `tokens` new tokens, timed. */
 interface Engine {
   model: string;
   threads: number;
-  engine: "itera" | "itera-step" | "llama.cpp-f32" | "llama.cpp-q8_0";
-  /** decode tokens/s after the first generated token; how it decoded; whether the time limit cut it short */
-  run(): Promise<{ tokensPerSecond: number; mode: string; cut: boolean }>;
+  engine: (typeof ENGINES)[number];
+  run(): Promise<RunResult>;
 }
 
 function iteraEngine(
@@ -135,17 +156,21 @@ function iteraEngine(
     engine: fusedDecode ? "itera" : "itera-step",
     async run() {
       // maxTokens counts the first token (from the prefill): `tokens` decode steps follow it
-      const g = await model.generate(prompt, {
-        maxTokens: tokens + 1,
-        ignoreEos: true,
-        temperature: 0,
-        fusedDecode,
-      });
+      let cpuAtFirst = 0;
+      const g = await model.generate(
+        prompt,
+        { maxTokens: tokens + 1, ignoreEos: true, temperature: 0, fusedDecode },
+        (e) => {
+          if (e.index === 0) cpuAtFirst = cpuSeconds();
+        },
+      );
+      const cpu = cpuSeconds() - cpuAtFirst;
       if (g.ids.length !== tokens + 1)
         throw new Error(`itera ${name}: ${g.ids.length} tokens, not ${tokens + 1}`);
       const t = g.timings;
       return {
         tokensPerSecond: (1000 * t.tokenMs.length) / (t.totalMs - t.ttftMs),
+        tokensPerCpuSecond: t.tokenMs.length / cpu,
         mode: g.decode,
         cut: false,
       };
@@ -173,9 +198,11 @@ function llamaEngine(
       // ggml's threads wait for each other by spinning: on an oversubscribed machine two threads can
       // fall to a few tokens/s, so a run stops after the time limit (its rate from what it decoded)
       let cut = false;
+      let cpuAtFirst = 0;
       for await (const _ of sequence.evaluate(prompt as Token[], { temperature: 0 })) {
         const now = performance.now();
         at.push(now);
+        if (at.length === 1) cpuAtFirst = cpuSeconds();
         if (at.length === tokens + 1) break;
         if (at.length >= 3 && now - at[0]! > runLimitMs) {
           cut = true;
@@ -184,7 +211,13 @@ function llamaEngine(
       }
       if (at.length < 3) throw new Error(`llama.cpp ${name}: ${at.length} tokens, not ${tokens + 1}`);
       const steps = at.length - 1;
-      return { tokensPerSecond: (1000 * steps) / (at[steps]! - at[0]!), mode: "step", cut };
+      const cpu = cpuSeconds() - cpuAtFirst;
+      return {
+        tokensPerSecond: (1000 * steps) / (at[steps]! - at[0]!),
+        tokensPerCpuSecond: steps / cpu,
+        mode: "step",
+        cut,
+      };
     },
   };
 }
@@ -193,6 +226,13 @@ interface ShapeRow extends LlamaShape {
   llamaParameters: number;
   llamaFlopsPerToken: number;
   ggufBytes: { f32: number; q8_0: number };
+}
+
+interface Ratios {
+  iteraVsF32: number;
+  iteraVsQ8_0: number;
+  stepVsF32: number;
+  stepVsQ8_0: number;
 }
 
 interface ResultRow {
@@ -204,7 +244,10 @@ interface ResultRow {
   /** llama.cpp runs (of the rounds) stopped by the time limit */
   cut: { f32: number; q8_0: number };
   /** medians over the rounds of each round's ratio */
-  ratios: { iteraVsF32: number; iteraVsQ8_0: number; stepVsF32: number; stepVsQ8_0: number };
+  ratios: Ratios;
+  /** the same by CPU time */
+  perCpuSecond: Record<Engine["engine"], number>;
+  cpuRatios: Ratios;
 }
 
 async function main() {
@@ -278,6 +321,7 @@ async function main() {
     // Within a round the engines of one model and thread count run back to back, starting with a
     // different one each round, so that load from other jobs falls on all of them alike.
     const speeds = new Map<Engine, number[]>(engines.map((e) => [e, []]));
+    const cpuSpeeds = new Map<Engine, number[]>(engines.map((e) => [e, []]));
     const modes = new Map<Engine, string>();
     const cuts = new Map<Engine, number>(engines.map((e) => [e, 0]));
     const groups = [...new Set(engines.map((e) => `${e.model}/${e.threads}`))].map((k) =>
@@ -291,6 +335,7 @@ async function main() {
           const e = group[(i + round) % group.length]!;
           const r = await e.run();
           if (round > 0) speeds.get(e)!.push(r.tokensPerSecond);
+          if (round > 0) cpuSpeeds.get(e)!.push(r.tokensPerCpuSecond);
           if (round > 0 && r.cut) cuts.set(e, cuts.get(e)! + 1);
           modes.set(e, r.mode);
           done++;
@@ -304,25 +349,33 @@ async function main() {
 
     const results: ResultRow[] = groups.map((group) => {
       const get = (engine: Engine["engine"]) => group.find((e) => e.engine === engine)!;
-      const s = (engine: Engine["engine"]) => speeds.get(get(engine))!;
-      const ratio = (a: Engine["engine"], b: Engine["engine"]) => median(s(a).map((x, i) => x / s(b)[i]!));
+      const summary = (by: Map<Engine, number[]>) => {
+        const s = (engine: Engine["engine"]) => by.get(get(engine))!;
+        const ratio = (a: Engine["engine"], b: Engine["engine"]) => median(s(a).map((x, i) => x / s(b)[i]!));
+        return {
+          medians: Object.fromEntries(ENGINES.map((e) => [e, median(s(e))])) as Record<
+            Engine["engine"],
+            number
+          >,
+          ratios: {
+            iteraVsF32: ratio("itera", "llama.cpp-f32"),
+            iteraVsQ8_0: ratio("itera", "llama.cpp-q8_0"),
+            stepVsF32: ratio("itera-step", "llama.cpp-f32"),
+            stepVsQ8_0: ratio("itera-step", "llama.cpp-q8_0"),
+          },
+        };
+      };
+      const wall = summary(speeds);
+      const cpu = summary(cpuSpeeds);
       return {
         model: group[0]!.model,
         threads: group[0]!.threads,
         iteraMode: modes.get(get("itera")) ?? "?",
         cut: { f32: cuts.get(get("llama.cpp-f32"))!, q8_0: cuts.get(get("llama.cpp-q8_0"))! },
-        tokensPerSecond: {
-          itera: median(s("itera")),
-          "itera-step": median(s("itera-step")),
-          "llama.cpp-f32": median(s("llama.cpp-f32")),
-          "llama.cpp-q8_0": median(s("llama.cpp-q8_0")),
-        },
-        ratios: {
-          iteraVsF32: ratio("itera", "llama.cpp-f32"),
-          iteraVsQ8_0: ratio("itera", "llama.cpp-q8_0"),
-          stepVsF32: ratio("itera-step", "llama.cpp-f32"),
-          stepVsQ8_0: ratio("itera-step", "llama.cpp-q8_0"),
-        },
+        tokensPerSecond: wall.medians,
+        ratios: wall.ratios,
+        perCpuSecond: cpu.medians,
+        cpuRatios: cpu.ratios,
       };
     });
     const loadEnd = loadavg()[0]!;
@@ -363,6 +416,48 @@ async function main() {
   }
 }
 
+/** One row per model and thread count: the four engines' medians, then itera's ratios to llama.cpp. */
+function speedTable(
+  results: ResultRow[],
+  unit: string,
+  medians: (r: ResultRow) => Record<Engine["engine"], number>,
+  ratios: (r: ResultRow) => Ratios,
+  showCuts: boolean,
+): string {
+  const x = (r: number) => `${r.toFixed(2)}x`;
+  const cutNote = (n: number) => (showCuts && n ? ` (${n} runs cut)` : "");
+  return markdownTable(
+    [
+      "model",
+      "threads",
+      `itera ${unit}`,
+      `itera step ${unit}`,
+      `llama.cpp f32 ${unit}`,
+      `llama.cpp q8_0 ${unit}`,
+      "itera / f32",
+      "itera / q8_0",
+      "step / f32",
+      "step / q8_0",
+    ],
+    results.map((r) => {
+      const m = medians(r);
+      const q = ratios(r);
+      return [
+        r.model,
+        r.threads,
+        `${m.itera.toFixed(0)} (${r.iteraMode})`,
+        m["itera-step"].toFixed(0),
+        `${m["llama.cpp-f32"].toFixed(0)}${cutNote(r.cut.f32)}`,
+        `${m["llama.cpp-q8_0"].toFixed(0)}${cutNote(r.cut.q8_0)}`,
+        x(q.iteraVsF32),
+        x(q.iteraVsQ8_0),
+        x(q.stepVsF32),
+        x(q.stepVsQ8_0),
+      ];
+    }),
+  );
+}
+
 function renderReport(
   args: Args,
   shapes: ShapeRow[],
@@ -376,10 +471,7 @@ function renderReport(
     llamaCpp: string;
   },
 ): string {
-  const x = (r: number) => `${r.toFixed(2)}x`;
   const k = (n: number) => `${(n / 1000).toFixed(0)}k`;
-  const cutNote = (speed: number, cut: number) =>
-    `${speed.toFixed(0)}${cut ? ` (${cut}/${args.rounds} cut)` : ""}`;
   return [
     `## Peers: itera vs llama.cpp (bench/peers.ts) — ${run.started.toISOString().slice(0, 16)}Z`,
     "",
@@ -422,33 +514,26 @@ function renderReport(
     ),
     "",
     "Decode tokens/s (medians over the rounds) and itera / llama.cpp (median of the per-round ratios; above 1: itera faster). " +
-      "`itera`: generate()'s default decode (`fused`: many steps per ONNX Runtime call); `itera step`: one call per token (`fusedDecode: false`):",
+      "`itera`: generate()'s default decode (`fused`: many steps per ONNX Runtime call); `itera step`: one call per token (`fusedDecode: false`). " +
+      "By the wall clock:",
     "",
-    markdownTable(
-      [
-        "model",
-        "threads",
-        "itera tok/s",
-        "itera step tok/s",
-        "llama.cpp f32 tok/s",
-        "llama.cpp q8_0 tok/s",
-        "itera / f32",
-        "itera / q8_0",
-        "step / f32",
-        "step / q8_0",
-      ],
-      results.map((r) => [
-        r.model,
-        r.threads,
-        `${r.tokensPerSecond.itera.toFixed(0)} (${r.iteraMode})`,
-        r.tokensPerSecond["itera-step"].toFixed(0),
-        cutNote(r.tokensPerSecond["llama.cpp-f32"], r.cut.f32),
-        cutNote(r.tokensPerSecond["llama.cpp-q8_0"], r.cut.q8_0),
-        x(r.ratios.iteraVsF32),
-        x(r.ratios.iteraVsQ8_0),
-        x(r.ratios.stepVsF32),
-        x(r.ratios.stepVsQ8_0),
-      ]),
+    speedTable(
+      results,
+      "tok/s",
+      (r) => r.tokensPerSecond,
+      (r) => r.ratios,
+      true,
+    ),
+    "",
+    "The same decode steps per second of the process's CPU time (user + system, all threads; from the first generated token on): " +
+      "less moved by other jobs than the wall clock, but a thread that spin-waits counts as working:",
+    "",
+    speedTable(
+      results,
+      "tok/CPU-s",
+      (r) => r.perCpuSecond,
+      (r) => r.cpuRatios,
+      false,
     ),
     "",
   ].join("\n");
