@@ -284,9 +284,11 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
     );
     const r = await flashOverSsh(options(bundles.v2!, dev, { chunkBytes }));
     expect(r).toMatchObject({ ok: true, result: "installed", previous: "0.1.0", current: "0.2.0" });
-    const { bytes_total, bytes_sent, bytes_resumed } = r.copy!;
+    const { bytes_total, bytes_sent, bytes_resumed, bytes_linked } = r.copy!;
     expect(bytes_resumed).toBeGreaterThanOrEqual(2 * chunkBytes);
-    expect(bytes_sent).toBe(bytes_total - bytes_resumed);
+    // install.sh is the same in both fixture releases: linked from the current one, not sent.
+    expect(r.copy!.linked).toEqual(["install.sh"]);
+    expect(bytes_sent).toBe(bytes_total - bytes_resumed - bytes_linked);
     expect(bytes_sent).toBeLessThan(bytes_total);
     expect(r.steps.find((s) => s.id === "copy")?.detail).toMatch(/resumed after \d+ bytes/);
     // The resumed file is whole: the device checked every sha256 before installing it.
@@ -392,7 +394,9 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
     const agentBytes = (await stat(join(bundles.v2!, "itera-agent"))).size;
     expect(r.copy!.bytes_resumed).toBeGreaterThanOrEqual(chunkBytes);
     // The resumed tail, then the whole agent once more after the device's sha256 check failed.
-    expect(r.copy!.bytes_sent).toBe(r.copy!.bytes_total - r.copy!.bytes_resumed + agentBytes);
+    expect(r.copy!.bytes_sent).toBe(
+      r.copy!.bytes_total - r.copy!.bytes_resumed - r.copy!.bytes_linked + agentBytes,
+    );
     expect(
       (await readFile(join(dev.prefix, "opt/itera/current/itera-agent"))).equals(
         await readFile(join(bundles.v2!, "itera-agent")),

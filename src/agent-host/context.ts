@@ -5,6 +5,7 @@ import type { DeviceProfile } from "../profile/schema.js";
 import { type BundleIndex, PROFILE_ASSET } from "./bundle-index.js";
 import { assetContent, bundleIndex, inBundle } from "./embedded.js";
 import { extractBundle } from "./extract.js";
+import { installedRelease } from "./release.js";
 
 /**
  * What every `itera-agent` command runs with: the model folder, the device profile and (inside a
@@ -14,9 +15,10 @@ import { extractBundle } from "./extract.js";
  *   const ctx = await agentContext(opts);         // { mode, modelDir, profile, manifest }
  *
  * - Bundle mode (the single executable, `node:sea` isSea() true): the embedded assets are checked
- *   against bundle.json (the agent refuses to start on any mismatch), the model and the native
- *   onnxruntime files are extracted once to a cache folder (src/agent-host/extract.ts), and
- *   --model/--profile are refused: a bundle runs the model and profile it was built with.
+ *   against bundle.json (the agent refuses to start on any mismatch), the native onnxruntime files
+ *   are extracted once to a cache folder (src/agent-host/extract.ts), the model is the release's
+ *   model pack beside the executable, checked against the release manifest (src/agent-host/release.ts),
+ *   and --model/--profile are refused: a bundle runs the model pack and profile it was installed with.
  * - Dev mode (`node dist/cli/itera-agent.js` or tsx): --model DIR and --profile NAME|FILE are
  *   required; `manifest` is null.
  */
@@ -24,7 +26,7 @@ export interface AgentContext {
   mode: "bundle" | "dev";
   modelDir: string;
   profile: DeviceProfile;
-  /** The embedded manifest (without files/signature, which describe the finished folder); null in dev mode. */
+  /** The release's manifest.json (checked against this runtime); null in dev mode. */
   manifest: BundleIndex | null;
   /** Bundle mode: where the files were extracted and whether this run did it (cold start). */
   extraction?: { dir: string; extracted: boolean };
@@ -52,7 +54,8 @@ export async function agentContext(opts: ModelOptions): Promise<AgentContext> {
         fix: "drop --model/--profile: this executable runs the model and profile it was built with",
       });
     }
-    const manifest = bundleIndex();
+    bundleIndex();
+    const { manifest, modelDir } = installedRelease();
     const profile = parseProfile(
       JSON.parse(assetContent(PROFILE_ASSET).toString("utf8")),
       `${process.execPath}:${PROFILE_ASSET}`,
@@ -60,7 +63,7 @@ export async function agentContext(opts: ModelOptions): Promise<AgentContext> {
     const x = extractBundle();
     return {
       mode: "bundle",
-      modelDir: x.modelDir,
+      modelDir,
       profile,
       manifest,
       extraction: { dir: x.dir, extracted: x.extracted },

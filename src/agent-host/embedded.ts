@@ -2,7 +2,12 @@ import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
 import { brotliDecompressSync } from "node:zlib";
 import { IteraError } from "../errors.js";
-import { BUNDLE_INDEX_ASSET, type BundleIndex, bundleIndexSchema, type StoredAsset } from "./bundle-index.js";
+import {
+  BUNDLE_INDEX_ASSET,
+  bundleIndexSchema,
+  type RuntimeIndex,
+  type StoredAsset,
+} from "./bundle-index.js";
 
 /**
  * The assets embedded in a bundle's executable (Node single executable application). `bundle.json`
@@ -54,12 +59,14 @@ function rawAsset(key: string): Buffer {
   return typeof raw === "string" ? Buffer.from(raw) : Buffer.from(raw);
 }
 
-let index: BundleIndex | undefined;
+let index: RuntimeIndex | undefined;
+let indexSha256: string | undefined;
 
-/** The bundle index (`bundle.json`, parsed and validated; once per process). Hashes no other asset. */
-export function bundleIndex(): BundleIndex {
+/** The runtime's index (`bundle.json`, parsed and validated; once per process). Hashes no other asset. */
+export function bundleIndex(): RuntimeIndex {
   if (index) return index;
-  const text = rawAsset(BUNDLE_INDEX_ASSET).toString("utf8");
+  const raw = rawAsset(BUNDLE_INDEX_ASSET);
+  const text = raw.toString("utf8");
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
@@ -72,7 +79,14 @@ export function bundleIndex(): BundleIndex {
     throw tampered(BUNDLE_INDEX_ASSET, `field '${issue.path.join(".")}': ${issue.message}`);
   }
   index = r.data;
+  indexSha256 = createHash("sha256").update(raw).digest("hex");
   return index;
+}
+
+/** sha256 of the embedded bundle.json: the release manifest beside the executable must name it. */
+export function bundleIndexSha256(): string {
+  bundleIndex();
+  return indexSha256!;
 }
 
 /**

@@ -4,6 +4,7 @@ import {
   constants,
   existsSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -15,12 +16,13 @@ import { dirname, join } from "node:path";
 import { canonicalJson } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
 import { sha256 } from "../util/fs.js";
-import { MODEL_PREFIX, NATIVE_PREFIX } from "./bundle-index.js";
+import { NATIVE_PREFIX } from "./bundle-index.js";
 import { assetContent, bundleIndex } from "./embedded.js";
 
 /**
  * First-run extraction of the files that must exist on disk: the onnxruntime binding and shared
- * library (the OS loader only opens files) and the model folder (the runtime opens a directory).
+ * library (the OS loader only opens files). The model is not embedded: it is the release's model
+ * pack beside the executable (src/agent-host/release.ts).
  *
  * They go to <cache>/<key>/ where key is the sha256 of their entries in bundle.json, so two bundles
  * never share a folder and a rebuilt bundle gets a fresh one. <cache> is $ITERA_AGENT_CACHE, else
@@ -37,7 +39,6 @@ import { assetContent, bundleIndex } from "./embedded.js";
  */
 export interface ExtractedBundle {
   dir: string;
-  modelDir: string;
   nativeDir: string;
   /** True when this process wrote the folder (a cold start). */
   extracted: boolean;
@@ -61,7 +62,7 @@ export function cacheRoots(): string[] {
   return roots;
 }
 
-function writableRoot(): string {
+export function writableRoot(): string {
   for (const root of cacheRoots()) {
     try {
       mkdirSync(root, { recursive: true, mode: 0o700 });
@@ -81,15 +82,13 @@ function writableRoot(): string {
 export function extractBundle(): ExtractedBundle {
   if (extracted) return extracted;
   const idx = bundleIndex();
-  const entries = Object.entries(idx.assets).filter(
-    ([k]) => k.startsWith(MODEL_PREFIX) || k.startsWith(NATIVE_PREFIX),
-  );
+  const entries = Object.entries(idx.assets).filter(([k]) => k.startsWith(NATIVE_PREFIX));
   const key = sha256(canonicalJson(Object.fromEntries(entries))).slice(0, 32);
   const root = writableRoot();
   const dir = join(root, key);
+  pruneCache(root, key);
   const result = (fresh: boolean): ExtractedBundle => ({
     dir,
-    modelDir: join(dir, "model"),
     nativeDir: join(dir, "native"),
     extracted: fresh,
   });
@@ -138,4 +137,47 @@ function isComplete(dir: string, key: string, entries: [string, { bytes: number 
   } catch {
     return false;
   }
+}
+
+/** Which extraction folders the agents using this cache ran last: the newest two are kept. */
+const USAGE = ".itera-agent-cache.json";
+const KEY_NAME = /^[0-9a-f]{32}$/;
+
+/**
+ * Old extraction folders are removed when a runtime with another key starts here: the folders of
+ * the current and the previous runtime are kept (a rollback, or an older release still running,
+ * uses the previous one). Only folders the agent made are touched: a 32-hex name whose `.complete`
+ * stamp holds that same name; anything else in the cache folder is left as it is. Best effort: a
+ * folder that cannot be removed now is tried again at the next change.
+ */
+export function pruneCache(root: string, key: string): string[] {
+  const usagePath = join(root, USAGE);
+  let usage: { current?: unknown; previous?: unknown } = {};
+  try {
+    usage = JSON.parse(readFileSync(usagePath, "utf8")) as typeof usage;
+  } catch {
+    // first start here, or an unreadable record: start a new one
+  }
+  if (usage.current === key) return []; // the usual start: nothing changed, no folder is listed
+  const previous = typeof usage.current === "string" && KEY_NAME.test(usage.current) ? usage.current : null;
+  const tmp = join(root, `${USAGE}.${process.pid}.tmp`);
+  try {
+    writeFileSync(tmp, `${JSON.stringify({ current: key, previous })}\n`);
+    renameSync(tmp, usagePath);
+  } catch {
+    rmSync(tmp, { force: true });
+    return []; // without the record the next start could not tell what to keep: prune nothing
+  }
+  const pruned: string[] = [];
+  for (const name of readdirSync(root)) {
+    if (!KEY_NAME.test(name) || name === key || name === previous) continue;
+    try {
+      if (readFileSync(join(root, name, COMPLETE), "utf8") !== name) continue; // not the agent's
+      rmSync(join(root, name), { recursive: true, force: true });
+      pruned.push(name);
+    } catch {
+      // not ours, or already gone
+    }
+  }
+  return pruned;
 }

@@ -1,9 +1,17 @@
 import { join, posix } from "node:path";
+import { type Manifest, manifestSchema } from "../bundle/manifest.js";
+import { changedParts, unchangedFiles } from "../bundle/model-pack.js";
 import { IteraError } from "../errors.js";
 import { type AgentConfig, renderAgentConfig } from "./agent-config.js";
 import { type BrokerNeed, brokerNeedOfBundle, brokerSource, checkBroker } from "./broker-check.js";
 import { type VerifiedBundle, verifyLocally } from "./bundle.js";
-import { archFromUname, type DeviceLayout, deviceLayout, releaseLinkTarget } from "./layout.js";
+import {
+  archFromUname,
+  type DeviceLayout,
+  deviceLayout,
+  MANIFEST_FILE,
+  releaseLinkTarget,
+} from "./layout.js";
 import * as scripts from "./remote-scripts.js";
 import { type FlashReport, newReport, versionOfLink } from "./report.js";
 import {
@@ -52,6 +60,8 @@ export interface Probe {
   staged: Map<string, number>;
   /** The agent config the bundle's unit reads, as the device has it (null: not asked for, or no file). */
   config: string | null;
+  /** The current release's manifest.json on one line (null: no current release, or none there). */
+  currentManifest: string | null;
 }
 
 export function parseProbe(stdout: string): Probe {
@@ -65,6 +75,7 @@ export function parseProbe(stdout: string): Probe {
     missing: [],
     staged: new Map(),
     config: null,
+    currentManifest: null,
   };
   for (const line of stdout.split("\n")) {
     const eq = line.indexOf("=");
@@ -79,6 +90,7 @@ export function parseProbe(stdout: string): Probe {
     else if (key === "installed_sha") p.installedSha = value.trim() || null;
     else if (key === "missing") p.missing.push(value.trim());
     else if (key === "config_json") p.config = value;
+    else if (key === "current_manifest") p.currentManifest = value;
     else if (key === "staged") {
       const [n, ...name] = value.split(" ");
       p.staged.set(name.join(" "), Number.parseInt(n ?? "0", 10));
@@ -90,6 +102,31 @@ export function parseProbe(stdout: string): Probe {
 /** Free space a flash needs beyond the bytes still to send: the upload is moved, not copied, into place. */
 export function spaceMarginBytes(totalBytes: number): number {
   return Math.max(256 * 1024, Math.ceil(totalBytes * 0.05));
+}
+
+/**
+ * The current release's manifest as the device has it, when it is a valid one for the same target
+ * (else null: everything is sent). Only used to pick files to link; the device re-checks them all.
+ */
+export function currentManifestOf(text: string | null, b: VerifiedBundle): Manifest | null {
+  if (!text) return null;
+  try {
+    const m = manifestSchema.safeParse(JSON.parse(text));
+    if (!m.success || m.data.target.arch !== b.manifest.target.arch) return null;
+    return m.data;
+  } catch {
+    return null;
+  }
+}
+
+/** The new bundle's files the current release already has (never manifest.json), and their bytes. */
+export function reusableFiles(
+  b: VerifiedBundle,
+  current: Manifest | null,
+): { names: string[]; bytes: number } {
+  const names = unchangedFiles(b.manifest, current).filter((n) => n !== MANIFEST_FILE);
+  const bytes = b.files.filter((f) => names.includes(f.name)).reduce((n, f) => n + f.bytes, 0);
+  return { names, bytes };
 }
 
 function checkProbe(p: Probe, b: VerifiedBundle, o: SshFlashOptions, need: BrokerNeed | null): void {
@@ -123,8 +160,13 @@ function checkProbe(p: Probe, b: VerifiedBundle, o: SshFlashOptions, need: Broke
   }
   checkBroker(need, o.config, p.config, (path) => (path ? `${where}:${posix.join(o.prefix, path)}` : where));
   if (p.installedSha === b.manifestSha256) return; // already there: nothing to copy
-  const stagedBytes = b.files.reduce((n, f) => n + Math.min(f.bytes, p.staged.get(f.name) ?? 0), 0);
-  const needKb = Math.ceil((b.totalBytes - stagedBytes + spaceMarginBytes(b.totalBytes)) / 1024);
+  const reuse = reusableFiles(b, currentManifestOf(p.currentManifest, b));
+  const stagedBytes = b.files
+    .filter((f) => !reuse.names.includes(f.name))
+    .reduce((n, f) => n + Math.min(f.bytes, p.staged.get(f.name) ?? 0), 0);
+  // Linked files take no space; what is still to send does, plus the margin on what is sent.
+  const toSend = b.totalBytes - reuse.bytes;
+  const needKb = Math.ceil((toSend - stagedBytes + spaceMarginBytes(toSend)) / 1024);
   if (!(p.freeKb >= needKb)) {
     throw new IteraError(
       `not enough free space on the device: ${p.freeKb} KiB free under ${o.prefix}, ${needKb} KiB needed; nothing was copied`,
@@ -182,6 +224,8 @@ async function flashVerified(o: SshFlashOptions, log: StepLog, bundle: VerifiedB
     );
     report.previous = versionOfLink(probe.current);
     report.current = report.previous;
+    const currentManifest = currentManifestOf(probe.currentManifest, bundle);
+    report.parts = changedParts(m, currentManifest);
     // What a failure goes back to: the running release, or, when this very release is already current
     // (an earlier flash of it was cut off before its health check), the one that flash replaced.
     const fallback =
@@ -192,7 +236,13 @@ async function flashVerified(o: SshFlashOptions, log: StepLog, bundle: VerifiedB
       // The same build is already on the device (a repeated flash, or one cut off after its install):
       // nothing to send; its files are still checked before it is switched to.
       log.skip("copy", "copy the bundle", `release ${m.version} is already on the device, identical`);
-      report.copy = { bytes_total: bundle.totalBytes, bytes_sent: 0, bytes_resumed: 0 };
+      report.copy = {
+        bytes_total: bundle.totalBytes,
+        bytes_sent: 0,
+        bytes_resumed: 0,
+        bytes_linked: 0,
+        linked: [],
+      };
       await log.run(
         "verify-device",
         `check every file's sha256 in ${release} against the signed manifest`,
@@ -211,7 +261,8 @@ async function flashVerified(o: SshFlashOptions, log: StepLog, bundle: VerifiedB
       );
       log.skip("install", `install as ${release}`, "already installed");
     } else {
-      await copyVerifyInstall(session, log, o, bundle, probe.staged, staging, release, report);
+      const reuse = probe.current ? reusableFiles(bundle, currentManifest) : { names: [], bytes: 0 };
+      await copyVerifyInstall(session, log, o, bundle, probe, reuse.names, staging, release, report);
     }
 
     if (o.config) {
@@ -322,17 +373,45 @@ async function copyVerifyInstall(
   log: StepLog,
   o: SshFlashOptions,
   bundle: VerifiedBundle,
-  staged: Map<string, number>,
+  probe: Probe,
+  reusable: string[],
   staging: string,
   release: string,
   report: FlashReport,
 ): Promise<void> {
   const m = bundle.manifest;
   const files = bundle.files.map((f) => ({ ...f, localPath: join(bundle.dir, f.name) }));
+  // Files the current release has byte for byte (its runtime, when only the model pack changed):
+  // hard-linked on the device into the upload, not sent; verify-device checks them with the rest.
+  let linked = new Set<string>();
+  if (reusable.length > 0 && probe.current) {
+    linked = await log.run(
+      "link",
+      `link the ${reusable.length} files the current release already has into ${staging}`,
+      async () => {
+        const r = await session.script(scripts.LINK, [
+          deviceLayout(o.prefix).base,
+          probe.current!,
+          staging,
+          ...reusable,
+        ]);
+        if (r.code !== 0) throw scriptError("link", r, o);
+        return new Set(
+          r.stdout
+            .split("\n")
+            .filter((l) => l.startsWith("linked="))
+            .map((l) => l.slice(7)),
+        );
+      },
+      (l) => `${[...l].join(", ")} (${bytesOf(bundle, l)} bytes not sent)`,
+    );
+  }
+  const toSend = files.filter((f) => !linked.has(f.name));
+  const sendBytes = toSend.reduce((n, f) => n + f.bytes, 0);
   const upload = await log.run(
     "copy",
-    `copy ${bundle.totalBytes} bytes to ${staging} (resumable)`,
-    () => uploadResumable(session, staging, files, staged, copyOptions(o)),
+    `copy ${sendBytes} bytes to ${staging} (resumable)`,
+    () => uploadResumable(session, staging, toSend, probe.staged, copyOptions(o)),
     (u) =>
       `sent ${u.bytesSent} bytes${u.bytesResumed > 0 ? `, resumed after ${u.bytesResumed} bytes already there` : ""}`,
   );
@@ -340,6 +419,8 @@ async function copyVerifyInstall(
     bytes_total: bundle.totalBytes,
     bytes_sent: upload.bytesSent,
     bytes_resumed: upload.bytesResumed,
+    bytes_linked: bytesOf(bundle, linked),
+    linked: [...linked].sort(),
   };
 
   await log.run(
@@ -381,6 +462,10 @@ async function copyVerifyInstall(
     },
     (how) => (how === "reused" ? "identical release already there: reused" : undefined),
   );
+}
+
+function bytesOf(b: VerifiedBundle, names: Set<string>): number {
+  return b.files.filter((f) => names.has(f.name)).reduce((n, f) => n + f.bytes, 0);
 }
 
 function copyOptions(o: SshFlashOptions) {

@@ -60,6 +60,28 @@ for f in "$@"; do
 done
 # JSON strings cannot hold raw newlines, so flattening them to spaces keeps the JSON's meaning.
 if [ -n "$config" ] && [ -f "$config" ]; then echo "config_json=$(head -c 65536 -- "$config" | tr '\\r\\n' '  ')"; fi
+# The current release's manifest: which of the new bundle's files the device already has (same sha256).
+if [ -L "$base/current" ] && [ -f "$base/current/manifest.json" ]; then
+  echo "current_manifest=$(head -c 4194304 -- "$base/current/manifest.json" | tr '\\r\\n' '  ')"
+fi
+`;
+
+/**
+ * args: base current-link-target staging FILE... -> linked=FILE lines: each file hard-linked from the
+ * current release into the staging folder (a file the new release shares with it byte for byte, the
+ * runtime of a model-only update). A file that cannot be linked is left for the upload; the device
+ * checks every staged file's sha256 afterwards, linked or sent.
+ */
+export const LINK = `${COMMON}
+base=$1; cur=$2; staging=$3; shift 3
+for f in "$@"; do
+  src="$base/$cur/$f"
+  if [ -f "$src" ] && [ ! -L "$src" ]; then
+    mkdir -p -- "$(dirname -- "$staging/$f")"
+    rm -f -- "$staging/$f"
+    if ln -- "$src" "$staging/$f" 2>/dev/null; then echo "linked=$f"; fi
+  fi
+done
 `;
 
 /** The device-side argv of one upload chunk: append stdin to a staged file (a resume appends the rest). */

@@ -17,7 +17,19 @@ export interface FlashReport {
   /** Release versions before and after (null: none). */
   previous: string | null;
   current: string | null;
-  copy?: { bytes_total: number; bytes_sent: number; bytes_resumed: number };
+  /**
+   * bytes_sent: what this run sent (ssh) or wrote (rootfs); bytes_linked: files the current release
+   * already had byte for byte, hard-linked on the device instead (`linked` names them).
+   */
+  copy?: {
+    bytes_total: number;
+    bytes_sent: number;
+    bytes_resumed: number;
+    bytes_linked: number;
+    linked: string[];
+  };
+  /** Which parts of the bundle differ from the device's current release, i.e. had to travel (absent: not probed). */
+  parts?: { runtime: boolean; model_pack: boolean };
   health?: { ok: boolean; info?: unknown; error?: string };
   rollback?: { to: string | null; healthy: boolean | null };
   error?: { error: string; where?: string; fix?: string };
@@ -54,4 +66,18 @@ export function newReport(
     current: null,
     steps,
   };
+}
+
+/** One line for people: what travelled, and what the device already had. */
+export function copySummary(r: FlashReport): string {
+  if (!r.copy) return "";
+  const c = r.copy;
+  const parts = r.parts
+    ? ` (${r.parts.runtime ? "runtime" : ""}${r.parts.runtime && r.parts.model_pack ? " and " : ""}${
+        r.parts.model_pack ? "model pack" : ""
+      }${!r.parts.runtime && !r.parts.model_pack ? "no part" : ""} changed)`
+    : "";
+  return `${r.mode === "rootfs" ? "wrote" : "sent"} ${c.bytes_sent} of ${c.bytes_total} bytes${
+    c.bytes_linked > 0 ? `, ${c.bytes_linked} linked from the current release` : ""
+  }${parts}`;
 }

@@ -1,6 +1,7 @@
 import {
   copyFile,
   chmod,
+  link,
   lstat,
   mkdir,
   open,
@@ -14,6 +15,8 @@ import {
 } from "node:fs/promises";
 import { constants } from "node:fs";
 import { dirname, isAbsolute, join } from "node:path";
+import { manifestSchema } from "../bundle/manifest.js";
+import { changedParts } from "../bundle/model-pack.js";
 import { IteraError } from "../errors.js";
 import { sha256File, tempPathFor, writeFileAtomic } from "../util/fs.js";
 import { type AgentConfig, renderAgentConfig } from "./agent-config.js";
@@ -23,7 +26,7 @@ import { readElfArch, resolveInRoot } from "./elf.js";
 import { deviceLayout, MANIFEST_FILE, releaseLinkTarget, UNIT_LINK_TARGET, UNIT_NAME } from "./layout.js";
 import { type FlashReport, newReport, versionOfLink } from "./report.js";
 import { StepLog } from "./steps.js";
-import { spaceMarginBytes } from "./flash-ssh.js";
+import { reusableFiles, spaceMarginBytes } from "./flash-ssh.js";
 
 export interface RootfsFlashOptions {
   bundle: string;
@@ -180,6 +183,33 @@ async function writablePaths(root: string, version: string, writesConfig: boolea
 }
 
 /**
+ * The card's current release (what `current` points at, resolved inside the card) and its manifest,
+ * when it is a plain `releases/<version>` link to a folder with a valid manifest; else null.
+ */
+async function currentRelease(root: string, currentLink: string) {
+  const target = await readlink(currentLink).catch(() => null);
+  if (!target || !/^releases\/[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(target)) return null;
+  try {
+    const dir = await cardPath(root, `opt/itera/${target}`, true);
+    const text = await readPlainFile(join(dir, MANIFEST_FILE));
+    const m = text ? manifestSchema.safeParse(JSON.parse(text.toString("utf8"))) : undefined;
+    return m?.success ? { dir, manifest: m.data } : null;
+  } catch {
+    return null; // a card whose current release cannot be read: everything is written
+  }
+}
+
+/** Hard-link `src` to `dest` when it is a plain file (never a symlink, which could lead off the card). */
+async function linkPlainFile(src: string, dest: string): Promise<boolean> {
+  const st = await lstat(src).catch(() => undefined);
+  if (!st?.isFile()) return false;
+  return link(src, dest).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
  * Fill a release folder under a temp name beside it and move it into place only when complete. `dir`
  * comes from cardPath: its parents hold no symlink, and rm removes a link there, never its target.
  */
@@ -242,7 +272,7 @@ async function writeVerified(
       fix: "mount the SD card's root partition (e.g. mount /dev/sdX2 /mnt/rootfs) and give that folder",
     });
   }
-  const { paths } = await log.run(
+  const { paths, current, reuse } = await log.run(
     "check-rootfs",
     "check the root file system's architecture, every path the flash writes, free space and the agent's broker",
     async () => {
@@ -268,24 +298,29 @@ async function writeVerified(
       const deviceConfig = configOnCard ? await readFile(configOnCard, "utf8").catch(() => null) : null;
       const broker = checkBroker(brokerNeed, o.config, deviceConfig, onCard);
       const paths = await writablePaths(o.rootfs, m.version, o.config !== undefined);
+      const current = await currentRelease(o.rootfs, paths.current);
+      const reuse = reusableFiles(bundle, current?.manifest ?? null);
       let dir = paths.base;
       while (!(await stat(dir).catch(() => undefined))) dir = dirname(dir);
       const fs = await statfs(dir);
       const free = fs.bavail * fs.bsize;
-      const need = bundle.totalBytes + spaceMarginBytes(bundle.totalBytes);
+      // Linked files take no space on the card.
+      const toWrite = bundle.totalBytes - reuse.bytes;
+      const need = toWrite + spaceMarginBytes(toWrite);
       if (free < need) {
         throw new IteraError(
           `not enough free space on the card: ${Math.floor(free / 1024)} KiB free, ${Math.ceil(need / 1024)} KiB needed; nothing was written`,
           { where: o.rootfs, fix: "free space on the card's root partition (or grow it), then flash again" },
         );
       }
-      return { ...elf, broker, paths };
+      return { ...elf, broker, paths, current, reuse };
     },
     (c) => `${c.machine} (from /${c.probe}); broker: ${c.broker}`,
   );
   const previousLink = await readlink(paths.current).catch(() => null);
   report.previous = versionOfLink(previousLink);
   report.current = report.previous;
+  report.parts = changedParts(m, current?.manifest ?? null);
   const rel = join(L.releases, m.version);
   if (o.dryRun) {
     log.plan("install", `copy the bundle to ${rel}`, bundle.files.map((f) => f.name).join(", "));
@@ -300,6 +335,8 @@ async function writeVerified(
     return report;
   }
 
+  const linked: string[] = [];
+  let written = 0;
   await log.run(
     "install",
     `copy the bundle to ${rel}`,
@@ -316,7 +353,18 @@ async function writeVerified(
         for (const f of bundle.files) {
           const dest = join(tmp, f.name);
           await mkdir(dirname(dest), { recursive: true });
-          await copyFile(join(bundle.dir, f.name), dest);
+          // A file the current release has byte for byte (its runtime, when only the model pack
+          // changed) is hard-linked, not written again; it is read back and hashed like the rest.
+          if (
+            current &&
+            reuse.names.includes(f.name) &&
+            (await linkPlainFile(join(current.dir, f.name), dest))
+          ) {
+            linked.push(f.name);
+          } else {
+            await copyFile(join(bundle.dir, f.name), dest);
+            written += f.bytes;
+          }
           await chmod(dest, f.name === "itera-agent" || f.name.endsWith(".sh") ? 0o755 : 0o644);
           // Read back what landed on the card: a failing card shows up here, not at boot.
           if ((await sha256File(dest)) !== f.sha256) {
@@ -330,8 +378,19 @@ async function writeVerified(
       });
       return "copied";
     },
-    (how) => (how === "reused" ? "identical release already there: reused" : "written and read back"),
+    (how) =>
+      how === "reused"
+        ? "identical release already there: reused"
+        : `written and read back${linked.length > 0 ? `; linked from the current release: ${linked.join(", ")}` : ""}`,
   );
+  const linkedBytes = bundle.files.filter((f) => linked.includes(f.name)).reduce((n, f) => n + f.bytes, 0);
+  report.copy = {
+    bytes_total: bundle.totalBytes,
+    bytes_sent: written,
+    bytes_resumed: 0,
+    bytes_linked: linkedBytes,
+    linked,
+  };
   if (o.config && paths.config) {
     const cfg = o.config;
     const configPath = paths.config;

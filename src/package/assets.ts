@@ -5,18 +5,19 @@ import { brotliCompress, constants as zc } from "node:zlib";
 import { promisify } from "node:util";
 import {
   BUNDLE_INDEX_ASSET,
-  MODEL_PREFIX,
   NATIVE_PREFIX,
   PROFILE_ASSET,
   type StoredAsset,
 } from "../agent-host/bundle-index.js";
+import { MODEL_PACK_DIR } from "../bundle/model-pack.js";
 import { IteraError } from "../errors.js";
 import { sha256 } from "../util/fs.js";
 import type { Target } from "./target.js";
 
 /**
- * The files a bundle embeds as SEA assets, each stored compressed when that pays: model files,
- * the device profile and the target's onnxruntime binding + shared library. Stored bytes go to
+ * The files a bundle's runtime embeds as SEA assets, each stored compressed when that pays: the
+ * device profile and the target's onnxruntime binding + shared library (the model is not embedded:
+ * it travels as the model pack beside the executable, src/package/model-pack.ts). Stored bytes go to
  * files in a work folder (the SEA config points at them) and their hashes to bundle.json.
  */
 const brotli = promisify(brotliCompress);
@@ -76,7 +77,7 @@ function packageDir(name: string): string {
   return dirname(createRequire(import.meta.url).resolve(`${name}/package.json`));
 }
 
-/** Every file of the model folder (recursively, hidden files skipped), keyed model/<relative path>. */
+/** Every file of the model folder (recursively, hidden files skipped), keyed model/<relative path> (its path in the model pack). */
 export async function modelFolderFiles(dir: string): Promise<AssetSource[]> {
   const out: AssetSource[] = [];
   const walk = async (d: string): Promise<void> => {
@@ -88,7 +89,7 @@ export async function modelFolderFiles(dir: string): Promise<AssetSource[]> {
       if (e.isDirectory()) await walk(p);
       else if (e.isFile())
         out.push({
-          key: `${MODEL_PREFIX}${relative(dir, p).split(sep).join("/")}`,
+          key: `${MODEL_PACK_DIR}/${relative(dir, p).split(sep).join("/")}`,
           content: await readFile(p),
         });
     }

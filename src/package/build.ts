@@ -1,10 +1,23 @@
 import { createPrivateKey, type KeyObject } from "node:crypto";
 import { renameSync } from "node:fs";
-import { chmod, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, copyFile, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { BUNDLE_INDEX_ASSET, type BundleIndex, type StoredAsset } from "../agent-host/bundle-index.js";
-import { canonicalJson, type Manifest, manifestSchema, signManifest } from "../bundle/manifest.js";
+import {
+  BUNDLE_INDEX_ASSET,
+  RUNTIME_INDEX_SCHEMA,
+  type RuntimeIndex,
+  type StoredAsset,
+} from "../agent-host/bundle-index.js";
+import {
+  BUNDLE_SCHEMA,
+  type BundleParts,
+  canonicalJson,
+  type Manifest,
+  manifestSchema,
+  signManifest,
+} from "../bundle/manifest.js";
+import { MODEL_PACK_FILE, runtimeId } from "../bundle/model-pack.js";
 import { IteraError } from "../errors.js";
 import { loadProfile } from "../profile/load.js";
 import type { DeviceProfile } from "../profile/schema.js";
@@ -16,7 +29,6 @@ import { VERSION } from "../version.js";
 import { bundleAgentScript, packageRoot } from "./agent-script.js";
 import {
   type AssetSource,
-  modelFolderFiles,
   nativeAddonFiles,
   type PreparedAsset,
   prepareAsset,
@@ -31,9 +43,11 @@ import {
 } from "./bundle-files.js";
 import { loadGenaiConfig } from "../model/genai-config.js";
 import { checkModelRuns, firstPromptId, type ModelCheck } from "./model-check.js";
-import { type ModelInput, readModelInput } from "./model-input.js";
+import { readModelInput } from "./model-input.js";
 import { NODE_VERSION, nodeBinary } from "./node-binary.js";
 import { type QuantizationDecision, resolveQuantization } from "./quantization.js";
+import { writeModelPack } from "./model-pack.js";
+import { verifyBundle } from "./verify.js";
 import { makeSeaExecutable, v8HeapFlags } from "./sea.js";
 import { executableName, hostTarget, type Target, targetKey, targetOf } from "./target.js";
 
@@ -63,6 +77,12 @@ export interface BuildOptions {
   /** Overrides the model card's version in the bundle id and the release folder name. */
   version?: string;
   serviceArgs?: string;
+  /**
+   * An earlier v2 bundle whose runtime (the executable) this build reuses byte for byte, so that a
+   * device running it takes only the new model pack (`itera flash` sends what changed). Its profile
+   * and target must be this build's.
+   */
+  runtime?: string;
   quiet?: boolean;
 }
 
@@ -80,6 +100,10 @@ export interface BuildResult {
     assets_stored: number;
   };
   strip: string;
+  /** The runtime part: built here, or reused from the --runtime bundle (its path). */
+  runtime: { id: string; reused_from: string | null };
+  /** Bytes of each part: the runtime (the executable) and the model pack (model/ + model-pack.json). */
+  parts: { runtime_bytes: number; model_pack_bytes: number };
   /** What the build did to check that the executable starts. */
   self_check: string;
   /** The model as given, run once before anything was written (and the embedded one, if quantized). */
@@ -95,6 +119,8 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const target = targetOf(profile, opts.profile);
   const modelIn = await readModelInput(opts.model);
   const signingKey = opts.sign === undefined ? undefined : await readSigningKey(opts.sign);
+  const reuse =
+    opts.runtime === undefined ? undefined : await readRuntimeBundle(opts.runtime, profile.name, target);
   const quant = await resolveQuantization(modelIn, profile, opts.quant, {
     budget: opts.quantBudget,
     exclude: opts.exclude,
@@ -141,60 +167,64 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
     facts.quant = decision.mode;
     // The quantizer ran the new graph already; this also checks it with the tokenizer it ships with.
     if (model.dir !== modelIn.dir) await checkModelRuns(model.dir);
-    steps.update(1, "node binary");
-    const node = await nodeBinary(target);
-    steps.update(2, "agent script");
-    const script = join(work, "itera-agent.cjs");
-    const agent = await bundleAgentScript(script, VERSION);
-    steps.update(3, "assets");
-    const sources: AssetSource[] = [
-      ...(await modelFolderFiles(model.dir)),
-      profileAsset(profile),
-      ...(await nativeAddonFiles(target)),
-    ];
-    const prepared: PreparedAsset[] = [];
-    for (const [i, s] of sources.entries()) prepared.push(await prepareAsset(s, work, i));
+    const runtime = reuse ?? (await buildRuntime(work, profile, target, steps));
     const commit = await gitCommitOf(packageRoot);
-    const index = bundleIndexFor(
-      bundleId,
-      version,
-      modelIn,
-      model.card,
-      decision.mode,
-      profile,
-      target,
-      prepared,
-      commit,
-    );
-    const indexAsset = await prepareAsset(
-      { key: BUNDLE_INDEX_ASSET, content: Buffer.from(canonicalJson(index)) },
-      work,
-      prepared.length,
-    );
     steps.update(4, "single executable");
     // The archive moves in the same synchronous step as the folder: both or neither.
     await writeDirAtomic({ ...outTarget, alsoSync: () => renameSync(tarTmp, tarball) }, async (tmp) => {
-      await makeSeaExecutable({
-        target,
-        script,
-        assets: Object.fromEntries([...prepared, indexAsset].map((a) => [a.key, a.file])),
-        nodeBinary: node.path,
-        out: join(tmp, exe),
-        workDir: work,
-        execArgv: v8HeapFlags(profile.memory_mb),
-      });
-      selfCheck = await startCheck(join(tmp, exe), target, work, model.dir);
+      await runtime.write(join(tmp, exe));
+      const pem = signingKey?.export({ type: "pkcs8", format: "pem" }).toString();
+      const pack = await writeModelPack(
+        tmp,
+        model.dir,
+        { id: modelIn.id, quant: decision!.mode, card: model.card ?? {} },
+        pem,
+      );
       steps.update(5, "bundle files");
-      const names = await writeBundleFiles(tmp, facts);
-      const files: Manifest["files"] = {};
+      const names = await writeBundleFiles(tmp, facts, Object.keys(pack.files));
+      const files: Manifest["files"] = { ...pack.files };
       for (const f of names) {
         files[f] = { sha256: await sha256File(join(tmp, f)), bytes: (await stat(join(tmp, f))).size };
       }
-      const assets: Manifest["assets"] = { ...index.assets, [indexAsset.key]: storedEntry(indexAsset) };
-      let manifest: Manifest = manifestSchema.parse({ ...index, files, assets });
-      if (signingKey)
-        manifest = signManifest(manifest, signingKey.export({ type: "pkcs8", format: "pem" }).toString());
+      const exeEntry = files[exe]!;
+      const parts: BundleParts = {
+        runtime: {
+          file: exe,
+          sha256: exeEntry.sha256,
+          bytes: exeEntry.bytes,
+          id: runtimeId(exeEntry.sha256),
+          itera_version: runtime.index.build.itera_version,
+          index_sha256: runtime.indexSha256,
+        },
+        model_pack: {
+          manifest: MODEL_PACK_FILE,
+          sha256: pack.sha256,
+          bytes: pack.bytes,
+          id: modelIn.id,
+          quant: decision!.mode,
+        },
+      };
+      let manifest: Manifest = manifestSchema.parse({
+        schema: BUNDLE_SCHEMA,
+        bundle_id: bundleId,
+        version,
+        model: { id: modelIn.id, quant: decision!.mode, card: model.card ?? {} },
+        profile: profile.name,
+        target: runtime.index.target,
+        files,
+        assets: runtime.assets,
+        build: {
+          itera_version: VERSION,
+          ...(commit ? { git_commit: commit } : {}),
+          built_at: new Date().toISOString(),
+          host: `${hostname()} ${process.platform}-${process.arch} node ${process.version}`,
+        },
+        parts,
+      });
+      if (pem) manifest = signManifest(manifest, pem);
       await writeFile(join(tmp, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
+      // The agent needs its release beside it (manifest, model pack): checked once everything is written.
+      selfCheck = await startCheck(join(tmp, exe), target, work, model.dir);
       // The archive holds the folder under its final name; it is renamed beside the folder at the end.
       await run("tar", ["-czf", tarTmp, "-C", tmp, `--transform=s,^\\.,${bundleId},`, "."]);
       result = {
@@ -202,15 +232,13 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
         tarball,
         manifest,
         sizes: {
-          executable: files[exe]!.bytes,
+          executable: exeEntry.bytes,
           tarball: 0,
-          node_raw: node.rawBytes,
-          node_stripped: node.bytes,
-          agent_script: agent.bytes,
-          assets_raw: prepared.reduce((n, a) => n + a.bytes, 0),
-          assets_stored: prepared.reduce((n, a) => n + a.stored_bytes, 0),
+          ...runtime.sizes,
         },
-        strip: "tool" in node.strip ? node.strip.tool : `not stripped: ${node.strip.skipped}`,
+        strip: runtime.strip,
+        runtime: { id: parts.runtime.id, reused_from: reuse ? resolve(opts.runtime!) : null },
+        parts: { runtime_bytes: exeEntry.bytes, model_pack_bytes: pack.bytes },
       };
     });
   } catch (e) {
@@ -250,6 +278,7 @@ async function checkOutputs(
     option: "--out",
     inputs: [
       opts.model,
+      ...(opts.runtime ? [opts.runtime] : []),
       ...(opts.sign ? [opts.sign] : []),
       ...(opts.profile.endsWith(".json") ? [opts.profile] : []),
     ],
@@ -310,45 +339,144 @@ async function startCheck(exe: string, target: Target, work: string, modelDir: s
 }
 
 /**
- * README.txt, and on Linux the systemd unit and install.sh (which checks the other files' sha256).
- * Windows bundles get no unit or installer: run itera-agent.exe directly. Returns every file name.
+ * README.txt, and on Linux the systemd unit and install.sh (which checks the other files' sha256,
+ * the model pack's included). Windows bundles get no unit or installer: run itera-agent.exe
+ * directly. Returns the names of these files and the executable.
  */
-async function writeBundleFiles(tmp: string, facts: BundleFacts): Promise<string[]> {
+async function writeBundleFiles(tmp: string, facts: BundleFacts, packFiles: string[]): Promise<string[]> {
   await writeFile(join(tmp, "README.txt"), readme(facts));
   if (facts.platform === "win32") return [facts.exe, "README.txt"];
   await writeFile(join(tmp, "itera-agent.service"), systemdUnit(facts));
   const sums: Record<string, string> = {};
-  for (const f of [facts.exe, "itera-agent.service", "README.txt"]) sums[f] = await sha256File(join(tmp, f));
+  for (const f of [facts.exe, "itera-agent.service", "README.txt", ...packFiles.sort()]) {
+    sums[f] = await sha256File(join(tmp, f));
+  }
   await writeFile(join(tmp, "install.sh"), installScript(facts, sums));
   await chmod(join(tmp, "install.sh"), 0o755);
   return [facts.exe, "itera-agent.service", "README.txt", "install.sh"];
 }
 
-function bundleIndexFor(
-  bundleId: string,
-  version: string,
-  modelIn: ModelInput,
-  card: Record<string, unknown> | undefined,
-  quant: string,
+/** The runtime part of a bundle: how to write its executable, its embedded index and assets. */
+interface RuntimePart {
+  index: RuntimeIndex;
+  indexSha256: string;
+  /** The embedded assets as the manifest records them (bundle.json included). */
+  assets: Manifest["assets"];
+  write(dest: string): Promise<void>;
+  sizes: Pick<
+    BuildResult["sizes"],
+    "node_raw" | "node_stripped" | "agent_script" | "assets_raw" | "assets_stored"
+  >;
+  strip: string;
+}
+
+/**
+ * Build the runtime: Node for the target, the agent script, the embedded assets (profile, native
+ * add-ons) and bundle.json. Nothing in it depends on the model, the version or the time, so the same
+ * checkout, profile and target give the same bundle.json.
+ */
+async function buildRuntime(
+  work: string,
   profile: DeviceProfile,
-  target: { platform: "linux" | "win32"; arch: "x64" | "arm64" },
-  assets: PreparedAsset[],
-  commit: string | undefined,
-): BundleIndex {
-  return {
-    schema: "itera.bundle/v1",
-    bundle_id: bundleId,
-    version,
-    model: { id: modelIn.id, quant, card: card ?? {} },
+  target: Target,
+  steps: { update(n: number, what: string): void },
+): Promise<RuntimePart> {
+  steps.update(1, "node binary");
+  const node = await nodeBinary(target);
+  steps.update(2, "agent script");
+  const script = join(work, "itera-agent.cjs");
+  const agent = await bundleAgentScript(script, VERSION);
+  steps.update(3, "assets");
+  const sources: AssetSource[] = [profileAsset(profile), ...(await nativeAddonFiles(target))];
+  const prepared: PreparedAsset[] = [];
+  for (const [i, s] of sources.entries()) prepared.push(await prepareAsset(s, work, i));
+  const commit = await gitCommitOf(packageRoot);
+  const index: RuntimeIndex = {
+    schema: RUNTIME_INDEX_SCHEMA,
     profile: profile.name,
     target: { platform: target.platform, arch: target.arch, node: NODE_VERSION },
-    build: {
-      itera_version: VERSION,
-      ...(commit ? { git_commit: commit } : {}),
-      built_at: new Date().toISOString(),
-      host: `${hostname()} ${process.platform}-${process.arch} node ${process.version}`,
+    build: { itera_version: VERSION, ...(commit ? { git_commit: commit } : {}) },
+    assets: Object.fromEntries(prepared.map((a) => [a.key, storedEntry(a)])),
+  };
+  const indexBytes = Buffer.from(canonicalJson(index));
+  const indexAsset = await prepareAsset(
+    { key: BUNDLE_INDEX_ASSET, content: indexBytes },
+    work,
+    prepared.length,
+  );
+  return {
+    index,
+    indexSha256: indexAsset.sha256,
+    assets: { ...index.assets, [indexAsset.key]: storedEntry(indexAsset) },
+    write: async (dest) => {
+      await makeSeaExecutable({
+        target,
+        script,
+        assets: Object.fromEntries([...prepared, indexAsset].map((a) => [a.key, a.file])),
+        nodeBinary: node.path,
+        out: dest,
+        workDir: work,
+        execArgv: v8HeapFlags(profile.memory_mb),
+      });
     },
-    assets: Object.fromEntries(assets.map((a) => [a.key, storedEntry(a)])),
+    sizes: {
+      node_raw: node.rawBytes,
+      node_stripped: node.bytes,
+      agent_script: agent.bytes,
+      assets_raw: prepared.reduce((n, a) => n + a.bytes, 0),
+      assets_stored: prepared.reduce((n, a) => n + a.stored_bytes, 0),
+    },
+    strip: "tool" in node.strip ? node.strip.tool : `not stripped: ${node.strip.skipped}`,
+  };
+}
+
+/**
+ * `--runtime BUNDLE`: the runtime of an earlier v2 bundle, verified (every file and its signature),
+ * for the same profile and target; its executable is copied unchanged.
+ */
+async function readRuntimeBundle(path: string, profile: string, target: Target): Promise<RuntimePart> {
+  const dir = resolve(path);
+  const report = await verifyBundle(dir);
+  if (!report.ok) {
+    throw new IteraError(`the --runtime bundle does not verify: ${report.problems.join("; ")}`, {
+      where: dir,
+      fix: "give --runtime a bundle folder made by `itera build` that `itera verify` accepts",
+    });
+  }
+  const m = manifestSchema.parse(JSON.parse(await readFile(join(dir, "manifest.json"), "utf8")));
+  if (!m.parts) {
+    throw new IteraError(
+      "the --runtime bundle has its model inside its executable (an itera.bundle/v1 bundle)",
+      {
+        where: dir,
+        fix: "build once without --runtime; later builds can take that bundle's runtime with --runtime",
+      },
+    );
+  }
+  if (m.profile !== profile || m.target.platform !== target.platform || m.target.arch !== target.arch) {
+    throw new IteraError(
+      `the --runtime bundle is for ${m.profile} (${m.target.platform}-${m.target.arch}), this build for ${profile} (${target.platform}-${target.arch})`,
+      { where: dir, fix: "give --runtime a bundle built for the same --profile, or leave --runtime out" },
+    );
+  }
+  const { [BUNDLE_INDEX_ASSET]: _index, ...assets } = m.assets;
+  const exe = m.parts.runtime.file;
+  return {
+    index: {
+      schema: RUNTIME_INDEX_SCHEMA,
+      profile: m.profile,
+      target: m.target,
+      build: { itera_version: m.parts.runtime.itera_version },
+      assets: assets as RuntimeIndex["assets"],
+    },
+    indexSha256: m.parts.runtime.index_sha256,
+    assets: m.assets,
+    write: async (dest) => {
+      await copyFile(join(dir, exe), dest);
+      await chmod(dest, 0o755);
+    },
+    sizes: { node_raw: 0, node_stripped: 0, agent_script: 0, assets_raw: 0, assets_stored: 0 },
+    strip: `reused runtime ${m.parts.runtime.id} from ${dir}`,
   };
 }
 

@@ -51,7 +51,10 @@ WantedBy=multi-user.target
 `;
 }
 
-/** `install.sh`: checks the files, copies them to releases/<version>/ and switches `current` atomically. */
+/**
+ * `install.sh`: checks the files (the executable, the unit, the README and the model pack), copies
+ * them to releases/<version>/ and switches `current` atomically.
+ */
 export function installScript(f: BundleFacts, checksums: Record<string, string>): string {
   const sums = Object.entries(checksums)
     .map(([file, sha]) => `${sha}  ${file}`)
@@ -80,7 +83,8 @@ mkdir -p "$base/releases"
 tmp="$base/releases/.$VERSION.$$.tmp"
 rm -rf "$tmp"
 mkdir -p "$tmp"
-cp ${f.exe} manifest.json itera-agent.service install.sh README.txt "$tmp/"
+cp ${f.exe} manifest.json itera-agent.service install.sh README.txt model-pack.json "$tmp/"
+cp -R model "$tmp/model"
 chmod 755 "$tmp/${f.exe}" "$tmp/install.sh"
 rm -rf "$release"
 mv "$tmp" "$release"
@@ -108,13 +112,15 @@ export function readme(f: BundleFacts): string {
 model ${f.modelId} (${f.quant}), device profile ${f.profile}, target ${f.platform}-${f.arch}
 
 ${f.exe}
-  One executable with Node.js, the itera agent, the model, its tokenizer, the device profile and
-  onnxruntime inside. Nothing else needs to be installed.
+  One executable with Node.js, the itera agent, the device profile and onnxruntime inside (the
+  runtime). It runs the model pack beside it: model/ (the model folder) and model-pack.json (its
+  files' sha256, signed). Nothing else needs to be installed.
   ${exe} info            what is inside, the detected hardware and power meters
   ${exe} run --prompt "Hello"
   ${exe} --help          all commands
-  On first start it extracts the native libraries and the model to ~/.cache/itera-agent/ (or
-  $ITERA_AGENT_CACHE); later starts reuse them. It refuses to start if any embedded file was changed.
+  On first start it extracts the native libraries to ~/.cache/itera-agent/ (or $ITERA_AGENT_CACHE)
+  and checks the model pack; later starts reuse both. It refuses to start if any embedded file or
+  model file was changed.
 ${
   f.platform === "win32"
     ? "  Windows: onnxruntime.dll needs the Microsoft Visual C++ Redistributable (2015-2022, x64).\n"

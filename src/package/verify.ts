@@ -8,6 +8,7 @@ import { type Manifest, manifestSchema, verifyManifestSignature } from "../bundl
 import { IteraError } from "../errors.js";
 import { sha256File } from "../util/fs.js";
 import { tempDirRemovedOnInterrupt } from "../util/interrupt.js";
+import { checkModelPack } from "./model-pack.js";
 
 const run = promisify(execFile);
 
@@ -25,6 +26,14 @@ export interface VerifyReport {
   /** Present when --key was given: whether the signer is that key. */
   trusted_key: boolean | null;
   files: { file: string; status: "ok" | "missing" | "changed" | "unexpected" }[];
+  /**
+   * A v2 bundle's two parts (null for a v1 bundle): the runtime (the executable's hash is the one the
+   * manifest's part names) and the model pack (its own signature, by the bundle's signer, and files).
+   */
+  parts: {
+    runtime: { id: string; ok: boolean };
+    model_pack: { id: string; quant: string; signature: string; ok: boolean };
+  } | null;
   problems: string[];
 }
 
@@ -81,8 +90,27 @@ export async function verifyBundle(dir: string, trustedKey?: string): Promise<Ve
       problems.push("the bundle is signed by a different key than the one given with --key");
     }
   }
+  let parts: VerifyReport["parts"] = null;
+  if (manifest.parts) {
+    const r = manifest.parts.runtime;
+    const runtimeOk =
+      manifest.files[r.file]?.sha256 === r.sha256 && manifest.files[r.file]?.bytes === r.bytes;
+    if (!runtimeOk) problems.push(`the runtime part names another executable than ${r.file}`);
+    const pack = await checkModelPack(dir, manifest, trustedKey);
+    problems.push(...pack.problems.map((p) => `model pack: ${p}`));
+    parts = {
+      runtime: { id: r.id, ok: runtimeOk },
+      model_pack: {
+        id: manifest.parts.model_pack.id,
+        quant: manifest.parts.model_pack.quant,
+        signature: pack.signature,
+        ok: pack.ok,
+      },
+    };
+  }
   // Unsigned bundles pass on integrity alone only when no trusted key was asked for.
   const ok =
+    (parts === null || (parts.runtime.ok && parts.model_pack.ok)) &&
     files.every((f) => f.status === "ok") &&
     signature !== "invalid" &&
     signature !== "untrusted-key" &&
@@ -94,6 +122,7 @@ export async function verifyBundle(dir: string, trustedKey?: string): Promise<Ve
     signature,
     trusted_key: trusted,
     files,
+    parts,
     problems: !ok
       ? problems
       : signature === "absent"

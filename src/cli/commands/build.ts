@@ -18,6 +18,7 @@ interface BuildCliOptions {
   force?: boolean;
   version?: string;
   serviceArgs?: string;
+  runtime?: string;
   json?: boolean;
 }
 
@@ -55,6 +56,10 @@ export function registerBuild(program: Command): void {
       "--service-args <args>",
       `arguments of ExecStart in itera-agent.service (default "${DEFAULT_SERVICE_ARGS}")`,
     )
+    .option(
+      "--runtime <bundle>",
+      "reuse this earlier bundle's runtime (same profile) unchanged: devices running it take only the new model pack",
+    )
     .option("--json", "machine-readable output")
     .action(
       action(async (opts: BuildCliOptions) => {
@@ -74,6 +79,7 @@ export function registerBuild(program: Command): void {
           force: opts.force === true,
           version: opts.version,
           serviceArgs: opts.serviceArgs,
+          runtime: opts.runtime,
         });
         if (opts.json) {
           return printJson({
@@ -82,6 +88,8 @@ export function registerBuild(program: Command): void {
             bundle_id: r.manifest.bundle_id,
             signed: r.manifest.signature !== undefined,
             sizes: r.sizes,
+            runtime: r.runtime,
+            parts: r.parts,
             strip: r.strip,
             self_check: r.self_check,
             model_check: r.model_check,
@@ -93,6 +101,7 @@ export function registerBuild(program: Command): void {
         console.log(`${r.dir}
   ${describeQuantization(r.quantization)}
   executable ${mb(r.sizes.executable)} (node ${mb(r.sizes.node_raw)} -> ${mb(r.sizes.node_stripped)} ${r.strip}; assets ${mb(r.sizes.assets_raw)} stored as ${mb(r.sizes.assets_stored)})
+  runtime ${r.runtime.id}${r.runtime.reused_from ? ` (reused from ${r.runtime.reused_from})` : ""} ${mb(r.parts.runtime_bytes)}, model pack ${mb(r.parts.model_pack_bytes)}
   ${r.tarball} ${mb(r.sizes.tarball)}
   ${r.manifest.signature ? "signed (ed25519)" : "not signed (pass --sign KEY)"}, built in ${r.seconds.toFixed(1)} s`);
       }),

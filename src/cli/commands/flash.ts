@@ -5,7 +5,7 @@ import { readTrustedKey } from "../../deploy/bundle.js";
 import { flashOverSsh } from "../../deploy/flash-ssh.js";
 import { findDevice, upsertDevice } from "../../deploy/inventory.js";
 import { checkPrefix } from "../../deploy/layout.js";
-import type { FlashReport } from "../../deploy/report.js";
+import { copySummary, type FlashReport } from "../../deploy/report.js";
 import { flashRootfs } from "../../deploy/rootfs.js";
 import { checkDestination, type SshTarget } from "../../deploy/ssh.js";
 import { type Progress, progress } from "../../util/progress.js";
@@ -200,6 +200,7 @@ export function registerFlash(program: Command): void {
               ? `${report.bundle_id} written to ${report.device}; the agent starts at first boot`
               : `${report.bundle_id} installed on ${report.device} and healthy (previous: ${report.previous ?? "none"})`,
           );
+          if (report.copy) say(copySummary(report));
         }
         if (!report.ok && report.error) {
           const e = new IteraError(report.error.error, {
