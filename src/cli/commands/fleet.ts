@@ -5,6 +5,7 @@ import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
 import { type BenchEvent, type FleetBenchOutcome, parseSelect, runFleetBench } from "../../fleet/bench.js";
 import { renderMarkdown, reportRow, writeReport } from "../../fleet/report.js";
+import { openFleetHistory, storedOutcome } from "../../fleet/report-source.js";
 import { printEvents, registerFleetFeedback, retrainPolicy } from "./fleet-feedback.js";
 import { startSimulation } from "../../fleet/simulate.js";
 import { registerFleetUpdate } from "./fleet-update.js";
@@ -254,20 +255,10 @@ function registerReport(fleet: Command): void {
     .action(
       action(async (opts: ReportCliOptions) => {
         const out = await reportTarget(opts);
-        const store = openStore(opts.db);
+        // A missing, foreign or non-SQLite --db is refused untouched (never given itera's tables).
+        const store = openFleetHistory(opts.db ?? defaultFleetDb());
         try {
-          const jobId = opts.job ?? store.lastRunId();
-          const outcome = jobId ? store.outcome(jobId) : undefined;
-          if (!outcome) {
-            throw new IteraError(
-              jobId ? `no finished fleet benchmark '${jobId}'` : "no finished fleet benchmark yet",
-              {
-                where: store.path,
-                fix: "run `itera fleet bench` first, or pass --db / --job (ids: `itera fleet history --json`)",
-              },
-            );
-          }
-          await emitReport(outcome, opts, out);
+          await emitReport(storedOutcome(store, opts.job), opts, out);
         } finally {
           store.close();
         }
