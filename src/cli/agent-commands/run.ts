@@ -76,10 +76,14 @@ export function registerRun(program: Command): void {
           fix: `give the prompt as token ids: itera-agent run --ids 1,2,3 (ids below ${model.vocabSize})`,
         });
       }
+      const maxTokens =
+        opts.maxTokens === undefined ? undefined : positiveInt(opts.maxTokens, "--max-tokens");
       const gen = await model.generate(
         input,
         {
-          ...(opts.maxTokens === undefined ? {} : { maxTokens: positiveInt(opts.maxTokens, "--max-tokens") }),
+          ...(maxTokens === undefined ? {} : { maxTokens }),
+          // The same tokens either way; a short run does not pay for the decode loop's second session.
+          fusedDecode: maxTokens === undefined || maxTokens > STEP_DECODE_MAX_TOKENS,
           temperature,
           ...(opts.topK === undefined ? {} : { topK: positiveInt(opts.topK, "--top-k") }),
           ...(opts.topP === undefined ? {} : { topP: number(opts.topP, "--top-p") }),
@@ -120,6 +124,13 @@ export function registerRun(program: Command): void {
     }),
   );
 }
+
+/**
+ * Up to this many tokens decode one ONNX Runtime call per token: building the fused decode loop
+ * (src/runtime/fused-decode.ts, a second session) costs about 5 MB and as long as ~100 steps of
+ * itera-lite-micro (docs/packaging.md, "Memory and start-up"), which a short run never earns back.
+ */
+export const STEP_DECODE_MAX_TOKENS = 128;
 
 function round(ms: number): number {
   return Math.round(ms * 10) / 10;
