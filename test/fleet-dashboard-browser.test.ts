@@ -180,7 +180,9 @@ describe("itera fleet dashboard in Chromium", () => {
     );
     if (SHOTS) {
       await mkdir(SHOTS, { recursive: true });
-      await page.screenshot({ path: join(SHOTS, "fleet-dashboard.png") });
+      // As tall as its content (fullPage grows past a short viewport).
+      await page.setViewport({ width: 1100, height: 420 });
+      await page.screenshot({ path: join(SHOTS, "fleet-dashboard.png"), fullPage: true });
     }
 
     // The link opens the job's report: not blank, no error, a chart per metric with both devices.
