@@ -6,9 +6,10 @@
  * broker that cannot be reached (then comes up). Waits poll the page; nothing asserts on time.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdir, mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { drawnCharts, expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
 import { Mosquitto, until } from "./mqtt-helpers.js";
@@ -222,6 +223,29 @@ describe("itera fleet dashboard in Chromium", () => {
       `${dash.url}/?token=${TOKEN}`,
     );
     await page.close();
+  }, 60_000);
+
+  it("another program's SQLite file as --db is refused before serving, and left as it was", async () => {
+    const db = join(dir, "notes.db");
+    const d = new Database(db);
+    d.exec("CREATE TABLE notes (text TEXT)");
+    d.close();
+    const before = await readFile(db);
+    const r = await run([
+      "fleet",
+      "dashboard",
+      "--broker",
+      broker.url,
+      "--fleet",
+      "web",
+      "--port",
+      "0",
+      "--db",
+      db,
+    ]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^error: not an itera fleet database: its tables are notes/);
+    expect((await readFile(db)).equals(before)).toBe(true);
   }, 60_000);
 
   it("a broker that cannot be reached: the page and the terminal say so, and both recover when it comes up", async () => {

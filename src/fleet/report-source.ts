@@ -11,11 +11,13 @@ const FIX_DB =
   "pass --db with the fleet database `itera fleet bench --db` wrote (or leave --db out for the default one)";
 
 /**
- * Open an existing fleet database to render reports from: a missing file, a file that is not SQLite,
+ * Open an existing fleet database to render reports from (with `create`, a missing one is made): a missing file, a file that is not SQLite,
  * or another program's SQLite database is refused before anything is written to it (opening it as a
  * FleetStore would create or add itera's tables).
  */
-export function openFleetHistory(path: string): FleetStore {
+export function openFleetHistory(path: string, o: { create?: boolean } = {}): FleetStore {
+  // A new database for a command that also stores (the dashboard's telemetry): itera's from the start.
+  if (o.create && !existsSync(path)) return new FleetStore(path);
   if (!existsSync(path)) {
     throw new IteraError("no fleet database there: no benchmark has been stored in it", {
       where: path,

@@ -1,7 +1,8 @@
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
 import { runDashboard } from "../../fleet/dashboard.js";
-import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
+import { openFleetHistory } from "../../fleet/report-source.js";
+import { defaultFleetDb } from "../../fleet/store.js";
 import { addBrokerOptions, type BrokerCliOptions, brokerOptions, checkId } from "../../protocol/options.js";
 import { brokerText } from "../../report/dashboard-page.js";
 import { action } from "../run.js";
@@ -46,7 +47,8 @@ export function registerFleetDashboard(fleet: Command): void {
           fix: "give --port e.g. 8090",
         });
       }
-      const history = new FleetStore(opts.db ?? defaultFleetDb());
+      // Another program's SQLite file given as --db is refused, never given itera's tables.
+      const history = openFleetHistory(opts.db ?? defaultFleetDb(), { create: true });
       const ac = new AbortController();
       const stop = () => ac.abort();
       process.once("SIGINT", stop);
