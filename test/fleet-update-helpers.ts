@@ -70,14 +70,16 @@ export class InstalledFleet {
     readonly dir: string,
     readonly fleet: string,
     readonly devices: string[],
+    private readonly telemetryS: number,
   ) {}
 
-  static async create(fleet: string, devices: string[]): Promise<InstalledFleet> {
+  static async create(fleet: string, devices: string[], telemetryS = 30): Promise<InstalledFleet> {
     const f = new InstalledFleet(
       await Mosquitto.create(),
       await mkdtemp(join(tmpdir(), `itera-${fleet}-`)),
       fleet,
       devices,
+      telemetryS,
     );
     await f.setUp();
     return f;
@@ -163,7 +165,7 @@ export class InstalledFleet {
         "--trusted-key",
         this.pub,
         "--telemetry-interval",
-        "30",
+        String(this.telemetryS),
       ],
       { detached: true, stdio: ["ignore", "ignore", "pipe"] },
     ) as ChildProcess & { log: () => string };

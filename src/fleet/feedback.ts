@@ -296,7 +296,9 @@ export interface FeedbackListener {
 
 /**
  * Subscribe a coordinator's client to a fleet's feedback: each valid message is stored, and a
- * retraining event it triggers is published (retained, QoS 1) for training pipelines.
+ * retraining event it triggers is published (retained, QoS 1) for training pipelines. Call it before
+ * anything else on this client subscribes to the births (MQTT.js does not subscribe to a filter
+ * twice, and the retained births come with the first subscription).
  */
 export async function collectFeedback(
   client: MqttClient,

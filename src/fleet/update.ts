@@ -151,7 +151,9 @@ export async function prepareUpdate(
  * --max-failures devices failed.
  */
 export async function runFleetUpdate(o: FleetUpdateOptions): Promise<FleetUpdateOutcome> {
-  const { params, payload } = await prepareUpdate(o.bundle, o.healthTimeoutS, o.trustedKey);
+  const prepared = await prepareUpdate(o.bundle, o.healthTimeoutS, o.trustedKey);
+  const params: UpdateParams = o.variant ? { ...prepared.params, variant: o.variant } : prepared.params;
+  const { payload } = prepared;
   const startedMs = Date.now();
   const jobId = `update-${new Date(startedMs).toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}-${randomBytes(3).toString("hex")}`;
   const client = await connectBroker(o.broker, {

@@ -111,8 +111,9 @@ export async function watchFleet(o: WatchOptions): Promise<void> {
     line({ type: "refused", topic, reason });
     warn(`refused a message on ${topic}: ${reason}\n`);
   });
-  await monitor.subscribe();
-  // With a database, watch is also the fleet's feedback collector and retraining trigger.
+  // With a database, watch is also the fleet's feedback collector and retraining trigger. It
+  // subscribes first: its birth subscription must get the retained births (the client does not
+  // subscribe twice to one filter, so after the monitor's it would see only later ones).
   const feedback = o.store ? new FeedbackHistory(o.store.path, o.retrain) : undefined;
   if (feedback) {
     await collectFeedback(client, o.fleet, feedback, {
@@ -134,6 +135,7 @@ export async function watchFleet(o: WatchOptions): Promise<void> {
       invalid: (topic, error) => line({ type: "invalid", topic, error }),
     });
   }
+  await monitor.subscribe();
   if (await acceptsAnonymous(o.broker)) {
     const message = anonymousWarning(o.broker.url);
     line({ type: "warning", anonymousBroker: true, message });
