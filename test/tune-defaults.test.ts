@@ -55,18 +55,7 @@ function tuning(over: Partial<Tuned> = {}): Tuned {
   };
 }
 
-const quickBench = [
-  "--tests",
-  "tg4",
-  "-r",
-  "1",
-  "--warmup",
-  "0",
-  "--min-duration",
-  "0",
-  "--no-energy",
-  "--json",
-];
+const quickBench = "--tests tg4 -r 1 --warmup 0 --min-duration 0 --no-energy --json".split(" ");
 const threadsOf = (stdout: string) => (JSON.parse(stdout) as { threads: number }[]).map((r) => r.threads);
 
 let dir: string;

@@ -114,39 +114,24 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
   it("refuses an existing --out unless --force, before measuring anything", async () => {
     const out = join(dir, "mine.json");
     await writeFile(out, "my notes\n");
-    const r = await cli(
+    const one = [
       "tune",
       micro,
       "--profile",
       "laptop-x64-4c",
       "--precisions",
       "fp32",
-      "--threads",
+      "-t",
       "1",
       "--out",
       out,
-      ...small,
-    );
+    ];
+    const r = await cli(...one, ...small);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--out exists .* not overwritten/);
     expect(r.stderr).toMatch(/--force/);
     expect(await readFile(out, "utf8")).toBe("my notes\n");
-    const forced = await cli(
-      "tune",
-      micro,
-      "--profile",
-      "laptop-x64-4c",
-      "--precisions",
-      "fp32",
-      "--threads",
-      "1",
-      "--out",
-      out,
-      "--force",
-      "--objective",
-      "speed",
-      ...small,
-    );
+    const forced = await cli(...one, "--force", "--objective", "speed", ...small);
     expect(forced.code, forced.stderr).toBe(0);
     expect(tunedSchema.parse(JSON.parse(await readFile(out, "utf8"))).pick).toMatchObject({
       precision: "fp32",
@@ -167,7 +152,7 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
       ...small,
     );
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/int4: not a precision profile 'laptop-x64-4c' allows/);
+    expect(r.stderr).toMatch(/--precisions int4: not a precision profile 'laptop-x64-4c' allows/);
     expect(r.stderr).toMatch(/give some of: fp32, int8/);
     expect(existsSync(join(dir, "x.json"))).toBe(false);
   });

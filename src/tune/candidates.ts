@@ -44,40 +44,35 @@ export function precisionCandidates(
 ): string[] {
   const allowed = allowedPrecisions(own, profile);
   if (given === undefined) return allowed;
-  const list = [
-    ...new Set(
-      given
-        .split(",")
-        .map((p) => p.trim())
-        .filter(Boolean),
-    ),
-  ];
-  const bad = list.find((p) => !allowed.includes(p));
-  if (bad !== undefined || list.length === 0) {
-    throw new IteraError(
-      `--precisions ${bad ?? "(empty)"}: not a precision profile '${profile.name}' allows for this ${own} model folder`,
-      { where: "--precisions", fix: `give some of: ${allowed.join(", ")}` },
-    );
-  }
-  return list;
+  return listOption(
+    given,
+    "--precisions",
+    allowed,
+    `a precision profile '${profile.name}' allows for this ${own} model folder`,
+  );
 }
 
 /** `--decode fused,step`: the tg decode paths to measure. */
 export function decodeCandidates(given: string): DecodePath[] {
+  return listOption(given, "--decode", decodePaths, "a decode path");
+}
+
+/** A comma-separated list of some of `allowed`, without repeats; anything else is refused, naming them. */
+function listOption<T extends string>(given: string, flag: string, allowed: readonly T[], what: string): T[] {
   const list = [
     ...new Set(
       given
         .split(",")
-        .map((d) => d.trim())
+        .map((x) => x.trim())
         .filter(Boolean),
     ),
   ];
-  const bad = list.find((d) => !(decodePaths as readonly string[]).includes(d));
+  const bad = list.find((x) => !(allowed as readonly string[]).includes(x));
   if (bad !== undefined || list.length === 0) {
-    throw new IteraError(`--decode ${bad ?? "(empty)"} is not a decode path`, {
-      where: "--decode",
-      fix: `give some of: ${decodePaths.join(", ")}`,
+    throw new IteraError(`${flag} ${bad ?? "(empty)"}: not ${what}`, {
+      where: flag,
+      fix: `give some of: ${allowed.join(", ")}`,
     });
   }
-  return list as DecodePath[];
+  return list as T[];
 }

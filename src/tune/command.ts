@@ -185,7 +185,7 @@ export async function tuneCommand(
       log,
     );
     log(
-      `tune: ${candidates.length} candidates (${precisions.length - skipped.length} precisions × ${threads.length} thread counts), ${p.rounds} rounds`,
+      `tune: ${candidates.length} candidates (${variants.map((v) => v.precision).join(", ")} × threads ${threads.join(", ")}${decodes ? ` × decode ${[...new Set(candidates.map((c) => c.decode))].join(", ")}` : ""}), ${p.rounds} rounds`,
     );
     const grid = await measureGrid(
       candidates,
