@@ -58,22 +58,26 @@ describe("laptop-x64-4c bundle", () => {
       "itera-agent",
       "itera-agent.service",
       "manifest.json",
+      "model",
+      "model-pack.json",
     ]);
     const manifest = manifestSchema.parse(
       JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8")),
     );
+    // The runtime (the executable) and the model pack (model/ + model-pack.json) are separate parts.
     expect(Object.keys(manifest.files).sort()).toEqual([
       "README.txt",
       "install.sh",
       "itera-agent",
       "itera-agent.service",
+      "model-pack.json",
+      "model/genai_config.json",
+      "model/model.onnx",
+      "model/tokenizer.json",
     ]);
     expect(manifest.target).toEqual({ platform: "linux", arch: "x64", node: "24.21.0" });
     expect(Object.keys(manifest.assets)).toEqual(
       expect.arrayContaining([
-        "model/genai_config.json",
-        "model/model.onnx",
-        "model/tokenizer.json",
         "profile.json",
         "native/onnxruntime_binding.node",
         "native/libonnxruntime.so.1",
@@ -104,13 +108,12 @@ describe("laptop-x64-4c bundle", () => {
     const info = JSON.parse(stdout);
     const manifest = JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8"));
     expect(info.agent).toMatchObject({ mode: "bundle", node: "v24.21.0" });
-    // 8 GB: memory does not matter, V8's own heap limits (src/package/sea.ts, v8HeapFlags).
-    expect(info.agent.exec_argv).toEqual([]);
+    // 8 GB: V8's own old space; every bundle caps the semi-spaces (src/package/sea.ts, v8HeapFlags).
+    expect(info.agent.exec_argv).toEqual(["--max-semi-space-size=1"]);
     expect(info.manifest.bundle_id).toBe(manifest.bundle_id);
-    // bundle.json is the index itself: every other asset is listed in it.
-    const { "bundle.json": index, ...assets } = manifest.assets;
-    expect(index).toBeDefined();
-    expect(info.manifest.assets).toEqual(assets);
+    // The release's manifest.json beside the executable, checked against the runtime at start.
+    expect(info.manifest).toEqual(manifest);
+    expect(manifest.assets["bundle.json"]).toBeDefined();
     expect(info.profile.name).toBe("laptop-x64-4c");
     expect(info.hardware.arch).toBe("x64");
     expect(info.meters.map((m: { meter: string }) => m.meter)).toEqual(
@@ -127,7 +130,8 @@ describe("laptop-x64-4c bundle", () => {
     const warm = JSON.parse((await run(exe, args, { env })).stdout) as RunJson;
     expect(warm.ids).toEqual(model.greedyIds);
     expect(warm.cold_start).toBe(false);
-    const [dir] = await readdir(cache);
+    // The extraction folder (32 hex), the record of which ones are in use, and the model pack's stamp.
+    const [dir] = (await readdir(cache)).filter((n) => /^[0-9a-f]{32}$/.test(n));
     expect((await readdir(join(cache, dir!, "native"))).sort()).toEqual([
       "libonnxruntime.so.1",
       "onnxruntime_binding.node",
@@ -155,7 +159,9 @@ describe("laptop-x64-4c bundle", () => {
     ]);
     const da = JSON.parse(a.stdout).extraction.dir;
     expect(JSON.parse(b.stdout).extraction.dir).toBe(da);
-    expect(await readdir(cache)).toEqual([da.split("/").pop()]);
+    expect((await readdir(cache)).filter((n) => !n.startsWith(".") && !n.startsWith("model-"))).toEqual([
+      da.split("/").pop(),
+    ]);
   });
 
   it("reads an INA219 over a serial port from inside the bundle (embedded serialport add-on)", async () => {
@@ -316,14 +322,12 @@ describe("laptop-x64-4c bundle", () => {
   it("a flipped byte in an embedded asset: verify refuses, the agent refuses to start, install.sh refuses", async () => {
     const copy = await copyBundle("tampered", false);
     const manifest = manifestSchema.parse(JSON.parse(await readFile(join(copy, "manifest.json"), "utf8")));
-    // genai_config.json is stored as it is (too small to compress): find its bytes in the executable.
-    expect(manifest.assets["model/genai_config.json"]?.encoding).toBe("identity");
-    const original = await readFile(join(model.dir, "genai_config.json"));
+    // The profile is stored as it is (too small to compress): find its bytes in the executable.
+    expect(manifest.assets["profile.json"]?.encoding).toBe("identity");
     const bin = await readFile(join(copy, "itera-agent"));
-    const at = bin.indexOf(original);
+    const at = bin.indexOf(Buffer.from('"name": "laptop-x64-4c"'));
     expect(at).toBeGreaterThan(0);
-    const pos = at + Math.floor(original.length / 2);
-    bin[pos] = bin[pos]! ^ 0xff;
+    bin[at + 10] = bin[at + 10]! ^ 0x01;
     await writeFile(join(copy, "itera-agent"), bin);
 
     const r = await verifyBundle(copy);
@@ -336,7 +340,7 @@ describe("laptop-x64-4c bundle", () => {
       stderr: string;
     };
     expect(err.code).toBe(3);
-    expect(err.stderr).toMatch(/embedded asset 'model\/genai_config\.json' does not match the bundle/);
+    expect(err.stderr).toMatch(/embedded asset 'profile\.json' does not match the bundle/);
 
     const root = await mkdtemp(join(work, "root-"));
     await expect(
@@ -345,56 +349,28 @@ describe("laptop-x64-4c bundle", () => {
     expect(await readdir(root)).toEqual([]);
   });
 
-  it("a warm start hashes no model byte (its checked extraction is used); the profile is checked at every start", async () => {
+  it("a warm start hashes no model byte (the pack was checked on its first start); a changed model file is found", async () => {
     const copy = await copyBundle("tampered-warm", false);
     const { env, cache } = await deviceEnv();
     const args = ["run", "--prompt", model.prompt, "--max-tokens", String(model.greedyIds.length), "--json"];
-    // Extracted (and checked) while the executable is intact.
-    expect(
-      (JSON.parse((await run(join(copy, "itera-agent"), args, { env })).stdout) as RunJson).cold_start,
-    ).toBe(true);
-    const bin = await readFile(join(copy, "itera-agent"));
-    const flip = async (original: Buffer): Promise<void> => {
-      const at = bin.indexOf(original);
-      expect(at).toBeGreaterThan(0);
-      const pos = at + Math.floor(original.length / 2);
-      bin[pos] = bin[pos]! ^ 0xff;
-      await writeFile(join(copy, "itera-agent"), bin);
-    };
-    await flip(await readFile(join(model.dir, "genai_config.json")));
-    // Warm: the model comes from the folder checked when it was written, as docs/packaging.md says.
-    const warm = JSON.parse((await run(join(copy, "itera-agent"), args, { env })).stdout) as RunJson;
-    expect(warm.cold_start).toBe(false);
-    expect(warm.ids).toEqual(model.greedyIds);
-    // Cold (a new device, or the cache cleared): the changed byte is found as the model is extracted.
-    await rm(cache, { recursive: true, force: true });
-    const cold = (await run(join(copy, "itera-agent"), args, { env }).catch((e: unknown) => e)) as {
-      code: number;
-      stderr: string;
-    };
-    expect(cold.code).toBe(3);
-    expect(cold.stderr).toMatch(/embedded asset 'model\/genai_config\.json' does not match the bundle/);
-    expect(await readdir(cache)).toEqual([]); // nothing half-extracted is left to be trusted later
-
-    // The profile is read from the executable at every start, and checked each time.
-    const profile = JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8")).assets[
-      "profile.json"
-    ];
-    expect(profile.encoding).toBe("identity");
-    const fresh = await copyBundle("tampered-profile", false);
-    const { env: env2 } = await deviceEnv();
-    await run(join(fresh, "itera-agent"), args, { env: env2 }); // warm from here on
-    const exe2 = await readFile(join(fresh, "itera-agent"));
-    const at = exe2.indexOf(Buffer.from('"name": "laptop-x64-4c"'));
-    expect(at).toBeGreaterThan(0);
-    exe2[at + 10] = exe2[at + 10]! ^ 0x01;
-    await writeFile(join(fresh, "itera-agent"), exe2);
-    const err = (await run(join(fresh, "itera-agent"), args, { env: env2 }).catch((e: unknown) => e)) as {
+    // The first start checks the model pack and leaves its stamp in the cache.
+    expect((JSON.parse((await run(join(copy, "itera-agent"), args, { env })).stdout) as RunJson).ids).toEqual(
+      model.greedyIds,
+    );
+    expect((await readdir(cache)).filter((n) => n.startsWith("model-"))).toHaveLength(1);
+    expect((JSON.parse((await run(join(copy, "itera-agent"), args, { env })).stdout) as RunJson).ids).toEqual(
+      model.greedyIds,
+    );
+    // A model file written afterwards (same size): its stat no longer matches the stamp, so it is hashed.
+    const config = join(copy, "model", "genai_config.json");
+    const text = await readFile(config, "utf8");
+    await writeFile(config, text.replace('"', "'"));
+    const err = (await run(join(copy, "itera-agent"), args, { env }).catch((e: unknown) => e)) as {
       code: number;
       stderr: string;
     };
     expect(err.code).toBe(3);
-    expect(err.stderr).toMatch(/embedded asset 'profile\.json' does not match the bundle/);
+    expect(err.stderr).toMatch(/the installed model pack does not match the release/);
   });
 
   it("install.sh installs under ROOT in releases/<version> and points current at it", async () => {
@@ -407,6 +383,17 @@ describe("laptop-x64-4c bundle", () => {
     expect(await readlink(join(base, "current"))).toBe(`releases/${manifest.version}`);
     expect((await stat(join(base, "current", "itera-agent"))).mode & 0o111).not.toBe(0);
     expect(await readdir(join(base, "releases"))).toEqual([manifest.version]);
+    // The model pack is installed beside the executable, and the agent runs from there.
+    expect((await readdir(join(base, "current", "model"))).sort()).toEqual([
+      "genai_config.json",
+      "model.onnx",
+      "tokenizer.json",
+    ]);
+    const { env } = await deviceEnv();
+    const info = JSON.parse(
+      (await run(join(base, "current", "itera-agent"), ["info", "--json"], { env })).stdout,
+    );
+    expect(info.manifest.version).toBe(manifest.version);
     const unit = await readFile(join(root, "etc", "systemd", "system", "itera-agent.service"), "utf8");
     expect(unit).toContain("ExecStart=/opt/itera/current/itera-agent agent");
     // Installing again replaces the release and the link atomically, leaving no temp entries.

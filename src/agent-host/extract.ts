@@ -159,7 +159,10 @@ export function pruneCache(root: string, key: string): string[] {
     // first start here, or an unreadable record: start a new one
   }
   if (usage.current === key) return []; // the usual start: nothing changed, no folder is listed
-  const previous = typeof usage.current === "string" && KEY_NAME.test(usage.current) ? usage.current : null;
+  const previous =
+    typeof usage.current === "string" && KEY_NAME.test(usage.current)
+      ? usage.current
+      : newestOwnFolder(root, key);
   const tmp = join(root, `${USAGE}.${process.pid}.tmp`);
   try {
     writeFileSync(tmp, `${JSON.stringify({ current: key, previous })}\n`);
@@ -169,15 +172,36 @@ export function pruneCache(root: string, key: string): string[] {
     return []; // without the record the next start could not tell what to keep: prune nothing
   }
   const pruned: string[] = [];
-  for (const name of readdirSync(root)) {
-    if (!KEY_NAME.test(name) || name === key || name === previous) continue;
+  for (const name of ownFolders(root)) {
+    if (name === key || name === previous) continue;
     try {
-      if (readFileSync(join(root, name, COMPLETE), "utf8") !== name) continue; // not the agent's
       rmSync(join(root, name), { recursive: true, force: true });
       pruned.push(name);
     } catch {
-      // not ours, or already gone
+      // already gone, or not removable now: tried again at the next change
     }
   }
   return pruned;
+}
+
+/** The extraction folders the agent made here: a 32-hex name whose `.complete` stamp holds that name. */
+function ownFolders(root: string): string[] {
+  return readdirSync(root).filter((name) => {
+    try {
+      return KEY_NAME.test(name) && readFileSync(join(root, name, COMPLETE), "utf8") === name;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** Without a record (a cache from before pruning): the most recently completed folder counts as the previous one. */
+function newestOwnFolder(root: string, key: string): string | null {
+  let best: { name: string; at: number } | null = null;
+  for (const name of ownFolders(root)) {
+    if (name === key) continue;
+    const at = statSync(join(root, name, COMPLETE)).mtimeMs;
+    if (!best || at > best.at) best = { name, at };
+  }
+  return best?.name ?? null;
 }

@@ -79,17 +79,27 @@ export async function checkModelPack(
   const problems: string[] = [];
   const path = join(dir, MODEL_PACK_FILE);
   let raw: Buffer;
-  let pack: ModelPack;
+  let parsed: unknown;
   try {
     raw = await readFile(path);
-    pack = modelPackSchema.parse(JSON.parse(raw.toString("utf8")));
+    parsed = JSON.parse(raw.toString("utf8"));
   } catch (e) {
     return {
       ok: false,
       signature: "absent",
-      problems: [`${MODEL_PACK_FILE} cannot be read: ${(e as Error).message.split("\n")[0]}`],
+      problems: [`${MODEL_PACK_FILE} cannot be read: ${(e as Error).message}`],
     };
   }
+  const r = modelPackSchema.safeParse(parsed);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    return {
+      ok: false,
+      signature: "absent",
+      problems: [`${MODEL_PACK_FILE}: field '${issue.path.join(".") || "(top)"}': ${issue.message}`],
+    };
+  }
+  const pack = r.data;
   let signature: PackCheck["signature"] = "absent";
   if (pack.signature) {
     signature = verifyManifestSignature(pack) ? "valid" : "invalid";
