@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { manifestSchema } from "../src/bundle/manifest.js";
+import { STEP_DECODE_MAX_TOKENS } from "../src/cli/agent-commands/run.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { SEA_FUSE } from "../src/package/node-binary.js";
 import { loadProfile } from "../src/profile/load.js";
@@ -70,8 +71,9 @@ describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
         "run",
         "--prompt",
         house.prompt,
+        // Past the short runs that decode step by step: the decode loop runs in the arm64 bundle.
         "--max-tokens",
-        String(hostIds.length),
+        String(STEP_DECODE_MAX_TOKENS + 1),
         "--temperature",
         "0",
         "--json",
@@ -82,8 +84,8 @@ describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
     expect(out.mode).toBe("bundle");
     expect(out.profile).toBe("embedded-arm64-2c");
     expect(out.decode).toBe("fused");
-    expect(out.ids).toEqual(hostIds);
-    expect(out.ids).toEqual(house.greedyIds);
+    expect(out.ids.slice(0, hostIds.length)).toEqual(hostIds);
+    expect(hostIds).toEqual(house.greedyIds);
   });
 
   it("starts with the V8 heap limits of its profile's 1 GB (sea-config execArgv)", async () => {
@@ -93,7 +95,11 @@ describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
       maxBuffer: 1 << 20,
     });
     const info = JSON.parse(stdout);
-    expect(info.agent.exec_argv).toEqual(["--max-old-space-size=256", "--max-semi-space-size=1"]);
+    expect(info.agent.exec_argv).toEqual([
+      "--max-old-space-size=256",
+      "--max-semi-space-size=1",
+      "--lite-mode",
+    ]);
     // V8 adds the young generation to the old space's limit.
     expect(info.agent.heap_limit_mb).toBeGreaterThanOrEqual(256);
     expect(info.agent.heap_limit_mb).toBeLessThan(300);
@@ -106,14 +112,22 @@ describe("win32-x64 bundle", () => {
     const blob = peResource(exe, 10 /* RT_RCDATA */, "NODE_SEA_BLOB");
     // Node's SEA blob header starts with its magic number.
     expect(blob.readUInt32LE(0)).toBe(0x143da20);
+    // The runtime's index (bundle.json, stored as it is) is in the blob; the model is not (issue #18).
+    expect(blob.includes(Buffer.from('"schema":"itera.runtime/v1"'))).toBe(true);
     const config = await readFile(join(model.dir, "genai_config.json"));
-    expect(blob.includes(config)).toBe(true);
+    expect(blob.includes(config)).toBe(false);
     expect(exe.includes(Buffer.from(`${SEA_FUSE}:1`))).toBe(true);
     expect(exe.includes(Buffer.from(`${SEA_FUSE}:0`))).toBe(false);
   });
 
   it("holds the Windows onnxruntime and no Linux unit or installer", async () => {
-    expect((await readdir(win.dir)).sort()).toEqual(["README.txt", "itera-agent.exe", "manifest.json"]);
+    expect((await readdir(win.dir)).sort()).toEqual([
+      "README.txt",
+      "itera-agent.exe",
+      "manifest.json",
+      "model",
+      "model-pack.json",
+    ]);
     const m = manifestSchema.parse(JSON.parse(await readFile(join(win.dir, "manifest.json"), "utf8")));
     expect(m.target).toEqual({ platform: "win32", arch: "x64", node: "24.21.0" });
     expect(Object.keys(m.assets)).toEqual(

@@ -41,15 +41,21 @@ export interface SeaInput {
 }
 
 /**
- * V8 heap limits for a device with this much memory, or none where memory does not matter (V8's
- * defaults collect less often). On a 512 MB Pi Zero 2 W the young generation's default semi-spaces
- * (up to 16 MB each) and an old space sized for the build of V8, not the board, are what made the
- * agent's heap grow during `bench` (docs/packaging.md, "Memory and start-up": 166 -> 150 MB peak
- * on the same run, speed unchanged). The old space gets a quarter of the device's memory.
+ * V8 options for a device with this much memory (docs/packaging.md, "Memory and start-up"). Every
+ * bundle caps the young generation's semi-spaces at 1 MB (V8's default grows them to 16 MB, and the
+ * agent's JavaScript allocates little: `run` 126 -> 116 MB peak on the desktop bundle, with the
+ * short-run step decoding). A device with at most 2 GB also gets an old space of a quarter of its
+ * memory (on a 512 MB Pi Zero 2 W an old space sized for V8's build, not the board, is what made
+ * `bench` grow) and `--lite-mode` (no optimizing compilers: 4-5 MB less, the agent's time is spent in
+ * ONNX Runtime; desktops keep the JIT for JavaScript-heavy sampling of large vocabularies).
  */
 export function v8HeapFlags(memoryMb: number): string[] {
-  if (memoryMb > 2048) return [];
-  return [`--max-old-space-size=${Math.max(64, Math.floor(memoryMb / 4))}`, "--max-semi-space-size=1"];
+  if (memoryMb > 2048) return ["--max-semi-space-size=1"];
+  return [
+    `--max-old-space-size=${Math.max(64, Math.floor(memoryMb / 4))}`,
+    "--max-semi-space-size=1",
+    "--lite-mode",
+  ];
 }
 
 /**
