@@ -9,6 +9,9 @@
  *   npx tsc -p . && npx esbuild bench/fleet.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/itera-bench/fleet.mjs
  *   nice -n 10 node node_modules/.cache/itera-bench/fleet.mjs [--devices 200] [--append docs/benchmarks.md]
+ *
+ * With --update: `itera fleet update` to --devices (default 50) simulated devices instead
+ * (bench/fleet-update.ts: rollout time, bytes per device, the coordinator's peak RSS).
  */
 import { spawn } from "node:child_process";
 import { appendFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -45,6 +48,20 @@ const params = {
 const dir = await mkdtemp(join(tmpdir(), "itera-fleet-bench-"));
 const broker = await Mosquitto.create();
 const log = (s: string) => process.stderr.write(`${s}\n`);
+const machine = `${cpus()[0]?.model.trim()} × ${cpus().length}, Node ${process.version}, Mosquitto 2.0 on loopback`;
+
+// --update: `itera fleet update` to N (default 50) simulated devices instead (bench/fleet-update.ts).
+if (argv.includes("--update")) {
+  const { benchFleetUpdate } = await import("./fleet-update.js");
+  const n = Number(opt("--devices", "50"));
+  const r = await benchFleetUpdate(broker, dir, n, log);
+  await broker.stop();
+  await rm(dir, { recursive: true, force: true });
+  const text = `\n## Fleet update: one coordinator, ${n} simulated devices (bench/fleet.ts --update)\n\nMachine: ${machine}; ${new Date().toISOString().slice(0, 10)}.\nCommand: \`npx tsc -p . && npx esbuild bench/fleet.ts --bundle --platform=node --format=esm --packages=external --outfile=node_modules/.cache/itera-bench/fleet.mjs && nice -n 10 node node_modules/.cache/itera-bench/fleet.mjs --update --devices ${n} --append docs/benchmarks.md\`\n\n${markdownTable(["what", "figure"], r.rows)}\n\n${r.note}\n`;
+  process.stdout.write(text);
+  if (append) await appendFile(append, text);
+  process.exit(0);
+}
 
 // 1. Record real results once: the house model, benchmarked by the harness (tdp estimate meter off).
 const profile = await loadProfile(resolve("device-profiles/rpi4.json"));
@@ -142,7 +159,6 @@ await new Promise((r) => child.once("exit", r));
 await broker.stop();
 await rm(dir, { recursive: true, force: true });
 
-const machine = `${cpus()[0]?.model.trim()} × ${cpus().length}, Node ${process.version}, Mosquitto 2.0 on loopback`;
 const rows = [
   ["devices (in-process agents, replayed results)", devices],
   ["succeeded", ok],
