@@ -75,6 +75,8 @@ function parseArgs(argv: string[]): Args {
   if (args.models.length === 0) args.models = DEFAULT_MODELS;
   for (const t of args.threads) {
     if (!Number.isInteger(t) || t < 1) throw new Error(`--threads: ${t} is not a thread count`);
+    // ggml's threads spin-wait for each other: more of them than CPUs collapses llama.cpp's speed
+    if (t > cpus().length) throw new Error(`--threads: ${t} is more than this host's ${cpus().length} CPUs`);
   }
   if (!(args.rounds >= 1 && args.tokens >= 2 && args.promptTokens >= 1 && args.runLimit > 0)) {
     throw new Error(
