@@ -46,6 +46,7 @@ import { checkModelRuns, firstPromptId, type ModelCheck } from "./model-check.js
 import { readModelInput } from "./model-input.js";
 import { NODE_VERSION, nodeBinary } from "./node-binary.js";
 import { type QuantizationDecision, resolveQuantization } from "./quantization.js";
+import { readBuildTuned, tunedQuant, withTuned } from "./tuned.js";
 import { writeModelPack } from "./model-pack.js";
 import { verifyBundle } from "./verify.js";
 import { makeSeaExecutable, v8HeapFlags } from "./sea.js";
@@ -83,6 +84,8 @@ export interface BuildOptions {
    * and target must be this build's.
    */
   runtime?: string;
+  /** A tuned.json (`itera tune`) carried in the bundle's model folder, where the agent reads it. */
+  tuned?: string;
   quiet?: boolean;
 }
 
@@ -121,7 +124,9 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
   const signingKey = opts.sign === undefined ? undefined : await readSigningKey(opts.sign);
   const reuse =
     opts.runtime === undefined ? undefined : await readRuntimeBundle(opts.runtime, profile.name, target);
-  const quant = await resolveQuantization(modelIn, profile, opts.quant, {
+  // Checked before any long work; its pick's precision is the build's when --quant is not given.
+  const tuned = opts.tuned === undefined ? undefined : await readBuildTuned(opts.tuned, profile.name);
+  const quant = await resolveQuantization(modelIn, profile, opts.quant ?? tunedQuant(tuned), {
     budget: opts.quantBudget,
     exclude: opts.exclude,
     calib: opts.calib,
@@ -167,6 +172,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
     facts.quant = decision.mode;
     // The quantizer ran the new graph already; this also checks it with the tokenizer it ships with.
     if (model.dir !== modelIn.dir) await checkModelRuns(model.dir);
+    if (tuned) model.dir = await withTuned(model.dir, tuned, work);
     const runtime = reuse ?? (await buildRuntime(work, profile, target, steps));
     const commit = await gitCommitOf(packageRoot);
     steps.update(4, "single executable");
@@ -280,6 +286,7 @@ async function checkOutputs(
       opts.model,
       ...(opts.runtime ? [opts.runtime] : []),
       ...(opts.sign ? [opts.sign] : []),
+      ...(opts.tuned ? [opts.tuned] : []),
       ...(opts.profile.endsWith(".json") ? [opts.profile] : []),
     ],
     force: opts.force === true,

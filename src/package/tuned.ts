@@ -2,6 +2,7 @@ import { cp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { IteraError } from "../errors.js";
 import { readTuned, TUNED_FILE, type Tuned } from "../tune/tuned-file.js";
+import { buildQuantModes } from "./quantization.js";
 
 /**
  * `itera build --tuned FILE`: the tuning travels in the bundle's model folder as `tuned.json`, where
@@ -17,6 +18,12 @@ export async function readBuildTuned(path: string, profile: string): Promise<Tun
     });
   }
   return tuned;
+}
+
+/** The --quant a tuning asks for: its pick's precision when it is one `itera build --quant` makes. */
+export function tunedQuant(tuned: Tuned | undefined): string | undefined {
+  const p = tuned?.pick.precision;
+  return p !== undefined && (buildQuantModes as readonly string[]).includes(p) ? p : undefined;
 }
 
 /**

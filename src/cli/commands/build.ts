@@ -19,6 +19,7 @@ interface BuildCliOptions {
   version?: string;
   serviceArgs?: string;
   runtime?: string;
+  tuned?: string;
   json?: boolean;
 }
 
@@ -60,6 +61,10 @@ export function registerBuild(program: Command): void {
       "--runtime <bundle>",
       "reuse this earlier bundle's runtime (same profile) unchanged: devices running it take only the new model pack",
     )
+    .option(
+      "--tuned <file>",
+      "carry this tuned.json (itera tune with this build's --profile) in the bundle: the agent's default threads (docs/tune.md); its precision is the default --quant",
+    )
     .option("--json", "machine-readable output")
     .action(
       action(async (opts: BuildCliOptions) => {
@@ -80,6 +85,7 @@ export function registerBuild(program: Command): void {
           version: opts.version,
           serviceArgs: opts.serviceArgs,
           runtime: opts.runtime,
+          tuned: opts.tuned,
         });
         if (opts.json) {
           return printJson({

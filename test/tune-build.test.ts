@@ -1,0 +1,93 @@
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type BuildResult, buildBundle } from "../src/package/build.js";
+import { hostFacts, TUNED_SCHEMA, type Tuned, tunedSchema } from "../src/tune/tuned-file.js";
+import { deviceEnv, houseModel, removeTempDirs, run } from "./package-helpers.js";
+
+/**
+ * `itera build --tuned FILE`: the tuning travels in the bundle's model folder, its precision is the
+ * build's, and the agent inside the bundle takes its threads from it.
+ */
+const micro = houseModel("itera-lite-micro");
+
+function tuning(profile: string): Tuned {
+  const row = (threads: number, mj: number) => ({
+    precision: "fp32",
+    threads,
+    tokens_per_s: { median: 500, samples: [500] },
+    mJ_per_token: { median: mj, samples: [mj] },
+  });
+  return {
+    schema: TUNED_SCHEMA,
+    model: "itera-lite-micro",
+    profile,
+    objective: "energy",
+    tolerance: 0.05,
+    host: hostFacts(),
+    test: "tg 64",
+    rounds: 3,
+    energy: { method: "tdp-estimate", uncertainty: "model estimate" },
+    skipped: [],
+    grid: [row(1, 3), row(2, 2)],
+    pick: { precision: "fp32", threads: 2 },
+    itera_version: "test",
+    runtime: "onnxruntime test",
+    measured_at: new Date().toISOString(),
+  };
+}
+
+let work: string;
+let tunedPath: string;
+let built: BuildResult;
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), "itera-tune-build-"));
+  tunedPath = join(work, "tuned.json");
+  await writeFile(tunedPath, JSON.stringify(tuning("laptop-x64-4c")));
+  built = await buildBundle({
+    model: micro.dir,
+    profile: "laptop-x64-4c",
+    tuned: tunedPath,
+    out: join(work, "out"),
+    quiet: true,
+  });
+});
+afterAll(() => removeTempDirs(work));
+
+describe.skipIf(!existsSync(join(micro.dir, "model.onnx")))("itera build --tuned", () => {
+  it("embeds tuned.json in the bundle's model folder, hashed in the manifest; its precision is the build's", async () => {
+    // laptop-x64-4c would quantize to int8 by default; the tuning's pick is fp32.
+    expect(built.quantization.mode).toBe("fp32");
+    const entry = Object.keys(built.manifest.files).find((f) => f.endsWith("/tuned.json"));
+    expect(entry).toBeDefined();
+    const embedded = tunedSchema.parse(JSON.parse(await readFile(join(built.dir, entry!), "utf8")));
+    expect(embedded.pick).toEqual({ precision: "fp32", threads: 2 });
+    // The user's model folder was not written.
+    expect(existsSync(join(micro.dir, "tuned.json"))).toBe(false);
+  });
+
+  it("the agent in the bundle runs with the tuned threads and says where they came from", async () => {
+    const { env } = await deviceEnv();
+    const exe = join(built.dir, "itera-agent");
+    const { stderr } = await run(exe, ["run", "--prompt", micro.prompt, "--max-tokens", "2"], { env });
+    expect(stderr).toMatch(/threads 2 from .*tuned\.json \(tuned for energy, fp32\)/);
+    expect(stderr).toMatch(/, 2 threads\]/);
+  });
+
+  it("refuses a tuned.json made for another profile, before any work", async () => {
+    const other = join(work, "other.json");
+    await writeFile(other, JSON.stringify(tuning("rpi5")));
+    await expect(
+      buildBundle({
+        model: micro.dir,
+        profile: "laptop-x64-4c",
+        tuned: other,
+        out: join(work, "x"),
+        quiet: true,
+      }),
+    ).rejects.toThrow(/was tuned for profile 'rpi5', the build is for 'laptop-x64-4c'/);
+    expect(existsSync(join(work, "x"))).toBe(false);
+  });
+});
