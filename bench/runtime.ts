@@ -8,7 +8,9 @@
  *   npx esbuild bench/runtime.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/itera-bench/runtime.mjs && \
  *   nice -n 10 node node_modules/.cache/itera-bench/runtime.mjs [--append docs/benchmarks.md] [model dirs...]
- * Without model dirs it benchmarks every folder under models/.
+ * Without model dirs it benchmarks every folder under models/. `--kv-split` runs only the KV-cache
+ * context sweep: fused greedy decode with the split cache (kv-split.ts) against the whole-cache
+ * Concat, interleaved.
  */
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { appendFile, mkdtemp } from "node:fs/promises";
@@ -30,6 +32,8 @@ interface Args {
   decodeTokens: number;
   repetitions: number;
   append?: string;
+  /** Only the KV-cache context sweep: fused greedy decode with the split cache against the whole-cache Concat. */
+  kvSplit: boolean;
 }
 
 function parseArgs(argv: string[]): Args {
@@ -40,6 +44,7 @@ function parseArgs(argv: string[]): Args {
     batches: [1, 4, 8],
     decodeTokens: 256,
     repetitions: 3,
+    kvSplit: false,
   };
   const list = (v: string) => v.split(",").map(Number);
   for (let i = 0; i < argv.length; i++) {
@@ -51,6 +56,7 @@ function parseArgs(argv: string[]): Args {
     else if (a === "--decode-tokens") args.decodeTokens = Number(next());
     else if (a === "--repetitions") args.repetitions = Number(next());
     else if (a === "--append") args.append = next();
+    else if (a === "--kv-split") args.kvSplit = true;
     else args.models.push(a);
   }
   if (args.models.length === 0) {
@@ -62,6 +68,10 @@ function parseArgs(argv: string[]): Args {
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+/** Decode tokens/s of a generation: the tokens after the first over the time after the first. */
+const rate = (g: { timings: { tokenMs: number[]; totalMs: number; ttftMs: number } }) =>
+  (1000 * g.timings.tokenMs.length) / (g.timings.totalMs - g.timings.ttftMs);
 
 /** Count the wall time spent inside session.run (the rest of a step is JavaScript). */
 function instrument(session: InferenceSession): {
@@ -213,8 +223,6 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
     const greedyTimer = greedyLoop instanceof FusedDecoder ? instrument(greedyLoop.session) : timer;
     const sampledTimer = sampledLoop instanceof FusedDecoder ? instrument(sampledLoop.session) : timer;
     const generated = model.limitedContext ? n + 1 : Math.max(n, Math.min(2048, args.decodeTokens * 8));
-    const rate = (g: { timings: { tokenMs: number[]; totalMs: number; ttftMs: number } }) =>
-      (1000 * g.timings.tokenMs.length) / (g.timings.totalMs - g.timings.ttftMs);
     // JavaScript share of the decode: wall time from the first token to the end, less the loop's
     // calls (fused) or every session.run after the prefill (stepped)
     const decodeJsShare = (g: { timings: { totalMs: number; ttftMs: number } }, t: typeof timer) =>
@@ -387,8 +395,121 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
   }
 }
 
+/**
+ * KV-cache decode speed against the context (issue #17): greedy generate() after a prompt of c
+ * tokens, fused, with the cache split into prefix and chunk (kv-split.ts) and with the whole cache
+ * concatenated every step (`splitKv: false`, as before), interleaved run by run and context by
+ * context; whether both gave the same tokens.
+ */
+async function benchKvSplit(dir: string, threads: number, args: Args, out: string[][]) {
+  const model = await loadModel(dir, { threads });
+  const name = model.card?.id ?? relative(".", dir);
+  try {
+    const tokens = 64;
+    const contexts = args.contexts.map((c) => Math.min(c, model.contextLength - tokens));
+    const speeds = contexts.map(() => ({
+      split: [] as number[],
+      concat: [] as number[],
+      splitCpu: [] as number[],
+      concatCpu: [] as number[],
+      same: true,
+    }));
+    const mode = await model.fusedDecoder();
+    const kv = mode instanceof FusedDecoder ? mode.kvCache : mode.unsupported;
+    for (let r = 0; r < Math.max(1, args.repetitions); r++) {
+      for (const [i, c] of contexts.entries()) {
+        const prompt = promptIds(model, c);
+        const options = { maxTokens: tokens + 1, ignoreEos: true, temperature: 0 };
+        // alternate which goes first, so that neither always runs right after the prefill
+        const order = r % 2 === 0 ? [true, false] : [false, true];
+        const ids: Record<string, number[]> = {};
+        for (const splitKv of order) {
+          // CPU time of the decode too: on a shared machine it moves less with the load than wall time
+          let cpuAtFirst: NodeJS.CpuUsage | undefined;
+          const g = await model.generate(prompt, { ...options, splitKv }, (e) => {
+            if (e.index === 0) cpuAtFirst = process.cpuUsage();
+          });
+          const cpu = process.cpuUsage(cpuAtFirst);
+          speeds[i]![splitKv ? "split" : "concat"].push(rate(g));
+          speeds[i]![splitKv ? "splitCpu" : "concatCpu"].push(
+            (1e6 * (g.ids.length - 1)) / (cpu.user + cpu.system),
+          );
+          ids[String(splitKv)] = g.ids;
+        }
+        if (ids.true!.join() !== ids.false!.join()) speeds[i]!.same = false;
+      }
+    }
+    const m = (i: number, k: "split" | "concat" | "splitCpu" | "concatCpu") => median(speeds[i]![k]);
+    for (const [i, c] of contexts.entries()) {
+      const cells = (k: "split" | "concat") => [
+        m(i, k).toFixed(0),
+        `${(m(i, k) / m(0, k)).toFixed(2)}x`,
+        m(i, `${k}Cpu`).toFixed(0),
+        `${(m(i, `${k}Cpu`) / m(0, `${k}Cpu`)).toFixed(2)}x`,
+      ];
+      out.push([
+        name,
+        String(threads),
+        String(c),
+        ...cells("concat"),
+        ...cells("split"),
+        `${(m(i, "split") / m(i, "concat")).toFixed(2)}x`,
+        `${(m(i, "splitCpu") / m(i, "concatCpu")).toFixed(2)}x`,
+        speeds[i]!.same ? "yes" : "NO",
+        typeof kv === "string" ? kv : `concat (${kv.concat})`,
+      ]);
+    }
+  } finally {
+    await model.dispose();
+  }
+}
+
+async function mainKvSplit(args: Args) {
+  const loadStart = loadavg()[0]!.toFixed(1);
+  const out: string[][] = [];
+  for (const dir of args.models) {
+    for (const threads of args.threads) {
+      process.stderr.write(`bench --kv-split ${dir} threads=${threads}\n`);
+      await benchKvSplit(dir, threads, args, out);
+    }
+  }
+  const command =
+    `node node_modules/.cache/itera-bench/runtime.mjs ${process.argv.slice(2).join(" ")}`.trim();
+  const report = [
+    `Machine: ${cpus()[0]?.model ?? "unknown CPU"}, ${cpus().length} logical CPUs; Node ${process.version}; ` +
+      `onnxruntime-node ${env.versions?.node ?? "?"}; load average ${loadStart} at the start, ` +
+      `${loadavg()[0]!.toFixed(1)} at the end. Command: \`${command}\`. Greedy generate() after a prompt of ` +
+      `\`context\` tokens, 64 tokens, fused; medians of ${args.repetitions} interleaved rounds.`,
+    "",
+    markdownTable(
+      [
+        "model",
+        "threads",
+        "context",
+        "whole-cache Concat tok/s",
+        "vs first",
+        "tok/CPU-s",
+        "vs first",
+        "split cache tok/s",
+        "vs first",
+        "tok/CPU-s",
+        "vs first",
+        "split / Concat",
+        "(CPU)",
+        "same tokens",
+        "cache",
+      ],
+      out,
+    ),
+    "",
+  ].join("\n");
+  process.stdout.write(`${report}\n`);
+  if (args.append) await appendFile(args.append, `\n${report}`);
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2));
+  if (args.kvSplit) return mainKvSplit(args);
   const loadStart = loadavg()[0]!.toFixed(1);
   const rows: Row[] = [];
   const extra: string[][] = [];

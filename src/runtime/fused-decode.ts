@@ -265,7 +265,6 @@ export function buildDecodeLoop(
       before.push(
         node("Slice", [outer(s.input), `${P}zero1`, `${P}zero1`, `${P}two`], [`${P}empty.${s.input}`]),
       );
-      before.push(node("Identity", [outer(s.input)], [split.prefix(s)]));
       after.push(
         node(
           "Concat",
@@ -461,7 +460,9 @@ export class FusedDecoder {
         unsupported: `the graph's opset ${opsetOf(model)} is below 11 (CumSum, TopK with k as input)`,
       };
     if (model.graph!.initializer.some(isExternal)) model = await loadOnnx(onnxPath);
-    const split = io.hasKvCache && splitKv ? splitKvAttention(model, io) : undefined;
+    // the body reads each prefix as the loop's own input: the outer graph's value, never copied
+    const split =
+      io.hasKvCache && splitKv ? splitKvAttention(model, io, (s) => `${P}in.${s.input}`) : undefined;
     const kvCache: KvCacheMode = !io.hasKvCache
       ? "none"
       : split && !("unsupported" in split)

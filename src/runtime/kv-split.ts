@@ -115,7 +115,12 @@ function matchLayers(g: Graph, io: ModelIo): Match[] | string {
  * Rewrite the step graph of `model` (edited in place) to attend over an outer prefix and a carried
  * chunk, or say why it does not apply (the graph is then left as it was).
  */
-export function splitKvAttention(model: ModelProto, io: ModelIo): SplitKv | { unsupported: string } {
+export function splitKvAttention(
+  model: ModelProto,
+  io: ModelIo,
+  /** The outer-scope name under which the body reads a slot's prefix. */
+  prefix: (slot: StateSlot) => string,
+): SplitKv | { unsupported: string } {
   const kv = io.states.filter((s) => s.pastAxis !== null);
   if (kv.length === 0) return { unsupported: "the graph has no KV cache" };
   const odd = kv.find((s) => s.pastAxis !== 2 || s.batchAxis !== 0 || s.emptyShape.length !== 4);
@@ -127,7 +132,7 @@ export function splitKvAttention(model: ModelProto, io: ModelIo): SplitKv | { un
   if (typeof matches === "string") return { unsupported: matches };
   const plan: SplitKv = {
     slots: kv,
-    prefix: (slot) => `${P}prefix.${slot.input}`,
+    prefix,
     prefixLength: `${P}prefix_length`,
     prefixOffset: `${P}prefix_offset`,
   };

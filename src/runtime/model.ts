@@ -273,10 +273,14 @@ export class LanguageModel {
 
   /**
    * The fused decoder (fused-decode.ts) for these loop features (default: greedy), built on first
-   * use, or why the model decodes step by step instead.
+   * use, or why the model decodes step by step instead. `splitKv` false: KV caches concatenated
+   * whole every step, as before kv-split.ts (for comparisons).
    */
-  fusedDecoder(features: LoopFeatures = GREEDY): Promise<FusedDecoder | { unsupported: string }> {
-    const key = featureKey(features);
+  fusedDecoder(
+    features: LoopFeatures = GREEDY,
+    splitKv = true,
+  ): Promise<FusedDecoder | { unsupported: string }> {
+    const key = `${featureKey(features)}${splitKv ? "" : "+concat"}`;
     let fused = this.fused.get(key);
     if (!fused) {
       // A graph ONNX Runtime cannot run inside a Loop decodes step by step rather than failing.
@@ -286,6 +290,7 @@ export class LanguageModel {
         this.vocabSize,
         this.sessionOptions,
         features,
+        splitKv,
       ).catch((e: unknown) => ({
         unsupported: `the decode loop could not be built: ${(e as Error).message}`,
       }));

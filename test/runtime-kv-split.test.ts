@@ -1,0 +1,175 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadModel as loadOnnx } from "../src/onnx/index.js";
+import type { NodeProto } from "../src/onnx/types.js";
+import { buildDecodeLoop, FusedDecoder } from "../src/runtime/fused-decode.js";
+import { type GenerateOptions, type LanguageModel, loadModel } from "../src/runtime/index.js";
+import { splitKvAttention } from "../src/runtime/kv-split.js";
+import { fixtureModels } from "./fixtures/runtime/models.js";
+
+/**
+ * The split KV cache of fused decoding (src/runtime/kv-split.ts, issue #17): the loop carries only
+ * the positions a call adds and reads the prefix from outside, never copying it per step. Real
+ * ONNX Runtime sessions; tokens compared with stepping one call per token and with the loop that
+ * concatenates the whole cache every step.
+ */
+
+const transformer = join("models", "transformer-tiny");
+const fixtures = fixtureModels();
+
+async function kvMode(dir: string): Promise<unknown> {
+  const model = await loadModel(dir, { threads: 1 });
+  try {
+    const fused = await model.fusedDecoder();
+    return fused instanceof FusedDecoder ? fused.kvCache : fused;
+  } finally {
+    await model.dispose();
+  }
+}
+
+describe("which caches split", () => {
+  it("the house transformer and the Optimum-named, hybrid and templated fixtures; a fused past_N cache says why not", async () => {
+    if (existsSync(join(transformer, "model.onnx"))) expect(await kvMode(transformer)).toBe("split");
+    for (const name of ["gpt2-kv", "hybrid", "templated"])
+      expect(await kvMode(join(fixtures, name))).toBe("split");
+    expect(await kvMode(join(fixtures, "gpt2-fused"))).toEqual({
+      concat: "past_0 is not a [batch, heads, past, head] cache",
+    });
+    expect(await kvMode(join(fixtures, "recurrent"))).toBe("none");
+  });
+
+  it("the loop carries each call's own positions from empty; no step reads the prefix into a Concat", async () => {
+    const model = await loadModel(join(fixtures, "gpt2-kv"), { threads: 1 });
+    try {
+      const built = (splitKv: boolean) => async () => {
+        const onnx = await loadOnnx(model.onnxPath);
+        const plan = splitKv
+          ? splitKvAttention(onnx, model.io, (s) => `itera.loop.in.${s.input}`)
+          : undefined;
+        if (plan && "unsupported" in plan) throw new Error(plan.unsupported);
+        const loop = buildDecodeLoop(onnx, model.io, undefined, plan);
+        const outer = loop.graph!.node;
+        const body = outer.find((n) => n.opType === "Loop")!.attribute[0]!.g!.node;
+        return { outer, body };
+      };
+      const kv = model.io.states.filter((s) => s.pastAxis !== null);
+      const readers = (nodes: NodeProto[], name: string) =>
+        nodes.filter((n) => n.input.includes(name)).map((n) => n.opType);
+
+      const split = await built(true)();
+      const loop = split.outer.find((n) => n.opType === "Loop")!;
+      for (const s of kv) {
+        // the carried value starts as an empty Slice of the prefix ...
+        expect(loop.input).toContain(`itera.loop.empty.${s.input}`);
+        const start = split.outer.find((n) => n.output.includes(`itera.loop.empty.${s.input}`));
+        expect(start?.opType).toBe("Slice");
+        // ... the body reads the prefix only for attention (Transpose -> MatMul for keys, MatMul for values) ...
+        expect(
+          readers(split.body, `itera.loop.in.${s.input}`).every(
+            (op) => op === "Transpose" || op === "MatMul",
+          ),
+        ).toBe(true);
+        // ... and prefix and chunk are joined once, after the loop
+        expect(readers(split.outer, `itera.loop.chunk.${s.output}`)).toEqual(["Concat"]);
+      }
+      // without the split, every step concatenates the whole carried cache
+      const plain = await built(false)();
+      for (const s of kv) expect(readers(plain.body, s.input)).toContain("Concat");
+    } finally {
+      await model.dispose();
+    }
+  });
+});
+
+/** Generate split (default), with the whole-cache Concat, and stepped; all three must agree. */
+async function threeWays(model: LanguageModel, prompts: string[] | number[][], options: GenerateOptions) {
+  const split = await model.generateBatch(prompts, options);
+  const concat = await model.generateBatch(prompts, { ...options, splitKv: false });
+  const step = await model.generateBatch(prompts, { ...options, fusedDecode: false });
+  return { split, concat, step };
+}
+
+describe.skipIf(!existsSync(join(transformer, "model.onnx")))("transformer-tiny", () => {
+  let model: LanguageModel;
+  beforeAll(async () => {
+    model = await loadModel(transformer, { threads: 1 });
+  });
+  afterAll(async () => {
+    await model.dispose();
+  });
+
+  it("decodes after a long prompt, over many calls, to the tokens of stepping: greedy and seeded sampling", async () => {
+    const text =
+      "ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n";
+    const long = text.repeat(8); // about 720 tokens: calls of 23+ steps, each from a longer prefix
+    const settings: GenerateOptions[] = [
+      { temperature: 0 },
+      { temperature: 0, repetitionPenalty: 1.3 },
+      { temperature: 0.9, topK: 20, topP: 0.95, seed: 3 },
+    ];
+    for (const s of settings) {
+      const { split, concat, step } = await threeWays(model, [long], {
+        ...s,
+        maxTokens: 160,
+        ignoreEos: true,
+      });
+      expect(split[0]!.decode).toBe("fused");
+      expect(step[0]!.decode).toBe("step");
+      expect(split[0]!.ids).toHaveLength(160);
+      expect(split[0]!.ids).toEqual(step[0]!.ids);
+      expect(concat[0]!.ids).toEqual(step[0]!.ids);
+    }
+  });
+
+  it("a batch of prompts of different lengths (left-padded caches) decodes to the tokens of stepping", async () => {
+    const prompts = ["ROMEO:", "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?\nDeny thy father"];
+    for (const s of [{ temperature: 0 }, { temperature: 0.8, topK: 40, seed: 11 }] as GenerateOptions[]) {
+      const { split, step } = await threeWays(model, prompts, { ...s, maxTokens: 120, ignoreEos: true });
+      for (let r = 0; r < prompts.length; r++) expect(split[r]!.ids).toEqual(step[r]!.ids);
+    }
+  });
+
+  it("stops at the context length where stepping stops", async () => {
+    const ids = Array.from({ length: model.contextLength - 40 }, (_, i) => 1 + ((i * 7) % 60));
+    const { split, step } = await threeWays(model, [ids], {
+      temperature: 0,
+      maxTokens: 100,
+      ignoreEos: true,
+    });
+    expect(split[0]!.stopReason).toBe("context");
+    expect(split[0]!.ids).toEqual(step[0]!.ids);
+  });
+});
+
+describe("KV fixtures (a Shape of the cache read by the graph, masked_fill, a hybrid, templated names)", () => {
+  for (const name of ["gpt2-kv", "hybrid", "templated"]) {
+    it(`${name}: split decoding gives the tokens of stepping, greedy and sampled, one prompt and a batch`, async () => {
+      const model = await loadModel(join(fixtures, name), { threads: 1 });
+      try {
+        const prompts = [
+          [5, 9, 2, 7, 11, 3],
+          [4, 4, 8],
+        ];
+        for (const s of [
+          { temperature: 0 },
+          { temperature: 1.1, topK: 0, topP: 0.9, seed: 5 },
+        ] as GenerateOptions[]) {
+          for (const batch of [prompts.slice(0, 1), prompts]) {
+            const { split, concat, step } = await threeWays(model, batch, {
+              ...s,
+              maxTokens: 60,
+              ignoreEos: true,
+            });
+            for (let r = 0; r < batch.length; r++) {
+              expect(split[r]!.ids).toEqual(step[r]!.ids);
+              expect(concat[r]!.ids).toEqual(step[r]!.ids);
+            }
+          }
+        }
+      } finally {
+        await model.dispose();
+      }
+    });
+  }
+});
