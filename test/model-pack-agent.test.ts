@@ -55,6 +55,8 @@ describe("a bundle's runtime and model pack (real executable)", () => {
     expect(second.manifest.parts!.runtime).toEqual(first.manifest.parts!.runtime);
     expect(second.manifest.files["itera-agent"]).toEqual(first.manifest.files["itera-agent"]);
     expect(second.self_check).toMatch(/^started/);
+    // The same model files signed by the same key: the same pack, byte for byte (no build time in it).
+    expect(second.manifest.parts!.model_pack).toEqual(first.manifest.parts!.model_pack);
     expect(first.parts.model_pack_bytes).toBe(first.manifest.parts!.model_pack.bytes);
     expect(first.parts.model_pack_bytes).toBeLessThan(first.parts.runtime_bytes / 20);
     for (const b of [first, second]) {
@@ -89,9 +91,11 @@ describe("a bundle's runtime and model pack (real executable)", () => {
     expect(a.code).toBe(3);
     expect(a.stderr).toMatch(/the installed model pack does not match the release: sha256 /);
 
-    // The other release's model pack beside this release's manifest.
+    // Another validly signed model pack (another card) beside this release's manifest.
     const swapped = await copyRelease(first.dir, "swapped");
-    await run("cp", [join(second.dir, "model-pack.json"), join(swapped, "model-pack.json")]);
+    const pack = JSON.parse(await readFile(join(swapped, "model-pack.json"), "utf8"));
+    pack.model.card = { note: "another pack" };
+    await writeFile(join(swapped, "model-pack.json"), JSON.stringify(signManifest(pack, keys.privatePem)));
     const b = await refusal(join(swapped, "itera-agent"), ["info"]);
     expect(b.code).toBe(3);
     expect(b.stderr).toMatch(/model-pack\.json is not the model pack the manifest names/);

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { createRequire } from "node:module";
 import { brotliDecompressSync } from "node:zlib";
+import type { z } from "zod";
 import { IteraError } from "../errors.js";
 import {
   BUNDLE_INDEX_ASSET,
@@ -66,19 +67,7 @@ let indexSha256: string | undefined;
 export function bundleIndex(): RuntimeIndex {
   if (index) return index;
   const raw = rawAsset(BUNDLE_INDEX_ASSET);
-  const text = raw.toString("utf8");
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (e) {
-    throw tampered(BUNDLE_INDEX_ASSET, `not JSON (${(e as Error).message})`);
-  }
-  const r = bundleIndexSchema.safeParse(parsed);
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    throw tampered(BUNDLE_INDEX_ASSET, `field '${issue.path.join(".")}': ${issue.message}`);
-  }
-  index = r.data;
+  index = parseJsonWith(bundleIndexSchema, raw, (detail) => tampered(BUNDLE_INDEX_ASSET, detail));
   indexSha256 = createHash("sha256").update(raw).digest("hex");
   return index;
 }
@@ -117,6 +106,22 @@ export function decodeAsset(key: string, stored: Buffer, entry: StoredAsset): Bu
     throw tampered(key, `decoded sha256 ${got}, expected ${entry.sha256}`);
   }
   return content;
+}
+
+/** Parse and validate JSON bytes; `fail` makes the error for "not JSON" or the first invalid field. */
+export function parseJsonWith<T>(schema: z.ZodType<T>, raw: Buffer, fail: (detail: string) => Error): T {
+  let json: unknown;
+  try {
+    json = JSON.parse(raw.toString("utf8"));
+  } catch (e) {
+    throw fail(`not JSON (${(e as Error).message})`);
+  }
+  const r = schema.safeParse(json);
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    throw fail(`field '${issue.path.map(String).join(".")}': ${issue.message}`);
+  }
+  return r.data;
 }
 
 function tampered(key: string, detail: string): IteraError {

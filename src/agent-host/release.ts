@@ -1,11 +1,10 @@
 import { createHash, randomBytes } from "node:crypto";
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
-import type { z } from "zod";
 import { BUNDLE_SCHEMA, type Manifest, manifestSchema } from "../bundle/manifest.js";
 import { MODEL_PACK_DIR, type ModelPack, modelPackSchema, packMismatches } from "../bundle/model-pack.js";
 import { IteraError } from "../errors.js";
-import { bundleIndexSha256 } from "./embedded.js";
+import { bundleIndexSha256, parseJsonWith } from "./embedded.js";
 import { writableRoot } from "./extract.js";
 
 /**
@@ -38,7 +37,7 @@ export function installedRelease(): InstalledRelease {
   if (release) return release;
   const dir = dirname(process.execPath);
   const manifestRaw = readRequired(join(dir, "manifest.json"));
-  const manifest = parseJson(manifestSchema, manifestRaw, join(dir, "manifest.json"));
+  const manifest = parseJsonWith(manifestSchema, manifestRaw, (d) => refused(join(dir, "manifest.json"), d));
   if (manifest.schema !== BUNDLE_SCHEMA || !manifest.parts) {
     throw refused(join(dir, "manifest.json"), `it is a ${manifest.schema} manifest, not ${BUNDLE_SCHEMA}`);
   }
@@ -47,7 +46,7 @@ export function installedRelease(): InstalledRelease {
   }
   const packPath = join(dir, manifest.parts.model_pack.manifest);
   const packRaw = readRequired(packPath);
-  const pack = parseJson(modelPackSchema, packRaw, packPath);
+  const pack = parseJsonWith(modelPackSchema, packRaw, (d) => refused(packPath, d));
   const problems = packMismatches(manifest, pack, sha256(packRaw));
   if (problems.length > 0) throw refused(packPath, problems[0]!);
   const files = Object.entries(pack.files).map(([name, f]) => ({ name, ...f, path: join(dir, name) }));
@@ -115,21 +114,6 @@ function readRequired(path: string): Buffer {
       exitCode: 3,
     });
   }
-}
-
-function parseJson<T>(schema: z.ZodType<T>, raw: Buffer, where: string): T {
-  let json: unknown;
-  try {
-    json = JSON.parse(raw.toString("utf8"));
-  } catch (e) {
-    throw refused(where, `not JSON (${(e as Error).message})`);
-  }
-  const r = schema.safeParse(json);
-  if (!r.success) {
-    const issue = r.error.issues[0]!;
-    throw refused(where, `field '${issue.path.map(String).join(".")}': ${issue.message}`);
-  }
-  return r.data;
 }
 
 function refused(where: string, detail: string): IteraError {
