@@ -418,14 +418,39 @@ async function main() {
   }
 }
 
+/** The two measures reported: the wall clock, and CPU time (steadier on a shared machine). */
+interface Measure {
+  intro: string;
+  unit: string;
+  medians: (r: ResultRow) => Record<Engine["engine"], number>;
+  ratios: (r: ResultRow) => Ratios;
+  showCuts: boolean;
+}
+
+const MEASURES: Measure[] = [
+  {
+    intro:
+      "Decode tokens/s (medians over the rounds) and itera / llama.cpp (median of the per-round ratios; above 1: itera faster). " +
+      "`itera`: generate()'s default decode (`fused`: many steps per ONNX Runtime call); `itera step`: one call per token " +
+      "(`fusedDecode: false`). By the wall clock:",
+    unit: "tok/s",
+    medians: (r) => r.tokensPerSecond,
+    ratios: (r) => r.ratios,
+    showCuts: true,
+  },
+  {
+    intro:
+      "The same decode steps per second of the process's CPU time (user + system, all threads; from the first generated " +
+      "token on): less moved by other jobs than the wall clock, but a thread that spin-waits counts as working:",
+    unit: "tok/CPU-s",
+    medians: (r) => r.perCpuSecond,
+    ratios: (r) => r.cpuRatios,
+    showCuts: false,
+  },
+];
+
 /** One row per model and thread count: the four engines' medians, then itera's ratios to llama.cpp. */
-function speedTable(
-  results: ResultRow[],
-  unit: string,
-  medians: (r: ResultRow) => Record<Engine["engine"], number>,
-  ratios: (r: ResultRow) => Ratios,
-  showCuts: boolean,
-): string {
+function speedTable(results: ResultRow[], { unit, medians, ratios, showCuts }: Measure): string {
   const x = (r: number) => `${r.toFixed(2)}x`;
   const cutNote = (n: number) => (showCuts && n ? ` (${n} runs cut)` : "");
   return markdownTable(
@@ -515,29 +540,7 @@ function renderReport(
       ]),
     ),
     "",
-    "Decode tokens/s (medians over the rounds) and itera / llama.cpp (median of the per-round ratios; above 1: itera faster). " +
-      "`itera`: generate()'s default decode (`fused`: many steps per ONNX Runtime call); `itera step`: one call per token (`fusedDecode: false`). " +
-      "By the wall clock:",
-    "",
-    speedTable(
-      results,
-      "tok/s",
-      (r) => r.tokensPerSecond,
-      (r) => r.ratios,
-      true,
-    ),
-    "",
-    "The same decode steps per second of the process's CPU time (user + system, all threads; from the first generated token on): " +
-      "less moved by other jobs than the wall clock, but a thread that spin-waits counts as working:",
-    "",
-    speedTable(
-      results,
-      "tok/CPU-s",
-      (r) => r.perCpuSecond,
-      (r) => r.cpuRatios,
-      false,
-    ),
-    "",
+    ...MEASURES.flatMap((m) => [m.intro, "", speedTable(results, m), ""]),
   ].join("\n");
 }
 

@@ -180,45 +180,31 @@ class ByteWriter {
   }
 }
 
+type Scalar = "uint32" | "int32" | "float32" | "bool" | "string";
+
+/** Each scalar type's gguf_type and how its value is written (arrays are of these). */
+const SCALARS: Record<Scalar, { id: number; write: (w: ByteWriter, v: unknown) => void }> = {
+  uint32: { id: GgufValueType.UINT32, write: (w, v) => w.u32(v as number) },
+  int32: { id: GgufValueType.INT32, write: (w, v) => w.i32(v as number) },
+  float32: { id: GgufValueType.FLOAT32, write: (w, v) => w.f32(v as number) },
+  bool: { id: GgufValueType.BOOL, write: (w, v) => w.u8(v ? 1 : 0) },
+  string: { id: GgufValueType.STRING, write: (w, v) => w.string(v as string) },
+};
+
+/** A value's type, then the value; an array: ARRAY, its element type, its length, the elements. */
 function writeValue(w: ByteWriter, v: GgufValue): void {
-  const T = GgufValueType;
-  const array = (elem: number, n: number, each: (i: number) => void) => {
-    w.u32(T.ARRAY);
-    w.u32(elem);
-    w.u64(n);
-    for (let i = 0; i < n; i++) each(i);
-  };
-  switch (v.type) {
-    case "uint32":
-      w.u32(T.UINT32);
-      w.u32(v.value);
-      return;
-    case "int32":
-      w.u32(T.INT32);
-      w.i32(v.value);
-      return;
-    case "float32":
-      w.u32(T.FLOAT32);
-      w.f32(v.value);
-      return;
-    case "bool":
-      w.u32(T.BOOL);
-      w.u8(v.value ? 1 : 0);
-      return;
-    case "string":
-      w.u32(T.STRING);
-      w.string(v.value);
-      return;
-    case "string[]":
-      array(T.STRING, v.value.length, (i) => w.string(v.value[i]!));
-      return;
-    case "float32[]":
-      array(T.FLOAT32, v.value.length, (i) => w.f32(v.value[i]!));
-      return;
-    case "int32[]":
-      array(T.INT32, v.value.length, (i) => w.i32(v.value[i]!));
-      return;
+  if (v.type.endsWith("[]")) {
+    const element = SCALARS[v.type.slice(0, -2) as Scalar];
+    const items = v.value as readonly unknown[];
+    w.u32(GgufValueType.ARRAY);
+    w.u32(element.id);
+    w.u64(items.length);
+    for (const item of items) element.write(w, item);
+    return;
   }
+  const scalar = SCALARS[v.type as Scalar];
+  w.u32(scalar.id);
+  scalar.write(w, v.value);
 }
 
 /** The whole file in memory (the bench's models are a few MB). */
