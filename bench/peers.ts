@@ -10,7 +10,8 @@
  *   npx esbuild bench/peers.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/itera-bench/peers.mjs && \
  *   nice -n 10 node node_modules/.cache/itera-bench/peers.mjs [--rounds 7] [--threads 1,2] [--tokens 128] \
- *     [--json] [--append docs/benchmarks.md] [model dirs...]
+ *     [--prompt-tokens 16] [--run-limit 10] [--json] [--append docs/benchmarks.md] [model dirs...]
+ * --run-limit S: a llama.cpp run still going after S seconds stops there (counted as "cut").
  * Without model dirs: models/itera-lite-micro, models/itera-lite-tiny, models/transformer-tiny.
  */
 import { mkdtempSync, rmSync, statSync } from "node:fs";
