@@ -79,7 +79,9 @@ describe("fleet bench against a real Mosquitto", () => {
     expect(md).toMatch(/\| dev-1 +\| rpi5 +\| fp32 +\| release \S+ +\| SUCCEEDED/);
     const csv = (await readFile(join(dir, "report", "report.csv"), "utf8")).trim().split("\n");
     expect(csv).toHaveLength(4);
-    expect(csv[0]).toMatch(/^device,profile,quant,variant,status,pp tok\/s,tg tok\/s,TTFT ms,p95 ms,mJ\/token/);
+    expect(csv[0]).toMatch(
+      /^device,profile,quant,variant,status,pp tok\/s,tg tok\/s,TTFT ms,p95 ms,mJ\/token/,
+    );
     const json = JSON.parse(await readFile(join(dir, "report", "report.json"), "utf8")) as {
       rows: Array<{ tg_tok_s: number }>;
     };

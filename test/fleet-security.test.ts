@@ -591,6 +591,9 @@ describe("reports with device-supplied strings", () => {
         ],
         tempC: null,
         throttled: null,
+        // A version string from a birth is the device's own text: its variant label must stay inert too.
+        variant: null,
+        version: "1.0<img src=y onerror=alert(2)>",
       },
       {
         device: "dev-y",
@@ -614,7 +617,10 @@ describe("reports with device-supplied strings", () => {
     expect(md).toContain("&lt;img src=x onerror=alert(1)&gt;");
     expect(md).not.toMatch(/^# heading/m);
     // Every table line has exactly the header's number of cell separators (escaped pipes do not count).
-    const table = md.split("\n").filter((l) => l.startsWith("|"));
+    const table = md
+      .split("## Per variant")[0]!
+      .split("\n")
+      .filter((l) => l.startsWith("|"));
     const seps = (l: string) => l.replace(/\\\|/g, "").split("|").length;
     expect(new Set(table.map(seps)).size).toBe(1);
     expect(table).toHaveLength(4);
