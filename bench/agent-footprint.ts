@@ -16,6 +16,11 @@
  * `--build LABEL` builds a bundle of --model for --profile with this working tree first (and measures
  * it as LABEL; `--build-memory MB` also builds it for the profile with memory_mb MB, which sets the
  * V8 heap limits); `--exe` takes bundles built earlier (e.g. from an older commit) to compare against.
+ *
+ * `--parts` also says where a warm `run --max-tokens 16` spends its megabytes and milliseconds: a
+ * preloaded probe (NODE_OPTIONS=--require, which a single executable honours) notes RSS and time
+ * when Node has started, when onnxruntime's binding is dlopen'ed, when ONNX Runtime's environment
+ * is made for the first session, when the session has loaded the graph, and at exit.
  */
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
@@ -187,6 +192,103 @@ for (const c of commands) {
     return `${col((x) => x.rssMb, 1)} | ${col((x) => x.anonMb, 1)} | ${col((x) => x.wallMs / 1000, 2)}`;
   });
   say(`| \`${c.name}\` | ${cells.join(" | ")} |`);
+}
+
+// --- where a run's memory and time go ---------------------------------------------------------------
+const probe = `"use strict";
+const fs = require("node:fs");
+const note = (tag) => {
+  const s = fs.readFileSync("/proc/self/status", "utf8");
+  const kb = (k) => Number(new RegExp(k + ":\\\\s+(\\\\d+)").exec(s)[1]);
+  process.stderr.write("itera-part " + JSON.stringify({ tag, ms: performance.now(), rss: kb("VmRSS"), anon: kb("RssAnon"), hwm: kb("VmHWM") }) + "\\n");
+};
+note("node");
+const dlopen = process.dlopen;
+process.dlopen = function (module, file, ...rest) {
+  if (!/onnxruntime_binding/.test(file)) return dlopen.call(this, module, file, ...rest);
+  note("script");
+  const r = dlopen.call(this, module, file, ...rest);
+  note("onnxruntime");
+  const b = module.exports;
+  const init = b.initOrtOnce;
+  b.initOrtOnce = function (...a) { note("tokenizer"); return init.apply(this, a); };
+  // The binding's methods are read-only: each new session gets its own loadModel that notes the first.
+  let first = true;
+  b.InferenceSession = new Proxy(b.InferenceSession, {
+    construct(target, args) {
+      const session = Reflect.construct(target, args);
+      const load = session.loadModel;
+      Object.defineProperty(session, "loadModel", {
+        value: (...a) => {
+          const r = load.apply(session, a);
+          if (first) note("session");
+          first = false;
+          return r;
+        },
+      });
+      return session;
+    },
+  });
+  return r;
+};
+process.on("exit", () => note("exit"));
+`;
+const parts: { tag: string; what: string }[] = [
+  {
+    tag: "node",
+    what: "Node 24 started (the executable's code and read-only data, V8, ICU; the loader not yet run)",
+  },
+  {
+    tag: "script",
+    what: "the agent script (compiled from its code cache), the CLI, bundle.json, the profile, the extraction check",
+  },
+  { tag: "onnxruntime", what: "onnxruntime's binding and library loaded (dlopen)" },
+  { tag: "tokenizer", what: "genai_config.json, tokenizer.json, the model card" },
+  { tag: "session", what: "ONNX Runtime's environment and the session (graph, optimizations, kernels)" },
+  { tag: "exit", what: "prefill, 16 tokens (step by step), printing, exit" },
+];
+if (argv.includes("--parts")) {
+  const probeFile = join(work, "parts-probe.cjs");
+  await writeFile(probeFile, probe);
+  for (const [i, e] of exes.entries()) {
+    const byTag = new Map<string, { rss: number[]; anon: number[]; ms: number[]; hwm: number[] }>();
+    for (let r = 0; r < runs; r++) {
+      const env = { ...envOf(i), NODE_OPTIONS: `--require ${probeFile}` };
+      const out = await new Promise<string>((res, rej) => {
+        const child = spawn(e.path, commands[2]!.args, { env, stdio: ["ignore", "ignore", "pipe"] });
+        let err = "";
+        child.stderr.on("data", (d: Buffer) => {
+          err += d.toString();
+        });
+        child.on("close", (code) =>
+          code === 0 ? res(err) : rej(new Error(`${e.path} exited ${code}: ${err}`)),
+        );
+      });
+      let prev = { rss: 0, anon: 0, ms: 0 };
+      for (const m of out.matchAll(/^itera-part (.*)$/gm)) {
+        const p = JSON.parse(m[1]!) as { tag: string; ms: number; rss: number; anon: number; hwm: number };
+        const acc = byTag.get(p.tag) ?? { rss: [], anon: [], ms: [], hwm: [] };
+        acc.rss.push((p.rss - prev.rss) / 1024);
+        acc.anon.push((p.anon - prev.anon) / 1024);
+        acc.ms.push(p.ms - prev.ms);
+        acc.hwm.push(p.hwm / 1024);
+        byTag.set(p.tag, acc);
+        prev = p;
+      }
+    }
+    say();
+    say(
+      `Where a warm \`run --max-tokens 16\` of ${e.label} spends them (${runs} runs, median (min-max); MB and ms added by each part, RSS counting file pages):`,
+    );
+    say();
+    say("| part | RSS MB | anon MB | ms | peak RSS so far MB |");
+    say("| --- | --- | --- | --- | --- |");
+    for (const p of parts) {
+      const a = byTag.get(p.tag);
+      if (!a) continue;
+      say(`| ${p.what} | ${fmt(a.rss, 1)} | ${fmt(a.anon, 1)} | ${fmt(a.ms, 0)} | ${fmt(a.hwm, 1)} |`);
+    }
+  }
 }
 
 if (append) await appendFile(append, `\n${lines.join("\n")}\n`);
