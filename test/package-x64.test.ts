@@ -73,6 +73,7 @@ describe("laptop-x64-4c bundle", () => {
       "model-pack.json",
       "model/genai_config.json",
       "model/model.onnx",
+      "model/reference.json",
       "model/tokenizer.json",
     ]);
     expect(manifest.target).toEqual({ platform: "linux", arch: "x64", node: "24.21.0" });
@@ -387,6 +388,7 @@ describe("laptop-x64-4c bundle", () => {
     expect((await readdir(join(base, "current", "model"))).sort()).toEqual([
       "genai_config.json",
       "model.onnx",
+      "reference.json",
       "tokenizer.json",
     ]);
     const { env } = await deviceEnv();
