@@ -414,7 +414,7 @@ async function benchKvSplit(dir: string, threads: number, args: Args, out: strin
       concatCpu: [] as number[],
       same: true,
     }));
-    const mode = await model.fusedDecoder();
+    const mode = await model.fusedDecoder(undefined, true);
     const kv = mode instanceof FusedDecoder ? mode.kvCache : mode.unsupported;
     for (let r = 0; r < Math.max(1, args.repetitions); r++) {
       for (const [i, c] of contexts.entries()) {

@@ -21,7 +21,7 @@ const fixtures = fixtureModels();
 async function kvMode(dir: string): Promise<unknown> {
   const model = await loadModel(dir, { threads: 1 });
   try {
-    const fused = await model.fusedDecoder();
+    const fused = await model.fusedDecoder(undefined, true);
     return fused instanceof FusedDecoder ? fused.kvCache : fused;
   } finally {
     await model.dispose();
@@ -84,7 +84,7 @@ describe("which caches split", () => {
 
 /** Generate split (default), with the whole-cache Concat, and stepped; all three must agree. */
 async function threeWays(model: LanguageModel, prompts: string[] | number[][], options: GenerateOptions) {
-  const split = await model.generateBatch(prompts, options);
+  const split = await model.generateBatch(prompts, { splitKvFrom: 0, ...options });
   const concat = await model.generateBatch(prompts, { ...options, splitKv: false });
   const step = await model.generateBatch(prompts, { ...options, fusedDecode: false });
   return { split, concat, step };
@@ -120,6 +120,17 @@ describe.skipIf(!existsSync(join(transformer, "model.onnx")))("transformer-tiny"
       expect(split[0]!.ids).toEqual(step[0]!.ids);
       expect(concat[0]!.ids).toEqual(step[0]!.ids);
     }
+  });
+
+  it("switches from the whole-cache Concat to the split cache mid-generation (at 256 positions) with the tokens of stepping", async () => {
+    const prompt = "ROMEO:\nBut soft, what light through yonder window breaks?\n".repeat(3); // ~170 tokens
+    const options: GenerateOptions = { temperature: 0, maxTokens: 150, ignoreEos: true };
+    const switched = await model.generate(prompt, options);
+    const step = await model.generate(prompt, { ...options, fusedDecode: false });
+    expect(switched.promptIds.length).toBeLessThan(256);
+    expect(switched.promptIds.length + 150).toBeGreaterThan(256);
+    expect(switched.decode).toBe("fused");
+    expect(switched.ids).toEqual(step.ids);
   });
 
   it("a batch of prompts of different lengths (left-padded caches) decodes to the tokens of stepping", async () => {

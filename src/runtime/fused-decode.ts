@@ -443,7 +443,7 @@ export class FusedDecoder {
     options: InferenceSession.SessionOptions,
     features: LoopFeatures = GREEDY,
     /** Split KV caches into prefix and chunk where the attention allows (kv-split.ts); false: plain Concat. */
-    splitKv = true,
+    splitKv = false,
   ): Promise<FusedDecoder | { unsupported: string }> {
     const why = fusedDecodeUnsupported(io);
     if (why) return { unsupported: why };

@@ -36,6 +36,12 @@ export interface GenerateOptions extends SamplingOptions {
    * cache every step, as before (for comparisons).
    */
   splitKv?: boolean;
+  /**
+   * Cached positions from which a fused call uses the split cache (default 256): below, the
+   * whole-cache Concat is as cheap and the split's extra nodes per step cost more (measured,
+   * docs/benchmarks.md). 0: split from the first call.
+   */
+  splitKvFrom?: number;
 }
 
 /** How the tokens after the first were decoded: many steps per call (greedy or sampled), or one call per token. */
@@ -52,6 +58,8 @@ const FUSED_MAX_CHUNK = 256;
  * took 22% less CPU per token than 16; docs/benchmarks.md).
  */
 const FUSED_MIN_KV_CHUNK = 16;
+/** Cached positions from which fused calls split the KV cache (generate's `splitKvFrom`). */
+export const FUSED_SPLIT_KV_FROM = 256;
 const FUSED_KV_POSITIONS_PER_STEP = 32;
 
 export type StopReason = "eos" | "stop" | "max_tokens" | "context";
@@ -286,8 +294,14 @@ export async function generate(
   const features = loopFeatures(loopSampling);
   // a top-p within rounding of 1 has no first crossing the loop could find (fused-decode.ts)
   const fusable = options.fusedDecode !== false && !(features.topP && loopSampling.topP > FUSED_TOP_P_MAX);
-  const fusedOrWhy = fusable ? await model.fusedDecoder(features, options.splitKv !== false) : null;
-  const fused = fusedOrWhy instanceof FusedDecoder ? fusedOrWhy : null;
+  // The split cache from the context where it pays (kv-split.ts); a generation that reaches it
+  // switches loops between calls (both take and return the same whole-cache state).
+  const splitFrom =
+    options.splitKv === false ? Number.POSITIVE_INFINITY : (options.splitKvFrom ?? FUSED_SPLIT_KV_FROM);
+  const splitAt = (length: number) => model.io.hasKvCache && length >= splitFrom;
+  const fusedOrWhy = fusable ? await model.fusedDecoder(features, splitAt(longest)) : null;
+  let fused = fusedOrWhy instanceof FusedDecoder ? fusedOrWhy : null;
+  let splitTried = splitAt(longest);
   const eos = options.ignoreEos ? [] : [...model.eosIds];
   // Fused decoding: the tokens the loop chose (per row), taken one per row per round.
   let chunk: number[][] = [];
@@ -330,6 +344,11 @@ export async function generate(
     }
     // Finished rows keep feeding their last token; their outputs are ignored.
     const step = performance.now();
+    if (fused && !splitTried && splitAt(state.length)) {
+      splitTried = true;
+      const split = await model.fusedDecoder(features, true);
+      if (split instanceof FusedDecoder) fused = split;
+    }
     if (fused) {
       let steps = maxTokens - Math.min(...generated.filter((_, r) => !stopReasons[r]).map((g) => g.length));
       steps = Math.min(steps, chunkSize);

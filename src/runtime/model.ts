@@ -273,14 +273,16 @@ export class LanguageModel {
 
   /**
    * The fused decoder (fused-decode.ts) for these loop features (default: greedy), built on first
-   * use, or why the model decodes step by step instead. `splitKv` false: KV caches concatenated
-   * whole every step, as before kv-split.ts (for comparisons).
+   * use, or why the model decodes step by step instead. `splitKv`: KV caches split into prefix and
+   * chunk (kv-split.ts; generate() asks for it from FUSED_SPLIT_KV_FROM positions), else the graph's
+   * Concat of the whole cache every step.
    */
   fusedDecoder(
     features: LoopFeatures = GREEDY,
-    splitKv = true,
+    splitKv = false,
   ): Promise<FusedDecoder | { unsupported: string }> {
-    const key = `${featureKey(features)}${splitKv ? "" : "+concat"}`;
+    const split = splitKv && this.io.hasKvCache;
+    const key = `${featureKey(features)}${split ? "+split" : ""}`;
     let fused = this.fused.get(key);
     if (!fused) {
       // A graph ONNX Runtime cannot run inside a Loop decodes step by step rather than failing.
@@ -290,7 +292,7 @@ export class LanguageModel {
         this.vocabSize,
         this.sessionOptions,
         features,
-        splitKv,
+        split,
       ).catch((e: unknown) => ({
         unsupported: `the decode loop could not be built: ${(e as Error).message}`,
       }));
