@@ -4,8 +4,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
-import { hostFacts, TUNED_SCHEMA, type Tuned, tunedSchema } from "../src/tune/tuned-file.js";
+import { tunedSchema } from "../src/tune/tuned-file.js";
 import { deviceEnv, houseModel, removeTempDirs, run } from "./package-helpers.js";
+import { rowOf, tuning } from "./tune-helpers.js";
 
 /**
  * `itera build --tuned FILE`: the tuning travels in the bundle's model folder, its precision is the
@@ -13,39 +14,16 @@ import { deviceEnv, houseModel, removeTempDirs, run } from "./package-helpers.js
  */
 const micro = houseModel("itera-lite-micro");
 
-function tuning(profile: string): Tuned {
-  const row = (threads: number, mj: number) => ({
-    precision: "fp32",
-    threads,
-    tokens_per_s: { median: 500, samples: [500] },
-    mJ_per_token: { median: mj, samples: [mj] },
-  });
-  return {
-    schema: TUNED_SCHEMA,
-    model: "itera-lite-micro",
-    profile,
-    objective: "energy",
-    tolerance: 0.05,
-    host: hostFacts(),
-    test: "tg 64",
-    rounds: 3,
-    energy: { method: "tdp-estimate", uncertainty: "model estimate" },
-    skipped: [],
-    grid: [row(1, 3), row(2, 2)],
-    pick: { precision: "fp32", threads: 2 },
-    itera_version: "test",
-    runtime: "onnxruntime test",
-    measured_at: new Date().toISOString(),
-  };
-}
-
 let work: string;
 let tunedPath: string;
 let built: BuildResult;
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), "itera-tune-build-"));
   tunedPath = join(work, "tuned.json");
-  await writeFile(tunedPath, JSON.stringify(tuning("laptop-x64-4c")));
+  await writeFile(
+    tunedPath,
+    JSON.stringify(tuning({ grid: [rowOf("fp32", 1, 500, 3), rowOf("fp32", 2, 500, 2)] })),
+  );
   built = await buildBundle({
     model: micro.dir,
     profile: "laptop-x64-4c",
@@ -78,7 +56,7 @@ describe.skipIf(!existsSync(join(micro.dir, "model.onnx")))("itera build --tuned
 
   it("refuses a tuned.json made for another profile, before any work", async () => {
     const other = join(work, "other.json");
-    await writeFile(other, JSON.stringify(tuning("rpi5")));
+    await writeFile(other, JSON.stringify(tuning({ profile: "rpi5" })));
     await expect(
       buildBundle({
         model: micro.dir,

@@ -8,8 +8,9 @@ import { registerRun as registerAgentRun } from "../src/cli/agent-commands/run.j
 import { registerBench } from "../src/cli/commands/bench.js";
 import { registerRun } from "../src/cli/commands/run.js";
 import { pickRow } from "../src/tune/pick.js";
-import { type GridRow, hostFacts, TUNED_SCHEMA, type Tuned } from "../src/tune/tuned-file.js";
+import { hostFacts } from "../src/tune/tuned-file.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { rowOf, tuning } from "./tune-helpers.js";
 
 /**
  * Commands given no --threads take it from tuned.json: `itera run`/`itera bench` from the model
@@ -25,35 +26,6 @@ const cli = inProcessCli((program) => {
 });
 
 const micro = join(import.meta.dirname, "..", "models", "itera-lite-micro");
-
-const rowOf = (precision: string, threads: number, tps: number, mj: number): GridRow => ({
-  precision,
-  threads,
-  tokens_per_s: { median: tps, samples: [tps] },
-  mJ_per_token: { median: mj, samples: [mj] },
-});
-
-/** A tuning of micro whose pick (fp32, 2 threads) is not what any command would choose by itself (1). */
-function tuning(over: Partial<Tuned> = {}): Tuned {
-  return {
-    schema: TUNED_SCHEMA,
-    model: "itera-lite-micro",
-    profile: "laptop-x64-4c",
-    objective: "energy",
-    tolerance: 0.05,
-    host: hostFacts(),
-    test: "tg 64",
-    rounds: 3,
-    energy: { method: "tdp-estimate", uncertainty: "model estimate" },
-    skipped: [],
-    grid: [rowOf("fp32", 1, 900, 3), rowOf("fp32", 2, 1000, 2), rowOf("int8", 1, 800, 4)],
-    pick: { precision: "fp32", threads: 2 },
-    itera_version: "test",
-    runtime: "onnxruntime test",
-    measured_at: new Date().toISOString(),
-    ...over,
-  };
-}
 
 const quickBench = "--tests tg4 -r 1 --warmup 0 --min-duration 0 --no-energy --json".split(" ");
 const threadsOf = (stdout: string) => (JSON.parse(stdout) as { threads: number }[]).map((r) => r.threads);

@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -19,6 +19,7 @@ const cli = inProcessCli((program) => {
 });
 
 const micro = join(import.meta.dirname, "..", "models", "itera-lite-micro");
+const laptop = ["tune", micro, "--profile", "laptop-x64-4c"];
 const small = ["--test", "tg8", "--rounds", "2", "--min-duration", "0.2", "--quiet"];
 
 let dir: string;
@@ -29,18 +30,16 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const tunesLeft = async () =>
-  (await readdir(tmpdir())).filter((n) => n.startsWith("itera-tune-") && !dir.endsWith(n));
-
 describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
   it("measures every precision × threads candidate and picks the lowest mJ/token for --objective energy", async () => {
-    const before = await tunesLeft();
     const out = join(dir, "energy.json");
+    // A private TMPDIR: the quantized candidate's temp folder is made there, and must be gone after.
+    const scratch = join(dir, "scratch");
+    await mkdir(scratch);
+    const tmp = process.env.TMPDIR;
+    process.env.TMPDIR = scratch;
     const r = await cli(
-      "tune",
-      micro,
-      "--profile",
-      "laptop-x64-4c",
+      ...laptop,
       "--threads",
       "1,2",
       "--decode",
@@ -49,7 +48,10 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
       out,
       "--json",
       ...small,
-    );
+    ).finally(() => {
+      if (tmp === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = tmp;
+    });
     expect(r.code, r.stderr).toBe(0);
     const { written, ...doc } = JSON.parse(r.stdout) as { written: string };
     expect(written).toBe(out);
@@ -71,17 +73,13 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
     const lowest = Math.min(...printed.grid.map((g) => g.mJ_per_token!.median));
     const chosen = row(printed.grid, printed.pick);
     expect(chosen.mJ_per_token!.median).toBe(lowest);
-    // The quantized candidate's temp folder is gone.
-    expect(await tunesLeft()).toEqual(before);
+    expect((await readdir(scratch)).filter((n) => n.startsWith("itera-tune-"))).toEqual([]);
   });
 
   it("measures both decode paths; --objective speed --tolerance 0 picks the most tokens/s, marked in the table", async () => {
     const out = join(dir, "speed.json");
     const r = await cli(
-      "tune",
-      micro,
-      "--profile",
-      "laptop-x64-4c",
+      ...laptop,
       "--precisions",
       "fp32",
       "--threads",
@@ -114,18 +112,7 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
   it("refuses an existing --out unless --force, before measuring anything", async () => {
     const out = join(dir, "mine.json");
     await writeFile(out, "my notes\n");
-    const one = [
-      "tune",
-      micro,
-      "--profile",
-      "laptop-x64-4c",
-      "--precisions",
-      "fp32",
-      "-t",
-      "1",
-      "--out",
-      out,
-    ];
+    const one = [...laptop, "--precisions", "fp32", "-t", "1", "--out", out];
     const r = await cli(...one, ...small);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--out exists .* not overwritten/);
@@ -140,17 +127,7 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
   });
 
   it("refuses a precision the profile does not allow, naming the ones it does", async () => {
-    const r = await cli(
-      "tune",
-      micro,
-      "--profile",
-      "laptop-x64-4c",
-      "--precisions",
-      "int4",
-      "--out",
-      join(dir, "x.json"),
-      ...small,
-    );
+    const r = await cli(...laptop, "--precisions", "int4", "--out", join(dir, "x.json"), ...small);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/--precisions int4: not a precision profile 'laptop-x64-4c' allows/);
     expect(r.stderr).toMatch(/give some of: fp32, int8/);
