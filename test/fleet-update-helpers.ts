@@ -143,6 +143,31 @@ export class InstalledFleet {
     });
   }
 
+  /**
+   * `itera fleet update --json` of `bundle` to this fleet (health timeout 60 s, waves of 120 s, the
+   * fleet database in the test folder), with `extra` options.
+   */
+  update(bundle: string, ...extra: string[]) {
+    return itera([
+      "fleet",
+      "update",
+      "--broker",
+      this.broker.url,
+      "--fleet",
+      this.fleet,
+      "--bundle",
+      bundle,
+      "--health-timeout",
+      "60",
+      "--timeout",
+      "120",
+      "--db",
+      join(this.dir, "fleet.db"),
+      "--json",
+      ...extra,
+    ]);
+  }
+
   /** Start a device's supervisor (and so its agent) from its installed root. */
   start(device: string): void {
     const root = this.roots.get(device)!;

@@ -8,7 +8,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { FleetUpdateOutcome } from "../src/fleet/update.js";
-import { InstalledFleet, itera, launcher } from "./fleet-update-helpers.js";
+import { InstalledFleet, launcher } from "./fleet-update-helpers.js";
 import { until } from "./mqtt-helpers.js";
 
 const FLEET = "away";
@@ -29,32 +29,18 @@ const stateOf = (device: string) =>
       | undefined
   )?.state;
 
-function update(bundle: string, offlineWaitS: number, canary: number, out?: string) {
-  return itera([
-    "fleet",
-    "update",
-    "--broker",
-    f.broker.url,
-    "--fleet",
-    FLEET,
-    "--bundle",
+/** The update with the fleet's trusted key, a canary of `canary` devices and --offline-wait. */
+const update = (bundle: string, offlineWaitS: number, canary: number, ...extra: string[]) =>
+  f.update(
     bundle,
     "--trusted-key",
     f.pub,
     "--canary",
     String(canary),
-    "--health-timeout",
-    "60",
-    "--timeout",
-    "120",
     "--offline-wait",
     String(offlineWaitS),
-    "--db",
-    join(f.dir, "fleet.db"),
-    "--json",
-    ...(out ? ["--out", out] : []),
-  ]);
-}
+    ...extra,
+  );
 
 describe("itera fleet update with a device offline during the rollout", () => {
   it("updates the others first, and the device when it comes back before the rollout ends", async () => {
@@ -92,7 +78,7 @@ describe("itera fleet update with a device offline during the rollout", () => {
     await until(() => stateOf("dev-c") === "offline", "dev-c offline", 30_000);
     const report = join(f.dir, "report-away");
     // Both online devices in the canary wave (shorter); dev-c, offline, is left for the end.
-    const r = await update(b, 2, 2, report);
+    const r = await update(b, 2, 2, "--out", report);
     expect(r.code, r.stderr).toBe(4);
     const out = JSON.parse(r.stdout) as FleetUpdateOutcome;
     expect(out.result).toBe("incomplete");

@@ -18,7 +18,7 @@ import { FleetStore } from "../src/fleet/store.js";
 import { PROTOCOL_VERSION } from "../src/protocol/schemas.js";
 import { jobTopic } from "../src/protocol/topics.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
-import { brokenLauncher, InstalledFleet, itera, launcher } from "./fleet-update-helpers.js";
+import { brokenLauncher, InstalledFleet, launcher } from "./fleet-update-helpers.js";
 import { until } from "./mqtt-helpers.js";
 
 const FLEET = "ota";
@@ -38,29 +38,7 @@ describe("itera fleet update over a real Mosquitto", () => {
   it("updates every device, canary first, and each comes back reporting the new version", async () => {
     const b = await f.bundle("1.1.0", launcher("1.1.0"), 200_000);
     const db = join(f.dir, "fleet.db");
-    const r = await itera([
-      "fleet",
-      "update",
-      "--broker",
-      f.broker.url,
-      "--fleet",
-      FLEET,
-      "--bundle",
-      b,
-      "--trusted-key",
-      f.pub,
-      "--canary",
-      "1",
-      "--health-timeout",
-      "60",
-      "--timeout",
-      "120",
-      "--db",
-      db,
-      "--json",
-      "--out",
-      join(f.dir, "report-good"),
-    ]);
+    const r = await f.update(b, "--trusted-key", f.pub, "--canary", "1", "--out", join(f.dir, "report-good"));
     expect(r.code, r.stderr).toBe(0);
     const out = JSON.parse(r.stdout) as FleetUpdateOutcome;
     expect(out.result).toBe("updated");
@@ -97,25 +75,7 @@ describe("itera fleet update over a real Mosquitto", () => {
 
   it("rolls the canary back when the new release fails its health check, and touches no other device", async () => {
     const b = await f.bundle("1.2.0", brokenLauncher("1.2.0"));
-    const r = await itera([
-      "fleet",
-      "update",
-      "--broker",
-      f.broker.url,
-      "--fleet",
-      FLEET,
-      "--bundle",
-      b,
-      "--canary",
-      "1",
-      "--health-timeout",
-      "60",
-      "--timeout",
-      "120",
-      "--db",
-      join(f.dir, "fleet.db"),
-      "--json",
-    ]);
+    const r = await f.update(b, "--canary", "1");
     expect(r.code, r.stderr).toBe(4);
     const out = JSON.parse(r.stdout) as FleetUpdateOutcome;
     expect(out.result).toBe("canary-failed");
@@ -141,27 +101,7 @@ describe("itera fleet update over a real Mosquitto", () => {
     const blocker = join(f.roots.get("dev-b")!, "opt/itera/.staging");
     await writeFile(blocker, "not a folder\n");
     try {
-      const r = await itera([
-        "fleet",
-        "update",
-        "--broker",
-        f.broker.url,
-        "--fleet",
-        FLEET,
-        "--bundle",
-        b,
-        "--canary",
-        "1",
-        "--max-failures",
-        "1",
-        "--health-timeout",
-        "60",
-        "--timeout",
-        "120",
-        "--db",
-        join(f.dir, "fleet.db"),
-        "--json",
-      ]);
+      const r = await f.update(b, "--canary", "1", "--max-failures", "1");
       expect(r.code, r.stderr).toBe(4);
       const out = JSON.parse(r.stdout) as FleetUpdateOutcome;
       expect(out.result).toBe("stopped");
