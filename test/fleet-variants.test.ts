@@ -24,6 +24,8 @@ const tableRow = (...cells: string[]) =>
   new RegExp(`^\\|${cells.map((c) => ` *${c} *`).join("\\|")}\\|`, "m");
 let watch: ChildProcess;
 let db: string;
+/** What `fleet watch --json` printed so far. */
+let watched = "";
 
 beforeAll(async () => {
   f = await InstalledFleet.create(FLEET, DEVICES, 2);
@@ -49,11 +51,14 @@ beforeAll(async () => {
     ],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
-  let seen = "";
   watch.stdout!.on("data", (d: Buffer) => {
-    seen += d.toString();
+    watched += d.toString();
   });
-  await until(() => DEVICES.every((d) => seen.includes(`"${d}"`)), "fleet watch sees every device", 30_000);
+  await until(
+    () => DEVICES.every((d) => watched.includes(`"${d}"`)),
+    "fleet watch sees every device",
+    30_000,
+  );
 }, 120_000);
 
 afterAll(async () => {
@@ -61,31 +66,9 @@ afterAll(async () => {
   await f?.close();
 });
 
-function update(bundle: string) {
-  return itera([
-    "fleet",
-    "update",
-    "--broker",
-    f.broker.url,
-    "--fleet",
-    FLEET,
-    "--bundle",
-    bundle,
-    "--trusted-key",
-    f.pub,
-    "--variant",
-    "B",
-    "--split",
-    "67%",
-    "--health-timeout",
-    "60",
-    "--timeout",
-    "120",
-    "--db",
-    db,
-    "--json",
-  ]);
-}
+/** Variant B on 67 % of the fleet (two of three), both in one canary wave (shorter). */
+const update = (bundle: string) =>
+  f.update(bundle, "--trusted-key", f.pub, "--variant", "B", "--split", "67%", "--canary", "2");
 
 describe("A/B variants over a real Mosquitto", () => {
   it("the split is deterministic by device id and variant, and Wilson intervals say when rates differ", () => {
@@ -272,12 +255,12 @@ describe("A/B variants over a real Mosquitto", () => {
         feedback: Array<{ variant: string | null }>;
       };
     };
-    let all = await feedback();
-    const deadline = Date.now() + 20_000;
-    while (all.feedback.length < 83 && Date.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 300));
-      all = await feedback();
-    }
+    await until(
+      () => (watched.match(/"type":"feedback".*"stored":true/g) ?? []).length >= 83,
+      "fleet watch stores the 83 ratings",
+      30_000,
+    );
+    const all = await feedback();
     expect(all.variants.map((v) => [v.variant, v.devices, v.ratings, v.positive, v.negative])).toEqual([
       ["B", 2, 40, 36, 4],
       ["release 1.0.0", 2, 43, 10, 33],
@@ -286,6 +269,21 @@ describe("A/B variants over a real Mosquitto", () => {
     const onlyB = await feedback("--variant", "B");
     expect(onlyB.feedback).toHaveLength(40);
     expect(onlyB.variants.map((v) => v.variant)).toEqual(["B"]);
+    // The benchmark's report rendered again has the feedback rates beside tokens/s and mJ/token.
+    const again = join(f.dir, "report-again");
+    const rep = await itera(["fleet", "report", "--db", db, "--out", again, "--json"]);
+    expect(rep.code, rep.stderr).toBe(0);
+    const report = JSON.parse(await readFile(join(again, "report.json"), "utf8")) as {
+      variants: Array<{
+        variant: string;
+        feedback_rated: number | null;
+        feedback_positive_rate: number | null;
+      }>;
+    };
+    expect(report.variants.map((v) => [v.variant, v.feedback_rated, v.feedback_positive_rate])).toEqual([
+      ["B", 40, 0.9],
+      ["release 1.0.0", 43, 10 / 43],
+    ]);
     const text = await itera(["fleet", "feedback", "--db", db, "--fleet", FLEET]);
     expect(text.stdout).toMatch(tableRow("B", "2", "40", "36", "4", "90\\.0 %", "76\\.9 % – 96\\.0 %"));
   }, 60_000);

@@ -9,6 +9,7 @@ import {
   type JobStatus,
 } from "../protocol/schemas.js";
 import { dispatch } from "./dispatch.js";
+import type { VariantSummary } from "./feedback.js";
 import { watchTrust } from "./anonymous-probe.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
 import type { FleetStore } from "./store.js";
@@ -67,6 +68,11 @@ export interface FleetBenchOutcome {
   anonymousBroker?: boolean | null;
   /** Things the reader of the report must know, e.g. that the broker accepts anonymous clients. */
   warnings?: string[];
+  /**
+   * The fleet's feedback per A/B variant, added when the report is rendered (from the fleet
+   * database's ratings at that time; not stored with the run).
+   */
+  feedback?: VariantSummary[];
   /** Messages not taken (at most 100): the topic and why. */
   refused?: Array<{ topic: string; reason: string }>;
   stats: {

@@ -117,6 +117,9 @@ export interface VariantRow {
   mj_per_token: number | null;
   tokens_per_j: number | null;
   energy_methods: string[];
+  /** The variant's generations rated +1 or −1 in the fleet's feedback, and the share of +1 (null: none). */
+  feedback_rated: number | null;
+  feedback_positive_rate: number | null;
 }
 
 const mean = (xs: Array<number | null>) => {
@@ -130,6 +133,7 @@ export function variantRows(o: FleetBenchOutcome): VariantRow[] {
   return [...new Set(rows.map((r) => r.variant))].sort().map((variant) => {
     const all = rows.filter((r) => r.variant === variant);
     const ok = all.filter((r) => r.status === "SUCCEEDED");
+    const fb = o.feedback?.find((f) => f.variant === variant);
     return {
       variant,
       devices: all.length,
@@ -139,6 +143,8 @@ export function variantRows(o: FleetBenchOutcome): VariantRow[] {
       mj_per_token: mean(ok.map((r) => r.mj_per_token)),
       tokens_per_j: mean(ok.map((r) => r.tokens_per_j)),
       energy_methods: [...new Set(ok.map((r) => r.energy_method).filter((m): m is string => m !== null))],
+      feedback_rated: fb ? fb.positive + fb.negative : null,
+      feedback_positive_rate: fb?.positive_rate ?? null,
     };
   });
 }
@@ -153,6 +159,8 @@ export const VARIANT_HEADERS = [
   "mJ/token",
   "tokens/J",
   "method",
+  "rated",
+  "+1 rate",
 ];
 
 export function variantCells(v: VariantRow): Cell[] {
@@ -165,6 +173,8 @@ export function variantCells(v: VariantRow): Cell[] {
     v.mj_per_token,
     v.tokens_per_j,
     v.energy_methods.join(", ") || null,
+    v.feedback_rated,
+    v.feedback_positive_rate === null ? null : `${(100 * v.feedback_positive_rate).toFixed(1)} %`,
   ];
 }
 
@@ -234,7 +244,7 @@ export function renderMarkdown(o: FleetBenchOutcome): string {
       variantRows(o).map((v) => variantCells({ ...v, variant: mdText(v.variant) })),
     ),
     "",
-    "A device's variant is the one its release was installed as (`itera fleet update --variant`), else `release <version>`; figures are means over its succeeded devices.",
+    "A device's variant is the one its release was installed as (`itera fleet update --variant`), else `release <version>`; figures are means over its succeeded devices; rated and +1 rate: its generations rated in the fleet's feedback (`itera fleet feedback` has the intervals).",
     "",
     "tokens/s: mean over repetitions at the fastest thread count; TTFT and p95 from the generation test; " +
       "mJ/token and tokens/J with the method that measured them (empty: the device has no meter).",

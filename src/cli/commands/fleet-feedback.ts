@@ -6,9 +6,9 @@ import {
   FeedbackHistory,
   type RetrainPolicy,
   type StoredFleetFeedback,
+  summarizeVariants,
 } from "../../fleet/feedback.js";
 import { defaultFleetDb } from "../../fleet/store.js";
-import { compareRates, variantLabel, wilson } from "../../fleet/variants.js";
 import { positive } from "../../protocol/options.js";
 import { csvTable, markdownTable } from "../../util/table.js";
 import { action, printJson } from "../run.js";
@@ -61,68 +61,6 @@ export function summarize(rows: readonly StoredFleetFeedback[]): VersionSummary[
     if (r.correction !== null) s.corrections++;
   }
   return [...byVersion.values()];
-}
-
-/** One A/B variant's ratings: the positive rate among rated (+/−) generations with its 95 % Wilson interval. */
-export interface VariantSummary {
-  variant: string;
-  devices: number;
-  ratings: number;
-  positive: number;
-  negative: number;
-  corrections: number;
-  /** positive / (positive + negative); null with no +/− rating. */
-  positive_rate: number | null;
-  negative_rate: number | null;
-  positive_ci95: { low: number; high: number } | null;
-}
-
-/** Ratings per variant (variantLabel: the variant's name, else `release <version>`), side by side. */
-export function summarizeVariants(rows: readonly StoredFleetFeedback[]): {
-  variants: VariantSummary[];
-  comparison: string;
-} {
-  const by = new Map<string, VariantSummary & { deviceSet: Set<string> }>();
-  for (const r of rows) {
-    const label = variantLabel(r.variant, r.agent_version);
-    let s = by.get(label);
-    if (!s) {
-      s = {
-        variant: label,
-        devices: 0,
-        ratings: 0,
-        positive: 0,
-        negative: 0,
-        corrections: 0,
-        positive_rate: null,
-        negative_rate: null,
-        positive_ci95: null,
-        deviceSet: new Set(),
-      };
-      by.set(label, s);
-    }
-    s.deviceSet.add(`${r.fleet}/${r.device}`);
-    s.ratings++;
-    if (r.rating > 0) s.positive++;
-    if (r.rating < 0) s.negative++;
-    if (r.correction !== null) s.corrections++;
-  }
-  const variants = [...by.values()]
-    .sort((a, b) => a.variant.localeCompare(b.variant))
-    .map(({ deviceSet, ...s }) => {
-      const rated = s.positive + s.negative;
-      return {
-        ...s,
-        devices: deviceSet.size,
-        positive_rate: rated > 0 ? s.positive / rated : null,
-        negative_rate: rated > 0 ? s.negative / rated : null,
-        positive_ci95: wilson(s.positive, rated),
-      };
-    });
-  const comparison = compareRates(
-    variants.map((v) => ({ label: v.variant, positive: v.positive, rated: v.positive + v.negative })),
-  );
-  return { variants, comparison };
 }
 
 const pct = (x: number | null) => (x === null ? null : `${(100 * x).toFixed(1)} %`);

@@ -4,6 +4,7 @@ import { basename, join } from "node:path";
 import type { Command } from "commander";
 import { IteraError } from "../../errors.js";
 import { type BenchEvent, type FleetBenchOutcome, parseSelect, runFleetBench } from "../../fleet/bench.js";
+import { FeedbackHistory, summarizeVariants } from "../../fleet/feedback.js";
 import { renderMarkdown, reportRow, writeReport } from "../../fleet/report.js";
 import { openFleetHistory, storedOutcome } from "../../fleet/report-source.js";
 import { printEvents, registerFleetFeedback, retrainPolicy } from "./fleet-feedback.js";
@@ -69,10 +70,18 @@ async function reportTarget(opts: { out?: string; db?: string }): Promise<DirTar
 
 /** Print a benchmark's report (markdown, or JSON with --json) and write the files into `out`. */
 async function emitReport(
-  outcome: FleetBenchOutcome,
-  opts: { json?: boolean },
+  run: FleetBenchOutcome,
+  opts: { json?: boolean; db?: string },
   out: DirTarget | undefined,
 ): Promise<void> {
+  // The feedback rates per variant beside the benchmark's, as the fleet database has them now.
+  const history = new FeedbackHistory(opts.db ?? defaultFleetDb());
+  let outcome: FleetBenchOutcome;
+  try {
+    outcome = { ...run, feedback: summarizeVariants(history.feedback({ fleet: run.fleet })).variants };
+  } finally {
+    history.close();
+  }
   let files: string[] = [];
   if (out) {
     // Written as one folder: all five files or, on failure or Ctrl-C, none.
