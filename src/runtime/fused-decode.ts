@@ -11,7 +11,8 @@
  * those of stepping one call per token (the tests check this).
  *
  * Applies to graphs whose inputs are token ids, states (fixed-shape recurrent/conv state or KV
- * caches that grow inside the loop), and optionally attention_mask and position_ids (extended by
+ * caches that grow inside the loop; kv-split.ts splits a cache so that no step copies the positions
+ * the call started from), and optionally attention_mask and position_ids (extended by
  * one position per step inside the loop), whose weights fit comfortably in memory twice (each loop
  * is a second ONNX Runtime session); anything else decodes step by step.
  */
