@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -124,6 +124,24 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
       precision: "fp32",
       threads: 1,
     });
+  });
+
+  it("writes <model>/tuned.json by default, replaces its own earlier one there, and itera run then uses it", async () => {
+    const copy = join(dir, "micro");
+    await cp(micro, copy, { recursive: true });
+    const args = ["tune", copy, "--profile", "laptop-x64-4c", "--precisions", "fp32", "-t", "1", ...small];
+    expect((await cli(...args)).code).toBe(0);
+    const first = tunedSchema.parse(JSON.parse(await readFile(join(copy, "tuned.json"), "utf8")));
+    const again = await cli(...args);
+    expect(again.code, again.stderr).toBe(0);
+    const second = tunedSchema.parse(JSON.parse(await readFile(join(copy, "tuned.json"), "utf8")));
+    expect(second.measured_at > first.measured_at).toBe(true);
+    // A file there that is not a tuned.json is the user's: refused.
+    await writeFile(join(copy, "tuned.json"), "{}");
+    const refused = await cli(...args);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toMatch(/not overwritten/);
+    expect(await readFile(join(copy, "tuned.json"), "utf8")).toBe("{}");
   });
 
   it("refuses a precision the profile does not allow, naming the ones it does", async () => {
