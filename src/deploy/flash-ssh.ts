@@ -564,7 +564,7 @@ function planSteps(
   );
   log.plan(
     "copy",
-    `copy ${b.files.length} files (${b.totalBytes} bytes) into ${staging}, resuming what is already there`,
+    `copy ${b.files.length} files (${b.totalBytes} bytes) into ${staging}, resuming what is already there; files the current release has byte for byte (an unchanged runtime) are hard-linked there instead (link step)`,
     `${b.files.map((f) => f.name).join(", ")}, each as: ssh ... ${SshSession.argv(o.target, scripts.appendArgv(`${staging}/FILE`)).at(-1)} < FILE from its staged size`,
   );
   log.plan(
