@@ -140,9 +140,11 @@ describe("itera broker + fleet simulate + fleet bench/watch/history", () => {
     expect(none.stderr).toMatch(/no finished fleet benchmark 'bench-nope'/);
     const csv = itera(["fleet", "history", "--db", db, "--csv", "--telemetry"]);
     expect(csv.stdout.split("\n")[0]).toBe(
-      "fleet,device,bdSeq,seq,time,cpu_pct,temp_c,rss_mb,tok_s,mj_per_token,method,throttled",
+      "fleet,device,bdSeq,seq,time,cpu_pct,temp_c,rss_mb,tok_s,mj_per_token,method,throttled,variant",
     );
     expect(csv.stdout.trim().split("\n").length).toBeGreaterThan(2);
+    // The simulated devices run no A/B variant: their telemetry is grouped by release.
+    expect(csv.stdout.split("\n").some((l) => /,release [^,]+$/.test(l))).toBe(true);
   });
 
   it("watches live state and telemetry as JSON lines", () => {
