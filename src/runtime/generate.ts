@@ -299,7 +299,10 @@ export async function generate(
   const splitFrom =
     options.splitKv === false ? Number.POSITIVE_INFINITY : (options.splitKvFrom ?? FUSED_SPLIT_KV_FROM);
   const splitAt = (length: number) => model.io.hasKvCache && length >= splitFrom;
-  const fusedOrWhy = fusable ? await model.fusedDecoder(features, splitAt(longest)) : null;
+  let fusedOrWhy = fusable ? await model.fusedDecoder(features, splitAt(longest)) : null;
+  // a split loop ONNX Runtime cannot run: the whole-cache loop may still
+  if (fusable && !(fusedOrWhy instanceof FusedDecoder) && splitAt(longest))
+    fusedOrWhy = await model.fusedDecoder(features, false);
   let fused = fusedOrWhy instanceof FusedDecoder ? fusedOrWhy : null;
   let splitTried = splitAt(longest);
   const eos = options.ignoreEos ? [] : [...model.eosIds];
