@@ -1,7 +1,6 @@
-import { cpus, hostname } from "node:os";
+import { availableParallelism, cpus, hostname } from "node:os";
 import { z } from "zod";
 import { readModelJson } from "../model/json-file.js";
-import { hostCores } from "../profile/threads.js";
 
 /**
  * `tuned.json` (docs/tune.md): what `itera tune` measured on one host and what it picked. `itera run`,
@@ -88,7 +87,9 @@ export type HostFacts = z.infer<typeof hostFactsSchema>;
 export function hostFacts(): HostFacts {
   return {
     cpu_model: cpus()[0]?.model.trim() ?? "unknown",
-    cores: hostCores(),
+    // The CPUs this process may use, as src/profile/threads.ts counts them (not imported: `itera build`
+    // reads tuned.json, and that module's fixes name --threads, which build does not take).
+    cores: availableParallelism(),
     platform: process.platform,
     arch: process.arch,
     hostname: hostname(),
