@@ -19,7 +19,7 @@ import { createHash } from "node:crypto";
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import mqtt from "mqtt";
-import { Agent } from "../src/agent/agent.js";
+import { Agent, type AgentOptions } from "../src/agent/agent.js";
 import type { DocOf, JobExecutor } from "../src/agent/jobs/types.js";
 import { chunkSchema, decode, PROTOCOL_VERSION, UPDATE_CHUNK_BYTES } from "../src/protocol/schemas.js";
 import { VERSION } from "../src/version.js";
@@ -82,6 +82,40 @@ function lightUpdateExecutor(device: string): JobExecutor<"update"> {
   };
 }
 
+/**
+ * N in-process agents of one fleet (devices `<fleet>-000`, ...), each with its own state folder under
+ * `dir` and the job executors `jobs` gives it, started and connected.
+ */
+export async function startSimulatedAgents(
+  broker: Mosquitto,
+  dir: string,
+  fleet: string,
+  n: number,
+  telemetryIntervalMs: number,
+  jobs: (device: string) => Promise<Pick<AgentOptions, "runner" | "executors">>,
+): Promise<Agent[]> {
+  const agents: Agent[] = [];
+  for (let i = 0; i < n; i++) {
+    const device = `${fleet}-${String(i).padStart(3, "0")}`;
+    const agent = new Agent({
+      broker: { url: broker.url },
+      fleet,
+      device,
+      profile: "rpi4",
+      models: [{ id: "itera-lite-micro", sha256: "0".repeat(64), quant: "fp32" }],
+      stateDir: join(dir, device),
+      telemetryIntervalMs,
+      ...(await jobs(device)),
+      reconnectPeriodMs: 1000,
+      log: () => {},
+    });
+    agent.start();
+    agents.push(agent);
+  }
+  await Promise.all(agents.map((a) => a.connected));
+  return agents;
+}
+
 /** Sum of the sizes of the files under `dir`. */
 async function folderBytes(dir: string): Promise<number> {
   let total = 0;
@@ -110,24 +144,9 @@ export async function benchFleetUpdate(
     profile: "rpi4",
     extraFiles: { "pad.bin": sha(Buffer.from("pad")).repeat(padBytes / 64) },
   });
-  const agents: Agent[] = [];
-  for (let i = 0; i < devices; i++) {
-    const device = `u${String(i).padStart(3, "0")}`;
-    const agent = new Agent({
-      broker: { url: broker.url },
-      fleet: "upd",
-      device,
-      profile: "rpi4",
-      models: [{ id: "itera-lite-micro", sha256: "0".repeat(64), quant: "fp32" }],
-      stateDir: join(dir, device),
-      telemetryIntervalMs: 60_000,
-      executors: [lightUpdateExecutor(device)],
-      reconnectPeriodMs: 1000,
-      log: () => {},
-    });
-    agent.start();
-    agents.push(agent);
-  }
+  const agents = await startSimulatedAgents(broker, dir, "upd", devices, 60_000, async (device) => ({
+    executors: [lightUpdateExecutor(device)],
+  }));
   await Promise.all(agents.map((a) => a.connected));
   log(`${devices} update devices online`);
 

@@ -22,7 +22,6 @@ import { join, resolve } from "node:path";
 process.env.ITERA_VERSION ||= (
   JSON.parse(await readFile("package.json", "utf8")) as { version: string }
 ).version;
-const { Agent } = await import("../src/agent/agent.js");
 const { modelBenchRunner } = await import("../src/agent/bench-runner.js");
 const { replayRunner } = await import("../src/agent/runner.js");
 const { runFleetBench } = await import("../src/fleet/bench.js");
@@ -30,7 +29,6 @@ const { FleetStore } = await import("../src/fleet/store.js");
 const { loadProfile } = await import("../src/profile/load.js");
 const { markdownTable } = await import("../src/util/table.js");
 const { Mosquitto, sleep } = await import("../test/mqtt-helpers.js");
-type Agent = InstanceType<typeof Agent>;
 
 const argv = process.argv.slice(2);
 const opt = (name: string, dflt: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1]! : dflt);
@@ -72,26 +70,11 @@ await writeFile(recordedFile, JSON.stringify(recorded));
 log(`recorded ${recorded.length} results from a real run`);
 
 // 2. N agents in one process, replaying those results.
+const { startSimulatedAgents } = await import("./fleet-update.js");
 const rssBefore = process.memoryUsage().rss;
-const agents: Agent[] = [];
-for (let i = 0; i < devices; i++) {
-  const device = `d${String(i).padStart(3, "0")}`;
-  const agent = new Agent({
-    broker: { url: broker.url },
-    fleet: "scale",
-    device,
-    profile: "rpi4",
-    models: [{ id: "itera-lite-micro", sha256: "0".repeat(64), quant: "fp32" }],
-    stateDir: join(dir, device),
-    telemetryIntervalMs: 5000,
-    runner: await replayRunner(recordedFile, device),
-    reconnectPeriodMs: 1000,
-    log: () => {},
-  });
-  agent.start();
-  agents.push(agent);
-}
-await Promise.all(agents.map((a) => a.connected));
+const agents = await startSimulatedAgents(broker, dir, "scale", devices, 5000, async (device) => ({
+  runner: await replayRunner(recordedFile, device),
+}));
 const rssAgents = process.memoryUsage().rss;
 log(`${devices} agents online`);
 
