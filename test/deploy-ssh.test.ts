@@ -1,5 +1,5 @@
 import { execFile, spawn } from "node:child_process";
-import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -10,6 +10,7 @@ import { flashRootfs } from "../src/deploy/rootfs.js";
 import { appendArgv } from "../src/deploy/remote-scripts.js";
 import { flashLockPath, SshSession } from "../src/deploy/ssh.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
+import { newDevice as newTestDevice, sshFlashOptions } from "./fixtures/deploy/device.js";
 import { freePort, startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
 import { listTree } from "./fixtures/deploy/tree.js";
 
@@ -74,42 +75,14 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-/** A device root (the --prefix) and a stand-in systemctl that records its calls and reports "active". */
-async function newDevice(name: string) {
-  const dir = join(work, name);
-  const prefix = join(dir, "root");
-  await mkdir(prefix, { recursive: true });
-  const systemctl = join(dir, "systemctl");
-  await writeFile(
-    systemctl,
-    `#!/bin/sh\necho "\${SUDO_USER:+sudo:$SUDO_USER }$*" >> ${JSON.stringify(join(dir, "systemctl.log"))}\nexit 0\n`,
-  );
-  await chmod(systemctl, 0o755);
-  const calls = async () =>
-    (await readFile(join(dir, "systemctl.log"), "utf8").catch(() => "")).trim().split("\n");
-  return { dir, prefix, systemctl, calls };
-}
+const newDevice = (name: string) => newTestDevice(work, name);
 
 function options(
   bundle: string,
   device: { prefix: string; systemctl: string },
   extra: Partial<SshFlashOptions> = {},
 ) {
-  return {
-    bundle,
-    target: {
-      destination: "root@127.0.0.1",
-      port: sshd.port,
-      identity: sshd.identity,
-      knownHosts: sshd.knownHosts,
-    },
-    prefix: device.prefix,
-    systemctl: device.systemctl,
-    healthTimeoutS: 5,
-    healthSettleS: 0,
-    keep: 3,
-    ...extra,
-  } satisfies SshFlashOptions;
+  return sshFlashOptions(sshd, bundle, device, extra);
 }
 
 async function flashError(o: SshFlashOptions): Promise<IteraError> {

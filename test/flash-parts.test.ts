@@ -1,15 +1,4 @@
-import {
-  copyFile,
-  mkdir,
-  mkdtemp,
-  readFile,
-  readlink,
-  rm,
-  stat,
-  symlink,
-  writeFile,
-  chmod,
-} from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -19,6 +8,7 @@ import { flashRootfs } from "../src/deploy/rootfs.js";
 import { IteraError } from "../src/errors.js";
 import { sha256 } from "../src/util/fs.js";
 import { signingKeys } from "./fixtures/deploy/bundle.js";
+import { newDevice as newTestDevice, sshFlashOptions } from "./fixtures/deploy/device.js";
 import { makePartsBundle } from "./fixtures/deploy/parts-bundle.js";
 import { startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
 
@@ -116,35 +106,10 @@ afterAll(async () => {
   await rm(work, { recursive: true, force: true });
 });
 
-async function newDevice(name: string) {
-  const dir = join(work, name);
-  const prefix = join(dir, "root");
-  await mkdir(prefix, { recursive: true });
-  const systemctl = join(dir, "systemctl");
-  await writeFile(
-    systemctl,
-    `#!/bin/sh\necho "$*" >> ${JSON.stringify(join(dir, "systemctl.log"))}\nexit 0\n`,
-  );
-  await chmod(systemctl, 0o755);
-  return { prefix, systemctl };
-}
+const newDevice = (name: string) => newTestDevice(work, name);
 
 function options(bundle: string, dev: { prefix: string; systemctl: string }): SshFlashOptions {
-  return {
-    bundle,
-    trustedKey: keys.publicPem,
-    target: {
-      destination: "root@127.0.0.1",
-      port: sshd.port,
-      identity: sshd.identity,
-      knownHosts: sshd.knownHosts,
-    },
-    prefix: dev.prefix,
-    systemctl: dev.systemctl,
-    healthTimeoutS: 5,
-    healthSettleS: 0,
-    keep: 3,
-  };
+  return sshFlashOptions(sshd, bundle, dev, { trustedKey: keys.publicPem });
 }
 
 /**
