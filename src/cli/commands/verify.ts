@@ -22,6 +22,12 @@ export function registerVerify(program: Command): void {
           const signer =
             r.signature !== "valid" ? "" : r.trusted_key ? ", by the trusted key" : ", signer not pinned";
           console.log(`${r.ok ? "OK" : "FAILED"} ${r.bundle_id} (signature: ${r.signature}${signer})`);
+          if (r.parts) {
+            const { runtime, model_pack: pack } = r.parts;
+            console.log(
+              `  runtime ${runtime.id}${runtime.ok ? "" : " (FAILED)"}; model pack ${pack.id} ${pack.quant} (signature: ${pack.signature})${pack.ok ? "" : " FAILED"}`,
+            );
+          }
           for (const p of r.problems) console.log(`  ${p}`);
         }
         if (!r.ok) process.exitCode = 3;
