@@ -224,8 +224,9 @@ const text = `
 Machine: ${machine}; ${new Date().toISOString().slice(0, 10)}. Model: \`${modelDir.replace(`${process.cwd()}/`, "")}\` (fp32).
 Command: \`${command}\`
 
-Sizes in MB. "node" is the embedded Node binary before -> after strip; "assets" the embedded model,
-profile and native add-ons raw -> as stored (brotli where it saves ≥ 10 %); "runtime gz" the
+Sizes in MB. "node" is the embedded Node binary before -> after strip; "assets" the embedded profile
+and native add-ons raw -> as stored (brotli where it saves ≥ 10 %; the model pack lies beside the
+executable); "runtime gz" the
 executable alone gzipped as \`tar -czf\` stores it. Goal: runtime .tar.gz ≤ 45 MB for linux-arm64.
 
 ${markdownTable(["target", "node", "agent script", "assets", "executable", "runtime gz", ".tar.gz", "arm64 ≤ 45 MB", "build s"], sizeRows)}
