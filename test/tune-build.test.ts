@@ -54,6 +54,23 @@ describe.skipIf(!existsSync(join(micro.dir, "model.onnx")))("itera build --tuned
     expect(stderr).toMatch(/, 2 threads\]/);
   });
 
+  it("itera-agent tune in the bundle measures the model it carries and writes the state folder's tuned.json, which run then uses", async () => {
+    const { env, home } = await deviceEnv();
+    const state = join(home, "state");
+    const exe = join(built.dir, "itera-agent");
+    const quick = ["-t", "1", "--decode", "step", "--test", "tg8", "--rounds", "1", "--min-duration", "0.2"];
+    const { stdout } = await run(exe, ["tune", ...quick, "--json"], {
+      env: { ...env, STATE_DIRECTORY: state },
+    });
+    const t = tunedSchema.parse(JSON.parse(await readFile(join(state, "tuned.json"), "utf8")));
+    expect((JSON.parse(stdout) as { written: string }).written).toBe(join(state, "tuned.json"));
+    expect(t.grid.map((g) => `${g.precision}/${g.threads}/${g.decode}`)).toEqual(["fp32/1/step"]);
+    const { stderr } = await run(exe, ["run", "--prompt", micro.prompt, "--max-tokens", "2"], {
+      env: { ...env, STATE_DIRECTORY: state },
+    });
+    expect(stderr).toContain(`threads 1, step decode from ${join(state, "tuned.json")}`);
+  });
+
   it("refuses a tuned.json made for another profile, before any work", async () => {
     const other = join(work, "other.json");
     await writeFile(other, JSON.stringify(tuning({ profile: "rpi5" })));

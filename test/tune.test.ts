@@ -144,6 +144,32 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
     expect(await readFile(join(copy, "tuned.json"), "utf8")).toBe("{}");
   });
 
+  it("skips a precision whose quality cannot be measured here, saying why, and measures the rest", async () => {
+    const empty = join(dir, "no-datasets");
+    await mkdir(empty);
+    process.env.ITERA_DATASETS = empty;
+    const out = join(dir, "skipped.json");
+    const r = await cli(
+      ...laptop,
+      "-t",
+      "1",
+      "--decode",
+      "step",
+      "--objective",
+      "speed",
+      "--out",
+      out,
+      ...small,
+    ).finally(() => delete process.env.ITERA_DATASETS);
+    expect(r.code, r.stderr).toBe(0);
+    const t = tunedSchema.parse(JSON.parse(await readFile(out, "utf8")));
+    expect(t.grid.map((g) => g.precision)).toEqual(["fp32"]);
+    expect(t.skipped).toHaveLength(1);
+    expect(t.skipped[0]!.precision).toBe("int8");
+    expect(t.skipped[0]!.reason).toMatch(/^not made: .*evaluation dataset/);
+    expect(r.stdout).toMatch(/^skipped int8: not made: /m);
+  });
+
   it("refuses a precision the profile does not allow, naming the ones it does", async () => {
     const r = await cli(...laptop, "--precisions", "int4", "--out", join(dir, "x.json"), ...small);
     expect(r.code).toBe(1);

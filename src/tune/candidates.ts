@@ -41,8 +41,9 @@ export function precisionCandidates(
   own: string,
   profile: DeviceProfile,
   given: string | undefined,
+  ownOnly = false,
 ): string[] {
-  const allowed = allowedPrecisions(own, profile);
+  const allowed = ownOnly ? [own] : allowedPrecisions(own, profile);
   if (given === undefined) return allowed;
   return listOption(
     given,

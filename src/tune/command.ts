@@ -122,7 +122,12 @@ export async function tuneCommand(
   modelDir: string,
   profile: DeviceProfile,
   o: TuneOptions,
-  where: { out: string; replaceOwn: boolean },
+  where: {
+    out: string;
+    replaceOwn: boolean;
+    /** The agent runs the model it carries: its precision was chosen by `itera build`, not here. */
+    ownPrecisionOnly?: boolean;
+  },
 ): Promise<Tuned> {
   const p = parse(o);
   const [test] = parseTests(o.test);
@@ -153,7 +158,7 @@ export async function tuneCommand(
     if (!o.quiet) process.stderr.write(`${line}\n`);
   };
   const engine = await runtimeEngine(modelDir);
-  const precisions = precisionCandidates(engine.quant, profile, o.precisions);
+  const precisions = precisionCandidates(engine.quant, profile, o.precisions, where.ownPrecisionOnly);
   const { path: work, release } = tempDirRemovedOnInterrupt(join(tmpdir(), "itera-tune-"));
   let meter: Meter | null = null;
   try {

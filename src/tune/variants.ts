@@ -5,7 +5,8 @@ import type { OptionNames } from "../quantize/options.js";
 /**
  * The model folder at each candidate precision: the folder itself for its own precision, the
  * quantizer's output (as `itera build --quant int8|int4` makes it) in `workDir` for the others. A
- * precision whose quality change is over the budget is skipped, with the quantizer's reason.
+ * precision whose quality change is over the budget, or cannot be measured here (no held-out text),
+ * is skipped, with the quantizer's reason.
  */
 export interface Variant {
   precision: string;
@@ -25,8 +26,8 @@ const TUNE_OPTION_NAMES: OptionNames = {
   int8: "--precisions int8",
   fixed: "--precisions",
   exclude: "--precisions",
-  calib: "--quant-budget",
-  eval: "--quant-budget",
+  calib: "ITERA_DATASETS",
+  eval: "ITERA_DATASETS",
   out: "TMPDIR",
 };
 
@@ -63,8 +64,12 @@ export async function prepareVariants(
       );
       variants.push({ precision, dir: out });
     } catch (e) {
-      if (!(e instanceof NotQuantized)) throw e;
-      const reason = `over the quality budget (${budget}): ${e.message}`;
+      // Over the budget, or quality not measurable here (no held-out text): not a candidate, said so.
+      if (!(e instanceof IteraError)) throw e;
+      const reason =
+        e instanceof NotQuantized
+          ? `over the quality budget (${budget}): ${e.message}`
+          : `not made: ${e.message}`;
       log(`tune: ${precision} skipped: ${reason}`);
       skipped.push({ precision, reason });
     }

@@ -7,8 +7,9 @@ import { TUNED_FILE } from "../../tune/tuned-file.js";
 import { action } from "../run.js";
 
 /**
- * `itera-agent tune`: tune the bundle's model on this device; tuned.json goes to the agent's state
- * folder, where `itera-agent run`, `bench` and `serve` read it before the bundle's own.
+ * `itera-agent tune`: tune the bundle's model on this device (threads × decode path: the model it
+ * carries has the precision `itera build` chose); tuned.json goes to the agent's state folder, where
+ * `itera-agent run`, `bench` and `serve` read it before the bundle's own.
  */
 export function registerAgentTune(program: Command): void {
   addTuneOptions(
@@ -28,7 +29,11 @@ export function registerAgentTune(program: Command): void {
     action(async (opts: TuneOptions & ModelOptions & { stateDir?: string }) => {
       const ctx = await agentContext(opts);
       const out = opts.out ?? join(opts.stateDir ?? defaultStateDir(), TUNED_FILE);
-      await tuneCommand(ctx.modelDir, ctx.profile, opts, { out, replaceOwn: opts.out === undefined });
+      await tuneCommand(ctx.modelDir, ctx.profile, opts, {
+        out,
+        replaceOwn: opts.out === undefined,
+        ownPrecisionOnly: true,
+      });
     }),
   );
 }
