@@ -15,6 +15,7 @@ import mqtt, { type MqttClient } from "mqtt";
 import { flashRootfs } from "../src/deploy/rootfs.js";
 import type { BirthPayload } from "../src/protocol/schemas.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
+import { makePartsBundle } from "./fixtures/deploy/parts-bundle.js";
 import { Mosquitto, until } from "./mqtt-helpers.js";
 
 const AGENT = resolve("dist/cli/itera-agent.js");
@@ -27,6 +28,23 @@ export function launcher(version: string): string {
     "#!/bin/sh",
     `# test-only launcher: the development agent, reporting version ${version}`,
     `ITERA_VERSION=${version} exec "${process.execPath}" "${AGENT}" "$@" --model "${MODEL}" --profile rpi4 --meter tdp`,
+    "",
+  ].join("\n");
+}
+
+/**
+ * The runtime stand-in of itera.bundle/v2 fixtures (test/fixtures/deploy/parts-bundle.ts): the same
+ * bytes in every release (so releases share one runtime id), reporting the version of the
+ * manifest.json beside it and running the development agent on the release's own model pack, as a
+ * real v2 executable loads `model/` beside it. `flavour` makes another runtime (other bytes).
+ */
+export function releaseLauncher(flavour = "a"): string {
+  return [
+    "#!/bin/sh",
+    `# test-only runtime ${flavour}: the development agent on this release's model pack`,
+    'here=$(dirname -- "$0")',
+    'v=$(sed -n \'s/^  "version": "\\(.*\\)",$/\\1/p\' "$here/manifest.json" | head -n 1)',
+    `ITERA_VERSION=$v exec "${process.execPath}" "${AGENT}" "$@" --model "$here/model" --profile rpi4 --meter tdp`,
     "",
   ].join("\n");
 }
@@ -73,7 +91,13 @@ export class InstalledFleet {
     private readonly telemetryS: number,
   ) {}
 
-  static async create(fleet: string, devices: string[], telemetryS = 30): Promise<InstalledFleet> {
+  /** `first`: the release every device is installed with (default: bundle("1.0.0", launcher("1.0.0"))). */
+  static async create(
+    fleet: string,
+    devices: string[],
+    telemetryS = 30,
+    first?: (f: InstalledFleet) => Promise<string>,
+  ): Promise<InstalledFleet> {
     const f = new InstalledFleet(
       await Mosquitto.create(),
       await mkdtemp(join(tmpdir(), `itera-${fleet}-`)),
@@ -81,15 +105,15 @@ export class InstalledFleet {
       devices,
       telemetryS,
     );
-    await f.setUp();
+    await f.setUp(first);
     return f;
   }
 
-  private async setUp(): Promise<void> {
+  private async setUp(firstBundle?: (f: InstalledFleet) => Promise<string>): Promise<void> {
     this.pub = join(this.dir, "signer.pub");
     await writeFile(this.pub, this.keys.publicPem);
     await writeFile(join(this.dir, "supervisor.sh"), SUPERVISOR);
-    const first = await this.bundle("1.0.0", launcher("1.0.0"));
+    const first = await (firstBundle ?? ((f) => f.bundle("1.0.0", launcher("1.0.0"))))(this);
     for (const d of this.devices) {
       // A device root as an SD card would hold it: etc/ and a real ELF /bin/sh for the architecture.
       const root = join(this.dir, "roots", d);
@@ -144,10 +168,34 @@ export class InstalledFleet {
   }
 
   /**
+   * An itera.bundle/v2 bundle of `version` signed by this fleet's key: the releaseLauncher runtime
+   * (of `flavour`) and the model pack of the model folder `modelDir`.
+   */
+  partsBundle(
+    version: string,
+    modelDir: string,
+    o: { flavour?: string; packSignWith?: string } = {},
+  ): Promise<string> {
+    return makePartsBundle(join(this.dir, "bundles", `${version}${o.packSignWith ? "-foreign-pack" : ""}`), {
+      version,
+      model: "",
+      modelDir,
+      signWith: this.keys.privatePem,
+      runtime: releaseLauncher(o.flavour),
+      ...(o.packSignWith ? { packSignWith: o.packSignWith } : {}),
+    });
+  }
+
+  /**
    * `itera fleet update --json` of `bundle` to this fleet (health timeout 60 s, waves of 120 s, the
    * fleet database in the test folder), with `extra` options.
    */
   update(bundle: string, ...extra: string[]) {
+    return this.updateWith("--bundle", bundle, ...extra);
+  }
+
+  /** As update(), sending `dir` with `--bundle` or `--model-pack`. */
+  updateWith(how: "--bundle" | "--model-pack", dir: string, ...extra: string[]) {
     return itera([
       "fleet",
       "update",
@@ -155,8 +203,8 @@ export class InstalledFleet {
       this.broker.url,
       "--fleet",
       this.fleet,
-      "--bundle",
-      bundle,
+      how,
+      dir,
       "--health-timeout",
       "60",
       "--timeout",

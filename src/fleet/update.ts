@@ -2,6 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { MqttClient } from "mqtt";
+import type { Manifest } from "../bundle/manifest.js";
 import { loadVerifiedBundle } from "../deploy/bundle.js";
 import { IteraError } from "../errors.js";
 import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect.js";
@@ -13,6 +14,7 @@ import {
   UPDATE_CHUNK_BYTES,
   type UpdateParams,
   type UpdateResult,
+  updatePayloadFiles,
   updateResultSchema,
 } from "../protocol/schemas.js";
 import { fleetFilter, jobTopic, parseTopic } from "../protocol/topics.js";
@@ -28,6 +30,11 @@ export interface FleetUpdateOptions {
   fleet: string;
   /** A bundle folder (or its .tar.gz) made by `itera build`. */
   bundle: string;
+  /**
+   * `--model-pack`: send every file of the (v2) bundle but its runtime executable, which each device
+   * takes from its current release; a device running another runtime REJECTS the job.
+   */
+  payload?: UpdatePayloadKind;
   /** Checked here before anything is sent (the devices check their own trusted key). */
   trustedKey?: string;
   select?: Record<string, string>;
@@ -83,6 +90,8 @@ export interface UpdateDeviceOutcome {
   running: string | null;
   rolledBack: boolean;
   chunksSent: number;
+  /** Payload bytes the device received for this update (its result's; 0 when it reported none). */
+  bytes: number;
   /** The A/B variant it runs at the end (null: none; grouped by its version then). */
   variant: string | null;
 }
@@ -92,6 +101,10 @@ export interface FleetUpdateOutcome {
   fleet: string;
   bundleId: string;
   version: string;
+  /** bundle: every file sent; model-pack: all but the runtime, which the devices already run. */
+  payload: UpdatePayloadKind;
+  /** The runtime id of a v2 bundle (first 16 hex of the executable's sha256); null for v1. */
+  runtimeId: string | null;
   startedMs: number;
   finishedMs: number;
   /**
@@ -112,31 +125,54 @@ export interface FleetUpdateOutcome {
   stats: { payloadBytes: number; chunks: number; chunksSent: number; needs: number; resends: number };
 }
 
+export type UpdatePayloadKind = NonNullable<UpdateParams["payload"]>;
+
 /**
- * An update job's parameters and payload from a bundle checked here (signature, every file): its
- * files concatenated in the manifest's sorted order, cut into chunks of UPDATE_CHUNK_BYTES.
+ * An update job's parameters and payload from a bundle checked here (signature, every file, a v2
+ * bundle's model pack): its files (for `model-pack`, all but the runtime) concatenated in the
+ * manifest's sorted order, cut into chunks of UPDATE_CHUNK_BYTES.
  */
 export async function prepareUpdate(
   bundlePath: string,
   healthTimeoutS: number,
   trustedKey?: string,
+  kind: UpdatePayloadKind = "bundle",
 ): Promise<{ params: UpdateParams; payload: Buffer }> {
   const bundle = await loadVerifiedBundle(bundlePath, trustedKey);
-  let payload: Buffer;
   try {
-    const names = Object.keys(bundle.manifest.files).sort();
-    payload = Buffer.concat(await Promise.all(names.map((n) => readFile(join(bundle.dir, n)))));
+    if (kind === "model-pack" && !bundle.manifest.parts) {
+      throw new IteraError("--model-pack needs an itera.bundle/v2 bundle (runtime and model pack as parts)", {
+        where: `${bundlePath} (manifest schema ${bundle.manifest.schema})`,
+        fix: "build the new release with `itera build --runtime BUNDLE` around the bundle the devices run, or send this one whole with --bundle",
+      });
+    }
+    return await updatePayload(bundle.dir, bundle.manifest, healthTimeoutS, kind);
   } finally {
     await bundle.dispose();
   }
+}
+
+/**
+ * The job parameters and payload of a bundle folder as it is on disk, unchecked (prepareUpdate checks
+ * it first; tests use this to send what a forger would).
+ */
+export async function updatePayload(
+  dir: string,
+  manifest: Manifest,
+  healthTimeoutS: number,
+  kind: UpdatePayloadKind,
+): Promise<{ params: UpdateParams; payload: Buffer }> {
+  const names = updatePayloadFiles(manifest, kind);
+  const payload = Buffer.concat(await Promise.all(names.map((n) => readFile(join(dir, n)))));
   const chunkBytes = UPDATE_CHUNK_BYTES;
   const params: UpdateParams = {
-    manifest: bundle.manifest as unknown as Record<string, unknown>,
+    manifest: manifest as unknown as Record<string, unknown>,
     payload_sha256: createHash("sha256").update(payload).digest("hex"),
     payload_bytes: payload.length,
     chunk_bytes: chunkBytes,
     chunks: Math.ceil(payload.length / chunkBytes),
     health_timeout_s: healthTimeoutS,
+    ...(kind === "model-pack" ? { payload: kind } : {}),
   };
   return { params, payload };
 }
@@ -151,7 +187,7 @@ export async function prepareUpdate(
  * --max-failures devices failed.
  */
 export async function runFleetUpdate(o: FleetUpdateOptions): Promise<FleetUpdateOutcome> {
-  const prepared = await prepareUpdate(o.bundle, o.healthTimeoutS, o.trustedKey);
+  const prepared = await prepareUpdate(o.bundle, o.healthTimeoutS, o.trustedKey, o.payload);
   const params: UpdateParams = o.variant ? { ...prepared.params, variant: o.variant } : prepared.params;
   const { payload } = prepared;
   const startedMs = Date.now();
@@ -176,7 +212,7 @@ async function updateWith(
   params: UpdateParams,
   payload: Buffer,
 ): Promise<FleetUpdateOutcome> {
-  const m = params.manifest as { version: string; bundle_id: string; model: { id: string } };
+  const m = params.manifest as Manifest;
   const emit = o.onEvent ?? (() => {});
   const monitor = new FleetMonitor(client, o.fleet, o.store);
   const { warnings, refused, refuse, anonymous } = watchTrust(monitor, o.broker, emit);
@@ -273,6 +309,7 @@ async function updateWith(
         running: fromVersion.get(d) ?? null,
         rolledBack: false,
         chunksSent: 0,
+        bytes: 0,
         variant: variantOf(d),
       },
     ]),
@@ -335,6 +372,7 @@ async function updateWith(
       out.running = r?.running ?? monitor.devices.get(e.device)?.birth?.agent.version ?? out.running;
       out.variant = r ? (r.variant ?? null) : variantOf(e.device);
       out.chunksSent = chunksSent.get(e.device) ?? 0;
+      out.bytes = r?.bytes ?? 0;
     }
     return [...executions.values()];
   };
@@ -403,6 +441,8 @@ async function updateWith(
     fleet: o.fleet,
     bundleId: m.bundle_id,
     version: m.version,
+    payload: params.payload ?? "bundle",
+    runtimeId: m.parts?.runtime.id ?? null,
     startedMs,
     finishedMs: Date.now(),
     result,
@@ -432,7 +472,7 @@ export function renderUpdateMarkdown(u: FleetUpdateOutcome): string {
   const lines = [
     `# Fleet update ${u.jobId}`,
     "",
-    `fleet ${u.fleet}, bundle ${u.bundleId} (version ${u.version}), ${u.stats.payloadBytes} bytes in ${u.stats.chunks} chunks`,
+    `fleet ${u.fleet}, bundle ${u.bundleId} (version ${u.version}), ${u.stats.payloadBytes} bytes in ${u.stats.chunks} chunks${u.payload === "model-pack" ? `: the model pack only (runtime ${u.runtimeId} taken from each device's current release)` : ""}`,
     `result: **${u.result}**${u.reason ? `: ${u.reason}` : ""}`,
     `canary: ${u.canary.join(", ")}`,
     ...(u.variant
@@ -441,11 +481,11 @@ export function renderUpdateMarkdown(u: FleetUpdateOutcome): string {
         ]
       : []),
     "",
-    "| device | profile | wave | from | status | running | variant | rolled back | chunks sent | details |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    "| device | profile | wave | from | status | running | variant | rolled back | chunks sent | bytes received | details |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ...u.devices.map(
       (d) =>
-        `| ${d.device} | ${d.profile} | ${d.wave === null ? "-" : d.wave === 0 ? "canary" : d.wave} | ${d.from ?? "?"} | ${d.status} | ${d.running ?? "?"} | ${d.variant ?? "-"} | ${d.rolledBack ? "yes" : "no"} | ${d.chunksSent} | ${(d.details ?? "").replace(/\|/g, "\\|")} |`,
+        `| ${d.device} | ${d.profile} | ${d.wave === null ? "-" : d.wave === 0 ? "canary" : d.wave} | ${d.from ?? "?"} | ${d.status} | ${d.running ?? "?"} | ${d.variant ?? "-"} | ${d.rolledBack ? "yes" : "no"} | ${d.chunksSent} | ${d.bytes} | ${(d.details ?? "").replace(/\|/g, "\\|")} |`,
     ),
     "",
   ];

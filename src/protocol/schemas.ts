@@ -1,4 +1,5 @@
 import { z } from "zod";
+import type { Manifest } from "../bundle/manifest.js";
 import { energyResultSchema, benchResultSchema as producedResultSchema } from "../bench/result.js";
 import { idSchema } from "./topics.js";
 
@@ -124,8 +125,26 @@ export const updateParamsSchema = z.strictObject({
   health_timeout_s: z.number().positive().max(3600),
   /** The A/B variant this release is installed as (`--variant`); older agents REJECT the unknown field. */
   variant: variantSchema.optional(),
+  /**
+   * What the payload holds: `bundle` (absent: the same) every file of the manifest; `model-pack` every
+   * file but the runtime executable (`parts.runtime.file` of a v2 manifest), which the device takes
+   * from its current release when that runs the same runtime (`itera fleet update --model-pack`).
+   * Older agents REJECT the unknown field rather than install a release without its executable.
+   */
+  payload: z.enum(["bundle", "model-pack"]).optional(),
 });
 export type UpdateParams = z.infer<typeof updateParamsSchema>;
+
+/**
+ * The files an update's payload holds, in payload order (sorted names): every file of the manifest,
+ * but for a `model-pack` payload not the runtime executable, which the device already runs.
+ */
+export function updatePayloadFiles(m: Manifest, kind: UpdateParams["payload"]): string[] {
+  const runtime = kind === "model-pack" ? m.parts?.runtime.file : undefined;
+  return Object.keys(m.files)
+    .filter((n) => n !== runtime)
+    .sort();
+}
 
 /** A job's document: one member per job type, keyed on `type` (each type has an executor on the agent). */
 export const jobDocSchema = z.discriminatedUnion("type", [
@@ -177,6 +196,8 @@ export const updateResultSchema = z.looseObject({
   reason: z.string().max(4000).nullable(),
   /** The variant of the release running at the end (absent: none). */
   variant: variantSchema.optional(),
+  /** A model-pack update: the files taken from the device's current release, not sent (the runtime). */
+  linked: z.array(z.string().max(1000)).max(64).optional(),
 });
 export type UpdateResult = z.infer<typeof updateResultSchema>;
 

@@ -9,15 +9,29 @@ import {
   statfsSync,
   writeSync,
 } from "node:fs";
-import { chmod, mkdir, readFile, readlink, rename, rm, writeFile } from "node:fs/promises";
+import {
+  chmod,
+  copyFile,
+  link,
+  mkdir,
+  readFile,
+  readlink,
+  realpath,
+  rename,
+  rm,
+  writeFile,
+} from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { type Manifest, manifestSchema, verifyManifestSignature } from "../../bundle/manifest.js";
+import { runtimeId } from "../../bundle/model-pack.js";
 import { AGENT_FILE, deviceLayout, MANIFEST_FILE, releaseLinkTarget } from "../../deploy/layout.js";
 import {
   chunkSchema,
   decode,
   PROTOCOL_VERSION,
+  type UpdateParams,
   type UpdateResult,
+  updatePayloadFiles,
   variantSchema,
 } from "../../protocol/schemas.js";
 import { VERSION } from "../../version.js";
@@ -104,6 +118,7 @@ function refuseManifest(
   raw: unknown,
   trustedKey: string | undefined,
   payloadBytes: number,
+  kind: UpdateParams["payload"],
 ): string | undefined {
   const m = manifestSchema.safeParse(raw);
   if (!m.success) {
@@ -119,10 +134,31 @@ function refuseManifest(
   if (trustedKey !== undefined && !verifyManifestSignature(m.data, trustedKey)) {
     return "the bundle is signed by a different key than the one this device trusts (--trusted-key)";
   }
-  const total = Object.values(m.data.files).reduce((a, f) => a + f.bytes, 0);
+  if (kind === "model-pack" && !m.data.parts) {
+    return `a model-pack update needs an itera.bundle/v2 manifest (runtime and model pack as parts), not ${m.data.schema}`;
+  }
+  const files = updatePayloadFiles(m.data, kind);
+  const total = files.reduce((a, f) => a + m.data.files[f]!.bytes, 0);
   if (total !== payloadBytes)
-    return `payload_bytes ${payloadBytes} differs from the manifest's files (${total} bytes)`;
+    return `payload_bytes ${payloadBytes} differs from the manifest's files${kind === "model-pack" ? " without the runtime" : ""} (${total} bytes)`;
   return undefined;
+}
+
+/**
+ * A model-pack update takes the runtime from the current release: why that release cannot give it
+ * (another runtime, or no readable manifest), or undefined. Its bytes are checked again, with every
+ * other file, when the new release folder is verified.
+ */
+function runtimeProblem(currentDir: string, next: Manifest): string | undefined {
+  const want = next.parts!.runtime;
+  let running = "no release with a readable manifest";
+  try {
+    const cur = manifestSchema.parse(JSON.parse(readFileSync(join(currentDir, MANIFEST_FILE), "utf8")));
+    const sha = cur.parts?.runtime.sha256 ?? cur.files[want.file]?.sha256;
+    if (sha === want.sha256) return undefined;
+    if (sha) running = runtimeId(sha);
+  } catch {}
+  return `runtime ${want.id} needed, this device runs ${running}: send the whole bundle (itera fleet update --bundle)`;
 }
 
 /**
@@ -160,13 +196,17 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     type: "update",
     validate(doc) {
       const p = doc.params;
-      const why = refuseManifest(p.manifest, o.trustedKey, p.payload_bytes);
+      const why = refuseManifest(p.manifest, o.trustedKey, p.payload_bytes, p.payload);
       if (why) return why;
       if (p.chunks !== Math.ceil(p.payload_bytes / p.chunk_bytes)) {
         return `chunks ${p.chunks} does not cover ${p.payload_bytes} bytes in chunks of ${p.chunk_bytes}`;
       }
       if (!existsSync(L.current)) {
         return `no release is installed under ${L.base} (no current link): install one with \`itera flash\` first, so that an update has something to roll back to`;
+      }
+      if (p.payload === "model-pack") {
+        const runtime = runtimeProblem(L.current, p.manifest as Manifest);
+        if (runtime) return runtime;
       }
       const version = String((p.manifest as { version?: unknown }).version);
       const variant = installedVariant(o.installRoot, version);
@@ -214,9 +254,9 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       if (space) throw new Error(space);
       const { bytes, refused } = await receive(doc, progress, signal, ctx);
       progress("verifying the payload against the signed manifest");
-      const release = await layOut(doc, m);
+      const { bundle, linked } = await layOut(doc, m);
       progress(`installing release ${m.version}`);
-      const from = await install(release, m, doc, ctx, refused);
+      const from = await install(bundle, m, doc, ctx, refused, linked);
       progress(`restarting into ${m.version}`);
       log(
         `agent ${o.device}: update ${from} -> ${m.version} installed (${bytes} bytes, ${refused} chunks refused); restarting`,
@@ -355,8 +395,11 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     return { bytes: p.payload_bytes, refused };
   }
 
-  /** Check the whole payload, split it into the bundle's files and verify that folder as `itera verify` does. */
-  async function layOut(doc: DocOf<"update">, m: Manifest): Promise<string> {
+  /**
+   * Check the whole payload, split it into the bundle's files (a model-pack payload: all but the
+   * runtime, taken from the current release) and verify that folder as `itera verify` does.
+   */
+  async function layOut(doc: DocOf<"update">, m: Manifest): Promise<{ bundle: string; linked: string[] }> {
     const p = doc.params;
     const dir = stagingDir(doc, m);
     const payload = await readFile(join(dir, "payload"));
@@ -370,7 +413,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     const bundle = join(dir, "bundle");
     await rm(bundle, { recursive: true, force: true });
     let offset = 0;
-    for (const name of Object.keys(m.files).sort()) {
+    for (const name of updatePayloadFiles(m, p.payload)) {
       const bytes = m.files[name]!.bytes;
       const dest = join(bundle, name);
       await mkdir(dirname(dest), { recursive: true });
@@ -378,16 +421,28 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       await chmod(dest, name === AGENT_FILE || name.endsWith(".sh") ? 0o755 : 0o644);
       offset += bytes;
     }
+    const linked = p.payload === "model-pack" ? [await takeRuntime(m, bundle)] : [];
     await writeFile(join(bundle, MANIFEST_FILE), `${JSON.stringify(m, null, 2)}\n`);
+    // The same check as `itera verify` and `itera flash`: every file (the taken runtime too), the
+    // manifest's signature and, for a v2 bundle, the model pack's own (by the trusted key when set).
     const { verifyBundle } = await import("../../package/verify.js");
     const report = await verifyBundle(bundle, o.trustedKey);
     if (!report.ok || (o.trustedKey !== undefined && report.trusted_key !== true)) {
       await rm(dir, { recursive: true, force: true });
       throw new Error(
-        `the received bundle does not verify: ${report.problems.join("; ")}; nothing was installed`,
+        `the received ${p.payload === "model-pack" ? "model pack" : "bundle"} does not verify: ${report.problems.join("; ")}; nothing was installed`,
       );
     }
-    return bundle;
+    return { bundle, linked };
+  }
+
+  /** The current release's executable into the new release folder: a hard link, else a copy. */
+  async function takeRuntime(m: Manifest, bundle: string): Promise<string> {
+    const file = m.parts!.runtime.file;
+    const from = join(await realpath(L.current), file);
+    const to = join(bundle, file);
+    await link(from, to).catch(() => copyFile(from, to));
+    return file;
   }
 
   /** releases/<version> by rename, then `previous` and `current` switched atomically, and the guard armed. */
@@ -397,6 +452,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     doc: DocOf<"update">,
     ctx: JobContext,
     refused: number,
+    linked: string[],
   ): Promise<string> {
     const { atomicSymlink } = await import("../../deploy/rootfs.js");
     const target = releaseLinkTarget(m.version);
@@ -427,6 +483,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       "attempts=0",
       // Reported by the new release, which did not see the transfer.
       `chunks_refused=${refused}`,
+      `linked=${linked.join(",")}`,
       `max_attempts=${o.maxAttempts ?? 3}`,
       "",
     ].join("\n");
@@ -481,6 +538,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
           from: pending.from ?? null,
           bytes: doc.params.payload_bytes,
           chunks_refused: Number(pending.chunks_refused ?? 0),
+          ...(pending.linked ? { linked: pending.linked.split(",") } : {}),
         }),
       ],
     };

@@ -19,7 +19,8 @@ import { parseSelect } from "../../fleet/bench.js";
 
 interface UpdateCliOptions extends BrokerCliOptions {
   fleet: string;
-  bundle: string;
+  bundle?: string;
+  modelPack?: string;
   trustedKey?: string;
   select?: string[];
   canary: string;
@@ -47,7 +48,11 @@ export function registerFleetUpdate(fleet: Command): void {
         "over-the-air update of a fleet with a bundle: canary first, health check, automatic rollback",
       )
       .requiredOption("--fleet <name>", "fleet name (topic level itera/v1/<fleet>/...)")
-      .requiredOption("--bundle <dir>", "bundle folder (or .tar.gz) made by `itera build`")
+      .option("--bundle <dir>", "bundle folder (or .tar.gz) made by `itera build`: every file is sent")
+      .option(
+        "--model-pack <dir>",
+        "a v2 bundle folder (or .tar.gz) built with `itera build --runtime`: only its model pack and release files are sent; each device takes the runtime from its current release (and refuses when it runs another)",
+      )
       .option("--trusted-key <pub>", "check here that the bundle is signed by this Ed25519 public key (.pub)")
       .option(
         "--select <key=value>",
@@ -78,6 +83,16 @@ export function registerFleetUpdate(fleet: Command): void {
   ).action(
     action(async (opts: UpdateCliOptions) => {
       const fleetName = checkId(opts.fleet, "--fleet");
+      if ((opts.bundle === undefined) === (opts.modelPack === undefined)) {
+        throw new IteraError(
+          opts.bundle === undefined ? "no bundle to send" : "--bundle and --model-pack both given",
+          {
+            where: "itera fleet update",
+            fix: "give one of --bundle DIR (the whole bundle) or --model-pack DIR (a bundle built with `itera build --runtime`, sent without its runtime)",
+          },
+        );
+      }
+      const bundle = (opts.bundle ?? opts.modelPack)!;
       const canary = parseCanary(opts.canary);
       const maxFailures = positive(opts.maxFailures, "--max-failures", true);
       const healthTimeoutS = positive(opts.healthTimeout, "--health-timeout");
@@ -99,7 +114,7 @@ export function registerFleetUpdate(fleet: Command): void {
         ? await checkOutputDir(opts.out, {
             command: "itera fleet",
             option: "--out",
-            inputs: [opts.db ?? defaultFleetDb(), opts.bundle],
+            inputs: [opts.db ?? defaultFleetDb(), bundle],
           })
         : undefined;
       const store = new FleetStore(opts.db ?? defaultFleetDb());
@@ -126,7 +141,8 @@ export function registerFleetUpdate(fleet: Command): void {
         const outcome = await runFleetUpdate({
           broker,
           fleet: fleetName,
-          bundle: opts.bundle,
+          bundle,
+          ...(opts.modelPack !== undefined ? { payload: "model-pack" as const } : {}),
           ...(trustedKey ? { trustedKey } : {}),
           ...(select ? { select } : {}),
           canary,
