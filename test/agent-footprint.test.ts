@@ -3,7 +3,7 @@ import { resolve } from "node:path";
 import { runInNewContext } from "node:vm";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
-import { STEP_DECODE_MAX_TOKENS } from "../src/cli/agent-commands/run.js";
+import { STEP_DECODE_MAX_TOKENS } from "../src/cli/generation.js";
 import { asciiScript, v8HeapFlags } from "../src/package/sea.js";
 
 /**

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { manifestSchema } from "../src/bundle/manifest.js";
-import { STEP_DECODE_MAX_TOKENS } from "../src/cli/agent-commands/run.js";
+import { STEP_DECODE_MAX_TOKENS } from "../src/cli/generation.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { SEA_FUSE } from "../src/package/node-binary.js";
 import { loadProfile } from "../src/profile/load.js";

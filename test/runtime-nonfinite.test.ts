@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerEval } from "../src/cli/commands/eval.js";
+import { STEP_DECODE_MAX_TOKENS } from "../src/cli/generation.js";
 import { registerRun } from "../src/cli/commands/run.js";
 import { loadModel as loadOnnx, saveModel } from "../src/onnx/io.js";
 import { DataType, tensorToTyped, typedToTensor } from "../src/onnx/tensor.js";
@@ -93,7 +94,8 @@ describe("itera run", () => {
     const stepped = await itera("run", rowNan, "-p", PROMPT, "-n", "16", "--no-fused");
     expect(stepped.code).toBe(1);
     expect(stepped.stderr).toContain(`the model ${rowNan} gives NaN logits for generated token 4`);
-    const fused = await itera("run", rowNan, "-p", PROMPT, "-n", "16");
+    // Past STEP_DECODE_MAX_TOKENS, so that the run decodes fused.
+    const fused = await itera("run", rowNan, "-p", PROMPT, "-n", String(STEP_DECODE_MAX_TOKENS + 1));
     expect(fused.code).toBe(1);
     expect(fused.stderr).toContain(`the model ${rowNan} carries a non-finite state`);
     // The clean model generates the same prompt to the end.

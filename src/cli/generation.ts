@@ -12,6 +12,18 @@ import type { Generation, TextTokenizer } from "../runtime/index.js";
  */
 export const DEFAULT_TEMPERATURE = 0;
 
+/**
+ * Up to this many tokens a run decodes one ONNX Runtime call per token: building the fused decode
+ * loop (src/runtime/fused-decode.ts, a second session) costs about 5 MB and as long as ~100 steps of
+ * itera-lite-micro (docs/packaging.md, "Memory and start-up"), which a short run never earns back.
+ */
+export const STEP_DECODE_MAX_TOKENS = 128;
+
+/** Whether a run of at most `maxTokens` (undefined: the model's limit) decodes fused; the tokens are the same either way. */
+export function fusedForRun(maxTokens: number | undefined): boolean {
+  return maxTokens === undefined || maxTokens > STEP_DECODE_MAX_TOKENS;
+}
+
 /** The help text of --temperature on both commands. */
 export const TEMPERATURE_HELP =
   "sampling temperature (default 0: greedy, reproducible; > 0 samples with the model's top-k/top-p)";

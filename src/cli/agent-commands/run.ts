@@ -3,6 +3,7 @@ import { addModelOptions, agentContext, type ModelOptions } from "../../agent-ho
 import { IteraError } from "../../errors.js";
 import { checkThreads } from "../../profile/threads.js";
 import {
+  fusedForRun,
   DEFAULT_TEMPERATURE,
   IDS_HELP,
   MAX_TOKENS_HELP,
@@ -82,8 +83,7 @@ export function registerRun(program: Command): void {
         input,
         {
           ...(maxTokens === undefined ? {} : { maxTokens }),
-          // The same tokens either way; a short run does not pay for the decode loop's second session.
-          fusedDecode: maxTokens === undefined || maxTokens > STEP_DECODE_MAX_TOKENS,
+          fusedDecode: fusedForRun(maxTokens),
           temperature,
           ...(opts.topK === undefined ? {} : { topK: positiveInt(opts.topK, "--top-k") }),
           ...(opts.topP === undefined ? {} : { topP: number(opts.topP, "--top-p") }),
@@ -124,13 +124,6 @@ export function registerRun(program: Command): void {
     }),
   );
 }
-
-/**
- * Up to this many tokens decode one ONNX Runtime call per token: building the fused decode loop
- * (src/runtime/fused-decode.ts, a second session) costs about 5 MB and as long as ~100 steps of
- * itera-lite-micro (docs/packaging.md, "Memory and start-up"), which a short run never earns back.
- */
-export const STEP_DECODE_MAX_TOKENS = 128;
 
 function round(ms: number): number {
   return Math.round(ms * 10) / 10;

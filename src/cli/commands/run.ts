@@ -7,6 +7,7 @@ import { checkThreads, defaultThreads, stderrNote } from "../../profile/threads.
 import { type Generation, loadModel } from "../../runtime/index.js";
 import { modelTunedFile, tunedChoice } from "../../tune/defaults.js";
 import {
+  fusedForRun,
   DEFAULT_TEMPERATURE,
   IDS_HELP,
   MAX_TOKENS_HELP,
@@ -142,7 +143,7 @@ export function registerRun(program: Command): void {
             seed: opts.seed,
             stop: opts.stop,
             ignoreEos: opts.ignoreEos,
-            fusedDecode: opts.fused !== false && tuned?.decode !== "step",
+            fusedDecode: opts.fused !== false && tuned?.decode !== "step" && fusedForRun(opts.maxTokens),
           };
           const single = inputs.length === 1;
           const pieces: string[][] = inputs.map(() => []);
