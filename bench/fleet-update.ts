@@ -1,6 +1,7 @@
 /**
  * `itera fleet update` at scale (bench/fleet.ts --update): one coordinator process (the built CLI)
- * rolls a small signed bundle out to N (default 50) simulated devices over a real Mosquitto.
+ * rolls a small signed v2 bundle out to N (default 50) simulated devices over a real Mosquitto, first
+ * whole (`--bundle`), then as its model pack alone (`--model-pack`), to compare the bytes per device.
  *
  * The devices are in-process agents (the real Agent: birth/state, job lifecycle, outbox on SQLite)
  * with a light update executor: it asks for every chunk on `need`, checks each chunk's sha256 and the
@@ -23,7 +24,8 @@ import { Agent, type AgentOptions } from "../src/agent/agent.js";
 import type { DocOf, JobExecutor } from "../src/agent/jobs/types.js";
 import { chunkSchema, decode, PROTOCOL_VERSION, UPDATE_CHUNK_BYTES } from "../src/protocol/schemas.js";
 import { VERSION } from "../src/version.js";
-import { makeFixtureBundle, signingKeys } from "../test/fixtures/deploy/bundle.js";
+import { signingKeys } from "../test/fixtures/deploy/bundle.js";
+import { makePartsBundle } from "../test/fixtures/deploy/parts-bundle.js";
 import type { Mosquitto } from "../test/mqtt-helpers.js";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
@@ -130,26 +132,26 @@ export interface UpdateBenchResult {
   note: string;
 }
 
-export async function benchFleetUpdate(
+/** One `itera fleet update` (the built CLI) to the fleet `upd`: its outcome, wall time, peak RSS and what each device was sent. */
+async function rollout(
   broker: Mosquitto,
   dir: string,
-  devices: number,
-  log: (s: string) => void,
-): Promise<UpdateBenchResult> {
-  const keys = signingKeys();
-  const padBytes = 1024 * 1024;
-  const bundle = await makeFixtureBundle(join(dir, "bundle"), {
-    version: VERSION,
-    signWith: keys.privatePem,
-    profile: "rpi4",
-    extraFiles: { "pad.bin": sha(Buffer.from("pad")).repeat(padBytes / 64) },
-  });
-  const agents = await startSimulatedAgents(broker, dir, "upd", devices, 60_000, async (device) => ({
-    executors: [lightUpdateExecutor(device)],
-  }));
-  await Promise.all(agents.map((a) => a.connected));
-  log(`${devices} update devices online`);
-
+  how: "--bundle" | "--model-pack",
+  bundle: string,
+): Promise<{
+  code: number | null;
+  wallS: number;
+  hwmKb: number;
+  outcome: {
+    result: string;
+    startedMs: number;
+    finishedMs: number;
+    devices: Array<{ status: string; bytes: number }>;
+    stats: { payloadBytes: number; chunks: number; chunksSent: number };
+  };
+  meanBytes: number;
+  meanMessages: number;
+}> {
   // What the coordinator publishes to each device (job request + chunks), counted at the broker.
   const sent = new Map<string, { bytes: number; messages: number }>();
   const spy = await mqtt.connectAsync(broker.url);
@@ -161,7 +163,6 @@ export async function benchFleetUpdate(
     sent.set(device, s);
   });
   await spy.subscribeAsync(["itera/v1/upd/+/jobs/+/request", "itera/v1/upd/+/jobs/+/chunk"], { qos: 1 });
-
   const t0 = performance.now();
   const child = spawn(
     process.execPath,
@@ -173,7 +174,7 @@ export async function benchFleetUpdate(
       broker.url,
       "--fleet",
       "upd",
-      "--bundle",
+      how,
       bundle,
       "--canary",
       "10%",
@@ -205,64 +206,105 @@ export async function benchFleetUpdate(
   const wallS = (performance.now() - t0) / 1000;
   await new Promise((r) => setTimeout(r, 500));
   spy.end(true);
-  for (const a of agents) await a.stop();
-  const outcome = JSON.parse(stdout) as {
-    result: string;
-    startedMs: number;
-    finishedMs: number;
-    devices: Array<{ status: string }>;
-    stats: { payloadBytes: number; chunks: number; chunksSent: number };
-  };
-  const ok = outcome.devices.filter((d) => d.status === "SUCCEEDED").length;
-  log(`update: exit ${code}, ${ok}/${devices} updated in ${wallS.toFixed(1)} s`);
   const per = [...sent.values()];
-  const meanBytes = per.reduce((a, s) => a + s.bytes, 0) / Math.max(1, per.length);
-  const overhead = meanBytes / outcome.stats.payloadBytes;
-  // The other side of "bundle vs model pack": sizes only (see the note) — fleet update sends whole bundles.
+  return {
+    code,
+    wallS,
+    hwmKb,
+    outcome: JSON.parse(stdout),
+    meanBytes: per.reduce((a, s) => a + s.bytes, 0) / Math.max(1, per.length),
+    meanMessages: per.reduce((a, s) => a + s.messages, 0) / Math.max(1, per.length),
+  };
+}
+
+export async function benchFleetUpdate(
+  broker: Mosquitto,
+  dir: string,
+  devices: number,
+  log: (s: string) => void,
+): Promise<UpdateBenchResult> {
+  const keys = signingKeys();
+  // A v2 bundle: a 1 MiB runtime stand-in (a real one is 116 MB: see the last rows) and the real
+  // model pack of models/itera-lite-micro; sent whole (--bundle), then without its runtime (--model-pack).
+  const bundle = await makePartsBundle(join(dir, "bundle"), {
+    version: VERSION,
+    model: "",
+    modelDir: resolve("models/itera-lite-micro"),
+    signWith: keys.privatePem,
+    runtimePad: 1024 * 1024,
+  });
+  const agents = await startSimulatedAgents(broker, dir, "upd", devices, 60_000, async (device) => ({
+    executors: [lightUpdateExecutor(device)],
+  }));
+  await Promise.all(agents.map((a) => a.connected));
+  log(`${devices} update devices online`);
+  const whole = await rollout(broker, dir, "--bundle", bundle);
+  const pack = await rollout(broker, dir, "--model-pack", bundle);
+  for (const a of agents) await a.stop();
+  const ok = (r: typeof whole) => r.outcome.devices.filter((d) => d.status === "SUCCEEDED").length;
+  for (const [how, r] of [
+    ["--bundle", whole],
+    ["--model-pack", pack],
+  ] as const) {
+    log(`update ${how}: exit ${r.code}, ${ok(r)}/${devices} updated in ${r.wallS.toFixed(1)} s`);
+  }
+  const overhead = whole.meanBytes / whole.outcome.stats.payloadBytes;
   const demoBundle = resolve("demo-output/bundles/itera-lite-micro-0.1.0-laptop-x64-4c");
   const bundleBytes = await folderBytes(demoBundle).catch(() => null);
-  const modelBytes = await folderBytes(resolve("models/itera-lite-micro"));
   const mb = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+  const payload = (r: typeof whole) =>
+    `${mb(r.outcome.stats.payloadBytes)} in ${r.outcome.stats.chunks} chunks of ${UPDATE_CHUNK_BYTES / 1024} KiB`;
+  const perDevice = (r: typeof whole) => `${Math.round(r.meanBytes)} (${mb(r.meanBytes)})`;
   return {
     rows: [
       ["simulated devices (in-process agents, light update executor)", devices],
-      ["updated (SUCCEEDED, health check passed)", `${ok} (${outcome.result})`],
       [
-        "bundle payload (files of the small fixture bundle)",
-        `${mb(outcome.stats.payloadBytes)} in ${outcome.stats.chunks} chunks of ${UPDATE_CHUNK_BYTES / 1024} KiB`,
+        "updated (SUCCEEDED, health check passed): --bundle / --model-pack",
+        `${ok(whole)} (${whole.outcome.result}) / ${ok(pack)} (${pack.outcome.result})`,
       ],
-      ["rollout wall time: coordinator process start to exit (s)", wallS.toFixed(2)],
+      ["--bundle payload (1 MiB runtime stand-in + the micro model pack + release files)", payload(whole)],
+      ["--model-pack payload (the micro model pack + release files)", payload(pack)],
       [
-        "rollout: the run's own start to finish, incl. 1 s discovery (s)",
-        ((outcome.finishedMs - outcome.startedMs) / 1000).toFixed(2),
+        "rollout wall time: coordinator process start to exit, --bundle / --model-pack (s)",
+        `${whole.wallS.toFixed(2)} / ${pack.wallS.toFixed(2)}`,
+      ],
+      [
+        "rollout: the run's own start to finish, incl. 1 s discovery, --bundle / --model-pack (s)",
+        `${((whole.outcome.finishedMs - whole.outcome.startedMs) / 1000).toFixed(2)} / ${((pack.outcome.finishedMs - pack.outcome.startedMs) / 1000).toFixed(2)}`,
       ],
       [
         "waves (canary 10 %, then waves of its size)",
         Math.ceil(devices / Math.max(1, Math.ceil(devices * 0.1))),
       ],
+      ["bytes published to each device, --bundle (request + chunks, MQTT payloads; mean)", perDevice(whole)],
       [
-        "bytes published to each device (request + chunks, MQTT payloads; mean)",
-        `${Math.round(meanBytes)} (${mb(meanBytes)})`,
+        "bytes published to each device, --model-pack (request + chunks, MQTT payloads; mean)",
+        perDevice(pack),
       ],
       [
-        "messages published to each device (mean)",
-        (per.reduce((a, s) => a + s.messages, 0) / Math.max(1, per.length)).toFixed(1),
+        "payload bytes each device reported receiving, --model-pack (its result's `bytes`; mean)",
+        Math.round(
+          pack.outcome.devices.reduce((a, d) => a + d.bytes, 0) / Math.max(1, pack.outcome.devices.length),
+        ),
       ],
-      ["wire bytes / payload bytes (base64 + JSON framing)", overhead.toFixed(3)],
-      ["coordinator peak RSS (VmHWM, MB)", (hwmKb / 1024).toFixed(1)],
+      [
+        "messages published to each device (mean), --bundle / --model-pack",
+        `${whole.meanMessages.toFixed(1)} / ${pack.meanMessages.toFixed(1)}`,
+      ],
+      ["wire bytes / payload bytes (base64 + JSON framing), --bundle", overhead.toFixed(3)],
+      [
+        "coordinator peak RSS (VmHWM, MB), --bundle / --model-pack",
+        `${(whole.hwmKb / 1024).toFixed(1)} / ${(pack.hwmKb / 1024).toFixed(1)}`,
+      ],
       [
         "a whole real bundle per device (demo's itera-lite-micro laptop-x64 v1 bundle × that ratio)",
         bundleBytes === null
           ? "n/a (run `make demo` first)"
           : `${mb(bundleBytes * overhead)} (${mb(bundleBytes)} of files)`,
       ],
-      [
-        "its model alone per device (models/itera-lite-micro × that ratio; model-pack-only updates are not sent yet)",
-        `${mb(modelBytes * overhead)} (${mb(modelBytes)} of files)`,
-      ],
     ],
     note:
       "The devices share one process with the broker's other clients; the coordinator is its own process (the built CLI), so its peak RSS is its alone and includes holding the payload. " +
-      "The last two rows are sizes times the measured wire ratio, not transfers: `itera fleet update` sends whole bundles only, and a v2 bundle's model pack (docs/packaging.md) is not sent by itself over MQTT yet.",
+      "The --model-pack rows are measured transfers of the real itera-lite-micro model pack; the runtime in the --bundle rollout is a 1 MiB stand-in, so the last row (a real 122.5 MiB bundle) is its size times the measured wire ratio, not a transfer.",
   };
 }
