@@ -16,8 +16,8 @@ import { sha256File } from "../src/util/fs.js";
 import { type FleetUpdateOutcome, updatePayload } from "../src/fleet/update.js";
 import { PROTOCOL_VERSION } from "../src/protocol/schemas.js";
 import { jobTopic } from "../src/protocol/topics.js";
-import { signingKeys } from "./fixtures/deploy/bundle.js";
-import { InstalledFleet } from "./fleet-update-helpers.js";
+import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
+import { InstalledFleet, itera } from "./fleet-update-helpers.js";
 import { until } from "./mqtt-helpers.js";
 
 const FLEET = "ota-pack";
@@ -189,4 +189,38 @@ describe("itera fleet update --model-pack over a real Mosquitto", () => {
     expect(await stat(join(f.roots.get("pk-c")!, "opt/itera/releases/1.4.0")).catch(() => null)).toBeNull();
     await until(() => f.version("pk-c") === "1.1.0", "pk-c still online on 1.1.0", 10_000);
   }, 120_000);
+});
+
+describe("itera fleet update --model-pack: what it refuses before connecting", () => {
+  const base = [
+    "fleet",
+    "update",
+    "--broker",
+    "mqtt://127.0.0.1:9",
+    "--fleet",
+    "x",
+    "--db",
+    "/nonexistent/x.db",
+  ];
+
+  it("needs exactly one of --bundle and --model-pack", async () => {
+    for (const extra of [[], ["--bundle", "a", "--model-pack", "b"]]) {
+      const r = await itera([...base, ...extra]);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toMatch(/no bundle to send|--bundle and --model-pack both given/);
+      expect(r.stderr).toContain("--model-pack DIR");
+    }
+  });
+
+  it("refuses an itera.bundle/v1 bundle (its model is inside the executable) and says to send it whole", async () => {
+    const v1 = await makeFixtureBundle(join(f.dir, "bundles", "v1"), {
+      version: "9.0.0",
+      signWith: f.keys.privatePem,
+    });
+    const r = await itera([...base.slice(0, -2), "--db", join(f.dir, "v1.db"), "--model-pack", v1]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/--model-pack needs an itera\.bundle\/v2 bundle/);
+    expect(r.stderr).toMatch(/itera\.bundle\/v1/);
+    expect(r.stderr).toContain("--bundle");
+  });
 });

@@ -143,7 +143,7 @@ export async function prepareUpdate(
     if (kind === "model-pack" && !bundle.manifest.parts) {
       throw new IteraError("--model-pack needs an itera.bundle/v2 bundle (runtime and model pack as parts)", {
         where: `${bundlePath} (manifest schema ${bundle.manifest.schema})`,
-        fix: "build the new release with `itera build --runtime BUNDLE` around the bundle the devices run, or send this one whole with --bundle",
+        fix: "send this one whole with --bundle, or build the new release with `itera build --runtime BUNDLE` around the bundle the devices run",
       });
     }
     return await updatePayload(bundle.dir, bundle.manifest, healthTimeoutS, kind);

@@ -45,7 +45,7 @@ export function registerFleetUpdate(fleet: Command): void {
     fleet
       .command("update")
       .description(
-        "over-the-air update of a fleet with a bundle: canary first, health check, automatic rollback",
+        "over-the-air update of a fleet with a bundle (or its model pack alone): canary first, health check, automatic rollback",
       )
       .requiredOption("--fleet <name>", "fleet name (topic level itera/v1/<fleet>/...)")
       .option("--bundle <dir>", "bundle folder (or .tar.gz) made by `itera build`: every file is sent")
