@@ -11,7 +11,8 @@
  *   nice -n 10 node node_modules/.cache/itera-bench/fleet.mjs [--devices 200] [--append docs/benchmarks.md]
  *
  * With --update: `itera fleet update` to --devices (default 50) simulated devices instead
- * (bench/fleet-update.ts: rollout time, bytes per device, the coordinator's peak RSS).
+ * (bench/fleet-update.ts: rollout time, bytes per device for --bundle and --model-pack, the
+ * coordinator's peak RSS).
  */
 import { spawn } from "node:child_process";
 import { appendFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
