@@ -13,7 +13,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { flashRootfs } from "../src/deploy/rootfs.js";
-import type { BirthPayload } from "../src/protocol/schemas.js";
+import { type BirthPayload, PROTOCOL_VERSION, type UpdateParams } from "../src/protocol/schemas.js";
+import { jobTopic } from "../src/protocol/topics.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
 import { makePartsBundle } from "./fixtures/deploy/parts-bundle.js";
 import { Mosquitto, until } from "./mqtt-helpers.js";
@@ -21,6 +22,8 @@ import { Mosquitto, until } from "./mqtt-helpers.js";
 const AGENT = resolve("dist/cli/itera-agent.js");
 const ITERA = resolve("dist/cli/itera.js");
 const MODEL = resolve("models/itera-lite-micro");
+
+const sha256Hex = (data: Buffer) => createHash("sha256").update(data).digest("hex");
 
 /** The test-only launcher a release ships as its executable (see the header). */
 export function launcher(version: string): string {
@@ -214,6 +217,30 @@ export class InstalledFleet {
       "--json",
       ...extra,
     ]);
+  }
+
+  /** Publish an `update` job to one device directly (as a coordinator, or a forger, would), execNo 1. */
+  requestUpdate(device: string, jobId: string, params: UpdateParams, deadlineInS = 60): void {
+    this.observer.publish(
+      jobTopic(this.fleet, device, jobId, "request"),
+      JSON.stringify({
+        v: PROTOCOL_VERSION,
+        jobId,
+        execNo: 1,
+        deadline: Date.now() + deadlineInS * 1000,
+        doc: { type: "update", params },
+      }),
+      { qos: 1 },
+    );
+  }
+
+  /** Publish one chunk of an update to a device; `sha` defaults to the data's own sha256. */
+  sendChunk(device: string, jobId: string, index: number, data: Buffer, sha = sha256Hex(data)): void {
+    this.observer.publish(
+      jobTopic(this.fleet, device, jobId, "chunk"),
+      JSON.stringify({ v: PROTOCOL_VERSION, jobId, index, sha256: sha, data: data.toString("base64") }),
+      { qos: 1 },
+    );
   }
 
   /** Start a device's supervisor (and so its agent) from its installed root. */

@@ -178,8 +178,9 @@ export async function updatePayload(
 }
 
 /**
- * `itera fleet update`: a whole bundle to a fleet over MQTT (docs/fleet.md "Updates"). The bundle is
- * checked here (signature, every file), its files are concatenated in the manifest's sorted order
+ * `itera fleet update`: a whole bundle (or, `--model-pack`, all of it but the runtime) to a fleet over
+ * MQTT (docs/fleet.md "Over-the-air updates"). The bundle is checked here (signature, every file),
+ * its files are concatenated in the manifest's sorted order
  * into one payload cut into chunks; each device gets an `update` job (src/fleet/dispatch.ts) and
  * asks for the chunks it lacks on `jobs/{jobId}/need`, which are sent on `jobs/{jobId}/chunk`.
  * Canary devices first; the rest, in waves of the canary's size, only when every canary came back
