@@ -163,9 +163,10 @@ function runtimeProblem(currentDir: string, next: Manifest): string | undefined 
 
 /**
  * `update` jobs: a whole bundle over MQTT, or (`payload: "model-pack"`) all of it but the runtime,
- * which is hard-linked from the current release when that runs the same one. The payload arrives in chunks on this job's `chunk` topic,
- * each checked against its sha256 and written at its offset in `.staging/<version>-<sha>/payload`
- * (the received indices are kept beside it, so a restart or reconnect asks only for what is missing);
+ * which is hard-linked from the current release when that runs the same one. The payload arrives in
+ * chunks on this job's `chunk` topic, each checked against its sha256 and written at its offset in
+ * `.staging/<version>-<sha>/payload` (the received indices are kept beside it, so a restart or
+ * reconnect asks only for what is missing);
  * once complete, the payload's sha256 is checked, its files are laid out as a bundle folder and
  * checked as `itera verify` does (every file against the signed manifest, the signer by the trusted
  * key), moved to `releases/<version>`, `current` is switched atomically (`previous` kept), and the
