@@ -41,6 +41,8 @@ beforeAll(async () => {
     model: model.dir,
     profile: "laptop-x64-4c",
     quant: "fp32",
+    // A release version other than the agent software's, so the birth's `release` is told apart.
+    version: "7.7.7-test",
     sign: join(work, "keys", "itera-signing.key"),
     out: join(work, "out"),
     quiet: true,
@@ -216,6 +218,9 @@ describe("laptop-x64-4c bundle", () => {
       );
       expect(JSON.parse(seen.get("state")!)).toMatchObject({ state: "online" });
       expect(JSON.parse(seen.get("birth")!).profile).toBe("laptop-x64-4c");
+      // The release it runs, as fleet updates health-check it: the bundle's version, not the agent software's.
+      const { version } = JSON.parse(await readFile(join(built.dir, "manifest.json"), "utf8"));
+      expect(JSON.parse(seen.get("birth")!)).toMatchObject({ release: version });
       expect(await readdir(state)).toContain("agent.db");
     } finally {
       agent.kill("SIGTERM");

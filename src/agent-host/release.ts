@@ -4,7 +4,8 @@ import { dirname, join } from "node:path";
 import { BUNDLE_SCHEMA, type Manifest, manifestSchema } from "../bundle/manifest.js";
 import { MODEL_PACK_DIR, type ModelPack, modelPackSchema, packMismatches } from "../bundle/model-pack.js";
 import { IteraError } from "../errors.js";
-import { bundleIndexSha256, parseJsonWith } from "./embedded.js";
+import { VERSION } from "../version.js";
+import { bundleIndexSha256, inBundle, parseJsonWith } from "./embedded.js";
 import { writableRoot } from "./extract.js";
 
 /**
@@ -32,6 +33,15 @@ export interface InstalledRelease {
 }
 
 let release: InstalledRelease | undefined;
+
+/**
+ * The version of the release this agent runs: in a bundle its manifest's `version` (the model card's
+ * unless `itera build --version` said otherwise), which fleet updates install and health-check by;
+ * outside a bundle (development) the software's own version.
+ */
+export function runningRelease(): string {
+  return inBundle() ? installedRelease().manifest.version : VERSION;
+}
 
 export function installedRelease(): InstalledRelease {
   if (release) return release;

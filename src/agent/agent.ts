@@ -41,6 +41,8 @@ export interface AgentOptions {
   models: ModelRef[];
   /** The A/B variant of the running release (recorded when it was installed), announced in birth and telemetry. */
   variant?: string;
+  /** The installed release's version, when it is not the agent's own (a bundle's manifest), announced in the birth. */
+  release?: string;
   stateDir: string;
   /** The store of `stateDir`, when the caller opened it first (to fail on a bad folder early). */
   store?: AgentStore;
@@ -272,6 +274,7 @@ export class Agent {
       profile: this.opts.profile,
       models: this.opts.models,
       ...(this.opts.variant ? { variant: this.opts.variant } : {}),
+      ...(this.opts.release ? { release: this.opts.release } : {}),
     };
     // Retained with the birth, so a coordinator sees it whenever it looks, not only at the event.
     const reset = this.store.lastReset();

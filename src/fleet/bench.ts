@@ -7,6 +7,7 @@ import {
   type BenchResult,
   benchResultSchema,
   type JobStatus,
+  releaseOf,
 } from "../protocol/schemas.js";
 import { dispatch } from "./dispatch.js";
 import type { VariantSummary } from "./feedback.js";
@@ -198,7 +199,7 @@ async function benchWith(
       tempC: temps.length > 0 ? Math.max(...temps) : (t?.m.temp_c ?? null),
       throttled: throttles.length > 0 ? throttles.some(Boolean) : (t?.m.throttled ?? null),
       variant: view?.birth?.variant ?? null,
-      version: view?.birth?.agent.version ?? null,
+      version: view?.birth ? releaseOf(view.birth) : null,
     });
   }
   const outcome: FleetBenchOutcome = {

@@ -9,6 +9,7 @@ import {
   dashboardPage,
   missingReportPage,
 } from "../report/dashboard-page.js";
+import { releaseOf } from "../protocol/schemas.js";
 import { renderFleetHtml } from "../report/fleet-page.js";
 import type { FleetBenchOutcome } from "./bench.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
@@ -32,7 +33,7 @@ export function dashboardDevice(v: DeviceView): DashboardDevice {
   return {
     device: v.device,
     state: v.state,
-    version: v.birth?.agent.version ?? null,
+    version: v.birth ? releaseOf(v.birth) : null,
     profile: v.birth?.profile ?? null,
     last_seen_ms: v.lastSeenMs,
     temp_c: m?.temp_c ?? null,

@@ -15,6 +15,7 @@ import {
   decode,
   type ModelRef,
   PROTOCOL_VERSION,
+  releaseOf,
 } from "../protocol/schemas.js";
 import { fleetFilter, parseTopic } from "../protocol/topics.js";
 import { compareRates, variantLabel, wilson } from "./variants.js";
@@ -171,13 +172,12 @@ export class FeedbackHistory {
    */
   noteBirth(fleet: string, device: string, birth: BirthPayload): void {
     const last = this.variantAt(fleet, device, Number.MAX_SAFE_INTEGER);
-    if (last && last.variant === (birth.variant ?? null) && last.agent_version === birth.agent.version)
-      return;
+    if (last && last.variant === (birth.variant ?? null) && last.agent_version === releaseOf(birth)) return;
     this.db
       .prepare(
         "INSERT OR IGNORE INTO device_variants (fleet, device, since_ts, variant, agent_version) VALUES (?, ?, ?, ?, ?)",
       )
-      .run(fleet, device, birth.ts, birth.variant ?? null, birth.agent.version);
+      .run(fleet, device, birth.ts, birth.variant ?? null, releaseOf(birth));
   }
 
   /** The variant and release a device announced last before `ts` (its clock), else its first known. */

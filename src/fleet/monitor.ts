@@ -12,6 +12,7 @@ import {
   stateSchema,
   type TelemetryPayload,
   telemetrySchema,
+  releaseOf,
 } from "../protocol/schemas.js";
 import { fleetFilter, parseTopic, sharedFilter } from "../protocol/topics.js";
 import type { FleetStore } from "./store.js";
@@ -243,5 +244,5 @@ function claimsOther(payload: object, device: string, jobId?: string): string | 
  */
 function telemetryVariant(v: DeviceView, t: TelemetryPayload): string | null {
   if (t.variant) return t.variant;
-  return v.birth?.bdSeq === t.bdSeq ? variantLabel(v.birth.variant, v.birth.agent.version) : null;
+  return v.birth?.bdSeq === t.bdSeq ? variantLabel(v.birth.variant, releaseOf(v.birth)) : null;
 }

@@ -16,6 +16,7 @@ import {
   type UpdateResult,
   updatePayloadFiles,
   updateResultSchema,
+  releaseOf,
 } from "../protocol/schemas.js";
 import { fleetFilter, jobTopic, parseTopic } from "../protocol/topics.js";
 import { watchTrust } from "./anonymous-probe.js";
@@ -276,7 +277,9 @@ async function updateWith(
   const canary = ordered.slice(0, canarySize);
   emit({ type: "discovered", devices: ordered, canary, kept });
   const variantOf = (d: string) => monitor.devices.get(d)?.birth?.variant ?? null;
-  const fromVersion = new Map(selected.map((d) => [d, monitor.devices.get(d)?.birth?.agent.version ?? null]));
+  const fromVersion = new Map(
+    selected.map((d) => [d, ((b) => (b ? releaseOf(b) : null))(monitor.devices.get(d)?.birth)]),
+  );
   o.store.addRun({
     jobId,
     type: "update",
@@ -346,7 +349,7 @@ async function updateWith(
       // Healthy: the device says so AND its new session's birth names the new version (and variant).
       judge: (view, r) => {
         if (r.status !== "SUCCEEDED") return undefined;
-        const born = view?.birth?.agent.version;
+        const born = view?.birth ? releaseOf(view.birth) : undefined;
         const bornVariant = view?.birth?.variant;
         if (
           r.results[0]?.running === m.version &&
@@ -370,7 +373,10 @@ async function updateWith(
       out.status = e.status;
       out.details = e.details;
       out.rolledBack = r?.rolled_back ?? false;
-      out.running = r?.running ?? monitor.devices.get(e.device)?.birth?.agent.version ?? out.running;
+      out.running =
+        r?.running ??
+        ((b) => (b ? releaseOf(b) : undefined))(monitor.devices.get(e.device)?.birth) ??
+        out.running;
       out.variant = r ? (r.variant ?? null) : variantOf(e.device);
       out.chunksSent = chunksSent.get(e.device) ?? 0;
       out.bytes = r?.bytes ?? 0;

@@ -57,8 +57,19 @@ export const birthSchema = z.looseObject({
   store_reset: z.looseObject({ ts, reason: z.string().max(2000), kept_as: z.string().max(2000) }).optional(),
   /** The A/B variant of the running release (absent: installed without one; older agents never send it). */
   variant: variantSchema.optional(),
+  /**
+   * The version of the installed release the agent runs (its bundle manifest's `version`, e.g. the
+   * model card's), which may differ from the agent software's own `agent.version`. Absent outside a
+   * bundle and from older agents: then the release is `agent.version`.
+   */
+  release: z.string().min(1).max(200).optional(),
 });
 export type BirthPayload = z.infer<typeof birthSchema>;
+
+/** The release a device runs, by its birth: what fleet updates, reports and the dashboard compare. */
+export function releaseOf(birth: Pick<BirthPayload, "agent" | "release">): string {
+  return birth.release ?? birth.agent.version;
+}
 
 /** Every method an agent of this version reports; a simulated meter's figures say `-simulated`. */
 export const energyMethods = ["ina219", "pmic", "rapl", "tdp-estimate", "ina219-simulated"] as const;

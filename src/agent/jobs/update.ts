@@ -34,7 +34,7 @@ import {
   updatePayloadFiles,
   variantSchema,
 } from "../../protocol/schemas.js";
-import { VERSION } from "../../version.js";
+import { runningRelease } from "../../agent-host/release.js";
 import { type DocOf, type JobContext, type JobEnd, type JobExecutor, RESTART_EXIT_CODE } from "./types.js";
 
 export interface UpdateExecutorOptions {
@@ -183,7 +183,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       device: o.device,
       from: null,
       to: String((doc.params.manifest as { version?: unknown }).version),
-      running: VERSION,
+      running: runningRelease(),
       rolled_back: false,
       bytes: 0,
       chunks_refused: 0,
@@ -212,7 +212,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       }
       const version = String((p.manifest as { version?: unknown }).version);
       const variant = installedVariant(o.installRoot, version);
-      if (version === VERSION && p.variant !== undefined && p.variant !== variant) {
+      if (version === runningRelease() && p.variant !== undefined && p.variant !== variant) {
         // A variant is bound to its release: the same build cannot be two variants at once.
         return `release ${version} already runs here${variant ? ` as variant '${variant}'` : " without a variant"}; give variant '${p.variant}' a build with its own version`;
       }
@@ -244,12 +244,12 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       }
       if (pending?.job === ctx.jobId) return confirmHealthy(doc, pending, signal, ctx);
       if (
-        VERSION === m.version &&
+        runningRelease() === m.version &&
         (await readlink(L.current).catch(() => null)) === releaseLinkTarget(m.version)
       ) {
         return {
           status: "SUCCEEDED",
-          results: [result(doc, { from: VERSION, reason: "already running this release" })],
+          results: [result(doc, { from: runningRelease(), reason: "already running this release" })],
         };
       }
       const space = spaceProblem(doc.params.payload_bytes);
@@ -462,7 +462,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     const currentLink = await readlink(L.current);
     if (currentLink === target) {
       throw new Error(
-        `release ${m.version} is already current but this agent is ${VERSION}: give the new build its own version`,
+        `release ${m.version} is already current but this agent is ${runningRelease()}: give the new build its own version`,
       );
     }
     await mkdir(L.releases, { recursive: true });
@@ -478,7 +478,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     const marker = [
       `job=${ctx.jobId}`,
       `exec=${ctx.execNo}`,
-      `from=${VERSION}`,
+      `from=${runningRelease()}`,
       `to=${m.version}`,
       `previous=${currentLink}`,
       `deadline=${deadline}`,
@@ -493,7 +493,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     await rename(`${L.updatePending}.tmp`, L.updatePending);
     await atomicSymlink(currentLink, L.previous);
     await atomicSymlink(target, L.current);
-    return VERSION;
+    return runningRelease();
   }
 
   /**
@@ -506,12 +506,12 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
     signal: AbortSignal,
     ctx: JobContext,
   ): Promise<JobEnd> {
-    if (VERSION !== pending.to) {
+    if (runningRelease() !== pending.to) {
       await rm(L.updatePending, { force: true });
       return {
         status: "FAILED",
-        error: `the device runs ${VERSION} after the update to ${pending.to}`,
-        results: [result(doc, { from: pending.from ?? null, reason: `running ${VERSION}` })],
+        error: `the device runs ${runningRelease()} after the update to ${pending.to}`,
+        results: [result(doc, { from: pending.from ?? null, reason: `running ${runningRelease()}` })],
       };
     }
     const left = Number(pending.deadline) * 1000 - Date.now();
@@ -526,7 +526,7 @@ export function updateExecutor(o: UpdateExecutorOptions): JobExecutor<"update"> 
       ),
     ]).finally(() => clearTimeout(timer));
     if (!healthy) {
-      ctx.restart(`release ${VERSION} not online within its health timeout: the guard rolls back`);
+      ctx.restart(`release ${runningRelease()} not online within its health timeout: the guard rolls back`);
       await new Promise((_, reject) =>
         signal.addEventListener("abort", () => reject(signal.reason), { once: true }),
       );
@@ -553,7 +553,7 @@ function variantFile(installRoot: string, version: string): string {
 }
 
 /** The A/B variant a release was installed as (`itera fleet update --variant`), or undefined. */
-export function installedVariant(installRoot: string, version = VERSION): string | undefined {
+export function installedVariant(installRoot: string, version = runningRelease()): string | undefined {
   try {
     const name = readFileSync(variantFile(installRoot, version), "utf8").trim();
     return variantSchema.safeParse(name).success ? name : undefined;
@@ -588,5 +588,5 @@ export { RESTART_EXIT_CODE };
  */
 export async function settleHealthyUpdate(installRoot: string): Promise<void> {
   const L = deviceLayout(installRoot);
-  if (readKeyValues(L.updatePending)?.to === VERSION) await rm(L.updatePending, { force: true });
+  if (readKeyValues(L.updatePending)?.to === runningRelease()) await rm(L.updatePending, { force: true });
 }

@@ -10,6 +10,7 @@ import { RESTART_EXIT_CODE } from "../../agent/jobs/types.js";
 import { installedVariant, settleHealthyUpdate, updateExecutor } from "../../agent/jobs/update.js";
 import { type BenchmarkRunner, replayRunner } from "../../agent/runner.js";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
+import { runningRelease } from "../../agent-host/release.js";
 import { type AgentConfig, agentConfigSchema } from "../../deploy/agent-config.js";
 import { type MeterOptions, meterChoices, openMeter } from "../../power/open.js";
 import type { Meter } from "../../power/meter.js";
@@ -180,6 +181,7 @@ export function registerAgent(program: Command): void {
           models: [model],
           // The A/B variant its release was installed as (itera fleet update --variant).
           ...((v) => (v ? { variant: v } : {}))(installedVariant(opts.installRoot)),
+          release: runningRelease(),
           stateDir,
           store,
           telemetryIntervalMs: telemetryS * 1000,
