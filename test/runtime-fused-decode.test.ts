@@ -2,6 +2,7 @@ import { cpSync, existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { STEP_DECODE_MAX_TOKENS } from "../src/cli/generation.js";
 import { registerRun } from "../src/cli/commands/run.js";
 import { InferenceSession, Tensor } from "onnxruntime-node";
 import { encodeModel, loadModel as loadOnnx } from "../src/onnx/index.js";
@@ -184,7 +185,7 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera run", () => {
       "--prompt",
       "ROMEO:",
       "-n",
-      "64",
+      String(STEP_DECODE_MAX_TOKENS + 1), // a run up to STEP_DECODE_MAX_TOKENS steps either way
       "--temperature",
       "0",
       "--ignore-eos",
