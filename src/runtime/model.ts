@@ -14,6 +14,7 @@ import {
 } from "./generate.js";
 import { FusedDecoder, featureKey, GREEDY, type LoopFeatures } from "./fused-decode.js";
 import { analyseIo, type ModelIo } from "./io.js";
+import { disableOrtTelemetry } from "./ort-telemetry.js";
 import { asFloat32, intTensor, stackRows, zeros } from "./tensors.js";
 import { loadTokenizer, type TextTokenizer } from "./tokenizer.js";
 
@@ -343,6 +344,7 @@ export async function loadModel(dir: string, options: LoadOptions = {}): Promise
     sessionOptions.profileFilePrefix = options.profileFilePrefix;
   }
   let session: InferenceSession;
+  disableOrtTelemetry();
   try {
     session = await InferenceSession.create(onnxPath, sessionOptions);
   } catch (e) {
