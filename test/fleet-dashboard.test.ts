@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Agent } from "../src/agent/agent.js";
-import { runDashboard } from "../src/fleet/dashboard.js";
+import { RunningJobs, runDashboard } from "../src/fleet/dashboard.js";
 import { countTags } from "./browser-helpers.js";
 import { Mosquitto, testAgentOptions } from "./mqtt-helpers.js";
 
@@ -95,5 +95,62 @@ describe("itera fleet dashboard", () => {
     expect(html).toContain("connect-src 'self'");
     expect(html).toContain('new EventSource("events"+q)');
     expect(countTags(html.replace(/<script[\s\S]*?<\/script>/g, ""), "img")).toBe(0);
+  });
+
+  it("serves /state.json only with the token, each device with the telemetry points it kept", async () => {
+    expect((await fetch(`${url}/state.json`)).status).toBe(401);
+    const state = (await (await fetch(`${url}/state.json?token=s3cret`)).json()) as {
+      broker: { state: string };
+      devices: { device: string; points: unknown[] }[];
+      running: unknown[];
+    };
+    expect(state.broker.state).toBe("connected");
+    expect(state.devices.map((d) => d.device).sort()).toEqual(["dev-0", "dev-1"]);
+    expect(state.devices.every((d) => Array.isArray(d.points))).toBe(true);
+    expect(state.running).toEqual([]);
+  });
+});
+
+describe("running jobs as the dashboard follows them", () => {
+  const status = (jobId: string, s: "QUEUED" | "IN_PROGRESS" | "SUCCEEDED", details: string | null) => ({
+    v: 1,
+    jobId,
+    execNo: 1,
+    status: s,
+    details,
+    ts: 0,
+  });
+
+  it("a request, then statuses with progress; a terminal status or a result ends it", () => {
+    const r = new RunningJobs();
+    r.requested("dev-1", "bench-1", "benchmark", 10_000, 100);
+    r.requested("dev-0", "bench-1", "benchmark", 10_000, 100);
+    expect(r.list().map((j) => [j.device, j.status, j.type])).toEqual([
+      ["dev-0", "SENT", "benchmark"],
+      ["dev-1", "SENT", "benchmark"],
+    ]);
+    expect(r.status("dev-0", status("bench-1", "IN_PROGRESS", "pp8 1/2"), 200)).toBe(true);
+    expect(r.list()[0]).toEqual({
+      jobId: "bench-1",
+      type: "benchmark",
+      device: "dev-0",
+      status: "IN_PROGRESS",
+      details: "pp8 1/2",
+      sinceMs: 100,
+    });
+    expect(r.status("dev-0", status("bench-1", "SUCCEEDED", null))).toBe(true);
+    expect(r.finished("dev-1", "bench-1")).toBe(true);
+    expect(r.finished("dev-1", "bench-1")).toBe(false);
+    expect(r.list()).toEqual([]);
+  });
+
+  it("a status without its request has no type; one past its deadline is dropped", () => {
+    const r = new RunningJobs(1000);
+    r.status("dev-0", status("upd-1", "QUEUED", null), 50);
+    expect(r.list()[0]!.type).toBeNull();
+    r.requested("dev-1", "bench-2", "benchmark", 5000, 60);
+    expect(r.prune(5500)).toBe(false);
+    expect(r.prune(6001)).toBe(true);
+    expect(r.list().map((j) => j.jobId)).toEqual(["upd-1"]);
   });
 });

@@ -6,10 +6,20 @@ import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect
 import {
   type DashboardBroker,
   type DashboardJob,
+  type DashboardPoint,
+  type DashboardRunningJob,
   dashboardPage,
   missingReportPage,
 } from "../report/dashboard-page.js";
-import { releaseOf } from "../protocol/schemas.js";
+import {
+  decode,
+  type JobStatusPayload,
+  jobRequestSchema,
+  releaseOf,
+  type TelemetryPayload,
+  terminalStatuses,
+} from "../protocol/schemas.js";
+import { fleetFilter, parseTopic } from "../protocol/topics.js";
 import { renderFleetHtml } from "../report/fleet-page.js";
 import type { FleetBenchOutcome } from "./bench.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
@@ -26,9 +36,14 @@ export interface DashboardDevice {
   tok_s: number | null;
   mj_per_token: number | null;
   method: string | null;
+  /** The device's recent telemetry, oldest first (at most SPARKLINE_POINTS), drawn as sparklines. */
+  points: DashboardPoint[];
 }
 
-export function dashboardDevice(v: DeviceView): DashboardDevice {
+/** How many telemetry points per device the server keeps for the page's sparklines. */
+export const SPARKLINE_POINTS = 60;
+
+export function dashboardDevice(v: DeviceView, points: DashboardPoint[] = []): DashboardDevice {
   const m = v.telemetry?.m;
   return {
     device: v.device,
@@ -40,7 +55,81 @@ export function dashboardDevice(v: DeviceView): DashboardDevice {
     tok_s: m?.tok_s ?? null,
     mj_per_token: m?.mj_per_token ?? null,
     method: m?.method ?? null,
+    points,
   };
+}
+
+/** The figures of one telemetry message a sparkline draws. */
+export function dashboardPoint(t: TelemetryPayload): DashboardPoint {
+  return { ts: t.ts, cpu_pct: t.m.cpu_pct, tok_s: t.m.tok_s, mj_per_token: t.m.mj_per_token };
+}
+
+/**
+ * Jobs in flight per (job, device), as the broker shows them: a request (which names the job's type
+ * and deadline), then the device's QUEUED/IN_PROGRESS statuses; a terminal status or a result ends it.
+ * An execution past its deadline (plus grace) whose device never answered is dropped, not kept forever.
+ */
+export class RunningJobs {
+  private readonly jobs = new Map<string, DashboardRunningJob & { deadline: number | null }>();
+
+  constructor(private readonly graceMs = 30_000) {}
+
+  private key(jobId: string, device: string): string {
+    return `${jobId}\u0000${device}`;
+  }
+
+  /** A request sent to a device (seen on `jobs/{jobId}/request`). */
+  requested(device: string, jobId: string, type: string, deadline: number, now = Date.now()): void {
+    const k = this.key(jobId, device);
+    const prev = this.jobs.get(k);
+    this.jobs.set(k, {
+      jobId,
+      type,
+      device,
+      status: prev?.status ?? "SENT",
+      details: prev?.details ?? null,
+      sinceMs: prev?.sinceMs ?? now,
+      deadline,
+    });
+  }
+
+  /** A device's status; true when the list changed. A terminal status removes the execution. */
+  status(device: string, s: JobStatusPayload, now = Date.now()): boolean {
+    const k = this.key(s.jobId, device);
+    if (terminalStatuses.has(s.status)) return this.jobs.delete(k);
+    const prev = this.jobs.get(k);
+    this.jobs.set(k, {
+      jobId: s.jobId,
+      type: prev?.type ?? null,
+      device,
+      status: s.status,
+      details: s.details,
+      sinceMs: prev?.sinceMs ?? now,
+      deadline: prev?.deadline ?? null,
+    });
+    return true;
+  }
+
+  /** A device's result: its execution is finished. */
+  finished(device: string, jobId: string): boolean {
+    return this.jobs.delete(this.key(jobId, device));
+  }
+
+  /** Drop executions past their deadline and grace; true when any went. */
+  prune(now = Date.now()): boolean {
+    let changed = false;
+    for (const [k, j] of this.jobs) {
+      if (j.deadline !== null && now > j.deadline + this.graceMs) changed = this.jobs.delete(k) || changed;
+    }
+    return changed;
+  }
+
+  /** Oldest first. */
+  list(): DashboardRunningJob[] {
+    return [...this.jobs.values()]
+      .sort((a, b) => a.sinceMs - b.sinceMs || a.device.localeCompare(b.device))
+      .map(({ deadline: _, ...j }) => j);
+  }
 }
 
 /** A finished benchmark of the fleet as its history row shows it, with the link to its report. */
@@ -148,6 +237,12 @@ export async function runDashboard(o: DashboardOptions): Promise<void> {
   };
   readJobs();
 
+  // Each device's recent telemetry for its sparklines, and the jobs in flight.
+  const points = new Map<string, DashboardPoint[]>();
+  const deviceRow = (v: DeviceView) => dashboardDevice(v, points.get(v.device) ?? []);
+  const running = new RunningJobs();
+  const sendRunning = () => send("running", running.list());
+
   let client: MqttClient | undefined;
   let monitor: FleetMonitor | undefined;
   const connect = async () => {
@@ -173,12 +268,33 @@ export async function runDashboard(o: DashboardOptions): Promise<void> {
     // The client reconnects by itself; the page says when it is cut off.
     client.on("connect", () => setBroker("connected", null));
     client.on("offline", () => setBroker("unreachable", "connection lost; reconnecting"));
-    monitor = new FleetMonitor(client, o.fleet, o.store, { results: false });
-    const update = (v: DeviceView) => send("device", dashboardDevice(v));
+    // Plain (not shared) subscriptions: the dashboard only watches, it takes no result from a coordinator.
+    monitor = new FleetMonitor(client, o.fleet, o.store);
+    const update = (v: DeviceView) => send("device", deviceRow(v));
     monitor.on("birth", update);
     monitor.on("state", update);
-    monitor.on("telemetry", (v) => update(v));
+    monitor.on("telemetry", (v, t, fresh) => {
+      if (fresh) {
+        const kept = points.get(v.device) ?? [];
+        kept.push(dashboardPoint(t));
+        if (kept.length > SPARKLINE_POINTS) kept.shift();
+        points.set(v.device, kept);
+      }
+      update(v);
+    });
+    monitor.on("status", (device, s) => running.status(device, s) && sendRunning());
+    monitor.on("result", (device, r) => running.finished(device, r.jobId) && sendRunning());
+    // A job's request names its type and deadline (the device's statuses do not).
+    client.on("message", (topic, payload) => {
+      const t = parseTopic(topic);
+      if (t?.kind !== "request" || t.fleet !== o.fleet) return;
+      const d = decode(jobRequestSchema, payload);
+      if (!d.ok || d.value.jobId !== t.jobId) return;
+      running.requested(t.device, t.jobId, d.value.doc.type, d.value.deadline);
+      sendRunning();
+    });
     await monitor.subscribe();
+    await client.subscribeAsync(fleetFilter(o.fleet, "request"), { qos: 1 });
     setBroker("connected", null);
   };
 
@@ -190,7 +306,13 @@ export async function runDashboard(o: DashboardOptions): Promise<void> {
     reply.type("text/html; charset=utf-8").header("cache-control", "no-store").send(page);
   app.get("/", async (req, reply) => {
     if (!tokenOk(req, o.token)) return denied(reply);
-    return html(reply, dashboardPage({ fleet: o.fleet, broker, jobs }));
+    return html(reply, dashboardPage({ fleet: o.fleet, broker, jobs, running: running.list() }));
+  });
+  // What the page's stream carries, at once, for scripts and checks (`--json` of a live page).
+  app.get("/state.json", async (req, reply) => {
+    if (!tokenOk(req, o.token)) return denied(reply);
+    const devices = monitor ? [...monitor.devices.values()].map(deviceRow) : [];
+    return reply.header("cache-control", "no-store").send({ broker, devices, running: running.list(), jobs });
   });
   app.get<{ Params: { id: string } }>("/jobs/:id/report.html", async (req, reply) => {
     if (!tokenOk(req, o.token)) return denied(reply);
@@ -211,8 +333,9 @@ export async function runDashboard(o: DashboardOptions): Promise<void> {
       "cache-control": "no-store",
       connection: "keep-alive",
     });
-    const devices = monitor ? [...monitor.devices.values()].map(dashboardDevice) : [];
+    const devices = monitor ? [...monitor.devices.values()].map(deviceRow) : [];
     reply.raw.write(`event: snapshot\ndata: ${JSON.stringify(devices)}\n\n`);
+    reply.raw.write(`event: running\ndata: ${JSON.stringify(running.list())}\n\n`);
     reply.raw.write(`event: broker\ndata: ${JSON.stringify(broker)}\n\n`);
     reply.raw.write(`event: jobs\ndata: ${JSON.stringify(jobs)}\n\n`);
     streams.add(reply);
@@ -222,7 +345,10 @@ export async function runDashboard(o: DashboardOptions): Promise<void> {
   const ping = setInterval(() => {
     for (const r of streams) r.raw.write(": ping\n\n");
   }, 15_000);
-  const poll = setInterval(readJobs, o.historyPollMs ?? 2000);
+  const poll = setInterval(() => {
+    readJobs();
+    if (running.prune()) sendRunning();
+  }, o.historyPollMs ?? 2000);
   let connecting: Promise<void> | undefined;
   try {
     const address = await app.listen({ host: o.host, port: o.port });

@@ -21,6 +21,26 @@ export interface DashboardJob {
   report: string;
 }
 
+/** One telemetry message's figures as a device's sparklines draw them (ts: epoch ms). */
+export interface DashboardPoint {
+  ts: number;
+  cpu_pct: number;
+  tok_s: number | null;
+  mj_per_token: number | null;
+}
+
+/** One device's execution of a job in flight (`SENT`: requested, not yet answered by the device). */
+export interface DashboardRunningJob {
+  jobId: string;
+  /** `benchmark` or `update`; null when the request was not seen (the dashboard started later). */
+  type: string | null;
+  device: string;
+  status: string;
+  /** The device's progress text. */
+  details: string | null;
+  sinceMs: number;
+}
+
 /** The broker line's text, the same on the server-rendered page and after each update. */
 export function brokerText(b: DashboardBroker): string {
   if (b.state === "connected") return `broker connected: ${b.url}`;
@@ -35,34 +55,50 @@ export function brokerText(b: DashboardBroker): string {
  */
 const SCRIPT = `
 var cfg=JSON.parse(document.getElementById("cfg").textContent);
-var devices={};var jobs=cfg.jobs;var tb=document.querySelector("#devices tbody");var q=location.search;
+var devices={};var jobs=cfg.jobs;var running=cfg.running;var SVG="http://www.w3.org/2000/svg";var tb=document.querySelector("#devices tbody");var q=location.search;
 function $(id){return document.getElementById(id);}
 function f(x,d){return x===null||x===undefined?"\\u2013":Number(x).toFixed(d);}
 function ago(ms){if(!ms)return "\\u2013";var s=Math.max(0,Math.round((Date.now()-ms)/1000));return s+" s ago";}
 function utc(ms){return new Date(ms).toISOString().slice(0,19).replace("T"," ")+" UTC";}
 function sim(m){return typeof m==="string"&&/-simulated$/.test(m);}
 function row(cells,cls){var tr=document.createElement("tr");cells.forEach(function(v,i){var td=document.createElement("td");if(v instanceof Node)td.appendChild(v);else td.textContent=v;if(cls[i])td.className=cls[i];tr.appendChild(td);});return tr;}
+function spark(pts,key){var v=pts.map(function(p){return p[key];}).filter(function(x){return x!==null&&x!==undefined;});
+if(v.length<2){var n=document.createElement("span");n.className="muted";n.textContent="\\u2013";return n;}
+var lo=Math.min.apply(null,v),hi=Math.max.apply(null,v),w=80,h=18,span=hi-lo||1;
+var svg=document.createElementNS(SVG,"svg");svg.setAttribute("width",w);svg.setAttribute("height",h);svg.setAttribute("viewBox","0 0 "+w+" "+h);svg.setAttribute("class","spark");svg.dataset.metric=key;
+var t=document.createElementNS(SVG,"title");t.textContent=key+": "+v.length+" points, "+lo.toFixed(2)+" to "+hi.toFixed(2);svg.appendChild(t);
+var pl=document.createElementNS(SVG,"polyline");pl.setAttribute("fill","none");pl.setAttribute("stroke","currentColor");pl.setAttribute("stroke-width","1.2");
+pl.setAttribute("points",v.map(function(x,i){return (i*(w-2)/(v.length-1)+1).toFixed(1)+","+(h-1-(x-lo)*(h-2)/span).toFixed(1);}).join(" "));svg.appendChild(pl);return svg;}
 function render(){var ids=Object.keys(devices).sort();tb.textContent="";ids.forEach(function(id){var d=devices[id];
-var tr=row([d.device,d.state,d.version||"\\u2013",d.profile||"\\u2013",ago(d.last_seen_ms),f(d.temp_c,1),f(d.tok_s,2),d.mj_per_token===null?"\\u2013":f(d.mj_per_token,2)+(d.method?" ("+d.method+")":"")],["","","","","","n","n",sim(d.method)?"n sim":"n"]);
+var p=d.points||[];var tr=row([d.device,d.state,d.version||"\\u2013",d.profile||"\\u2013",ago(d.last_seen_ms),f(d.temp_c,1),f(d.tok_s,2),d.mj_per_token===null?"\\u2013":f(d.mj_per_token,2)+(d.method?" ("+d.method+")":""),spark(p,"tok_s"),spark(p,"mj_per_token"),spark(p,"cpu_pct")],["","","","","","n","n",sim(d.method)?"n sim":"n","","",""]);
 tr.dataset.device=d.device;tr.className="state-"+d.state;tb.appendChild(tr);});
 $("count").textContent=String(ids.length);
 var s=ids.filter(function(id){return sim(devices[id].method);}).length>0||jobs.some(function(j){return j.simulated;});$("simulated").hidden=!s;}
 function renderJobs(){var body=document.querySelector("#jobs tbody");body.textContent="";jobs.forEach(function(j){var a=document.createElement("a");a.href=j.report+q;a.textContent=j.jobId;
 var tr=row([a,j.model,utc(j.finishedMs),j.succeeded+"/"+j.devices,j.simulated?"simulated meter":"measured or none"],["","","","n",j.simulated?"sim":""]);tr.dataset.job=j.jobId;body.appendChild(tr);});
 $("no-jobs").hidden=jobs.length>0;$("jobs").hidden=jobs.length===0;render();}
+function renderRunning(){var body=document.querySelector("#running tbody");body.textContent="";running.forEach(function(j){
+var tr=row([j.jobId,j.type||"\\u2013",j.device,j.status,j.details||"\\u2013",ago(j.sinceMs)],["","","","","",""]);tr.dataset.job=j.jobId;tr.dataset.device=j.device;body.appendChild(tr);});
+$("no-running").hidden=running.length>0;$("running").hidden=running.length===0;}
 function renderBroker(b){var p=$("broker");p.dataset.state=b.state;p.className=b.state==="unreachable"?"sim":"muted";
 p.textContent=b.state==="connected"?"broker connected: "+b.url:b.state==="connecting"?"connecting to the broker: "+b.url:"broker unreachable: "+b.url+(b.error?" ("+b.error+")":"")+"; retrying";}
-renderBroker(cfg.broker);renderJobs();
+renderBroker(cfg.broker);renderJobs();renderRunning();
 var es=new EventSource("events"+q);
 es.addEventListener("snapshot",function(e){devices={};JSON.parse(e.data).forEach(function(d){devices[d.device]=d;});render();$("conn").textContent="live";});
 es.addEventListener("device",function(e){var d=JSON.parse(e.data);devices[d.device]=d;render();});
+es.addEventListener("running",function(e){running=JSON.parse(e.data);renderRunning();});
 es.addEventListener("broker",function(e){renderBroker(JSON.parse(e.data));});
 es.addEventListener("jobs",function(e){jobs=JSON.parse(e.data);renderJobs();});
 es.onerror=function(){$("conn").textContent="reconnecting to the dashboard";};
-setInterval(render,5000);
+setInterval(function(){render();renderRunning();},5000);
 `;
 
-export function dashboardPage(o: { fleet: string; broker: DashboardBroker; jobs: DashboardJob[] }): string {
+export function dashboardPage(o: {
+  fleet: string;
+  broker: DashboardBroker;
+  jobs: DashboardJob[];
+  running: DashboardRunningJob[];
+}): string {
   const title = `Fleet ${o.fleet}: live dashboard`;
   const cls = o.broker.state === "unreachable" ? "sim" : "muted";
   const body = [
@@ -70,7 +106,10 @@ export function dashboardPage(o: { fleet: string; broker: DashboardBroker; jobs:
     `<p id="broker" class="${cls}" data-state="${o.broker.state}">${escapeHtml(brokerText(o.broker))}</p>`,
     '<p class="sim" id="simulated" hidden>simulated: energy figures marked -simulated were read from a simulated meter (itera fleet simulate), not measured on a device</p>',
     '<p class="muted"><span id="count">0</span> device(s); stream: <span id="conn">connecting</span></p>',
-    '<table id="devices"><thead><tr><th>device</th><th>state</th><th>version</th><th>profile</th><th>last seen</th><th>temp °C</th><th>recent tokens/s</th><th>mJ/token</th></tr></thead><tbody></tbody></table>',
+    '<table id="devices"><thead><tr><th>device</th><th>state</th><th>version</th><th>profile</th><th>last seen</th><th>temp °C</th><th>recent tokens/s</th><th>mJ/token</th><th>tokens/s trend</th><th>mJ/token trend</th><th>CPU % trend</th></tr></thead><tbody></tbody></table>',
+    "<h2>Running jobs</h2>",
+    `<p class="muted" id="no-running">no job running on this fleet (itera fleet bench / itera fleet update --fleet ${escapeHtml(o.fleet)})</p>`,
+    '<table id="running" hidden><thead><tr><th>job</th><th>type</th><th>device</th><th>status</th><th>progress</th><th>since</th></tr></thead><tbody></tbody></table>',
     "<h2>Finished benchmarks</h2>",
     `<p class="muted" id="no-jobs">no finished benchmark of this fleet yet (itera fleet bench --fleet ${escapeHtml(o.fleet)})</p>`,
     '<table id="jobs" hidden><thead><tr><th>job (report)</th><th>model</th><th>finished</th><th>succeeded</th><th>energy</th></tr></thead><tbody></tbody></table>',
