@@ -125,6 +125,48 @@ describe("itera fleet dashboard in Chromium", () => {
     ]);
     expect(await page.$eval("#broker", (e) => e.textContent)).toBe(`broker connected: ${broker.url}`);
     expect(await page.$eval("#no-jobs", (e) => e.hidden)).toBe(false);
+    expect(await page.$eval("#no-running", (e) => e.hidden)).toBe(false);
+
+    // Sparklines: once telemetry flows, each device's CPU % line has one point per telemetry message
+    // the server kept for it (its /state.json, read between two reads of the page that agree).
+    await waitOnPage(
+      page,
+      () => document.querySelectorAll('#devices svg[data-metric="cpu_pct"]').length === 2,
+    );
+    const drawn = () =>
+      page.$$eval("#devices tbody tr", (rows) =>
+        rows.map((r) => [
+          (r as HTMLElement).dataset.device,
+          r.querySelector('svg[data-metric="cpu_pct"] polyline')?.getAttribute("points")?.split(" ").length ??
+            0,
+        ]),
+      );
+    let agreed = false;
+    for (let i = 0; i < 40 && !agreed; i++) {
+      const before = await drawn();
+      const state = (await (await fetch(`${dash.url}/state.json?token=${TOKEN}`)).json()) as {
+        devices: { device: string; points: unknown[] }[];
+      };
+      const kept = state.devices.map((d) => [d.device, d.points.length]).sort();
+      agreed =
+        JSON.stringify(before) === JSON.stringify(kept) &&
+        JSON.stringify(await drawn()) === JSON.stringify(kept);
+      if (agreed) expect(kept.every(([, n]) => (n as number) >= 2)).toBe(true);
+    }
+    expect(agreed).toBe(true);
+    // No benchmark yet: no tokens/s figures, so that sparkline is a dash, not an empty SVG.
+    expect(await page.$$eval('#devices svg[data-metric="tok_s"]', (s) => s.length)).toBe(0);
+
+    // Every running-job row the page ever shows is recorded, so a quick job cannot slip past a poll.
+    await page.evaluate(() => {
+      const seen: string[][] = [];
+      (window as unknown as { seenRunning: string[][] }).seenRunning = seen;
+      new MutationObserver(() => {
+        for (const tr of document.querySelectorAll("#running tbody tr")) {
+          seen.push([...tr.querySelectorAll("td")].map((td) => td.textContent ?? ""));
+        }
+      }).observe(document.querySelector("#running tbody")!, { childList: true });
+    });
 
     const bench = await run([
       "fleet",
@@ -170,11 +212,21 @@ describe("itera fleet dashboard in Chromium", () => {
     expect(job.cells[4]).toBe("simulated meter");
     expect(await page.$eval("#simulated", (e) => e.hidden)).toBe(false);
     expect(job.href).toBe(`${dash.url}/jobs/${jobId}/report.html?token=${TOKEN}`);
+    // While it ran, it was a running job on each device (with the device's progress); now it is not.
+    const seen = await page.evaluate(() => (window as unknown as { seenRunning: string[][] }).seenRunning);
+    for (const device of ["sim-01-laptop-x64-4c", "sim-02-rpi4"]) {
+      const rows = seen.filter((c) => c[0] === jobId && c[2] === device);
+      expect(rows.length).toBeGreaterThan(0);
+      expect(rows.every((c) => c[1] === "benchmark")).toBe(true);
+      expect(rows.some((c) => c[3] === "IN_PROGRESS")).toBe(true);
+    }
+    await waitOnPage(page, () => document.querySelectorAll("#running tbody tr").length === 0);
+    expect(await page.$eval("#no-running", (e) => e.hidden)).toBe(false);
     // After a benchmark the agents' telemetry carries their (simulated) energy figures.
     await waitOnPage(
       page,
       () =>
-        [...document.querySelectorAll("#devices tbody tr td:last-child")].filter((td) =>
+        [...document.querySelectorAll("#devices tbody tr td:nth-child(8)")].filter((td) =>
           /ina219-simulated/.test(td.textContent ?? ""),
         ).length === 2,
       60_000,
