@@ -231,6 +231,14 @@ describe("itera fleet dashboard in Chromium", () => {
         ).length === 2,
       60_000,
     );
+    // ...and from the next message on, their tokens/s and mJ/token sparklines are drawn.
+    await waitOnPage(
+      page,
+      () =>
+        document.querySelectorAll('#devices svg[data-metric="tok_s"]').length === 2 &&
+        document.querySelectorAll('#devices svg[data-metric="mj_per_token"]').length === 2,
+      60_000,
+    );
     if (SHOTS) {
       await mkdir(SHOTS, { recursive: true });
       // As tall as its content (fullPage grows past a short viewport).

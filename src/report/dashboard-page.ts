@@ -64,11 +64,12 @@ function sim(m){return typeof m==="string"&&/-simulated$/.test(m);}
 function row(cells,cls){var tr=document.createElement("tr");cells.forEach(function(v,i){var td=document.createElement("td");if(v instanceof Node)td.appendChild(v);else td.textContent=v;if(cls[i])td.className=cls[i];tr.appendChild(td);});return tr;}
 function spark(pts,key){var v=pts.map(function(p){return p[key];}).filter(function(x){return x!==null&&x!==undefined;});
 if(v.length<2){var n=document.createElement("span");n.className="muted";n.textContent="\\u2013";return n;}
+// A steady figure is a level line in the middle, not one lying on the floor.
 var lo=Math.min.apply(null,v),hi=Math.max.apply(null,v),w=80,h=18,span=hi-lo||1;
 var svg=document.createElementNS(SVG,"svg");svg.setAttribute("width",w);svg.setAttribute("height",h);svg.setAttribute("viewBox","0 0 "+w+" "+h);svg.setAttribute("class","spark");svg.dataset.metric=key;
 var t=document.createElementNS(SVG,"title");t.textContent=key+": "+v.length+" points, "+lo.toFixed(2)+" to "+hi.toFixed(2);svg.appendChild(t);
 var pl=document.createElementNS(SVG,"polyline");pl.setAttribute("fill","none");pl.setAttribute("stroke","currentColor");pl.setAttribute("stroke-width","1.2");
-pl.setAttribute("points",v.map(function(x,i){return (i*(w-2)/(v.length-1)+1).toFixed(1)+","+(h-1-(x-lo)*(h-2)/span).toFixed(1);}).join(" "));svg.appendChild(pl);return svg;}
+pl.setAttribute("points",v.map(function(x,i){return (i*(w-2)/(v.length-1)+1).toFixed(1)+","+(hi===lo?h/2:h-1-(x-lo)*(h-2)/span).toFixed(1);}).join(" "));svg.appendChild(pl);return svg;}
 function render(){var ids=Object.keys(devices).sort();tb.textContent="";ids.forEach(function(id){var d=devices[id];
 var p=d.points||[];var tr=row([d.device,d.state,d.version||"\\u2013",d.profile||"\\u2013",ago(d.last_seen_ms),f(d.temp_c,1),f(d.tok_s,2),d.mj_per_token===null?"\\u2013":f(d.mj_per_token,2)+(d.method?" ("+d.method+")":""),spark(p,"tok_s"),spark(p,"mj_per_token"),spark(p,"cpu_pct")],["","","","","","n","n",sim(d.method)?"n sim":"n","","",""]);
 tr.dataset.device=d.device;tr.className="state-"+d.state;tb.appendChild(tr);});
