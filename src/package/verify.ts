@@ -1,16 +1,12 @@
-import { execFile } from "node:child_process";
 import { createPublicKey } from "node:crypto";
 import { lstat, readdir, readFile, readlink, realpath, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative, sep } from "node:path";
-import { promisify } from "node:util";
 import { type Manifest, manifestSchema, verifyManifestSignature } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
 import { sha256File } from "../util/fs.js";
-import { tempDirRemovedOnInterrupt } from "../util/interrupt.js";
+import { execTracked, tempDirRemovedOnInterrupt } from "../util/interrupt.js";
 import { checkModelPack } from "./model-pack.js";
-
-const run = promisify(execFile);
 
 /**
  * `itera verify`: is a bundle folder exactly what was built and signed? Every file listed in the
@@ -195,7 +191,8 @@ export async function verifyBundleArchive(archive: string, trustedKey?: string):
   try {
     try {
       // GNU tar refuses member names with '..' and strips leading '/': nothing lands outside tmp.
-      await run("tar", ["-xzf", archive, "-C", tmp, "--no-same-owner"]);
+      // Tracked: on SIGINT tar is killed and reaped before tmp is removed, or it would write on into it.
+      await execTracked("tar", ["-xzf", archive, "-C", tmp, "--no-same-owner"]);
     } catch (e) {
       throw new IteraError("the bundle archive cannot be extracted", {
         where: archive,

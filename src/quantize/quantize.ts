@@ -3,7 +3,8 @@
  * mixed precision under a quality budget), rewrite the ONNX graph, measure before and after, and
  * write a complete model folder — or nothing at all when the result does not fit the budget.
  */
-import { cp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { cpSync, readdirSync, writeFileSync } from "node:fs";
+import { readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { basename, join, relative, resolve } from "node:path";
 import { IteraError } from "../errors.js";
@@ -156,11 +157,16 @@ async function onnxFileBytes(path: string): Promise<number> {
 
 const relativeIncrease = (before: number, after: number) => Math.exp(after - before) - 1;
 
-/** Copy everything in the model folder except the ONNX graph and its external data. */
-async function copyFolder(src: string, dst: string, skip: Set<string>): Promise<void> {
-  for (const entry of await readdir(src)) {
+/**
+ * Copy everything in the model folder except the ONNX graph and its external data. Synchronous, as
+ * is the candidate's write into the scratch folder: an asynchronous `cp` still in flight in the
+ * thread pool when SIGINT removes the folder recreates it (cp makes missing parents), and the
+ * interrupted run would leave it behind (test/outputs.test.ts).
+ */
+function copyFolder(src: string, dst: string, skip: Set<string>): void {
+  for (const entry of readdirSync(src)) {
     if (skip.has(entry)) continue;
-    await cp(join(src, entry), join(dst, entry), { recursive: true });
+    cpSync(join(src, entry), join(dst, entry), { recursive: true });
   }
 }
 
@@ -281,9 +287,9 @@ export async function quantizeFolder(
         ({ path: scratch, release: releaseScratch } = tempDirRemovedOnInterrupt(
           join(tmpdir(), "itera-quantize-"),
         ));
-        await copyFolder(src, scratch, skip);
+        copyFolder(src, scratch, skip);
       }
-      await writeFile(join(scratch, onnxName), encodeModel(buildVariant(choice)));
+      writeFileSync(join(scratch, onnxName), encodeModel(buildVariant(choice)));
       return withModel(scratch, (m) => textQuality(m, text, texts.method));
     };
 
@@ -357,7 +363,7 @@ export async function quantizeFolder(
     let report: QuantizeReport | undefined;
     try {
       await writeDirAtomic(target, async (tmp) => {
-        await copyFolder(src, tmp, skip);
+        copyFolder(src, tmp, skip);
         const bytes = sizeOf(finalModel, 0);
         const large = Object.values(bytes.by_dtype).reduce((a, b) => a + b, 0) > 1_500_000_000;
         await saveModel(join(tmp, onnxName), finalModel, large ? { externalData: {} } : {});
