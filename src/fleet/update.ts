@@ -16,7 +16,7 @@ import {
   type UpdateResult,
   updatePayloadFiles,
   updateResultSchema,
-  releaseOf,
+  releaseOfDevice,
 } from "../protocol/schemas.js";
 import { fleetFilter, jobTopic, parseTopic } from "../protocol/topics.js";
 import { watchTrust } from "./anonymous-probe.js";
@@ -278,7 +278,7 @@ async function updateWith(
   emit({ type: "discovered", devices: ordered, canary, kept });
   const variantOf = (d: string) => monitor.devices.get(d)?.birth?.variant ?? null;
   const fromVersion = new Map(
-    selected.map((d) => [d, ((b) => (b ? releaseOf(b) : null))(monitor.devices.get(d)?.birth)]),
+    selected.map((d) => [d, releaseOfDevice(monitor.devices.get(d)?.birth) ?? null]),
   );
   o.store.addRun({
     jobId,
@@ -349,7 +349,7 @@ async function updateWith(
       // Healthy: the device says so AND its new session's birth names the new version (and variant).
       judge: (view, r) => {
         if (r.status !== "SUCCEEDED") return undefined;
-        const born = view?.birth ? releaseOf(view.birth) : undefined;
+        const born = releaseOfDevice(view?.birth);
         const bornVariant = view?.birth?.variant;
         if (
           r.results[0]?.running === m.version &&
@@ -373,10 +373,7 @@ async function updateWith(
       out.status = e.status;
       out.details = e.details;
       out.rolledBack = r?.rolled_back ?? false;
-      out.running =
-        r?.running ??
-        ((b) => (b ? releaseOf(b) : undefined))(monitor.devices.get(e.device)?.birth) ??
-        out.running;
+      out.running = r?.running ?? releaseOfDevice(monitor.devices.get(e.device)?.birth) ?? out.running;
       out.variant = r ? (r.variant ?? null) : variantOf(e.device);
       out.chunksSent = chunksSent.get(e.device) ?? 0;
       out.bytes = r?.bytes ?? 0;

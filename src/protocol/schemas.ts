@@ -71,6 +71,13 @@ export function releaseOf(birth: Pick<BirthPayload, "agent" | "release">): strin
   return birth.release ?? birth.agent.version;
 }
 
+/** The release of a device seen online (undefined: no birth yet). */
+export function releaseOfDevice(
+  birth: Pick<BirthPayload, "agent" | "release"> | undefined,
+): string | undefined {
+  return birth && releaseOf(birth);
+}
+
 /** Every method an agent of this version reports; a simulated meter's figures say `-simulated`. */
 export const energyMethods = ["ina219", "pmic", "rapl", "tdp-estimate", "ina219-simulated"] as const;
 
