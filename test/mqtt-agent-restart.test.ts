@@ -8,7 +8,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { mkdtemp, readdir, rm } from "node:fs/promises";
-import { createServer, type Socket } from "node:net";
+import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
@@ -202,6 +202,126 @@ describe("jobs sent while the agent is away", () => {
     second.proc.kill("SIGTERM");
     expect(await exitsWithin(second.proc, 30_000)).toBe(0);
     expect(second.err()).not.toMatch(STACK);
+  });
+});
+
+/** MQTT control packet types by number (the high nibble of a packet's first byte). */
+const PACKET_TYPES: Record<number, string> = {
+  1: "CONNECT",
+  2: "CONNACK",
+  3: "PUBLISH",
+  4: "PUBACK",
+  8: "SUBSCRIBE",
+  9: "SUBACK",
+  12: "PINGREQ",
+  13: "PINGRESP",
+  14: "DISCONNECT",
+};
+
+/** Cuts a TCP byte stream into MQTT packets (type, body after the fixed header). */
+function packetSplitter(onPacket: (type: number, body: Buffer) => void): (chunk: Buffer) => void {
+  let pending = Buffer.alloc(0);
+  return (chunk) => {
+    pending = Buffer.concat([pending, chunk]);
+    for (;;) {
+      // Fixed header: the type, then the remaining length in 1 to 4 bytes of 7 bits each.
+      let length = 0;
+      let at = 1;
+      for (let shift = 0; ; shift += 7, at++) {
+        if (at >= pending.length) return;
+        const b = pending[at]!;
+        length += (b & 0x7f) * 2 ** shift;
+        if (b < 0x80) break;
+      }
+      const end = at + 1 + length;
+      if (pending.length < end) return;
+      onPacket(pending[0]! >> 4, pending.subarray(at + 1, end));
+      pending = pending.subarray(end);
+    }
+  };
+}
+
+/**
+ * A TCP relay in front of the broker that notes each MQTT packet as it passes ("agent PUBLISH
+ * <topic>", "broker SUBACK"), in the order it passes them on: what the broker had received, and
+ * answered, before the agent sent anything else.
+ */
+async function recordingRelay(
+  brokerPort: number,
+  events: string[],
+): Promise<{ url: string; close: () => void }> {
+  const sockets: Socket[] = [];
+  const noter = (from: string) =>
+    packetSplitter((type, body) => {
+      const topic = type === 3 ? ` ${body.toString("utf8", 2, 2 + body.readUInt16BE(0))}` : "";
+      events.push(`${from} ${PACKET_TYPES[type] ?? type}${topic}`);
+    });
+  const server = createServer((agentSide) => {
+    const brokerSide = connect(brokerPort, "127.0.0.1");
+    sockets.push(agentSide, brokerSide);
+    const fromAgent = noter("agent");
+    const fromBroker = noter("broker");
+    agentSide.on("data", (d: Buffer) => {
+      fromAgent(d);
+      brokerSide.write(d);
+    });
+    brokerSide.on("data", (d: Buffer) => {
+      fromBroker(d);
+      agentSide.write(d);
+    });
+    for (const [a, b] of [
+      [agentSide, brokerSide],
+      [brokerSide, agentSide],
+    ] as const) {
+      a.on("error", () => {});
+      a.on("close", () => b.destroy());
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as { port: number }).port;
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      server.close();
+    },
+  };
+}
+
+describe("announcing itself", () => {
+  it("a new agent says it is online (log, retained state, birth) only once the broker has acknowledged its job subscription", async () => {
+    // A session that never subscribed drops the jobs sent to it: an agent killed after an early
+    // "online" on its first connection lost the job sent while it was down (the SIGKILL test above).
+    const device = "dev-announce";
+    const events: string[] = [];
+    const relay = await recordingRelay(broker.port, events);
+    const agent = new Agent(
+      testAgentOptions(relay.url, FLEET, device, "rpi4", join(dir, device), {
+        telemetryIntervalMs: 60_000,
+        log: (line) => {
+          if (line.includes(`agent ${device}: online`)) events.push("log online");
+        },
+      }),
+    );
+    agent.start();
+    try {
+      await agent.connected;
+      const birth = `agent PUBLISH ${deviceTopic(FLEET, device, "birth")}`;
+      await until(() => events.includes(birth) && events.includes("log online"), "birth and the online line");
+      const suback = events.indexOf("broker SUBACK");
+      expect(events.filter((e) => e === "agent SUBSCRIBE")).toHaveLength(1);
+      expect(suback, events.join("\n")).toBeGreaterThan(events.indexOf("agent SUBSCRIBE"));
+      for (const announcement of [
+        `agent PUBLISH ${deviceTopic(FLEET, device, "state")}`,
+        birth,
+        "log online",
+      ]) {
+        expect(events.indexOf(announcement), `${announcement}\n${events.join("\n")}`).toBeGreaterThan(suback);
+      }
+    } finally {
+      await agent.stop();
+      relay.close();
+    }
   });
 });
 

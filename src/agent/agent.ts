@@ -259,6 +259,26 @@ export class Agent {
   private async onConnected(client: MqttClient): Promise<void> {
     if (this.stopping) return;
     this.sessionBdSeq = this.attemptBdSeq;
+    // Subscribed (SUBACK) before announcing: whoever sees "online" or the birth may publish a job at
+    // once (dispatch re-sends on a birth), and a session that has never subscribed drops it. A crash
+    // right after an early "online" on the first connection lost every job sent while it was down.
+    const refused = await client
+      .subscribeAsync(
+        [
+          jobTopic(this.opts.fleet, this.opts.device, "+", "request"),
+          jobTopic(this.opts.fleet, this.opts.device, "+", "chunk"),
+        ],
+        { qos: 1 },
+      )
+      .then(
+        () => undefined,
+        (e: Error & { code?: unknown }) => {
+          // A lost connection: the next `connect` does it all again. A refusal (ACL) is announced as before.
+          if (typeof e.code !== "number") throw e;
+          return e;
+        },
+      );
+    if (this.stopping) return;
     const birth: BirthPayload = {
       v: PROTOCOL_VERSION,
       bdSeq: this.sessionBdSeq,
@@ -288,13 +308,7 @@ export class Agent {
     this.log(
       `agent ${this.opts.device}: online (bdSeq ${this.sessionBdSeq}, MQTT ${client.options.protocolVersion})`,
     );
-    await client.subscribeAsync(
-      [
-        jobTopic(this.opts.fleet, this.opts.device, "+", "request"),
-        jobTopic(this.opts.fleet, this.opts.device, "+", "chunk"),
-      ],
-      { qos: 1 },
-    );
+    if (refused) throw refused;
     this.isOnline = true;
     for (const w of this.onlineWaiters.splice(0)) w();
     for (const l of this.reconnectListeners) l();
