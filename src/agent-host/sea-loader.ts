@@ -1,34 +1,62 @@
 import { isAscii } from "node:buffer";
 import { getRawAsset } from "node:sea";
 import { compileFunction, constants } from "node:vm";
-import { AGENT_CODE_CACHE_ASSET, AGENT_SCRIPT_ASSET, AGENT_SCRIPT_PARAMS } from "./agent-script-asset.js";
+import {
+  AGENT_CODE_CACHE_ASSET,
+  AGENT_ENTRY_PART,
+  AGENT_PARTS_ASSET,
+  AGENT_SCRIPT_PARAMS,
+  type AgentPartIndex,
+} from "./agent-script-asset.js";
 
 /**
  * The single executable's main script (src/package/sea.ts makes it so): a few hundred bytes that
- * answer `--version` themselves and otherwise compile and run the agent (src/agent-host/sea-main.ts,
- * bundled by src/package/agent-script.ts), embedded as an asset. Node compiles the whole main script
- * at start; the agent's is 3.5 MB, whose source, parse and code cache cost about 20 MB of RSS
- * (docs/packaging.md, "Memory and start-up"), which `--version` does not need.
- * The agent runs as the main script did: the same `require` (Node's built-in modules only), with
- * `__filename` the executable.
+ * answer `--version` themselves and otherwise run the agent (src/agent-host/sea-main.ts, bundled by
+ * src/package/agent-script.ts into parts), embedded as an asset (src/agent-host/agent-script-asset.ts). Node compiles the whole main script
+ * at start; the agent's is 3.5 MB, and each command needs a part of it: the CLI, zod and the
+ * command's own code. So a part is compiled (from its V8 code cache) and run only when the entry
+ * part or a part it runs requires it (docs/packaging.md, "Memory and start-up").
+ * Each part runs as the main script did: a CommonJS module with `__filename` the executable, whose
+ * `require` gives the other parts (`./<part>`) and Node's built-in modules.
  */
 const args = process.argv.slice(2);
 if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
   // Defined by src/package/sea.ts at build time; printed as commander prints it.
   process.stdout.write(`${process.env.ITERA_VERSION}\n`);
 } else {
-  // The build writes the script in ASCII (src/package/sea.ts): read as latin1, it is a one-byte
-  // string, half the size of the two-byte one UTF-8 decoding makes of it.
-  const raw = asset(AGENT_SCRIPT_ASSET);
-  const agent = compileFunction(raw.toString(isAscii(raw) ? "latin1" : "utf8"), AGENT_SCRIPT_PARAMS, {
-    filename: __filename,
-    // Made by the build on this target's CPU; V8 ignores a cache that does not match and compiles.
-    ...(process.env.ITERA_AGENT_CODE_CACHE === "1" ? { cachedData: asset(AGENT_CODE_CACHE_ASSET) } : {}),
-    // The agent's own dynamic imports (esbuild leaves none but Node's built-ins).
-    importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
+  // import.meta.url in the agent (esbuild maps it here): the executable's, computed on first use.
+  Object.defineProperty(globalThis, "__itera_import_meta_url", {
+    configurable: true,
+    get: () => require("node:url").pathToFileURL(__filename).href,
   });
-  const mod = { exports: {} };
-  agent.call(mod.exports, mod.exports, require, mod, __filename, __dirname);
+  // Where each part lies in the assets, built in by src/package/sea.ts.
+  const index = JSON.parse(process.env.ITERA_AGENT_PARTS ?? "{}") as AgentPartIndex;
+  const script = asset(AGENT_PARTS_ASSET);
+  const cache = index[AGENT_ENTRY_PART]?.length === 4 ? asset(AGENT_CODE_CACHE_ASSET) : undefined;
+  const parts = new Map<string, { exports: unknown }>();
+  const requirePart = (id: string): unknown => {
+    if (!id.startsWith("./")) return require(id);
+    const name = id.slice(2);
+    let mod = parts.get(name);
+    if (mod) return mod.exports;
+    mod = { exports: {} };
+    // Registered before it runs, as Node does, so that a cycle sees the exports made so far.
+    parts.set(name, mod);
+    const [at = 0, bytes = 0, cacheAt = 0, cacheBytes = 0] = index[name] ?? [];
+    // The build writes the parts in ASCII (src/package/sea.ts): read as latin1, each is a one-byte
+    // string, half the size of the two-byte one UTF-8 decoding makes of it.
+    const raw = script.subarray(at, at + bytes);
+    const part = compileFunction(raw.toString(isAscii(raw) ? "latin1" : "utf8"), AGENT_SCRIPT_PARAMS, {
+      filename: `${__filename}/${name}`,
+      // Made by the build on this target's CPU; V8 ignores a cache that does not match and compiles.
+      ...(cache ? { cachedData: cache.subarray(cacheAt, cacheAt + cacheBytes) } : {}),
+      // The agent's own dynamic imports are requires of parts (esbuild leaves only Node's built-ins).
+      importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
+    });
+    part.call(mod.exports, mod.exports, requirePart, mod, __filename, __dirname);
+    return mod.exports;
+  };
+  requirePart(`./${AGENT_ENTRY_PART}`);
 }
 
 /** An embedded asset as a view of the executable's memory (no copy). */

@@ -1,14 +1,15 @@
 import { existsSync, readFileSync } from "node:fs";
-import { writeFile } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
+import { mkdir, writeFile } from "node:fs/promises";
+import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { build, type Plugin } from "esbuild";
+import { build, type Plugin, transform } from "esbuild";
+import { AGENT_ENTRY_PART } from "../agent-host/agent-script-asset.js";
 import { IteraError } from "../errors.js";
 
 /**
- * The agent as one CommonJS file (a Node single executable runs exactly one CommonJS script):
- * esbuild bundles src/agent-host/sea-main.ts (asset check, then src/cli/itera-agent.ts) with every
- * JavaScript dependency. Native add-ons cannot live inside that file:
+ * The agent as CommonJS parts (a Node single executable runs CommonJS; src/agent-host/sea-loader.ts
+ * loads the parts from its assets): esbuild bundles src/agent-host/sea-main.ts (asset check, then
+ * src/cli/itera-agent.ts) with every JavaScript dependency. Native add-ons cannot live inside:
  * - onnxruntime-node's `./binding` and @serialport/bindings-cpp's `./serialport-bindings` are
  *   replaced by src/agent-host/{onnxruntime,serialport}-binding.ts, which load the target's add-on
  *   extracted from the bundle's assets (src/package/assets.ts embeds them);
@@ -72,42 +73,98 @@ export const nativeAddons: Plugin = {
   },
 };
 
+/**
+ * `await import("pkg")` of a CommonJS package (onnxruntime-node in src/bench/runtime-engine.ts): in
+ * one bundle esbuild made its namespace of every property of `module.exports`, as Node does; split
+ * into parts, the package's part would export only `default`, and an ES module cannot re-export
+ * names it only knows at run time. So the import goes to a part of its own whose default export is
+ * the package's namespace, and that part's `module.exports` becomes it (bundleAgentScript).
+ */
+const PACKAGE_NAMESPACE = "itera-package-namespace";
+const dynamicPackageImports: Plugin = {
+  name: "itera-dynamic-package-imports",
+  setup(b) {
+    b.onResolve({ filter: /^[^./]/ }, (args) =>
+      args.kind === "dynamic-import" && !args.path.startsWith("node:")
+        ? { path: args.path, namespace: PACKAGE_NAMESPACE, pluginData: args.resolveDir }
+        : undefined,
+    );
+    b.onLoad({ filter: /.*/, namespace: PACKAGE_NAMESPACE }, (args) => ({
+      contents: `import * as namespace from ${JSON.stringify(args.path)}; export default namespace;`,
+      resolveDir: args.pluginData as string,
+      loader: "js",
+    }));
+  },
+};
+
 export interface AgentScript {
+  /** Every part: file name in the folder -> bytes. */
+  parts: Record<string, number>;
+  /** All parts together. */
   bytes: number;
   warnings: string[];
 }
 
-/** Bundle the agent into `outFile` (CommonJS, Node 24). */
-export async function bundleAgentScript(outFile: string, version: string): Promise<AgentScript> {
+/**
+ * Bundle the agent into the folder `outDir` as CommonJS parts (Node 24) that each command loads
+ * only as far as it needs (docs/packaging.md, "Memory and start-up"): esbuild splits the ES modules
+ * at every dynamic import (one part per agent command, src/cli/agent-commands/index.ts) and puts
+ * the code two of them share in a part of its own, so nothing is in two parts; each part is then
+ * turned into a CommonJS module whose imports of other parts are `require("./<part>")` calls,
+ * dynamic ones included, which src/agent-host/sea-loader.ts answers from the executable's assets.
+ */
+export async function bundleAgentScript(outDir: string, version: string): Promise<AgentScript> {
   const result = await build({
     entryPoints: [sourceFile("agent-host/sea-main")],
-    outfile: outFile,
+    outdir: outDir,
+    // Flat: every part an asset `agent/<name>` (src/agent-host/agent-script-asset.ts).
+    entryNames: "[name]",
+    chunkNames: "[name]-[hash]",
     bundle: true,
+    splitting: true,
     platform: "node",
-    format: "cjs",
+    format: "esm",
     target: "node24",
     minifySyntax: true,
     minifyWhitespace: true,
     legalComments: "none",
     logLevel: "silent",
-    plugins: [nativeAddons],
+    plugins: [nativeAddons, dynamicPackageImports],
     // version.ts reads package.json next to itself in dev; a bundle has the version built in.
+    // import.meta.url is the executable's, a lazy global the loader defines (a URL parse most
+    // starts never need).
     define: {
       "process.env.ITERA_VERSION": JSON.stringify(version),
       "import.meta.url": "__itera_import_meta_url",
     },
-    // A lazy global: most starts never ask for import.meta.url, and computing it costs a URL parse.
-    banner: {
-      js: 'Object.defineProperty(globalThis, "__itera_import_meta_url", { configurable: true, get: () => require("node:url").pathToFileURL(__filename).href });',
-    },
+    absWorkingDir: packageRoot,
     metafile: true,
     // Written here, not by esbuild's service process: a build interrupted meanwhile (SIGINT) removes
     // its work folder, and a process we do not control must not write into it afterwards.
     write: false,
   });
-  const file = result.outputFiles[0];
-  if (!file) throw new Error("esbuild produced no output file");
-  await writeFile(outFile, file.contents);
-  const bytes = Object.values(result.metafile.outputs)[0]?.bytes ?? 0;
-  return { bytes, warnings: result.warnings.map((w) => w.text) };
+  await mkdir(outDir, { recursive: true });
+  const parts: Record<string, number> = {};
+  const warnings = result.warnings.map((w) => w.text);
+  for (const file of result.outputFiles) {
+    const name = relative(outDir, file.path);
+    const cjs = await transform(file.text, {
+      format: "cjs",
+      target: "node24",
+      // `import("./part.js")` becomes a require of it in a promise: the loader resolves parts.
+      supported: { "dynamic-import": false },
+      minifySyntax: true,
+      minifyWhitespace: true,
+      logLevel: "silent",
+    });
+    warnings.push(...cjs.warnings.map((w) => `${name}: ${w.text}`));
+    const from = result.metafile.outputs[relative(packageRoot, file.path)]?.entryPoint ?? "";
+    const code = from.startsWith(`${PACKAGE_NAMESPACE}:`)
+      ? `${cjs.code};module.exports=module.exports.default;\n`
+      : cjs.code;
+    await writeFile(join(outDir, name), code);
+    parts[name] = Buffer.byteLength(code);
+  }
+  if (!(AGENT_ENTRY_PART in parts)) throw new Error(`esbuild produced no ${AGENT_ENTRY_PART}`);
+  return { parts, bytes: Object.values(parts).reduce((a, b) => a + b, 0), warnings };
 }

@@ -391,7 +391,7 @@ async function buildRuntime(
   steps.update(1, "node binary");
   const node = await nodeBinary(target);
   steps.update(2, "agent script");
-  const script = join(work, "itera-agent.cjs");
+  const script = join(work, "agent-script"); // a folder: the agent's parts (src/package/agent-script.ts)
   const agent = await bundleAgentScript(script, VERSION);
   steps.update(3, "assets");
   const sources: AssetSource[] = [profileAsset(profile), ...(await nativeAddonFiles(target))];

@@ -1,4 +1,4 @@
-import { chmod, copyFile, readFile, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { build } from "esbuild";
 import { inject } from "postject";
@@ -6,8 +6,9 @@ import { IteraError } from "../errors.js";
 import { execTracked } from "../util/interrupt.js";
 import {
   AGENT_CODE_CACHE_ASSET,
-  AGENT_SCRIPT_ASSET,
+  AGENT_PARTS_ASSET,
   AGENT_SCRIPT_PARAMS,
+  type AgentPartIndex,
 } from "../agent-host/agent-script-asset.js";
 import { VERSION } from "../version.js";
 import { sourceFile } from "./agent-script.js";
@@ -19,16 +20,16 @@ import { hostTarget, type Target, targetKey } from "./target.js";
  * build host's Node 24 (`--experimental-sea-config`; the blob must come from the same Node version
  * as the binary it goes into) and injected into a copy of the target's Node binary with postject
  * (resource NODE_SEA_BLOB, flipping the fuse). The blob's main script is the small loader
- * (src/agent-host/sea-loader.ts); the agent's script is an asset, compiled only when a command needs
- * it (`--version` does not). The V8 code cache is CPU- and flag-specific, so it is only made when the
- * target is the build host.
+ * (src/agent-host/sea-loader.ts); the agent's script is assets, one per part, each compiled only when
+ * a command needs it (`--version` needs none). The V8 code cache is CPU- and flag-specific, so it is
+ * only made when the target is the build host.
  */
 // Killed on SIGINT/SIGTERM, so the blob is never written after the build's work folder is removed.
 const run = execTracked;
 
 export interface SeaInput {
   target: Target;
-  /** The bundled CommonJS agent (embedded as the asset AGENT_SCRIPT_ASSET). */
+  /** The folder of the bundled agent's CommonJS parts (src/package/agent-script.ts). */
   script: string;
   /** SEA asset key -> file holding the stored bytes. */
   assets: Record<string, string>;
@@ -69,11 +70,9 @@ export function asciiScript(source: string): string {
 
 export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: number }> {
   const blob = join(input.workDir, "sea-prep.blob");
-  const script = join(input.workDir, AGENT_SCRIPT_ASSET);
-  await writeFile(script, asciiScript(await readFile(input.script, "utf8")));
   const config = join(input.workDir, "sea-config.json");
   const sameAsHost = targetKey(input.target) === hostTarget().key;
-  const cache = sameAsHost ? await agentCodeCache(script, input) : undefined;
+  const agent = await agentAssets(input, sameAsHost);
   const loader = join(input.workDir, "sea-loader.cjs");
   await build({
     entryPoints: [sourceFile("agent-host/sea-loader")],
@@ -87,7 +86,7 @@ export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: n
     logLevel: "silent",
     define: {
       "process.env.ITERA_VERSION": JSON.stringify(VERSION),
-      "process.env.ITERA_AGENT_CODE_CACHE": JSON.stringify(cache ? "1" : ""),
+      "process.env.ITERA_AGENT_PARTS": JSON.stringify(JSON.stringify(agent.index)),
     },
   });
   await writeFile(
@@ -100,8 +99,7 @@ export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: n
       useCodeCache: sameAsHost,
       assets: {
         ...input.assets,
-        [AGENT_SCRIPT_ASSET]: script,
-        ...(cache ? { [AGENT_CODE_CACHE_ASSET]: cache } : {}),
+        ...agent.assets,
       },
       ...(input.execArgv?.length ? { execArgv: input.execArgv } : {}),
     }),
@@ -134,23 +132,61 @@ export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: n
 }
 
 /**
- * V8's code cache of the agent's script, made by the target's Node (the build host's) with the
- * executable's V8 flags, compiled as the loader compiles it: without it every start compiles the
- * 3.5 MB script again (docs/packaging.md, "Memory and start-up": more time and more memory).
+ * The agent's parts (ASCII, for the loader's one-byte strings) one after another in one asset, their
+ * index for the loader and, when the target is the build host, each part's V8 code cache likewise in
+ * another: made by the target's Node (the build host's) with the executable's V8 flags, each part
+ * compiled as the loader compiles it. Without it every start compiles its parts again
+ * (docs/packaging.md, "Memory and start-up": more time and more memory).
  */
-async function agentCodeCache(script: string, input: SeaInput): Promise<string> {
-  const out = join(input.workDir, AGENT_CODE_CACHE_ASSET);
-  const make = `const fs = require("node:fs");
-const f = require("node:vm").compileFunction(fs.readFileSync(process.argv[1], "latin1"), ${JSON.stringify(AGENT_SCRIPT_PARAMS)}, { produceCachedData: true });
-if (!f.cachedData) throw new Error("V8 made no code cache");
-fs.writeFileSync(process.argv[2], f.cachedData);`;
-  try {
-    await run(await hostNodeBinary(), [...(input.execArgv ?? []), "-e", make, script, out]);
-  } catch (e) {
-    throw new IteraError("Node could not make the agent script's code cache", {
-      where: script,
-      fix: `see the output: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`,
-    });
+async function agentAssets(
+  input: SeaInput,
+  withCodeCache: boolean,
+): Promise<{ assets: Record<string, string>; index: AgentPartIndex }> {
+  const dir = join(input.workDir, "agent-parts");
+  await mkdir(dir, { recursive: true });
+  const names = (await readdir(input.script)).sort();
+  const files = names.map((name) => join(dir, name));
+  for (const [i, name] of names.entries())
+    await writeFile(files[i]!, asciiScript(await readFile(join(input.script, name), "utf8")));
+  const caches = files.map((file) => `${file}.v8cache`);
+  if (withCodeCache) {
+    const make = `const fs = require("node:fs");
+for (const [script, out] of JSON.parse(process.argv[1])) {
+  const f = require("node:vm").compileFunction(fs.readFileSync(script, "latin1"), ${JSON.stringify(AGENT_SCRIPT_PARAMS)}, { produceCachedData: true });
+  if (!f.cachedData) throw new Error("V8 made no code cache of " + script);
+  fs.writeFileSync(out, f.cachedData);
+}`;
+    const jobs = JSON.stringify(files.map((file, i) => [file, caches[i]]));
+    try {
+      await run(await hostNodeBinary(), [...(input.execArgv ?? []), "-e", make, jobs]);
+    } catch (e) {
+      throw new IteraError("Node could not make the agent script's code cache", {
+        where: input.script,
+        fix: `see the output: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`,
+      });
+    }
   }
-  return out;
+  const index: AgentPartIndex = {};
+  const scripts: Buffer[] = [];
+  const cached: Buffer[] = [];
+  let at = 0;
+  let cacheAt = 0;
+  for (const [i, name] of names.entries()) {
+    const script = await readFile(files[i]!);
+    index[name] = [at, script.length];
+    scripts.push(script);
+    at += script.length;
+    if (!withCodeCache) continue;
+    const cache = await readFile(caches[i]!);
+    index[name].push(cacheAt, cache.length);
+    cached.push(cache);
+    cacheAt += cache.length;
+  }
+  const assets: Record<string, string> = { [AGENT_PARTS_ASSET]: join(input.workDir, AGENT_PARTS_ASSET) };
+  await writeFile(assets[AGENT_PARTS_ASSET]!, Buffer.concat(scripts));
+  if (withCodeCache) {
+    assets[AGENT_CODE_CACHE_ASSET] = join(input.workDir, AGENT_CODE_CACHE_ASSET);
+    await writeFile(assets[AGENT_CODE_CACHE_ASSET], Buffer.concat(cached));
+  }
+  return { assets, index };
 }
