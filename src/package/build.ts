@@ -44,7 +44,7 @@ import {
 import { loadGenaiConfig } from "../model/genai-config.js";
 import { checkModelRuns, firstPromptId, type ModelCheck } from "./model-check.js";
 import { readModelInput } from "./model-input.js";
-import { NODE_VERSION, nodeBinary } from "./node-binary.js";
+import { describeNodeBinary, NODE_VERSION, nodeBinary } from "./node-binary.js";
 import { type QuantizationDecision, resolveQuantization } from "./quantization.js";
 import { readBuildTuned, tunedQuant, withTuned } from "./tuned.js";
 import { writeModelPack } from "./model-pack.js";
@@ -433,7 +433,7 @@ async function buildRuntime(
       assets_raw: prepared.reduce((n, a) => n + a.bytes, 0),
       assets_stored: prepared.reduce((n, a) => n + a.stored_bytes, 0),
     },
-    strip: "tool" in node.strip ? node.strip.tool : `not stripped: ${node.strip.skipped}`,
+    strip: describeNodeBinary(node),
   };
 }
 
