@@ -60,9 +60,11 @@ export async function replayRunner(file: string, device: string): Promise<Benchm
   return async (params, onProgress, signal) => {
     signal.throwIfAborted();
     const out: BenchResult[] = [];
-    const total = params.tests.length * params.threads.length;
+    // A job that leaves the threads to the device replays the recorded runs' own.
+    const threadList = params.threads ?? [recorded[0]!.threads];
+    const total = params.tests.length * threadList.length;
     for (const test of params.tests) {
-      for (const threads of params.threads) {
+      for (const threads of threadList) {
         const match = recorded.find((r) => r.test.replace(" ", "") === test.replace(" ", "")) ?? recorded[0]!;
         out.push({
           ...match,

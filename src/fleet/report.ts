@@ -1,7 +1,7 @@
 import { join } from "node:path";
 import { writeFileAtomic } from "../util/fs.js";
 import { type Cell, csvTable, markdownTable } from "../util/table.js";
-import type { BenchResult } from "../protocol/schemas.js";
+import { type BenchResult, threadsLabel } from "../protocol/schemas.js";
 import type { DeviceOutcome, FleetBenchOutcome } from "./bench.js";
 import { fleetTitle, renderFleetHtml } from "../report/fleet-page.js";
 import { variantLabel } from "./variants.js";
@@ -26,6 +26,9 @@ export interface ReportRow {
   temp_c: number | null;
   throttled: boolean | null;
   details: string | null;
+  /** The generation test's thread count and who chose it (job, tuned, profile; null: an older agent). */
+  threads: number | null;
+  threads_from: string | null;
 }
 
 const pick = (results: BenchResult[], kind: "pp" | "tg") => results.filter((r) => r.test.startsWith(kind));
@@ -63,6 +66,8 @@ export function reportRow(d: DeviceOutcome): ReportRow {
     temp_c: d.tempC,
     throttled: d.throttled,
     details: d.status === "SUCCEEDED" ? null : d.details,
+    threads: gen?.threads ?? null,
+    threads_from: gen?.threads_from ?? null,
   };
 }
 
@@ -184,7 +189,7 @@ function simulatedMethods(rows: ReportRow[]): string[] {
 }
 
 /** Said wherever simulated energy figures appear, so nobody takes them for measurements. */
-function simulatedNote(methods: string[]): string {
+export function simulatedNote(methods: string[]): string {
   return `simulated energy: ${methods.join(", ")} figures were read from a simulated meter (tools/ina219-sim), not measured on the device`;
 }
 
@@ -232,7 +237,7 @@ export function renderMarkdown(o: FleetBenchOutcome): string {
   return [
     `# Fleet benchmark ${o.jobId}`,
     "",
-    `fleet ${mdCode(o.fleet)}, model ${mdCode(o.model)}, tests ${o.params.tests.join(", ")}, threads ${o.params.threads.join(", ")}, ` +
+    `fleet ${mdCode(o.fleet)}, model ${mdCode(o.model)}, tests ${o.params.tests.join(", ")}, threads ${threadsLabel(o.params)}, ` +
       `${o.params.repetitions} repetitions; ${ok}/${rows.length} devices succeeded in ${((o.finishedMs - o.startedMs) / 1000).toFixed(1)} s.`,
     "",
     markdownTable(REPORT_HEADERS, rows.map(reportCells)),

@@ -3,7 +3,14 @@ import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { IteraError } from "../errors.js";
-import type { BenchResult, JobStatus, JobType, TelemetryPayload, UpdateResult } from "../protocol/schemas.js";
+import type {
+  BenchResult,
+  JobStatus,
+  JobType,
+  TelemetryPayload,
+  TuneResult,
+  UpdateResult,
+} from "../protocol/schemas.js";
 import type { FleetBenchOutcome } from "./bench.js";
 
 /** Where fleet history lives unless --db says otherwise. */
@@ -111,6 +118,9 @@ export class FleetStore {
         job_id TEXT NOT NULL, fleet TEXT NOT NULL, device TEXT NOT NULL, exec_no INTEGER NOT NULL,
         from_version TEXT, to_version TEXT NOT NULL, running TEXT NOT NULL, rolled_back INTEGER NOT NULL,
         reason TEXT, result TEXT NOT NULL, PRIMARY KEY (job_id, device, exec_no));
+      CREATE TABLE IF NOT EXISTS tune_results (
+        job_id TEXT NOT NULL, fleet TEXT NOT NULL, device TEXT NOT NULL, exec_no INTEGER NOT NULL,
+        applied INTEGER NOT NULL, result TEXT NOT NULL, PRIMARY KEY (job_id, device, exec_no));
     `);
     this.s = {
       run: this.db.prepare(
@@ -205,6 +215,40 @@ export class FleetStore {
       device: r.device,
       execNo: r.exec_no,
       result: JSON.parse(r.result) as UpdateResult,
+    }));
+  }
+
+  /** Store a tune job's result for one device (its grid and pick); false when stored before (a duplicate). */
+  addTuneResult(jobId: string, fleet: string, device: string, execNo: number, r: TuneResult): boolean {
+    return (
+      this.db
+        .prepare(
+          "INSERT OR IGNORE INTO tune_results (job_id, fleet, device, exec_no, applied, result) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .run(jobId, fleet, device, execNo, r.applied ? 1 : 0, JSON.stringify(r)).changes > 0
+    );
+  }
+
+  removeTuneResults(jobId: string, device: string, execNo: number): void {
+    this.db
+      .prepare("DELETE FROM tune_results WHERE job_id = ? AND device = ? AND exec_no = ?")
+      .run(jobId, device, execNo);
+  }
+
+  /** Stored tune results, oldest job first. */
+  tuneResults(
+    filter: { jobId?: string; device?: string } = {},
+  ): Array<{ jobId: string; device: string; execNo: number; result: TuneResult }> {
+    const { where, args } = whereClause(filter, { jobId: "job_id", device: "device" });
+    return (
+      this.db
+        .prepare(`SELECT job_id, device, exec_no, result FROM tune_results ${where} ORDER BY job_id, device`)
+        .all(...args) as Array<{ job_id: string; device: string; exec_no: number; result: string }>
+    ).map((r) => ({
+      jobId: r.job_id,
+      device: r.device,
+      execNo: r.exec_no,
+      result: JSON.parse(r.result) as TuneResult,
     }));
   }
 

@@ -1,6 +1,7 @@
 import { z } from "zod";
 import type { Manifest } from "../bundle/manifest.js";
 import { energyResultSchema, benchResultSchema as producedResultSchema } from "../bench/result.js";
+import { decodePaths, objectives, tunedSchema } from "../tune/tuned-file.js";
 import { idSchema } from "./topics.js";
 
 /**
@@ -103,17 +104,61 @@ export type TelemetryPayload = z.infer<typeof telemetrySchema>;
 /** A benchmark test: `ppN` (prompt processing of N tokens) or `tgN` (generation of N tokens). */
 export const testNameSchema = z.string().regex(/^(pp|tg) ?[1-9]\d{0,5}$/, "a test is ppN or tgN");
 
+const threadListSchema = z.array(z.number().int().positive().max(1024)).min(1).max(16);
+
 /** Parameters of a `benchmark` job (the coordinator's `--tests/--threads/...`). */
 export const benchmarkParamsSchema = z.strictObject({
   model: z.string().min(1).max(200),
   tests: z.array(testNameSchema).min(1).max(16),
-  threads: z.array(z.number().int().positive().max(1024)).min(1).max(16),
+  /**
+   * Absent: each device's own choice, its tuned.json (a `tune` job with `apply`, `itera-agent tune`)
+   * else its profile's threads; every result says which in `threads_from`. Agents older than this
+   * field REJECT a job without it.
+   */
+  threads: threadListSchema.optional(),
   repetitions: z.number().int().positive().max(100),
   warmup: z.number().int().nonnegative().max(10).default(1),
   /** Each repetition repeats its test at least this long (default: the device profile's). */
   min_duration_s: z.number().nonnegative().max(600).optional(),
 });
 export type BenchmarkParams = z.infer<typeof benchmarkParamsSchema>;
+
+/** A benchmark job's threads as reports print them. */
+export function threadsLabel(p: Pick<BenchmarkParams, "threads">): string {
+  return p.threads?.join(", ") ?? "each device's (tuned, else profile)";
+}
+
+/**
+ * Parameters of a `tune` job (`itera fleet tune`): what `itera-agent tune` measures, with its options'
+ * defaults. The device measures the model it carries (threads × decode path; `precisions` may only
+ * name its own). `apply`: write the result to the agent's tuned.json, which its run, bench, serve and
+ * later benchmark jobs use; without it the job only reports.
+ */
+export const tuneParamsSchema = z.strictObject({
+  /** The model id the device must have (absent: the one it runs). */
+  model: z.string().min(1).max(200).optional(),
+  objective: z.enum(objectives).default("energy"),
+  threads: threadListSchema.optional(),
+  precisions: z.array(z.string().min(1).max(16)).min(1).max(8).optional(),
+  decode: z.array(z.enum(decodePaths)).min(1).max(2).optional(),
+  test: testNameSchema.default("tg64"),
+  rounds: z.number().int().positive().max(100).default(3),
+  min_duration_s: z.number().nonnegative().max(600).default(1),
+  tolerance: z.number().min(0).max(1).default(0.05),
+  apply: z.boolean().default(false),
+});
+export type TuneParams = z.infer<typeof tuneParamsSchema>;
+
+/** What a tune job reports (one element of `results`): the tuned.json document and whether it was applied. */
+export const tuneResultSchema = z.looseObject({
+  device: z.string(),
+  tuned: tunedSchema,
+  /** Written to the agent's tuned.json (the job's `apply`). */
+  applied: z.boolean(),
+  /** Where on the device (null: not written). */
+  written: z.string().max(4000).nullable(),
+});
+export type TuneResult = z.infer<typeof tuneResultSchema>;
 
 /** Raw bytes of one update chunk (its base64 text fits a chunk message well under MAX_PAYLOAD_BYTES). */
 export const UPDATE_CHUNK_BYTES = 96 * 1024;
@@ -168,6 +213,7 @@ export function updatePayloadFiles(m: Manifest, kind: UpdateParams["payload"]): 
 export const jobDocSchema = z.discriminatedUnion("type", [
   z.strictObject({ type: z.literal("benchmark"), params: benchmarkParamsSchema }),
   z.strictObject({ type: z.literal("update"), params: updateParamsSchema }),
+  z.strictObject({ type: z.literal("tune"), params: tuneParamsSchema }),
 ]);
 export type JobDoc = z.infer<typeof jobDocSchema>;
 export type JobType = JobDoc["type"];
@@ -276,6 +322,11 @@ export const benchResultSchema = producedResultSchema
       .nullable(),
     cpu_pct: num.nullable(),
     rss_mb: num.nullable(),
+    /**
+     * A benchmark job's thread count: `job` (its params named it), `tuned` (the device's tuned.json,
+     * which also chose the decode path), `profile` (the device profile's). Absent from older agents.
+     */
+    threads_from: z.enum(["job", "tuned", "profile"]).optional(),
   })
   .loose();
 export type BenchResult = z.infer<typeof benchResultSchema>;

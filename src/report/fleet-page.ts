@@ -1,4 +1,5 @@
 import type { FleetBenchOutcome } from "../fleet/bench.js";
+import { threadsLabel } from "../protocol/schemas.js";
 import {
   REPORT_HEADERS,
   type ReportRow,
@@ -39,7 +40,7 @@ export function renderFleetHtml(o: FleetBenchOutcome): string {
   const simulated = [...new Set(rows.filter(isSimulated).map((r) => r.energy_method!))];
   const body: string[] = [`<h1>${escapeHtml(title)}</h1>`];
   body.push(
-    `<p class="muted">fleet ${escapeHtml(o.fleet)}, tests ${escapeHtml(o.params.tests.join(", "))}, threads ${escapeHtml(o.params.threads.join(", "))}, ${o.params.repetitions} repetitions; <span id="succeeded">${ok}/${rows.length}</span> devices succeeded in ${((o.finishedMs - o.startedMs) / 1000).toFixed(1)} s</p>`,
+    `<p class="muted">fleet ${escapeHtml(o.fleet)}, tests ${escapeHtml(o.params.tests.join(", "))}, threads ${escapeHtml(threadsLabel(o.params))}, ${o.params.repetitions} repetitions; <span id="succeeded">${ok}/${rows.length}</span> devices succeeded in ${((o.finishedMs - o.startedMs) / 1000).toFixed(1)} s</p>`,
   );
   if (simulated.length > 0) {
     body.push(

@@ -19,7 +19,15 @@ import { decodeCandidates, precisionCandidates, threadCandidates } from "./candi
 import { candidatesOf, measureGrid } from "./measure.js";
 import { pickRow } from "./pick.js";
 import { renderTuned } from "./render.js";
-import { hostFacts, objectives, readTuned, TUNED_SCHEMA, type Tuned, tunedSchema } from "./tuned-file.js";
+import {
+  hostFacts,
+  type Objective,
+  objectives,
+  readTuned,
+  TUNED_SCHEMA,
+  type Tuned,
+  tunedSchema,
+} from "./tuned-file.js";
 import { prepareVariants } from "./variants.js";
 
 /** The options `itera tune` and `itera-agent tune` share. */
@@ -113,10 +121,120 @@ function parse(o: TuneOptions) {
   return r.data;
 }
 
+/** What one tuning measures and how it picks (checked options of `itera tune`, or a `tune` job's params). */
+export interface TunePlan {
+  objective: Objective;
+  tolerance: number;
+  /** One test, e.g. tg64. */
+  test: string;
+  /** Thread counts as given (comma-separated), undefined: 1..min(host cores, profile cores). */
+  threads?: string | undefined;
+  precisions?: string | undefined;
+  decode: string;
+  quantBudget: string;
+  rounds: number;
+  minDurationS: number;
+  /** The agent runs the model it carries: its precision was chosen by `itera build`, not here. */
+  ownPrecisionOnly?: boolean;
+}
+
+/** What a tuning is lent: a started meter (null: no energy), progress lines and a stop signal. */
+export interface TuneIo {
+  meter: Meter | null;
+  log: (line: string) => void;
+  quiet: boolean;
+  /** Each measured candidate (done of total) with a short note: a job's progress over MQTT. */
+  onProgress?: (done: number, total: number, note: string) => void;
+  /** Stops before the next measurement (a job's deadline); the signal's reason is thrown. */
+  signal?: AbortSignal;
+}
+
 /**
- * Measure the candidates, pick by the objective, write tuned.json to `out` (checked before any work:
- * an existing file is replaced only with --force, or when `replaceOwn` and it is an earlier
- * tuned.json) and print the grid. Quantized candidates live in a temp folder removed at the end.
+ * Measure the candidates of `plan` on this host and pick by its objective: the tuned.json document,
+ * not written. Quantized candidates live in a temp folder removed at the end (and on signals).
+ */
+export async function measureTuning(
+  modelDir: string,
+  profile: DeviceProfile,
+  plan: TunePlan,
+  io: TuneIo,
+): Promise<Tuned> {
+  const [test] = parseTests(plan.test);
+  if (!test || plan.test.includes(",")) {
+    throw new IteraError(`--test takes one test, not '${plan.test}'`, {
+      where: "--test",
+      fix: "e.g. --test tg64",
+    });
+  }
+  const threads = threadCandidates(profile, plan.threads);
+  const decodes = test.kind === "tg" ? decodeCandidates(plan.decode) : null;
+  const engine = await runtimeEngine(modelDir);
+  const precisions = precisionCandidates(engine.quant, profile, plan.precisions, plan.ownPrecisionOnly);
+  const { path: work, release } = tempDirRemovedOnInterrupt(join(tmpdir(), "itera-tune-"));
+  try {
+    const { variants, skipped } = await prepareVariants(
+      modelDir,
+      engine.quant,
+      precisions,
+      work,
+      plan.quantBudget,
+      io.log,
+    );
+    const candidates = await candidatesOf(
+      variants,
+      threads,
+      decodes,
+      async (dir) => (dir === modelDir ? engine : runtimeEngine(dir)),
+      io.log,
+    );
+    io.log(
+      `tune: ${candidates.length} candidates (${variants.map((v) => v.precision).join(", ")} × threads ${threads.join(", ")}${decodes ? ` × decode ${[...new Set(candidates.map((c) => c.decode))].join(", ")}` : ""}), ${plan.rounds} rounds`,
+    );
+    const grid = await measureGrid(
+      candidates,
+      { test, threads, rounds: plan.rounds, minDurationS: plan.minDurationS },
+      {
+        meter: io.meter,
+        profile: profile.name,
+        device: hostname(),
+        agentVersion: VERSION,
+        quiet: io.quiet,
+        ...(io.onProgress ? { onProgress: io.onProgress } : {}),
+        ...(io.signal ? { signal: io.signal } : {}),
+      },
+    );
+    const pick = pickRow(grid, plan.objective, plan.tolerance);
+    return tunedSchema.parse({
+      schema: TUNED_SCHEMA,
+      model: engine.model,
+      profile: profile.name,
+      objective: plan.objective,
+      tolerance: plan.tolerance,
+      host: hostFacts(),
+      test: `${test.kind} ${test.n}`,
+      rounds: plan.rounds,
+      energy: io.meter ? { method: io.meter.method, uncertainty: io.meter.uncertainty } : null,
+      skipped,
+      grid,
+      pick: {
+        precision: pick.precision,
+        threads: pick.threads,
+        ...(pick.decode === undefined ? {} : { decode: pick.decode }),
+      },
+      itera_version: VERSION,
+      runtime: engine.runtime,
+      measured_at: new Date().toISOString(),
+    });
+  } finally {
+    await rm(work, { recursive: true, force: true });
+    release();
+  }
+}
+
+/**
+ * `itera tune` / `itera-agent tune`: measure (measureTuning), write tuned.json to `out` (checked
+ * before any work: an existing file is replaced only with --force, or when `replaceOwn` and it is an
+ * earlier tuned.json) and print the grid.
  */
 export async function tuneCommand(
   modelDir: string,
@@ -130,15 +248,6 @@ export async function tuneCommand(
   },
 ): Promise<Tuned> {
   const p = parse(o);
-  const [test] = parseTests(o.test);
-  if (!test || o.test.includes(",")) {
-    throw new IteraError(`--test takes one test, not '${o.test}'`, {
-      where: "--test",
-      fix: "e.g. --test tg64",
-    });
-  }
-  const threads = threadCandidates(profile, o.threads);
-  const decodes = test.kind === "tg" ? decodeCandidates(o.decode) : null;
   const { onnxPath } = await locateModelFile(resolve(modelDir));
   const out = await checkOutputFile(where.out, {
     command: "itera tune",
@@ -157,19 +266,8 @@ export async function tuneCommand(
   const log = (line: string) => {
     if (!o.quiet) process.stderr.write(`${line}\n`);
   };
-  const engine = await runtimeEngine(modelDir);
-  const precisions = precisionCandidates(engine.quant, profile, o.precisions, where.ownPrecisionOnly);
-  const { path: work, release } = tempDirRemovedOnInterrupt(join(tmpdir(), "itera-tune-"));
   let meter: Meter | null = null;
   try {
-    const { variants, skipped } = await prepareVariants(
-      modelDir,
-      engine.quant,
-      precisions,
-      work,
-      o.quantBudget,
-      log,
-    );
     if (o.energy) {
       ({ meter } = await openMeter({
         meter: p.meter as MeterName | "auto",
@@ -182,43 +280,23 @@ export async function tuneCommand(
       }));
       log(`energy: ${meter.method} (${meter.uncertainty})`);
     }
-    const candidates = await candidatesOf(
-      variants,
-      threads,
-      decodes,
-      async (dir) => (dir === modelDir ? engine : runtimeEngine(dir)),
-      log,
-    );
-    log(
-      `tune: ${candidates.length} candidates (${variants.map((v) => v.precision).join(", ")} × threads ${threads.join(", ")}${decodes ? ` × decode ${[...new Set(candidates.map((c) => c.decode))].join(", ")}` : ""}), ${p.rounds} rounds`,
-    );
-    const grid = await measureGrid(
-      candidates,
-      { test, threads, rounds: p.rounds, minDurationS: p.minDuration },
-      { meter, profile: profile.name, device: hostname(), agentVersion: VERSION, quiet: o.quiet === true },
-    );
-    const pick = pickRow(grid, p.objective, p.tolerance);
-    const tuned: Tuned = tunedSchema.parse({
-      schema: TUNED_SCHEMA,
-      model: engine.model,
-      profile: profile.name,
-      objective: p.objective,
-      tolerance: p.tolerance,
-      host: hostFacts(),
-      test: `${test.kind} ${test.n}`,
-      rounds: p.rounds,
-      energy: meter ? { method: meter.method, uncertainty: meter.uncertainty } : null,
-      skipped,
-      grid,
-      pick: {
-        precision: pick.precision,
-        threads: pick.threads,
-        ...(pick.decode === undefined ? {} : { decode: pick.decode }),
+    const tuned = await measureTuning(
+      modelDir,
+      profile,
+      {
+        objective: p.objective,
+        tolerance: p.tolerance,
+        test: o.test,
+        threads: o.threads,
+        precisions: o.precisions,
+        decode: o.decode,
+        quantBudget: o.quantBudget,
+        rounds: p.rounds,
+        minDurationS: p.minDuration,
+        ...(where.ownPrecisionOnly ? { ownPrecisionOnly: true } : {}),
       },
-      itera_version: VERSION,
-      runtime: engine.runtime,
-      measured_at: new Date().toISOString(),
-    });
+      { meter, log, quiet: o.quiet === true },
+    );
     await writeFileAtomic(out, `${JSON.stringify(tuned, null, 2)}\n`);
     process.stdout.write(
       o.json ? `${JSON.stringify({ ...tuned, written: out }, null, 2)}\n` : renderTuned(tuned, out),
@@ -226,7 +304,5 @@ export async function tuneCommand(
     return tuned;
   } finally {
     await meter?.stop();
-    await rm(work, { recursive: true, force: true });
-    release();
   }
 }

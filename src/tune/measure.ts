@@ -66,8 +66,18 @@ async function fuses(engine: BenchEngine, path: DecodePath, precision: string, l
 export async function measureGrid(
   candidates: readonly Candidate[],
   plan: MeasurePlan,
-  ctx: { meter: Meter | null; profile: string; device: string; agentVersion: string; quiet: boolean },
+  ctx: {
+    meter: Meter | null;
+    profile: string;
+    device: string;
+    agentVersion: string;
+    quiet: boolean;
+    /** Each measured candidate, beside the stderr bar (a job reports it over MQTT). */
+    onProgress?: (done: number, total: number, note: string) => void;
+    signal?: AbortSignal;
+  },
 ): Promise<GridRow[]> {
+  const { onProgress, ...benchCtx } = ctx;
   const tps = candidates.map(() => [] as number[]);
   const mj = candidates.map(() => [] as number[]);
   const energyMissing = candidates.map(() => false);
@@ -87,16 +97,15 @@ export async function measureGrid(
           idleS: 0,
           ...(c.decode === undefined ? {} : { decode: c.decode }),
         },
-        { ...ctx, engine: c.engine, quiet: true },
+        { ...benchCtx, engine: c.engine, quiet: true },
       );
       tps[i]!.push(r!.tokens_per_s.mean);
       const e = r!.energy?.mJ_per_token;
       if (e === null || e === undefined) energyMissing[i] = true;
       else mj[i]!.push(e);
-      bar.update(
-        ++done,
-        `round ${round + 1}: ${c.precision} t=${c.threads}${c.decode ? ` ${c.decode}` : ""} ${r!.tokens_per_s.mean.toFixed(0)} t/s`,
-      );
+      const note = `round ${round + 1}: ${c.precision} t=${c.threads}${c.decode ? ` ${c.decode}` : ""} ${r!.tokens_per_s.mean.toFixed(0)} t/s`;
+      bar.update(++done, note);
+      onProgress?.(done, plan.rounds * candidates.length, note);
     }
   }
   bar.done(`${candidates.length} candidates × ${plan.rounds} rounds`);

@@ -22,7 +22,7 @@ export function benchmarkExecutor(o: {
         return `model '${p.model}' is not on this device (it has: ${have})`;
       }
       // As `--threads` on the device's own commands: a count ONNX Runtime would spend minutes starting.
-      const tooMany = p.threads.filter((n) => n > maxThreads());
+      const tooMany = (p.threads ?? []).filter((n) => n > maxThreads());
       if (tooMany.length > 0) {
         return `threads ${tooMany.join(", ")}: more than ${maxThreads()} (${THREADS_PER_CORE} per core; this device has ${hostCores()} cores)`;
       }

@@ -8,6 +8,8 @@ import { IteraError } from "../../errors.js";
 import { describeModel, modelBenchRunner } from "../../agent/bench-runner.js";
 import { RESTART_EXIT_CODE } from "../../agent/jobs/types.js";
 import { installedVariant, settleHealthyUpdate, updateExecutor } from "../../agent/jobs/update.js";
+import { tuneExecutor } from "../../agent/jobs/tune.js";
+import type { AnyExecutor } from "../../agent/jobs/types.js";
 import { type BenchmarkRunner, replayRunner } from "../../agent/runner.js";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
 import { runningRelease } from "../../agent-host/release.js";
@@ -159,6 +161,8 @@ export function registerAgent(program: Command): void {
         const ctx = await agentContext(opts);
         const model = await describeModel(ctx.modelDir);
         let runner: BenchmarkRunner;
+        // Tune jobs measure the real model: not in a replaying load-test agent.
+        const measuring: AnyExecutor[] = [];
         if (opts.replay) {
           runner = await replayRunner(opts.replay, device);
         } else {
@@ -171,7 +175,10 @@ export function registerAgent(program: Command): void {
             log: (m) => process.stderr.write(`${m}\n`),
           };
           meter = (await openMeter(mo)).meter;
-          runner = await modelBenchRunner({ modelDir: ctx.modelDir, profile: ctx.profile, device, meter });
+          const onDevice = { modelDir: ctx.modelDir, profile: ctx.profile, device, meter, stateDir };
+          const log = (line: string) => process.stderr.write(`${line}\n`);
+          runner = await modelBenchRunner({ ...onDevice, log });
+          measuring.push(tuneExecutor({ ...onDevice, models: [model], log }));
         }
         agent = new Agent({
           broker,
@@ -188,6 +195,7 @@ export function registerAgent(program: Command): void {
           runner,
           executors: [
             updateExecutor({ installRoot: opts.installRoot, device, ...(trustedKey ? { trustedKey } : {}) }),
+            ...measuring,
           ],
         });
         if (signalled) return;

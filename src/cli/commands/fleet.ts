@@ -10,6 +10,7 @@ import { openFleetHistory, storedOutcome } from "../../fleet/report-source.js";
 import { printEvents, registerFleetFeedback, retrainPolicy } from "./fleet-feedback.js";
 import { startSimulation } from "../../fleet/simulate.js";
 import { registerFleetUpdate } from "./fleet-update.js";
+import { registerFleetTune } from "./fleet-tune.js";
 import { registerFleetDashboard } from "./fleet-dashboard.js";
 import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
 import { type WatchMode, watchFleet } from "../../fleet/watch.js";
@@ -32,7 +33,7 @@ interface BenchCliOptions extends BrokerCliOptions {
   select?: string[];
   model: string;
   tests: string;
-  threads: string;
+  threads?: string;
   repetitions: string;
   warmup: string;
   minDuration?: string;
@@ -110,7 +111,10 @@ function registerBench(fleet: Command): void {
       )
       .requiredOption("--model <id>", "model id the devices must have (see their birth message)")
       .option("--tests <list>", "tests, comma-separated ppN / tgN", "pp64,tg128")
-      .option("--threads <list>", "thread counts, comma-separated", "1")
+      .option(
+        "--threads <list>",
+        "thread counts, comma-separated (default: each device's tuned choice, else its profile's threads)",
+      )
       .option("--repetitions <n>", "repetitions per test", "3")
       .option("--warmup <n>", "warm-up runs per test (not measured)", "1")
       .option(
@@ -129,7 +133,7 @@ function registerBench(fleet: Command): void {
       const parsed = benchmarkParamsSchema.safeParse({
         model: opts.model,
         tests: list(opts.tests),
-        threads: list(opts.threads).map(Number),
+        ...(opts.threads !== undefined ? { threads: list(opts.threads).map(Number) } : {}),
         repetitions: Number(opts.repetitions),
         warmup: Number(opts.warmup),
         ...(opts.minDuration !== undefined ? { min_duration_s: Number(opts.minDuration) } : {}),
@@ -485,5 +489,6 @@ export function registerFleet(program: Command): void {
   registerReport(fleet);
   registerSimulate(fleet);
   registerFleetUpdate(fleet);
+  registerFleetTune(fleet);
   registerFleetDashboard(fleet);
 }
