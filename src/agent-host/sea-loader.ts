@@ -29,6 +29,9 @@ if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
     configurable: true,
     get: () => require("node:url").pathToFileURL(__filename).href,
   });
+  // zod compiles a fast path for each object schema it parses with `new Function`, code no cache
+  // holds; the agent parses a few documents once each (zod reads globalThis.__zod_globalConfig).
+  Object.assign(globalThis, { __zod_globalConfig: { jitless: true } });
   // Where each part lies in the assets, built in by src/package/sea.ts.
   const index = JSON.parse(process.env.ITERA_AGENT_PARTS ?? "{}") as AgentPartIndex;
   const script = asset(AGENT_PARTS_ASSET);

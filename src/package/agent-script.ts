@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build, type Plugin, transform } from "esbuild";
@@ -97,6 +97,24 @@ const dynamicPackageImports: Plugin = {
   },
 };
 
+/**
+ * `import { z } from "zod"` takes zod whole (580 KB, half of it the error messages of 50 languages:
+ * `z` is a namespace re-exported by name, which esbuild cannot shake); `import * as z from "zod"`
+ * is the same module and API, and keeps only what the agent calls (about 120 KB). Every command
+ * loads zod, so each start compiles and holds the difference.
+ */
+const ZOD_NAMED_IMPORT = /^import \{ z \} from "zod";$/m;
+const zodNamespaceImports: Plugin = {
+  name: "itera-zod-namespace-imports",
+  setup(b) {
+    b.onLoad({ filter: /[\\/]src[\\/].*\.ts$/ }, async (args) => {
+      const source = await readFile(args.path, "utf8");
+      if (!ZOD_NAMED_IMPORT.test(source)) return undefined;
+      return { contents: source.replace(ZOD_NAMED_IMPORT, 'import * as z from "zod";'), loader: "ts" };
+    });
+  },
+};
+
 export interface AgentScript {
   /** Every part: file name in the folder -> bytes. */
   parts: Record<string, number>;
@@ -129,7 +147,7 @@ export async function bundleAgentScript(outDir: string, version: string): Promis
     minifyWhitespace: true,
     legalComments: "none",
     logLevel: "silent",
-    plugins: [nativeAddons, dynamicPackageImports],
+    plugins: [nativeAddons, dynamicPackageImports, zodNamespaceImports],
     // version.ts reads package.json next to itself in dev; a bundle has the version built in.
     // import.meta.url is the executable's, a lazy global the loader defines (a URL parse most
     // starts never need).
