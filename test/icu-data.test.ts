@@ -106,6 +106,7 @@ describe("the ICU common-data package", () => {
     for (const name of [
       "de.res",
       "coll/de.res",
+      "coll/de__PHONEBOOK.res",
       "zone/fr.res",
       "lang/ja.res",
       "translit/root.res",
@@ -166,6 +167,7 @@ console.log(JSON.stringify({
   deLocale: new Intl.NumberFormat("de").resolvedOptions().locale,
   deNumber: new Intl.NumberFormat("de").format(1234.5),
   supported: Intl.DateTimeFormat.supportedLocalesOf(["de", "en-GB", "ja"]),
+  phonebook: new Intl.Collator("de-u-co-phonebk").resolvedOptions().locale,
 }));
 `;
 
@@ -191,6 +193,7 @@ function expectEnglishOnly(out: string): void {
     deLocale: "en-US",
     deNumber: "1,234.5",
     supported: ["en-GB"],
+    phonebook: "en-US",
   });
 }
 

@@ -38,6 +38,9 @@ export interface IcuTrim {
 
 const ITEM_ALIGN = 16;
 
+/** Changes whenever keepIcuItem keeps other items: a binary trimmed by another policy is made again. */
+export const ICU_TRIM_POLICY = "root+en/2";
+
 /**
  * Trees (sub-folders) whose .res files are per-locale bundles; "" is the package's top level.
  * brkitr/ is not one of them: its few locale bundles (15 kB) are break exceptions, and ICU's CJK
@@ -45,8 +48,11 @@ const ITEM_ALIGN = 16;
  * is one word).
  */
 const LOCALE_TREES = new Set(["", "coll", "curr", "lang", "rbnf", "region", "unit", "zone", "translit"]);
-/** A locale bundle's name: root, or language[_script][_region][_variant] ("en", "sr_Latn_BA", "es_419"). */
-const LOCALE_NAME = /^(root|[a-z]{2,3}(_[A-Za-z0-9]+)*)\.res$/;
+/**
+ * A locale bundle's name: root, or language[_script][_region][_variant] ("en", "sr_Latn_BA",
+ * "es_419", and aliases with empty parts such as coll/de__PHONEBOOK).
+ */
+const LOCALE_NAME = /^(root|[a-z]{2,3}(_[A-Za-z0-9]*)*)\.res$/;
 /** .res files in locale trees that are not locale bundles. */
 const NOT_LOCALES = new Set(["res_index.res", "pool.res"]);
 

@@ -3,7 +3,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import { IteraError } from "../errors.js";
 import { sha256File, tempPathFor, writeFileAtomic } from "../util/fs.js";
-import { type IcuTrim, trimIcuData } from "./icu-data.js";
+import { ICU_TRIM_POLICY, type IcuTrim, trimIcuData } from "./icu-data.js";
 import { execTracked, removeOnInterrupt, tempDirRemovedOnInterrupt } from "../util/interrupt.js";
 import { hostTarget, type Target, type TargetKey, targetKey } from "./target.js";
 
@@ -179,8 +179,8 @@ function mb(bytes: number): string {
 
 /**
  * The binary a bundle embeds, made from the pristine one (never changed) and cached beside it as
- * `<name>.embed` with `<name>.embed.json` (what was done): ICU's data trimmed to English
- * (src/package/icu-data.ts), then stripped. Trimming comes first: strip removes the symbol that
+ * `<name>.embed` with `<name>.embed.json` (what was done, under which ICU_TRIM_POLICY): ICU's data
+ * trimmed to English (src/package/icu-data.ts), then stripped. Trimming comes first: strip removes the symbol that
  * locates the data. Without a strip tool the trimmed copy is embedded unstripped and not cached, so
  * that a later build with the tool strips it.
  */
@@ -240,7 +240,7 @@ async function embeddableBinary(raw: string, target: Target): Promise<NodeBinary
       await rm(tmp, { force: true });
       release();
     }
-    await writeFileAtomic(`${embed}.json`, JSON.stringify({ icu }));
+    await writeFileAtomic(`${embed}.json`, JSON.stringify({ policy: ICU_TRIM_POLICY, icu }));
     return { path: embed, rawBytes, bytes: (await stat(embed)).size, strip, icu };
   } finally {
     await rm(trimmed, { force: true });
@@ -263,8 +263,8 @@ async function keepUnstripped(
 
 async function readEmbedStamp(file: string): Promise<{ icu: NodeBinary["icu"] } | undefined> {
   try {
-    const v = JSON.parse(await readFile(file, "utf8")) as { icu?: NodeBinary["icu"] };
-    return v.icu && typeof v.icu === "object" ? { icu: v.icu } : undefined;
+    const v = JSON.parse(await readFile(file, "utf8")) as { icu?: NodeBinary["icu"]; policy?: unknown };
+    return v.icu && typeof v.icu === "object" && v.policy === ICU_TRIM_POLICY ? { icu: v.icu } : undefined;
   } catch {
     return undefined;
   }
