@@ -1,7 +1,6 @@
-import { randomBytes } from "node:crypto";
 import type { MqttClient } from "mqtt";
 import { IteraError } from "../errors.js";
-import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect.js";
+import { type BrokerOptions, endAsync } from "../protocol/connect.js";
 import {
   type BenchmarkParams,
   type BenchResult,
@@ -9,7 +8,7 @@ import {
   type JobStatus,
   releaseOf,
 } from "../protocol/schemas.js";
-import { dispatch } from "./dispatch.js";
+import { connectCoordinator, dispatch, newJobId, resultParser } from "./dispatch.js";
 import type { VariantSummary } from "./feedback.js";
 import { watchTrust } from "./anonymous-probe.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
@@ -112,15 +111,9 @@ export const selectKeys = ["profile", "arch", "platform", "model", "device"];
  */
 export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchOutcome> {
   const startedMs = Date.now();
-  const jobId = `bench-${new Date(startedMs).toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}-${randomBytes(3).toString("hex")}`;
+  const jobId = newJobId("bench", startedMs);
   const deadline = startedMs + o.timeoutS * 1000;
-  const client = await connectBroker(o.broker, {
-    clientId: o.clientId ?? `itera-coordinator-${randomBytes(4).toString("hex")}`,
-    // A persistent session: if the broker restarts (with persistence) or the link drops, results
-    // published meanwhile are queued for us instead of lost.
-    clean: false,
-    sessionExpiryS: Math.ceil(o.timeoutS) + 3600,
-  });
+  const client = await connectCoordinator(o.broker, o.clientId, o.timeoutS);
   try {
     return await benchWith(client, o, jobId, startedMs, deadline);
   } finally {
@@ -166,12 +159,7 @@ async function benchWith(
     doc: { type: "benchmark", params: o.params },
     deadline,
     devices: chosen,
-    parseResult: (r) => {
-      const p = benchResultSchema.safeParse(r);
-      return p.success
-        ? { ok: true, value: p.data }
-        : { ok: false, error: p.error.issues[0]?.message ?? "invalid" };
-    },
+    parseResult: resultParser(benchResultSchema),
     storeResults: (device, execNo, results) => o.store.addResults(jobId, o.fleet, device, execNo, results),
     removeResults: (device, execNo) => o.store.removeResults(jobId, device, execNo),
     onEvent: (e) => {

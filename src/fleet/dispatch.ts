@@ -1,4 +1,7 @@
+import { randomBytes } from "node:crypto";
 import type { MqttClient } from "mqtt";
+import type { z } from "zod";
+import { type BrokerOptions, connectBroker } from "../protocol/connect.js";
 import {
   type JobDoc,
   type JobRequest,
@@ -62,6 +65,41 @@ export interface DispatchStats {
   conflictingResults: number;
   invalidResults: number;
   resends: number;
+}
+
+/** A new job's id: `<kind>-<UTC time>-<random>` (e.g. `bench-20261204T233128-e3d428`). */
+export function newJobId(kind: string, startedMs: number): string {
+  const time = new Date(startedMs).toISOString().replace(/[-:]/g, "").replace(/\..*/, "");
+  return `${kind}-${time}-${randomBytes(3).toString("hex")}`;
+}
+
+/**
+ * The coordinator's connection for one job run: a persistent session kept an hour past the run, so
+ * that if the broker restarts (with persistence) or the link drops, results published meanwhile are
+ * queued for it instead of lost.
+ */
+export function connectCoordinator(
+  broker: BrokerOptions,
+  clientId: string | undefined,
+  timeoutS: number,
+): Promise<MqttClient> {
+  return connectBroker(broker, {
+    clientId: clientId ?? `itera-coordinator-${randomBytes(4).toString("hex")}`,
+    clean: false,
+    sessionExpiryS: Math.ceil(timeoutS) + 3600,
+  });
+}
+
+/** `parseResult` for a job type whose result elements have a zod schema. */
+export function resultParser<R>(
+  schema: z.ZodType<R>,
+): (r: Record<string, unknown>) => { ok: true; value: R } | { ok: false; error: string } {
+  return (r) => {
+    const p = schema.safeParse(r);
+    return p.success
+      ? { ok: true, value: p.data }
+      : { ok: false, error: p.error.issues[0]?.message ?? "invalid" };
+  };
 }
 
 export function isTerminal(s: JobStatus | "SENT"): boolean {

@@ -1,12 +1,11 @@
-import { randomBytes } from "node:crypto";
-import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect.js";
+import { type BrokerOptions, endAsync } from "../protocol/connect.js";
 import { type JobStatus, type TuneParams, type TuneResult, tuneResultSchema } from "../protocol/schemas.js";
 import { renderTuned } from "../tune/render.js";
 import { sameCandidate } from "../tune/tuned-file.js";
 import { markdownTable } from "../util/table.js";
 import { watchTrust } from "./anonymous-probe.js";
 import { type BenchEvent, discover } from "./bench.js";
-import { dispatch } from "./dispatch.js";
+import { connectCoordinator, dispatch, newJobId, resultParser } from "./dispatch.js";
 import { FleetMonitor } from "./monitor.js";
 import { simulatedNote } from "./report.js";
 import type { FleetStore } from "./store.js";
@@ -56,14 +55,9 @@ export interface FleetTuneOutcome {
  */
 export async function runFleetTune(o: FleetTuneOptions): Promise<FleetTuneOutcome> {
   const startedMs = Date.now();
-  const jobId = `tune-${new Date(startedMs).toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}-${randomBytes(3).toString("hex")}`;
+  const jobId = newJobId("tune", startedMs);
   const deadline = startedMs + o.timeoutS * 1000;
-  const client = await connectBroker(o.broker, {
-    clientId: o.clientId ?? `itera-coordinator-${randomBytes(4).toString("hex")}`,
-    // Results published while the link is down are queued for this session.
-    clean: false,
-    sessionExpiryS: Math.ceil(o.timeoutS) + 3600,
-  });
+  const client = await connectCoordinator(o.broker, o.clientId, o.timeoutS);
   try {
     const monitor = new FleetMonitor(client, o.fleet, o.store);
     const emit = o.onEvent ?? (() => {});
@@ -89,12 +83,7 @@ export async function runFleetTune(o: FleetTuneOptions): Promise<FleetTuneOutcom
       doc: { type: "tune", params: o.params },
       deadline,
       devices: chosen,
-      parseResult: (r) => {
-        const p = tuneResultSchema.safeParse(r);
-        return p.success
-          ? { ok: true, value: p.data }
-          : { ok: false, error: p.error.issues[0]?.message ?? "invalid" };
-      },
+      parseResult: resultParser(tuneResultSchema),
       // One result per device: the first element is the device's.
       storeResults: (device, execNo, results) =>
         results.every((r) => o.store.addTuneResult(jobId, o.fleet, device, execNo, r)),

@@ -1,11 +1,11 @@
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { MqttClient } from "mqtt";
 import type { Manifest } from "../bundle/manifest.js";
 import { loadVerifiedBundle } from "../deploy/bundle.js";
 import { IteraError } from "../errors.js";
-import { type BrokerOptions, connectBroker, endAsync } from "../protocol/connect.js";
+import { type BrokerOptions, endAsync } from "../protocol/connect.js";
 import {
   chunkNeedSchema,
   decode,
@@ -21,7 +21,7 @@ import {
 import { fleetFilter, jobTopic, parseTopic } from "../protocol/topics.js";
 import { watchTrust } from "./anonymous-probe.js";
 import { discover } from "./bench.js";
-import { dispatch, type DispatchEvent } from "./dispatch.js";
+import { connectCoordinator, dispatch, type DispatchEvent, newJobId, resultParser } from "./dispatch.js";
 import { FleetMonitor } from "./monitor.js";
 import { splitDevices } from "./variants.js";
 import type { FleetStore } from "./store.js";
@@ -193,12 +193,8 @@ export async function runFleetUpdate(o: FleetUpdateOptions): Promise<FleetUpdate
   const params: UpdateParams = o.variant ? { ...prepared.params, variant: o.variant } : prepared.params;
   const { payload } = prepared;
   const startedMs = Date.now();
-  const jobId = `update-${new Date(startedMs).toISOString().replace(/[-:]/g, "").replace(/\..*/, "")}-${randomBytes(3).toString("hex")}`;
-  const client = await connectBroker(o.broker, {
-    clientId: o.clientId ?? `itera-coordinator-${randomBytes(4).toString("hex")}`,
-    clean: false,
-    sessionExpiryS: Math.ceil(o.timeoutS) + 3600,
-  });
+  const jobId = newJobId("update", startedMs);
+  const client = await connectCoordinator(o.broker, o.clientId, o.timeoutS);
   try {
     return await updateWith(client, o, jobId, startedMs, params, payload);
   } finally {
@@ -337,12 +333,7 @@ async function updateWith(
       doc: { type: "update", params },
       deadline: Date.now() + timeoutS * 1000,
       devices,
-      parseResult: (r) => {
-        const p = updateResultSchema.safeParse(r);
-        return p.success
-          ? { ok: true, value: p.data }
-          : { ok: false, error: p.error.issues[0]?.message ?? "invalid" };
-      },
+      parseResult: resultParser(updateResultSchema),
       storeResults: (device, execNo, results) =>
         results.every((r) => o.store.addUpdateResult(jobId, o.fleet, device, execNo, r)),
       removeResults: (device, execNo) => o.store.removeUpdateResults(jobId, device, execNo),

@@ -53,15 +53,14 @@ export interface TuneOptions {
   quiet?: boolean;
 }
 
-export function addTuneOptions(cmd: Command, outHelp: string): Command {
+/** What is measured and how the pick is made: options of `itera tune`, `itera-agent tune` and `itera fleet tune`. */
+export function addTuneMeasureOptions(cmd: Command): Command {
   return cmd
     .option("--objective <o>", "what the pick optimises: speed (tokens/s) or energy (mJ/token)", "energy")
-    .option("-t, --threads <list>", "thread counts to measure (default: 1 to min(host cores, profile cores))")
     .option(
-      "--precisions <list>",
-      "precisions to measure (default: the folder's own and, for a float folder, down to the profile's lowest)",
+      "-t, --threads <list>",
+      "thread counts to measure (default: 1 to min(the measured machine's cores, the profile's cores))",
     )
-    .option("--quant-budget <pct>", "allowed perplexity increase of a quantized candidate", "2%")
     .option("--test <test>", "what is measured: tgN (generate N tokens) or ppN (prefill N tokens)", "tg64")
     .option("--rounds <n>", "interleaved rounds; each candidate's figure is the median of its rounds", "3")
     .option("--min-duration <s>", "each measurement repeats its test for at least this long", "1")
@@ -70,7 +69,16 @@ export function addTuneOptions(cmd: Command, outHelp: string): Command {
       "--decode <list>",
       "tg tests: decode paths to measure, fused (many steps per call) and/or step (one call per token)",
       "fused,step",
+    );
+}
+
+export function addTuneOptions(cmd: Command, outHelp: string): Command {
+  return addTuneMeasureOptions(cmd)
+    .option(
+      "--precisions <list>",
+      "precisions to measure (default: the folder's own and, for a float folder, down to the profile's lowest)",
     )
+    .option("--quant-budget <pct>", "allowed perplexity increase of a quantized candidate", "2%")
     .option("--meter <name>", `power meter: ${meterChoices.join(", ")}`, "auto")
     .option("--no-energy", "do not measure energy (then --objective speed)")
     .option("--port <path>", "ina219: serial port of the bridge")
@@ -87,7 +95,8 @@ export function addTuneOptions(cmd: Command, outHelp: string): Command {
     .option("--quiet", "no progress on stderr");
 }
 
-const fraction = z
+/** `5%` or `0.05`: a fraction from 0 to 1 (`--tolerance`, `--quant-budget`). */
+export const fraction = z
   .string()
   .transform((s) => (s.trim().endsWith("%") ? Number(s.trim().slice(0, -1)) / 100 : Number(s)))
   .pipe(z.number().min(0).max(1));

@@ -11,6 +11,7 @@ import {
   positive,
 } from "../../protocol/options.js";
 import { tuneParamsSchema } from "../../protocol/schemas.js";
+import { addTuneMeasureOptions, fraction } from "../../tune/command.js";
 import { objectives } from "../../tune/tuned-file.js";
 import { progress } from "../../util/progress.js";
 import { action, collect, printJson } from "../run.js";
@@ -23,7 +24,7 @@ interface TuneCliOptions extends BrokerCliOptions {
   objective: string;
   threads?: string;
   precisions?: string;
-  decode?: string;
+  decode: string;
   test: string;
   rounds: string;
   minDuration: string;
@@ -41,10 +42,15 @@ const items = (value: string) =>
     .map((s) => s.trim())
     .filter((s) => s !== "");
 
-/** `--tolerance 5%` or `0.05`. */
-function fraction(value: string): number {
-  const v = value.trim();
-  return v.endsWith("%") ? Number(v.slice(0, -1)) / 100 : Number(v);
+function tolerance(value: string): number {
+  const r = fraction.safeParse(value);
+  if (!r.success) {
+    throw new IteraError(`invalid --tolerance '${value}'`, {
+      where: "--tolerance",
+      fix: "give a percentage or a fraction from 0 to 1, e.g. --tolerance 5% or --tolerance 0.05",
+    });
+  }
+  return r.data;
 }
 
 /** The job's parameters from the options, each refused with the option that set it. */
@@ -70,11 +76,11 @@ function tuneParams(opts: TuneCliOptions) {
     objective: opts.objective,
     ...(opts.threads !== undefined ? { threads: items(opts.threads).map(Number) } : {}),
     ...(opts.precisions !== undefined ? { precisions: items(opts.precisions) } : {}),
-    ...(opts.decode !== undefined ? { decode: items(opts.decode) } : {}),
+    decode: items(opts.decode),
     test: opts.test,
     rounds: Number(opts.rounds),
     min_duration_s: Number(opts.minDuration),
-    tolerance: fraction(opts.tolerance),
+    tolerance: tolerance(opts.tolerance),
     apply: opts.apply === true,
   });
   if (!parsed.success) {
@@ -91,8 +97,7 @@ function tuneParams(opts: TuneCliOptions) {
 /** `itera fleet tune`: run `itera-agent tune` on every selected device as a job, optionally applying the pick. */
 export function registerFleetTune(fleet: Command): void {
   addBrokerOptions(
-    fleet
-      .command("tune")
+    addTuneMeasureOptions(fleet.command("tune"))
       .description(
         "tune threads × decode path on every selected device over MQTT (as itera-agent tune); --apply keeps each device's pick in its tuned.json",
       )
@@ -104,14 +109,7 @@ export function registerFleetTune(fleet: Command): void {
         collect,
       )
       .option("--model <id>", "model id the devices must have (default: the one each runs)")
-      .option("--objective <o>", "what the pick optimises: speed (tokens/s) or energy (mJ/token)", "energy")
-      .option("--threads <list>", "thread counts to measure (default: 1 to min(device cores, profile cores))")
       .option("--precisions <list>", "precisions to measure (a device measures the one its model has)")
-      .option("--decode <list>", "tg tests: decode paths to measure (fused, step; default both)")
-      .option("--test <test>", "what is measured: tgN or ppN", "tg64")
-      .option("--rounds <n>", "interleaved rounds; each candidate's figure is the median of its rounds", "3")
-      .option("--min-duration <s>", "each measurement repeats its test for at least this long", "1")
-      .option("--tolerance <pct>", "speed: candidates within this of the fastest count as as fast", "5%")
       .option(
         "--apply",
         "write each device's pick to its tuned.json (its run, bench, serve and benchmark jobs use it)",
