@@ -51,7 +51,7 @@ describe("which caches split", () => {
         const loop = buildDecodeLoop(onnx, model.io, undefined, plan);
         const outer = loop.graph!.node;
         const body = outer.find((n) => n.opType === "Loop")!.attribute[0]!.g!.node;
-        return { outer, body };
+        return { outer, body, outputs: loop.graph!.output.map((o) => o.name) };
       };
       const kv = model.io.states.filter((s) => s.pastAxis !== null);
       const readers = (nodes: NodeProto[], name: string) =>
@@ -70,12 +70,70 @@ describe("which caches split", () => {
             (op) => op === "Transpose" || op === "MatMul",
           ),
         ).toBe(true);
-        // ... and prefix and chunk are joined once, after the loop
-        expect(readers(split.outer, `itera.loop.chunk.${s.output}`)).toEqual(["Concat"]);
+        // ... and the loop returns the chunk alone (FusedDecoder.run joins it to the prefix)
+        expect(readers(split.outer, `itera.loop.chunk.${s.output}`)).toEqual([]);
+        expect(split.outputs).toContain(`itera.loop.chunk.${s.output}`);
+        expect(split.outputs).not.toContain(`itera.loop.out.${s.output}`);
       }
       // without the split, every step concatenates the whole carried cache
       const plain = await built(false)();
       for (const s of kv) expect(readers(plain.body, s.input)).toContain("Concat");
+    } finally {
+      await model.dispose();
+    }
+  });
+});
+
+describe("the joined cache's memory", () => {
+  it("a state handed back (recycle) lends its memory to the call after next; one still held is never written", async () => {
+    const model = await loadModel(join(fixtures, "gpt2-kv"), { threads: 1 });
+    try {
+      const fused = await model.fusedDecoder(undefined, true);
+      if (!(fused instanceof FusedDecoder)) throw new Error(fused.unsupported);
+      const kv = model.io.states.filter((s) => s.pastAxis !== null);
+      const prompt = model.newState(1);
+      const first = await model.forward([[5, 9, 2, 7]], prompt);
+      // three calls of 6 steps from the prompt's state, each from the state the last returned
+      const chain = async (recycle: boolean) => {
+        const states = [first.state.tensors];
+        const tokens: number[][] = [];
+        let ids = [3];
+        for (let call = 0; call < 3; call++) {
+          const length = 4 + 6 * call;
+          const out = await fused.run({
+            ids,
+            state: states.at(-1)!,
+            length,
+            padding: [0],
+            steps: 6,
+            eos: [],
+            recycle,
+          });
+          tokens.push(out.tokens[0]!);
+          ids = [out.tokens[0]!.at(-1)!];
+          states.push(out.state);
+        }
+        return { states, tokens };
+      };
+      const buffer = (t: unknown) => (t as { data: Float32Array }).data.buffer;
+      const held = await chain(false);
+      const copies = held.states.map((st) =>
+        kv.map((s) => Float32Array.from(st[s.input]!.data as Float32Array)),
+      );
+      const handed = await chain(true);
+      // the same tokens and caches either way (but the first call's, handed back and written over)
+      expect(handed.tokens).toEqual(held.tokens);
+      for (const i of [0, 2, 3])
+        for (const [j, s] of kv.entries()) expect(handed.states[i]![s.input]!.data).toEqual(copies[i]![j]);
+      for (const s of kv) {
+        // handed back after the second call, the first call's memory holds the third call's cache
+        expect(buffer(handed.states[3]![s.input])).toBe(buffer(handed.states[1]![s.input]));
+        // without recycle, every call's cache has its own memory, and what the caller holds is intact
+        const mine = new Set(held.states.slice(1).map((st) => buffer(st[s.input])));
+        expect(mine.size).toBe(3);
+      }
+      for (const [i, st] of held.states.entries())
+        for (const [j, s] of kv.entries()) expect(st[s.input]!.data).toEqual(copies[i]![j]);
     } finally {
       await model.dispose();
     }

@@ -30,8 +30,8 @@ import {
   typedToTensor,
 } from "../onnx/index.js";
 import type { AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto } from "../onnx/types.js";
-import type { ModelIo, TensorType } from "./io.js";
-import { type SplitKv, splitKvAttention } from "./kv-split.js";
+import type { ModelIo, StateSlot, TensorType } from "./io.js";
+import { CacheBuffers, joinPositions, type SplitKv, splitKvAttention } from "./kv-split.js";
 import { intTensor, zeros } from "./tensors.js";
 
 /** Above this many bytes of weights the per-call overhead no longer matters: keep one session. */
@@ -82,6 +82,11 @@ function opsetOf(model: ModelProto): number {
   return v === undefined ? 0 : Number(v);
 }
 
+/** The loop's output for a state: the whole state, or the positions the call added to a split cache. */
+function stateOutput(s: StateSlot, splitSlots: ReadonlySet<string>): string {
+  return splitSlots.has(s.input) ? `${P}chunk.${s.output}` : `${P}out.${s.output}`;
+}
+
 /**
  * The decode loop around `model` (edited in place and returned):
  *   inputs  steps (int64 scalar), ids [batch, 1], eos_table [vocab] (int32: 1 for an end id),
@@ -90,7 +95,7 @@ function opsetOf(model: ModelProto): number {
  *           position_ids [batch, 1] (if the graph takes them), seen [batch, vocab] (bool, penalty),
  *           temperature, top_k [1], top_p, uniforms [steps, batch, 1] (sampling), penalty (penalty),
  *           states...
- *   outputs states..., tokens [steps run, batch, 1]
+ *   outputs states... (of a split cache: the positions the call added), tokens [steps run, batch, 1]
  * Each iteration feeds the ids, chooses the next ids from the logits, marks rows that produced an
  * end id as done, extends mask and positions by one, and stops early once every row is done.
  */
@@ -247,10 +252,10 @@ export function buildDecodeLoop(
 
   const outer = (name: string) => `${P}in.${name}`;
   // A split cache (kv-split.ts): the loop carries each call's own positions from empty, the body
-  // reads the prefix from here, and prefix and chunk are joined once after the loop.
+  // reads the prefix from here, and the loop returns the chunk alone: FusedDecoder.run joins it to
+  // the prefix (a join here would be copied out of ONNX Runtime once more, into fresh memory).
   const splitSlots = new Set(split?.slots.map((s) => s.input));
   const before: NodeProto[] = [];
-  const after: NodeProto[] = [];
   if (split) {
     before.push(
       node("Shape", [outer(split.slots[0]!.input)], [`${P}prefix_shape`]),
@@ -265,14 +270,6 @@ export function buildDecodeLoop(
     for (const s of split.slots) {
       before.push(
         node("Slice", [outer(s.input), `${P}zero1`, `${P}zero1`, `${P}two`], [`${P}empty.${s.input}`]),
-      );
-      after.push(
-        node(
-          "Concat",
-          [outer(s.input), `${P}chunk.${s.output}`],
-          [`${P}out.${s.output}`],
-          [attr.int("axis", 2)],
-        ),
       );
     }
   }
@@ -290,7 +287,7 @@ export function buildDecodeLoop(
       `${P}out.ids`,
       `${P}out.done`,
       ...carried.map((c) => `${P}out.${c.outer.name}`),
-      ...io.states.map((s) => (splitSlots.has(s.input) ? `${P}chunk.${s.output}` : `${P}out.${s.output}`)),
+      ...io.states.map((s) => stateOutput(s, splitSlots)),
       `${P}tokens`,
     ],
     { attributes: [attr.graph("body", loopBody)] },
@@ -320,7 +317,7 @@ export function buildDecodeLoop(
   inputs.push(...stateInputs.map((v) => renamed(v, outer(v.name!))));
   model.graph = {
     ...g,
-    node: [...before, loop, ...after],
+    node: [...before, loop],
     initializer: [
       ...g.initializer,
       ...(split
@@ -351,7 +348,7 @@ export function buildDecodeLoop(
     ],
     input: inputs,
     output: [
-      ...stateOutputs.map((v) => renamed(v, `${P}out.${v.name}`)),
+      ...io.states.map((s, i) => renamed(stateOutputs[i]!, stateOutput(s, splitSlots))),
       makeValueInfo(`${P}tokens`, idsType, ["steps", "batch", 1]),
     ],
     valueInfo: [],
@@ -392,6 +389,11 @@ export interface LoopRun {
   /** Rows that already ended (they count as done from the start). */
   ended?: readonly boolean[];
   sampling?: LoopSampling;
+  /**
+   * The caller will not read `state` again: the decoder may reuse the memory of split caches it
+   * returned earlier for the state it returns (generate() hands each state back once).
+   */
+  recycle?: boolean;
 }
 
 /** The features of the loop that decodes with these settings (temperature <= 0: greedy). */
@@ -421,7 +423,13 @@ export class FusedDecoder {
     readonly features: LoopFeatures,
     /** How the loop carries KV caches: split (no per-step copy of the prefix), or plain Concat and why. */
     readonly kvCache: KvCacheMode,
-  ) {}
+    /** Input names of the split caches, whose loop output is the chunk a call added. */
+    private readonly splitSlots: ReadonlySet<string> = new Set(),
+  ) {
+    this.buffers = new CacheBuffers(splitSlots.size);
+  }
+
+  private readonly buffers: CacheBuffers;
 
   /** 1 at each end id, 0 elsewhere: one Gather in the loop tells whether a token ends its row. */
   private eosTable(eos: readonly number[]): Tensor {
@@ -474,7 +482,14 @@ export class FusedDecoder {
       ...options,
       enableProfiling: false,
     });
-    const decoder = new FusedDecoder(session, io, vocab, features, kvCache);
+    const decoder = new FusedDecoder(
+      session,
+      io,
+      vocab,
+      features,
+      kvCache,
+      new Set(plan?.slots.map((s) => s.input)),
+    );
     // Two steps from an empty state, once: a graph whose ops fail inside the loop only when run
     // (shapes that do not grow as the loop grows them, ...) decodes step by step instead of failing
     // mid-generation.
@@ -566,7 +581,14 @@ export class FusedDecoder {
     for (const st of io.states) feeds[`${P}in.${st.input}`] = r.state[st.input]!;
     const out = await this.session.run(feeds);
     const next: Record<string, Tensor> = {};
-    for (const st of io.states) next[st.input] = out[`${P}out.${st.output}`] as Tensor;
+    for (const st of io.states) {
+      const got = out[stateOutput(st, this.splitSlots)] as Tensor;
+      next[st.input] = this.splitSlots.has(st.input)
+        ? joinPositions(r.state[st.input]!, got, this.buffers)
+        : got;
+    }
+    if (r.recycle)
+      for (const st of io.states) if (this.splitSlots.has(st.input)) this.buffers.give(r.state[st.input]!);
     const flat = out[`${P}tokens`] as Tensor;
     const run = flat.dims[0]!;
     const data = flat.data as BigInt64Array | Int32Array;

@@ -375,6 +375,7 @@ export async function generate(
         eos,
         ended: stopReasons.map((s) => s !== undefined),
         sampling: { ...loopSampling, uniforms, contexts: features.penalty ? contexts : undefined },
+        recycle: true, // the state below replaces this one: its split-cache memory serves the next call
       });
       checkState(model, decoded.state, generated[0]!.length, state.length);
       const ran = decoded.tokens[0]!.length;

@@ -13,13 +13,20 @@
  *             mask and Softmax over all positions, unchanged)
  *   output  = MatMul(p[:prefix], prefix_v) + MatMul(p[prefix:], chunk_v)
  *
- * The call joins prefix and chunk once, after the loop (once per call rather than once per step),
- * for the state it returns. Scores and softmax are computed as before; only the p.v sum is taken in
- * two parts, a difference in the last bits of the attention output (tokens: tested equal to
- * stepping). Applies to attention exported as PyTorch writes it (Concat(past, new) -> present,
- * Transpose -> MatMul(q, k^T) -> Mul(scale) -> Add(mask) -> Softmax -> MatMul(p, v)), as the house
- * transformer's; anything else keeps the loop's plain Concat.
+ * The loop returns the chunk alone; FusedDecoder.run joins prefix and chunk once per call (rather
+ * than once per step) for the state it returns, in memory the caller handed back (CacheBuffers).
+ * Scores and softmax are computed as before; only the p.v sum is taken in two parts, a difference
+ * in the last bits of the attention output (tokens: tested equal to stepping). Applies to attention
+ * exported as PyTorch writes it (Concat(past, new) -> present, Transpose -> MatMul(q, k^T) ->
+ * Mul(scale) -> Add(mask) -> Softmax -> MatMul(p, v)), as the house transformer's; anything else
+ * keeps the loop's plain Concat.
+ *
+ * The prefix's keys are read as stored: ONNX Runtime fuses Transpose -> MatMul into one MatMul with
+ * a transposed B, which MLAS runs with its one-row kernel as fast as a key cache stored transposed
+ * (bench/kv-attention-layouts.ts); the scale stays a Mul after the Concat, since a MatMul that
+ * scales (FusedMatMul alpha != 1) leaves that kernel for SGEMM, twice as slow at 2,048 positions.
  */
+import { Tensor } from "onnxruntime-node";
 import { attr, getAttrInt, getAttrInts, Graph, makeNode, typedToTensor } from "../onnx/index.js";
 import type { ModelProto, NodeProto } from "../onnx/types.js";
 import type { ModelIo, StateSlot } from "./io.js";
@@ -178,4 +185,72 @@ export function splitKvAttention(
   }
   g.topologicalSort();
   return plan;
+}
+
+/**
+ * The buffers of joined split caches. A whole cache per slot per call is megabytes of fresh memory
+ * (12 MB per call for transformer-tiny at 2,048 positions), which costs as much again in page
+ * faults as the copy itself; a caller that hands its previous state back (`LoopRun.recycle`) lets
+ * the next call write into that memory instead. Capacities are rounded up, so that one buffer
+ * serves the several calls of a generation.
+ */
+export class CacheBuffers {
+  private readonly spare: ArrayBuffer[] = [];
+  /** Buffers this pool handed out: only these are taken back. */
+  private readonly ours = new WeakSet<ArrayBufferLike>();
+
+  constructor(
+    /** At most this many spare buffers are kept (one per split slot: a call's worth). */
+    private readonly keep: number,
+  ) {}
+
+  /** A buffer of at least `bytes`; a new one is rounded up to 256 positions of `positionBytes` each. */
+  take(bytes: number, positionBytes: number): ArrayBuffer {
+    const i = this.spare.findIndex((b) => b.byteLength >= bytes);
+    if (i >= 0) return this.spare.splice(i, 1)[0]!;
+    const round = 256 * positionBytes;
+    const buffer = new ArrayBuffer(Math.ceil(bytes / round) * round);
+    this.ours.add(buffer);
+    return buffer;
+  }
+
+  /** Take back the buffer under a tensor this pool handed out; others are left alone. */
+  give(t: Tensor): void {
+    const buffer = (t.data as Float32Array).buffer;
+    if (this.ours.has(buffer) && this.spare.length < this.keep && !this.spare.includes(buffer as ArrayBuffer))
+      this.spare.push(buffer as ArrayBuffer);
+  }
+}
+
+/**
+ * [batch, heads, positions, head] caches joined along the positions (the split cache's prefix and
+ * the chunk a call added), in memory from `buffers` when given, as the graph's Concat(past, new) on
+ * axis 2 would.
+ */
+export function joinPositions(prefix: Tensor, chunk: Tensor, buffers?: CacheBuffers): Tensor {
+  const [batch, heads, before, head] = prefix.dims as [number, number, number, number];
+  const [cb, ch, added, cd] = chunk.dims as [number, number, number, number];
+  if (chunk.type !== prefix.type || cb !== batch || ch !== heads || cd !== head)
+    throw new Error(
+      `cannot join a ${chunk.type} [${chunk.dims}] chunk to a ${prefix.type} [${prefix.dims}] cache`,
+    );
+  const from = prefix.data as Float32Array;
+  const add = chunk.data as Float32Array;
+  const Typed = from.constructor as Float32ArrayConstructor;
+  const rows = batch * heads;
+  const a = before * head;
+  const b = added * head;
+  const length = rows * (a + b);
+  const joined = buffers
+    ? new Typed(
+        buffers.take(length * Typed.BYTES_PER_ELEMENT, rows * head * Typed.BYTES_PER_ELEMENT),
+        0,
+        length,
+      )
+    : new Typed(length);
+  for (let r = 0; r < rows; r++) {
+    joined.set(from.subarray(r * a, r * a + a), r * (a + b));
+    joined.set(add.subarray(r * b, r * b + b), r * (a + b) + a);
+  }
+  return new Tensor(prefix.type, joined, [batch, heads, before + added, head]);
 }
