@@ -10,9 +10,9 @@ import {
 } from "../protocol/schemas.js";
 import { connectCoordinator, dispatch, newJobId, resultParser } from "./dispatch.js";
 import type { VariantSummary } from "./feedback.js";
-import { watchTrust } from "./anonymous-probe.js";
+import { type TrustWatch, watchTrust } from "./anonymous-probe.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
-import type { FleetStore } from "./store.js";
+import type { FleetStore, RunRecord } from "./store.js";
 
 export interface FleetBenchOptions {
   broker: BrokerOptions;
@@ -128,20 +128,7 @@ async function benchWith(
   startedMs: number,
   deadline: number,
 ): Promise<FleetBenchOutcome> {
-  const monitor = new FleetMonitor(
-    client,
-    o.fleet,
-    o.store,
-    o.shareGroup ? { shareGroup: o.shareGroup } : {},
-  );
-  const emit = o.onEvent ?? (() => {});
-  const { warnings, refused, refuse, anonymous } = watchTrust(monitor, o.broker, emit);
-  await monitor.subscribe();
-
-  const chosen = await discover(monitor, o, deadline);
-  emit({ type: "discovered", devices: chosen });
-
-  o.store.addRun({
+  const { monitor, emit, trust, chosen } = await openRun(client, o, {
     jobId,
     type: "benchmark",
     fleet: o.fleet,
@@ -150,6 +137,7 @@ async function benchWith(
     startedMs,
     deadlineMs: deadline,
   });
+  const { warnings, refused, refuse, anonymous } = trust;
   const { executions, stats } = await dispatch<BenchResult>({
     client,
     monitor,
@@ -213,6 +201,35 @@ async function benchWith(
   };
   o.store.finishRun(outcome);
   return outcome;
+}
+
+/**
+ * The start of a fleet job run (bench, tune): the fleet's monitor subscribed, the broker's trust
+ * watched (src/fleet/anonymous-probe.ts), the devices chosen and announced, the run recorded.
+ */
+export async function openRun(
+  client: MqttClient,
+  o: Pick<
+    FleetBenchOptions,
+    "fleet" | "devices" | "select" | "discoverS" | "broker" | "store" | "shareGroup"
+  > & {
+    onEvent?: ((e: BenchEvent) => void) | undefined;
+  },
+  run: RunRecord,
+): Promise<{ monitor: FleetMonitor; emit: (e: BenchEvent) => void; trust: TrustWatch; chosen: string[] }> {
+  const monitor = new FleetMonitor(
+    client,
+    o.fleet,
+    o.store,
+    o.shareGroup ? { shareGroup: o.shareGroup } : {},
+  );
+  const emit = o.onEvent ?? (() => {});
+  const trust = watchTrust(monitor, o.broker, emit);
+  await monitor.subscribe();
+  const chosen = await discover(monitor, o, run.deadlineMs);
+  emit({ type: "discovered", devices: chosen });
+  o.store.addRun(run);
+  return { monitor, emit, trust, chosen };
 }
 
 /**

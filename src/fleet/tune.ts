@@ -3,10 +3,8 @@ import { type JobStatus, type TuneParams, type TuneResult, tuneResultSchema } fr
 import { renderTuned } from "../tune/render.js";
 import { sameCandidate } from "../tune/tuned-file.js";
 import { markdownTable } from "../util/table.js";
-import { watchTrust } from "./anonymous-probe.js";
-import { type BenchEvent, discover } from "./bench.js";
+import { type BenchEvent, openRun } from "./bench.js";
 import { connectCoordinator, dispatch, newJobId, resultParser } from "./dispatch.js";
-import { FleetMonitor } from "./monitor.js";
 import { simulatedNote } from "./report.js";
 import type { FleetStore } from "./store.js";
 
@@ -59,13 +57,7 @@ export async function runFleetTune(o: FleetTuneOptions): Promise<FleetTuneOutcom
   const deadline = startedMs + o.timeoutS * 1000;
   const client = await connectCoordinator(o.broker, o.clientId, o.timeoutS);
   try {
-    const monitor = new FleetMonitor(client, o.fleet, o.store);
-    const emit = o.onEvent ?? (() => {});
-    const { warnings, refused, refuse, anonymous } = watchTrust(monitor, o.broker, emit);
-    await monitor.subscribe();
-    const chosen = await discover(monitor, o, deadline);
-    emit({ type: "discovered", devices: chosen });
-    o.store.addRun({
+    const { monitor, emit, trust, chosen } = await openRun(client, o, {
       jobId,
       type: "tune",
       fleet: o.fleet,
@@ -89,7 +81,7 @@ export async function runFleetTune(o: FleetTuneOptions): Promise<FleetTuneOutcom
         results.every((r) => o.store.addTuneResult(jobId, o.fleet, device, execNo, r)),
       removeResults: (device, execNo) => o.store.removeTuneResults(jobId, device, execNo),
       onEvent: (e) => {
-        if (e.type === "refused") refuse(e.topic, e.reason);
+        if (e.type === "refused") trust.refuse(e.topic, e.reason);
         else emit(e);
       },
     });
@@ -108,9 +100,9 @@ export async function runFleetTune(o: FleetTuneOptions): Promise<FleetTuneOutcom
         sends: e.sends,
         result: e.status === "SUCCEEDED" ? (e.results[0] ?? null) : null,
       })),
-      anonymousBroker: await anonymous,
-      warnings,
-      refused,
+      anonymousBroker: await trust.anonymous,
+      warnings: trust.warnings,
+      refused: trust.refused,
     };
     o.store.finishJob(jobId, outcome.finishedMs, outcome);
     return outcome;
