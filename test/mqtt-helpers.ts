@@ -229,10 +229,12 @@ export function cpuRunner(
       ]);
     }
     const out: BenchResult[] = [];
-    const total = params.tests.length * params.threads.length;
+    // A job that leaves the threads to the device: this one runs 1.
+    const threadList = params.threads ?? [1];
+    const total = params.tests.length * threadList.length;
     for (const test of params.tests) {
       const tokens = Number.parseInt(test.slice(2), 10);
-      for (const threads of params.threads) {
+      for (const threads of threadList) {
         const rates: number[] = [];
         const lat: number[] = [];
         for (let rep = 0; rep < params.repetitions; rep++) {
