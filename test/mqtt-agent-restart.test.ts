@@ -175,6 +175,8 @@ describe("jobs sent while the agent is away", () => {
     const args = ["--broker", broker.url, "--fleet", FLEET, "--device", device, ...modelArgs];
     const stateArgs = ["--state-dir", join(dir, device)];
     const first = agentCli([...args, ...stateArgs]);
+    // "online" is printed once the broker has acknowledged the job subscription (the test below), so
+    // the session it keeps takes the request. Before, a kill right after it lost the job: 90 s timeout.
     await until(() => first.err().includes(`agent ${device}: online`), "first agent online", 60_000);
     first.proc.kill("SIGKILL");
     await exitsWithin(first.proc, 10_000);
