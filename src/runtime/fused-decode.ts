@@ -426,7 +426,9 @@ export class FusedDecoder {
     /** Input names of the split caches, whose loop output is the chunk a call added. */
     private readonly splitSlots: ReadonlySet<string> = new Set(),
   ) {
-    this.buffers = new CacheBuffers(splitSlots.size);
+    // two calls' worth: a generation hands back each state but its last while the next call's
+    // output is being written, and its last one when it ends (recycle())
+    this.buffers = new CacheBuffers(2 * splitSlots.size);
   }
 
   private readonly buffers: CacheBuffers;
@@ -587,8 +589,7 @@ export class FusedDecoder {
         ? joinPositions(r.state[st.input]!, got, this.buffers)
         : got;
     }
-    if (r.recycle)
-      for (const st of io.states) if (this.splitSlots.has(st.input)) this.buffers.give(r.state[st.input]!);
+    if (r.recycle) this.recycle(r.state);
     const flat = out[`${P}tokens`] as Tensor;
     const run = flat.dims[0]!;
     const data = flat.data as BigInt64Array | Int32Array;
@@ -596,6 +597,17 @@ export class FusedDecoder {
       Array.from({ length: run }, (_, i) => Number(data[i * batch + row]!)),
     );
     return { tokens, state: next };
+  }
+
+  /**
+   * The caller will not read `state` again (a state this decoder returned; anything else is left
+   * alone): the memory of its split caches serves later calls.
+   */
+  recycle(state: Readonly<Record<string, Tensor>>): void {
+    for (const st of this.io.states) {
+      const t = state[st.input];
+      if (t && this.splitSlots.has(st.input)) this.buffers.give(t);
+    }
   }
 
   async dispose(): Promise<void> {

@@ -399,6 +399,7 @@ export async function generate(
     state = result.state;
     lastLogits = prompts.map((_, r) => rowLogits(result, r));
   }
+  fused?.recycle(state.tensors); // dropped here: its split-cache memory serves the next generation
   const totalMs = performance.now() - t0;
   return prompts.map((promptIds, r) => ({
     promptIds,

@@ -200,7 +200,7 @@ export class CacheBuffers {
   private readonly ours = new WeakSet<ArrayBufferLike>();
 
   constructor(
-    /** At most this many spare buffers are kept (one per split slot: a call's worth). */
+    /** At most this many spare buffers are kept. */
     private readonly keep: number,
   ) {}
 
