@@ -13,6 +13,7 @@ import { join, resolve } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runFleetBench } from "../src/fleet/bench.js";
+import { renderMarkdown } from "../src/fleet/report.js";
 import { startSimulation, type Simulation } from "../src/fleet/simulate.js";
 import { FleetStore } from "../src/fleet/store.js";
 import { type FleetTuneOutcome, renderTuneMarkdown, runFleetTune } from "../src/fleet/tune.js";
@@ -159,6 +160,10 @@ describe("itera fleet tune against a real Mosquitto and real agents", () => {
     const profileThreads = Math.min((await loadProfile("laptop-x64-4c")).threads, hostCores());
     expect(profileThreads).not.toBe(2);
     expect(laptop.results.map((x) => [x.threads, x.threads_from])).toEqual([[profileThreads, "profile"]]);
+    // The report's threads column says who chose them.
+    const md = renderMarkdown(bench);
+    expect(md).toMatch(new RegExp(`\\| ${PI} .*\\| 2 \\(tuned\\) +\\|`));
+    expect(md).toMatch(new RegExp(`\\| ${LAPTOP} .*\\| ${profileThreads} \\(profile\\) +\\|`));
 
     // A job that names its threads still gets them.
     const named = await runFleetBench({

@@ -89,6 +89,7 @@ export const REPORT_HEADERS = [
   "throttled",
   // last, so that readers of the columns before it (scripts on report.csv) find them where they were
   "tg decode",
+  "threads",
 ];
 
 /** One device's row of the report's table, in REPORT_HEADERS' order. */
@@ -109,6 +110,7 @@ export function reportCells(r: ReportRow): Cell[] {
     r.temp_c,
     r.throttled === null ? null : r.throttled ? "yes" : "no",
     r.tg_decode,
+    r.threads === null ? null : `${r.threads}${r.threads_from ? ` (${r.threads_from})` : ""}`,
   ];
 }
 
@@ -252,7 +254,8 @@ export function renderMarkdown(o: FleetBenchOutcome): string {
     "A device's variant is the one its release was installed as (`itera fleet update --variant`), else `release <version>`; figures are means over its succeeded devices; rated and +1 rate: its generations rated in the fleet's feedback (`itera fleet feedback` has the intervals).",
     "",
     "tokens/s: mean over repetitions at the fastest thread count; TTFT and p95 from the generation test; " +
-      "mJ/token and tokens/J with the method that measured them (empty: the device has no meter).",
+      "mJ/token and tokens/J with the method that measured them (empty: the device has no meter); " +
+      "threads: the generation test's, and who chose them (job: --threads; tuned: the device's tuned.json; profile: its profile's).",
     ...(simulated.length > 0 ? ["", `**${simulatedNote(simulated)}.**`] : []),
     ...(failures.length > 0 ? ["", "## Not succeeded", "", ...failures] : []),
     "",
