@@ -40,6 +40,11 @@ const reps = Number(option("--reps", "15"));
 const steps = 64;
 const HEADS = 6;
 const HEAD = 32;
+/** ONNX 17 and ONNX Runtime's contrib ops (FusedMatMul). */
+const OPSETS = [
+  { domain: "", version: 17 },
+  { domain: "com.microsoft", version: 1 },
+];
 
 interface Form {
   name: string;
@@ -119,10 +124,7 @@ function loopModel(form: Form, n: number): ModelProto {
   };
   return {
     irVersion: 8,
-    opsetImport: [
-      { domain: "", version: 17 },
-      { domain: "com.microsoft", version: 1 },
-    ],
+    opsetImport: OPSETS,
     graph: {
       name: "attention_step",
       node: [
