@@ -1,9 +1,19 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { InferenceSession, Tensor } from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { FUSED_TOP_P_MAX, FusedDecoder } from "../src/runtime/fused-decode.js";
+import { DataType, encodeModel, makeValueInfo } from "../src/onnx/index.js";
+import type { ModelProto } from "../src/onnx/types.js";
+import {
+  drawThreshold,
+  FUSED_TOP_P_MAX,
+  FusedDecoder,
+  SAMPLING_CONSTANTS,
+  sampledChoice,
+} from "../src/runtime/fused-decode.js";
 import type { GenerateOptions } from "../src/runtime/generate.js";
 import { type LanguageModel, loadModel } from "../src/runtime/index.js";
+import { createRng, drawFrom, samplingDistribution } from "../src/runtime/sampling.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
 
 /**
@@ -48,6 +58,116 @@ async function compare(model: LanguageModel, batch: string[], maxTokens: number)
 }
 
 const house = (name: string) => join("models", name);
+
+/** The loop's sampling nodes alone in a session: scores [rows, vocab] and one threshold per row in, ids out. */
+async function choiceSession(topP: boolean): Promise<InferenceSession> {
+  const inputs = [
+    makeValueInfo("scores", DataType.FLOAT, ["rows", "vocab"]),
+    makeValueInfo("threshold", DataType.DOUBLE, ["rows", 1]),
+    makeValueInfo("itera.loop.temperature", DataType.DOUBLE, []),
+    makeValueInfo("itera.loop.top_k", DataType.INT64, [1]),
+  ];
+  if (topP) inputs.push(makeValueInfo("itera.loop.top_p", DataType.DOUBLE, []));
+  const model: ModelProto = {
+    irVersion: 8,
+    opsetImport: [{ domain: "", version: 17 }],
+    graph: {
+      name: "sampled_choice",
+      node: sampledChoice("scores", "threshold", "next", topP),
+      initializer: SAMPLING_CONSTANTS(),
+      input: inputs,
+      output: [makeValueInfo("next", DataType.INT64, ["rows", 1])],
+      valueInfo: [],
+    },
+  } as ModelProto;
+  return InferenceSession.create(encodeModel(model), { intraOpNumThreads: 1 });
+}
+
+/** Logit rows of several shapes: spread, peaked, tied (quantised), with tokens far below the rest. */
+function logitRows(rows: number, vocab: number, seed: number): Float32Array {
+  const rng = createRng(seed);
+  const normal = () => Math.sqrt(-2 * Math.log(1 - rng())) * Math.cos(2 * Math.PI * rng());
+  const out = new Float32Array(rows * vocab);
+  for (let r = 0; r < rows; r++) {
+    const kind = r % 5;
+    for (let i = 0; i < vocab; i++) {
+      let v = normal() * (kind === 1 ? 15 : 3);
+      if (kind === 2) v = Math.round(v * 2) / 2;
+      if (kind === 3 && rng() < 0.3) v = -1e4;
+      if (kind === 4) v = 1.5;
+      out[r * vocab + i] = v;
+    }
+  }
+  return out;
+}
+
+describe("the loop's sampling nodes against sampling.ts", () => {
+  // temperature near 0 and large, top-k of 1, of all and above the vocabulary, top-p from tiny to 1
+  const settings = [
+    { temperature: 0.8, topK: 40, topP: 1 },
+    { temperature: 0.8, topK: 20, topP: 0.95 },
+    { temperature: 1.3, topK: 0, topP: 0.9 },
+    { temperature: 1e-6, topK: 40, topP: 0.95 },
+    { temperature: 50, topK: 1000, topP: 1 },
+    { temperature: 0.7, topK: 1, topP: 0.5 },
+    { temperature: 1, topK: 10, topP: 1e-9 },
+  ];
+
+  it.each([66, 997])(
+    "vocabulary %i: the same token as samplingDistribution + drawFrom for every row",
+    async (vocab) => {
+      const rows = 1500;
+      const sessions = { plain: await choiceSession(false), topP: await choiceSession(true) };
+      try {
+        let compared = 0;
+        const differ: string[] = [];
+        for (const [n, s] of settings.entries()) {
+          const logits = logitRows(rows, vocab, 100 + n);
+          const rng = createRng(200 + n);
+          // random draws, and the ends of [0, 1)
+          const uniforms = Float64Array.from({ length: rows }, (_, r) =>
+            r === 0 ? 0 : r === 1 ? 1 - 2 ** -32 : rng(),
+          );
+          const topP = s.topP < 1;
+          const feeds: Record<string, Tensor> = {
+            scores: new Tensor("float32", logits, [rows, vocab]),
+            threshold: new Tensor("float64", uniforms.map(drawThreshold), [rows, 1]),
+            "itera.loop.temperature": new Tensor("float64", Float64Array.of(s.temperature), []),
+            "itera.loop.top_k": new Tensor(
+              "int64",
+              BigInt64Array.of(BigInt(s.topK > 0 && s.topK < vocab ? s.topK : vocab)),
+              [1],
+            ),
+          };
+          if (topP) feeds["itera.loop.top_p"] = new Tensor("float64", Float64Array.of(s.topP), []);
+          const out = await (topP ? sessions.topP : sessions.plain).run(feeds);
+          const next = out.next!.data as BigInt64Array;
+          for (let r = 0; r < rows; r++) {
+            const { ids, probs } = samplingDistribution(logits.subarray(r * vocab, (r + 1) * vocab), s);
+            const expected = ids[drawFrom(probs, uniforms[r]!)]!;
+            compared++;
+            if (Number(next[r]) !== expected)
+              differ.push(`${JSON.stringify(s)} row ${r}: ${next[r]} vs ${expected}`);
+          }
+        }
+        expect(compared).toBe(settings.length * rows);
+        expect(differ).toEqual([]);
+      } finally {
+        await sessions.plain.release();
+        await sessions.topP.release();
+      }
+    },
+  );
+
+  it("drawThreshold is the double just above u, so C >= threshold exactly when C > u", () => {
+    for (const u of [0, 2 ** -40, 0.1, 0.5, 0.7, 1 - 2 ** -32]) {
+      const t = drawThreshold(u);
+      expect(t).toBeGreaterThan(u);
+      // nothing lies between them: their midpoint rounds to one of them
+      expect([u, t]).toContain((u + t) / 2);
+    }
+  });
+});
 
 describe.each([
   ["itera-lite-micro", 200],

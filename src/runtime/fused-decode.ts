@@ -88,12 +88,72 @@ function stateOutput(s: StateSlot, splitSlots: ReadonlySet<string>): string {
 }
 
 /**
+ * The sampled choice of the next ids [batch, 1] (int64) from float32 `scores` [batch, vocab]: the
+ * distribution of samplingDistribution and the draw of drawFrom, in float64, in as few ONNX Runtime
+ * kernels per step as they allow (each kind of kernel a step runs costs about a microsecond of
+ * cold code beside the model's own, more than the arithmetic on k values):
+ *   Cast -> TopK (k, ties: lower id first, as topKIndices) -> divide by the temperature -> Softmax
+ *   (subtract the top one, Exp, divide by the sum) -> CumSum (cumulative probabilities C)
+ *   top-p: the last kept position is the first whose C reaches p (the first maximum of min(C, p)),
+ *          and C is divided by the kept total (the renormalised cumulative probabilities)
+ *   draw: the first position whose C exceeds u is the first maximum of min(C, t), t = the double
+ *         just above u (drawThreshold: C >= t exactly when C > u), found by TopK with k = 1.
+ * `threshold` [batch, 1] holds t per row; reads the loop's temperature, top_k and top_p inputs and
+ * SAMPLING_CONSTANTS. Against sampling.ts only the rounding of the sums differs (Softmax's sum is not
+ * sequential, Exp is ONNX Runtime's): a token can differ only where u lies within ~k ulps of a
+ * boundary of the cumulative distribution (docs/runtime.md).
+ */
+export function sampledChoice(scores: string, threshold: string, next: string, topP: boolean): NodeProto[] {
+  const node = (op: string, inputs: string[], outputs: string[], attributes: AttributeProto[] = []) =>
+    makeNode(op, inputs, outputs, { attributes });
+  const last = [attr.int("axis", -1)];
+  const at1 = [attr.int("axis", 1)];
+  const nodes = [
+    node("Cast", [scores], [`${P}scores64`], [attr.int("to", DataType.DOUBLE)]),
+    node("TopK", [`${P}scores64`, `${P}top_k`], [`${P}top_values`, `${P}top_ids`], last),
+    node("Div", [`${P}top_values`, `${P}temperature`], [`${P}scaled`]),
+    node("Softmax", [`${P}scaled`], [`${P}probs`], last),
+    node("CumSum", [`${P}probs`, `${P}axis1`], [`${P}cum_probs`]),
+  ];
+  let cumulative = `${P}cum_probs`;
+  if (topP) {
+    nodes.push(
+      node("Min", [`${P}cum_probs`, `${P}top_p`], [`${P}capped`]),
+      node("TopK", [`${P}capped`, `${P}one`], [`${P}capped_top`, `${P}last_kept`], last),
+      node("GatherElements", [`${P}cum_probs`, `${P}last_kept`], [`${P}kept_total`], at1),
+      node("Div", [`${P}cum_probs`, `${P}kept_total`], [`${P}cum_kept`]),
+    );
+    cumulative = `${P}cum_kept`;
+  }
+  nodes.push(
+    node("Min", [cumulative, threshold], [`${P}reached`]),
+    node("TopK", [`${P}reached`, `${P}one`], [`${P}reached_top`, `${P}pick`], last),
+    node("GatherElements", [`${P}top_ids`, `${P}pick`], [next], at1),
+  );
+  return nodes;
+}
+
+/** The constants sampledChoice reads. */
+export const SAMPLING_CONSTANTS = () => [
+  typedToTensor(`${P}one`, [1], BigInt64Array.of(1n)),
+  typedToTensor(`${P}axis1`, [], BigInt64Array.of(1n)),
+];
+
+/** The draw's threshold for a uniform number u in [0, 1): the double just above it (C > u iff C >= it). */
+export function drawThreshold(u: number): number {
+  const bits = new BigInt64Array(Float64Array.of(u).buffer);
+  bits[0] = bits[0]! + 1n;
+  return new Float64Array(bits.buffer)[0]!;
+}
+
+/**
  * The decode loop around `model` (edited in place and returned):
  *   inputs  steps (int64 scalar), ids [batch, 1], eos_table [vocab] (int32: 1 for an end id),
  *           done [batch, 1] (int32: 1 for a row that already ended),
  *           attention_mask [batch, past + 1] and ones [batch, 1] (if the graph takes a mask),
  *           position_ids [batch, 1] (if the graph takes them), seen [batch, vocab] (bool, penalty),
- *           temperature, top_k [1], top_p, uniforms [steps, batch, 1] (sampling), penalty (penalty),
+ *           temperature, top_k [1], top_p, uniforms [steps, batch, 1] (sampling: each the
+ *           drawThreshold of the step's uniform number), penalty (penalty),
  *           states...
  *   outputs states... (of a split cache: the positions the call added), tokens [steps run, batch, 1]
  * Each iteration feeds the ids, chooses the next ids from the logits, marks rows that produced an
@@ -141,41 +201,9 @@ export function buildDecodeLoop(
         : node("ArgMax", [io.logits], [`${P}next64`], [attr.int("axis", -1), attr.int("keepdims", 0)]),
     );
   } else {
-    // As samplingDistribution + drawFrom, op for op in float64: TopK orders like topKIndices (ties:
-    // lower id first), sums are sequential (CumSum), the cut and the draw are first crossings.
-    const at1 = [attr.int("axis", 1)];
     body.push(
-      node("TopK", [scores, `${P}top_k`], [`${P}top_values`, `${P}top_ids`], [attr.int("axis", -1)]),
-      node("Cast", [`${P}top_values`], [`${P}values64`], [attr.int("to", DataType.DOUBLE)]),
-      node("Div", [`${P}values64`, `${P}temperature`], [`${P}scaled`]),
-      node("Gather", [`${P}scaled`, `${P}first`], [`${P}top`], at1),
-      node("Sub", [`${P}scaled`, `${P}top`], [`${P}shifted`]),
-      node("Exp", [`${P}shifted`], [`${P}weights`]),
-      node("CumSum", [`${P}weights`, `${P}axis1`], [`${P}cum_weights`]),
-    );
-    if (topP) {
-      body.push(
-        node("Gather", [`${P}cum_weights`, `${P}last`], [`${P}total`], at1),
-        node("Div", [`${P}weights`, `${P}total`], [`${P}shares`]),
-        node("CumSum", [`${P}shares`, `${P}axis1`], [`${P}cum_shares`]),
-        // the first position whose cumulative share reaches p is the last one kept
-        node("Less", [`${P}cum_shares`, `${P}top_p`], [`${P}short`]),
-        node("Cast", [`${P}short`], [`${P}short32`], [attr.int("to", DataType.INT32)]),
-        node("ArgMin", [`${P}short32`], [`${P}last_kept`], axisLast),
-        node("GatherElements", [`${P}cum_weights`, `${P}last_kept`], [`${P}kept_total`], at1),
-      );
-    } else {
-      body.push(node("Gather", [`${P}cum_weights`, `${P}last`], [`${P}kept_total`], at1));
-    }
-    body.push(
-      node("Div", [`${P}weights`, `${P}kept_total`], [`${P}probs`]),
-      node("CumSum", [`${P}probs`, `${P}axis1`], [`${P}cum_probs`]),
-      node("Gather", [`${P}uniforms`, `${P}iter`], [`${P}u`], [attr.int("axis", 0)]),
-      // the first position whose cumulative probability exceeds u
-      node("Less", [`${P}u`, `${P}cum_probs`], [`${P}below`]),
-      node("Cast", [`${P}below`], [`${P}below32`], [attr.int("to", DataType.INT32)]),
-      node("ArgMax", [`${P}below32`], [`${P}pick`], axisLast),
-      node("GatherElements", [`${P}top_ids`, `${P}pick`], [`${P}next64`], at1),
+      node("Gather", [`${P}uniforms`, `${P}iter`], [`${P}threshold`], [attr.int("axis", 0)]),
+      ...sampledChoice(scores, `${P}threshold`, `${P}next64`, topP),
     );
   }
   // int64 ids feed the next step as they are (one node less per step)
@@ -331,13 +359,7 @@ export function buildDecodeLoop(
       typedToTensor(`${P}zero`, [], Int32Array.of(0)),
       ...(needRows ? [typedToTensor(`${P}rows_shape`, [2], BigInt64Array.of(0n, -1n))] : []),
       ...(features.penalty ? [typedToTensor(`${P}zero_f`, [], Float32Array.of(0))] : []),
-      ...(sample
-        ? [
-            typedToTensor(`${P}first`, [1], BigInt64Array.of(0n)),
-            typedToTensor(`${P}last`, [1], BigInt64Array.of(-1n)),
-            typedToTensor(`${P}axis1`, [], BigInt64Array.of(1n)),
-          ]
-        : []),
+      ...(sample ? SAMPLING_CONSTANTS() : []),
       ...(pos
         ? [
             pos.type === "int32"
@@ -576,7 +598,7 @@ export class FusedDecoder {
         feeds[`${P}top_k`] = new Tensor("int64", BigInt64Array.of(BigInt(k)), [1]);
         const uniforms = s.uniforms ?? new Float64Array(r.steps * batch);
         if (uniforms.length !== r.steps * batch) throw new Error("one uniform per step and row");
-        feeds[`${P}uniforms`] = new Tensor("float64", uniforms, [r.steps, batch, 1]);
+        feeds[`${P}uniforms`] = new Tensor("float64", uniforms.map(drawThreshold), [r.steps, batch, 1]);
         if (features.topP) feeds[`${P}top_p`] = new Tensor("float64", Float64Array.of(s.topP), []);
       }
     }
