@@ -141,6 +141,15 @@ describe("itera fleet tune against a real Mosquitto and real agents", () => {
     expect(onDevice.pick.threads).toBe(2);
     expect(onDevice.objective).toBe("speed");
     expect(existsSync(join(dir, "agents", LAPTOP, TUNED_FILE))).toBe(false);
+    // The coordinator kept it: itera fleet history --tune reads it back.
+    const hist = itera(["fleet", "history", "--db", db, "--tune", "--json"]);
+    expect(hist.status).toBe(0);
+    const kept = JSON.parse(hist.stdout) as Array<{
+      device: string;
+      result: { applied: boolean; tuned: unknown };
+    }>;
+    expect(kept.map((k) => [k.device, k.result.applied])).toEqual([[PI, true]]);
+    expect(kept[0]!.result.tuned).toEqual(onDevice);
 
     const bench = await runFleetBench({
       broker: { url: broker.url },

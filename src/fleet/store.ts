@@ -237,9 +237,9 @@ export class FleetStore {
 
   /** Stored tune results, oldest job first. */
   tuneResults(
-    filter: { jobId?: string; device?: string } = {},
+    filter: { jobId?: string; fleet?: string; device?: string } = {},
   ): Array<{ jobId: string; device: string; execNo: number; result: TuneResult }> {
-    const { where, args } = whereClause(filter, { jobId: "job_id", device: "device" });
+    const { where, args } = whereClause(filter, { jobId: "job_id", fleet: "fleet", device: "device" });
     return (
       this.db
         .prepare(`SELECT job_id, device, exec_no, result FROM tune_results ${where} ORDER BY job_id, device`)

@@ -111,23 +111,31 @@ export async function runFleetTune(o: FleetTuneOptions): Promise<FleetTuneOutcom
   }
 }
 
-/** One row per device: its pick and the figures of that candidate. */
+/** One device's pick and the figures of that candidate (a summary row; `itera fleet history --tune`). */
+export function tuneRow(d: {
+  device: string;
+  status: string;
+  details: string | null;
+  result: TuneResult | null;
+}) {
+  const t = d.result?.tuned;
+  const row = t?.grid.find((r) => sameCandidate(r, t.pick));
+  return {
+    device: d.device,
+    profile: t?.profile ?? null,
+    status: d.status,
+    pick: t ? `${t.pick.precision}, ${t.pick.threads} t${t.pick.decode ? `, ${t.pick.decode}` : ""}` : null,
+    tokens_per_s: row?.tokens_per_s.median ?? null,
+    mj_per_token: row?.mJ_per_token?.median ?? null,
+    energy_method: t?.energy?.method ?? null,
+    applied: d.result ? d.result.applied : null,
+    details: d.status === "SUCCEEDED" ? null : d.details,
+  };
+}
+
+/** One row per device of a run. */
 export function tuneSummaryRows(o: FleetTuneOutcome) {
-  return o.devices.map((d) => {
-    const t = d.result?.tuned;
-    const row = t?.grid.find((r) => sameCandidate(r, t.pick));
-    return {
-      device: d.device,
-      profile: d.profile,
-      status: d.status,
-      pick: t ? `${t.pick.precision}, ${t.pick.threads} t${t.pick.decode ? `, ${t.pick.decode}` : ""}` : null,
-      tokens_per_s: row?.tokens_per_s.median ?? null,
-      mj_per_token: row?.mJ_per_token?.median ?? null,
-      energy_method: t?.energy?.method ?? null,
-      applied: d.result ? d.result.applied : null,
-      details: d.status === "SUCCEEDED" ? null : d.details,
-    };
-  });
+  return o.devices.map((d) => ({ ...tuneRow(d), profile: d.profile }));
 }
 
 /** The run as markdown: a summary table, then each device's grid with its pick (as `itera tune` prints it). */

@@ -11,6 +11,7 @@ import { printEvents, registerFleetFeedback, retrainPolicy } from "./fleet-feedb
 import { startSimulation } from "../../fleet/simulate.js";
 import { registerFleetUpdate } from "./fleet-update.js";
 import { registerFleetTune } from "./fleet-tune.js";
+import { tuneRow } from "../../fleet/tune.js";
 import { registerFleetDashboard } from "./fleet-dashboard.js";
 import { defaultFleetDb, FleetStore } from "../../fleet/store.js";
 import { type WatchMode, watchFleet } from "../../fleet/watch.js";
@@ -282,6 +283,7 @@ function registerReport(fleet: Command): void {
 interface HistoryCliOptions {
   db?: string;
   telemetry?: boolean;
+  tune?: boolean;
   byVariant?: boolean;
   job?: string;
   device?: string;
@@ -302,6 +304,7 @@ function registerHistory(fleet: Command): void {
       "with --telemetry: one row per A/B variant (means of tok/s, mJ/token, CPU), side by side",
     )
     .option("--events", "the coordinator's events (retraining requested) instead of benchmark results")
+    .option("--tune", "tune results (itera fleet tune): each device's pick and its figures")
     .option("--job <id>", "only this benchmark run")
     .option("--device <id>", "only this device")
     .option("--fleet <name>", "only this fleet")
@@ -320,7 +323,36 @@ function registerHistory(fleet: Command): void {
           let headers: string[];
           let rows: Array<Array<string | number | boolean | null>>;
           let json: unknown;
-          if (opts.telemetry && opts.byVariant) {
+          if (opts.tune) {
+            const t = store.tuneResults({ ...filter, ...(opts.job ? { jobId: opts.job } : {}) });
+            json = t;
+            headers = [
+              "job",
+              "device",
+              "profile",
+              "pick",
+              "tok_s",
+              "mj_per_token",
+              "method",
+              "applied",
+              "measured",
+            ];
+            rows = t.map((x) => {
+              const r = tuneRow({ device: x.device, status: "SUCCEEDED", details: null, result: x.result });
+              const at = x.result.tuned.measured_at;
+              return [
+                x.jobId,
+                x.device,
+                r.profile,
+                r.pick,
+                r.tokens_per_s,
+                r.mj_per_token,
+                r.energy_method,
+                r.applied,
+                at,
+              ];
+            });
+          } else if (opts.telemetry && opts.byVariant) {
             const t = store.telemetryByVariant(filter);
             json = t;
             headers = [
