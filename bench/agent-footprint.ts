@@ -20,7 +20,9 @@
  * `--parts` also says where a warm `run --max-tokens 16` spends its megabytes and milliseconds: a
  * preloaded probe (NODE_OPTIONS=--require, which a single executable honours) notes RSS and time
  * when Node has started, when onnxruntime's binding is dlopen'ed, when ONNX Runtime's environment
- * is made for the first session, when the session has loaded the graph, and at exit.
+ * is made for the first session, when the session has loaded the graph, and at exit; and, per
+ * command, how many of the agent script's parts it compiled and their bytes (the loader's
+ * vm.compileFunction, watched by the same kind of probe).
  */
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
@@ -79,6 +81,18 @@ async function measure(cmd: string, args: string[], env: NodeJS.ProcessEnv): Pro
   if (code !== 0) throw new Error(`${cmd} ${args.join(" ")} exited ${code}: ${err.slice(-2000)}`);
   const kb = timeBin ? Number(/itera-footprint (\d+)/.exec(err)?.[1]) : hwm;
   return { rssMb: kb / 1024, anonMb: anon / 1024, wallMs };
+}
+
+/** Run a command to its end (exit code 0 or an error) and give what it wrote on stderr. */
+function stderrOf(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
+  return new Promise<string>((res, rej) => {
+    const child = spawn(cmd, args, { env, stdio: ["ignore", "ignore", "pipe"] });
+    let err = "";
+    child.stderr.on("data", (d: Buffer) => {
+      err += d.toString();
+    });
+    child.on("close", (code) => (code === 0 ? res(err) : rej(new Error(`${cmd} exited ${code}: ${err}`))));
+  });
 }
 
 const median = (xs: number[]): number => {
@@ -248,7 +262,7 @@ const parts: { tag: string; what: string }[] = [
   },
   {
     tag: "script",
-    what: "the agent script (compiled from its code cache), the CLI, bundle.json, the profile, the extraction check",
+    what: "the agent script's parts `run` requires (compiled from their code caches), the CLI, bundle.json, the profile, the extraction check",
   },
   { tag: "onnxruntime", what: "onnxruntime's binding and library loaded (dlopen)" },
   { tag: "tokenizer", what: "genai_config.json, tokenizer.json, the model card" },
@@ -262,16 +276,7 @@ if (argv.includes("--parts")) {
     const byTag = new Map<string, { rss: number[]; anon: number[]; ms: number[]; hwm: number[] }>();
     for (let r = 0; r < runs; r++) {
       const env = { ...envOf(i), NODE_OPTIONS: `--require ${probeFile}` };
-      const out = await new Promise<string>((res, rej) => {
-        const child = spawn(e.path, commands[2]!.args, { env, stdio: ["ignore", "ignore", "pipe"] });
-        let err = "";
-        child.stderr.on("data", (d: Buffer) => {
-          err += d.toString();
-        });
-        child.on("close", (code) =>
-          code === 0 ? res(err) : rej(new Error(`${e.path} exited ${code}: ${err}`)),
-        );
-      });
+      const out = await stderrOf(e.path, commands[2]!.args, env);
       let prev = { rss: 0, anon: 0, ms: 0 };
       for (const m of out.matchAll(/^itera-part (.*)$/gm)) {
         const p = JSON.parse(m[1]!) as { tag: string; ms: number; rss: number; anon: number; hwm: number };
@@ -296,6 +301,40 @@ if (argv.includes("--parts")) {
       if (!a) continue;
       say(`| ${p.what} | ${fmt(a.rss, 1)} | ${fmt(a.anon, 1)} | ${fmt(a.ms, 0)} | ${fmt(a.hwm, 1)} |`);
     }
+  }
+}
+
+// --- which of the agent script's parts each command compiles ------------------------------------
+const partsProbe = `"use strict";
+const vm = require("node:vm");
+const compile = vm.compileFunction;
+let parts = 0, bytes = 0, cache = 0;
+vm.compileFunction = function (source, params, options) {
+  parts++; bytes += source.length; cache += options.cachedData ? options.cachedData.length : 0;
+  return compile.call(this, source, params, options);
+};
+process.on("exit", () => process.stderr.write("itera-compiled " + JSON.stringify({ parts, bytes, cache }) + "\\n"));
+`;
+if (argv.includes("--parts")) {
+  const probeFile = join(work, "compiled-probe.cjs");
+  await writeFile(probeFile, partsProbe);
+  say();
+  say("What each command compiles of the agent script (parts, their source and code cache in KB):");
+  say();
+  say(`| command | ${exes.map((e) => `${e.label}: parts | source KB | code cache KB`).join(" | ")} |`);
+  say(`| --- | ${exes.map(() => "--- | --- | ---").join(" | ")} |`);
+  for (const c of commands) {
+    const cells: string[] = [];
+    for (const [i, e] of exes.entries()) {
+      const env = { ...envOf(i), NODE_OPTIONS: `--require ${probeFile}` };
+      const err = await stderrOf(e.path, c.args, env);
+      const got = /^itera-compiled (.*)$/m.exec(err);
+      const p = got ? (JSON.parse(got[1]!) as { parts: number; bytes: number; cache: number }) : undefined;
+      cells.push(
+        p ? `${p.parts} | ${(p.bytes / 1024).toFixed(0)} | ${(p.cache / 1024).toFixed(0)}` : "- | - | -",
+      );
+    }
+    say(`| \`${c.name}\` | ${cells.join(" | ")} |`);
   }
 }
 
