@@ -1,11 +1,12 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { Tensor } from "onnxruntime-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadModel as loadOnnx } from "../src/onnx/index.js";
 import type { NodeProto } from "../src/onnx/types.js";
 import { buildDecodeLoop, FusedDecoder } from "../src/runtime/fused-decode.js";
 import { type GenerateOptions, type LanguageModel, loadModel } from "../src/runtime/index.js";
-import { splitKvAttention } from "../src/runtime/kv-split.js";
+import { CacheBuffers, splitKvAttention } from "../src/runtime/kv-split.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
 
 /**
@@ -85,6 +86,30 @@ describe("which caches split", () => {
 });
 
 describe("the joined cache's memory", () => {
+  it("keeps the largest spare buffers it handed out, and only those", () => {
+    const pool = new CacheBuffers(2);
+    const positionBytes = 4 * 2 * 8; // float32, 2 heads of 8
+    const handed = (positions: number) => {
+      const length = (positions * positionBytes) / 4;
+      return new Tensor("float32", new Float32Array(pool.take(4 * length, positionBytes), 0, length), [
+        1,
+        2,
+        positions,
+        8,
+      ]);
+    };
+    const small = [handed(10), handed(20)];
+    const large = handed(300); // rounded up to 512 positions
+    for (const t of small) pool.give(t);
+    pool.give(new Tensor("float32", new Float32Array(512 * 16), [1, 2, 512, 8])); // not the pool's
+    expect(pool.spareBytes).toEqual([256 * positionBytes, 256 * positionBytes]);
+    pool.give(large);
+    expect(pool.spareBytes).toEqual([512 * positionBytes, 256 * positionBytes]);
+    // a request that fits takes the first spare large enough
+    const again = handed(400);
+    expect((again.data as Float32Array).buffer).toBe((large.data as Float32Array).buffer);
+  });
+
   it("a state handed back (recycle) lends its memory to the call after next; one still held is never written", async () => {
     const model = await loadModel(join(fixtures, "gpt2-kv"), { threads: 1 });
     try {

@@ -214,11 +214,21 @@ export class CacheBuffers {
     return buffer;
   }
 
-  /** Take back the buffer under a tensor this pool handed out; others are left alone. */
+  /**
+   * Take back the buffer under a tensor this pool handed out (others are left alone); beyond `keep`
+   * the smallest spares go, so that a cache outgrowing them does not leave the pool full of them.
+   */
   give(t: Tensor): void {
-    const buffer = (t.data as Float32Array).buffer;
-    if (this.ours.has(buffer) && this.spare.length < this.keep && !this.spare.includes(buffer as ArrayBuffer))
-      this.spare.push(buffer as ArrayBuffer);
+    const buffer = (t.data as Float32Array).buffer as ArrayBuffer;
+    if (!this.ours.has(buffer) || this.spare.includes(buffer)) return;
+    this.spare.push(buffer);
+    this.spare.sort((a, b) => b.byteLength - a.byteLength);
+    this.spare.length = Math.min(this.spare.length, this.keep);
+  }
+
+  /** The spare buffers' sizes in bytes, largest first. */
+  get spareBytes(): number[] {
+    return this.spare.map((b) => b.byteLength);
   }
 }
 
