@@ -1,5 +1,6 @@
 /**
- * Packaging benchmark: per target, the size of the executable (Node raw vs stripped, assets raw vs
+ * Packaging benchmark: per target, the size of the executable (Node raw vs ICU-trimmed and
+ * stripped, assets raw vs
  * stored compressed), of the runtime alone gzipped (the executable, as `tar -czf` stores it) and of
  * the .tar.gz, the build time, the agent's start-up to the first generated token: cold (first run:
  * the native files and the model are extracted) and warm (they are reused), and the peak RSS of
@@ -224,7 +225,8 @@ const text = `
 Machine: ${machine}; ${new Date().toISOString().slice(0, 10)}. Model: \`${modelDir.replace(`${process.cwd()}/`, "")}\` (fp32).
 Command: \`${command}\`
 
-Sizes in MB. "node" is the embedded Node binary before -> after strip; "assets" the embedded profile
+Sizes in MB. "node" is the embedded Node binary before -> after strip (its ICU data trimmed to
+English: zeros that change the gzipped size, not this one); "assets" the embedded profile
 and native add-ons raw -> as stored (brotli where it saves ≥ 10 %; the model pack lies beside the
 executable); "runtime gz" the
 executable alone gzipped as \`tar -czf\` stores it. Goal: runtime .tar.gz ≤ 45 MB for linux-arm64.
