@@ -1,7 +1,7 @@
 /**
  * Packaging benchmark: per target, the size of the executable (Node raw vs ICU-trimmed and
- * stripped, assets raw vs
- * stored compressed), of the runtime alone gzipped (the executable, as `tar -czf` stores it) and of
+ * stripped, assets raw vs stored compressed), of the runtime alone gzipped (the executable, as
+ * `tar -czf` stores it) and of
  * the .tar.gz, the build time, the agent's start-up to the first generated token: cold (first run:
  * the native files and the model are extracted) and warm (they are reused), and the peak RSS of
  * warm `--version`, `info --json` and `run --max-tokens 16` (issue #18's goals). Start-up is read
