@@ -10,7 +10,7 @@
  *   nice -n 10 node node_modules/.cache/itera-bench/runtime.mjs [--append docs/benchmarks.md] [model dirs...]
  * Without model dirs it benchmarks every folder under models/. `--kv-split` runs only the KV-cache
  * context sweep: fused greedy decode with the split cache (kv-split.ts) against the whole-cache
- * Concat, interleaved.
+ * Concat, interleaved (run it as `node --expose-gc ...` to collect garbage between runs).
  */
 import { existsSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { appendFile, mkdtemp } from "node:fs/promises";
@@ -70,6 +70,11 @@ function parseArgs(argv: string[]): Args {
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 /** Decode tokens/s of a generation: the tokens after the first over the time after the first. */
+/** CPU time (user + system, all threads) since `start`, in µs. */
+const cpuUs = (start: NodeJS.CpuUsage) => {
+  const c = process.cpuUsage(start);
+  return c.user + c.system;
+};
 const rate = (g: { timings: { tokenMs: number[]; totalMs: number; ttftMs: number } }) =>
   (1000 * g.timings.tokenMs.length) / (g.timings.totalMs - g.timings.ttftMs);
 
@@ -132,6 +137,8 @@ interface Row {
   generateStep: number;
   /** Median over runs of sampled / greedy tokens/s, each pair measured back to back. */
   sampledVsGreedy: number;
+  /** The same pairs by CPU time per token (process.cpuUsage): time other jobs take from this one does not count. */
+  sampledVsGreedyCpu: number;
   generateJsShare: number;
   /** Greedy decode through generate(): many steps per call where the model allows it (fused-decode.ts). */
   greedy: number;
@@ -206,6 +213,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
     const greedySpeeds: number[] = [];
     const sampledSpeeds: number[] = [];
     const sampledStepSpeeds: number[] = [];
+    const cpuRatios: number[] = [];
     let greedyMode = "step";
     let sampledMode = "step";
     let greedyJsShare = 0;
@@ -231,11 +239,15 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       const common = { maxTokens: generated, ignoreEos: true };
       timer.reset();
       greedyTimer.reset();
+      const greedyCpu = process.cpuUsage();
       const greedy = await model.generate(ids.slice(0, 8), { ...common, temperature: 0 }, () => {});
+      const greedyCpuUs = cpuUs(greedyCpu);
       const greedyShare = decodeJsShare(greedy, greedyTimer);
       timer.reset();
       sampledTimer.reset();
+      const sampledCpu = process.cpuUsage();
       const sampled = await model.generate(ids.slice(0, 8), { ...common, ...sampling, seed: r }, () => {});
+      const sampledCpuUs = cpuUs(sampledCpu);
       const sampledShare = decodeJsShare(sampled, sampledTimer);
       const stepped = await model.generate(
         ids.slice(0, 8),
@@ -249,6 +261,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       greedySpeeds.push(rate(greedy));
       sampledSpeeds.push(rate(sampled));
       sampledStepSpeeds.push(rate(stepped));
+      cpuRatios.push(greedyCpuUs / greedy.ids.length / (sampledCpuUs / sampled.ids.length));
       greedyJsShare = greedyShare;
       generateJsShare = sampledShare;
     }
@@ -283,6 +296,7 @@ async function benchModel(dir: string, threads: number, args: Args, rows: Row[],
       generateMode: sampledMode,
       generateStep: median(sampledStepSpeeds),
       sampledVsGreedy: median(sampledSpeeds.map((x, i) => x / greedySpeeds[i]!)),
+      sampledVsGreedyCpu: median(cpuRatios),
       generateJsShare,
       greedy: median(greedySpeeds),
       greedyMode,
@@ -424,6 +438,9 @@ async function benchKvSplit(dir: string, threads: number, args: Args, out: strin
         const order = r % 2 === 0 ? [true, false] : [false, true];
         const ids: Record<string, number[]> = {};
         for (const splitKv of order) {
+          // Under --expose-gc, a collection first: the garbage of the run before (a 2,048-position
+          // run leaves tens of MB) is not collected during whichever run comes next.
+          (globalThis as { gc?: () => void }).gc?.();
           // CPU time of the decode too: on a shared machine it moves less with the load than wall time
           let cpuAtFirst: NodeJS.CpuUsage | undefined;
           const g = await model.generate(prompt, { ...options, splitKv }, (e) => {
@@ -474,7 +491,7 @@ async function mainKvSplit(args: Args) {
     }
   }
   const command =
-    `node node_modules/.cache/itera-bench/runtime.mjs ${process.argv.slice(2).join(" ")}`.trim();
+    `node ${[...process.execArgv, "node_modules/.cache/itera-bench/runtime.mjs", ...process.argv.slice(2)].join(" ")}`.trim();
   const report = [
     `Machine: ${cpus()[0]?.model ?? "unknown CPU"}, ${cpus().length} logical CPUs; Node ${process.version}; ` +
       `onnxruntime-node ${env.versions?.node ?? "?"}; load average ${loadStart} at the start, ` +
@@ -534,7 +551,8 @@ async function main() {
     "Prefill of a prompt in one call versus one token per call (same run); single-stream decode as a bare forward loop " +
       "(greedy); through generate() greedy and sampled (temperature 0.8, top-k 40, the card's top-p 0.95, seeded; streamed text), " +
       "interleaved run by run (`fused`: many steps per session.run, src/runtime/fused-decode.ts; `step`: one call per token), " +
-      "the same sampling stepped (`fusedDecode: false`), and sampled / greedy as the median of back-to-back pairs; where a decode step's time goes " +
+      "the same sampling stepped (`fusedDecode: false`), and sampled / greedy as the median of back-to-back pairs, by tokens/s and by CPU time " +
+      "per token (process.cpuUsage, whole generate() calls: the time other jobs take from this one does not count); where a decode step's time goes " +
       "(JavaScript outside session.run; ONNX Runtime kernels as a share of session.run, from its profiler — the rest of " +
       "session.run is ONNX Runtime's per-node framework work and the Node binding):",
     "",
@@ -554,6 +572,7 @@ async function main() {
         "JS outside session.run (sampled)",
         "sampled, stepped tok/s",
         "sampled / greedy",
+        "sampled / greedy (CPU time)",
         "kernels / session.run",
         "kernels per step",
       ],
@@ -572,6 +591,7 @@ async function main() {
         pct(r.generateJsShare),
         r.generateStep.toFixed(0),
         `${r.sampledVsGreedy.toFixed(2)}x`,
+        `${r.sampledVsGreedyCpu.toFixed(2)}x`,
         r.kernelShare === null ? "n/a" : pct(r.kernelShare),
         r.nodesPerRun ?? "n/a",
       ]),
