@@ -68,11 +68,15 @@ async function main() {
   // tokens/s and p50 per-token latency per model and path, one entry per round
   const tps = new Map<string, number[]>();
   const p50 = new Map<string, number[]>();
+  // CPU time per token (process.cpuUsage over the whole test, warm-up included): the time other jobs
+  // take from this one does not count, so these ratios hold up on a loaded machine
+  const cpu = new Map<string, number[]>();
   const key = (model: string, path: Path) => `${model}\u0000${path.name}`;
   const engines = await Promise.all(args.models.map((m) => runtimeEngine(m)));
   for (let round = 0; round < args.rounds; round++) {
     for (const [m, engine] of engines.entries()) {
       for (const path of PATHS) {
+        const cpu0 = process.cpuUsage();
         const [r] = await runBench(
           {
             tests: [{ kind: "tg", n: args.tokens }],
@@ -86,7 +90,9 @@ async function main() {
           },
           { engine, meter: null, profile: "-", device: "-", agentVersion: "bench", quiet: true },
         );
+        const used = process.cpuUsage(cpu0);
         const k = key(args.models[m]!, path);
+        cpu.set(k, [...(cpu.get(k) ?? []), (used.user + used.system) / (r!.tokens + args.tokens)]);
         tps.set(k, [...(tps.get(k) ?? []), r!.tokens_per_s.mean]);
         p50.set(k, [...(p50.get(k) ?? []), r!.latency_ms.p50]);
       }
@@ -96,12 +102,17 @@ async function main() {
   const perRound = (model: string, a: Path, b: Path) =>
     median(tps.get(key(model, a))!.map((x, i) => x / tps.get(key(model, b))![i]!));
   const [greedyFused, sampledFused, greedyStep, sampledStep] = PATHS as [Path, Path, Path, Path];
+  const perRoundCpu = (model: string, a: Path, b: Path) =>
+    median(cpu.get(key(model, b))!.map((x, i) => x / cpu.get(key(model, a))![i]!));
   const rows = args.models.map((model) => [
     model.replace(/^models\//, ""),
     ...PATHS.map((p) => fmt(median(tps.get(key(model, p))!))),
     median(p50.get(key(model, greedyFused))!).toFixed(3),
     median(p50.get(key(model, greedyStep))!).toFixed(3),
+    median(cpu.get(key(model, greedyFused))!).toFixed(1),
+    median(cpu.get(key(model, sampledFused))!).toFixed(1),
     ratio(perRound(model, sampledFused, greedyFused)),
+    ratio(perRoundCpu(model, sampledFused, greedyFused)),
     ratio(perRound(model, greedyFused, greedyStep)),
     ratio(perRound(model, sampledFused, sampledStep)),
   ]);
@@ -111,7 +122,10 @@ async function main() {
       ...PATHS.map((p) => `${p.name} tok/s`),
       "p50 ms/token greedy fused",
       "p50 ms/token greedy step",
+      "CPU µs/token greedy fused",
+      "CPU µs/token sampled fused",
       "sampled / greedy (fused)",
+      "sampled / greedy by CPU time (fused)",
       "fused / step (greedy)",
       "fused / step (sampled)",
     ],
@@ -127,6 +141,8 @@ async function main() {
     `(built with esbuild as in the file's header). Each round runs, per model, the harness's tg${args.tokens} test`,
     `(one warm-up, one repetition of at least ${args.minDurationS} s) as \`itera bench -t 1 --decode fused|step [--sample]\` does, the four paths`,
     `back to back; sampled = temperature ${BENCH_SAMPLING.temperature}, top-k ${BENCH_SAMPLING.topK}, seed ${BENCH_SAMPLING.seed}. Medians of ${args.rounds} rounds; ratios are medians of the per-round ratios.`,
+    "CPU µs/token: user + system CPU time of the whole test (warm-up included) per token; by CPU time, sampled / greedy is",
+    "greedy's CPU time per token over sampled's, which the time other jobs take from this one does not move.",
     "",
     table,
     "",
