@@ -15,7 +15,8 @@ import { deviceEnv, fixtureModel, removeTempDirs, run } from "./package-helpers.
  * The parts are checked as built; then a desktop-x64-12c bundle of the fixture model runs every
  * command with a probe preloaded into the real executable (NODE_OPTIONS=--require, which a single
  * executable honours) that lists the parts V8 compiles, what they hold and whether their code cache
- * was taken.
+ * was taken. (A flipped byte in an embedded asset still stops the split agent with exit code 3:
+ * test/package-x64.test.ts.)
  */
 let work: string;
 let parts: string;
@@ -116,29 +117,16 @@ describe("each command from the executable compiles only its own parts", () => {
     const r = await agent(args, env);
     expect((JSON.parse(r.stdout) as { ids: number[] }).ids).toEqual(model.greedyIds);
     expect(holding(r.parts)).toEqual(["commander", "onnxruntime"]);
-    const info = await agent(["info", "--json"], env);
-    // Fewer bytes than info's parts and the run's together: the split is what each one compiles.
-    const bytes = (ps: Part[]) => ps.reduce((n, p) => n + p.bytes, 0);
-    const union = new Map([...r.parts, ...info.parts].map((p) => [p.name, p]));
-    expect(bytes(r.parts)).toBeLessThan(bytes([...union.values()]));
+    // A third of the agent script at most (the parts built above: the same code, another version).
+    let all = 0;
+    for (const name of await readdir(parts)) all += (await readFile(join(parts, name))).length;
+    expect(r.parts.reduce((n, p) => n + p.bytes, 0)).toBeLessThan(all / 3);
   });
 
   it("bench: a dynamic import of a CommonJS package (onnxruntime-node) keeps its named exports", async () => {
     const { env } = await deviceEnv();
-    const args = [
-      "bench",
-      "--tests",
-      "tg4",
-      "-r",
-      "1",
-      "--warmup",
-      "0",
-      "--min-duration",
-      "0",
-      "--idle",
-      "0",
-    ];
-    const r = await agent([...args, "--json"], env);
+    const args = "bench --tests tg4 -r 1 --warmup 0 --min-duration 0 --idle 0 --json".split(" ");
+    const r = await agent(args, env);
     const report = JSON.parse(r.stdout) as { results: { runtime?: string; test: string }[] };
     expect(JSON.stringify(report)).toMatch(/onnxruntime \d+\.\d+/);
     expect(holding(r.parts)).toEqual(["commander", "onnxruntime", "systeminformation"]);
@@ -178,22 +166,5 @@ describe("each command from the executable compiles only its own parts", () => {
       expect(r.stdout).toContain(`Usage: itera-agent ${c}`);
     }
     expect(holding((await agent(["agent", "--help"], env)).parts)).toContain("mqtt");
-  });
-
-  it("a flipped byte in an embedded asset still stops the agent with exit code 3", async () => {
-    const copy = join(work, "tampered");
-    const bin = await readFile(exe);
-    const at = bin.indexOf(Buffer.from('"name": "desktop-x64-12c"'));
-    expect(at).toBeGreaterThan(0);
-    bin[at + 10] = bin[at + 10]! ^ 0x01;
-    await run("cp", ["-r", built.dir, copy]);
-    await writeFile(join(copy, "itera-agent"), bin);
-    const { env } = await deviceEnv();
-    const err = (await run(join(copy, "itera-agent"), ["info"], { env }).catch((e: unknown) => e)) as {
-      code: number;
-      stderr: string;
-    };
-    expect(err.code).toBe(3);
-    expect(err.stderr).toMatch(/embedded asset 'profile\.json' does not match the bundle/);
   });
 });
