@@ -70,7 +70,7 @@ async function main() {
   const p50 = new Map<string, number[]>();
   // CPU time per token (process.cpuUsage over the whole test, warm-up included): the time other jobs
   // take from this one does not count, so these ratios hold up on a loaded machine
-  const cpu = new Map<string, number[]>();
+  const cpuPerToken = new Map<string, number[]>();
   const key = (model: string, path: Path) => `${model}\u0000${path.name}`;
   const engines = await Promise.all(args.models.map((m) => runtimeEngine(m)));
   for (let round = 0; round < args.rounds; round++) {
@@ -92,7 +92,10 @@ async function main() {
         );
         const used = process.cpuUsage(cpu0);
         const k = key(args.models[m]!, path);
-        cpu.set(k, [...(cpu.get(k) ?? []), (used.user + used.system) / (r!.tokens + args.tokens)]);
+        cpuPerToken.set(k, [
+          ...(cpuPerToken.get(k) ?? []),
+          (used.user + used.system) / (r!.tokens + args.tokens),
+        ]);
         tps.set(k, [...(tps.get(k) ?? []), r!.tokens_per_s.mean]);
         p50.set(k, [...(p50.get(k) ?? []), r!.latency_ms.p50]);
       }
@@ -103,14 +106,14 @@ async function main() {
     median(tps.get(key(model, a))!.map((x, i) => x / tps.get(key(model, b))![i]!));
   const [greedyFused, sampledFused, greedyStep, sampledStep] = PATHS as [Path, Path, Path, Path];
   const perRoundCpu = (model: string, a: Path, b: Path) =>
-    median(cpu.get(key(model, b))!.map((x, i) => x / cpu.get(key(model, a))![i]!));
+    median(cpuPerToken.get(key(model, b))!.map((x, i) => x / cpuPerToken.get(key(model, a))![i]!));
   const rows = args.models.map((model) => [
     model.replace(/^models\//, ""),
     ...PATHS.map((p) => fmt(median(tps.get(key(model, p))!))),
     median(p50.get(key(model, greedyFused))!).toFixed(3),
     median(p50.get(key(model, greedyStep))!).toFixed(3),
-    median(cpu.get(key(model, greedyFused))!).toFixed(1),
-    median(cpu.get(key(model, sampledFused))!).toFixed(1),
+    median(cpuPerToken.get(key(model, greedyFused))!).toFixed(1),
+    median(cpuPerToken.get(key(model, sampledFused))!).toFixed(1),
     ratio(perRound(model, sampledFused, greedyFused)),
     ratio(perRoundCpu(model, sampledFused, greedyFused)),
     ratio(perRound(model, greedyFused, greedyStep)),
