@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DataType, encodeModel, makeValueInfo } from "../src/onnx/index.js";
 import type { ModelProto } from "../src/onnx/types.js";
 import {
-  drawThreshold,
+  drawThresholds,
   FUSED_TOP_P_MAX,
   FusedDecoder,
   SAMPLING_CONSTANTS,
@@ -131,7 +131,7 @@ describe("the loop's sampling nodes against sampling.ts", () => {
           const topP = s.topP < 1;
           const feeds: Record<string, Tensor> = {
             scores: new Tensor("float32", logits, [rows, vocab]),
-            threshold: new Tensor("float64", uniforms.map(drawThreshold), [rows, 1]),
+            threshold: new Tensor("float64", drawThresholds(uniforms), [rows, 1]),
             "itera.loop.temperature": new Tensor("float64", Float64Array.of(s.temperature), []),
             "itera.loop.top_k": new Tensor(
               "int64",
@@ -159,13 +159,15 @@ describe("the loop's sampling nodes against sampling.ts", () => {
     },
   );
 
-  it("drawThreshold is the double just above u, so C >= threshold exactly when C > u", () => {
-    for (const u of [0, 2 ** -40, 0.1, 0.5, 0.7, 1 - 2 ** -32]) {
-      const t = drawThreshold(u);
+  it("drawThresholds gives the double just above each u, so C >= threshold exactly when C > u", () => {
+    const uniforms = Float64Array.of(0, 2 ** -40, 0.1, 0.5, 0.7, 1 - 2 ** -32);
+    const thresholds = drawThresholds(uniforms);
+    uniforms.forEach((u, i) => {
+      const t = thresholds[i]!;
       expect(t).toBeGreaterThan(u);
       // nothing lies between them: their midpoint rounds to one of them
       expect([u, t]).toContain((u + t) / 2);
-    }
+    });
   });
 });
 

@@ -97,7 +97,7 @@ function stateOutput(s: StateSlot, splitSlots: ReadonlySet<string>): string {
  *   top-p: the last kept position is the first whose C reaches p (the first maximum of min(C, p)),
  *          and C is divided by the kept total (the renormalised cumulative probabilities)
  *   draw: the first position whose C exceeds u is the first maximum of min(C, t), t = the double
- *         just above u (drawThreshold: C >= t exactly when C > u), found by TopK with k = 1.
+ *         just above u (drawThresholds: C >= t exactly when C > u), found by TopK with k = 1.
  * `threshold` [batch, 1] holds t per row; reads the loop's temperature, top_k and top_p inputs and
  * SAMPLING_CONSTANTS. Against sampling.ts only the rounding of the sums differs (Softmax's sum is not
  * sequential, Exp is ONNX Runtime's): a token can differ only where u lies within ~k ulps of a
@@ -139,11 +139,15 @@ export const SAMPLING_CONSTANTS = () => [
   typedToTensor(`${P}axis1`, [], BigInt64Array.of(1n)),
 ];
 
-/** The draw's threshold for a uniform number u in [0, 1): the double just above it (C > u iff C >= it). */
-export function drawThreshold(u: number): number {
-  const bits = new BigInt64Array(Float64Array.of(u).buffer);
-  bits[0] = bits[0]! + 1n;
-  return new Float64Array(bits.buffer)[0]!;
+/**
+ * The draws' thresholds for uniform numbers u in [0, 1): each the double just above u (C > u exactly
+ * when C >= it), one bit pattern up, as u is not negative.
+ */
+export function drawThresholds(uniforms: Float64Array): Float64Array {
+  const thresholds = Float64Array.from(uniforms);
+  const bits = new BigInt64Array(thresholds.buffer);
+  for (let i = 0; i < bits.length; i++) bits[i] = bits[i]! + 1n;
+  return thresholds;
 }
 
 /**
@@ -153,7 +157,7 @@ export function drawThreshold(u: number): number {
  *           attention_mask [batch, past + 1] and ones [batch, 1] (if the graph takes a mask),
  *           position_ids [batch, 1] (if the graph takes them), seen [batch, vocab] (bool, penalty),
  *           temperature, top_k [1], top_p, uniforms [steps, batch, 1] (sampling: each the
- *           drawThreshold of the step's uniform number), penalty (penalty),
+ *           drawThresholds of the steps' uniform numbers), penalty (penalty),
  *           states...
  *   outputs states... (of a split cache: the positions the call added), tokens [steps run, batch, 1]
  * Each iteration feeds the ids, chooses the next ids from the logits, marks rows that produced an
@@ -598,7 +602,7 @@ export class FusedDecoder {
         feeds[`${P}top_k`] = new Tensor("int64", BigInt64Array.of(BigInt(k)), [1]);
         const uniforms = s.uniforms ?? new Float64Array(r.steps * batch);
         if (uniforms.length !== r.steps * batch) throw new Error("one uniform per step and row");
-        feeds[`${P}uniforms`] = new Tensor("float64", uniforms.map(drawThreshold), [r.steps, batch, 1]);
+        feeds[`${P}uniforms`] = new Tensor("float64", drawThresholds(uniforms), [r.steps, batch, 1]);
         if (features.topP) feeds[`${P}top_p`] = new Tensor("float64", Float64Array.of(s.topP), []);
       }
     }
