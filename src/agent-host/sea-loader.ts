@@ -11,13 +11,14 @@ import {
 
 /**
  * The single executable's main script (src/package/sea.ts makes it so): a few hundred bytes that
- * answer `--version` themselves and otherwise run the agent (src/agent-host/sea-main.ts, bundled by
- * src/package/agent-script.ts into parts), embedded as an asset (src/agent-host/agent-script-asset.ts). Node compiles the whole main script
- * at start; the agent's is 3.5 MB, and each command needs a part of it: the CLI, zod and the
- * command's own code. So a part is compiled (from its V8 code cache) and run only when the entry
- * part or a part it runs requires it (docs/packaging.md, "Memory and start-up").
- * Each part runs as the main script did: a CommonJS module with `__filename` the executable, whose
- * `require` gives the other parts (`./<part>`) and Node's built-in modules.
+ * answer `--version` themselves and otherwise run the agent (src/agent-host/sea-main.ts), which
+ * src/package/agent-script.ts bundles into parts, embedded one after another in one asset
+ * (src/agent-host/agent-script-asset.ts). Node compiles the whole main script at start; the agent's
+ * is 3.3 MB, and a command needs a part of it: the CLI, zod and the command's own code. So a part is
+ * compiled (from its V8 code cache) and run only when the entry part, or a part it runs, requires
+ * it (docs/packaging.md, "Memory and start-up"). Each part runs as the main script did: a CommonJS
+ * module with `__filename` the executable, whose `require` gives the other parts (`./<part>`) and
+ * Node's built-in modules.
  */
 const args = process.argv.slice(2);
 if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {

@@ -100,7 +100,7 @@ const dynamicPackageImports: Plugin = {
 /**
  * `import { z } from "zod"` takes zod whole (580 KB, half of it the error messages of 50 languages:
  * `z` is a namespace re-exported by name, which esbuild cannot shake); `import * as z from "zod"`
- * is the same module and API, and keeps only what the agent calls (about 120 KB). Every command
+ * is the same module and API, and keeps only what the agent calls (160 KB in the agent). Every command
  * loads zod, so each start compiles and holds the difference.
  */
 const ZOD_NAMED_IMPORT = /^import \{ z \} from "zod";$/m;
@@ -135,7 +135,7 @@ export async function bundleAgentScript(outDir: string, version: string): Promis
   const result = await build({
     entryPoints: [sourceFile("agent-host/sea-main")],
     outdir: outDir,
-    // Flat: every part an asset `agent/<name>` (src/agent-host/agent-script-asset.ts).
+    // Flat: the loader finds each part by its file name (src/agent-host/agent-script-asset.ts).
     entryNames: "[name]",
     chunkNames: "[name]-[hash]",
     bundle: true,

@@ -20,8 +20,8 @@ import { hostTarget, type Target, targetKey } from "./target.js";
  * build host's Node 24 (`--experimental-sea-config`; the blob must come from the same Node version
  * as the binary it goes into) and injected into a copy of the target's Node binary with postject
  * (resource NODE_SEA_BLOB, flipping the fuse). The blob's main script is the small loader
- * (src/agent-host/sea-loader.ts); the agent's script is assets, one per part, each compiled only when
- * a command needs it (`--version` needs none). The V8 code cache is CPU- and flag-specific, so it is
+ * (src/agent-host/sea-loader.ts); the agent's script is an asset of parts, each compiled only when
+ * a command needs it (`--version` needs none), and their code caches another. The V8 code cache is CPU- and flag-specific, so it is
  * only made when the target is the build host.
  */
 // Killed on SIGINT/SIGTERM, so the blob is never written after the build's work folder is removed.
