@@ -1,6 +1,7 @@
 /**
  * The on-device agent's footprint (issue #18): peak RSS and wall time of a bundle's `itera-agent`
- * per command (`--version`, `info`, `run --max-tokens 16`, a short `bench`), for one or more
+ * per command (`--version`, `info`, `run --max-tokens 16`, a short `bench`) and the warm start to
+ * the first token (`run --max-tokens 1 --json`, the agent's own timing), for one or more
  * executables measured interleaved (run i of every executable before run i+1 of any, the order
  * rotated), so that a busy machine loads them alike.
  *
@@ -83,15 +84,25 @@ async function measure(cmd: string, args: string[], env: NodeJS.ProcessEnv): Pro
   return { rssMb: kb / 1024, anonMb: anon / 1024, wallMs };
 }
 
-/** Run a command to its end (exit code 0 or an error) and give what it wrote on stderr. */
-function stderrOf(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<string> {
-  return new Promise<string>((res, rej) => {
-    const child = spawn(cmd, args, { env, stdio: ["ignore", "ignore", "pipe"] });
+/** Run a command to its end (exit code 0 or an error) and give what it wrote on stdout and stderr. */
+function outputOf(
+  cmd: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<{ out: string; err: string }> {
+  return new Promise((res, rej) => {
+    const child = spawn(cmd, args, { env, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
     let err = "";
+    child.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
     child.stderr.on("data", (d: Buffer) => {
       err += d.toString();
     });
-    child.on("close", (code) => (code === 0 ? res(err) : rej(new Error(`${cmd} exited ${code}: ${err}`))));
+    child.on("close", (code) =>
+      code === 0 ? res({ out, err }) : rej(new Error(`${cmd} exited ${code}: ${err}`)),
+    );
   });
 }
 
@@ -188,6 +199,8 @@ for (const [i, e] of exes.entries())
   await measure(e.path, ["run", "--prompt", "a", "--max-tokens", "1"], envOf(i));
 
 const samples = new Map<string, Sample[]>();
+const firstToken = ["run", "--prompt", "ROMEO:", "--max-tokens", "1", "--threads", "1"];
+const firstTokenMs = new Map<number, number[]>();
 for (let r = 0; r < runs; r++) {
   for (const c of commands) {
     for (let k = 0; k < exes.length; k++) {
@@ -196,6 +209,13 @@ for (let r = 0; r < runs; r++) {
       const key = `${c.name}\u0000${i}`;
       samples.set(key, [...(samples.get(key) ?? []), s]);
     }
+  }
+  // The first token of a warm start, as the agent times it from its process start (issue #18's goal).
+  for (let k = 0; k < exes.length; k++) {
+    const i = (k + r) % exes.length;
+    const { out } = await outputOf(exes[i]!.path, [...firstToken, "--json"], envOf(i));
+    const ms = (JSON.parse(out) as { timings: { first_token_ms: number } }).timings.first_token_ms;
+    firstTokenMs.set(i, [...(firstTokenMs.get(i) ?? []), ms]);
   }
 }
 
@@ -215,6 +235,10 @@ for (const c of commands) {
   });
   say(`| \`${c.name}\` | ${cells.join(" | ")} |`);
 }
+say();
+say(
+  `Warm start to the first token (\`${firstToken.join(" ")} --json\`, the agent's own timing from its process start), ms: ${exes.map((e, i) => `${e.label} ${fmt(firstTokenMs.get(i) ?? [], 0)}`).join("; ")}.`,
+);
 
 // --- where a run's memory and time go ---------------------------------------------------------------
 const probe = `"use strict";
@@ -276,7 +300,7 @@ if (argv.includes("--parts")) {
     const byTag = new Map<string, { rss: number[]; anon: number[]; ms: number[]; hwm: number[] }>();
     for (let r = 0; r < runs; r++) {
       const env = { ...envOf(i), NODE_OPTIONS: `--require ${probeFile}` };
-      const out = await stderrOf(e.path, commands[2]!.args, env);
+      const out = (await outputOf(e.path, commands[2]!.args, env)).err;
       let prev = { rss: 0, anon: 0, ms: 0 };
       for (const m of out.matchAll(/^itera-part (.*)$/gm)) {
         const p = JSON.parse(m[1]!) as { tag: string; ms: number; rss: number; anon: number; hwm: number };
@@ -327,7 +351,7 @@ if (argv.includes("--parts")) {
     const cells: string[] = [];
     for (const [i, e] of exes.entries()) {
       const env = { ...envOf(i), NODE_OPTIONS: `--require ${probeFile}` };
-      const err = await stderrOf(e.path, c.args, env);
+      const { err } = await outputOf(e.path, c.args, env);
       const got = /^itera-compiled (.*)$/m.exec(err);
       const p = got ? (JSON.parse(got[1]!) as { parts: number; bytes: number; cache: number }) : undefined;
       cells.push(
