@@ -24,10 +24,17 @@
  * is made for the first session, when the session has loaded the graph, and at exit; and, per
  * command, how many of the agent script's parts it compiled and their bytes (the loader's
  * vm.compileFunction, watched by the same kind of probe).
+ *
+ * `--post-run-cache` (an experiment for bundles of the agent script in parts): whether V8 code
+ * caches made after a run would start faster than the build's, made before running. A preloaded
+ * probe compiles each part as a vm.Script instead; one `run --max-tokens 1` writes each part's
+ * cache before it runs (as the build makes it) and another's after the run
+ * (`Script#createCachedData`, which then holds the functions the run compiled on first call); then
+ * runs with either are timed interleaved (first token, peak RSS). Nothing of the bundle changes.
  */
 import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { appendFile, cp, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { appendFile, cp, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -105,6 +112,10 @@ function outputOf(
     );
   });
 }
+
+/** The first token's time of a `run --json`, counted by the agent from its process start. */
+const firstTokenOf = (out: string): number =>
+  (JSON.parse(out) as { timings: { first_token_ms: number } }).timings.first_token_ms;
 
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
@@ -214,8 +225,7 @@ for (let r = 0; r < runs; r++) {
   for (let k = 0; k < exes.length; k++) {
     const i = (k + r) % exes.length;
     const { out } = await outputOf(exes[i]!.path, [...firstToken, "--json"], envOf(i));
-    const ms = (JSON.parse(out) as { timings: { first_token_ms: number } }).timings.first_token_ms;
-    firstTokenMs.set(i, [...(firstTokenMs.get(i) ?? []), ms]);
+    firstTokenMs.set(i, [...(firstTokenMs.get(i) ?? []), firstTokenOf(out)]);
   }
 }
 
@@ -359,6 +369,64 @@ if (argv.includes("--parts")) {
       );
     }
     say(`| \`${c.name}\` | ${cells.join(" | ")} |`);
+  }
+}
+
+// --- would a code cache made after a run start faster? -------------------------------------------
+const cacheProbe = `"use strict";
+const fs = require("node:fs"), vm = require("node:vm");
+const [mode, kind, dir] = process.env.ITERA_CACHE_PROBE.split(":");
+const scripts = [];
+vm.compileFunction = function (source, params, options) {
+  const name = String(options.filename).split("/").pop();
+  const wrapped = "(function (" + params.join(", ") + ") {" + source.replace(/^#!.*/, "") + "\\n})";
+  const file = dir + "/" + kind + "-" + name;
+  const cachedData = mode === "use" ? fs.readFileSync(file) : undefined;
+  const script = new vm.Script(wrapped, { filename: options.filename, cachedData,
+    importModuleDynamically: options.importModuleDynamically });
+  if (cachedData && script.cachedDataRejected) throw new Error("code cache rejected: " + name);
+  if (mode === "write" && kind === "before") fs.writeFileSync(file, script.createCachedData());
+  scripts.push([file, script]);
+  return script.runInThisContext();
+};
+process.on("exit", () => {
+  if (mode === "write" && kind === "after") for (const [file, s] of scripts) fs.writeFileSync(file, s.createCachedData());
+});
+`;
+if (argv.includes("--post-run-cache")) {
+  const probeFile = join(work, "cache-probe.cjs");
+  await writeFile(probeFile, cacheProbe);
+  for (const [i, e] of exes.entries()) {
+    const dir = join(work, `post-run-cache-${i}`);
+    await mkdir(dir);
+    const withProbe = (how: string) => ({
+      ...envOf(i),
+      NODE_OPTIONS: `--require ${probeFile}`,
+      ITERA_CACHE_PROBE: `${how}:${dir}`,
+    });
+    for (const kind of ["before", "after"]) await outputOf(e.path, firstToken, withProbe(`write:${kind}`));
+    const kb = async (kind: string) => {
+      let n = 0;
+      for (const f of await readdir(dir)) if (f.startsWith(`${kind}-`)) n += (await stat(join(dir, f))).size;
+      return (n / 1024).toFixed(0);
+    };
+    const got = new Map<string, { ms: number[]; rss: number[] }>();
+    for (let r = 0; r < runs * 3; r++) {
+      for (const kind of r % 2 ? ["after", "before"] : ["before", "after"]) {
+        const args = [e.path, ...firstToken, "--json"];
+        const { out, err } = timeBin
+          ? await outputOf(timeBin, ["-f", "itera-footprint %M", ...args], withProbe(`use:${kind}`))
+          : await outputOf(args[0]!, args.slice(1), withProbe(`use:${kind}`));
+        const acc = got.get(kind) ?? { ms: [], rss: [] };
+        acc.rss.push(Number(/itera-footprint (\d+)/.exec(err)?.[1] ?? Number.NaN) / 1024);
+        acc.ms.push(firstTokenOf(out));
+        got.set(kind, acc);
+      }
+    }
+    say();
+    say(
+      `Code caches made before vs after a run (\`--post-run-cache\`, ${e.label}; ${runs * 3} warm \`${firstToken.join(" ")}\` each, interleaved, both through the same probe): caches made before running ${await kb("before")} KB, first token ${fmt(got.get("before")!.ms, 0)} ms, peak RSS ${fmt(got.get("before")!.rss, 1)} MB; made after a run ${await kb("after")} KB, first token ${fmt(got.get("after")!.ms, 0)} ms, peak RSS ${fmt(got.get("after")!.rss, 1)} MB.`,
+    );
   }
 }
 
