@@ -32,12 +32,15 @@
  * (`Script#createCachedData`, which then holds the functions the run compiled on first call); then
  * runs with either are timed interleaved (first token, peak RSS). Nothing of the bundle changes.
  */
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { appendFile, cp, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
+import { promisify } from "node:util";
+
+const execFileAsync = promisify(execFile);
 
 const argv = process.argv.slice(2);
 const opt = (name: string, dflt: string): string =>
@@ -92,25 +95,13 @@ async function measure(cmd: string, args: string[], env: NodeJS.ProcessEnv): Pro
 }
 
 /** Run a command to its end (exit code 0 or an error) and give what it wrote on stdout and stderr. */
-function outputOf(
+async function outputOf(
   cmd: string,
   args: string[],
   env: NodeJS.ProcessEnv,
 ): Promise<{ out: string; err: string }> {
-  return new Promise((res, rej) => {
-    const child = spawn(cmd, args, { env, stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.on("data", (d: Buffer) => {
-      out += d.toString();
-    });
-    child.stderr.on("data", (d: Buffer) => {
-      err += d.toString();
-    });
-    child.on("close", (code) =>
-      code === 0 ? res({ out, err }) : rej(new Error(`${cmd} exited ${code}: ${err}`)),
-    );
-  });
+  const { stdout, stderr } = await execFileAsync(cmd, args, { env, maxBuffer: 64 << 20 });
+  return { out: stdout, err: stderr };
 }
 
 /** The first token's time of a `run --json`, counted by the agent from its process start. */
