@@ -207,6 +207,26 @@ describe("the Node binaries a bundle embeds", () => {
   });
 });
 
+describe("itera build --full-icu", () => {
+  it("embeds the official binary's whole ICU, stripped and cached beside the English-only one: German formats as German", async () => {
+    const full = await nodeBinary({ platform: "linux", arch: "x64" }, "full");
+    expect(full.icu).toEqual({ skipped: "kept whole (--full-icu)" });
+    expect(describeNodeBinary(full)).toMatch(/full ICU: kept whole \(--full-icu\)/);
+    expect(full.path).not.toBe(x64.path);
+    expect(full.bytes).toBe(x64.bytes); // trimming zero-fills in place: same size, other bytes
+    expect((await readFile(full.path)).includes(SEA_FUSE)).toBe(true);
+    const script = join(work, "intl-full.js");
+    await writeFile(script, intlScript);
+    const { stdout } = await run(full.path, [script], { env: { PATH: "/usr/bin:/bin", LANG: "C" } });
+    const r = JSON.parse(stdout) as Record<string, unknown>;
+    expect(r.de).toBe("Freitag, 4. Dezember 2026");
+    expect(r.deNumber).toBe("1.234,5");
+    expect(r.supported).toEqual(["de", "en-GB", "ja"]);
+    // The English-only binary is still what a default build embeds.
+    expect((await nodeBinary({ platform: "linux", arch: "x64" })).path).toBe(x64.path);
+  });
+});
+
 describe("without a strip tool", () => {
   it("the trimmed binary is embedded unstripped and not cached; a build with the tool strips it", async () => {
     const x64Target = { platform: "linux", arch: "x64" } as const;

@@ -44,7 +44,7 @@ import {
 import { loadGenaiConfig } from "../model/genai-config.js";
 import { checkModelRuns, firstPromptId, type ModelCheck } from "./model-check.js";
 import { readModelInput } from "./model-input.js";
-import { describeNodeBinary, NODE_VERSION, nodeBinary } from "./node-binary.js";
+import { describeNodeBinary, type IcuChoice, NODE_VERSION, nodeBinary } from "./node-binary.js";
 import { type QuantizationDecision, resolveQuantization } from "./quantization.js";
 import { readBuildTuned, tunedQuant, withTuned } from "./tuned.js";
 import { writeModelPack } from "./model-pack.js";
@@ -86,6 +86,8 @@ export interface BuildOptions {
   runtime?: string;
   /** A tuned.json (`itera tune`) carried in the bundle's model folder, where the agent reads it. */
   tuned?: string;
+  /** Embed the official Node's full ICU data instead of English only (src/package/icu-data.ts). */
+  fullIcu?: boolean;
   quiet?: boolean;
 }
 
@@ -173,7 +175,8 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
     // The quantizer ran the new graph already; this also checks it with the tokenizer it ships with.
     if (model.dir !== modelIn.dir) await checkModelRuns(model.dir);
     if (tuned) model.dir = await withTuned(model.dir, tuned, work);
-    const runtime = reuse ?? (await buildRuntime(work, profile, target, steps));
+    const runtime =
+      reuse ?? (await buildRuntime(work, profile, target, opts.fullIcu ? "full" : "english", steps));
     const commit = await gitCommitOf(packageRoot);
     steps.update(4, "single executable");
     // The archive moves in the same synchronous step as the folder: both or neither.
@@ -386,10 +389,11 @@ async function buildRuntime(
   work: string,
   profile: DeviceProfile,
   target: Target,
+  icu: IcuChoice,
   steps: { update(n: number, what: string): void },
 ): Promise<RuntimePart> {
   steps.update(1, "node binary");
-  const node = await nodeBinary(target);
+  const node = await nodeBinary(target, icu);
   steps.update(2, "agent script");
   const script = join(work, "agent-script"); // a folder: the agent's parts (src/package/agent-script.ts)
   const agent = await bundleAgentScript(script, VERSION);

@@ -116,8 +116,15 @@ export function stripToolFor(target: Target): { tool: string } | { skipped: stri
   return { tool: target.arch === "arm64" ? "aarch64-linux-gnu-strip" : "x86_64-linux-gnu-strip" };
 }
 
+/**
+ * Which ICU data the bundle's Node carries: English only (the default: what the agent needs, 6.7 MB
+ * less gzipped) or the official binary's full ICU (`itera build --full-icu`: every locale's formats,
+ * collation and names, for an application that shows other languages).
+ */
+export type IcuChoice = "english" | "full";
+
 /** Extract (and strip) the Node binary for a target; cached, so later builds only check hashes. */
-export async function nodeBinary(target: Target): Promise<NodeBinary> {
+export async function nodeBinary(target: Target, icu: IcuChoice = "english"): Promise<NodeBinary> {
   const tarball = await fetchNodeTarball(target);
   const pkg = packages[targetKey(target) as TargetKey];
   const dir = join(nodeCacheDir(), `${pkg.name}-${NODE_VERSION}`);
@@ -160,7 +167,7 @@ export async function nodeBinary(target: Target): Promise<NodeBinary> {
       release();
     }
   }
-  return embeddableBinary(raw, target);
+  return embeddableBinary(raw, target, icu);
 }
 
 /** What the build says about the embedded Node binary: the strip tool and the ICU data. */
@@ -184,32 +191,35 @@ function mb(bytes: number): string {
  * locates the data. Without a strip tool the trimmed copy is embedded unstripped and not cached, so
  * that a later build with the tool strips it.
  */
-async function embeddableBinary(raw: string, target: Target): Promise<NodeBinary> {
+async function embeddableBinary(raw: string, target: Target, choice: IcuChoice): Promise<NodeBinary> {
   const rawBytes = (await stat(raw)).size;
   const strip = stripToolFor(target);
   if (target.platform === "win32") {
     const icu = { skipped: "node.exe has no symbol table to find ICU's data by" };
     return { path: raw, rawBytes, bytes: rawBytes, strip, icu };
   }
-  const embed = `${raw}.embed`;
-  const cached = await readEmbedStamp(`${embed}.json`);
+  const full = choice === "full";
+  const policy = full ? "full" : ICU_TRIM_POLICY;
+  const embed = full ? `${raw}.embed-full-icu` : `${raw}.embed`;
+  const cached = await readEmbedStamp(`${embed}.json`, policy);
   if (cached && (await exists(embed))) {
     return { path: embed, rawBytes, bytes: (await stat(embed)).size, strip, icu: cached.icu };
   }
   // The cache layout before ICU trimming, and a copy a build without a strip tool embedded.
-  await Promise.all([rm(`${raw}.stripped`, { force: true }), rm(`${raw}.unstripped`, { force: true })]);
+  const unstripped = full ? `${raw}.unstripped-full-icu` : `${raw}.unstripped`;
+  await Promise.all([rm(`${raw}.stripped`, { force: true }), rm(unstripped, { force: true })]);
   const trimmed = tempPathFor(`${raw}.en-icu`);
   const releaseTrimmed = removeOnInterrupt(trimmed);
   try {
     const elf = await readFile(raw);
     let icu: NodeBinary["icu"];
     try {
-      icu = trimIcuData(elf);
+      icu = full ? { skipped: "kept whole (--full-icu)" } : trimIcuData(elf);
     } catch (e) {
       icu = { skipped: `its ICU data could not be trimmed (${(e as Error).message})` };
     }
     await writeFile(trimmed, elf, { mode: 0o755 });
-    if ("skipped" in strip) return await keepUnstripped(trimmed, raw, rawBytes, strip, icu);
+    if ("skipped" in strip) return await keepUnstripped(trimmed, unstripped, rawBytes, strip, icu);
     const tmp = tempPathFor(embed);
     const release = removeOnInterrupt(tmp);
     try {
@@ -220,7 +230,7 @@ async function embeddableBinary(raw: string, target: Target): Promise<NodeBinary
       if ((e as NodeJS.ErrnoException).code === "ENOENT") {
         return await keepUnstripped(
           trimmed,
-          raw,
+          unstripped,
           rawBytes,
           { skipped: `${strip.tool} is not installed` },
           icu,
@@ -241,7 +251,7 @@ async function embeddableBinary(raw: string, target: Target): Promise<NodeBinary
       await rm(tmp, { force: true });
       release();
     }
-    await writeFileAtomic(`${embed}.json`, JSON.stringify({ policy: ICU_TRIM_POLICY, icu }));
+    await writeFileAtomic(`${embed}.json`, JSON.stringify({ policy, icu }));
     return { path: embed, rawBytes, bytes: (await stat(embed)).size, strip, icu };
   } finally {
     await rm(trimmed, { force: true });
@@ -252,20 +262,19 @@ async function embeddableBinary(raw: string, target: Target): Promise<NodeBinary
 /** No strip tool: the trimmed copy is what the bundle embeds (`<name>.unstripped`, made again next build). */
 async function keepUnstripped(
   trimmed: string,
-  raw: string,
+  path: string,
   rawBytes: number,
   strip: { skipped: string },
   icu: NodeBinary["icu"],
 ): Promise<NodeBinary> {
-  const path = `${raw}.unstripped`;
   await rename(trimmed, path);
   return { path, rawBytes, bytes: rawBytes, strip, icu };
 }
 
-async function readEmbedStamp(file: string): Promise<{ icu: NodeBinary["icu"] } | undefined> {
+async function readEmbedStamp(file: string, policy: string): Promise<{ icu: NodeBinary["icu"] } | undefined> {
   try {
     const v = JSON.parse(await readFile(file, "utf8")) as { icu?: NodeBinary["icu"]; policy?: unknown };
-    return v.icu && typeof v.icu === "object" && v.policy === ICU_TRIM_POLICY ? { icu: v.icu } : undefined;
+    return v.icu && typeof v.icu === "object" && v.policy === policy ? { icu: v.icu } : undefined;
   } catch {
     return undefined;
   }

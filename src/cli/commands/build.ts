@@ -20,6 +20,7 @@ interface BuildCliOptions {
   serviceArgs?: string;
   runtime?: string;
   tuned?: string;
+  fullIcu?: boolean;
   json?: boolean;
 }
 
@@ -65,6 +66,10 @@ export function registerBuild(program: Command): void {
       "--tuned <file>",
       "carry this tuned.json (itera tune with this build's --profile) in the bundle: the agent's default threads (docs/tune.md); its precision is the default --quant",
     )
+    .option(
+      "--full-icu",
+      "embed Node's full ICU data (every locale) instead of English only (6.7 MB more gzipped)",
+    )
     .option("--json", "machine-readable output")
     .action(
       action(async (opts: BuildCliOptions) => {
@@ -86,6 +91,7 @@ export function registerBuild(program: Command): void {
           serviceArgs: opts.serviceArgs,
           runtime: opts.runtime,
           tuned: opts.tuned,
+          fullIcu: opts.fullIcu === true,
         });
         if (opts.json) {
           return printJson({
