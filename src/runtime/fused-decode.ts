@@ -90,12 +90,12 @@ function stateOutput(s: StateSlot, splitSlots: ReadonlySet<string>): string {
 /**
  * The sampled choice of the next ids [batch, 1] (int64) from float32 `scores` [batch, vocab]: the
  * distribution of samplingDistribution and the draw of drawFrom, in float64, in as few ONNX Runtime
- * kernels per step as they allow (each kind of kernel a step runs costs about a microsecond of
- * cold code beside the model's own, more than the arithmetic on k values):
+ * nodes per step as they allow (a node costs ONNX Runtime 2-15 thousand instructions of dispatch,
+ * allocation and broadcasting, far more than the arithmetic on k values):
  *   Cast -> TopK (k, ties: lower id first, as topKIndices) -> divide by the temperature -> Softmax
  *   (subtract the top one, Exp, divide by the sum) -> CumSum (cumulative probabilities C)
  *   top-p: the last kept position is the first whose C reaches p (the first maximum of min(C, p)),
- *          and C is divided by the kept total (the renormalised cumulative probabilities)
+ *          and t is scaled by the kept total (C / total > u as C > u x total: renormalised)
  *   draw: the first position whose C exceeds u is the first maximum of min(C, t), t = the double
  *         just above u (drawThresholds: C >= t exactly when C > u), found by TopK with k = 1.
  * `threshold` [batch, 1] holds t per row; reads the loop's temperature, top_k and top_p inputs and
@@ -115,18 +115,19 @@ export function sampledChoice(scores: string, threshold: string, next: string, t
     node("Softmax", [`${P}scaled`], [`${P}probs`], last),
     node("CumSum", [`${P}probs`, `${P}axis1`], [`${P}cum_probs`]),
   ];
-  let cumulative = `${P}cum_probs`;
+  let drawAt = threshold;
   if (topP) {
+    // C / kept total > u as C > u x kept total: a [batch, 1] product instead of a [batch, k] division
     nodes.push(
       node("Min", [`${P}cum_probs`, `${P}top_p`], [`${P}capped`]),
       node("TopK", [`${P}capped`, `${P}one`], [`${P}capped_top`, `${P}last_kept`], last),
       node("GatherElements", [`${P}cum_probs`, `${P}last_kept`], [`${P}kept_total`], at1),
-      node("Div", [`${P}cum_probs`, `${P}kept_total`], [`${P}cum_kept`]),
+      node("Mul", [threshold, `${P}kept_total`], [`${P}kept_threshold`]),
     );
-    cumulative = `${P}cum_kept`;
+    drawAt = `${P}kept_threshold`;
   }
   nodes.push(
-    node("Min", [cumulative, threshold], [`${P}reached`]),
+    node("Min", [`${P}cum_probs`, drawAt], [`${P}reached`]),
     node("TopK", [`${P}reached`, `${P}one`], [`${P}reached_top`, `${P}pick`], last),
     node("GatherElements", [`${P}top_ids`, `${P}pick`], [next], at1),
   );
