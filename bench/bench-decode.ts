@@ -14,7 +14,13 @@
 import { appendFile } from "node:fs/promises";
 import { cpus, loadavg } from "node:os";
 import { env } from "onnxruntime-node";
-import { BENCH_SAMPLING, type BenchSampling, type DecodeChoice } from "../src/bench/engine.js";
+import {
+  BENCH_SAMPLING,
+  type BenchEngine,
+  type BenchModel,
+  type BenchSampling,
+  type DecodeChoice,
+} from "../src/bench/engine.js";
 import { runBench } from "../src/bench/harness.js";
 import { runtimeEngine } from "../src/bench/runtime-engine.js";
 import { markdownTable } from "../src/util/table.js";
@@ -53,6 +59,45 @@ function parseArgs(argv: string[]) {
   return args;
 }
 
+/** CPU time (user + system) and tokens of the generations a test times: all but each load's first, the warm-up. */
+interface CpuTally {
+  us: number;
+  tokens: number;
+}
+
+/** `engine`, adding the CPU time of every timed generation to `tally` (process.cpuUsage around it). */
+function cpuTimed(engine: BenchEngine, tally: CpuTally): BenchEngine {
+  return {
+    model: engine.model,
+    quant: engine.quant,
+    tokenizer: engine.tokenizer,
+    runtime: engine.runtime,
+    contextLength: engine.contextLength,
+    decodePath: (settings) => engine.decodePath(settings),
+    load: async (threads, settings) => {
+      const model = await engine.load(threads, settings);
+      let warmedUp = false;
+      const timed: BenchModel = {
+        maxPositions: model.maxPositions,
+        prefill: (n) => model.prefill(n),
+        close: () => model.close(),
+        generate: async (n, signal) => {
+          const start = process.cpuUsage();
+          const run = await model.generate(n, signal);
+          const used = process.cpuUsage(start);
+          if (warmedUp) {
+            tally.us += used.user + used.system;
+            tally.tokens += n;
+          }
+          warmedUp = true;
+          return run;
+        },
+      };
+      return timed;
+    },
+  };
+}
+
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
@@ -68,15 +113,15 @@ async function main() {
   // tokens/s and p50 per-token latency per model and path, one entry per round
   const tps = new Map<string, number[]>();
   const p50 = new Map<string, number[]>();
-  // CPU time per token (process.cpuUsage over the whole test, warm-up included): the time other jobs
-  // take from this one does not count, so these ratios hold up on a loaded machine
+  // CPU time per token of the timed generations (process.cpuUsage): the time other jobs take from
+  // this one does not count, so these ratios hold up on a loaded machine
   const cpuPerToken = new Map<string, number[]>();
   const key = (model: string, path: Path) => `${model}\u0000${path.name}`;
   const engines = await Promise.all(args.models.map((m) => runtimeEngine(m)));
   for (let round = 0; round < args.rounds; round++) {
     for (const [m, engine] of engines.entries()) {
       for (const path of PATHS) {
-        const cpu0 = process.cpuUsage();
+        const tally: CpuTally = { us: 0, tokens: 0 };
         const [r] = await runBench(
           {
             tests: [{ kind: "tg", n: args.tokens }],
@@ -88,14 +133,17 @@ async function main() {
             decode: path.decode,
             sampling: path.sampling,
           },
-          { engine, meter: null, profile: "-", device: "-", agentVersion: "bench", quiet: true },
+          {
+            engine: cpuTimed(engine, tally),
+            meter: null,
+            profile: "-",
+            device: "-",
+            agentVersion: "bench",
+            quiet: true,
+          },
         );
-        const used = process.cpuUsage(cpu0);
         const k = key(args.models[m]!, path);
-        cpuPerToken.set(k, [
-          ...(cpuPerToken.get(k) ?? []),
-          (used.user + used.system) / (r!.tokens + args.tokens),
-        ]);
+        cpuPerToken.set(k, [...(cpuPerToken.get(k) ?? []), tally.us / tally.tokens]);
         tps.set(k, [...(tps.get(k) ?? []), r!.tokens_per_s.mean]);
         p50.set(k, [...(p50.get(k) ?? []), r!.latency_ms.p50]);
       }
@@ -144,7 +192,7 @@ async function main() {
     `(built with esbuild as in the file's header). Each round runs, per model, the harness's tg${args.tokens} test`,
     `(one warm-up, one repetition of at least ${args.minDurationS} s) as \`itera bench -t 1 --decode fused|step [--sample]\` does, the four paths`,
     `back to back; sampled = temperature ${BENCH_SAMPLING.temperature}, top-k ${BENCH_SAMPLING.topK}, seed ${BENCH_SAMPLING.seed}. Medians of ${args.rounds} rounds; ratios are medians of the per-round ratios.`,
-    "CPU µs/token: user + system CPU time of the whole test (warm-up included) per token; by CPU time, sampled / greedy is",
+    "CPU µs/token: user + system CPU time of the timed generations (warm-up excluded) per token; by CPU time, sampled / greedy is",
     "greedy's CPU time per token over sampled's, which the time other jobs take from this one does not move.",
     "",
     table,
