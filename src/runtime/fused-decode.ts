@@ -5,10 +5,11 @@
  * state tensor in and out (~5 µs each, and a whole KV cache copied out of every call) and ONNX
  * Runtime sets up the run. This module wraps the model's own graph in an ONNX `Loop` whose body is
  * the graph plus the choice of the next token: the state stays inside ONNX Runtime between steps
- * and one call returns up to K tokens. The choice is greedy (ArgMax) or sampled, with the same
- * arithmetic as src/runtime/sampling.ts in float64 (repetition penalty -> temperature -> top-k ->
- * top-p -> a draw with uniform numbers made by the caller's seeded generator), so the tokens are
- * those of stepping one call per token (the tests check this).
+ * and one call returns up to K tokens. The choice is greedy (ArgMax) or sampled, with the
+ * distribution and draw of src/runtime/sampling.ts in float64 (repetition penalty -> temperature ->
+ * top-k -> top-p -> a draw with uniform numbers made by the caller's seeded generator; sums may round
+ * differently, see sampledChoice), so the tokens are those of stepping one call per token (the tests
+ * check this).
  *
  * Applies to graphs whose inputs are token ids, states (fixed-shape recurrent/conv state or KV
  * caches that grow inside the loop; kv-split.ts splits a cache so that no step copies the positions
