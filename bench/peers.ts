@@ -303,9 +303,11 @@ async function main() {
       for (const threads of args.threads) {
         const model = await loadModel(dir, { threads });
         disposers.push(() => model.dispose());
-        // a fixed prompt of token ids: the house tokenizer's ids of a Shakespeare line
-        const text =
+        // a fixed prompt of token ids: the house tokenizer's ids of a Shakespeare line, repeated for
+        // long contexts (--prompt-tokens 1984: decode speed with a full KV cache)
+        const line =
           "ROMEO:\nWhat light through yonder window breaks? It is the east, and Juliet is the sun.\n";
+        const text = line.repeat(Math.ceil(args.promptTokens / 60));
         const prompt = model.tokenizer.encode(text, false).slice(0, args.promptTokens);
         if (prompt.length < args.promptTokens)
           throw new Error(`${dir}: the prompt has only ${prompt.length} tokens`);
