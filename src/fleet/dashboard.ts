@@ -21,7 +21,7 @@ import {
 } from "../protocol/schemas.js";
 import { fleetFilter, parseTopic } from "../protocol/topics.js";
 import { renderFleetHtml } from "../report/fleet-page.js";
-import type { FleetBenchOutcome } from "./bench.js";
+import { finishedJobs } from "./dashboard-jobs.js";
 import { type DeviceView, FleetMonitor } from "./monitor.js";
 import type { FleetStore } from "./store.js";
 
@@ -132,21 +132,6 @@ export class RunningJobs {
   }
 }
 
-/** A finished benchmark of the fleet as its history row shows it, with the link to its report. */
-export function dashboardJob(o: FleetBenchOutcome): DashboardJob {
-  const methods = o.devices.flatMap((d) => d.results.map((r) => r.energy?.method ?? ""));
-  return {
-    jobId: o.jobId,
-    model: o.model,
-    startedMs: o.startedMs,
-    finishedMs: o.finishedMs,
-    devices: o.devices.length,
-    succeeded: o.devices.filter((d) => d.status === "SUCCEEDED").length,
-    simulated: methods.some((m) => m.endsWith("-simulated")),
-    report: `jobs/${encodeURIComponent(o.jobId)}/report.html`,
-  };
-}
-
 /** The broker's address as shown on the page and the terminal: never its password. */
 export function shownBrokerUrl(url: string): string {
   try {
@@ -167,9 +152,9 @@ export interface DashboardOptions {
   token?: string;
   /** Telemetry is stored here (--db). */
   store?: FleetStore;
-  /** The fleet history whose finished benchmarks the page lists, each with its report page. */
+  /** The fleet history whose finished jobs (benchmark, update, tune) the page lists; benchmarks link their report. */
   history?: FleetStore;
-  /** How often the history is read again for new finished benchmarks (another process writes it). */
+  /** How often the history is read again for newly finished jobs (another process writes it). */
   historyPollMs?: number;
   /** How long to wait between attempts while the broker cannot be reached. */
   retryMs?: number;
@@ -191,7 +176,7 @@ function tokenOk(req: FastifyRequest, token: string | undefined): boolean {
 }
 
 /**
- * `itera fleet dashboard`: a live page of a fleet's devices and finished benchmarks, updated by
+ * `itera fleet dashboard`: a live page of a fleet's devices and its running and finished jobs, updated by
  * Server-Sent Events, until the signal aborts. The page is served at once; a broker that cannot be
  * reached is shown on it (and retried) instead of leaving the page blank.
  */
@@ -209,27 +194,17 @@ export async function runDashboard(o: DashboardOptions): Promise<void> {
     o.onBroker?.(broker);
   };
 
-  // Finished benchmarks, newest first; an outcome never changes once finished, so each is read once.
-  const outcomes = new Map<string, DashboardJob>();
+  // Finished jobs of every type, newest first; each is read once (a finished job never changes).
+  const seen = new Map<string, DashboardJob>();
   let jobs: DashboardJob[] = [];
   const readJobs = () => {
     if (!o.history) return;
-    let finished: ReturnType<FleetStore["runs"]>;
+    let next: DashboardJob[];
     try {
-      finished = o.history.runs();
+      next = finishedJobs(o.history, o.fleet, seen);
     } catch {
       return; // busy or being migrated by another process: read again on the next poll
     }
-    finished = finished
-      .filter((r) => r.fleet === o.fleet && (r.type ?? "benchmark") === "benchmark" && r.finishedMs !== null)
-      .reverse()
-      .slice(0, 50);
-    for (const r of finished) {
-      if (outcomes.has(r.jobId)) continue;
-      const outcome = o.history.outcome(r.jobId);
-      if (outcome) outcomes.set(r.jobId, dashboardJob(outcome));
-    }
-    const next = finished.flatMap((r) => outcomes.get(r.jobId) ?? []);
     if (JSON.stringify(next) !== JSON.stringify(jobs)) {
       jobs = next;
       send("jobs", jobs);

@@ -8,18 +8,61 @@ export interface DashboardBroker {
   error: string | null;
 }
 
-/** A finished benchmark in the dashboard's history; `report` is the page's relative link to its report. */
-export interface DashboardJob {
+/** What every finished job in the dashboard's list has, whatever its type. */
+interface DashboardJobBase {
   jobId: string;
-  model: string;
+  /** benchmark, tune: the model; update: the version (and A/B variant) it installs. */
+  subject: string;
   startedMs: number;
   finishedMs: number;
   devices: number;
+  /** Devices that succeeded (an update: that run the new version, UPDATED). */
   succeeded: number;
   /** Its energy figures came from a simulated meter. */
   simulated: boolean;
-  report: string;
+  /** What matters for its type, one line each, as the page writes it. */
+  summary: string[];
+  /** The page's relative link to its report (benchmarks; null for other types). */
+  report: string | null;
 }
+
+/** A device's pick in a finished tune job (null figures: not measured, or it did not succeed). */
+export interface DashboardTunePick {
+  device: string;
+  status: string;
+  /** `precision, N t[, decode]`; null: no result. */
+  pick: string | null;
+  tok_s: number | null;
+  mj_per_token: number | null;
+  method: string | null;
+  /** Its tuned.json was written on the device (null: no result). */
+  applied: boolean | null;
+  /** Why it has no pick. */
+  details: string | null;
+}
+
+/** A finished job in the dashboard's list: benchmark, update or tune, with its type's figures. */
+export type DashboardJob = DashboardJobBase &
+  (
+    | {
+        type: "benchmark";
+        report: string;
+        /** Lowest and highest generation tokens/s (and mJ/token) of its devices; null: none. */
+        tok_s: [number, number] | null;
+        mj_per_token: [number, number] | null;
+      }
+    | {
+        type: "update";
+        version: string;
+        variant: string | null;
+        /** The rollout's result (updated, canary-failed, stopped, incomplete). */
+        result: string;
+        /** Devices per outcome: UPDATED, ROLLED_BACK, REJECTED, OFFLINE, FAILED, SKIPPED, ... */
+        outcomes: Record<string, number>;
+        rolledBack: string[];
+      }
+    | { type: "tune"; picks: DashboardTunePick[] }
+  );
 
 /** One telemetry message's figures as a device's sparklines draw them (ts: epoch ms). */
 export interface DashboardPoint {
@@ -32,7 +75,7 @@ export interface DashboardPoint {
 /** One device's execution of a job in flight (`SENT`: requested, not yet answered by the device). */
 export interface DashboardRunningJob {
   jobId: string;
-  /** `benchmark` or `update`; null when the request was not seen (the dashboard started later). */
+  /** `benchmark`, `update` or `tune`; null when the request was not seen (the dashboard started later). */
   type: string | null;
   device: string;
   status: string;
@@ -49,7 +92,7 @@ export function brokerText(b: DashboardBroker): string {
 }
 
 /**
- * The live fleet dashboard (`itera fleet dashboard`): tables of devices and finished benchmarks that
+ * The live fleet dashboard (`itera fleet dashboard`): tables of devices and jobs (running, finished) that
  * the page's script fills from the server's event stream (`events`, same origin; the page's own CSP
  * allows only that connection). Device strings are written with textContent, never parsed as HTML.
  */
@@ -75,8 +118,10 @@ var p=d.points||[];var tr=row([d.device,d.state,d.version||"\\u2013",d.profile||
 tr.dataset.device=d.device;tr.className="state-"+d.state;tb.appendChild(tr);});
 $("count").textContent=String(ids.length);
 var s=ids.filter(function(id){return sim(devices[id].method);}).length>0||jobs.some(function(j){return j.simulated;});$("simulated").hidden=!s;}
-function renderJobs(){var body=document.querySelector("#jobs tbody");body.textContent="";jobs.forEach(function(j){var a=document.createElement("a");a.href=j.report+q;a.textContent=j.jobId;
-var tr=row([a,j.model,utc(j.finishedMs),j.succeeded+"/"+j.devices,j.simulated?"simulated meter":"measured or none"],["","","","n",j.simulated?"sim":""]);tr.dataset.job=j.jobId;body.appendChild(tr);});
+function lines(xs){var d=document.createElement("div");xs.forEach(function(x){var l=document.createElement("div");l.textContent=x;d.appendChild(l);});return d;}
+function renderJobs(){var body=document.querySelector("#jobs tbody");body.textContent="";jobs.forEach(function(j){var id=j.jobId;if(j.report){id=document.createElement("a");id.href=j.report+q;id.textContent=j.jobId;}
+var energy=j.type==="update"?"\u2013":j.simulated?"simulated meter":"measured or none";
+var tr=row([id,j.subject,utc(j.finishedMs),j.succeeded+"/"+j.devices,energy,j.type,lines(j.summary)],["","","","n",j.simulated?"sim":"","",""]);tr.dataset.job=j.jobId;tr.dataset.type=j.type;body.appendChild(tr);});
 $("no-jobs").hidden=jobs.length>0;$("jobs").hidden=jobs.length===0;render();}
 function renderRunning(){var body=document.querySelector("#running tbody");body.textContent="";running.forEach(function(j){
 var tr=row([j.jobId,j.type||"\\u2013",j.device,j.status,j.details||"\\u2013",ago(j.sinceMs)],["","","","","",""]);tr.dataset.job=j.jobId;tr.dataset.device=j.device;body.appendChild(tr);});
@@ -109,11 +154,11 @@ export function dashboardPage(o: {
     '<p class="muted"><span id="count">0</span> device(s); stream: <span id="conn">connecting</span></p>',
     '<table id="devices"><thead><tr><th>device</th><th>state</th><th>version</th><th>profile</th><th>last seen</th><th>temp °C</th><th>recent tokens/s</th><th>mJ/token</th><th>tokens/s trend</th><th>mJ/token trend</th><th>CPU % trend</th></tr></thead><tbody></tbody></table>',
     "<h2>Running jobs</h2>",
-    `<p class="muted" id="no-running">no job running on this fleet (itera fleet bench / itera fleet update --fleet ${escapeHtml(o.fleet)})</p>`,
+    `<p class="muted" id="no-running">no job running on this fleet (itera fleet bench / update / tune --fleet ${escapeHtml(o.fleet)})</p>`,
     '<table id="running" hidden><thead><tr><th>job</th><th>type</th><th>device</th><th>status</th><th>progress</th><th>since</th></tr></thead><tbody></tbody></table>',
-    "<h2>Finished benchmarks</h2>",
-    `<p class="muted" id="no-jobs">no finished benchmark of this fleet yet (itera fleet bench --fleet ${escapeHtml(o.fleet)})</p>`,
-    '<table id="jobs" hidden><thead><tr><th>job (report)</th><th>model</th><th>finished</th><th>succeeded</th><th>energy</th></tr></thead><tbody></tbody></table>',
+    "<h2>Finished jobs</h2>",
+    `<p class="muted" id="no-jobs">no finished job of this fleet yet (itera fleet bench / update / tune --fleet ${escapeHtml(o.fleet)})</p>`,
+    '<table id="jobs" hidden><thead><tr><th>job (benchmark: report)</th><th>model or version</th><th>finished</th><th>succeeded</th><th>energy</th><th>type</th><th>outcome</th></tr></thead><tbody></tbody></table>',
     `<script type="application/json" id="cfg">${scriptJson(o)}</script>`,
   ].join("\n");
   return htmlPage({ title, body, script: SCRIPT, connect: "'self'" });

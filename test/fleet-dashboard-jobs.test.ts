@@ -1,0 +1,339 @@
+/**
+ * The dashboard's list of finished jobs of every type (issue #21): what it reads of an update's and a
+ * tune's stored outcome (a real FleetStore), and in a real browser (Debian's Chromium over
+ * puppeteer-core) with a real Mosquitto, `itera fleet simulate` and the dashboard: a real
+ * `itera fleet tune` run from the CLI appears in the page's list with each device's pick, then an
+ * update stored while the page is open appears too, live. Waits poll the page; nothing asserts on time.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { dashboardUpdateJob, finishedJobs, updateOutcomeOf } from "../src/fleet/dashboard-jobs.js";
+import { FleetStore } from "../src/fleet/store.js";
+import type { FleetUpdateOutcome } from "../src/fleet/update.js";
+import type { DashboardJob } from "../src/report/dashboard-page.js";
+import { expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
+import { Mosquitto, until } from "./mqtt-helpers.js";
+
+const CLI = resolve("dist/cli/itera.js");
+const MODEL = resolve("models/itera-lite-micro");
+const FLEET = "jobsweb";
+
+/** An update's outcome as `itera fleet update` stores it: a canary updated, one rolled back, one offline. */
+function updateOutcome(jobId: string, finishedMs: number): FleetUpdateOutcome {
+  const device = (
+    name: string,
+    status: FleetUpdateOutcome["devices"][number]["status"],
+    rolledBack: boolean,
+  ) => ({
+    device: name,
+    profile: "rpi4",
+    wave: status === "OFFLINE" ? null : 0,
+    from: "1.0.0",
+    status,
+    details: rolledBack ? "rolled back to 1.0.0: health check failed" : null,
+    running: rolledBack || status === "OFFLINE" ? "1.0.0" : "1.1.0",
+    rolledBack,
+    chunksSent: 3,
+    bytes: 3000,
+    variant: "b",
+  });
+  return {
+    jobId,
+    fleet: FLEET,
+    bundleId: "bundle-1",
+    version: "1.1.0",
+    payload: "bundle",
+    runtimeId: null,
+    startedMs: finishedMs - 5000,
+    finishedMs,
+    result: "stopped",
+    reason: "--max-failures 1 reached",
+    canary: ["dev-a"],
+    variant: "b",
+    splitPercent: 50,
+    kept: [],
+    devices: [
+      device("dev-a", "SUCCEEDED", false),
+      device("dev-b", "FAILED", true),
+      device("dev-c", "OFFLINE", false),
+    ],
+    anonymousBroker: false,
+    warnings: [],
+    refused: [],
+    stats: { payloadBytes: 3000, chunks: 3, chunksSent: 9, needs: 0, resends: 0 },
+  };
+}
+
+function storeUpdate(store: FleetStore, jobId: string, finishedMs: number): void {
+  store.addRun({
+    jobId,
+    type: "update",
+    fleet: FLEET,
+    model: "bundle-1",
+    params: {},
+    startedMs: finishedMs - 5000,
+    deadlineMs: finishedMs + 60_000,
+  });
+  store.finishJob(jobId, finishedMs, updateOutcome(jobId, finishedMs));
+}
+
+describe("finished jobs of every type, as the dashboard reads them", () => {
+  let dir: string;
+  let store: FleetStore;
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "itera-dashboard-jobs-"));
+    store = new FleetStore(join(dir, "fleet.db"));
+  });
+  afterAll(async () => {
+    store?.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("an update: its version and variant, per-device outcome counts and the rolled back devices", () => {
+    storeUpdate(store, "update-1", 1_000_000);
+    const [job] = finishedJobs(store, FLEET, new Map());
+    expect(job).toMatchObject({
+      type: "update",
+      jobId: "update-1",
+      subject: "version 1.1.0 (variant b)",
+      devices: 3,
+      succeeded: 1,
+      result: "stopped",
+      outcomes: { UPDATED: 1, ROLLED_BACK: 1, OFFLINE: 1 },
+      rolledBack: ["dev-b"],
+      report: null,
+    });
+    expect(job!.summary).toEqual([
+      "stopped: --max-failures 1 reached",
+      "OFFLINE 1, ROLLED_BACK 1, UPDATED 1",
+      "rolled back: dev-b",
+    ]);
+    expect(updateOutcomeOf({ status: "REJECTED", rolledBack: false })).toBe("REJECTED");
+  });
+
+  it("leaves out a job whose stored outcome it cannot read, and another fleet's and unfinished jobs", () => {
+    expect(dashboardUpdateJob({ jobId: "x", version: 3 })).toBeUndefined();
+    store.addRun({
+      jobId: "update-2",
+      type: "update",
+      fleet: FLEET,
+      model: "m",
+      params: {},
+      startedMs: 1,
+      deadlineMs: 2,
+    });
+    store.finishJob("update-2", 2_000_000, { jobId: "update-2", note: "not an update outcome" });
+    store.addRun({
+      jobId: "update-3",
+      type: "update",
+      fleet: FLEET,
+      model: "m",
+      params: {},
+      startedMs: 3,
+      deadlineMs: 4,
+    });
+    store.addRun({
+      jobId: "update-4",
+      type: "update",
+      fleet: "other",
+      model: "m",
+      params: {},
+      startedMs: 5,
+      deadlineMs: 6,
+    });
+    store.finishJob("update-4", 3_000_000, { ...updateOutcome("update-4", 3_000_000), fleet: "other" });
+    expect(finishedJobs(store, FLEET, new Map()).map((j) => j.jobId)).toEqual(["update-1"]);
+  });
+});
+
+/** A long-running `itera` command whose stderr is collected. */
+function start(args: string[]): { proc: ChildProcess; stderr: () => string } {
+  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  let err = "";
+  proc.stderr!.on("data", (d: Buffer) => {
+    err += d.toString();
+  });
+  proc.stdout!.resume();
+  return { proc, stderr: () => err };
+}
+
+/** Run an `itera` command to its end. */
+function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((done) => {
+    const proc = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    proc.stdout!.on("data", (d: Buffer) => {
+      stdout += d.toString();
+    });
+    proc.stderr!.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    proc.once("exit", (code) => done({ code, stdout, stderr }));
+  });
+}
+
+async function stop(p: ChildProcess | undefined): Promise<void> {
+  if (!p || p.exitCode !== null || p.signalCode !== null) return;
+  await new Promise<void>((r) => {
+    p.once("exit", () => r());
+    p.kill("SIGTERM");
+  });
+}
+
+describe("itera fleet dashboard's finished jobs in Chromium", () => {
+  let dir: string;
+  let broker: Mosquitto;
+  let browser: TestBrowser;
+  let sim: ReturnType<typeof start>;
+  let dash: ReturnType<typeof start>;
+  let url: string;
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), "itera-dashboard-jobs-web-"));
+    broker = await Mosquitto.create();
+    sim = start(
+      [
+        "fleet",
+        "simulate",
+        "--devices",
+        "2",
+        "--broker",
+        broker.url,
+        "--fleet",
+        FLEET,
+        "--model",
+        MODEL,
+      ].concat([
+        "--state-dir",
+        join(dir, "agents"),
+        "--telemetry-interval",
+        "1",
+        "--profiles",
+        "rpi4,laptop-x64-4c",
+      ]),
+    );
+    dash = start([
+      "fleet",
+      "dashboard",
+      "--port",
+      "0",
+      "--broker",
+      broker.url,
+      "--fleet",
+      FLEET,
+      "--db",
+      join(dir, "fleet.db"),
+    ]);
+    await until(() => /dashboard: (http:\/\/\S+?)\//.test(dash.stderr()), "the dashboard's address", 60_000);
+    url = dash.stderr().match(/dashboard: (http:\/\/\S+?)\//)![1]!;
+    browser = await TestBrowser.launch();
+  }, 120_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    for (const p of [dash?.proc, sim?.proc]) await stop(p);
+    await broker?.stop();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("lists a finished itera fleet tune with each device's pick, then an update, live", async () => {
+    const { page, log } = await browser.open(`${url}/`);
+    await waitOnPage(page, () => document.querySelectorAll("#devices tbody tr").length === 2, 90_000);
+    expect(await page.$eval("#no-jobs", (e) => e.hidden)).toBe(false);
+
+    const tune = await run(
+      [
+        "fleet",
+        "tune",
+        "--broker",
+        broker.url,
+        "--fleet",
+        FLEET,
+        "--devices",
+        "2",
+        "--discover",
+        "60",
+      ].concat(
+        [
+          "--threads",
+          "1",
+          "--test",
+          "tg32",
+          "--rounds",
+          "1",
+          "--min-duration",
+          "0.2",
+          "--db",
+          join(dir, "fleet.db"),
+        ],
+        ["--json"],
+      ),
+    );
+    expect(tune.stderr).not.toMatch(/internal error/);
+    expect(tune.code).toBe(0);
+    const out = JSON.parse(tune.stdout) as {
+      jobId: string;
+      rows: Array<{ device: string; pick: string | null; tokens_per_s: number | null }>;
+    };
+    expect(out.rows.map((r) => r.device)).toEqual(["sim-01-laptop-x64-4c", "sim-02-rpi4"]);
+
+    // The page gets it from the dashboard's poll of the database the tune wrote, without a reload.
+    await waitOnPage(
+      page,
+      () => document.querySelectorAll('#jobs tbody tr[data-type="tune"]').length === 1,
+      60_000,
+    );
+    const row = await page.$eval('#jobs tbody tr[data-type="tune"]', (tr) => ({
+      id: (tr as HTMLElement).dataset.job,
+      cells: [...tr.querySelectorAll("td")].map((td) => td.textContent),
+      lines: [...tr.querySelectorAll("td:last-child div div")].map((d) => d.textContent),
+      links: tr.querySelectorAll("a").length,
+    }));
+    expect(row.id).toBe(out.jobId);
+    expect(row.cells.slice(0, 2)).toEqual([out.jobId, "each device's model, objective energy"]);
+    expect(row.cells.slice(3, 6)).toEqual(["2/2", "simulated meter", "tune"]);
+    // One line per device: its pick (as `itera fleet tune` reports it) and that candidate's figures.
+    expect(row.lines).toHaveLength(2);
+    for (const [i, r] of out.rows.entries()) {
+      expect(r.pick).not.toBeNull();
+      expect(row.lines[i]).toContain(`${r.device}: ${r.pick} (${r.tokens_per_s!.toFixed(2)} tokens/s, `);
+      expect(row.lines[i]).toMatch(/ mJ\/token\), not applied$/);
+    }
+    // No report page for a tune: the job id is not a link.
+    expect(row.links).toBe(0);
+    expect(await page.$eval("#simulated", (e) => e.hidden)).toBe(false);
+
+    // An update finished by another process appears above it (newest first), with its outcome counts.
+    const store = new FleetStore(join(dir, "fleet.db"));
+    try {
+      storeUpdate(store, "update-web", Date.now());
+    } finally {
+      store.close();
+    }
+    await waitOnPage(page, () => document.querySelectorAll("#jobs tbody tr").length === 2, 60_000);
+    const rows = await page.$$eval("#jobs tbody tr", (trs) =>
+      trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent)),
+    );
+    expect(rows[0]).toEqual([
+      "update-web",
+      "version 1.1.0 (variant b)",
+      expect.stringMatching(/ UTC$/),
+      "1/3",
+      "\u2013",
+      "update",
+      "stopped: --max-failures 1 reached" + "OFFLINE 1, ROLLED_BACK 1, UPDATED 1" + "rolled back: dev-b",
+    ]);
+    expect(rows[1]![0]).toBe(out.jobId);
+    // What the page shows is what /state.json gives scripts.
+    const state = (await (await fetch(`${url}/state.json`)).json()) as { jobs: DashboardJob[] };
+    expect(state.jobs.map((j) => [j.jobId, j.type])).toEqual([
+      ["update-web", "update"],
+      [out.jobId, "tune"],
+    ]);
+    expectCleanPage(log);
+  }, 400_000);
+});
