@@ -21,7 +21,7 @@ export function registerFleetDashboard(fleet: Command): void {
     fleet
       .command("dashboard")
       .description(
-        "serve a live page of the fleet's devices (state, version, temperature, tokens/s, mJ/token) and finished benchmarks",
+        "serve a live page of the fleet's devices (state, version, temperature, tokens/s, mJ/token) and its running and finished jobs (benchmark, update, tune)",
       )
       .requiredOption("--fleet <name>", "fleet name")
       .option("--port <n>", "HTTP port (0: any free port)", "8090")
@@ -32,7 +32,7 @@ export function registerFleetDashboard(fleet: Command): void {
       )
       .option(
         "--db <path>",
-        `fleet history database whose finished benchmarks are listed with their reports; given, telemetry is stored in it too (default ${defaultFleetDb()}, read only for the list)`,
+        `fleet history database whose finished jobs are listed (benchmarks with their reports); given, telemetry is stored in it too (default ${defaultFleetDb()}, read only for the list)`,
       )
       .option(
         "--token <secret>",
