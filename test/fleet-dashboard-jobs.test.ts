@@ -5,7 +5,6 @@
  * `itera fleet tune` run from the CLI appears in the page's list with each device's pick, then an
  * update stored while the page is open appears too, live. Waits poll the page; nothing asserts on time.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -15,9 +14,9 @@ import { FleetStore } from "../src/fleet/store.js";
 import type { FleetUpdateOutcome } from "../src/fleet/update.js";
 import type { DashboardJob } from "../src/report/dashboard-page.js";
 import { expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
-import { Mosquitto, until } from "./mqtt-helpers.js";
+import { run, start, startDashboard, stop } from "./cli-processes.js";
+import { Mosquitto } from "./mqtt-helpers.js";
 
-const CLI = resolve("dist/cli/itera.js");
 const MODEL = resolve("models/itera-lite-micro");
 const FLEET = "jobsweb";
 
@@ -149,48 +148,12 @@ describe("finished jobs of every type, as the dashboard reads them", () => {
   });
 });
 
-/** A long-running `itera` command whose stderr is collected. */
-function start(args: string[]): { proc: ChildProcess; stderr: () => string } {
-  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-  let err = "";
-  proc.stderr!.on("data", (d: Buffer) => {
-    err += d.toString();
-  });
-  proc.stdout!.resume();
-  return { proc, stderr: () => err };
-}
-
-/** Run an `itera` command to its end. */
-function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((done) => {
-    const proc = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    proc.stdout!.on("data", (d: Buffer) => {
-      stdout += d.toString();
-    });
-    proc.stderr!.on("data", (d: Buffer) => {
-      stderr += d.toString();
-    });
-    proc.once("exit", (code) => done({ code, stdout, stderr }));
-  });
-}
-
-async function stop(p: ChildProcess | undefined): Promise<void> {
-  if (!p || p.exitCode !== null || p.signalCode !== null) return;
-  await new Promise<void>((r) => {
-    p.once("exit", () => r());
-    p.kill("SIGTERM");
-  });
-}
-
 describe("itera fleet dashboard's finished jobs in Chromium", () => {
   let dir: string;
   let broker: Mosquitto;
   let browser: TestBrowser;
   let sim: ReturnType<typeof start>;
-  let dash: ReturnType<typeof start>;
-  let url: string;
+  let dash: Awaited<ReturnType<typeof startDashboard>>;
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), "itera-dashboard-jobs-web-"));
@@ -216,20 +179,7 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
         "rpi4,laptop-x64-4c",
       ]),
     );
-    dash = start([
-      "fleet",
-      "dashboard",
-      "--port",
-      "0",
-      "--broker",
-      broker.url,
-      "--fleet",
-      FLEET,
-      "--db",
-      join(dir, "fleet.db"),
-    ]);
-    await until(() => /dashboard: (http:\/\/\S+?)\//.test(dash.stderr()), "the dashboard's address", 60_000);
-    url = dash.stderr().match(/dashboard: (http:\/\/\S+?)\//)![1]!;
+    dash = await startDashboard(["--broker", broker.url, "--fleet", FLEET, "--db", join(dir, "fleet.db")]);
     browser = await TestBrowser.launch();
   }, 120_000);
 
@@ -241,7 +191,7 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
   });
 
   it("lists a finished itera fleet tune with each device's pick, then an update, live", async () => {
-    const { page, log } = await browser.open(`${url}/`);
+    const { page, log } = await browser.open(`${dash.url}/`);
     await waitOnPage(page, () => document.querySelectorAll("#devices tbody tr").length === 2, 90_000);
     expect(await page.$eval("#no-jobs", (e) => e.hidden)).toBe(false);
 
@@ -329,7 +279,7 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
     ]);
     expect(rows[1]![0]).toBe(out.jobId);
     // What the page shows is what /state.json gives scripts.
-    const state = (await (await fetch(`${url}/state.json`)).json()) as { jobs: DashboardJob[] };
+    const state = (await (await fetch(`${dash.url}/state.json`)).json()) as { jobs: DashboardJob[] };
     expect(state.jobs.map((j) => [j.jobId, j.type])).toEqual([
       ["update-web", "update"],
       [out.jobId, "tune"],
