@@ -3,7 +3,7 @@
  * tune's stored outcome (a real FleetStore), and in a real browser (Debian's Chromium over
  * puppeteer-core) with a real Mosquitto, `itera fleet simulate` and the dashboard: a real
  * `itera fleet tune` run from the CLI appears in the page's list with each device's pick, then an
- * update stored while the page is open appears too, live. Waits poll the page; nothing asserts on time.
+ * update stored while the page is open and a real `itera fleet bench` appear too, live. Waits poll the page; nothing asserts on time.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -190,7 +190,7 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  it("lists a finished itera fleet tune with each device's pick, then an update, live", async () => {
+  it("lists a finished itera fleet tune with each device's pick, then an update and a benchmark, live", async () => {
     const { page, log } = await browser.open(`${dash.url}/`);
     await waitOnPage(page, () => document.querySelectorAll("#devices tbody tr").length === 2, 90_000);
     expect(await page.$eval("#no-jobs", (e) => e.hidden)).toBe(false);
@@ -284,6 +284,58 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
       ["update-web", "update"],
       [out.jobId, "tune"],
     ]);
+
+    // A benchmark beside them: its devices' generation tokens/s and mJ/token, lowest to highest, and its report link.
+    const bench = await run(
+      [
+        "fleet",
+        "bench",
+        "--broker",
+        broker.url,
+        "--fleet",
+        FLEET,
+        "--devices",
+        "2",
+        "--model",
+        "itera-lite-micro",
+      ].concat(
+        [
+          "--tests",
+          "pp8,tg8",
+          "--repetitions",
+          "1",
+          "--warmup",
+          "0",
+          "--min-duration",
+          "0",
+          "--timeout",
+          "120",
+        ],
+        ["--db", join(dir, "fleet.db"), "--json"],
+      ),
+    );
+    expect(bench.stderr).not.toMatch(/internal error/);
+    expect(bench.code).toBe(0);
+    const b = JSON.parse(bench.stdout) as {
+      jobId: string;
+      rows: Array<{ tg_tok_s: number; mj_per_token: number }>;
+    };
+    await waitOnPage(
+      page,
+      () => document.querySelectorAll('#jobs tbody tr[data-type="benchmark"]').length === 1,
+      60_000,
+    );
+    const benchRow = await page.$eval('#jobs tbody tr[data-type="benchmark"]', (tr) => ({
+      cells: [...tr.querySelectorAll("td")].map((td) => td.textContent),
+      href: tr.querySelector("a")?.getAttribute("href"),
+    }));
+    const span = (xs: number[]) => `${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}`;
+    expect(benchRow.cells[0]).toBe(b.jobId);
+    expect(benchRow.cells.slice(3, 6)).toEqual(["2/2", "simulated meter", "benchmark"]);
+    expect(benchRow.cells[6]).toBe(
+      `${span(b.rows.map((r) => r.tg_tok_s))} tokens/s, ${span(b.rows.map((r) => r.mj_per_token))} mJ/token`,
+    );
+    expect(benchRow.href).toBe(`jobs/${b.jobId}/report.html`);
     expectCleanPage(log);
   }, 400_000);
 });
