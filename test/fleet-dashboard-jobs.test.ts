@@ -1,9 +1,10 @@
 /**
  * The dashboard's list of finished jobs of every type (issue #21): what it reads of an update's and a
  * tune's stored outcome (a real FleetStore), and in a real browser (Debian's Chromium over
- * puppeteer-core) with a real Mosquitto, `itera fleet simulate` and the dashboard: a real
- * `itera fleet tune` run from the CLI appears in the page's list with each device's pick, then an
- * update stored while the page is open and a real `itera fleet bench` appear too, live. Waits poll the page; nothing asserts on time.
+ * puppeteer-core) with a real Mosquitto and the dashboard: a real `itera fleet tune` against
+ * `itera fleet simulate` with each device's pick, an update stored while the page is open, a real
+ * `itera fleet bench`, and a real `itera fleet update` whose canary its device rolled back
+ * (test/fleet-update-helpers.ts), each appearing without a reload. Waits poll; nothing asserts on time.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -15,6 +16,7 @@ import type { FleetUpdateOutcome } from "../src/fleet/update.js";
 import type { DashboardJob } from "../src/report/dashboard-page.js";
 import { expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
 import { run, start, startDashboard, stop } from "./cli-processes.js";
+import { brokenLauncher, InstalledFleet } from "./fleet-update-helpers.js";
 import { Mosquitto } from "./mqtt-helpers.js";
 
 const MODEL = resolve("models/itera-lite-micro");
@@ -338,4 +340,51 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
     expect(benchRow.href).toBe(`jobs/${b.jobId}/report.html`);
     expectCleanPage(log);
   }, 400_000);
+});
+
+describe("a real itera fleet update in the dashboard's finished jobs (Chromium)", () => {
+  let f: InstalledFleet;
+  let browser: TestBrowser;
+  let dash: Awaited<ReturnType<typeof startDashboard>>;
+
+  beforeAll(async () => {
+    f = await InstalledFleet.create("dashota", ["dev-a", "dev-b"]);
+    dash = await startDashboard([
+      "--broker",
+      f.broker.url,
+      "--fleet",
+      "dashota",
+      "--db",
+      join(f.dir, "fleet.db"),
+    ]);
+    browser = await TestBrowser.launch();
+  }, 180_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await stop(dash?.proc);
+    await f?.close();
+  });
+
+  it("shows a canary rolled back by its device: the result, ROLLED_BACK and SKIPPED counts, which device", async () => {
+    const { page, log } = await browser.open(`${dash.url}/`);
+    await waitOnPage(page, () => document.querySelectorAll("#devices tbody tr").length === 2, 90_000);
+    const b = await f.bundle("1.1.0", brokenLauncher("1.1.0"));
+    const r = await f.update(b, "--canary", "1");
+    expect(r.code, r.stderr).toBe(4);
+    const out = JSON.parse(r.stdout) as FleetUpdateOutcome;
+    expect(out.result).toBe("canary-failed");
+    await waitOnPage(
+      page,
+      () => document.querySelectorAll('#jobs tbody tr[data-type="update"]').length === 1,
+      60_000,
+    );
+    const cells = await page.$eval('#jobs tbody tr[data-type="update"]', (tr) =>
+      [...tr.querySelectorAll("td")].map((td) => td.textContent),
+    );
+    expect(cells.slice(0, 2)).toEqual([out.jobId, "version 1.1.0"]);
+    expect(cells.slice(3, 6)).toEqual(["0/2", "\u2013", "update"]);
+    expect(cells[6]).toBe(`canary-failed: ${out.reason}` + "ROLLED_BACK 1, SKIPPED 1" + "rolled back: dev-a");
+    expectCleanPage(log);
+  }, 300_000);
 });
