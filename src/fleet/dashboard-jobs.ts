@@ -184,5 +184,8 @@ export function finishedJobs(
     else if (type === "tune") job = dashboardTuneJob(store.jobSummary(r.jobId));
     if (job) seen.set(r.jobId, job);
   }
+  // Jobs no longer among the shown ones are forgotten: a dashboard left running does not grow.
+  const shown = new Set(finished.map((r) => r.jobId));
+  for (const id of seen.keys()) if (!shown.has(id)) seen.delete(id);
   return finished.flatMap((r) => seen.get(r.jobId) ?? []);
 }
