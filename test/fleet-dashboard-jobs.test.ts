@@ -192,39 +192,28 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
-  it("lists a finished itera fleet tune with each device's pick, then an update and a benchmark, live", async () => {
-    const { page, log } = await browser.open(`${dash.url}/`);
-    await waitOnPage(page, () => document.querySelectorAll("#devices tbody tr").length === 2, 90_000);
-    expect(await page.$eval("#no-jobs", (e) => e.hidden)).toBe(false);
-
-    const tune = await run(
+  /** `itera fleet <command>` on both simulated devices, stored in the dashboard's database, with --json. */
+  const onFleet = (command: string, options: string) =>
+    run(
       [
         "fleet",
-        "tune",
+        command,
         "--broker",
         broker.url,
         "--fleet",
         FLEET,
         "--devices",
         "2",
-        "--discover",
-        "60",
-      ].concat(
-        [
-          "--threads",
-          "1",
-          "--test",
-          "tg32",
-          "--rounds",
-          "1",
-          "--min-duration",
-          "0.2",
-          "--db",
-          join(dir, "fleet.db"),
-        ],
-        ["--json"],
-      ),
+        ...options.split(" "),
+      ].concat(["--db", join(dir, "fleet.db"), "--json"]),
     );
+
+  it("lists a finished itera fleet tune with each device's pick, then an update and a benchmark, live", async () => {
+    const { page, log } = await browser.open(`${dash.url}/`);
+    await waitOnPage(page, () => document.querySelectorAll("#devices tbody tr").length === 2, 90_000);
+    expect(await page.$eval("#no-jobs", (e) => e.hidden)).toBe(false);
+
+    const tune = await onFleet("tune", "--discover 60 --threads 1 --test tg32 --rounds 1 --min-duration 0.2");
     expect(tune.stderr).not.toMatch(/internal error/);
     expect(tune.code).toBe(0);
     const out = JSON.parse(tune.stdout) as {
@@ -288,33 +277,9 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
     ]);
 
     // A benchmark beside them: its devices' generation tokens/s and mJ/token, lowest to highest, and its report link.
-    const bench = await run(
-      [
-        "fleet",
-        "bench",
-        "--broker",
-        broker.url,
-        "--fleet",
-        FLEET,
-        "--devices",
-        "2",
-        "--model",
-        "itera-lite-micro",
-      ].concat(
-        [
-          "--tests",
-          "pp8,tg8",
-          "--repetitions",
-          "1",
-          "--warmup",
-          "0",
-          "--min-duration",
-          "0",
-          "--timeout",
-          "120",
-        ],
-        ["--db", join(dir, "fleet.db"), "--json"],
-      ),
+    const bench = await onFleet(
+      "bench",
+      "--model itera-lite-micro --tests pp8,tg8 --repetitions 1 --warmup 0 --min-duration 0 --timeout 120",
     );
     expect(bench.stderr).not.toMatch(/internal error/);
     expect(bench.code).toBe(0);
