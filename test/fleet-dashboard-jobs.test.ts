@@ -10,7 +10,12 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { dashboardUpdateJob, finishedJobs, updateOutcomeOf } from "../src/fleet/dashboard-jobs.js";
+import {
+  dashboardTuneJob,
+  dashboardUpdateJob,
+  finishedJobs,
+  updateOutcomeOf,
+} from "../src/fleet/dashboard-jobs.js";
 import { FleetStore } from "../src/fleet/store.js";
 import type { FleetUpdateOutcome } from "../src/fleet/update.js";
 import type { DashboardJob } from "../src/report/dashboard-page.js";
@@ -113,6 +118,28 @@ describe("finished jobs of every type, as the dashboard reads them", () => {
       "rolled back: dev-b",
     ]);
     expect(updateOutcomeOf({ status: "REJECTED", rolledBack: false })).toBe("REJECTED");
+  });
+
+  it("a tune device without a result: its status and why, no pick", () => {
+    expect(
+      dashboardTuneJob({
+        jobId: "tune-1",
+        params: { objective: "speed" },
+        startedMs: 1,
+        finishedMs: 2,
+        devices: [
+          { device: "dev-x", status: "TIMED_OUT", details: "no answer before the deadline", result: null },
+        ],
+      }),
+    ).toMatchObject({
+      type: "tune",
+      subject: "each device's model, objective speed",
+      succeeded: 0,
+      devices: 1,
+      simulated: false,
+      summary: ["dev-x: TIMED_OUT (no answer before the deadline)"],
+      picks: [{ device: "dev-x", pick: null, tok_s: null, applied: null }],
+    });
   });
 
   it("leaves out a job whose stored outcome it cannot read, and another fleet's and unfinished jobs", () => {
