@@ -173,7 +173,7 @@ export function missingReportPage(o: { fleet: string; jobId: string; db: string 
     body: [
       `<h1>${escapeHtml(title)}</h1>`,
       `<p class="sim" id="error">no finished benchmark '${escapeHtml(o.jobId)}' of fleet ${escapeHtml(o.fleet)} in ${escapeHtml(where)}</p>`,
-      "<p>fix: open the report from the dashboard's list of finished benchmarks, or list the ids with <code>itera fleet history --json</code></p>",
+      "<p>fix: open the report from a benchmark's link in the dashboard's list of finished jobs, or list the ids with <code>itera fleet history --json</code></p>",
       '<p><a id="back" href="../../">back to the dashboard</a></p>',
     ].join("\n"),
     // The way back keeps the access token the report was opened with.
