@@ -1,6 +1,6 @@
 import { execFile, spawn } from "node:child_process";
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
+import { copyFile, mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -13,6 +13,7 @@ import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
 import { newDevice as newTestDevice, sshFlashOptions } from "./fixtures/deploy/device.js";
 import { freePort, startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
 import { listTree } from "./fixtures/deploy/tree.js";
+import { tempDir } from "./temp-dir.js";
 
 const run = promisify(execFile);
 
@@ -22,7 +23,7 @@ const keys = signingKeys();
 const bundles: Record<string, string> = {};
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-deploy-ssh-"));
+  work = await tempDir("itera-deploy-ssh-");
   const out = join(work, "bundles");
   const [server] = await Promise.all([
     startSshd(),
@@ -72,7 +73,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await sshd?.stop();
-  await rm(work, { recursive: true, force: true });
 });
 
 const newDevice = (name: string) => newTestDevice(work, name);
@@ -252,6 +252,8 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
       }),
     );
     await expect(cut).rejects.toThrow(/abort/i);
+    // The cut flash ended its connection, and with it its lock and the lock's file in the device's /tmp.
+    expect(existsSync(flashLockPath(dev.prefix))).toBe(false);
     expect(await readFile(join(dev.prefix, "opt/itera/current").concat("/manifest.json"), "utf8")).toContain(
       '"version": "0.1.0"',
     );
@@ -417,7 +419,10 @@ describe("itera flash over ssh (real sshd on loopback, a prefix as the device's 
       holder.stdin!.end();
       await gone;
     }
+    expect(existsSync(flashLockPath(dev.prefix))).toBe(true);
     expect((await flashOverSsh(options(bundles.v1!, dev))).ok).toBe(true);
+    // Released and removed: a flash leaves no lock file behind in the device's /tmp (here, this machine's).
+    expect(existsSync(flashLockPath(dev.prefix))).toBe(false);
   });
 
   it("--sudo runs every device-side step through sudo -n", async () => {

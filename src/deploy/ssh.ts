@@ -117,16 +117,35 @@ const LOCK_BUSY = 75;
 
 /**
  * What the shared connection's own session runs on the device: take the flash lock (when asked and
- * when `flock` exists), say it is ready, then wait for the end of stdin (close()).
+ * when `flock` exists), say it is ready, then wait for the end of stdin (close(), or the connection
+ * gone) and remove the lock file while still holding the lock, so no file is left in the device's
+ * /tmp. A flash that starts just as another ends may have opened the file that one is removing:
+ * after locking, it checks that the path still names the file it locked (/proc/$$/fd/9), else it
+ * opens the path again; without /proc the lock is taken as it is.
  */
 const HOLD_SCRIPT = `lock=$1
 if [ -n "$lock" ] && command -v flock >/dev/null 2>&1; then
-  exec flock -n -E ${LOCK_BUSY} "$lock" sh -c 'echo itera-ready; exec cat >/dev/null'
+  for try in 1 2 3; do
+    exec 9>>"$lock"
+    flock -n 9 || exit ${LOCK_BUSY}
+    if [ ! -d /proc/$$/fd ] || [ /proc/$$/fd/9 -ef "$lock" ]; then
+      trap 'rm -f "$lock"' EXIT
+      trap 'exit 1' HUP INT TERM
+      echo itera-ready
+      cat >/dev/null
+      exit 0
+    fi
+    exec 9>&-
+  done
+  exit ${LOCK_BUSY}
 fi
 echo itera-ready
 exec cat >/dev/null`;
 
-/** The device-side lock file of flashes into one root ("/" on a real device). */
+/**
+ * The device-side lock file of flashes into one root ("/" on a real device): in /tmp, which every
+ * login can write (the lock is taken before --sudo's steps), and removed when the flash ends.
+ */
 export function flashLockPath(prefix: string): string {
   return `/tmp/itera-flash-${createHash("sha256").update(prefix).digest("hex").slice(0, 12)}.lock`;
 }
