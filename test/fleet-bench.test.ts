@@ -1,5 +1,4 @@
-import { mkdtemp, readFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -9,6 +8,7 @@ import { renderMarkdown, writeReport } from "../src/fleet/report.js";
 import { FleetStore } from "../src/fleet/store.js";
 import { IteraError } from "../src/errors.js";
 import { cpuRunner, gate, Mosquitto, testAgentOptions, until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const params = { model: "tiny", tests: ["pp16", "tg16"], threads: [1], repetitions: 2, warmup: 0 };
 const profiles = ["rpi4", "rpi5", "laptop-x64-4c"];
@@ -28,7 +28,7 @@ afterAll(async () => {
 });
 
 async function startAgent(fleet: string, device: string, profile: string, extra: Partial<AgentOptions> = {}) {
-  const stateDir = extra.stateDir ?? (await mkdtemp(join(tmpdir(), "itera-agent-")));
+  const stateDir = extra.stateDir ?? (await tempDir("itera-agent-"));
   const agent = new Agent(testAgentOptions(broker.url, fleet, device, profile, stateDir, extra));
   agents.push(agent);
   agent.start();
@@ -38,7 +38,7 @@ async function startAgent(fleet: string, device: string, profile: string, extra:
 
 describe("fleet bench against a real Mosquitto", () => {
   it("benchmarks a 3-device fleet and writes the report (md, csv, json, svg)", async () => {
-    dir = await mkdtemp(join(tmpdir(), "itera-fleet-"));
+    dir = await tempDir("itera-fleet-");
     for (const [i, p] of profiles.entries()) await startAgent("f3", `dev-${i}`, p);
     // A device of another fleet and an offline one are not selected.
     await startAgent("other", "dev-x", "rpi4");
@@ -160,7 +160,7 @@ describe("fleet bench against a real Mosquitto", () => {
           // The device dies mid-job and comes back re-flashed: empty state, so it knows nothing of the job.
           first.crash();
           agents.splice(agents.indexOf(first), 1);
-          void mkdtemp(join(tmpdir(), "itera-agent-")).then((stateDir) =>
+          void tempDir("itera-agent-").then((stateDir) =>
             startAgent("back", "phoenix", "rpi4", { stateDir }),
           );
         }

@@ -5,14 +5,14 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { runFleetBench } from "../src/fleet/bench.js";
 import { FleetStore } from "../src/fleet/store.js";
 import { until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const CLI = resolve("dist/cli/itera.js");
 const AGENT = resolve("dist/cli/itera-agent.js");
@@ -36,7 +36,7 @@ let url = "";
 let simLog = "";
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-fleet-cli-"));
+  dir = await tempDir("itera-fleet-cli-");
   broker = spawn(process.execPath, [CLI, "broker", "--port", "0", "--json"], {
     stdio: ["ignore", "pipe", "inherit"],
   });

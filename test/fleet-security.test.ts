@@ -5,8 +5,7 @@
  * results for one job are both distrusted; the anonymous-broker warning; escaped reports.
  */
 import { spawn, spawnSync } from "node:child_process";
-import { chmod, mkdtemp, readFile, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -22,6 +21,7 @@ import { connectBroker, endAsync, LoginRefusedError } from "../src/protocol/conn
 import type { BenchResult } from "../src/protocol/schemas.js";
 import { jobTopic } from "../src/protocol/topics.js";
 import { cpuRunner, freePort, gate, sleep, testAgentOptions, until, waitForPort } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const CLI = resolve("dist/cli/itera.js");
 const PARAMS = { model: "tiny", tests: ["tg8"], threads: [1], repetitions: 1, warmup: 0 };
@@ -30,7 +30,7 @@ let dir: string;
 const PW = { coordinator: "coord-secret", "dev-a": "a-secret", "dev-b": "b-secret" };
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-fleet-security-"));
+  dir = await tempDir("itera-fleet-security-");
 });
 
 function forgedResult(jobId: string, claimedDevice: string): string {
@@ -199,7 +199,7 @@ describe("itera broker with a password file and per-device rights (aedes)", () =
     const agents: Agent[] = [];
     for (const d of ["dev-a", "dev-b"] as const) {
       const a = new Agent(
-        testAgentOptions(broker.url, "sec", d, "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-")), {
+        testAgentOptions(broker.url, "sec", d, "rpi4", await tempDir("itera-agent-"), {
           broker: { url: broker.url, username: d, password: PW[d] },
         }),
       );
@@ -277,7 +277,7 @@ describe("Mosquitto with a password file and the ACL of docs/fleet.md", () => {
   it("runs a fleet benchmark, and a device's forged result for another device never arrives", async () => {
     const docs = await readFile("docs/fleet.md", "utf8");
     for (const line of MOSQUITTO_ACL.filter((l) => l !== "")) expect(docs).toContain(line);
-    const mdir = await mkdtemp(join(tmpdir(), "itera-mosquitto-acl-"));
+    const mdir = await tempDir("itera-mosquitto-acl-");
     await chmod(mdir, 0o755); // Mosquitto started as root reads its files as its own user
     const pw = join(mdir, "passwd");
     for (const [u, p] of Object.entries(PW)) await setPassword(pw, u, p);
@@ -322,7 +322,7 @@ describe("Mosquitto with a password file and the ACL of docs/fleet.md", () => {
 
       for (const d of ["dev-a", "dev-b"] as const) {
         const a = new Agent(
-          testAgentOptions(url, "msq", d, "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-")), {
+          testAgentOptions(url, "msq", d, "rpi4", await tempDir("itera-agent-"), {
             broker: { url, username: d, password: PW[d] },
           }),
         );
@@ -364,7 +364,7 @@ describe("on an anonymous broker (aedes)", () => {
   it("refuses a result whose payload names another device than its topic, stores the genuine one, and warns", async () => {
     const { hold, release } = gate();
     const victim = new Agent(
-      testAgentOptions(broker.url, "anon", "victim", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-")), {
+      testAgentOptions(broker.url, "anon", "victim", "rpi4", await tempDir("itera-agent-"), {
         runner: cpuRunner("victim", "rpi4", { hold }),
       }),
     );
@@ -415,21 +415,14 @@ describe("on an anonymous broker (aedes)", () => {
     const otherGate = gate();
     const agents = [
       new Agent(
-        testAgentOptions(broker.url, "dup", "victim", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-")), {
+        testAgentOptions(broker.url, "dup", "victim", "rpi4", await tempDir("itera-agent-"), {
           runner: cpuRunner("victim", "rpi4", { hold: victimGate.hold }),
         }),
       ),
       new Agent(
-        testAgentOptions(
-          broker.url,
-          "dup",
-          "zz-other",
-          "rpi4",
-          await mkdtemp(join(tmpdir(), "itera-agent-")),
-          {
-            runner: cpuRunner("zz-other", "rpi4", { hold: otherGate.hold }),
-          },
-        ),
+        testAgentOptions(broker.url, "dup", "zz-other", "rpi4", await tempDir("itera-agent-"), {
+          runner: cpuRunner("zz-other", "rpi4", { hold: otherGate.hold }),
+        }),
       ),
     ];
     for (const a of agents) {

@@ -7,8 +7,6 @@
  */
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -23,6 +21,7 @@ import { jobResultSchema, tuneParamsSchema } from "../src/protocol/schemas.js";
 import { jobTopic } from "../src/protocol/topics.js";
 import { readTuned, sameCandidate, TUNED_FILE } from "../src/tune/tuned-file.js";
 import { Mosquitto, until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const CLI = resolve("dist/cli/itera.js");
 const MODEL = resolve("models/itera-lite-micro");
@@ -45,7 +44,7 @@ const quick = { test: "tg32", rounds: 1, min_duration_s: 0.2 };
 
 beforeAll(async () => {
   broker = await Mosquitto.create();
-  dir = await mkdtemp(join(tmpdir(), "itera-fleet-tune-"));
+  dir = await tempDir("itera-fleet-tune-");
   store = new FleetStore(join(dir, "fleet.db"));
   sim = await startSimulation({
     broker: { url: broker.url },

@@ -1,6 +1,3 @@
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import mqtt from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Agent } from "../src/agent/agent.js";
@@ -9,6 +6,7 @@ import { runFleetBench } from "../src/fleet/bench.js";
 import { FleetStore } from "../src/fleet/store.js";
 import { IteraError } from "../src/errors.js";
 import { testAgentOptions, until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 let broker: EmbeddedBroker;
 beforeAll(async () => {
@@ -22,9 +20,7 @@ describe("the embedded aedes broker (itera broker)", () => {
   it("agents fall back to MQTT 3.1.1, announce themselves, run a fleet benchmark, and leave a Last Will", async () => {
     const agents: Agent[] = [];
     for (const [i, p] of ["rpi4", "rpi5"].entries()) {
-      const a = new Agent(
-        testAgentOptions(broker.url, "emb", `e-${i}`, p, await mkdtemp(join(tmpdir(), "itera-agent-"))),
-      );
+      const a = new Agent(testAgentOptions(broker.url, "emb", `e-${i}`, p, await tempDir("itera-agent-")));
       a.start();
       await a.connected;
       agents.push(a);

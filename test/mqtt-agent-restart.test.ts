@@ -7,9 +7,8 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { readdir } from "node:fs/promises";
 import { connect, createServer, type Socket } from "node:net";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -23,6 +22,7 @@ import {
 } from "../src/protocol/schemas.js";
 import { deviceTopic, jobTopic } from "../src/protocol/topics.js";
 import { freePort, Mosquitto, testAgentOptions, until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const AGENT = resolve("dist/cli/itera-agent.js");
 const MODEL = resolve("models/itera-lite-micro");
@@ -35,13 +35,12 @@ const clients: MqttClient[] = [];
 
 beforeAll(async () => {
   broker = await Mosquitto.create();
-  dir = await mkdtemp(join(tmpdir(), "itera-agent-restart-"));
+  dir = await tempDir("itera-agent-restart-");
 });
 afterAll(async () => {
   for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
   for (const c of clients) c.end(true);
   await broker.stop();
-  await rm(dir, { recursive: true, force: true });
 });
 
 /** A benchmark request for the given model, sent once. */

@@ -1,6 +1,3 @@
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Agent, type AgentOptions } from "../src/agent/agent.js";
@@ -8,6 +5,7 @@ import { AgentStore } from "../src/agent/store.js";
 import { type JobResultPayload, type JobStatusPayload, PROTOCOL_VERSION } from "../src/protocol/schemas.js";
 import { deviceTopic, jobTopic } from "../src/protocol/topics.js";
 import { cpuRunner, gate, Mosquitto, testAgentOptions, until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const FLEET = "lab";
 const params = { model: "tiny", tests: ["pp8", "tg8"], threads: [1], repetitions: 2, warmup: 0 };
@@ -28,7 +26,7 @@ afterAll(async () => {
 });
 
 async function newAgent(device: string, extra: Partial<AgentOptions> = {}): Promise<Agent> {
-  const stateDir = extra.stateDir ?? (await mkdtemp(join(tmpdir(), "itera-agent-")));
+  const stateDir = extra.stateDir ?? (await tempDir("itera-agent-"));
   const agent = new Agent(
     testAgentOptions(broker.url, FLEET, device, "rpi4", stateDir, { telemetryIntervalMs: 60_000, ...extra }),
   );
@@ -254,7 +252,7 @@ describe("agent over a real Mosquitto", () => {
 });
 
 it("caps the outbox while the broker is away by dropping the oldest telemetry, never job messages", async () => {
-  const stateDir = await mkdtemp(join(tmpdir(), "itera-agent-"));
+  const stateDir = await tempDir("itera-agent-");
   const agent = new Agent(
     testAgentOptions("mqtt://127.0.0.1:1", "lab", "capped", "rpi4", stateDir, {
       telemetryIntervalMs: 60_000,
@@ -268,7 +266,7 @@ it("caps the outbox while the broker is away by dropping the oldest telemetry, n
   expect(agent.telemetrySeq).toBe(19);
   await agent.stop();
 
-  const store = new AgentStore(await mkdtemp(join(tmpdir(), "itera-agent-")));
+  const store = new AgentStore(await tempDir("itera-agent-"));
   store.enqueue("itera/v1/lab/x/jobs/j/status", "{}");
   for (let i = 0; i < 3; i++) store.enqueue("itera/v1/lab/x/telemetry", "{}");
   expect(store.dropOldestTelemetry(10)).toBe(3);

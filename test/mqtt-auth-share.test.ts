@@ -1,6 +1,3 @@
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import type { MqttClient } from "mqtt";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Agent } from "../src/agent/agent.js";
@@ -12,6 +9,7 @@ import { connectBroker, endAsync } from "../src/protocol/connect.js";
 import { PROTOCOL_VERSION } from "../src/protocol/schemas.js";
 import { deviceTopic, jobTopic } from "../src/protocol/topics.js";
 import { Mosquitto, sleep, testAgentOptions, until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const params = { model: "tiny", tests: ["tg4"], threads: [1], repetitions: 1, warmup: 0 };
 
@@ -38,7 +36,7 @@ describe("Mosquitto with a password file and the ACL pattern itera/v1/+/%u/#", (
 
   it("an agent whose login is refused stops with a clear fatal error instead of retrying forever", async () => {
     const agent = new Agent({
-      ...testAgentOptions(broker.url, "sec", "dev-a", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-"))),
+      ...testAgentOptions(broker.url, "sec", "dev-a", "rpi4", await tempDir("itera-agent-")),
       broker: { url: broker.url, username: "dev-a", password: "wrong" },
     });
     agent.start();
@@ -57,7 +55,7 @@ describe("Mosquitto with a password file and the ACL pattern itera/v1/+/%u/#", (
     await monitor.subscribe();
 
     const agent = new Agent({
-      ...testAgentOptions(broker.url, "sec", "dev-a", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-"))),
+      ...testAgentOptions(broker.url, "sec", "dev-a", "rpi4", await tempDir("itera-agent-")),
       broker: { url: broker.url, username: "dev-a", password: users["dev-a"] },
     });
     agent.start();
@@ -66,7 +64,7 @@ describe("Mosquitto with a password file and the ACL pattern itera/v1/+/%u/#", (
 
     // The same login claiming another device's id: its messages are dropped by the broker.
     const impostor = new Agent({
-      ...testAgentOptions(broker.url, "sec", "dev-b", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-"))),
+      ...testAgentOptions(broker.url, "sec", "dev-b", "rpi4", await tempDir("itera-agent-")),
       broker: { url: broker.url, username: "dev-a", password: users["dev-a"] },
     });
     impostor.start();
@@ -114,13 +112,7 @@ describe("shared subscriptions ($share) on Mosquitto", () => {
     const agents: Agent[] = [];
     for (let i = 0; i < 4; i++) {
       const a = new Agent(
-        testAgentOptions(
-          broker.url,
-          "share",
-          `sh-${i}`,
-          "rpi4",
-          await mkdtemp(join(tmpdir(), "itera-agent-")),
-        ),
+        testAgentOptions(broker.url, "share", `sh-${i}`, "rpi4", await tempDir("itera-agent-")),
       );
       a.start();
       await a.connected;
@@ -156,9 +148,7 @@ describe("shared subscriptions ($share) on Mosquitto", () => {
   });
 
   it("fleet bench collects its results through a share group", async () => {
-    const a = new Agent(
-      testAgentOptions(broker.url, "solo", "so-1", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-"))),
-    );
+    const a = new Agent(testAgentOptions(broker.url, "solo", "so-1", "rpi4", await tempDir("itera-agent-")));
     a.start();
     await a.connected;
     const store = new FleetStore(":memory:");
@@ -197,7 +187,7 @@ describe("Mosquitto over TLS with client certificates (CN = user name, same ACL 
     const monitor = new FleetMonitor(coord, "tls");
     await monitor.subscribe();
     const agent = new Agent({
-      ...testAgentOptions(broker.url, "tls", "dev-t", "rpi4", await mkdtemp(join(tmpdir(), "itera-agent-"))),
+      ...testAgentOptions(broker.url, "tls", "dev-t", "rpi4", await tempDir("itera-agent-")),
       broker: { url: broker.url, ...broker.clientTls("dev-t") },
     });
     agent.start();

@@ -6,13 +6,13 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, readdirSync, writeFileSync } from "node:fs";
-import { chmod, mkdtemp, writeFile } from "node:fs/promises";
+import { chmod, writeFile } from "node:fs/promises";
 import { createServer, Socket } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { AgentOptions } from "../src/agent/agent.js";
 import type { BenchmarkRunner } from "../src/agent/runner.js";
 import type { BenchResult } from "../src/protocol/schemas.js";
+import { tempDir } from "./temp-dir.js";
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -129,7 +129,7 @@ export class Mosquitto {
 
   static async create(opts: MosquittoOptions = {}): Promise<Mosquitto> {
     const m = new Mosquitto();
-    m.dir = await mkdtemp(join(tmpdir(), "itera-mosquitto-"));
+    m.dir = await tempDir("itera-mosquitto-");
     // Mosquitto started as root drops to the `mosquitto` user, which must be able to save its database.
     await chmod(m.dir, 0o777);
     m.port = await freePort();

@@ -1,6 +1,3 @@
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import type { MqttClient } from "mqtt";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Agent, type AgentOptions } from "../src/agent/agent.js";
@@ -11,6 +8,7 @@ import { connectBroker, endAsync } from "../src/protocol/connect.js";
 import { PROTOCOL_VERSION } from "../src/protocol/schemas.js";
 import { jobTopic } from "../src/protocol/topics.js";
 import { cpuRunner, gate, Mosquitto, sleep, testAgentOptions, until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const params = { model: "tiny", tests: ["tg8"], threads: [1], repetitions: 1, warmup: 0 };
 
@@ -70,7 +68,7 @@ describe("store and forward over a Mosquitto restart", () => {
     const started: string[] = [];
     const fleetAgents: Agent[] = [];
     for (const d of ["o-1", "o-2", "o-3"]) {
-      const a = newAgent("outage", d, await mkdtemp(join(tmpdir(), "itera-agent-")), {
+      const a = newAgent("outage", d, await tempDir("itera-agent-"), {
         runner: cpuRunner(d, "rpi4", { hold }),
       });
       await a.connected;
@@ -117,7 +115,7 @@ describe("store and forward over a Mosquitto restart", () => {
     const col = await collector("restart", store);
     const results: string[] = [];
     col.monitor.on("result", (_d, r) => results.push(`${r.jobId}:${r.status}`));
-    const stateDir = await mkdtemp(join(tmpdir(), "itera-agent-"));
+    const stateDir = await tempDir("itera-agent-");
     const { hold, release } = gate();
     const first = newAgent("restart", "r-1", stateDir, { runner: cpuRunner("r-1", "rpi4", { hold }) });
     await first.connected;
@@ -163,7 +161,7 @@ describe("store and forward over a Mosquitto restart", () => {
     const statuses: string[] = [];
     col.monitor.on("status", (_d, st) => statuses.push(st.status));
     col.monitor.on("result", (_d, r) => statuses.push(`result:${r.status}`));
-    const stateDir = await mkdtemp(join(tmpdir(), "itera-agent-"));
+    const stateDir = await tempDir("itera-agent-");
     const { hold } = gate();
     const first = newAgent("rerun", "rr-1", stateDir, { runner: cpuRunner("rr-1", "rpi4", { hold }) });
     await first.connected;

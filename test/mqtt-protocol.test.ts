@@ -3,9 +3,9 @@ import { decode, jobRequestSchema, salvageExecNo, telemetrySchema } from "../src
 import { deviceTopic, fleetFilter, jobTopic, parseTopic, sharedFilter } from "../src/protocol/topics.js";
 import { renderDevices } from "../src/fleet/watch.js";
 import { readPiThrottled, TelemetrySampler } from "../src/agent/telemetry.js";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { tempDirSync } from "./temp-dir.js";
 
 const enc = (v: unknown) => Buffer.from(typeof v === "string" ? v : JSON.stringify(v));
 
@@ -120,7 +120,7 @@ describe("watch table", () => {
 
 describe("telemetry sampling", () => {
   it("reads the Pi firmware throttling flags (bit 2 = throttled now)", () => {
-    const dir = mkdtempSync(join(tmpdir(), "itera-throttle-"));
+    const dir = tempDirSync("itera-throttle-");
     const f = join(dir, "get_throttled");
     writeFileSync(f, "50005\n");
     expect(readPiThrottled(f)).toBe(true);

@@ -1,8 +1,8 @@
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { tempDirSync } from "./temp-dir.js";
 
 /**
  * ONNX Runtime 1.30's official builds keep a telemetry queue under ~/.cache/Microsoft; itera turns
@@ -28,29 +28,30 @@ const ORT_SILENCING_ENV = [
   "XDG_CACHE_HOME",
   "ORT_DISABLE_TELEMETRY",
 ];
-const homes: string[] = [];
-afterAll(() => {
-  for (const h of homes) rmSync(h, { recursive: true, force: true });
-});
-
+/**
+ * The child's own HOME and temp folder (both removed with the test file's temp folders): with
+ * telemetry on, ONNX Runtime's telemetry library also writes a mat-debug-<pid>.log into TMPDIR.
+ */
 function runWithHome(env: Record<string, string>): string {
-  const home = mkdtempSync(join(tmpdir(), "itera-ort-home-"));
-  homes.push(home);
+  const home = tempDirSync("itera-ort-home-");
+  mkdirSync(join(home, "tmp"));
   const rest = Object.fromEntries(
     Object.entries(process.env).filter(([name]) => !ORT_SILENCING_ENV.includes(name)),
   );
   const r = spawnSync(
     process.execPath,
     ["dist/cli/itera.js", "run", "models/itera-lite-micro", "--prompt", "ROMEO:", "-n", "2"],
-    { env: { ...rest, HOME: home, ...env }, encoding: "utf8" },
+    { env: { ...rest, HOME: home, TMPDIR: join(home, "tmp"), ...env }, encoding: "utf8" },
   );
   expect(r.status, r.stderr).toBe(0);
   return home;
 }
 
 describe("ONNX Runtime telemetry", () => {
-  it("is off by default: nothing is written under ~/.cache/Microsoft", () => {
-    expect(existsSync(join(runWithHome({}), ".cache", "Microsoft"))).toBe(false);
+  it("is off by default: nothing is written under ~/.cache/Microsoft, no log in the temp folder", () => {
+    const home = runWithHome({});
+    expect(existsSync(join(home, ".cache", "Microsoft"))).toBe(false);
+    expect(readdirSync(join(home, "tmp"))).toEqual([]);
   });
 
   it("stays the user's choice: ORT_DISABLE_TELEMETRY=0 lets ONNX Runtime keep its queue", () => {
