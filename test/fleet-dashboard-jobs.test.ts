@@ -6,8 +6,6 @@
  * `itera fleet bench`, and a real `itera fleet update` whose canary its device rolled back
  * (test/fleet-update-helpers.ts), each appearing without a reload. Waits poll; nothing asserts on time.
  */
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -23,6 +21,7 @@ import { expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
 import { run, start, startDashboard, stop } from "./cli-processes.js";
 import { brokenLauncher, InstalledFleet } from "./fleet-update-helpers.js";
 import { Mosquitto } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const MODEL = resolve("models/itera-lite-micro");
 const FLEET = "jobsweb";
@@ -90,12 +89,11 @@ describe("finished jobs of every type, as the dashboard reads them", () => {
   let dir: string;
   let store: FleetStore;
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), "itera-dashboard-jobs-"));
+    dir = await tempDir("itera-dashboard-jobs-");
     store = new FleetStore(join(dir, "fleet.db"));
   });
   afterAll(async () => {
     store?.close();
-    await rm(dir, { recursive: true, force: true });
   });
 
   it("an update: its version and variant, per-device outcome counts and the rolled back devices", () => {
@@ -185,7 +183,7 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
   let dash: Awaited<ReturnType<typeof startDashboard>>;
 
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), "itera-dashboard-jobs-web-"));
+    dir = await tempDir("itera-dashboard-jobs-web-");
     broker = await Mosquitto.create();
     sim = start(
       [
@@ -216,7 +214,6 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
     await browser?.close();
     for (const p of [dash?.proc, sim?.proc]) await stop(p);
     await broker?.stop();
-    if (dir) await rm(dir, { recursive: true, force: true });
   });
 
   /** `itera fleet <command>` on both simulated devices, stored in the dashboard's database, with --json. */
