@@ -1,13 +1,13 @@
 import { spawn } from "node:child_process";
-import { mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { AGENT_ENTRY_PART } from "../src/agent-host/agent-script-asset.js";
 import { bundleAgentScript } from "../src/package/agent-script.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { freePort, waitForPort } from "./mqtt-helpers.js";
-import { deviceEnv, fixtureModel, removeTempDirs, run } from "./package-helpers.js";
+import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * The agent script in parts (issue #18, docs/packaging.md "Memory and start-up"): esbuild splits it
@@ -47,7 +47,7 @@ interface Part {
 }
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-agent-parts-"));
+  work = await tempDir("itera-agent-parts-");
   parts = join(work, "parts");
   await bundleAgentScript(parts, "0.0.0-test");
   built = await buildBundle({
@@ -60,8 +60,6 @@ beforeAll(async () => {
   exe = join(built.dir, "itera-agent");
   await writeFile(join(work, "probe.cjs"), probe);
 }, 300_000);
-
-afterAll(() => removeTempDirs(work));
 
 /** Run the bundle's agent with the probe; its stdout and the parts it compiled. */
 async function agent(args: string[], env: NodeJS.ProcessEnv): Promise<{ stdout: string; parts: Part[] }> {

@@ -1,7 +1,5 @@
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { benchResultSchema } from "../src/bench/result.js";
 import { registerAgentBench } from "../src/cli/agent-commands/bench.js";
 import { registerAgentMeters } from "../src/cli/agent-commands/meters.js";
@@ -9,6 +7,7 @@ import { registerBench } from "../src/cli/commands/bench.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
 import { startSim } from "./power-sim-helper.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /** `itera bench`, `itera-agent bench` and `itera-agent meters` run in-process through commander. */
 const cli = inProcessCli((program) => {
@@ -22,10 +21,7 @@ let model: string;
 let dir: string;
 beforeAll(async () => {
   model = join(fixtureModels(), "gpt2-kv");
-  dir = await mkdtemp(join(tmpdir(), "itera-bench-cli-"));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  dir = await tempDir("itera-bench-cli-");
 });
 
 const quick = ["--tests", "pp4,tg4", "-r", "2", "--warmup", "0", "--min-duration", "0", "--idle", "0"];

@@ -1,9 +1,8 @@
 import { execFileSync } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { DEFAULT_DECODE } from "../src/bench/engine.js";
 import { isBenchOutput } from "../src/bench/render.js";
 import { type BenchResult, benchResultSchema, decodePathOf } from "../src/bench/result.js";
@@ -14,6 +13,7 @@ import { registerBench } from "../src/cli/commands/bench.js";
 import { REPORT_HEADERS, reportCells, reportRow } from "../src/fleet/report.js";
 import { benchResultSchema as wireResultSchema } from "../src/protocol/schemas.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * `itera bench --decode auto|fused|step` and `--sample` (issue #17): tg tests run through the
@@ -35,7 +35,7 @@ let dir: string;
 /** A language model with no state (logits from the current token only): the decode loop has nothing to carry. */
 let stateless: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-bench-decode-"));
+  dir = await tempDir("itera-bench-decode-");
   stateless = join(dir, "stateless");
   execFileSync(
     "/usr/bin/python3",
@@ -65,9 +65,6 @@ json.dump({"model": {"type": "stateless", "eos_token_id": 0, "vocab_size": V, "c
     ],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
 });
 
 async function benchJson(model: string, ...args: string[]): Promise<BenchResult[]> {

@@ -1,7 +1,6 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { benchCommand, type BenchOptions } from "../src/bench/command.js";
 import { runBench } from "../src/bench/harness.js";
 import { benchResultSchema } from "../src/bench/result.js";
@@ -12,6 +11,7 @@ import { TdpMeter } from "../src/power/tdp.js";
 import { loadProfile } from "../src/profile/load.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
 import { startSim, traceEnergy } from "./power-sim-helper.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * The benchmark end to end on a real tiny ONNX model (the runtime's hybrid fixture: attention + a
@@ -22,10 +22,7 @@ let model: string;
 let dir: string;
 beforeAll(async () => {
   model = join(fixtureModels(), "hybrid");
-  dir = await mkdtemp(join(tmpdir(), "itera-bench-"));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  dir = await tempDir("itera-bench-");
 });
 
 const plan = {

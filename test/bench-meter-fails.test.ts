@@ -1,7 +1,5 @@
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { beforeAll, describe, expect, it, vi } from "vitest";
 import type { BenchEngine } from "../src/bench/engine.js";
 import { runBench } from "../src/bench/harness.js";
 import { benchResultSchema } from "../src/bench/result.js";
@@ -13,6 +11,7 @@ import { loadProfile } from "../src/profile/load.js";
 import { inProcessCli } from "./cli-helpers.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
 import { type SimPty, startSim } from "./power-sim-helper.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * A meter that fails during a benchmark: the INA219 simulator (tools/ina219-sim) behind a real
@@ -23,10 +22,7 @@ let model: string;
 let dir: string;
 beforeAll(async () => {
   model = join(fixtureModels(), "hybrid");
-  dir = await mkdtemp(join(tmpdir(), "itera-meter-fails-"));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  dir = await tempDir("itera-meter-fails-");
 });
 
 const plan = {

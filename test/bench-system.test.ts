@@ -1,17 +1,14 @@
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import type { BenchEngine, BenchModel } from "../src/bench/engine.js";
 import { runBench } from "../src/bench/harness.js";
 import { ResourceMonitor, readThermalZones, readThrottleCount } from "../src/bench/system.js";
+import { tempDir } from "./temp-dir.js";
 
 let dir: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-bench-system-"));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  dir = await tempDir("itera-bench-system-");
 });
 
 async function put(path: string, text: string) {

@@ -6,10 +6,9 @@
  * runs), and one build for laptop-x64-4c whose bundle runs with ids. Real ONNX Runtime sessions.
  */
 import { execFile, execFileSync } from "node:child_process";
-import { cp, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, readFile, stat, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { loadModel as loadOnnx } from "../src/onnx/index.js";
 import { weightPrecision } from "../src/onnx/precision.js";
 import { parseQuantizeOptions } from "../src/quantize/options.js";
@@ -17,6 +16,7 @@ import { quantizeFolder } from "../src/quantize/quantize.js";
 import { evaluateIds, type LanguageModel, loadModel } from "../src/runtime/index.js";
 import { undecodableNote } from "../src/cli/generation.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
+import { tempDir } from "./temp-dir.js";
 
 const CLI = resolve("dist/cli/itera.js");
 let work: string;
@@ -57,7 +57,7 @@ async function greedyByHand(model: LanguageModel, prompt: number[], n: number): 
 const IDS = Array.from({ length: 90 }, (_, i) => (1 + i * 37) % 60);
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-byom-"));
+  work = await tempDir("itera-byom-");
   execFileSync("/usr/bin/python3", [join(__dirname, "fixtures/runtime/make_byom.py"), work]);
   flops = JSON.parse(await readFile(join(work, "flops.json"), "utf8"));
   await cp(join(fixtureModels(), "hybrid"), dir("hybrid"), { recursive: true });
@@ -66,9 +66,6 @@ beforeAll(async () => {
   await cp(join(dir("hybrid"), "tokenizer.json"), join(dir("gpt2-attn-tok"), "tokenizer.json"));
   await writeFile(join(work, "ids.txt"), IDS.join(" "));
 }, 120_000);
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
-});
 
 describe("inspect", () => {
   it("counts FLOPs through Attention and GroupQueryAttention as by hand", async () => {

@@ -10,12 +10,11 @@
  * An option after "itera <other command>" in a fix belongs to that command and is checked there.
  */
 import { readFileSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { Command } from "commander";
 import ts from "typescript";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { registerBuild } from "../src/cli/commands/build.js";
 import { registerEval } from "../src/cli/commands/eval.js";
 import { registerInspect } from "../src/cli/commands/inspect.js";
@@ -27,6 +26,7 @@ import { registerVerify } from "../src/cli/commands/verify.js";
 import { datasetsDir } from "../src/runtime/eval-text.js";
 import { fixtureModel } from "./package-helpers.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 // The two commands checked, and those their fixes may send the user to ("itera eval --window N").
 const commands = [
@@ -183,9 +183,8 @@ describe("fix texts printed by the error paths of itera build and itera quantize
   const model = fixtureModel();
   let work: string;
   beforeAll(async () => {
-    work = await mkdtemp(join(tmpdir(), "itera-fix-options-"));
+    work = await tempDir("itera-fix-options-");
   });
-  afterAll(() => rm(work, { recursive: true, force: true }));
 
   /** The first 4,000 characters of tinyshakespeare's last 10 % (the fixture has no model card). */
   async function heldOut(): Promise<string> {

@@ -1,10 +1,11 @@
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * `make demo` (tools/demo.sh) run once, end to end, into a temp folder (ITERA_DEMO_OUT) instead of the
@@ -22,7 +23,7 @@ let out: string;
 let demo: { code: number | null; stdout: string; stderr: string };
 
 beforeAll(async () => {
-  out = await mkdtemp(join(tmpdir(), "itera-demo-"));
+  out = await tempDir("itera-demo-");
   demo = await new Promise((done) => {
     const p = spawn("bash", [join(ROOT, "tools", "demo.sh")], {
       cwd: tmpdir(), // the script finds the repository by itself
@@ -50,10 +51,6 @@ beforeAll(async () => {
     });
   });
 }, 900_000);
-
-afterAll(async () => {
-  if (out) await rm(out, { recursive: true, force: true });
-});
 
 describe("make demo", () => {
   it("finishes and keeps its results in its folder, and says where", () => {

@@ -1,11 +1,11 @@
 import { execFile } from "node:child_process";
-import { access, chmod, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { access, chmod, mkdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
 import { freePort, startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
 import { listTree } from "./fixtures/deploy/tree.js";
+import { tempDir } from "./temp-dir.js";
 
 /** The built CLI (`make test` builds dist/ first; run `npx tsc -p .` before running this file alone). */
 const CLI = resolve("dist/cli/itera.js");
@@ -21,7 +21,7 @@ beforeAll(async () => {
   await access(CLI).catch(() => {
     throw new Error(`${CLI} is missing: build first (npx tsc -p .)`);
   });
-  work = await mkdtemp(join(tmpdir(), "itera-deploy-cli-"));
+  work = await tempDir("itera-deploy-cli-");
   xdg = join(work, "config");
   sshd = await startSshd();
   v1 = await makeFixtureBundle(join(work, "b"), { version: "0.1.0", signWith: keys.privatePem });
@@ -35,7 +35,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await sshd?.stop();
-  await rm(work, { recursive: true, force: true });
 });
 
 function itera(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

@@ -1,5 +1,4 @@
-import { chmod, copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, copyFile, mkdir, writeFile } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { flashOverSsh } from "../src/deploy/flash-ssh.js";
@@ -9,6 +8,7 @@ import { signingKeys } from "./fixtures/deploy/bundle.js";
 import { startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
 import { listTree } from "./fixtures/deploy/tree.js";
 import { fixtureModel } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * End to end: a real laptop-x64-4c bundle made by `itera build` (Node single executable with the
@@ -23,7 +23,7 @@ let built: BuildResult;
 const keys = signingKeys();
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-deploy-real-"));
+  work = await tempDir("itera-deploy-real-");
   await writeFile(join(work, "signing.key"), keys.privatePem);
   [sshd, built] = await Promise.all([
     startSshd(),
@@ -41,7 +41,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await sshd?.stop();
-  await rm(work, { recursive: true, force: true });
 });
 
 describe("flashing a real bundle built by itera build", () => {

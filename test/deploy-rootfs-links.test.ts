@@ -1,17 +1,6 @@
-import {
-  copyFile,
-  lstat,
-  mkdir,
-  mkdtemp,
-  readFile,
-  readlink,
-  rm,
-  symlink,
-  writeFile,
-} from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { copyFile, lstat, mkdir, readFile, readlink, rm, symlink, writeFile } from "node:fs/promises";
 import { dirname, join, relative } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { registerFlash } from "../src/cli/commands/flash.js";
 import { agentConfigFromOptions } from "../src/deploy/agent-config.js";
 import { resolveInRoot } from "../src/deploy/elf.js";
@@ -21,6 +10,7 @@ import { sha256 } from "../src/util/fs.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
 import { listTree } from "./fixtures/deploy/tree.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * `itera flash --rootfs` on a card with hostile symlinks (issue #15): flash runs as root, so a link
@@ -78,7 +68,7 @@ async function refusal(p: Promise<unknown>): Promise<IteraError> {
 }
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-rootfs-links-"));
+  work = await tempDir("itera-rootfs-links-");
   bundle = await makeFixtureBundle(join(work, "b"), { version: "0.1.0", signWith: keys.privatePem });
   // The host side every hostile link points into: an old release (an rm -rf target), a systemd
   // folder with a unit and a wants folder, an agent.json, an etc.
@@ -95,10 +85,6 @@ beforeAll(async () => {
   await mkdir(join(host, "etc"));
   await writeFile(join(host, "etc/hostname"), "host\n");
   hostBefore = await snapshot(host);
-});
-
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
 });
 
 /** Paths the flash goes through or writes (card side) and the host folder a hostile link there names. */

@@ -1,15 +1,16 @@
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { execFile } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { agentConfigFromOptions } from "../src/deploy/agent-config.js";
 import { readElfArch, resolveInRoot } from "../src/deploy/elf.js";
 import { flashRootfs } from "../src/deploy/rootfs.js";
 import { IteraError } from "../src/errors.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
 import { listTree } from "./fixtures/deploy/tree.js";
+import { tempDir } from "./temp-dir.js";
 
 const run = promisify(execFile);
 const keys = signingKeys();
@@ -20,7 +21,7 @@ let arm64: string;
 let agentOnly: string;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-deploy-rootfs-"));
+  work = await tempDir("itera-deploy-rootfs-");
   x64 = await makeFixtureBundle(join(work, "b"), { version: "0.1.0", signWith: keys.privatePem });
   x64next = await makeFixtureBundle(join(work, "b"), { version: "0.2.0", signWith: keys.privatePem });
   agentOnly = await makeFixtureBundle(join(work, "agent"), {
@@ -34,10 +35,6 @@ beforeAll(async () => {
     profile: "rpi5",
     signWith: keys.privatePem,
   });
-});
-
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
 });
 
 /**

@@ -1,5 +1,4 @@
-import { copyFile, mkdir, mkdtemp, readFile, readlink, rm, stat, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { copyFile, mkdir, readFile, readlink, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { signManifest } from "../src/bundle/manifest.js";
@@ -11,6 +10,7 @@ import { signingKeys } from "./fixtures/deploy/bundle.js";
 import { newDevice as newTestDevice, sshFlashOptions } from "./fixtures/deploy/device.js";
 import { makePartsBundle } from "./fixtures/deploy/parts-bundle.js";
 import { startSshd, type TestSshd } from "./fixtures/deploy/sshd.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * Issue #18: a bundle's runtime and model pack are separate, signed parts. When the device's current
@@ -26,7 +26,7 @@ const b: Record<string, string> = {};
 const RUNTIME_PAD = 600_000;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-flash-parts-"));
+  work = await tempDir("itera-flash-parts-");
   const out = join(work, "bundles");
   const [server] = await Promise.all([
     startSshd(),
@@ -103,7 +103,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await sshd?.stop();
-  await rm(work, { recursive: true, force: true });
 });
 
 const newDevice = (name: string) => newTestDevice(work, name);

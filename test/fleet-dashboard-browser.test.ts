@@ -6,13 +6,13 @@
  * broker that cannot be reached (then comes up). Waits poll the page; nothing asserts on time.
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { drawnCharts, expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
 import { Mosquitto, until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const CLI = resolve("dist/cli/itera.js");
 const MODEL = resolve("models/itera-lite-micro");
@@ -70,7 +70,7 @@ let dash: Awaited<ReturnType<typeof dashboard>>;
 const others: ChildProcess[] = [];
 
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-dashboard-web-"));
+  dir = await tempDir("itera-dashboard-web-");
   broker = await Mosquitto.create();
   sim = start([
     "fleet",
@@ -107,7 +107,6 @@ afterAll(async () => {
   await browser?.close();
   for (const p of [dash?.proc, sim?.proc, ...others]) await stop(p);
   await broker?.stop();
-  await rm(dir, { recursive: true, force: true });
 });
 
 describe("itera fleet dashboard in Chromium", () => {

@@ -1,11 +1,11 @@
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdtemp } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { Agent } from "../src/agent/agent.js";
 import { RunningJobs, runDashboard } from "../src/fleet/dashboard.js";
 import { countTags } from "./browser-helpers.js";
 import { Mosquitto, testAgentOptions } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /** `itera fleet dashboard` against a real Mosquitto and agents, its page run by headless Chromium. */
 const HOSTILE = "<img src=x onerror=document.title='pwned'>";
@@ -18,7 +18,7 @@ let url: string;
 let done: Promise<void>;
 beforeAll(async () => {
   broker = await Mosquitto.create();
-  dir = await mkdtemp(join(tmpdir(), "itera-dashboard-"));
+  dir = await tempDir("itera-dashboard-");
   for (const [i, p] of ["rpi5", HOSTILE].entries()) {
     const agent = new Agent(
       testAgentOptions(broker.url, "fd", `dev-${i}`, p, await mkdtemp(join(dir, "a-"))),
@@ -53,7 +53,6 @@ afterAll(async () => {
   await done;
   for (const a of agents) await a.stop().catch(() => {});
   await broker.stop();
-  await rm(dir, { recursive: true, force: true });
 });
 
 describe("itera fleet dashboard", () => {

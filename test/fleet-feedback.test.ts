@@ -5,8 +5,7 @@
  * restarted in the middle, the real house micro model.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { readFile, mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import Database from "better-sqlite3";
@@ -19,6 +18,7 @@ import { retrainingTopic } from "../src/protocol/feedback.js";
 import { deviceTopic } from "../src/protocol/topics.js";
 import { freePort, Mosquitto, until } from "./mqtt-helpers.js";
 import { postJson } from "./serve-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const AGENT = resolve("dist/cli/itera-agent.js");
 const ITERA = resolve("dist/cli/itera.js");
@@ -31,13 +31,12 @@ const procs: ChildProcess[] = [];
 
 beforeAll(async () => {
   broker = await Mosquitto.create();
-  dir = await mkdtemp(join(tmpdir(), "itera-fleet-feedback-"));
+  dir = await tempDir("itera-fleet-feedback-");
 });
 
 afterAll(async () => {
   for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
   await broker?.stop();
-  await rm(dir, { recursive: true, force: true });
 });
 
 /** A built CLI as a process; stdout lines and stderr kept. */

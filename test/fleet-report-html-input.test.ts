@@ -6,25 +6,22 @@
  * page that says so (opened in Chromium: no error, empty charts, not blank).
  */
 import { existsSync, readdirSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { registerFleet } from "../src/cli/commands/fleet.js";
 import type { FleetBenchOutcome } from "../src/fleet/bench.js";
 import { FleetStore } from "../src/fleet/store.js";
 import { drawnCharts, expectCleanPage, TestBrowser } from "./browser-helpers.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const cli = inProcessCli(registerFleet);
 
 let dir: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-fleet-report-input-"));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  dir = await tempDir("itera-fleet-report-input-");
 });
 
 /** `itera fleet report --db DB [--job ID] --out OUT`: refused with one what/where/fix error; no OUT made. */

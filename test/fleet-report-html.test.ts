@@ -1,5 +1,4 @@
-import { mkdtemp, readFile, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdtemp, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Agent } from "../src/agent/agent.js";
@@ -9,6 +8,7 @@ import { reportRow, writeReport } from "../src/fleet/report.js";
 import { num } from "../src/report/html.js";
 import { countTags, drawnCharts, expectCleanPage, TestBrowser } from "./browser-helpers.js";
 import { Mosquitto, testAgentOptions } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /** report.html of a real fleet benchmark (Mosquitto, three agents), opened in headless Chromium. */
 const HOSTILE = "<img src=x onerror=document.title='pwned'>";
@@ -19,12 +19,11 @@ let dir: string;
 const agents: Agent[] = [];
 beforeAll(async () => {
   broker = await Mosquitto.create();
-  dir = await mkdtemp(join(tmpdir(), "itera-fleet-html-"));
+  dir = await tempDir("itera-fleet-html-");
 });
 afterAll(async () => {
   for (const a of agents) await a.stop().catch(() => {});
   await broker.stop();
-  await rm(dir, { recursive: true, force: true });
 });
 
 describe("fleet report.html", () => {

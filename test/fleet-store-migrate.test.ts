@@ -1,20 +1,13 @@
 /** The fleet store reads databases written before jobs had types (issue #19): they are migrated. */
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { FleetStore } from "../src/fleet/store.js";
-
-const dirs: string[] = [];
-afterAll(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
+import { tempDir } from "./temp-dir.js";
 
 describe("fleet store migration", () => {
   it("opens a database of the benchmark-only schema: its runs are benchmarks, and updates can be added", async () => {
-    const dir = await mkdtemp(join(tmpdir(), "itera-store-migrate-"));
-    dirs.push(dir);
+    const dir = await tempDir("itera-store-migrate-");
     const path = join(dir, "fleet.db");
     // The schema as it was before job types (runs without `type`).
     const old = new Database(path);

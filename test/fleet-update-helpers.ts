@@ -8,8 +8,7 @@
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, readlink, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { copyFile, mkdir, readlink, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import mqtt, { type MqttClient } from "mqtt";
 import { flashRootfs } from "../src/deploy/rootfs.js";
@@ -18,6 +17,7 @@ import { jobTopic } from "../src/protocol/topics.js";
 import { makeFixtureBundle, signingKeys } from "./fixtures/deploy/bundle.js";
 import { makePartsBundle } from "./fixtures/deploy/parts-bundle.js";
 import { Mosquitto, until } from "./mqtt-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const AGENT = resolve("dist/cli/itera-agent.js");
 const ITERA = resolve("dist/cli/itera.js");
@@ -103,7 +103,7 @@ export class InstalledFleet {
   ): Promise<InstalledFleet> {
     const f = new InstalledFleet(
       await Mosquitto.create(),
-      await mkdtemp(join(tmpdir(), `itera-${fleet}-`)),
+      await tempDir(`itera-${fleet}-`),
       fleet,
       devices,
       telemetryS,

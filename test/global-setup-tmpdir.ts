@@ -10,7 +10,8 @@
  * At the end the run lists what is left in its folder on stderr (a test that does not remove what it
  * made; test/temp-dir.ts is the way to) and removes it. It does not fail the run: a worker that was
  * killed mid-test leaves its files too, and that is reported by the test that failed. A run that was
- * itself killed leaves its folder; the next run removes those whose process is gone.
+ * itself killed leaves its folder; the next run removes those whose process is gone. It also turns
+ * ONNX Runtime's telemetry off for the tests that open sessions directly (see below).
  */
 import { chmodSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -39,6 +40,7 @@ function removeAbandoned(root: string): void {
 
 export default function setup(): () => void {
   const outer = process.env.TMPDIR;
+  const outerOrt = process.env.ORT_DISABLE_TELEMETRY;
   const root = tmpdir();
   removeAbandoned(root);
   const dir = mkdtempSync(join(root, `${PREFIX}${process.pid}-`));
@@ -46,6 +48,10 @@ export default function setup(): () => void {
   // as `mosquitto` and reads its config and writes its database in the folders the tests give it.
   chmodSync(dir, 0o755);
   process.env.TMPDIR = dir;
+  // Tests that open ONNX Runtime sessions themselves (not through src/runtime, which turns its
+  // telemetry off) would leave its mat-debug-<pid>.log and ~/.cache/Microsoft queue; the switch
+  // itself is tested in ort-telemetry.test.ts, whose child runs without this variable.
+  process.env.ORT_DISABLE_TELEMETRY ??= "1";
   return () => {
     const left = readdirSync(dir).sort();
     if (left.length > 0) {
@@ -57,5 +63,6 @@ export default function setup(): () => void {
     rmSync(dir, { recursive: true, force: true, maxRetries: 5 });
     if (outer === undefined) delete process.env.TMPDIR;
     else process.env.TMPDIR = outer;
+    if (outerOrt === undefined) delete process.env.ORT_DISABLE_TELEMETRY;
   };
 }

@@ -1,7 +1,6 @@
-import { cp, mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, mkdir, mkdtemp, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import {
   findIcuDataInElf,
   keepIcuItem,
@@ -20,6 +19,7 @@ import {
 } from "../src/package/node-binary.js";
 import { sha256File } from "../src/util/fs.js";
 import { qemuRunner, run } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * English-only ICU data in the official Node 24 binaries: the package format is read and rewritten
@@ -32,13 +32,9 @@ let x64: NodeBinary;
 let arm64: NodeBinary;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-icu-"));
+  work = await tempDir("itera-icu-");
   x64 = await nodeBinary({ platform: "linux", arch: "x64" });
   arm64 = await nodeBinary({ platform: "linux", arch: "arm64" });
-});
-
-afterAll(async () => {
-  if (work) await rm(work, { recursive: true, force: true });
 });
 
 function pristine(arch: "x64" | "arm64"): string {

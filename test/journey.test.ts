@@ -1,9 +1,10 @@
 import { execFile } from "node:child_process";
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, symlink } from "node:fs/promises";
-import { availableParallelism, tmpdir } from "node:os";
+import { copyFile, mkdir, readdir, readFile, symlink } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * The README's journey, as a new user walks it: from the repository with nothing beside it (no
@@ -56,11 +57,7 @@ async function bundleFor(profile: string): Promise<string> {
 }
 
 beforeAll(async () => {
-  cwd = await mkdtemp(join(tmpdir(), "itera-journey-"));
-});
-
-afterAll(async () => {
-  await rm(cwd, { recursive: true, force: true });
+  cwd = await tempDir("itera-journey-");
 });
 
 describe("a new user's first hour, as the README tells it", () => {

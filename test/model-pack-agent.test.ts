@@ -1,12 +1,12 @@
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { manifestSchema, signManifest } from "../src/bundle/manifest.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { verifyBundle } from "../src/package/verify.js";
 import { signingKeys } from "./fixtures/deploy/bundle.js";
-import { deviceEnv, fixtureModel, removeTempDirs, run } from "./package-helpers.js";
+import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * A real laptop-x64-4c bundle and a second one built with `--runtime` (issue #18): the same runtime,
@@ -24,15 +24,13 @@ interface RunJson {
 }
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-model-pack-agent-"));
+  work = await tempDir("itera-model-pack-agent-");
   const key = join(work, "signing.key");
   await writeFile(key, keys.privatePem, { mode: 0o600 });
   const common = { model: model.dir, profile: "laptop-x64-4c", quant: "fp32", sign: key, quiet: true };
   first = await buildBundle({ ...common, out: join(work, "out"), version: "0.1.0" });
   second = await buildBundle({ ...common, out: join(work, "out"), version: "0.2.0", runtime: first.dir });
 }, 600_000);
-
-afterAll(() => removeTempDirs(work));
 
 async function copyRelease(from: string, name: string): Promise<string> {
   const dest = join(work, name);

@@ -1,7 +1,6 @@
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { pruneCache } from "../src/agent-host/extract.js";
 import { manifestSchema } from "../src/bundle/manifest.js";
 import { changedParts, unchangedFiles } from "../src/bundle/model-pack.js";
@@ -9,6 +8,7 @@ import { checkModelPack } from "../src/package/model-pack.js";
 import { verifyBundle } from "../src/package/verify.js";
 import { signingKeys } from "./fixtures/deploy/bundle.js";
 import { makePartsBundle } from "./fixtures/deploy/parts-bundle.js";
+import { tempDir } from "./temp-dir.js";
 
 /** The v2 manifest's parts, the model pack's own signature and files, and the agent's cache pruning. */
 let work: string;
@@ -19,7 +19,7 @@ let v2: string;
 let runtimeB: string;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-model-pack-"));
+  work = await tempDir("itera-model-pack-");
   const o = { signWith: keys.privatePem, runtimePad: 1000 };
   v1 = await makePartsBundle(join(work, "a"), { ...o, version: "0.1.0", model: "weights one" });
   v2 = await makePartsBundle(join(work, "b"), { ...o, version: "0.2.0", model: "weights two" });
@@ -30,8 +30,6 @@ beforeAll(async () => {
     runtimeFlavour: "b",
   });
 });
-
-afterAll(() => rm(work, { recursive: true, force: true }));
 
 const manifestOf = async (dir: string) =>
   manifestSchema.parse(JSON.parse(await readFile(join(dir, "manifest.json"), "utf8")));

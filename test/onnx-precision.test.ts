@@ -1,5 +1,4 @@
-import { copyFile, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { copyFile, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
@@ -17,6 +16,7 @@ import {
 } from "../src/onnx/index.js";
 import { readModelInput } from "../src/package/model-input.js";
 import { contribModel } from "./fixtures/onnx/contrib-model.js";
+import { tempDir } from "./temp-dir.js";
 
 /** The precision label comes from the graph: the weights' dtypes and the quantized ops holding them. */
 function model(nodes: NodeProto[], initializer: TensorProto[]) {
@@ -97,22 +97,18 @@ describe("weight precision from the graph", () => {
 
 describe("itera build's reading of a folder without a card", () => {
   it("takes the precision from the graph, not fp32", async () => {
-    const dir = await mkdtemp(join(tmpdir(), "itera-precision-"));
-    try {
-      await copyFile(join("models", "itera-lite-micro", "genai_config.json"), join(dir, "genai_config.json"));
-      const f16 = model(
-        [gather, makeNode("MatMul", ["e", "head"], ["logits"])],
-        [
-          table("f16", 50, 64),
-          { ...typedToTensor("head", [64, 50], new Uint16Array(64 * 50)), dataType: DataType.FLOAT16 },
-        ],
-      );
-      await writeFile(join(dir, "model.onnx"), encodeModel(f16));
-      expect((await readModelInput(dir)).quant).toBe("fp16");
-      await copyFile(join("models", "itera-lite-micro", "model.onnx"), join(dir, "model.onnx"));
-      expect((await readModelInput(dir)).quant).toBe("fp32");
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    const dir = await tempDir("itera-precision-");
+    await copyFile(join("models", "itera-lite-micro", "genai_config.json"), join(dir, "genai_config.json"));
+    const f16 = model(
+      [gather, makeNode("MatMul", ["e", "head"], ["logits"])],
+      [
+        table("f16", 50, 64),
+        { ...typedToTensor("head", [64, 50], new Uint16Array(64 * 50)), dataType: DataType.FLOAT16 },
+      ],
+    );
+    await writeFile(join(dir, "model.onnx"), encodeModel(f16));
+    expect((await readModelInput(dir)).quant).toBe("fp16");
+    await copyFile(join("models", "itera-lite-micro", "model.onnx"), join(dir, "model.onnx"));
+    expect((await readModelInput(dir)).quant).toBe("fp32");
   });
 });

@@ -5,21 +5,20 @@
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join, relative, resolve } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { checkOutputDir, OUTPUT_MARKER, writeDirAtomic } from "../src/util/output.js";
 import { fixtureModel } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const CLI = resolve("dist/cli/itera.js");
 const micro = resolve("models/itera-lite-micro");
 let work: string;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-outputs-"));
+  work = await tempDir("itera-outputs-");
 });
-afterAll(() => rm(work, { recursive: true, force: true }));
 
 interface Run {
   code: number | null;

@@ -1,16 +1,16 @@
 import { generateKeyPairSync } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { type Manifest, manifestSchema, signManifest } from "../src/bundle/manifest.js";
 import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { registerProfiles } from "../src/cli/commands/profiles.js";
 import { registerVerify } from "../src/cli/commands/verify.js";
 import { sha256 } from "../src/util/fs.js";
-import { removeTempDirs, run } from "./package-helpers.js";
+import { run } from "./package-helpers.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /** `itera keygen`, `itera verify` and `itera profiles --detect` through commander, as a user runs them. */
 const cli = inProcessCli(
@@ -26,11 +26,9 @@ let work: string;
 let keys: string;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-pkg-cli-"));
+  work = await tempDir("itera-pkg-cli-");
   keys = join(work, "keys");
 });
-
-afterAll(() => removeTempDirs(work));
 
 /** A small signed bundle folder (two files), enough for everything `verify` checks. */
 async function fakeBundle(name: string): Promise<string> {

@@ -1,14 +1,14 @@
-import { mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { manifestSchema } from "../src/bundle/manifest.js";
 import { STEP_DECODE_MAX_TOKENS } from "../src/cli/generation.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { SEA_FUSE } from "../src/package/node-binary.js";
 import { loadProfile } from "../src/profile/load.js";
 import { loadModel } from "../src/runtime/index.js";
-import { deviceEnv, fixtureModel, houseModel, qemuRunner, removeTempDirs, run } from "./package-helpers.js";
+import { deviceEnv, fixtureModel, houseModel, qemuRunner, run } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * Cross builds from this x64 host: the embedded-arm64-2c bundle of the house model Itera-Lite micro
@@ -23,7 +23,7 @@ let win: BuildResult;
 let work: string;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-pkg-cross-"));
+  work = await tempDir("itera-pkg-cross-");
   // No shipped profile targets Windows: derive one from the laptop profile.
   const laptop = await loadProfile("laptop-x64-4c");
   const winProfile = join(work, "win-x64-4c.json");
@@ -46,8 +46,6 @@ beforeAll(async () => {
     }),
   ]);
 });
-
-afterAll(() => removeTempDirs(work));
 
 describe("embedded-arm64-2c bundle under qemu-aarch64", () => {
   it("is an aarch64 ELF executable", async () => {

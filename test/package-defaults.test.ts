@@ -9,16 +9,15 @@
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readdir, readFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { checkModelRuns } from "../src/package/model-check.js";
 import { readModelInput } from "../src/package/model-input.js";
 import { profileLowest, resolveQuantization } from "../src/package/quantization.js";
 import { verifyBundle } from "../src/package/verify.js";
 import { loadAllProfiles } from "../src/profile/load.js";
-import { removeTempDirs } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const run = promisify(execFile);
 const CLI = resolve("dist/cli/itera.js");
@@ -28,9 +27,8 @@ const houseModels = ["itera-lite-micro", "itera-lite-micro-distilled", "itera-li
 let work: string;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-pkg-defaults-"));
+  work = await tempDir("itera-pkg-defaults-");
 });
-afterAll(() => removeTempDirs(work));
 
 /** Precisions from smallest to largest: a weight may end at its profile's or above, never below. */
 const RANK: Record<string, number> = { int4: 0, int8: 1, "int8-wo": 1, fp16: 2, fp32: 3 };

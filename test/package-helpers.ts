@@ -1,10 +1,10 @@
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { mkdir, mkdtemp, rm, symlink } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, symlink } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { fixtureModels, reference } from "./fixtures/runtime/models.js";
+import { tempDir } from "./temp-dir.js";
 
 /** Shared by the packaging suites: the model to bundle, and how to run a bundle like a device would. */
 export const run = promisify(execFile);
@@ -37,8 +37,7 @@ export function houseModel(id: string): {
  * private agent cache: what a fresh device looks like.
  */
 export async function deviceEnv(): Promise<{ env: NodeJS.ProcessEnv; home: string; cache: string }> {
-  const home = await mkdtemp(join(tmpdir(), "itera-device-"));
-  created.push(home);
+  const home = await tempDir("itera-device-");
   const bin = join(home, "bin");
   await mkdir(bin);
   for (const tool of ["sh", "cat", "grep", "uname", "lscpu"]) {
@@ -46,14 +45,6 @@ export async function deviceEnv(): Promise<{ env: NodeJS.ProcessEnv; home: strin
   }
   const cache = join(home, "agent-cache");
   return { env: { PATH: bin, HOME: home, ITERA_AGENT_CACHE: cache, LANG: "C" }, home, cache };
-}
-
-const created: string[] = [];
-
-/** Remove the temp folders made by this test file (device homes hold 45 MB extractions each). */
-export async function removeTempDirs(...more: (string | undefined)[]): Promise<void> {
-  const dirs = [...created.splice(0), ...more.filter((d): d is string => d !== undefined)];
-  await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
 }
 
 export const qemuRunner = join(import.meta.dirname, "..", "tools", "qemu", "run-arm64.sh");

@@ -1,8 +1,7 @@
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { basename, join } from "node:path";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { agentContext } from "../src/agent-host/context.js";
 import { decodeAsset } from "../src/agent-host/embedded.js";
 import { prepareAsset } from "../src/package/assets.js";
@@ -15,7 +14,8 @@ import { verifyBundle } from "../src/package/verify.js";
 import { datasetsDir } from "../src/runtime/eval-text.js";
 import { detectHardware, type Hardware, rankProfiles } from "../src/profile/detect.js";
 import { loadAllProfiles, loadProfile } from "../src/profile/load.js";
-import { fixtureModel, removeTempDirs } from "./package-helpers.js";
+import { fixtureModel } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /** Bad input to `itera build` / `itera verify` and profile detection: fast, no bundle is built. */
 const model = fixtureModel();
@@ -23,10 +23,8 @@ let work: string;
 let out: string;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-pkg-inputs-"));
+  work = await tempDir("itera-pkg-inputs-");
 });
-
-afterAll(() => removeTempDirs(work));
 
 afterEach(async () => {
   // Whatever failed, the output folder holds nothing: no bundle, no archive, no temp entries.

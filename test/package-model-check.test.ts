@@ -6,14 +6,14 @@
  */
 import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { cp, mkdtemp, readdir, readFile, truncate, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, readdir, readFile, truncate, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { checkModelRuns } from "../src/package/model-check.js";
 import { VERSION } from "../src/version.js";
-import { fixtureModel, removeTempDirs } from "./package-helpers.js";
+import { fixtureModel } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 const run = promisify(execFile);
 const CLI = resolve("dist/cli/itera.js");
@@ -21,9 +21,8 @@ const model = fixtureModel();
 let work: string;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-model-check-"));
+  work = await tempDir("itera-model-check-");
 });
-afterAll(() => removeTempDirs(work));
 
 async function itera(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {

@@ -1,12 +1,12 @@
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readFile, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { build } from "esbuild";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { nativeAddons } from "../src/package/agent-script.js";
 import { hostNodeBinary } from "../src/package/node-binary.js";
-import { removeTempDirs, run } from "./package-helpers.js";
+import { run } from "./package-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * Inside a bundle better-sqlite3 (built for the host only) is replaced by an adapter over Node 24's
@@ -18,7 +18,7 @@ let node: string;
 let work: string;
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-pkg-sqlite-"));
+  work = await tempDir("itera-pkg-sqlite-");
   const entry = join(work, "entry.ts");
   await writeFile(
     entry,
@@ -52,8 +52,6 @@ store.close();
   });
   node = await hostNodeBinary();
 });
-
-afterAll(() => removeTempDirs(work));
 
 describe("better-sqlite3 on node:sqlite in bundles", () => {
   it("keeps the agent's counters, outbox and jobs, rolls back a failed transaction, and persists", async () => {

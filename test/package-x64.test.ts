@@ -1,18 +1,18 @@
 import { spawn } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdtemp, readdir, readFile, readlink, rm, stat, unlink, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
 import { connectAsync } from "mqtt";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { manifestSchema } from "../src/bundle/manifest.js";
 import { registerKeygen } from "../src/cli/commands/keygen.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { verifyBundle, verifyBundleArchive } from "../src/package/verify.js";
 import { freePort, Mosquitto, until, waitForPort } from "./mqtt-helpers.js";
-import { deviceEnv, fixtureModel, removeTempDirs, run } from "./package-helpers.js";
+import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
 import { startSim } from "./power-sim-helper.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * The laptop-x64-4c bundle, built once: it runs natively on a machine without Node, generates what
@@ -32,7 +32,7 @@ interface RunJson {
 }
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-pkg-x64-"));
+  work = await tempDir("itera-pkg-x64-");
   const program = new Command().exitOverride();
   registerKeygen(program);
   await program.parseAsync(["keygen", "--out", join(work, "keys"), "--json"], { from: "user" });
@@ -49,8 +49,6 @@ beforeAll(async () => {
   });
   exe = join(built.dir, "itera-agent");
 });
-
-afterAll(() => removeTempDirs(work));
 
 describe("laptop-x64-4c bundle", () => {
   it("writes the folder, the manifest of every file and the .tar.gz beside it", async () => {

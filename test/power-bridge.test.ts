@@ -1,9 +1,8 @@
 import { execFileSync } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { LineDecoder } from "../src/power/ina219/lines.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * The bridge firmware itself (tools/ina219-bridge), run on this PC against an emulated INA219:
@@ -14,10 +13,7 @@ import { LineDecoder } from "../src/power/ina219/lines.js";
 const bridge = resolve(import.meta.dirname, "..", "tools", "ina219-bridge");
 let dir: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-bridge-"));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  dir = await tempDir("itera-bridge-");
 });
 
 function decode(output: string) {

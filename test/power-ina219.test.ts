@@ -1,7 +1,6 @@
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
 import { LineDecoder } from "../src/power/ina219/lines.js";
 import { Ina219Meter, serialPort } from "../src/power/ina219/meter.js";
@@ -15,6 +14,7 @@ import {
 import { integratePower } from "../src/power/integrate.js";
 import { nowMs } from "../src/power/meter.js";
 import { startSim, traceEnergy } from "./power-sim-helper.js";
+import { tempDir } from "./temp-dir.js";
 
 describe("INA219 datasheet math", () => {
   it("calibration: 0.1 Ω shunt, 100 µA/LSB gives 4096 (datasheet eq. 1)", () => {
@@ -207,10 +207,7 @@ describe("LineDecoder", () => {
 describe("Ina219Meter through a real pty (socat + tools/ina219-sim)", () => {
   let dir: string;
   beforeAll(async () => {
-    dir = await mkdtemp(join(tmpdir(), "itera-ina219-"));
-  });
-  afterAll(async () => {
-    await rm(dir, { recursive: true, force: true });
+    dir = await tempDir("itera-ina219-");
   });
 
   // 4 W, then a ramp to 8 W, then 8 W: a trace whose integral is known exactly.

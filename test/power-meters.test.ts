@@ -1,8 +1,7 @@
-import { chmod, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { chmod, mkdir, writeFile } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
 import { integrateWindow } from "../src/power/integrate.js";
 import { openMeter } from "../src/power/open.js";
@@ -11,6 +10,7 @@ import { parseProcStat, utilisation } from "../src/power/proc-stat.js";
 import { findRaplDomains, RaplMeter } from "../src/power/rapl.js";
 import { TdpMeter, tdpPower } from "../src/power/tdp.js";
 import { loadProfile } from "../src/profile/load.js";
+import { tempDir } from "./temp-dir.js";
 
 /** Real `vcgencmd pmic_read_adc` output of a Raspberry Pi 5 under load, as published in the
  * README of the RPi5-power project on GitHub (12 current/voltage rail pairs plus EXT5V and BATT). */
@@ -60,10 +60,7 @@ const PI5_RAIL_W = pairs.reduce((s, [a, v]) => s + a * v, 0);
 
 let dir: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-meters-"));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  dir = await tempDir("itera-meters-");
 });
 
 describe("tdp estimate", () => {

@@ -3,10 +3,9 @@
  * outputs that onnxruntime loads and runs, the report, the budget, and every bad input.
  */
 import { execFile, execFileSync } from "node:child_process";
-import { cp, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
 import { loadModel as loadOnnx } from "../src/onnx/index.js";
 import { parseQuantizeOptions } from "../src/quantize/options.js";
@@ -15,12 +14,13 @@ import { OUTPUT_MARKER } from "../src/util/output.js";
 import { datasetsDir } from "../src/runtime/eval-text.js";
 import { loadModel } from "../src/runtime/index.js";
 import { toyModelCard } from "./model-card-fixture.js";
+import { tempDir } from "./temp-dir.js";
 
 let work: string;
 const CLI = resolve("dist/cli/itera.js");
 
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-qcli-"));
+  work = await tempDir("itera-qcli-");
   execFileSync("/usr/bin/python3", [
     join(__dirname, "fixtures/runtime/make_models.py"),
     join(work, "models"),
@@ -29,9 +29,6 @@ beforeAll(async () => {
     join(__dirname, "fixtures/quantize/make_graphs.py"),
     join(work, "graphs"),
   ]);
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
 });
 
 const model = (name: string) => join(work, "models", name);

@@ -4,21 +4,17 @@
  * Itera-Lite's MoE experts become QMoE (without them int4 would be 1.3x smaller, not > 5x).
  */
 import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { parseQuantizeOptions } from "../src/quantize/options.js";
 import { quantizeFolder } from "../src/quantize/quantize.js";
 import { loadModel } from "../src/runtime/index.js";
+import { tempDir } from "./temp-dir.js";
 
 const house = ["itera-lite-tiny", "transformer-tiny"].map((m) => resolve("models", m));
 let work: string;
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-qhouse-"));
-});
-afterAll(async () => {
-  await rm(work, { recursive: true, force: true });
+  work = await tempDir("itera-qhouse-");
 });
 
 describe.each(house)("%s", (dir) => {

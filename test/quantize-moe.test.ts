@@ -6,13 +6,12 @@
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { InferenceSession, Tensor } from "onnxruntime-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { registerQuantize } from "../src/cli/commands/quantize.js";
 import {
   analyzeModel,
@@ -37,6 +36,7 @@ import { qMoE } from "../src/quantize/patterns.js";
 import { moeNote, presetPrecisions } from "../src/quantize/plan.js";
 import { type QuantizeReport, quantizeFolder } from "../src/quantize/quantize.js";
 import type { LayerReport } from "../src/quantize/report.js";
+import { tempDir } from "./temp-dir.js";
 import {
   applyPrecisions,
   type BlockParams,
@@ -358,7 +358,7 @@ describe("QMoE on ARM64 (qemu-aarch64: the devices' onnxruntime build)", () => {
   }
 
   it("4- and 8-bit experts equal the float MoE on the dequantized experts, and the x64 output", async () => {
-    const dir = await mkdtemp(join(tmpdir(), "itera-qmoe-arm64-"));
+    const dir = await tempDir("itera-qmoe-arm64-");
     try {
       const files: string[] = [];
       const x64: Float32Array[] = [];
@@ -498,10 +498,7 @@ describe("a house model's experts in itera quantize (Itera-Lite micro)", () => {
   const micro = resolve("models", "itera-lite-micro");
   let work: string;
   beforeAll(async () => {
-    work = await mkdtemp(join(tmpdir(), "itera-qmoe-"));
-  });
-  afterAll(async () => {
-    await rm(work, { recursive: true, force: true });
+    work = await tempDir("itera-qmoe-");
   });
   const experts = (r: QuantizeReport) => r.layers.filter((l) => l.kind === "moe");
 

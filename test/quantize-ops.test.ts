@@ -3,11 +3,9 @@
  * reference computed here.
  */
 import { execFileSync } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InferenceSession, Tensor } from "onnxruntime-node";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import {
   DataType,
   float16ToFloat32,
@@ -29,14 +27,12 @@ import type { Precision } from "../src/quantize/options.js";
 import { applyPrecisions } from "../src/quantize/rewrite.js";
 import { countQuantizedNodes, findSites } from "../src/quantize/sites.js";
 import { BASE_PARAMS, relError } from "./quantize-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 let dir: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-qops-"));
+  dir = await tempDir("itera-qops-");
   execFileSync("/usr/bin/python3", [join(__dirname, "fixtures/quantize/make_graphs.py"), dir]);
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
 });
 
 function seq(n: number, seed: number): Float32Array {

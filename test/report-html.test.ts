@@ -1,5 +1,4 @@
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type BenchResult, benchResultSchema } from "../src/bench/result.js";
@@ -11,6 +10,7 @@ import { VERSION } from "../src/version.js";
 import { countTags, type DrawnChart, drawnCharts, expectCleanPage, TestBrowser } from "./browser-helpers.js";
 import { inProcessCli } from "./cli-helpers.js";
 import { startSim } from "./power-sim-helper.js";
+import { tempDir } from "./temp-dir.js";
 
 /** `itera bench --html`, `itera-agent bench --html` and `itera bench-report`, opened in a real headless Chromium. */
 const cli = inProcessCli((program) => {
@@ -70,7 +70,7 @@ let dir: string;
 let simRun: BenchResult[];
 let plainRun: BenchResult[];
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-report-html-"));
+  dir = await tempDir("itera-report-html-");
   browser = await TestBrowser.launch();
   // Run A: the agent's bench on a simulated INA219 (its figures must say simulated), a hostile device name.
   const sim = await startSim(dir, "html", ["--format", "json", "--trace", "0:2.5", "--rate", "100"]);
@@ -130,7 +130,6 @@ beforeAll(async () => {
 }, 120_000);
 afterAll(async () => {
   await browser?.close();
-  await rm(dir, { recursive: true, force: true });
 });
 
 describe("HTML benchmark reports in Chromium", () => {

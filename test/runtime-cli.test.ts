@@ -1,5 +1,4 @@
-import { cpSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, mkdtempSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { registerEval } from "../src/cli/commands/eval.js";
@@ -9,6 +8,7 @@ import { evaluate, loadModel } from "../src/runtime/index.js";
 import { fixtureModels, reference } from "./fixtures/runtime/models.js";
 import { inProcessCli } from "./cli-helpers.js";
 import { toyModelCard } from "./model-card-fixture.js";
+import { tempDirSync } from "./temp-dir.js";
 
 /** `itera run` and `itera eval` run in-process through commander, stdout and stderr captured. */
 const itera = inProcessCli((program) => {
@@ -24,12 +24,11 @@ const text = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nA
 
 beforeAll(() => {
   fixtures = fixtureModels();
-  work = mkdtempSync(join(tmpdir(), "itera-runtime-cli-"));
+  work = tempDirSync("itera-runtime-cli-");
   writeFileSync(join(work, "text.txt"), text);
 });
 
 afterAll(() => {
-  rmSync(work, { recursive: true, force: true });
   delete process.env.ITERA_DATASETS;
 });
 

@@ -1,5 +1,4 @@
-import { cpSync, existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { STEP_DECODE_MAX_TOKENS } from "../src/cli/generation.js";
@@ -10,6 +9,7 @@ import { buildDecodeLoop, FusedDecoder, fusedDecodeUnsupported } from "../src/ru
 import { type LanguageModel, loadModel } from "../src/runtime/index.js";
 import { inProcessCli } from "./cli-helpers.js";
 import { fixtureModels, reference } from "./fixtures/runtime/models.js";
+import { tempDirSync } from "./temp-dir.js";
 
 /**
  * Fused greedy decoding (src/runtime/fused-decode.ts) against stepping one ONNX Runtime call per
@@ -135,22 +135,18 @@ describe.skipIf(!existsSync(join(micro, "model.onnx")))("Itera-Lite micro", () =
 
 describe.skipIf(!existsSync(join(micro, "model.onnx")))("when the loop cannot be built", () => {
   it("decodes step by step and says why, rather than failing", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "itera-fused-"));
-    try {
-      cpSync(micro, dir, { recursive: true });
-      const model = await loadModel(dir, { threads: 1 });
-      // the graph file vanishes after loading: the loop (built on first use) cannot read it
-      rmSync(join(dir, "model.onnx"));
-      const g = await model.generate("ROMEO:", { maxTokens: 12, temperature: 0 });
-      expect(g.decode).toBe("step");
-      expect(g.ids).toHaveLength(12);
-      expect(await model.fusedDecoder()).toMatchObject({
-        unsupported: expect.stringMatching(/could not be built/),
-      });
-      await model.dispose();
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
+    const dir = tempDirSync("itera-fused-");
+    cpSync(micro, dir, { recursive: true });
+    const model = await loadModel(dir, { threads: 1 });
+    // the graph file vanishes after loading: the loop (built on first use) cannot read it
+    rmSync(join(dir, "model.onnx"));
+    const g = await model.generate("ROMEO:", { maxTokens: 12, temperature: 0 });
+    expect(g.decode).toBe("step");
+    expect(g.ids).toHaveLength(12);
+    expect(await model.fusedDecoder()).toMatchObject({
+      unsupported: expect.stringMatching(/could not be built/),
+    });
+    await model.dispose();
   });
 });
 

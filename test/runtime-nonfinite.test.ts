@@ -1,7 +1,6 @@
-import { cpSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { cpSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { registerEval } from "../src/cli/commands/eval.js";
 import { STEP_DECODE_MAX_TOKENS } from "../src/cli/generation.js";
 import { registerRun } from "../src/cli/commands/run.js";
@@ -12,6 +11,7 @@ import { pino } from "pino";
 import { loadModel } from "../src/runtime/index.js";
 import { createServer } from "../src/serve/index.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { tempDirSync } from "./temp-dir.js";
 
 /**
  * Models whose weights hold NaN (copies of the house model models/itera-lite-micro with one
@@ -57,7 +57,7 @@ async function pokedCopy(
 }
 
 beforeAll(async () => {
-  work = mkdtempSync(join(tmpdir(), "itera-nan-"));
+  work = tempDirSync("itera-nan-");
   writeFileSync(join(work, "text.txt"), "First Citizen:\nBefore we proceed any further, hear me speak.\n");
   const clean = await loadModel(MICRO, { threads: 1 });
   try {
@@ -72,10 +72,6 @@ beforeAll(async () => {
   rowNan = await pokedCopy("row-nan", (v, [, width]) =>
     v.fill(Number.NaN, cleanIds[2]! * width!, (cleanIds[2]! + 1) * width!),
   );
-});
-
-afterAll(() => {
-  rmSync(work, { recursive: true, force: true });
 });
 
 describe("itera run", () => {

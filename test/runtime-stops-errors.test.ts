@@ -1,11 +1,11 @@
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { IteraError } from "../src/errors.js";
 import { DataType, decodeModel, encodeModel, makeValueInfo } from "../src/onnx/index.js";
 import { evaluate, type LanguageModel, loadModel } from "../src/runtime/index.js";
 import { fixtureModels, type Reference, reference } from "./fixtures/runtime/models.js";
+import { tempDirSync } from "./temp-dir.js";
 
 let fixtures: string;
 let work: string;
@@ -16,7 +16,7 @@ let recurrent: LanguageModel;
 
 beforeAll(async () => {
   fixtures = fixtureModels();
-  work = mkdtempSync(join(tmpdir(), "itera-runtime-"));
+  work = tempDirSync("itera-runtime-");
   kv = await loadModel(join(fixtures, "gpt2-kv"), { threads: 1 });
   kvRef = reference(join(fixtures, "gpt2-kv"));
   hybrid = await loadModel(join(fixtures, "hybrid"), { threads: 1 });
@@ -25,7 +25,6 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all([kv.dispose(), hybrid.dispose(), recurrent.dispose()]);
-  rmSync(work, { recursive: true, force: true });
 });
 
 // biome-ignore lint/suspicious/noExplicitAny: the tests edit arbitrary JSON documents

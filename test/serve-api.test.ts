@@ -1,5 +1,4 @@
-import { cp, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import Fastify from "fastify";
 import { pino } from "pino";
@@ -10,6 +9,7 @@ import { loadProfile } from "../src/profile/load.js";
 import { createServer, type Server } from "../src/serve/index.js";
 import { EventStream } from "../src/serve/sse.js";
 import { metricValue, parseSse, postJson, readEvents } from "./serve-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * The HTTP API on a real server (random free port) with the real house model
@@ -136,7 +136,7 @@ describe("health and info", () => {
   });
 
   it("a model that fails to load: `ready` rejects, /healthz and generation answer 503 saying so", async () => {
-    const broken = await mkdtemp(join(tmpdir(), "itera-serve-broken-"));
+    const broken = await tempDir("itera-serve-broken-");
     await cp(MODEL_DIR, broken, { recursive: true });
     await writeFile(join(broken, "model.onnx"), "not an ONNX file");
     const s = await createServer({ model: () => loadModel(broken), modelDir: broken, logger: silent });
@@ -153,7 +153,6 @@ describe("health and info", () => {
       );
     } finally {
       await s.close();
-      await rm(broken, { recursive: true, force: true });
     }
   });
 

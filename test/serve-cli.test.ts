@@ -1,7 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { cp, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { cp, writeFile } from "node:fs/promises";
 import { createServer as createTcpServer, type Server as TcpServer } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Command } from "commander";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
@@ -10,6 +9,7 @@ import { buildBundle } from "../src/package/build.js";
 import { loadModel } from "../src/runtime/index.js";
 import { deviceEnv } from "./package-helpers.js";
 import { parseSse, postJson } from "./serve-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * `itera-agent serve` as users run it: inside a real bundle (Node 24 single executable built by
@@ -47,7 +47,7 @@ describe("refusals (development mode)", () => {
   let busyPort: number;
 
   beforeAll(async () => {
-    work = await mkdtemp(join(tmpdir(), "itera-serve-cli-"));
+    work = await tempDir("itera-serve-cli-");
     busy = createTcpServer();
     await new Promise<void>((r) => busy.listen(0, "127.0.0.1", () => r()));
     busyPort = (busy.address() as { port: number }).port;
@@ -55,7 +55,6 @@ describe("refusals (development mode)", () => {
 
   afterAll(async () => {
     await new Promise((r) => busy.close(r));
-    await rm(work, { recursive: true, force: true });
   });
 
   const dev = ["--model", MODEL_DIR, "--profile", "laptop-x64-4c"];
@@ -115,10 +114,9 @@ describe("in a real bundle", () => {
   let agent: ChildProcess | undefined;
   let stderr = "";
   let base: string;
-  let home: string;
 
   beforeAll(async () => {
-    work = await mkdtemp(join(tmpdir(), "itera-serve-bundle-"));
+    work = await tempDir("itera-serve-bundle-");
     const built = await buildBundle({
       model: MODEL_DIR,
       profile: "laptop-x64-4c",
@@ -128,7 +126,6 @@ describe("in a real bundle", () => {
     });
     exe = join(built.dir, "itera-agent");
     const device = await deviceEnv();
-    home = device.home;
     // The key from the environment, as a systemd unit's Environment= or LoadCredential would give it.
     const env = { ...device.env, ITERA_API_KEY: API_KEY };
     agent = spawn(exe, ["serve", "--port", "0"], { env, stdio: ["ignore", "ignore", "pipe"] });
@@ -147,8 +144,6 @@ describe("in a real bundle", () => {
 
   afterAll(async () => {
     if (agent && agent.exitCode === null) agent.kill("SIGKILL");
-    await rm(work, { recursive: true, force: true });
-    await rm(home, { recursive: true, force: true });
   });
 
   it("serves /healthz and /v1/info in bundle mode, with no Node on PATH", async () => {

@@ -1,5 +1,3 @@
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { pino } from "pino";
@@ -11,6 +9,7 @@ import { decode } from "../src/protocol/schemas.js";
 import { type LanguageModel, loadModel } from "../src/runtime/index.js";
 import { createServer, type Server } from "../src/serve/index.js";
 import { parseSse, postJson } from "./serve-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * POST /v1/feedback on a real server with the real house model and a real agent store: generations
@@ -27,7 +26,7 @@ let base: string;
 
 beforeAll(async () => {
   model = await loadModel(MODEL_DIR, { threads: 1 });
-  dir = await mkdtemp(join(tmpdir(), "itera-feedback-"));
+  dir = await tempDir("itera-feedback-");
   store = new AgentStore(dir);
   server = await createServer({
     model,
@@ -45,7 +44,6 @@ afterAll(async () => {
   await server?.close();
   store?.close();
   await model?.dispose();
-  await rm(dir, { recursive: true, force: true });
 });
 
 interface ErrorBody {
@@ -166,38 +164,34 @@ describe("POST /v1/feedback", () => {
 
 describe("agent.db", () => {
   it("a database written before feedback existed opens with its outbox, counters and jobs intact", async () => {
-    const old = await mkdtemp(join(tmpdir(), "itera-feedback-old-"));
-    try {
-      // The schema as it was before the generations and feedback tables.
-      const db = new Database(join(old, "agent.db"));
-      db.exec(`
-        CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload TEXT NOT NULL, qos INTEGER NOT NULL);
-        CREATE TABLE jobs (job_id TEXT NOT NULL, exec_no INTEGER NOT NULL, status TEXT NOT NULL, details TEXT,
-          request TEXT, result TEXT, updated_ms INTEGER NOT NULL, PRIMARY KEY (job_id, exec_no));
-        CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-        INSERT INTO counters VALUES ('bdSeq', 41);
-        INSERT INTO outbox (topic, payload, qos) VALUES ('itera/v1/lab/d/telemetry', '{"seq":7}', 1);
-        INSERT INTO jobs VALUES ('j1', 1, 'QUEUED', NULL, NULL, NULL, 1);
-      `);
-      db.close();
-      const s = new AgentStore(old);
-      expect(s.resetNow).toBeUndefined();
-      expect(s.next("bdSeq")).toBe(42);
-      expect(s.pending().map((r) => r.payload)).toEqual(['{"seq":7}']);
-      expect(s.unfinishedJobs().map((j) => j.jobId)).toEqual(["j1"]);
-      s.recordGeneration({
-        id: "gen-1",
-        ts: 1,
-        model: { id: "m", sha256: "0".repeat(64), quant: "fp32" },
-        prompt: "p",
-        text: "t",
-      });
-      s.putFeedback({ generationId: "gen-1", ts: 2, rating: 1, correction: null, comment: "" });
-      expect(s.queueFeedback("itera/v1/lab/d/feedback")).toBe(1);
-      s.close();
-    } finally {
-      await rm(old, { recursive: true, force: true });
-    }
+    const old = await tempDir("itera-feedback-old-");
+    // The schema as it was before the generations and feedback tables.
+    const db = new Database(join(old, "agent.db"));
+    db.exec(`
+      CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+      CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload TEXT NOT NULL, qos INTEGER NOT NULL);
+      CREATE TABLE jobs (job_id TEXT NOT NULL, exec_no INTEGER NOT NULL, status TEXT NOT NULL, details TEXT,
+        request TEXT, result TEXT, updated_ms INTEGER NOT NULL, PRIMARY KEY (job_id, exec_no));
+      CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+      INSERT INTO counters VALUES ('bdSeq', 41);
+      INSERT INTO outbox (topic, payload, qos) VALUES ('itera/v1/lab/d/telemetry', '{"seq":7}', 1);
+      INSERT INTO jobs VALUES ('j1', 1, 'QUEUED', NULL, NULL, NULL, 1);
+    `);
+    db.close();
+    const s = new AgentStore(old);
+    expect(s.resetNow).toBeUndefined();
+    expect(s.next("bdSeq")).toBe(42);
+    expect(s.pending().map((r) => r.payload)).toEqual(['{"seq":7}']);
+    expect(s.unfinishedJobs().map((j) => j.jobId)).toEqual(["j1"]);
+    s.recordGeneration({
+      id: "gen-1",
+      ts: 1,
+      model: { id: "m", sha256: "0".repeat(64), quant: "fp32" },
+      prompt: "p",
+      text: "t",
+    });
+    s.putFeedback({ generationId: "gen-1", ts: 2, rating: 1, correction: null, comment: "" });
+    expect(s.queueFeedback("itera/v1/lab/d/feedback")).toBe(1);
+    s.close();
   });
 });

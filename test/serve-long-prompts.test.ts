@@ -1,5 +1,4 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { pino } from "pino";
@@ -8,6 +7,7 @@ import { type LanguageModel, loadModel } from "../src/runtime/index.js";
 import { loadTokenizer } from "../src/runtime/tokenizer.js";
 import { createServer, type Server } from "../src/serve/index.js";
 import { postJson, readEvents } from "./serve-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * Long prompts on the real server with the house model models/itera-lite-micro (a character
@@ -56,34 +56,30 @@ describe("the prompt's character bound", () => {
   });
 
   it("a tokenizer that drops whitespace or makes one unknown of a word is not exact", async () => {
-    const dir = await mkdtemp(join(tmpdir(), "itera-tok-"));
-    try {
-      const vocab = { "[UNK]": 0, a: 1, "##a": 2 };
-      const wordPiece = {
-        version: "1.0",
-        added_tokens: [],
-        normalizer: null,
-        pre_tokenizer: { type: "WhitespaceSplit" },
-        post_processor: null,
-        decoder: null,
-        model: { type: "WordPiece", unk_token: "[UNK]", continuing_subword_prefix: "##", vocab },
-      };
-      await writeFile(join(dir, "tokenizer.json"), JSON.stringify(wordPiece));
-      const wp = await loadTokenizer(dir);
-      // 10,000 characters, one token: no character bound can hold for it.
-      expect(wp.encode(`${" ".repeat(9999)}a`).length).toBe(1);
-      expect(wp.exactCharBound).toBe(false);
-      const bpe = {
-        ...wordPiece,
-        model: { type: "BPE", unk_token: "[UNK]", fuse_unk: false, vocab, merges: [] },
-      };
-      await writeFile(join(dir, "tokenizer.json"), JSON.stringify(bpe));
-      expect((await loadTokenizer(dir)).exactCharBound).toBe(false);
-      await writeFile(join(dir, "tokenizer.json"), JSON.stringify({ ...bpe, pre_tokenizer: null }));
-      expect((await loadTokenizer(dir)).exactCharBound).toBe(true);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    const dir = await tempDir("itera-tok-");
+    const vocab = { "[UNK]": 0, a: 1, "##a": 2 };
+    const wordPiece = {
+      version: "1.0",
+      added_tokens: [],
+      normalizer: null,
+      pre_tokenizer: { type: "WhitespaceSplit" },
+      post_processor: null,
+      decoder: null,
+      model: { type: "WordPiece", unk_token: "[UNK]", continuing_subword_prefix: "##", vocab },
+    };
+    await writeFile(join(dir, "tokenizer.json"), JSON.stringify(wordPiece));
+    const wp = await loadTokenizer(dir);
+    // 10,000 characters, one token: no character bound can hold for it.
+    expect(wp.encode(`${" ".repeat(9999)}a`).length).toBe(1);
+    expect(wp.exactCharBound).toBe(false);
+    const bpe = {
+      ...wordPiece,
+      model: { type: "BPE", unk_token: "[UNK]", fuse_unk: false, vocab, merges: [] },
+    };
+    await writeFile(join(dir, "tokenizer.json"), JSON.stringify(bpe));
+    expect((await loadTokenizer(dir)).exactCharBound).toBe(false);
+    await writeFile(join(dir, "tokenizer.json"), JSON.stringify({ ...bpe, pre_tokenizer: null }));
+    expect((await loadTokenizer(dir)).exactCharBound).toBe(true);
   });
 });
 

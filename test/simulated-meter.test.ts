@@ -1,7 +1,5 @@
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { benchResultSchema } from "../src/bench/result.js";
 import { registerAgentBench } from "../src/cli/agent-commands/bench.js";
 import { registerAgentMeters } from "../src/cli/agent-commands/meters.js";
@@ -11,6 +9,7 @@ import { benchResultSchema as wireResultSchema } from "../src/protocol/schemas.j
 import { inProcessCli } from "./cli-helpers.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
 import { startSim } from "./power-sim-helper.js";
+import { tempDir } from "./temp-dir.js";
 
 /** A meter the caller knows to be a simulator is labelled simulated in every figure it feeds. */
 const cli = inProcessCli((program) => {
@@ -23,10 +22,7 @@ let model: string;
 let dir: string;
 beforeAll(async () => {
   model = join(fixtureModels(), "gpt2-kv");
-  dir = await mkdtemp(join(tmpdir(), "itera-sim-meter-"));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  dir = await tempDir("itera-sim-meter-");
 });
 
 const bench = (port: string, ...extra: string[]) =>

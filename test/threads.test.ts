@@ -1,7 +1,7 @@
-import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import { availableParallelism, tmpdir } from "node:os";
+import { writeFile } from "node:fs/promises";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { benchResultSchema } from "../src/bench/result.js";
 import { registerAgentBench } from "../src/cli/agent-commands/bench.js";
 import { registerRun as registerAgentRun } from "../src/cli/agent-commands/run.js";
@@ -11,6 +11,7 @@ import { registerRun } from "../src/cli/commands/run.js";
 import { loadAllProfiles, loadProfile } from "../src/profile/load.js";
 import { inProcessCli } from "./cli-helpers.js";
 import { fixtureModels } from "./fixtures/runtime/models.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * Thread counts (issue #14): a default never runs more threads than this host has cores, with a note
@@ -34,16 +35,13 @@ let bigProfile: string;
 
 beforeAll(async () => {
   model = join(fixtureModels(), "recurrent");
-  dir = await mkdtemp(join(tmpdir(), "itera-threads-"));
+  dir = await tempDir("itera-threads-");
   const base = await loadProfile("desktop-x64-12c");
   bigProfile = join(dir, "big.json");
   await writeFile(
     bigProfile,
     JSON.stringify({ ...base, name: "big", cores: cores + 1, threads: cores + 1, detect: undefined }),
   );
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
 });
 
 const resultsOf = (stdout: string) =>

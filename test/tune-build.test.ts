@@ -1,12 +1,12 @@
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
 import { tunedSchema } from "../src/tune/tuned-file.js";
-import { deviceEnv, houseModel, removeTempDirs, run } from "./package-helpers.js";
+import { deviceEnv, houseModel, run } from "./package-helpers.js";
 import { rowOf, tuning } from "./tune-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * `itera build --tuned FILE`: the tuning travels in the bundle's model folder, its precision is the
@@ -18,7 +18,7 @@ let work: string;
 let tunedPath: string;
 let built: BuildResult;
 beforeAll(async () => {
-  work = await mkdtemp(join(tmpdir(), "itera-tune-build-"));
+  work = await tempDir("itera-tune-build-");
   tunedPath = join(work, "tuned.json");
   await writeFile(
     tunedPath,
@@ -32,7 +32,6 @@ beforeAll(async () => {
     quiet: true,
   });
 });
-afterAll(() => removeTempDirs(work));
 
 describe.skipIf(!existsSync(join(micro.dir, "model.onnx")))("itera build --tuned", () => {
   it("embeds tuned.json in the bundle's model folder, hashed in the manifest; its precision is the build's", async () => {

@@ -1,8 +1,7 @@
 import { existsSync } from "node:fs";
-import { cp, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import { registerAgentBench } from "../src/cli/agent-commands/bench.js";
 import { registerRun as registerAgentRun } from "../src/cli/agent-commands/run.js";
 import { registerBench } from "../src/cli/commands/bench.js";
@@ -11,6 +10,7 @@ import { pickRow } from "../src/tune/pick.js";
 import { hostFacts } from "../src/tune/tuned-file.js";
 import { inProcessCli } from "./cli-helpers.js";
 import { rowOf, tuning } from "./tune-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * Commands given no --threads take it from tuned.json: `itera run`/`itera bench` from the model
@@ -33,12 +33,9 @@ const threadsOf = (stdout: string) => (JSON.parse(stdout) as { threads: number }
 let dir: string;
 let model: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-tune-defaults-"));
+  dir = await tempDir("itera-tune-defaults-");
   model = join(dir, "micro");
   await cp(micro, model, { recursive: true });
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
 });
 afterEach(async () => {
   await rm(join(model, "tuned.json"), { force: true });

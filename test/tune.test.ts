@@ -1,12 +1,12 @@
 import { existsSync } from "node:fs";
-import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { cp, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { beforeAll, describe, expect, it } from "vitest";
 import { registerAgentTune } from "../src/cli/agent-commands/tune.js";
 import { registerTune } from "../src/cli/commands/tune.js";
 import { type Choice, type GridRow, sameCandidate, tunedSchema } from "../src/tune/tuned-file.js";
 import { inProcessCli } from "./cli-helpers.js";
+import { tempDir } from "./temp-dir.js";
 
 /**
  * `itera tune` on real ONNX Runtime sessions of Itera-Lite micro, small grids and few tokens: the grid
@@ -24,10 +24,7 @@ const small = ["--test", "tg8", "--rounds", "2", "--min-duration", "0.2", "--qui
 
 let dir: string;
 beforeAll(async () => {
-  dir = await mkdtemp(join(tmpdir(), "itera-tune-test-"));
-});
-afterAll(async () => {
-  await rm(dir, { recursive: true, force: true });
+  dir = await tempDir("itera-tune-test-");
 });
 
 describe.skipIf(!existsSync(join(micro, "model.onnx")))("itera tune", () => {
