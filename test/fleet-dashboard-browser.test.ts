@@ -5,62 +5,20 @@
  * page's history with a working link to its report. Also: the access token, an unknown report, and a
  * broker that cannot be reached (then comes up). Waits poll the page; nothing asserts on time.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { mkdir, readFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { drawnCharts, expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
+import { run, start, startDashboard as dashboard, stop } from "./cli-processes.js";
 import { Mosquitto, until } from "./mqtt-helpers.js";
 import { tempDir } from "./temp-dir.js";
 
-const CLI = resolve("dist/cli/itera.js");
 const MODEL = resolve("models/itera-lite-micro");
 const TOKEN = "s3cret";
 /** Where the test saves its screenshots when asked (docs/img: `ITERA_SCREENSHOTS=docs/img`). */
 const SHOTS = process.env.ITERA_SCREENSHOTS;
-
-/** A long-running `itera` command whose stderr is collected. */
-function start(args: string[]): { proc: ChildProcess; stderr: () => string } {
-  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-  let err = "";
-  proc.stderr!.on("data", (d: Buffer) => {
-    err += d.toString();
-  });
-  proc.stdout!.resume();
-  return { proc, stderr: () => err };
-}
-
-/** Run an `itera` command to its end. */
-function run(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((done) => {
-    const proc = spawn(process.execPath, [CLI, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    proc.stdout!.on("data", (d: Buffer) => {
-      stdout += d.toString();
-    });
-    proc.stderr!.on("data", (d: Buffer) => {
-      stderr += d.toString();
-    });
-    proc.once("exit", (code) => done({ code, stdout, stderr }));
-  });
-}
-
-async function stop(p: ChildProcess | undefined): Promise<void> {
-  if (!p || p.exitCode !== null || p.signalCode !== null) return;
-  await new Promise<void>((r) => {
-    p.once("exit", () => r());
-    p.kill("SIGTERM");
-  });
-}
-
-/** Start a dashboard and wait for the address it prints. */
-async function dashboard(args: string[]): Promise<{ proc: ChildProcess; stderr: () => string; url: string }> {
-  const d = start(["fleet", "dashboard", "--port", "0", ...args]);
-  await until(() => /dashboard: (http:\/\/\S+?)\//.test(d.stderr()), "the dashboard's address", 60_000);
-  return { ...d, url: d.stderr().match(/dashboard: (http:\/\/\S+?)\//)![1]! };
-}
 
 let dir: string;
 let broker: Mosquitto;
