@@ -28,7 +28,8 @@ const probe = `"use strict";
 const vm = require("node:vm");
 const compile = vm.compileFunction;
 const holds = { systeminformation: /node_modules\\/systeminformation\\//, fastify: /node_modules\\/fastify\\//,
-  mqtt: /node_modules\\/mqtt\\//, onnxruntime: /node_modules\\/onnxruntime-common\\//, commander: /node_modules\\/commander\\// };
+  mqtt: /node_modules\\/mqtt\\//, onnxruntime: /node_modules\\/onnxruntime-common\\//, commander: /node_modules\\/commander\\//,
+  protobufjs: /node_modules\\/protobufjs\\// };
 vm.compileFunction = function (source, params, options) {
   const f = compile.call(this, source, params, options);
   const part = { name: String(options.filename).split("/").pop(), bytes: source.length,
@@ -109,7 +110,7 @@ describe("each command from the executable compiles only its own parts", () => {
     expect(r.parts.every((p) => p.cached === true)).toBe(true);
   });
 
-  it("run: generates the reference tokens without the hardware library, HTTP server or MQTT", async () => {
+  it("run: generates the reference tokens without the hardware library, HTTP server, MQTT or the decode loop's ONNX codec", async () => {
     const { env } = await deviceEnv();
     const args = ["run", "--prompt", model.prompt, "--max-tokens", String(model.greedyIds.length), "--json"];
     const r = await agent(args, env);
@@ -127,7 +128,8 @@ describe("each command from the executable compiles only its own parts", () => {
     const r = await agent(args, env);
     const report = JSON.parse(r.stdout) as { results: { runtime?: string; test: string }[] };
     expect(JSON.stringify(report)).toMatch(/onnxruntime \d+\.\d+/);
-    expect(holding(r.parts)).toEqual(["commander", "onnxruntime", "systeminformation"]);
+    // the fused decode loop (bench's default path) is built with the ONNX codec
+    expect(holding(r.parts)).toEqual(["commander", "onnxruntime", "protobufjs", "systeminformation"]);
   });
 
   it("serve: the HTTP server answers from its own parts", async () => {

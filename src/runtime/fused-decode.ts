@@ -33,37 +33,20 @@ import {
 import type { AttributeProto, GraphProto, ModelProto, NodeProto, ValueInfoProto } from "../onnx/types.js";
 import type { ModelIo, StateSlot, TensorType } from "./io.js";
 import { CacheBuffers, joinPositions, type SplitKv, splitKvAttention } from "./kv-split.js";
+import { featureKey, GREEDY, type LoopFeatures } from "./loop-features.js";
 import { intTensor, zeros } from "./tensors.js";
+
+// The loop's features live apart so that a run that decodes step by step never loads this module (nor
+// the ONNX codec it builds the loop with); re-exported for the callers that load it anyway.
+export { FUSED_TOP_P_MAX, featureKey, GREEDY, type LoopFeatures, loopFeatures } from "./loop-features.js";
 
 /** Above this many bytes of weights the per-call overhead no longer matters: keep one session. */
 export const FUSED_DECODE_MAX_BYTES = 64 * 1024 * 1024;
-
-/**
- * Top-p values above this decode step by step: the loop finds the cut as the first cumulative
- * share >= p, which float64 rounding (at most ~2 x vocab x 2^-53) guarantees to exist only below it.
- */
-export const FUSED_TOP_P_MAX = 1 - 2 ** -30;
 
 /** Vocabularies above this sample step by step: the draw's bound on rounding (see FUSED_TOP_P_MAX) fails. */
 export const FUSED_SAMPLING_MAX_VOCAB = 2 ** 20;
 
 const P = "itera.loop."; // prefix of every name this module adds, away from the model's own names
-
-/** What the loop body does after the model's step. */
-export interface LoopFeatures {
-  /** Draw from the distribution (temperature > 0) rather than take the ArgMax. */
-  sample: boolean;
-  /** Apply a repetition penalty to tokens seen so far (a seen-token mask carried through the loop). */
-  penalty: boolean;
-  /** Cut the distribution to top-p (only when sampling). */
-  topP: boolean;
-}
-
-export const GREEDY: LoopFeatures = { sample: false, penalty: false, topP: false };
-
-export function featureKey(f: LoopFeatures): string {
-  return `${f.sample ? "sample" : "greedy"}${f.penalty ? "+penalty" : ""}${f.sample && f.topP ? "+top-p" : ""}`;
-}
 
 /** Why a model decodes step by step, or null when the fused loop applies. */
 export function fusedDecodeUnsupported(io: ModelIo): string | null {
@@ -422,14 +405,6 @@ export interface LoopRun {
    * returned earlier for the state it returns (generate() hands each state back once).
    */
   recycle?: boolean;
-}
-
-/** The features of the loop that decodes with these settings (temperature <= 0: greedy). */
-export function loopFeatures(
-  s: Pick<LoopSampling, "temperature" | "topP" | "repetitionPenalty">,
-): LoopFeatures {
-  const sample = s.temperature > 0;
-  return { sample, penalty: s.repetitionPenalty !== 1, topP: sample && s.topP < 1 };
 }
 
 /**

@@ -1,6 +1,6 @@
 import { performance } from "node:perf_hooks";
 import { IteraError } from "../errors.js";
-import { FUSED_TOP_P_MAX, FusedDecoder, loopFeatures } from "./fused-decode.js";
+import { FUSED_TOP_P_MAX, isDecoder, loopFeatures } from "./loop-features.js";
 import type { ForwardResult, LanguageModel, State } from "./model.js";
 import { Sampler, type SamplingOptions } from "./sampling.js";
 import type { TextStream } from "./tokenizer.js";
@@ -301,9 +301,9 @@ export async function generate(
   const splitAt = (length: number) => model.io.hasKvCache && length >= splitFrom;
   let fusedOrWhy = fusable ? await model.fusedDecoder(features, splitAt(longest)) : null;
   // a split loop ONNX Runtime cannot run: the whole-cache loop may still
-  if (fusable && !(fusedOrWhy instanceof FusedDecoder) && splitAt(longest))
+  if (fusable && !isDecoder(fusedOrWhy) && splitAt(longest))
     fusedOrWhy = await model.fusedDecoder(features, false);
-  let fused = fusedOrWhy instanceof FusedDecoder ? fusedOrWhy : null;
+  let fused = isDecoder(fusedOrWhy) ? fusedOrWhy : null;
   let splitTried = splitAt(longest);
   const eos = options.ignoreEos ? [] : [...model.eosIds];
   // Fused decoding: the tokens the loop chose (per row), taken one per row per round.
@@ -350,7 +350,7 @@ export async function generate(
     if (fused && !splitTried && splitAt(state.length)) {
       splitTried = true;
       const split = await model.fusedDecoder(features, true);
-      if (split instanceof FusedDecoder) fused = split;
+      if (isDecoder(split)) fused = split;
     }
     if (fused) {
       let steps = maxTokens - Math.min(...generated.filter((_, r) => !stopReasons[r]).map((g) => g.length));

@@ -12,8 +12,9 @@ import {
   generate,
   type TokenEvent,
 } from "./generate.js";
-import { FusedDecoder, featureKey, GREEDY, type LoopFeatures } from "./fused-decode.js";
+import type { FusedDecoder } from "./fused-decode.js";
 import { analyseIo, type ModelIo } from "./io.js";
+import { featureKey, GREEDY, isDecoder, type LoopFeatures } from "./loop-features.js";
 import { disableOrtTelemetry } from "./ort-telemetry.js";
 import { asFloat32, intTensor, stackRows, zeros } from "./tensors.js";
 import { loadTokenizer, type TextTokenizer } from "./tokenizer.js";
@@ -287,16 +288,14 @@ export class LanguageModel {
     let fused = this.fused.get(key);
     if (!fused) {
       // A graph ONNX Runtime cannot run inside a Loop decodes step by step rather than failing.
-      fused = FusedDecoder.create(
-        this.onnxPath,
-        this.io,
-        this.vocabSize,
-        this.sessionOptions,
-        features,
-        split,
-      ).catch((e: unknown) => ({
-        unsupported: `the decode loop could not be built: ${(e as Error).message}`,
-      }));
+      // Imported here: a run that decodes step by step never loads the loop's builder (nor protobufjs).
+      fused = import("./fused-decode.js")
+        .then(({ FusedDecoder }) =>
+          FusedDecoder.create(this.onnxPath, this.io, this.vocabSize, this.sessionOptions, features, split),
+        )
+        .catch((e: unknown) => ({
+          unsupported: `the decode loop could not be built: ${(e as Error).message}`,
+        }));
       this.fused.set(key, fused);
     }
     return fused;
@@ -306,7 +305,7 @@ export class LanguageModel {
   async dispose(): Promise<void> {
     for (const loop of this.fused.values()) {
       const fused = await loop;
-      if (fused instanceof FusedDecoder) await fused.dispose();
+      if (isDecoder(fused)) await fused.dispose();
     }
     await this.session.release();
   }
