@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import {
   accessSync,
   constants,
@@ -15,7 +14,7 @@ import { homedir, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { canonicalJson } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
-import { sha256 } from "../util/fs.js";
+import { crypto, sha256 } from "../util/fs.js";
 import { NATIVE_PREFIX } from "./bundle-index.js";
 import { assetContent, bundleIndex } from "./embedded.js";
 
@@ -96,7 +95,7 @@ export function extractBundle(): ExtractedBundle {
     extracted = result(false);
     return extracted;
   }
-  const tmp = join(root, `.${key}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`);
+  const tmp = join(root, `.${key}.${process.pid}.${crypto().randomBytes(4).toString("hex")}.tmp`);
   try {
     for (const [assetKey] of entries) {
       const path = join(tmp, assetKey);

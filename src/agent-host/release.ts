@@ -1,4 +1,3 @@
-import { createHash, randomBytes } from "node:crypto";
 import { readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { BUNDLE_SCHEMA, type Manifest, manifestSchema } from "../bundle/manifest.js";
@@ -7,6 +6,7 @@ import { IteraError } from "../errors.js";
 import { VERSION } from "../version.js";
 import { bundleIndexSha256, inBundle, parseJsonWith } from "./embedded.js";
 import { writableRoot } from "./extract.js";
+import { crypto, sha256 } from "../util/fs.js";
 
 /**
  * How the agent inside a bundle finds its model (issue #18): the release folder the executable runs
@@ -82,10 +82,6 @@ export function installedRelease(): InstalledRelease {
   return release;
 }
 
-function sha256(data: Buffer): string {
-  return createHash("sha256").update(data).digest("hex");
-}
-
 function stampPath(packSha: string): string | undefined {
   try {
     return join(writableRoot(), `model-${packSha.slice(0, 32)}.checked`);
@@ -105,7 +101,7 @@ function readOptional(path: string | undefined): string | undefined {
 
 function writeStamp(path: string | undefined, text: string): void {
   if (!path) return;
-  const tmp = `${path}.${randomBytes(4).toString("hex")}.tmp`;
+  const tmp = `${path}.${crypto().randomBytes(4).toString("hex")}.tmp`;
   try {
     writeFileSync(tmp, text);
     renameSync(tmp, path);

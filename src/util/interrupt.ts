@@ -8,7 +8,7 @@
  * has its own handler for the signal (a long-running service shuts down by itself, and its `finally`
  * blocks clean up).
  */
-import { type ChildProcess, type ExecFileOptions, execFile } from "node:child_process";
+import type { ChildProcess, ExecFileOptions } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 
 const SIGNALS = ["SIGINT", "SIGTERM"] as const;
@@ -126,6 +126,8 @@ export function execTracked(
   opts: ExecFileOptions = {},
 ): Promise<ExecResult> {
   return new Promise((resolve, reject) => {
+    // node:child_process (with net and dgram) on first use: most of the agent's commands never spawn.
+    const { execFile } = process.getBuiltinModule("node:child_process");
     const child = execFile(file, args, { ...opts, encoding: "utf8" }, (err, stdout, stderr) => {
       children.delete(child);
       maybeUninstall();
