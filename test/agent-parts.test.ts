@@ -1,10 +1,12 @@
 import { spawn } from "node:child_process";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { AGENT_ENTRY_PART } from "../src/agent-host/agent-script-asset.js";
 import { bundleAgentScript } from "../src/package/agent-script.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
+import { codeCachesBeforeRun, v8HeapFlags } from "../src/package/sea.js";
+import { loadProfile } from "../src/profile/load.js";
 import { freePort, waitForPort } from "./mqtt-helpers.js";
 import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
 import { tempDir } from "./temp-dir.js";
@@ -14,9 +16,10 @@ import { tempDir } from "./temp-dir.js";
  * at each command's import, and the executable's loader compiles only the parts a command requires.
  * The parts are checked as built; then a desktop-x64-12c bundle of the fixture model runs every
  * command with a probe preloaded into the real executable (NODE_OPTIONS=--require, which a single
- * executable honours) that lists the parts V8 compiles, what they hold and whether their code cache
- * was taken. (A flipped byte in an embedded asset still stops the split agent with exit code 3:
- * test/package-x64.test.ts.)
+ * executable honours) that lists the parts V8 compiles (the loader's vm.Script), what they hold and
+ * whether their code cache was taken, and can keep their sources; the caches of the parts `run`
+ * compiles are the ones the build's own run made after it ran. (A flipped byte in an embedded asset
+ * still stops the split agent with exit code 3: test/package-x64.test.ts.)
  */
 let work: string;
 let parts: string;
@@ -25,18 +28,23 @@ let exe: string;
 const model = fixtureModel();
 
 const probe = `"use strict";
+const fs = require("node:fs");
 const vm = require("node:vm");
-const compile = vm.compileFunction;
+const Script = vm.Script;
 const holds = { systeminformation: /node_modules\\/systeminformation\\//, fastify: /node_modules\\/fastify\\//,
   mqtt: /node_modules\\/mqtt\\//, onnxruntime: /node_modules\\/onnxruntime-common\\//, commander: /node_modules\\/commander\\//,
   protobufjs: /node_modules\\/protobufjs\\// };
-vm.compileFunction = function (source, params, options) {
-  const f = compile.call(this, source, params, options);
-  const part = { name: String(options.filename).split("/").pop(), bytes: source.length,
-    cached: options.cachedData ? !f.cachedDataRejected : null,
-    holds: Object.keys(holds).filter((k) => holds[k].test(source)) };
-  process.stderr.write("itera-part " + JSON.stringify(part) + "\\n");
-  return f;
+const sources = process.env.ITERA_PROBE_SOURCES;
+vm.Script = class extends Script {
+  constructor(source, options) {
+    super(source, options);
+    const part = { name: String(options.filename).split("/").pop(), bytes: source.length,
+      cached: options.cachedData ? !this.cachedDataRejected : null,
+      cacheBytes: options.cachedData ? options.cachedData.length : 0,
+      holds: Object.keys(holds).filter((k) => holds[k].test(source)) };
+    if (sources) fs.writeFileSync(sources + "/" + part.name, source, "latin1");
+    process.stderr.write("itera-part " + JSON.stringify(part) + "\\n");
+  }
 };
 `;
 
@@ -44,6 +52,7 @@ interface Part {
   name: string;
   bytes: number;
   cached: boolean | null;
+  cacheBytes: number;
   holds: string[];
 }
 
@@ -120,6 +129,41 @@ describe("each command from the executable compiles only its own parts", () => {
     let all = 0;
     for (const name of await readdir(parts)) all += (await readFile(join(parts, name))).length;
     expect(r.parts.reduce((n, p) => n + p.bytes, 0)).toBeLessThan(all / 3);
+  });
+
+  it("run: its parts' code caches were made after the build's run, with the functions it compiled on first call", async () => {
+    const { env } = await deviceEnv();
+    const sources = { run: await tempDir("itera-part-sources-"), info: await tempDir("itera-part-sources-") };
+    const args = ["run", "--prompt", model.prompt, "--max-tokens", "1", "--json"];
+    const run = (await agent(args, { ...env, ITERA_PROBE_SOURCES: sources.run })).parts;
+    const info = (await agent(["info", "--json"], { ...env, ITERA_PROBE_SOURCES: sources.info })).parts;
+    expect(run.every((p) => p.cached === true)).toBe(true);
+    // The same parts' caches as the build makes them before anything runs: same Node, same V8 flags.
+    const flags = v8HeapFlags((await loadProfile("desktop-x64-12c")).memory_mb);
+    const madeBeforeRunning = async (dir: string, ps: Part[]): Promise<Map<string, number>> => {
+      const caches = await codeCachesBeforeRun(
+        ps.map((p) => join(dir, p.name)),
+        flags,
+      );
+      return new Map(
+        await Promise.all(ps.map(async (p, i) => [p.name, (await stat(caches[i]!)).size] as const)),
+      );
+    };
+    const before = await madeBeforeRunning(sources.run, run);
+    // A cache made after running holds what V8 compiled lazily too: the run command's part, and all
+    // of run's parts together, have caches much larger than those made before running.
+    const own = run.find((p) => /^run-/.test(p.name))!;
+    expect(own.cacheBytes).toBeGreaterThan(1.5 * before.get(own.name)!);
+    const total = (f: (p: Part) => number) => run.reduce((n, p) => n + f(p), 0);
+    expect(total((p) => p.cacheBytes)).toBeGreaterThan(1.5 * total((p) => before.get(p.name)!));
+    // A part only info compiles keeps the cache made before running (V8's sizes vary by a few bytes).
+    const infoOnly = info.filter((p) => !before.has(p.name));
+    expect(infoOnly.length).toBeGreaterThan(0);
+    const infoBefore = await madeBeforeRunning(sources.info, infoOnly);
+    for (const p of infoOnly) {
+      const made = infoBefore.get(p.name)!;
+      expect(Math.abs(p.cacheBytes - made), p.name).toBeLessThan(0.02 * made + 64);
+    }
   });
 
   it("bench: a dynamic import of a CommonJS package (onnxruntime-node) keeps its named exports", async () => {

@@ -1,8 +1,9 @@
 import { createPrivateKey, type KeyObject } from "node:crypto";
 import { renameSync } from "node:fs";
-import { chmod, copyFile, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
+import { AGENT_CODE_CACHE_OUT_ENV } from "../agent-host/agent-script-asset.js";
 import {
   BUNDLE_INDEX_ASSET,
   RUNTIME_INDEX_SCHEMA,
@@ -49,7 +50,7 @@ import { type QuantizationDecision, resolveQuantization } from "./quantization.j
 import { readBuildTuned, tunedQuant, withTuned } from "./tuned.js";
 import { writeModelPack } from "./model-pack.js";
 import { verifyBundle } from "./verify.js";
-import { makeSeaExecutable, v8HeapFlags } from "./sea.js";
+import { makeSeaExecutable, type SeaExecutable, v8HeapFlags } from "./sea.js";
 import { executableName, hostTarget, type Target, targetKey, targetOf } from "./target.js";
 
 /**
@@ -181,7 +182,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
     steps.update(4, "single executable");
     // The archive moves in the same synchronous step as the folder: both or neither.
     await writeDirAtomic({ ...outTarget, alsoSync: () => renameSync(tarTmp, tarball) }, async (tmp) => {
-      await runtime.write(join(tmp, exe));
+      const made = await runtime.write(join(tmp, exe));
       const pem = signingKey?.export({ type: "pkcs8", format: "pem" }).toString();
       const pack = await writeModelPack(
         tmp,
@@ -189,50 +190,67 @@ export async function buildBundle(opts: BuildOptions): Promise<BuildResult> {
         { id: modelIn.id, quant: decision!.mode, card: model.card ?? {} },
         pem,
       );
-      steps.update(5, "bundle files");
-      const names = await writeBundleFiles(tmp, facts, Object.keys(pack.files));
-      const files: Manifest["files"] = { ...pack.files };
-      for (const f of names) {
-        files[f] = { sha256: await sha256File(join(tmp, f)), bytes: (await stat(join(tmp, f))).size };
-      }
-      const exeEntry = files[exe]!;
-      const parts: BundleParts = {
-        runtime: {
-          file: exe,
-          sha256: exeEntry.sha256,
-          bytes: exeEntry.bytes,
-          id: runtimeId(exeEntry.sha256),
-          itera_version: runtime.index.build.itera_version,
-          index_sha256: runtime.indexSha256,
-        },
-        model_pack: {
-          manifest: MODEL_PACK_FILE,
-          sha256: pack.sha256,
-          bytes: pack.bytes,
-          id: modelIn.id,
-          quant: decision!.mode,
-        },
+      // The bundle's files and its manifest (install.sh and the manifest hold the executable's sha256).
+      const writeRelease = async () => {
+        steps.update(5, "bundle files");
+        const names = await writeBundleFiles(tmp, facts, Object.keys(pack.files));
+        const files: Manifest["files"] = { ...pack.files };
+        for (const f of names) {
+          files[f] = { sha256: await sha256File(join(tmp, f)), bytes: (await stat(join(tmp, f))).size };
+        }
+        const exeEntry = files[exe]!;
+        const parts: BundleParts = {
+          runtime: {
+            file: exe,
+            sha256: exeEntry.sha256,
+            bytes: exeEntry.bytes,
+            id: runtimeId(exeEntry.sha256),
+            itera_version: runtime.index.build.itera_version,
+            index_sha256: runtime.indexSha256,
+          },
+          model_pack: {
+            manifest: MODEL_PACK_FILE,
+            sha256: pack.sha256,
+            bytes: pack.bytes,
+            id: modelIn.id,
+            quant: decision!.mode,
+          },
+        };
+        let manifest: Manifest = manifestSchema.parse({
+          schema: BUNDLE_SCHEMA,
+          bundle_id: bundleId,
+          version,
+          model: { id: modelIn.id, quant: decision!.mode, card: model.card ?? {} },
+          profile: profile.name,
+          target: runtime.index.target,
+          files,
+          assets: runtime.assets,
+          build: {
+            itera_version: VERSION,
+            ...(commit ? { git_commit: commit } : {}),
+            built_at: new Date().toISOString(),
+            host: `${hostname()} ${process.platform}-${process.arch} node ${process.version}`,
+          },
+          parts,
+        });
+        if (pem) manifest = signManifest(manifest, pem);
+        await writeFile(join(tmp, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
+        return { manifest, exeEntry, parts };
       };
-      let manifest: Manifest = manifestSchema.parse({
-        schema: BUNDLE_SCHEMA,
-        bundle_id: bundleId,
-        version,
-        model: { id: modelIn.id, quant: decision!.mode, card: model.card ?? {} },
-        profile: profile.name,
-        target: runtime.index.target,
-        files,
-        assets: runtime.assets,
-        build: {
-          itera_version: VERSION,
-          ...(commit ? { git_commit: commit } : {}),
-          built_at: new Date().toISOString(),
-          host: `${hostname()} ${process.platform}-${process.arch} node ${process.version}`,
-        },
-        parts,
-      });
-      if (pem) manifest = signManifest(manifest, pem);
-      await writeFile(join(tmp, "manifest.json"), `${JSON.stringify(manifest, null, 2)}\n`);
-      // The agent needs its release beside it (manifest, model pack): checked once everything is written.
+      let { manifest, exeEntry, parts } = await writeRelease();
+      // The agent needs its release beside it (manifest, model pack): run once everything is written.
+      if (made.remakeWithRunCaches) {
+        // Code caches made before anything ran hold only what V8 compiles eagerly; every function
+        // first called at run time would be compiled at each start. So the new executable runs once
+        // as a device would (run --max-tokens 1), writing its parts' caches at exit, and is made
+        // again with them (docs/packaging.md, "Memory and start-up").
+        steps.update(5, "code caches after a run");
+        const caches = join(work, "code-caches-after-run");
+        await mkdir(caches);
+        await startCheck(join(tmp, exe), target, work, model.dir, caches);
+        await made.remakeWithRunCaches(caches);
+        ({ manifest, exeEntry, parts } = await writeRelease());
+      }
       selfCheck = await startCheck(join(tmp, exe), target, work, model.dir);
       // The archive holds the folder under its final name; it is renamed beside the folder at the end.
       await run("tar", ["-czf", tarTmp, "-C", tmp, `--transform=s,^\\.,${bundleId},`, "."]);
@@ -324,9 +342,16 @@ async function bundleFiles(dir: string, bundleId: string): Promise<string[] | un
  * When the target is the build host, start the new executable once (`run`, one token: every
  * embedded asset is checked as it is extracted, the native add-ons are loaded, the model generates;
  * `--version` loads none of that), with a private cache folder, so that a bundle that cannot start
- * is never written.
+ * is never written. With `codeCachesOut`, this is the run after which the executable writes its
+ * parts' code caches there (AGENT_CODE_CACHE_OUT_ENV), with a cache folder of its own.
  */
-async function startCheck(exe: string, target: Target, work: string, modelDir: string): Promise<string> {
+async function startCheck(
+  exe: string,
+  target: Target,
+  work: string,
+  modelDir: string,
+  codeCachesOut?: string,
+): Promise<string> {
   if (targetKey(target) !== hostTarget().key) return `skipped: ${targetKey(target)} cannot run on this host`;
   try {
     // A model without tokenizer.json takes token ids only: the check gives it one id (checkModelRuns's).
@@ -334,13 +359,15 @@ async function startCheck(exe: string, target: Target, work: string, modelDir: s
       ? ["--prompt", "The "]
       : ["--ids", String(firstPromptId(await loadGenaiConfig(modelDir)))];
     const args = ["run", ...prompt, "--max-tokens", "1", "--threads", "1", "--json"];
-    const { stdout } = await run(exe, args, {
-      env: { PATH: process.env.PATH, HOME: work, ITERA_AGENT_CACHE: join(work, "start-check-cache") },
-    });
+    const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, HOME: work };
+    if (codeCachesOut) env[AGENT_CODE_CACHE_OUT_ENV] = codeCachesOut;
+    env.ITERA_AGENT_CACHE = join(work, codeCachesOut ? "code-cache-run-cache" : "start-check-cache");
+    const { stdout } = await run(exe, args, { env });
     const ids = (JSON.parse(stdout) as { ids?: unknown }).ids;
     if (!Array.isArray(ids)) throw new Error(`printed no generated ids: ${stdout.slice(0, 200)}`);
   } catch (e) {
-    throw new IteraError("the built executable does not start", {
+    const what = codeCachesOut ? "in the run that makes its code caches" : "";
+    throw new IteraError(`the built executable does not start${what ? ` ${what}` : ""}`, {
       where: exe,
       fix: `this is a bug in itera build; its output: ${(e as { stderr?: string }).stderr || (e as Error).message}`,
     });
@@ -372,7 +399,8 @@ interface RuntimePart {
   indexSha256: string;
   /** The embedded assets as the manifest records them (bundle.json included). */
   assets: Manifest["assets"];
-  write(dest: string): Promise<void>;
+  /** Write the executable; a host build's can be made again with code caches made by a run. */
+  write(dest: string): Promise<SeaExecutable | Record<string, never>>;
   sizes: Pick<
     BuildResult["sizes"],
     "node_raw" | "node_stripped" | "agent_script" | "assets_raw" | "assets_stored"
@@ -419,8 +447,8 @@ async function buildRuntime(
     index,
     indexSha256: indexAsset.sha256,
     assets: { ...index.assets, [indexAsset.key]: storedEntry(indexAsset) },
-    write: async (dest) => {
-      await makeSeaExecutable({
+    write: (dest) =>
+      makeSeaExecutable({
         target,
         script,
         assets: Object.fromEntries([...prepared, indexAsset].map((a) => [a.key, a.file])),
@@ -428,8 +456,7 @@ async function buildRuntime(
         out: dest,
         workDir: work,
         execArgv: v8HeapFlags(profile.memory_mb),
-      });
-    },
+      }),
     sizes: {
       node_raw: node.rawBytes,
       node_stripped: node.bytes,
@@ -482,9 +509,11 @@ async function readRuntimeBundle(path: string, profile: string, target: Target):
     },
     indexSha256: m.parts.runtime.index_sha256,
     assets: m.assets,
+    // Copied byte for byte (a device that runs it takes only the new model pack).
     write: async (dest) => {
       await copyFile(join(dir, exe), dest);
       await chmod(dest, 0o755);
+      return {};
     },
     sizes: { node_raw: 0, node_stripped: 0, agent_script: 0, assets_raw: 0, assets_stored: 0 },
     strip: `reused runtime ${m.parts.runtime.id} from ${dir}`,

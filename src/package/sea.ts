@@ -6,8 +6,9 @@ import { IteraError } from "../errors.js";
 import { execTracked } from "../util/interrupt.js";
 import {
   AGENT_CODE_CACHE_ASSET,
+  AGENT_PART_HEAD,
+  AGENT_PART_TAIL,
   AGENT_PARTS_ASSET,
-  AGENT_SCRIPT_PARAMS,
   type AgentPartIndex,
 } from "../agent-host/agent-script-asset.js";
 import { VERSION } from "../version.js";
@@ -68,11 +69,120 @@ export function asciiScript(source: string): string {
   return source.replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
-export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: number }> {
+/** The executable as made, and for a host target a way to make it again with caches made by a run. */
+export interface SeaExecutable {
+  blobBytes: number;
+  /**
+   * Host targets: make the executable again (a new blob injected into a fresh copy of Node) with the
+   * code caches its loader wrote into `dir` after a run (AGENT_CODE_CACHE_OUT_ENV) in place of the
+   * build's for the parts that run compiled; the others keep theirs. Returns how many it replaced.
+   */
+  remakeWithRunCaches?: (dir: string) => Promise<{ blobBytes: number; partsFromRun: number }>;
+}
+
+export async function makeSeaExecutable(input: SeaInput): Promise<SeaExecutable> {
+  const parts = await agentParts(input);
+  if (targetKey(input.target) !== hostTarget().key) return { blobBytes: await writeExecutable(input, parts) };
+  const built = await codeCachesBeforeRun(parts.files, input.execArgv ?? []);
+  return {
+    blobBytes: await writeExecutable(input, parts, built),
+    remakeWithRunCaches: async (dir) => {
+      const fromRun = new Set(await readdir(dir));
+      const caches = parts.names.map((name, i) => (fromRun.has(name) ? join(dir, name) : built[i]!));
+      const partsFromRun = parts.names.filter((name) => fromRun.has(name)).length;
+      return { blobBytes: await writeExecutable(input, parts, caches), partsFromRun };
+    },
+  };
+}
+
+/** The agent's parts as the loader compiles them: names, files (one each) and one asset of all. */
+interface AgentParts {
+  names: string[];
+  files: string[];
+  /** Each part's [offset, bytes] in the parts asset. */
+  at: number[][];
+  asset: string;
+}
+
+/**
+ * A part as the loader compiles it: in Node's CommonJS wrapper (a vm.Script, whose code cache can be
+ * made after it ran; AGENT_PART_HEAD ends its own line, so the part's lines keep their numbers) and
+ * in ASCII (for the loader's one-byte strings). A part that starts with a hashbang (a package's
+ * command-line entry) keeps it as a comment: only a script's first line may hold one.
+ */
+export function wrapAgentPart(source: string): string {
+  return AGENT_PART_HEAD + asciiScript(source.replace(/^#!/, "//")) + AGENT_PART_TAIL;
+}
+
+/** The agent's parts, wrapped (wrapAgentPart), one after another in one asset. */
+async function agentParts(input: SeaInput): Promise<AgentParts> {
+  const dir = join(input.workDir, "agent-parts");
+  await mkdir(dir, { recursive: true });
+  const names = (await readdir(input.script)).sort();
+  const files = names.map((name) => join(dir, name));
+  const scripts: Buffer[] = [];
+  const at: number[][] = [];
+  let offset = 0;
+  for (const [i, name] of names.entries()) {
+    const source = await readFile(join(input.script, name), "utf8");
+    const script = Buffer.from(wrapAgentPart(source), "latin1");
+    await writeFile(files[i]!, script);
+    scripts.push(script);
+    at.push([offset, script.length]);
+    offset += script.length;
+  }
+  const asset = join(input.workDir, AGENT_PARTS_ASSET);
+  await writeFile(asset, Buffer.concat(scripts));
+  return { names, files, at, asset };
+}
+
+/**
+ * Each part's V8 code cache made before anything runs (`<part>.v8cache` beside it), by the target's
+ * Node (the build host's) with the executable's V8 flags, each part compiled as the loader compiles
+ * it. It holds only what V8 compiles eagerly: the build replaces the caches of the parts a
+ * representative run compiles with ones made after that run (remakeWithRunCaches).
+ */
+export async function codeCachesBeforeRun(files: string[], execArgv: string[]): Promise<string[]> {
+  const caches = files.map((file) => `${file}.v8cache`);
+  const make = `const fs = require("node:fs");
+for (const [script, out] of JSON.parse(process.argv[1])) {
+  const source = fs.readFileSync(script, "latin1");
+  const data = new (require("node:vm").Script)(source, { lineOffset: -1 }).createCachedData();
+  if (!data.length) throw new Error("V8 made no code cache of " + script);
+  fs.writeFileSync(out, data);
+}`;
+  const jobs = JSON.stringify(files.map((file, i) => [file, caches[i]]));
+  try {
+    await run(await hostNodeBinary(), [...execArgv, "-e", make, jobs]);
+  } catch (e) {
+    throw new IteraError("Node could not make the agent script's code cache", {
+      where: files[0] === undefined ? "(no parts)" : join(files[0], ".."),
+      fix: `see the output: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`,
+    });
+  }
+  return caches;
+}
+
+/**
+ * Make the executable: the loader with the parts' index built in, the parts' code caches (one
+ * asset, when given), the blob, and a fresh copy of the target's Node with the blob injected.
+ */
+async function writeExecutable(input: SeaInput, parts: AgentParts, caches?: string[]): Promise<number> {
   const blob = join(input.workDir, "sea-prep.blob");
   const config = join(input.workDir, "sea-config.json");
-  const sameAsHost = targetKey(input.target) === hostTarget().key;
-  const agent = await agentAssets(input, sameAsHost);
+  const index: AgentPartIndex = {};
+  const assets: Record<string, string> = { ...input.assets, [AGENT_PARTS_ASSET]: parts.asset };
+  for (const [i, name] of parts.names.entries()) index[name] = [...parts.at[i]!];
+  if (caches) {
+    const cached = await Promise.all(caches.map((file) => readFile(file)));
+    let at = 0;
+    for (const [i, name] of parts.names.entries()) {
+      index[name]!.push(at, cached[i]!.length);
+      at += cached[i]!.length;
+    }
+    assets[AGENT_CODE_CACHE_ASSET] = join(input.workDir, AGENT_CODE_CACHE_ASSET);
+    await writeFile(assets[AGENT_CODE_CACHE_ASSET], Buffer.concat(cached));
+  }
   const loader = join(input.workDir, "sea-loader.cjs");
   await build({
     entryPoints: [sourceFile("agent-host/sea-loader")],
@@ -86,7 +196,7 @@ export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: n
     logLevel: "silent",
     define: {
       "process.env.ITERA_VERSION": JSON.stringify(VERSION),
-      "process.env.ITERA_AGENT_PARTS": JSON.stringify(JSON.stringify(agent.index)),
+      "process.env.ITERA_AGENT_PARTS": JSON.stringify(JSON.stringify(index)),
     },
   });
   await writeFile(
@@ -96,11 +206,9 @@ export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: n
       output: blob,
       disableExperimentalSEAWarning: true,
       useSnapshot: false,
-      useCodeCache: sameAsHost,
-      assets: {
-        ...input.assets,
-        ...agent.assets,
-      },
+      // The loader's own cache, for the same reason as the parts' (made by Node with the blob).
+      useCodeCache: caches !== undefined,
+      assets,
       ...(input.execArgv?.length ? { execArgv: input.execArgv } : {}),
     }),
   );
@@ -128,65 +236,5 @@ export async function makeSeaExecutable(input: SeaInput): Promise<{ blobBytes: n
   } finally {
     console.warn = warn;
   }
-  return { blobBytes: data.length };
-}
-
-/**
- * The agent's parts (ASCII, for the loader's one-byte strings) one after another in one asset, their
- * index for the loader and, when the target is the build host, each part's V8 code cache likewise in
- * another: made by the target's Node (the build host's) with the executable's V8 flags, each part
- * compiled as the loader compiles it. Without it every start compiles its parts again
- * (docs/packaging.md, "Memory and start-up": more time and more memory).
- */
-async function agentAssets(
-  input: SeaInput,
-  withCodeCache: boolean,
-): Promise<{ assets: Record<string, string>; index: AgentPartIndex }> {
-  const dir = join(input.workDir, "agent-parts");
-  await mkdir(dir, { recursive: true });
-  const names = (await readdir(input.script)).sort();
-  const files = names.map((name) => join(dir, name));
-  for (const [i, name] of names.entries())
-    await writeFile(files[i]!, asciiScript(await readFile(join(input.script, name), "utf8")));
-  const caches = files.map((file) => `${file}.v8cache`);
-  if (withCodeCache) {
-    const make = `const fs = require("node:fs");
-for (const [script, out] of JSON.parse(process.argv[1])) {
-  const f = require("node:vm").compileFunction(fs.readFileSync(script, "latin1"), ${JSON.stringify(AGENT_SCRIPT_PARAMS)}, { produceCachedData: true });
-  if (!f.cachedData) throw new Error("V8 made no code cache of " + script);
-  fs.writeFileSync(out, f.cachedData);
-}`;
-    const jobs = JSON.stringify(files.map((file, i) => [file, caches[i]]));
-    try {
-      await run(await hostNodeBinary(), [...(input.execArgv ?? []), "-e", make, jobs]);
-    } catch (e) {
-      throw new IteraError("Node could not make the agent script's code cache", {
-        where: input.script,
-        fix: `see the output: ${(e as { stderr?: string }).stderr ?? (e as Error).message}`,
-      });
-    }
-  }
-  const index: AgentPartIndex = {};
-  const scripts: Buffer[] = [];
-  const cached: Buffer[] = [];
-  let at = 0;
-  let cacheAt = 0;
-  for (const [i, name] of names.entries()) {
-    const script = await readFile(files[i]!);
-    index[name] = [at, script.length];
-    scripts.push(script);
-    at += script.length;
-    if (!withCodeCache) continue;
-    const cache = await readFile(caches[i]!);
-    index[name].push(cacheAt, cache.length);
-    cached.push(cache);
-    cacheAt += cache.length;
-  }
-  const assets: Record<string, string> = { [AGENT_PARTS_ASSET]: join(input.workDir, AGENT_PARTS_ASSET) };
-  await writeFile(assets[AGENT_PARTS_ASSET]!, Buffer.concat(scripts));
-  if (withCodeCache) {
-    assets[AGENT_CODE_CACHE_ASSET] = join(input.workDir, AGENT_CODE_CACHE_ASSET);
-    await writeFile(assets[AGENT_CODE_CACHE_ASSET], Buffer.concat(cached));
-  }
-  return { assets, index };
+  return data.length;
 }
