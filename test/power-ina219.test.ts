@@ -315,13 +315,13 @@ describe("Ina219Meter through a real pty (socat + tools/ina219-sim)", () => {
     }
   });
 
-  it("serialport stubbed out (a bundle without the native add-on) is a clear error", () => {
+  it("serialport stubbed out (a bundle without the native add-on) is a clear error", async () => {
     const stub = () => {
       throw Object.assign(new Error("not embedded"), { code: "ITERA_NOT_EMBEDDED" });
     };
-    expect(() => serialPort(stub)).toThrow(IteraError);
-    expect(() => serialPort(stub)).toThrow(/serialport's native add-on is not available/);
-    expect(serialPort(() => 7)).toBe(7);
+    await expect(serialPort(stub)).rejects.toThrow(IteraError);
+    await expect(serialPort(stub)).rejects.toThrow(/serialport's native add-on is not available/);
+    expect(await serialPort((api) => typeof api.list)).toBe("function");
   });
 
   it("a missing port and a busy port are clear errors", async () => {

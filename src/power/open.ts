@@ -1,4 +1,3 @@
-import { SerialPort } from "serialport";
 import { IteraError } from "../errors.js";
 import { type MeterName, meterNames } from "../profile/schema.js";
 import type { DeviceProfile } from "../profile/schema.js";
@@ -34,7 +33,7 @@ export const meterChoices = [...meterNames, "auto"] as const;
 
 /** The bridge's port when none is given: the one USB serial device (ttyACM*, ttyUSB*) plugged in. */
 async function findBridgePort(): Promise<string> {
-  const listed = await serialPort(() => SerialPort.list()).catch(() => []);
+  const listed = await serialPort((api) => api.list()).catch(() => []);
   const ports = listed.map((p) => p.path).filter((p) => /tty(ACM|USB)\d+$/.test(p));
   if (ports.length === 1) return ports[0]!;
   throw new IteraError(

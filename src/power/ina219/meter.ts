@@ -1,4 +1,4 @@
-import { SerialPort } from "serialport";
+import type { SerialPort } from "serialport";
 import { IteraError } from "../../errors.js";
 import {
   latestT,
@@ -26,11 +26,12 @@ const COMMON_BAUDS = "9600, 57600, 115200, 230400";
 
 /**
  * Use serialport, or say clearly that it is missing: a single-executable bundle may replace the
- * native add-on with a stub that throws when used.
+ * native add-on with a stub that throws when used. Imported here, on first use: only the ina219
+ * meter talks to a port, and its 130 KB of JavaScript cost every other command (`info`) its memory.
  */
-export function serialPort<T>(use: () => T): T {
+export async function serialPort<T>(use: (api: typeof SerialPort) => T): Promise<T> {
   try {
-    return use();
+    return use((await import("serialport")).SerialPort);
   } catch (e) {
     throw new IteraError("the ina219 meter cannot run here: serialport's native add-on is not available", {
       where: "serialport",
@@ -84,7 +85,9 @@ export class Ina219Meter implements Meter {
 
   async start(): Promise<void> {
     const path = this.opts.port;
-    const port = serialPort(() => new SerialPort({ path, baudRate: this.baud, autoOpen: false, lock: true }));
+    const port = await serialPort(
+      (api) => new api({ path, baudRate: this.baud, autoOpen: false, lock: true }),
+    );
     await new Promise<void>((resolve, reject) => port.open((e) => (e ? reject(e) : resolve()))).catch(
       async (e: Error) => {
         throw await this.openError(e);
@@ -118,7 +121,7 @@ export class Ina219Meter implements Meter {
     const path = this.opts.port;
     const msg = e.message;
     if (/ENOENT|No such file/i.test(msg)) {
-      const ports = await SerialPort.list().catch(() => []);
+      const ports = await serialPort((api) => api.list()).catch(() => []);
       return new IteraError(`serial port ${path} does not exist`, {
         where: path,
         fix:
