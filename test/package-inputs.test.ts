@@ -228,6 +228,32 @@ describe("assets", () => {
     const random = await prepareAsset({ key: "model/w.bin", content: randomBytes(10000) }, dir, 2);
     expect(random.encoding).toBe("identity");
   });
+
+  it("an asset that decodes to more than bundle.json says, or not at all, is refused (exit 3) without decoding the rest", async () => {
+    out = "";
+    const dir = join(work, "assets-bad");
+    await mkdir(dir, { recursive: true });
+    const text = Buffer.from("x".repeat(100_000));
+    const asset = await prepareAsset({ key: "native/lib.so", content: text }, dir, 0);
+    const stored = await readFile(asset.file);
+    const refused = (f: () => unknown): IteraError => {
+      try {
+        f();
+      } catch (e) {
+        return e as IteraError;
+      }
+      throw new Error("not refused");
+    };
+    // bundle.json says 100 bytes fewer: the decoder stops at the limit instead of filling memory
+    const longer = refused(() => decodeAsset(asset.key, stored, { ...asset, bytes: text.length - 100 }));
+    expect(longer).toBeInstanceOf(IteraError);
+    expect(longer.exitCode).toBe(3);
+    expect(longer.message).toMatch(/native\/lib\.so' does not match the bundle: does not decode/);
+    const cut = refused(() => decodeAsset(asset.key, stored.subarray(0, stored.length - 8), asset));
+    expect(cut.exitCode).toBe(3);
+    // exactly the size it says decodes (the output buffer is that size + 1)
+    expect(decodeAsset(asset.key, stored, asset)).toEqual(text);
+  });
 });
 
 describe("agentContext outside a bundle (dev mode)", () => {

@@ -102,10 +102,17 @@ export function decodeAsset(key: string, stored: Buffer, entry: StoredAsset): Bu
   // node:zlib on first use: only an extraction (a cold start) decodes assets. One output buffer of
   // the known size (+1: zlib asks for another when the last one fills): in its default 16 KB chunks
   // onnxruntime's 46 MB library took 2,800 buffers and a copy into one (+130 ms, twice the memory).
-  const content =
-    entry.encoding === "br"
-      ? process.getBuiltinModule("node:zlib").brotliDecompressSync(stored, { chunkSize: entry.bytes + 1 })
-      : stored;
+  let content = stored;
+  if (entry.encoding === "br") {
+    try {
+      content = process.getBuiltinModule("node:zlib").brotliDecompressSync(stored, {
+        chunkSize: entry.bytes + 1,
+        maxOutputLength: entry.bytes + 1, // a damaged asset fails here, not after filling memory
+      });
+    } catch (e) {
+      throw tampered(key, `does not decode (${(e as Error).message})`);
+    }
+  }
   const got = sha256(content);
   if (content.length !== entry.bytes || got !== entry.sha256) {
     throw tampered(key, `decoded sha256 ${got}, expected ${entry.sha256}`);
