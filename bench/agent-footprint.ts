@@ -23,18 +23,16 @@
  * when Node has started, when onnxruntime's binding is dlopen'ed, when ONNX Runtime's environment
  * is made for the first session, when the session has loaded the graph, and at exit; and, per
  * command, how many of the agent script's parts it compiled and their bytes (the loader's
- * vm.compileFunction, watched by the same kind of probe).
+ * vm.Script, or vm.compileFunction in bundles built before the build made code caches after a run,
+ * watched by the same kind of probe).
  *
- * `--post-run-cache` (an experiment for bundles of the agent script in parts): whether V8 code
- * caches made after a run would start faster than the build's, made before running. A preloaded
- * probe compiles each part as a vm.Script instead; one `run --max-tokens 1` writes each part's
- * cache before it runs (as the build makes it) and another's after the run
- * (`Script#createCachedData`, which then holds the functions the run compiled on first call); then
- * runs with either are timed interleaved (first token, peak RSS). Nothing of the bundle changes.
+ * (The `--post-run-cache` experiment, caches made before vs after a run through a probe, is what
+ * `itera build` now does itself: compare bundles built before and after with `--exe`. It was in
+ * this script up to commit 41559b5.)
  */
 import { execFile, spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { appendFile, cp, mkdir, mkdtemp, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { appendFile, cp, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { performance } from "node:perf_hooks";
@@ -333,10 +331,20 @@ if (argv.includes("--parts")) {
 const partsProbe = `"use strict";
 const vm = require("node:vm");
 const compile = vm.compileFunction;
+const Script = vm.Script;
 let parts = 0, bytes = 0, cache = 0;
-vm.compileFunction = function (source, params, options) {
+const count = (source, options) => {
   parts++; bytes += source.length; cache += options.cachedData ? options.cachedData.length : 0;
+};
+vm.compileFunction = function (source, params, options) {
+  count(source, options);
   return compile.call(this, source, params, options);
+};
+vm.Script = class extends Script {
+  constructor(source, options) {
+    super(source, options);
+    count(source, options);
+  }
 };
 process.on("exit", () => process.stderr.write("itera-compiled " + JSON.stringify({ parts, bytes, cache }) + "\\n"));
 `;
@@ -360,64 +368,6 @@ if (argv.includes("--parts")) {
       );
     }
     say(`| \`${c.name}\` | ${cells.join(" | ")} |`);
-  }
-}
-
-// --- would a code cache made after a run start faster? -------------------------------------------
-const cacheProbe = `"use strict";
-const fs = require("node:fs"), vm = require("node:vm");
-const [mode, kind, dir] = process.env.ITERA_CACHE_PROBE.split(":");
-const scripts = [];
-vm.compileFunction = function (source, params, options) {
-  const name = String(options.filename).split("/").pop();
-  const wrapped = "(function (" + params.join(", ") + ") {" + source.replace(/^#!.*/, "") + "\\n})";
-  const file = dir + "/" + kind + "-" + name;
-  const cachedData = mode === "use" ? fs.readFileSync(file) : undefined;
-  const script = new vm.Script(wrapped, { filename: options.filename, cachedData,
-    importModuleDynamically: options.importModuleDynamically });
-  if (cachedData && script.cachedDataRejected) throw new Error("code cache rejected: " + name);
-  if (mode === "write" && kind === "before") fs.writeFileSync(file, script.createCachedData());
-  scripts.push([file, script]);
-  return script.runInThisContext();
-};
-process.on("exit", () => {
-  if (mode === "write" && kind === "after") for (const [file, s] of scripts) fs.writeFileSync(file, s.createCachedData());
-});
-`;
-if (argv.includes("--post-run-cache")) {
-  const probeFile = join(work, "cache-probe.cjs");
-  await writeFile(probeFile, cacheProbe);
-  for (const [i, e] of exes.entries()) {
-    const dir = join(work, `post-run-cache-${i}`);
-    await mkdir(dir);
-    const withProbe = (how: string) => ({
-      ...envOf(i),
-      NODE_OPTIONS: `--require ${probeFile}`,
-      ITERA_CACHE_PROBE: `${how}:${dir}`,
-    });
-    for (const kind of ["before", "after"]) await outputOf(e.path, firstToken, withProbe(`write:${kind}`));
-    const kb = async (kind: string) => {
-      let n = 0;
-      for (const f of await readdir(dir)) if (f.startsWith(`${kind}-`)) n += (await stat(join(dir, f))).size;
-      return (n / 1024).toFixed(0);
-    };
-    const got = new Map<string, { ms: number[]; rss: number[] }>();
-    for (let r = 0; r < runs * 3; r++) {
-      for (const kind of r % 2 ? ["after", "before"] : ["before", "after"]) {
-        const args = [e.path, ...firstToken, "--json"];
-        const { out, err } = timeBin
-          ? await outputOf(timeBin, ["-f", "itera-footprint %M", ...args], withProbe(`use:${kind}`))
-          : await outputOf(args[0]!, args.slice(1), withProbe(`use:${kind}`));
-        const acc = got.get(kind) ?? { ms: [], rss: [] };
-        acc.rss.push(Number(/itera-footprint (\d+)/.exec(err)?.[1] ?? Number.NaN) / 1024);
-        acc.ms.push(firstTokenOf(out));
-        got.set(kind, acc);
-      }
-    }
-    say();
-    say(
-      `Code caches made before vs after a run (\`--post-run-cache\`, ${e.label}; ${runs * 3} warm \`${firstToken.join(" ")}\` each, interleaved, both through the same probe): caches made before running ${await kb("before")} KB, first token ${fmt(got.get("before")!.ms, 0)} ms, peak RSS ${fmt(got.get("before")!.rss, 1)} MB; made after a run ${await kb("after")} KB, first token ${fmt(got.get("after")!.ms, 0)} ms, peak RSS ${fmt(got.get("after")!.rss, 1)} MB.`,
-    );
   }
 }
 
