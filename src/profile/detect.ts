@@ -1,21 +1,14 @@
 import { readFile } from "node:fs/promises";
 import { arch, cpus, platform, release, totalmem } from "node:os";
 import si from "systeminformation";
+import type { Hardware } from "./hardware.js";
 import type { DeviceProfile } from "./schema.js";
 
 /**
  * What this machine is (systeminformation for the CPU and memory, the device tree's model string on
  * single-board computers) and which device profile fits it (`itera profiles --detect`).
  */
-export interface Hardware {
-  platform: string;
-  arch: string;
-  kernel: string;
-  cpu: { brand: string; manufacturer: string; cores: number; physical_cores: number; speed_ghz: number };
-  memory_mb: number;
-  /** /proc/device-tree/model (e.g. "Raspberry Pi 4 Model B Rev 1.4"), when the machine has one. */
-  device_tree_model: string | null;
-}
+export type { Hardware } from "./hardware.js";
 
 export async function detectHardware(deviceTreeModelPath = "/proc/device-tree/model"): Promise<Hardware> {
   const [cpu, mem, dt] = await Promise.all([

@@ -1,8 +1,8 @@
 import { getHeapStatistics } from "node:v8";
 import type { Command } from "commander";
 import { addModelOptions, agentContext, type ModelOptions } from "../../agent-host/context.js";
+import { hardwareOfThisBoot } from "../../agent-host/hardware-cache.js";
 import { probeMeters } from "../../power/open.js";
-import { detectHardware } from "../../profile/detect.js";
 import { VERSION } from "../../version.js";
 import { action, printJson } from "../run.js";
 
@@ -19,7 +19,10 @@ export function registerInfo(program: Command): void {
   ).action(
     action(async (opts: ModelOptions & { json?: boolean }) => {
       const ctx = await agentContext(opts);
-      const [hardware, meters] = await Promise.all([detectHardware(), probeMeters({ profile: ctx.profile })]);
+      const [{ hardware, source }, meters] = await Promise.all([
+        hardwareOfThisBoot(),
+        probeMeters({ profile: ctx.profile }),
+      ]);
       const info = {
         agent: {
           version: VERSION,
@@ -35,6 +38,8 @@ export function registerInfo(program: Command): void {
         model_dir: ctx.modelDir,
         extraction: ctx.extraction ?? null,
         hardware,
+        // "cached": detected by an earlier call in this boot (src/agent-host/hardware-cache.ts)
+        hardware_source: source,
         meters,
       };
       if (opts.json) return printJson(info);
@@ -47,7 +52,7 @@ export function registerInfo(program: Command): void {
         `profile    ${ctx.profile.name}: ${ctx.profile.description}`,
         `hardware   ${hardware.platform}-${hardware.arch}, ${hardware.cpu.cores} cores (${hardware.cpu.brand}), ${hardware.memory_mb} MB${
           hardware.device_tree_model ? `, ${hardware.device_tree_model}` : ""
-        }`,
+        }${source === "cached" ? " (detected earlier this boot)" : ""}`,
         `meters     ${meters.map((m) => `${m.meter}${m.available ? "" : " (unavailable)"}`).join(", ")}; the profile prefers ${ctx.profile.power.meters.join(" > ")}`,
       ];
       if (ctx.extraction) {
