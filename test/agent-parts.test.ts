@@ -1,11 +1,12 @@
 import { spawn } from "node:child_process";
 import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { Script } from "node:vm";
 import { beforeAll, describe, expect, it } from "vitest";
 import { AGENT_ENTRY_PART } from "../src/agent-host/agent-script-asset.js";
 import { bundleAgentScript } from "../src/package/agent-script.js";
 import { type BuildResult, buildBundle } from "../src/package/build.js";
-import { codeCachesBeforeRun, v8HeapFlags } from "../src/package/sea.js";
+import { codeCachesBeforeRun, v8HeapFlags, wrapAgentPart } from "../src/package/sea.js";
 import { loadProfile } from "../src/profile/load.js";
 import { freePort, waitForPort } from "./mqtt-helpers.js";
 import { deviceEnv, fixtureModel, run } from "./package-helpers.js";
@@ -97,6 +98,27 @@ describe("the agent script's parts, as built", () => {
       expect(text).not.toContain("Input tidak valid");
     }
     expect([...seen.keys()].some((p) => p.startsWith("node_modules/systeminformation/"))).toBe(true);
+  });
+});
+
+describe("a part as the executable stores it", () => {
+  it("is a CommonJS module in Node's wrapper, in ASCII; a hashbang is a comment and lines keep their numbers", () => {
+    const source =
+      '#!/usr/bin/env node\n"use strict";\nmodule.exports = () => {\n  throw new Error("°C");\n};\n';
+    const wrapped = wrapAgentPart(source);
+    expect(Buffer.from(wrapped).every((b) => b < 0x80)).toBe(true);
+    // Compiled as the loader compiles it (src/agent-host/sea-loader.ts).
+    const part = new Script(wrapped, { filename: "part.js", lineOffset: -1 }).runInThisContext();
+    const mod = { exports: {} as unknown };
+    part.call(mod.exports, mod.exports, () => undefined, mod, "/exe", "/");
+    let thrown: Error | undefined;
+    try {
+      (mod.exports as () => void)();
+    } catch (e) {
+      thrown = e as Error;
+    }
+    expect(thrown?.message).toBe("°C");
+    expect(thrown?.stack).toMatch(/part\.js:4:/);
   });
 });
 

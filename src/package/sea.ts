@@ -22,8 +22,9 @@ import { hostTarget, type Target, targetKey } from "./target.js";
  * as the binary it goes into) and injected into a copy of the target's Node binary with postject
  * (resource NODE_SEA_BLOB, flipping the fuse). The blob's main script is the small loader
  * (src/agent-host/sea-loader.ts); the agent's script is an asset of parts, each compiled only when
- * a command needs it (`--version` needs none), and their code caches another. The V8 code cache is CPU- and flag-specific, so it is
- * only made when the target is the build host.
+ * a command needs it (`--version` needs none), and their code caches another. The V8 code cache is
+ * CPU- and flag-specific, so it is only made when the target is the build host; the build then makes
+ * the executable again with the caches a run of it made (remakeWithRunCaches).
  */
 // Killed on SIGINT/SIGTERM, so the blob is never written after the build's work folder is removed.
 const run = execTracked;
@@ -75,9 +76,9 @@ export interface SeaExecutable {
   /**
    * Host targets: make the executable again (a new blob injected into a fresh copy of Node) with the
    * code caches its loader wrote into `dir` after a run (AGENT_CODE_CACHE_OUT_ENV) in place of the
-   * build's for the parts that run compiled; the others keep theirs. Returns how many it replaced.
+   * build's for the parts that run compiled; the others keep theirs.
    */
-  remakeWithRunCaches?: (dir: string) => Promise<{ blobBytes: number; partsFromRun: number }>;
+  remakeWithRunCaches?: (dir: string) => Promise<{ blobBytes: number }>;
 }
 
 export async function makeSeaExecutable(input: SeaInput): Promise<SeaExecutable> {
@@ -89,8 +90,7 @@ export async function makeSeaExecutable(input: SeaInput): Promise<SeaExecutable>
     remakeWithRunCaches: async (dir) => {
       const fromRun = new Set(await readdir(dir));
       const caches = parts.names.map((name, i) => (fromRun.has(name) ? join(dir, name) : built[i]!));
-      const partsFromRun = parts.names.filter((name) => fromRun.has(name)).length;
-      return { blobBytes: await writeExecutable(input, parts, caches), partsFromRun };
+      return { blobBytes: await writeExecutable(input, parts, caches) };
     },
   };
 }
