@@ -22,7 +22,7 @@ afterAll(() => {
   else process.env.ITERA_AGENT_CACHE = saved;
 });
 
-const file = () => join(cache, "hardware.json");
+const file = () => join(cache, ".hardware.json");
 const stored = async () =>
   JSON.parse(await readFile(file(), "utf8")) as { boot_id: string; hardware: { cpu: { brand: string } } };
 

@@ -15,7 +15,7 @@ import { writableRoot } from "./extract.js";
  * there is no boot id (not Linux) or no cache, every call detects.
  */
 const BOOT_ID = "/proc/sys/kernel/random/boot_id";
-const FILE = "hardware.json";
+const FILE = ".hardware.json"; // a dot file, as the cache record of extract.ts: beside the extraction folders
 
 const cacheSchema = z.object({ boot_id: z.string(), hardware: hardwareSchema });
 
