@@ -20,11 +20,5 @@ export const AGENT_PART_TAIL = "\n})";
  * part), made after the run; the build runs its new executable once with it (src/package/build.ts).
  */
 export const AGENT_CODE_CACHE_OUT_ENV = "ITERA_AGENT_CODE_CACHE_OUT";
-/**
- * Part -> its [offset, bytes, crc32] in AGENT_PARTS_ASSET, then its cache's [offset, bytes, crc32] in
- * AGENT_CODE_CACHE_ASSET if any. The loader checks each part's bytes against its CRC before compiling
- * it (a damaged executable stops with exit 3): a checksum of damage, which costs a start under a
- * millisecond; whether the executable is the one that was signed is the whole file's sha256, checked
- * by `itera verify`, install.sh and `itera flash` (code in the executable cannot vouch for itself).
- */
+/** Part -> its [offset, bytes] in AGENT_PARTS_ASSET, then its cache's in AGENT_CODE_CACHE_ASSET if any. */
 export type AgentPartIndex = Record<string, number[]>;

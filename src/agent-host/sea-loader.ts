@@ -38,7 +38,7 @@ if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
   // Where each part lies in the assets, built in by src/package/sea.ts.
   const index = JSON.parse(process.env.ITERA_AGENT_PARTS ?? "{}") as AgentPartIndex;
   const script = asset(AGENT_PARTS_ASSET);
-  const cache = index[AGENT_ENTRY_PART]?.length === 6 ? asset(AGENT_CODE_CACHE_ASSET) : undefined;
+  const cache = index[AGENT_ENTRY_PART]?.length === 4 ? asset(AGENT_CODE_CACHE_ASSET) : undefined;
   const parts = new Map<string, { exports: unknown }>();
   const cacheOut = process.env[AGENT_CODE_CACHE_OUT_ENV];
   const compiled: [string, Script][] = [];
@@ -57,19 +57,16 @@ if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
     mod = { exports: {} };
     // Registered before it runs, as Node does, so that a cycle sees the exports made so far.
     parts.set(name, mod);
-    const [at = 0, bytes = 0, crc = 0, cacheAt = 0, cacheBytes = 0, cacheCrc = 0] = index[name] ?? [];
+    const [at = 0, bytes = 0, cacheAt = 0, cacheBytes = 0] = index[name] ?? [];
     // The build writes the parts wrapped and in ASCII (src/package/sea.ts wrapAgentPart): read as
     // latin1, each is a one-byte string, half the size of the two-byte one UTF-8 decoding makes.
     const raw = script.subarray(at, at + bytes);
-    const cached = cache?.subarray(cacheAt, cacheAt + cacheBytes);
-    checked(name, raw, crc, AGENT_PARTS_ASSET);
-    if (cached) checked(name, cached, cacheCrc, AGENT_CODE_CACHE_ASSET);
     const part = new Script(raw.toString(isAscii(raw) ? "latin1" : "utf8"), {
       filename: `${__filename}/${name}`,
       // The wrapper's head is a line of its own: the part's lines keep their numbers.
       lineOffset: -1,
       // Made by the build on this target's CPU; V8 ignores a cache that does not match and compiles.
-      ...(cached ? { cachedData: cached } : {}),
+      ...(cache ? { cachedData: cache.subarray(cacheAt, cacheAt + cacheBytes) } : {}),
       // The agent's own dynamic imports are requires of parts (esbuild leaves only Node's built-ins).
       importModuleDynamically: constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
     });
@@ -78,18 +75,6 @@ if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
     return mod.exports;
   };
   requirePart(`./${AGENT_ENTRY_PART}`);
-}
-
-/** A part's bytes must have the CRC the build gave them (agent-script-asset.ts): else exit 3, as embedded.ts. */
-function checked(part: string, bytes: Buffer, crc: number, key: string): void {
-  const got = require("node:zlib").crc32(bytes) as number;
-  if (got === crc) return;
-  process.stderr.write(
-    `error: embedded asset '${key}' does not match the bundle: part ${part} has crc32 ${got}, expected ${crc}\n` +
-      `  where: ${process.execPath}\n` +
-      "  fix:   the executable was changed or damaged after it was built; install the signed bundle again (`itera verify` checks it)\n",
-  );
-  process.exit(3);
 }
 
 /** An embedded asset as a view of the executable's memory (no copy). */

@@ -1,6 +1,5 @@
 import { chmod, copyFile, mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { crc32 } from "node:zlib";
 import { build } from "esbuild";
 import { inject } from "postject";
 import { IteraError } from "../errors.js";
@@ -100,7 +99,7 @@ export async function makeSeaExecutable(input: SeaInput): Promise<SeaExecutable>
 interface AgentParts {
   names: string[];
   files: string[];
-  /** Each part's [offset, bytes, crc32] in the parts asset. */
+  /** Each part's [offset, bytes] in the parts asset. */
   at: number[][];
   asset: string;
 }
@@ -129,7 +128,7 @@ async function agentParts(input: SeaInput): Promise<AgentParts> {
     const script = Buffer.from(wrapAgentPart(source), "latin1");
     await writeFile(files[i]!, script);
     scripts.push(script);
-    at.push([offset, script.length, crc32(script)]);
+    at.push([offset, script.length]);
     offset += script.length;
   }
   const asset = join(input.workDir, AGENT_PARTS_ASSET);
@@ -178,7 +177,7 @@ async function writeExecutable(input: SeaInput, parts: AgentParts, caches?: stri
     const cached = await Promise.all(caches.map((file) => readFile(file)));
     let at = 0;
     for (const [i, name] of parts.names.entries()) {
-      index[name]!.push(at, cached[i]!.length, crc32(cached[i]!));
+      index[name]!.push(at, cached[i]!.length);
       at += cached[i]!.length;
     }
     assets[AGENT_CODE_CACHE_ASSET] = join(input.workDir, AGENT_CODE_CACHE_ASSET);
