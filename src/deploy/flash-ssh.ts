@@ -511,6 +511,7 @@ async function healthCheck(
     o.systemctl ?? "",
     String(o.healthTimeoutS),
     String(o.healthSettleS),
+    L.serviceCache,
   ]);
   if (r.code === 255) throw sshError(r.stderr, o.target);
   const tail = r.stderr.trim().split("\n").slice(-3).join(" | ");

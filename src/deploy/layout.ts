@@ -1,5 +1,6 @@
 import { posix } from "node:path";
 import { IteraError } from "../errors.js";
+import { SERVICE_CACHE_DIR } from "../package/bundle-files.js";
 
 /**
  * Where a bundle lives on a device (the same under a --prefix test root, a mounted SD card, or /):
@@ -12,6 +13,8 @@ import { IteraError } from "../errors.js";
  *   opt/itera/update-pending        an over-the-air update waiting for its health check (key=value lines)
  *   opt/itera/update-outcome        what the update guard did (a rollback), for the agent to report
  *   opt/itera/update-guard          the rollback guard its supervisor runs before each start (sh)
+ *   var/cache/itera-agent           the service's cache (the unit's CacheDirectory and ITERA_AGENT_CACHE):
+ *                                   the native files it extracts on its first start
  */
 export const UNIT_NAME = "itera-agent.service";
 export const AGENT_FILE = "itera-agent";
@@ -31,6 +34,7 @@ export interface DeviceLayout {
   updatePending: string;
   updateOutcome: string;
   updateGuard: string;
+  serviceCache: string;
 }
 
 export function deviceLayout(prefix: string): DeviceLayout {
@@ -49,6 +53,7 @@ export function deviceLayout(prefix: string): DeviceLayout {
     updatePending: p("opt/itera/update-pending"),
     updateOutcome: p("opt/itera/update-outcome"),
     updateGuard: p("opt/itera/update-guard"),
+    serviceCache: p(SERVICE_CACHE_DIR),
   };
 }
 

@@ -163,12 +163,14 @@ export const RESTART = `${COMMON}
 `;
 
 /**
- * args: base systemctl|"" timeout_s settle_s -> the agent's \`info --json\` on stdout.
+ * args: base systemctl|"" timeout_s settle_s service_cache -> the agent's \`info --json\` on stdout.
  * With systemd: the unit must become active and still be active settle_s later (a crash loop is not).
+ * \`info\` runs with the service's cache when there is one, as the service does: it reuses what the
+ * service extracted on its start instead of unpacking onnxruntime again into the ssh user's home.
  */
 export const HEALTH = `
 set -u
-base=$1; systemctl=$2; timeout_s=$3; settle_s=$4
+base=$1; systemctl=$2; timeout_s=$3; settle_s=$4; service_cache=$5
 UNIT=itera-agent.service
 if [ -n "$systemctl" ]; then
   i=0
@@ -180,6 +182,9 @@ if [ -n "$systemctl" ]; then
   if [ "$settle_s" -gt 0 ]; then
     sleep "$settle_s"
     if ! "$systemctl" is-active --quiet "$UNIT"; then echo "the service stopped within $settle_s s of starting" >&2; exit 4; fi
+  fi
+  if [ -z "\${ITERA_AGENT_CACHE:-}" ] && [ -d "$service_cache" ]; then
+    ITERA_AGENT_CACHE=$service_cache; export ITERA_AGENT_CACHE
   fi
 fi
 if command -v timeout >/dev/null 2>&1; then

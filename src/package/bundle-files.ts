@@ -16,6 +16,8 @@ export interface BundleFacts {
 }
 
 export const DEFAULT_PREFIX = "/opt/itera";
+/** The service's cache on the device: systemd makes it (CacheDirectory) and the unit names it (ITERA_AGENT_CACHE). */
+export const SERVICE_CACHE_DIR = "/var/cache/itera-agent";
 export const DEFAULT_SERVICE_ARGS = "agent --config /etc/itera/agent.json";
 
 export function systemdUnit(f: BundleFacts): string {
@@ -39,7 +41,7 @@ RestartForceExitStatus=75
 RestartSec=5
 # The native libraries and the model are extracted here on first start (see docs/packaging.md).
 CacheDirectory=itera-agent
-Environment=ITERA_AGENT_CACHE=/var/cache/itera-agent
+Environment=ITERA_AGENT_CACHE=${SERVICE_CACHE_DIR}
 # The MQTT agent keeps its outbox and session numbers in $STATE_DIRECTORY (/var/lib/itera-agent).
 StateDirectory=itera-agent
 NoNewPrivileges=yes
