@@ -44,6 +44,34 @@ export async function stop(p: ChildProcess | undefined): Promise<void> {
   });
 }
 
+/** `itera fleet simulate`: two devices (rpi4, laptop-x64-4c) of `fleet` on `broker`, their state in `stateDir`. */
+export function startSimulatedFleet(o: {
+  broker: string;
+  fleet: string;
+  model: string;
+  stateDir: string;
+  telemetryIntervalS: number;
+}): { proc: ChildProcess; stderr: () => string } {
+  return start([
+    "fleet",
+    "simulate",
+    "--devices",
+    "2",
+    "--broker",
+    o.broker,
+    "--fleet",
+    o.fleet,
+    "--model",
+    o.model,
+    "--state-dir",
+    o.stateDir,
+    "--telemetry-interval",
+    String(o.telemetryIntervalS),
+    "--profiles",
+    "rpi4,laptop-x64-4c",
+  ]);
+}
+
 /** Start `itera fleet dashboard --port 0 ...args` and wait for the address it prints. */
 export async function startDashboard(
   args: string[],

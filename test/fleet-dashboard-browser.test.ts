@@ -11,7 +11,7 @@ import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { drawnCharts, expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
-import { run, start, startDashboard as dashboard, stop } from "./cli-processes.js";
+import { run, type start, startDashboard as dashboard, startSimulatedFleet, stop } from "./cli-processes.js";
 import { Mosquitto, until } from "./mqtt-helpers.js";
 import { tempDir } from "./temp-dir.js";
 
@@ -30,24 +30,13 @@ const others: ChildProcess[] = [];
 beforeAll(async () => {
   dir = await tempDir("itera-dashboard-web-");
   broker = await Mosquitto.create();
-  sim = start([
-    "fleet",
-    "simulate",
-    "--devices",
-    "2",
-    "--broker",
-    broker.url,
-    "--fleet",
-    "web",
-    "--model",
-    MODEL,
-    "--state-dir",
-    join(dir, "agents"),
-    "--telemetry-interval",
-    "0.5",
-    "--profiles",
-    "rpi4,laptop-x64-4c",
-  ]);
+  sim = startSimulatedFleet({
+    broker: broker.url,
+    fleet: "web",
+    model: MODEL,
+    stateDir: join(dir, "agents"),
+    telemetryIntervalS: 0.5,
+  });
   dash = await dashboard([
     "--broker",
     broker.url,

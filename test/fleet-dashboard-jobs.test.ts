@@ -18,7 +18,7 @@ import { FleetStore } from "../src/fleet/store.js";
 import type { FleetUpdateOutcome } from "../src/fleet/update.js";
 import type { DashboardJob } from "../src/report/dashboard-page.js";
 import { expectCleanPage, TestBrowser, waitOnPage } from "./browser-helpers.js";
-import { run, start, startDashboard, stop } from "./cli-processes.js";
+import { run, type start, startDashboard, startSimulatedFleet, stop } from "./cli-processes.js";
 import { brokenLauncher, InstalledFleet } from "./fleet-update-helpers.js";
 import { Mosquitto } from "./mqtt-helpers.js";
 import { tempDir } from "./temp-dir.js";
@@ -185,27 +185,13 @@ describe("itera fleet dashboard's finished jobs in Chromium", () => {
   beforeAll(async () => {
     dir = await tempDir("itera-dashboard-jobs-web-");
     broker = await Mosquitto.create();
-    sim = start(
-      [
-        "fleet",
-        "simulate",
-        "--devices",
-        "2",
-        "--broker",
-        broker.url,
-        "--fleet",
-        FLEET,
-        "--model",
-        MODEL,
-      ].concat([
-        "--state-dir",
-        join(dir, "agents"),
-        "--telemetry-interval",
-        "1",
-        "--profiles",
-        "rpi4,laptop-x64-4c",
-      ]),
-    );
+    sim = startSimulatedFleet({
+      broker: broker.url,
+      fleet: FLEET,
+      model: MODEL,
+      stateDir: join(dir, "agents"),
+      telemetryIntervalS: 1,
+    });
     dash = await startDashboard(["--broker", broker.url, "--fleet", FLEET, "--db", join(dir, "fleet.db")]);
     browser = await TestBrowser.launch();
   }, 120_000);
