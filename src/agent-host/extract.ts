@@ -14,7 +14,7 @@ import { homedir, tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { canonicalJson } from "../bundle/manifest.js";
 import { IteraError } from "../errors.js";
-import { crypto, sha256 } from "../util/fs.js";
+import { sha256, tempPathFor } from "../util/fs.js";
 import { NATIVE_PREFIX } from "./bundle-index.js";
 import { assetContent, bundleIndex } from "./embedded.js";
 
@@ -95,7 +95,7 @@ export function extractBundle(): ExtractedBundle {
     extracted = result(false);
     return extracted;
   }
-  const tmp = join(root, `.${key}.${process.pid}.${crypto().randomBytes(4).toString("hex")}.tmp`);
+  const tmp = tempPathFor(dir);
   try {
     for (const [assetKey] of entries) {
       const path = join(tmp, assetKey);

@@ -1,18 +1,18 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as z from "zod";
-import type { Hardware } from "../profile/hardware.js";
-import { hardwareSchema } from "../profile/hardware.js";
+import { type Hardware, hardwareSchema } from "../profile/hardware.js";
 import { writeFileAtomic } from "../util/fs.js";
+import { parseJsonWith } from "./embedded.js";
 import { writableRoot } from "./extract.js";
 
 /**
  * The agent's hardware facts, detected once per boot. Detecting them (src/profile/detect.ts) loads
- * systeminformation and runs lscpu and dmidecode: on a warm `itera-agent info` that was about 10 MB
- * of its peak memory and 150 ms (docs/packaging.md, "Memory and start-up"), for facts that do not
- * change while the machine runs. So the first detection of a boot is kept in the agent's cache
- * folder (src/agent-host/extract.ts) under the kernel's boot id, which changes at every boot; where
- * there is no boot id (not Linux) or no cache, every call detects.
+ * systeminformation and runs lscpu and dmidecode: on a warm `itera-agent info` that was about 90 ms
+ * and 1 MB of heap (docs/packaging.md, "Memory and start-up"), for facts that do not change while
+ * the machine runs. So the first detection of a boot is kept in the agent's cache folder
+ * (src/agent-host/extract.ts) under the kernel's boot id, which changes at every boot; where there is
+ * no boot id (not Linux) or no cache folder, every call detects.
  */
 const BOOT_ID = "/proc/sys/kernel/random/boot_id";
 const FILE = ".hardware.json"; // a dot file, as the cache record of extract.ts: beside the extraction folders
@@ -26,17 +26,12 @@ export interface BootHardware {
 }
 
 export async function hardwareOfThisBoot(): Promise<BootHardware> {
-  const bootId = read(BOOT_ID)?.trim();
-  let path: string | undefined;
-  try {
-    path = join(writableRoot(), FILE);
-  } catch {
-    // no writable cache folder: detect every time
-  }
+  const bootId = attempt(() => readFileSync(BOOT_ID, "utf8").trim());
+  const path = attempt(() => join(writableRoot(), FILE));
   if (bootId && path) {
-    const cached = cacheSchema.safeParse(parseJson(read(path)));
-    if (cached.success && cached.data.boot_id === bootId)
-      return { hardware: cached.data.hardware, source: "cached" };
+    // none yet, or not a cache of this schema: detect (and write it again)
+    const cached = attempt(() => parseJsonWith(cacheSchema, readFileSync(path), (d) => new Error(d)));
+    if (cached?.boot_id === bootId) return { hardware: cached.hardware, source: "cached" };
   }
   const { detectHardware } = await import("../profile/detect.js");
   const hardware = await detectHardware();
@@ -47,17 +42,10 @@ export async function hardwareOfThisBoot(): Promise<BootHardware> {
   return { hardware, source: "detected" };
 }
 
-function read(path: string): string | undefined {
+/** What `f` gives, or undefined where it throws (a missing file, no writable folder). */
+function attempt<T>(f: () => T): T | undefined {
   try {
-    return readFileSync(path, "utf8");
-  } catch {
-    return undefined;
-  }
-}
-
-function parseJson(text: string | undefined): unknown {
-  try {
-    return text === undefined ? undefined : JSON.parse(text);
+    return f();
   } catch {
     return undefined;
   }

@@ -6,7 +6,7 @@ import { IteraError } from "../errors.js";
 import { VERSION } from "../version.js";
 import { bundleIndexSha256, inBundle, parseJsonWith } from "./embedded.js";
 import { writableRoot } from "./extract.js";
-import { crypto, sha256 } from "../util/fs.js";
+import { sha256, tempPathFor } from "../util/fs.js";
 
 /**
  * How the agent inside a bundle finds its model (issue #18): the release folder the executable runs
@@ -101,7 +101,7 @@ function readOptional(path: string | undefined): string | undefined {
 
 function writeStamp(path: string | undefined, text: string): void {
   if (!path) return;
-  const tmp = `${path}.${crypto().randomBytes(4).toString("hex")}.tmp`;
+  const tmp = tempPathFor(path);
   try {
     writeFileSync(tmp, text);
     renameSync(tmp, path);

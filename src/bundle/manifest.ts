@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { crypto } from "../util/fs.js";
+import { nodeCrypto } from "../util/fs.js";
 
 /**
  * The bundle manifest (DESIGN.md §5): what a bundle is, for which target, and the sha256 of every
@@ -136,7 +136,7 @@ function signedBytes(m: Signable): Buffer {
 
 /** Sign with an Ed25519 private key (PEM, PKCS#8); the public key (SPKI PEM, base64 of DER) goes along. */
 export function signManifest<T extends Signable>(m: T, privateKeyPem: string): T {
-  const { createPrivateKey, createPublicKey, sign } = crypto();
+  const { createPrivateKey, createPublicKey, sign } = nodeCrypto();
   const key = createPrivateKey(privateKeyPem);
   const pub = createPublicKey(key).export({ type: "spki", format: "der" }).toString("base64");
   const value = sign(null, signedBytes(m), key).toString("base64");
@@ -146,7 +146,7 @@ export function signManifest<T extends Signable>(m: T, privateKeyPem: string): T
 /** The signer's public key as base64 SPKI DER (what `signature.public_key` holds), from PEM or base64. */
 export function publicKeyBase64(key: string): string {
   return key.includes("BEGIN")
-    ? crypto().createPublicKey(key).export({ type: "spki", format: "der" }).toString("base64")
+    ? nodeCrypto().createPublicKey(key).export({ type: "spki", format: "der" }).toString("base64")
     : key.trim();
 }
 
@@ -160,7 +160,7 @@ export function verifyManifestSignature(m: Signable, trustedPublicKey?: string):
   if (trustedPublicKey !== undefined) {
     if (publicKeyBase64(trustedPublicKey) !== embedded) return false;
   }
-  const { createPublicKey, verify } = crypto();
+  const { createPublicKey, verify } = nodeCrypto();
   const key = createPublicKey({ key: Buffer.from(embedded, "base64"), format: "der", type: "spki" });
   return verify(null, signedBytes(m), key, Buffer.from(m.signature.value, "base64"));
 }

@@ -9,7 +9,7 @@ import { removeOnInterrupt } from "./interrupt.js";
 export function tempPathFor(path: string): string {
   return join(
     dirname(path),
-    `.${basename(path)}.${process.pid}.${crypto().randomBytes(4).toString("hex")}.tmp`,
+    `.${basename(path)}.${process.pid}.${nodeCrypto().randomBytes(4).toString("hex")}.tmp`,
   );
 }
 
@@ -35,13 +35,13 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
  * node:crypto, loaded on first use: OpenSSL's bindings and the streams Node builds them on cost a
  * start about 9 ms and 3 MB, and the agent's warm start hashes only a few small files (below).
  */
-export const crypto = () => process.getBuiltinModule("node:crypto");
+export const nodeCrypto = () => process.getBuiltinModule("node:crypto");
 
 /** Up to this many bytes sha256() hashes in JavaScript; OpenSSL is many times faster on more. */
 const SMALL_HASH_BYTES = 256 * 1024;
 
 export async function sha256File(path: string): Promise<string> {
-  const hash = crypto().createHash("sha256");
+  const hash = nodeCrypto().createHash("sha256");
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
   return hash.digest("hex");
 }
@@ -50,5 +50,5 @@ export async function sha256File(path: string): Promise<string> {
 export function sha256(data: string | Uint8Array): string {
   const bytes = typeof data === "string" ? utf8ToBytes(data) : data;
   if (bytes.length <= SMALL_HASH_BYTES) return bytesToHex(sha256OfBytes(bytes));
-  return crypto().createHash("sha256").update(bytes).digest("hex");
+  return nodeCrypto().createHash("sha256").update(bytes).digest("hex");
 }
